@@ -1,0 +1,401 @@
+//! Types shared by the smtp-screen XDP program (`screen-ebpf`) and its daemon (`screen-user`).
+//!
+//! Everything the kernel and userspace must agree on lives here and nowhere else: map names,
+//! key and value layouts, counter indices and the limits that size the maps. Every struct is
+//! `#[repr(C)]` with explicit padding fields, so that a key built on the stack has no
+//! uninitialised bytes (the verifier rejects those) and so that `bpftool map dump` prints the
+//! same field names that the code uses. Addresses are kept in network byte order.
+#![no_std]
+
+/// Names of the BPF maps, at most 15 bytes each (`BPF_OBJ_NAME_LEN`), which are also the file
+/// names of their pins under the pin directory.
+pub mod map_name {
+    /// Static allow list, IPv4, slot 0 and 1 (LPM trie).
+    pub const ALLOW_V4: [&str; 2] = ["scr_allow_v4_0", "scr_allow_v4_1"];
+    /// Static allow list, IPv6, slot 0 and 1 (LPM trie).
+    pub const ALLOW_V6: [&str; 2] = ["scr_allow_v6_0", "scr_allow_v6_1"];
+    /// Static deny list, IPv4, slot 0 and 1 (LPM trie).
+    pub const DENY_V4: [&str; 2] = ["scr_deny_v4_0", "scr_deny_v4_1"];
+    /// Static deny list, IPv6, slot 0 and 1 (LPM trie).
+    pub const DENY_V6: [&str; 2] = ["scr_deny_v6_0", "scr_deny_v6_1"];
+    /// Dynamic deny entries with an expiry, IPv4 /32 (LRU hash).
+    pub const DYN_DENY_V4: &str = "scr_dyn_v4";
+    /// Dynamic deny entries with an expiry, IPv6 prefix (LRU hash).
+    pub const DYN_DENY_V6: &str = "scr_dyn_v6";
+    /// The single [`ScreenConfig`](super::ScreenConfig) record (array of one).
+    pub const CONFIG: &str = "scr_config";
+    /// Per-CPU counters indexed by [`Stat`](super::Stat).
+    pub const STATS: &str = "scr_stats";
+
+    /// Every map of the program, in a stable order.
+    pub const ALL: [&str; 12] = [
+        ALLOW_V4[0],
+        ALLOW_V4[1],
+        ALLOW_V6[0],
+        ALLOW_V6[1],
+        DENY_V4[0],
+        DENY_V4[1],
+        DENY_V6[0],
+        DENY_V6[1],
+        DYN_DENY_V4,
+        DYN_DENY_V6,
+        CONFIG,
+        STATS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "smtp_screen";
+
+/// Capacity of each static LPM trie (per family and slot). Spamhaus DROP plus EDROP is under
+/// 2,000 prefixes; operator lists of 100,000 prefixes must still fit.
+pub const STATIC_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of the IPv4 dynamic deny map. LRU: when full, the least recently used entry goes.
+pub const DYN_V4_MAX_ENTRIES: u32 = 1_048_576;
+/// Capacity of the IPv6 dynamic deny map.
+pub const DYN_V6_MAX_ENTRIES: u32 = 262_144;
+/// How many destination ports the program protects at most.
+pub const MAX_PORTS: usize = 8;
+/// How many IPv6 extension headers the parser walks before it gives up and passes the frame.
+pub const IPV6_EXT_MAX: usize = 6;
+/// How many VLAN tags (802.1Q or 802.1ad) the parser skips.
+pub const VLAN_MAX: usize = 2;
+
+/// Key of the static LPM tries for IPv4: `prefix_len` in bits, then the address.
+///
+/// Same layout as `aya::maps::lpm_trie::Key<[u8; 4]>`, which is what both sides use.
+pub type LpmKeyV4 = [u8; 4];
+/// Key data of the static LPM tries for IPv6.
+pub type LpmKeyV6 = [u8; 16];
+
+/// Value of a static list entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixEntry {
+    /// Where the entry came from ([`Origin`]).
+    pub origin: u32,
+}
+
+/// Key of the IPv4 dynamic deny map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DynKeyV4 {
+    /// The client address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 dynamic deny map: the client address masked to
+/// [`ScreenConfig::v6_prefix_len`] bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DynKeyV6 {
+    /// The masked client prefix, network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Value of a dynamic deny entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// Expiry on the kernel's monotonic clock (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`), in
+    /// nanoseconds. The program ignores an entry once this time has passed; the daemon sweeps it.
+    pub expires_ns: u64,
+    /// Why the address is denied ([`Origin`]).
+    pub origin: u32,
+    /// How many failures led to the entry (1 for an operator's entry).
+    pub failures: u32,
+}
+
+/// Where a list entry came from. Stored as `u32` in the maps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Added by the operator (`smtp-screen deny add`, `allow add`).
+    Operator = 1,
+    /// Loaded from a list file (`deny load`, `allow load`).
+    ListFile = 2,
+    /// Added by the daemon after repeated test failures.
+    Policy = 3,
+}
+
+impl Origin {
+    /// Decodes a stored value; unknown values (a newer writer) read as `None`.
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Operator),
+            2 => Some(Self::ListFile),
+            3 => Some(Self::Policy),
+            _ => None,
+        }
+    }
+
+    /// The word shown by the CLI.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::ListFile => "list",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+/// What the program does with a denied SYN.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyAction {
+    /// `XDP_DROP`: the client sees a timeout.
+    Drop = 0,
+    /// Answer with a TCP RST+ACK through `XDP_TX`: the client sees "connection refused".
+    Rst = 1,
+}
+
+/// The program's configuration, element 0 of the [`map_name::CONFIG`] array.
+///
+/// An all-zero record (a map the daemon has not written yet) protects no port, so the program
+/// passes everything until it is configured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScreenConfig {
+    /// Protected destination ports in host byte order; 0 marks an unused slot.
+    pub ports: [u16; MAX_PORTS],
+    /// [`DenyAction`] as `u32`.
+    pub action: u32,
+    /// Prefix length (0..=128) that IPv6 dynamic deny keys are masked to.
+    pub v6_prefix_len: u32,
+    /// Which of the two static allow slots (0 or 1) is live.
+    pub allow_slot: u32,
+    /// Which of the two static deny slots (0 or 1) is live.
+    pub deny_slot: u32,
+}
+
+impl ScreenConfig {
+    /// Default IPv6 dynamic deny prefix: one customer /64.
+    pub const DEFAULT_V6_PREFIX_LEN: u32 = 64;
+    /// The port postscreen protects.
+    pub const SMTP_PORT: u16 = 25;
+
+    /// Port 25, drop, IPv6 /64, slot 0 for both lists.
+    pub const fn new() -> Self {
+        let mut ports = [0; MAX_PORTS];
+        ports[0] = Self::SMTP_PORT;
+        Self {
+            ports,
+            action: DenyAction::Drop as u32,
+            v6_prefix_len: Self::DEFAULT_V6_PREFIX_LEN,
+            allow_slot: 0,
+            deny_slot: 0,
+        }
+    }
+
+    /// Whether `port` (host byte order) is protected.
+    #[inline(always)]
+    pub fn protects(&self, port: u16) -> bool {
+        // Unrolled by the compiler: MAX_PORTS is a constant and small.
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if self.ports[i] != 0 && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+impl Default for ScreenConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Index of a counter in the per-CPU [`map_name::STATS`] array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Every frame the program saw.
+    Frames = 0,
+    /// TCP SYNs without ACK to a protected port: the frames that were screened.
+    SynScreened = 1,
+    /// Screened SYNs passed because no list matched.
+    Passed = 2,
+    /// Screened SYNs passed because the static allow list matched.
+    PassedAllow = 3,
+    /// Screened SYNs dropped by the static deny list.
+    DropStatic = 4,
+    /// Screened SYNs dropped by a dynamic deny entry.
+    DropDynamic = 5,
+    /// Screened SYNs answered with RST by the static deny list.
+    RstStatic = 6,
+    /// Screened SYNs answered with RST by a dynamic deny entry.
+    RstDynamic = 7,
+    /// Screened SYNs whose dynamic deny entry had expired (passed).
+    Expired = 8,
+    /// Frames passed because a header was truncated or invalid.
+    ParseFailed = 9,
+    /// IPv4 or IPv6 fragments without a TCP header (passed).
+    Fragments = 10,
+}
+
+impl Stat {
+    /// Number of counters.
+    pub const COUNT: u32 = 11;
+
+    /// Every counter, in index order.
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::Frames,
+        Stat::SynScreened,
+        Stat::Passed,
+        Stat::PassedAllow,
+        Stat::DropStatic,
+        Stat::DropDynamic,
+        Stat::RstStatic,
+        Stat::RstDynamic,
+        Stat::Expired,
+        Stat::ParseFailed,
+        Stat::Fragments,
+    ];
+
+    /// Name used by `smtp-screen status` and the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Frames => "frames",
+            Stat::SynScreened => "syn_screened",
+            Stat::Passed => "passed",
+            Stat::PassedAllow => "passed_allow",
+            Stat::DropStatic => "drop_static",
+            Stat::DropDynamic => "drop_dynamic",
+            Stat::RstStatic => "rst_static",
+            Stat::RstDynamic => "rst_dynamic",
+            Stat::Expired => "expired",
+            Stat::ParseFailed => "parse_failed",
+            Stat::Fragments => "fragments",
+        }
+    }
+}
+
+/// Masks a 16-byte IPv6 address (network byte order) to its first `prefix_len` bits.
+///
+/// Shared so that the program and the daemon build the same IPv6 dynamic deny key.
+#[inline(always)]
+pub fn mask_v6(addr: [u8; 16], prefix_len: u32) -> [u8; 16] {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let (hi, lo) = if prefix_len >= 128 {
+        (hi, lo)
+    } else if prefix_len >= 64 {
+        let keep = prefix_len - 64;
+        let lo = if keep == 0 {
+            0
+        } else {
+            lo & (u64::MAX << (64 - keep))
+        };
+        (hi, lo)
+    } else if prefix_len == 0 {
+        (0, 0)
+    } else {
+        (hi & (u64::MAX << (64 - prefix_len)), 0)
+    };
+    let hi = hi.to_be_bytes();
+    let lo = lo.to_be_bytes();
+    [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, has no padding and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::PrefixEntry {}
+    unsafe impl aya::Pod for super::DynKeyV4 {}
+    unsafe impl aya::Pod for super::DynKeyV6 {}
+    unsafe impl aya::Pod for super::DenyEntry {}
+    unsafe impl aya::Pod for super::ScreenConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    // The kernel sees these sizes as the maps' key_size and value_size; a change here must be a
+    // deliberate change of the pinned-map schema.
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<PrefixEntry>(), 4);
+        assert_eq!(size_of::<DynKeyV4>(), 4);
+        assert_eq!(size_of::<DynKeyV6>(), 16);
+        assert_eq!(size_of::<DenyEntry>(), 16);
+        assert_eq!(offset_of!(DenyEntry, expires_ns), 0);
+        assert_eq!(offset_of!(DenyEntry, origin), 8);
+        assert_eq!(offset_of!(DenyEntry, failures), 12);
+        assert_eq!(size_of::<ScreenConfig>(), 2 * MAX_PORTS + 16);
+        assert_eq!(offset_of!(ScreenConfig, action), 2 * MAX_PORTS);
+        assert_eq!(offset_of!(ScreenConfig, v6_prefix_len), 2 * MAX_PORTS + 4);
+        assert_eq!(offset_of!(ScreenConfig, allow_slot), 2 * MAX_PORTS + 8);
+        assert_eq!(offset_of!(ScreenConfig, deny_slot), 2 * MAX_PORTS + 12);
+        assert!(align_of::<DenyEntry>() <= 8);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for name in map_name::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+        for (i, a) in map_name::ALL.iter().enumerate() {
+            for b in &map_name::ALL[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn stats_are_indexed_in_order() {
+        for (i, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*stat as u32, i as u32, "{}", stat.name());
+        }
+    }
+
+    #[test]
+    fn default_config_protects_smtp_only() {
+        let config = ScreenConfig::new();
+        assert!(config.protects(25));
+        assert!(!config.protects(0));
+        assert!(!config.protects(587));
+        assert_eq!(config.action, DenyAction::Drop as u32);
+    }
+
+    #[test]
+    fn origin_round_trips() {
+        for origin in [Origin::Operator, Origin::ListFile, Origin::Policy] {
+            assert_eq!(Origin::from_u32(origin as u32), Some(origin));
+        }
+        assert_eq!(Origin::from_u32(0), None);
+    }
+
+    #[test]
+    fn mask_v6_keeps_prefix_bits() {
+        let addr = [0xff; 16];
+        assert_eq!(mask_v6(addr, 128), addr);
+        assert_eq!(mask_v6(addr, 0), [0; 16]);
+        let m64 = mask_v6(addr, 64);
+        assert_eq!(&m64[..8], &[0xff; 8]);
+        assert_eq!(&m64[8..], &[0; 8]);
+        let m48 = mask_v6(addr, 48);
+        assert_eq!(&m48[..6], &[0xff; 6]);
+        assert_eq!(&m48[6..], &[0; 10]);
+        let m65 = mask_v6(addr, 65);
+        assert_eq!(m65[8], 0x80);
+        assert_eq!(&m65[9..], &[0; 7]);
+        let m127 = mask_v6(addr, 127);
+        assert_eq!(m127[15], 0xfe);
+        let m1 = mask_v6(addr, 1);
+        assert_eq!(m1[0], 0x80);
+        assert_eq!(&m1[1..], &[0; 15]);
+    }
+}

@@ -1,0 +1,35 @@
+//! The smtp-screen XDP program.
+//!
+//! Screens TCP SYNs (without ACK) to the protected ports: a source in the static allow list
+//! passes, a source in the static deny list or with an unexpired dynamic deny entry is dropped
+//! (or answered with RST+ACK through `XDP_TX`), everything else passes. Any frame the parser
+//! cannot read to the end of its TCP header is passed, never dropped.
+//!
+//! # Minimum kernel version
+//!
+//! 5.10: BTF-defined maps, LPM tries, LRU hashes and XDP links.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod headers;
+#[cfg(target_arch = "bpf")]
+mod program;
+#[cfg(target_arch = "bpf")]
+mod rst;
+
+/// Host builds of the workspace compile this crate too; the program only exists for BPF.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves the program never gets here.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,134 @@
+//! The `smtp-screen` command line: one file per verb.
+
+mod list;
+mod load;
+mod run;
+mod status;
+mod unload;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::{config::KernelAction, duration, kernel::AttachMode, paths, prefixes};
+
+/// smtp-screen keeps spambots away from a mail server: postscreen's tests in a daemon, and the
+/// verdict on known-bad addresses in an XDP program that drops their SYNs.
+#[derive(Debug, Parser)]
+#[command(name = "smtp-screen", version)]
+pub struct Cli {
+    /// Directory on the BPF filesystem that holds the pinned maps and links.
+    #[arg(long, global = true, env = paths::PIN_DIR_ENV, default_value = paths::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the XDP program and attach it to interfaces (maps and links are pinned).
+    Load(LoadArgs),
+    /// Detach the program from every interface and remove every pin.
+    Unload,
+    /// Show interfaces, attach modes, program id, counters and map fill levels.
+    Status,
+    /// Manage the deny lists: static prefixes, or dynamic entries with --ttl.
+    #[command(subcommand)]
+    Deny(DenyCommand),
+    /// Manage the static allow list (sources that XDP never drops).
+    #[command(subcommand)]
+    Allow(AllowCommand),
+    /// Run the daemon.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", required = true, value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Attach mode; logged, never guessed.
+    #[arg(long, value_enum, default_value = "native")]
+    pub mode: AttachMode,
+    /// Replace an XDP program that another tool attached.
+    #[arg(long)]
+    pub force: bool,
+    /// Destination port to screen (repeat for several, at most 8).
+    #[arg(long = "port", value_name = "PORT", default_value = "25", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// What XDP does with a SYN from a denied source.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub action: KernelAction,
+    /// Prefix length that IPv6 dynamic deny entries cover.
+    #[arg(long, default_value_t = screen_common::ScreenConfig::DEFAULT_V6_PREFIX_LEN)]
+    pub v6_prefix: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DenyCommand {
+    /// Deny an address or prefix: static without --ttl, dynamic (expiring) with it.
+    Add {
+        #[arg(value_parser = prefixes::parse_prefix)]
+        prefix: IpNet,
+        /// Make it a dynamic entry that expires after this time (e.g. 600s, 10m, 1h, 1d).
+        #[arg(long, value_parser = duration::parse)]
+        ttl: Option<Duration>,
+    },
+    /// Remove a static prefix or the dynamic entry covering an address.
+    Del {
+        #[arg(value_parser = prefixes::parse_prefix)]
+        prefix: IpNet,
+    },
+    /// List static and dynamic deny entries.
+    List,
+    /// Replace the whole static deny list with the prefixes in FILE, in one step.
+    Load { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCommand {
+    /// Allow an address or prefix.
+    Add {
+        #[arg(value_parser = prefixes::parse_prefix)]
+        prefix: IpNet,
+    },
+    /// Remove an allowed prefix.
+    Del {
+        #[arg(value_parser = prefixes::parse_prefix)]
+        prefix: IpNet,
+    },
+    /// List allowed prefixes.
+    List,
+    /// Replace the whole allow list with the prefixes in FILE, in one step.
+    Load { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, default_value = paths::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// Runs one command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Run(_)) {
+        // A listing piped into `head` ends quietly, as other CLI tools do. The daemon keeps
+        // Rust's default (SIGPIPE ignored) so a client hanging up never kills it.
+        // SAFETY: resetting a signal disposition at start-up, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match cli.command {
+        Command::Load(args) => load::run(&cli.pin_dir, &args),
+        Command::Unload => unload::run(&cli.pin_dir),
+        Command::Status => status::run(&cli.pin_dir),
+        Command::Deny(cmd) => list::deny(&cli.pin_dir, cmd),
+        Command::Allow(cmd) => list::allow(&cli.pin_dir, cmd),
+        Command::Run(args) => run::run(&cli.pin_dir, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests;

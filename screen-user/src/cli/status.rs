@@ -1,0 +1,90 @@
+//! `smtp-screen status`: what is attached where, the counters and how full the maps are.
+
+use std::path::Path;
+
+use anyhow::bail;
+use screen_common::{DenyAction, Stat, map_name};
+
+use crate::kernel::{Maps, loader};
+
+pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
+    if !pin_dir.exists() {
+        bail!(
+            "nothing loaded: {} does not exist (smtp-screen load --iface IF)",
+            pin_dir.display()
+        );
+    }
+    let maps = Maps::from_pins(pin_dir)?;
+    let config = maps.config()?;
+    println!("pin directory: {}", pin_dir.display());
+
+    println!("interfaces:");
+    let attachments = loader::attachments(pin_dir)?;
+    if attachments.is_empty() {
+        println!("  (none)");
+    }
+    for a in &attachments {
+        let mode = a.mode.map_or("not attached", |m| m.as_str());
+        let index = a.ifindex.map_or("gone".to_string(), |i| i.to_string());
+        println!(
+            "  {:<16} ifindex {index:<6} mode {mode:<8} program id {:<6} link id {}",
+            a.iface, a.prog_id, a.link_id
+        );
+    }
+
+    let ports: Vec<String> = config
+        .ports
+        .iter()
+        .filter(|&&p| p != 0)
+        .map(u16::to_string)
+        .collect();
+    let action = if config.action == DenyAction::Rst as u32 {
+        "rst"
+    } else {
+        "drop"
+    };
+    println!(
+        "config: ports {}, action {action}, IPv6 dynamic prefix /{}, live allow slot {}, live deny slot {}",
+        if ports.is_empty() { "(none)".to_string() } else { ports.join(" ") },
+        config.v6_prefix_len,
+        config.allow_slot,
+        config.deny_slot
+    );
+
+    println!("counters:");
+    let counters = maps.counters()?;
+    for stat in Stat::ALL {
+        println!("  {:<14} {}", stat.name(), counters[stat as usize]);
+    }
+
+    println!("maps:");
+    for (name, count) in maps.fill_levels() {
+        let capacity = match name {
+            map_name::DYN_DENY_V4 => screen_common::DYN_V4_MAX_ENTRIES,
+            map_name::DYN_DENY_V6 => screen_common::DYN_V6_MAX_ENTRIES,
+            _ => screen_common::STATIC_MAX_ENTRIES,
+        };
+        let live = live_marker(name, config.allow_slot, config.deny_slot);
+        println!("  {name:<16} {count:>8} / {capacity:<8}{live}");
+    }
+    Ok(())
+}
+
+fn live_marker(name: &str, allow_slot: u32, deny_slot: u32) -> &'static str {
+    let slot_of = |pair: [&str; 2]| pair.iter().position(|n| *n == name);
+    let live = [map_name::ALLOW_V4, map_name::ALLOW_V6]
+        .into_iter()
+        .find_map(slot_of)
+        .map(|slot| slot as u32 == allow_slot)
+        .or_else(|| {
+            [map_name::DENY_V4, map_name::DENY_V6]
+                .into_iter()
+                .find_map(slot_of)
+                .map(|slot| slot as u32 == deny_slot)
+        });
+    match live {
+        Some(true) => " (live)",
+        Some(false) => " (idle)",
+        None => "",
+    }
+}

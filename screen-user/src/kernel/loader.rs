@@ -1,0 +1,433 @@
+//! Loading the program with pinned maps, attaching it through pinned XDP links, and removing
+//! it all again.
+//!
+//! Maps are pinned as `<pin_dir>/<map name>` and each attachment as `<pin_dir>/link_<iface>`.
+//! Loading again reuses the pinned maps when their layout matches and refuses otherwise; an
+//! interface that already has a pinned link gets the new program swapped into that link, so an
+//! upgrade or restart leaves no moment without the filter.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapError, MapInfo, MapType},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use screen_common::{
+    DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyEntry, DynKeyV4, DynKeyV6, PROGRAM_NAME,
+    PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, Stat, map_name,
+};
+
+use super::{
+    OBJECT,
+    bpffs::{self, BpffsError},
+    netlink::{self, NetlinkError, XdpAttachMode},
+};
+
+/// How to attach: chosen by the operator, never guessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before an skb exists: the fast path.
+    Native,
+    /// In the stack after skb allocation: works on every interface, costs more.
+    Generic,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    const fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+
+    const fn netlink_mode(self) -> XdpAttachMode {
+        match self {
+            Self::Native => XdpAttachMode::Native,
+            Self::Generic => XdpAttachMode::Generic,
+        }
+    }
+}
+
+/// An error loading, attaching or removing the program.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("loading the XDP object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the XDP object has no program {PROGRAM_NAME}")]
+    NoProgram,
+    #[error("loading program {PROGRAM_NAME} into the kernel: {0}")]
+    Verify(#[source] ProgramError),
+    #[error(
+        "pinned map {path} does not match this version ({what}); \
+         run `smtp-screen unload` to remove the old maps (their entries are lost)"
+    )]
+    IncompatiblePin { path: PathBuf, what: String },
+    #[error("cannot inspect pinned map {path}: {source}")]
+    InspectPin {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "{iface} already has XDP program id {prog_id} attached in {mode} mode, which smtp-screen \
+         did not attach; refusing to replace it (use --force to replace it)"
+    )]
+    ForeignProgram {
+        iface: String,
+        prog_id: u32,
+        mode: &'static str,
+    },
+    #[error(
+        "{iface} is attached in {current} mode; `smtp-screen unload` first (or --force) to \
+         attach in {wanted} mode"
+    )]
+    ModeMismatch {
+        iface: String,
+        current: &'static str,
+        wanted: &'static str,
+    },
+    #[error("attaching to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the kernel attached {iface} without a BPF link (older than 5.9?), which cannot be pinned")]
+    NoLink { iface: String },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning link {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    /// `None` when the interface is gone.
+    pub ifindex: Option<u32>,
+    /// How the kernel reports the attachment now (`None`: nothing attached).
+    pub mode: Option<XdpAttachMode>,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+const LINK_PREFIX: &str = "link_";
+
+/// The expected layout of every pinned map: type, key size, value size, capacity.
+fn expected_layout(name: &str) -> (MapType, usize, usize, u32) {
+    use std::mem::size_of;
+    let lpm4 = 4 + 4;
+    let lpm6 = 4 + 16;
+    let entry = size_of::<PrefixEntry>();
+    match name {
+        n if map_name::ALLOW_V4.contains(&n) || map_name::DENY_V4.contains(&n) => {
+            (MapType::LpmTrie, lpm4, entry, STATIC_MAX_ENTRIES)
+        }
+        n if map_name::ALLOW_V6.contains(&n) || map_name::DENY_V6.contains(&n) => {
+            (MapType::LpmTrie, lpm6, entry, STATIC_MAX_ENTRIES)
+        }
+        map_name::DYN_DENY_V4 => (
+            MapType::LruHash,
+            size_of::<DynKeyV4>(),
+            size_of::<DenyEntry>(),
+            DYN_V4_MAX_ENTRIES,
+        ),
+        map_name::DYN_DENY_V6 => (
+            MapType::LruHash,
+            size_of::<DynKeyV6>(),
+            size_of::<DenyEntry>(),
+            DYN_V6_MAX_ENTRIES,
+        ),
+        map_name::CONFIG => (MapType::Array, 4, size_of::<ScreenConfig>(), 1),
+        map_name::STATS => (MapType::PerCpuArray, 4, 8, Stat::COUNT),
+        other => unreachable!("no layout for map {other}"),
+    }
+}
+
+/// Compares a map's kernel description with the layout this build expects.
+pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
+    let (map_type, key, value, max) = expected_layout(name);
+    let actual_type = info.map_type().map_err(|e| e.to_string())?;
+    let mut wrong = Vec::new();
+    if actual_type != map_type {
+        wrong.push(format!("type {actual_type:?}, expected {map_type:?}"));
+    }
+    if info.key_size() as usize != key {
+        wrong.push(format!("key size {}, expected {key}", info.key_size()));
+    }
+    if info.value_size() as usize != value {
+        wrong.push(format!("value size {}, expected {value}", info.value_size()));
+    }
+    if info.max_entries() != max {
+        wrong.push(format!("max entries {}, expected {max}", info.max_entries()));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join(", "))
+    }
+}
+
+/// The program loaded into the kernel, with its maps pinned.
+pub struct ScreenProgram {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl ScreenProgram {
+    /// Loads the program, reusing compatible maps pinned under `pin_dir` and pinning new ones.
+    pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
+        bpffs::prepare_pin_dir(pin_dir)?;
+        for name in map_name::ALL {
+            let path = pin_dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path).map_err(|source| KernelError::InspectPin {
+                path: path.clone(),
+                source,
+            })?;
+            check_layout(name, &info).map_err(|what| KernelError::IncompatiblePin { path, what })?;
+        }
+        let mut loader = EbpfLoader::new();
+        for name in map_name::ALL {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(KernelError::NoProgram)?
+            .try_into()
+            .map_err(KernelError::Verify)?;
+        program.load().map_err(KernelError::Verify)?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    /// The loaded program's kernel id.
+    pub fn program_id(&mut self) -> Result<u32, KernelError> {
+        Ok(self.program()?.info().map_err(KernelError::Verify)?.id())
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, KernelError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(KernelError::NoProgram)?
+            .try_into()
+            .map_err(KernelError::Verify)
+    }
+
+    /// Attaches to `iface` in `mode` and pins the link. An interface this pin directory already
+    /// filters gets the new program swapped into its link atomically. Another program on the
+    /// interface is replaced only with `force`.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode, force: bool) -> Result<(), KernelError> {
+        let index = netlink::if_index(iface)?;
+        let link_path = link_pin_path(&self.pin_dir, iface);
+        let current = netlink::xdp_attachment(index)?;
+
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| KernelError::Link {
+                path: link_path.clone(),
+                source,
+            })?;
+            let ours = FdLink::from(pinned);
+            let current_mode = current.map(|c| c.mode);
+            match current_mode {
+                Some(m) if m == mode.netlink_mode() => {
+                    let link = XdpLink::try_from(ours).map_err(|source| KernelError::Link {
+                        path: link_path.clone(),
+                        source,
+                    })?;
+                    let program = self.program()?;
+                    let id = program
+                        .attach_to_link(link)
+                        .map_err(|source| attach_error(iface, mode, source))?;
+                    // The pin keeps the link; this process needs no descriptor for it.
+                    drop(program.take_link(id));
+                    tracing::info!(iface, mode = mode.as_str(), "XDP program replaced in pinned link");
+                    return Ok(());
+                }
+                Some(m) if !force => {
+                    return Err(KernelError::ModeMismatch {
+                        iface: iface.to_string(),
+                        current: m.as_str(),
+                        wanted: mode.as_str(),
+                    });
+                }
+                _ => {
+                    // A stale pin (interface re-created) or a forced mode change.
+                    drop(ours);
+                    remove_pin(&link_path)?;
+                }
+            }
+        }
+
+        if let Some(existing) = netlink::xdp_attachment(index)? {
+            if !force {
+                return Err(KernelError::ForeignProgram {
+                    iface: iface.to_string(),
+                    prog_id: existing.prog_id,
+                    mode: existing.mode.as_str(),
+                });
+            }
+            tracing::warn!(
+                iface,
+                prog_id = existing.prog_id,
+                mode = existing.mode.as_str(),
+                "--force: detaching the XDP program already on the interface"
+            );
+            netlink::detach_xdp(index, existing.mode)?;
+        }
+
+        let program = self.program()?;
+        let id = program
+            .attach_to_if_index(index, mode.xdp_mode())
+            .map_err(|source| attach_error(iface, mode, source))?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| attach_error(iface, mode, source))?;
+        let fd_link = FdLink::try_from(link).map_err(|_| KernelError::NoLink {
+            iface: iface.to_string(),
+        })?;
+        fd_link
+            .pin(&link_path)
+            .map_err(|source| KernelError::PinLink {
+                path: link_path.clone(),
+                source,
+            })?;
+        tracing::info!(iface, mode = mode.as_str(), "XDP program attached");
+        Ok(())
+    }
+}
+
+fn attach_error(iface: &str, mode: AttachMode, source: ProgramError) -> KernelError {
+    KernelError::Attach {
+        iface: iface.to_string(),
+        mode: mode.as_str(),
+        source,
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<(), KernelError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(KernelError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Where the link for `iface` is pinned.
+pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+/// The interfaces with a pinned link, and what the kernel says about each.
+pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, KernelError> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(out);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(iface) = name.strip_prefix(LINK_PREFIX) else {
+            continue;
+        };
+        let path = entry.path();
+        let link = PinnedLink::from_pin(&path).map_err(|source| KernelError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        let info = FdLink::from(link)
+            .info()
+            .map_err(|source| KernelError::Link { path, source })?;
+        let ifindex = netlink::if_index(iface).ok();
+        let mode = match ifindex {
+            Some(index) => netlink::xdp_attachment(index)?.map(|a| a.mode),
+            None => None,
+        };
+        out.push(Attachment {
+            iface: iface.to_string(),
+            ifindex,
+            mode,
+            link_id: info.id(),
+            prog_id: info.program_id(),
+        });
+    }
+    out.sort_by(|a, b| a.iface.cmp(&b.iface));
+    Ok(out)
+}
+
+/// Detaches every pinned link and removes every pin and the pin directory. Returns the
+/// interfaces that were detached.
+pub fn unload(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
+    let mut detached = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(detached);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
+            // Dropping the last descriptor of an unpinned link detaches the program.
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => {
+                    drop(link.unpin().map_err(|source| KernelError::Remove {
+                        path: path.clone(),
+                        source,
+                    })?);
+                }
+                Err(_) => remove_pin(&path)?,
+            }
+            detached.push(iface.to_string());
+        } else {
+            remove_pin(&path)?;
+        }
+    }
+    std::fs::remove_dir(pin_dir).map_err(|source| KernelError::Remove {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    detached.sort();
+    Ok(detached)
+}

@@ -1,0 +1,517 @@
+//! Typed access to the program's maps, whether just loaded or reopened from their pins.
+//!
+//! # Minimum kernel version
+//!
+//! 4.20 for iterating LPM tries from userspace.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use screen_common::{
+    DenyEntry, DynKeyV4, DynKeyV6, Origin, PrefixEntry, ScreenConfig, Stat, map_name, mask_v6,
+};
+
+use crate::kernel::clock;
+
+/// An error while reading or writing one of the program's maps.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// The map is not in the object or the pin directory.
+    #[error("map {name} not found (is the program loaded? try `smtp-screen load`)")]
+    Missing { name: &'static str },
+    /// Opening a pinned map failed.
+    #[error("cannot open pinned map {path}: {source}")]
+    OpenPin {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// The IPv6 dynamic deny map is keyed by a prefix longer than the one given.
+    #[error(
+        "{net} is wider than the IPv6 dynamic deny prefix /{configured}; \
+         deny it without --ttl (a static entry) or give a /{configured} or longer"
+    )]
+    DynamicTooWide { net: IpNet, configured: u32 },
+    /// IPv4 dynamic entries are single addresses.
+    #[error("{net}: IPv4 dynamic deny entries are single addresses (/32); deny a prefix without --ttl")]
+    DynamicV4Prefix { net: IpNet },
+    /// The entry to delete is not there.
+    #[error("{net} is not in the {list} list")]
+    NotListed { net: IpNet, list: &'static str },
+}
+
+type Result<T> = std::result::Result<T, MapsError>;
+
+/// Which static list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaticList {
+    Allow,
+    Deny,
+}
+
+impl StaticList {
+    /// `allow` or `deny`, as on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// A dynamic deny entry as the CLI shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DynamicEntry {
+    /// `/32` for IPv4, the configured prefix for IPv6.
+    pub net: IpNet,
+    pub entry: DenyEntry,
+}
+
+impl DynamicEntry {
+    /// Time left before the program ignores the entry; `None` once expired.
+    pub fn remaining(&self, now_ns: u64) -> Option<Duration> {
+        self.entry
+            .expires_ns
+            .checked_sub(now_ns)
+            .filter(|&left| left > 0)
+            .map(Duration::from_nanos)
+    }
+}
+
+type Trie4 = LpmTrie<MapData, [u8; 4], PrefixEntry>;
+type Trie6 = LpmTrie<MapData, [u8; 16], PrefixEntry>;
+
+/// Every map of the program.
+pub struct Maps {
+    allow_v4: [Trie4; 2],
+    allow_v6: [Trie6; 2],
+    deny_v4: [Trie4; 2],
+    deny_v6: [Trie6; 2],
+    dyn_v4: HashMap<MapData, DynKeyV4, DenyEntry>,
+    dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
+    config: Array<MapData, ScreenConfig>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<Self> {
+        Self::build(|name| {
+            let path = pin_dir.join(name);
+            if !path.exists() {
+                return Err(MapsError::Missing { name });
+            }
+            let data = MapData::from_pin(&path).map_err(|source| MapsError::OpenPin {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
+        })
+    }
+
+    /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+    }
+
+    fn build(mut open: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        let mut trie4 = |name| -> Result<Trie4> { typed(name, open(name)?) };
+        let allow_v4 = [trie4(map_name::ALLOW_V4[0])?, trie4(map_name::ALLOW_V4[1])?];
+        let deny_v4 = [trie4(map_name::DENY_V4[0])?, trie4(map_name::DENY_V4[1])?];
+        let mut trie6 = |name| -> Result<Trie6> { typed(name, open(name)?) };
+        let allow_v6 = [trie6(map_name::ALLOW_V6[0])?, trie6(map_name::ALLOW_V6[1])?];
+        let deny_v6 = [trie6(map_name::DENY_V6[0])?, trie6(map_name::DENY_V6[1])?];
+        Ok(Self {
+            allow_v4,
+            allow_v6,
+            deny_v4,
+            deny_v6,
+            dyn_v4: typed(map_name::DYN_DENY_V4, open(map_name::DYN_DENY_V4)?)?,
+            dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
+            config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
+            stats: typed(map_name::STATS, open(map_name::STATS)?)?,
+        })
+    }
+
+    /// The program's configuration record.
+    pub fn config(&self) -> Result<ScreenConfig> {
+        self.config.get(&0, 0).map_err(|source| MapsError::Map {
+            name: map_name::CONFIG,
+            source,
+        })
+    }
+
+    /// Replaces the configuration record.
+    pub fn set_config(&mut self, config: &ScreenConfig) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_name::CONFIG,
+                source,
+            })
+    }
+
+    /// Whether the configuration record was ever written (ports all zero means no).
+    pub fn is_configured(&self) -> Result<bool> {
+        Ok(self.config()?.ports.iter().any(|&port| port != 0))
+    }
+
+    fn live_slot(&self, list: StaticList) -> Result<usize> {
+        let config = self.config()?;
+        let slot = match list {
+            StaticList::Allow => config.allow_slot,
+            StaticList::Deny => config.deny_slot,
+        };
+        Ok((slot & 1) as usize)
+    }
+
+    fn tries(&mut self, list: StaticList) -> (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]) {
+        match list {
+            StaticList::Allow => (
+                &mut self.allow_v4,
+                &mut self.allow_v6,
+                [
+                    map_name::ALLOW_V4[0],
+                    map_name::ALLOW_V4[1],
+                    map_name::ALLOW_V6[0],
+                    map_name::ALLOW_V6[1],
+                ],
+            ),
+            StaticList::Deny => (
+                &mut self.deny_v4,
+                &mut self.deny_v6,
+                [
+                    map_name::DENY_V4[0],
+                    map_name::DENY_V4[1],
+                    map_name::DENY_V6[0],
+                    map_name::DENY_V6[1],
+                ],
+            ),
+        }
+    }
+
+    /// Adds `net` to the live slot of a static list.
+    pub fn add_static(&mut self, list: StaticList, net: IpNet, origin: Origin) -> Result<()> {
+        let slot = self.live_slot(list)?;
+        insert_prefix(self.tries(list), slot, net, origin)
+    }
+
+    /// Removes exactly `net` from the live slot of a static list.
+    pub fn remove_static(&mut self, list: StaticList, net: IpNet) -> Result<()> {
+        let slot = self.live_slot(list)?;
+        let (v4, v6, names) = self.tries(list);
+        let result = match net {
+            IpNet::V4(n) => v4[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+            IpNet::V6(n) => v6[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(MapError::KeyNotFound) => Err(MapsError::NotListed {
+                net,
+                list: list.as_str(),
+            }),
+            Err(source) => Err(MapsError::Map {
+                name: names[slot + if net.addr().is_ipv4() { 0 } else { 2 }],
+                source,
+            }),
+        }
+    }
+
+    /// The live entries of a static list.
+    pub fn static_entries(&mut self, list: StaticList) -> Result<Vec<(IpNet, PrefixEntry)>> {
+        let slot = self.live_slot(list)?;
+        let (v4, v6, names) = self.tries(list);
+        let mut out = Vec::new();
+        for item in v4[slot].iter() {
+            let (key, value) = item.map_err(|source| MapsError::Map {
+                name: names[slot],
+                source,
+            })?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .expect("the kernel keeps IPv4 prefix lengths within 32");
+            out.push((IpNet::V4(net), value));
+        }
+        for item in v6[slot].iter() {
+            let (key, value) = item.map_err(|source| MapsError::Map {
+                name: names[2 + slot],
+                source,
+            })?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
+                .expect("the kernel keeps IPv6 prefix lengths within 128");
+            out.push((IpNet::V6(net), value));
+        }
+        out.sort_by_key(|(net, _)| *net);
+        Ok(out)
+    }
+
+    /// Replaces a whole static list: fills the idle slot, makes it live in one write of the
+    /// configuration record, then empties the slot that was live. `nets` must be valid
+    /// prefixes (no host bits), which the list parser guarantees.
+    pub fn replace_static(&mut self, list: StaticList, nets: &[IpNet], origin: Origin) -> Result<()> {
+        let live = self.live_slot(list)?;
+        let idle = 1 - live;
+        clear_slot(self.tries(list), idle)?;
+        for &net in nets {
+            insert_prefix(self.tries(list), idle, net, origin)?;
+        }
+        let mut config = self.config()?;
+        match list {
+            StaticList::Allow => config.allow_slot = idle as u32,
+            StaticList::Deny => config.deny_slot = idle as u32,
+        }
+        self.set_config(&config)?;
+        clear_slot(self.tries(list), live)
+    }
+
+    /// Adds or refreshes a dynamic deny entry for `net` that expires after `ttl`.
+    pub fn add_dynamic(
+        &mut self,
+        net: IpNet,
+        ttl: Duration,
+        origin: Origin,
+        failures: u32,
+    ) -> Result<DynamicEntry> {
+        let entry = DenyEntry {
+            expires_ns: clock::monotonic_ns().saturating_add(ttl.as_nanos() as u64),
+            origin: origin as u32,
+            failures,
+        };
+        let net = self.dynamic_key_net(net)?;
+        match net {
+            IpNet::V4(n) => self
+                .dyn_v4
+                .insert(DynKeyV4 { addr: n.addr().octets() }, entry, 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_name::DYN_DENY_V4,
+                    source,
+                })?,
+            IpNet::V6(n) => self
+                .dyn_v6
+                .insert(DynKeyV6 { addr: n.addr().octets() }, entry, 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_name::DYN_DENY_V6,
+                    source,
+                })?,
+        }
+        Ok(DynamicEntry { net, entry })
+    }
+
+    /// The network a dynamic entry for `net` covers: IPv4 /32, IPv6 masked to the configured
+    /// prefix. Rejects prefixes wider than that.
+    pub fn dynamic_key_net(&self, net: IpNet) -> Result<IpNet> {
+        match net {
+            IpNet::V4(n) if n.prefix_len() != 32 => Err(MapsError::DynamicV4Prefix { net }),
+            IpNet::V4(_) => Ok(net),
+            IpNet::V6(n) => {
+                let configured = self.config()?.v6_prefix_len.min(128);
+                if u32::from(n.prefix_len()) < configured {
+                    return Err(MapsError::DynamicTooWide { net, configured });
+                }
+                let addr = Ipv6Addr::from(mask_v6(n.addr().octets(), configured));
+                Ok(IpNet::V6(
+                    Ipv6Net::new(addr, configured as u8).expect("prefix length within 128"),
+                ))
+            }
+        }
+    }
+
+    /// Removes the dynamic deny entry covering `net`.
+    pub fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
+        let key_net = self.dynamic_key_net(net)?;
+        let (result, name) = match key_net {
+            IpNet::V4(n) => (
+                self.dyn_v4.remove(&DynKeyV4 { addr: n.addr().octets() }),
+                map_name::DYN_DENY_V4,
+            ),
+            IpNet::V6(n) => (
+                self.dyn_v6.remove(&DynKeyV6 { addr: n.addr().octets() }),
+                map_name::DYN_DENY_V6,
+            ),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(MapError::KeyNotFound) => Err(MapsError::NotListed {
+                net,
+                list: "dynamic deny",
+            }),
+            Err(source) => Err(MapsError::Map { name, source }),
+        }
+    }
+
+    /// Every dynamic deny entry, expired ones included.
+    pub fn dynamic_entries(&self) -> Result<Vec<DynamicEntry>> {
+        let prefix = self.config()?.v6_prefix_len.min(128) as u8;
+        let mut out = Vec::new();
+        for item in self.dyn_v4.iter() {
+            let (key, entry) = item.map_err(|source| MapsError::Map {
+                name: map_name::DYN_DENY_V4,
+                source,
+            })?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.addr), 32).expect("/32 is valid");
+            out.push(DynamicEntry {
+                net: IpNet::V4(net),
+                entry,
+            });
+        }
+        for item in self.dyn_v6.iter() {
+            let (key, entry) = item.map_err(|source| MapsError::Map {
+                name: map_name::DYN_DENY_V6,
+                source,
+            })?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.addr), prefix).expect("prefix within 128");
+            out.push(DynamicEntry {
+                net: IpNet::V6(net),
+                entry,
+            });
+        }
+        out.sort_by_key(|e| e.net);
+        Ok(out)
+    }
+
+    /// Deletes the dynamic entries that expired before `now_ns`; returns how many went.
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<usize> {
+        let mut swept = 0;
+        let stale_v4: Vec<DynKeyV4> = self
+            .dyn_v4
+            .iter()
+            .filter_map(|item| item.ok())
+            .filter(|(_, entry)| entry.expires_ns <= now_ns)
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale_v4 {
+            // Gone already (LRU eviction or a concurrent delete) is fine.
+            if self.dyn_v4.remove(&key).is_ok() {
+                swept += 1;
+            }
+        }
+        let stale_v6: Vec<DynKeyV6> = self
+            .dyn_v6
+            .iter()
+            .filter_map(|item| item.ok())
+            .filter(|(_, entry)| entry.expires_ns <= now_ns)
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale_v6 {
+            if self.dyn_v6.remove(&key).is_ok() {
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Counters summed over all CPUs, indexed by [`Stat`].
+    pub fn counters(&self) -> Result<[u64; Stat::COUNT as usize]> {
+        let mut out = [0; Stat::COUNT as usize];
+        for stat in Stat::ALL {
+            let values = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_name::STATS,
+                    source,
+                })?;
+            out[stat as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in each map, by map name (the live and idle slots both count).
+    pub fn fill_levels(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (map_name::ALLOW_V4[0], self.allow_v4[0].keys().count()),
+            (map_name::ALLOW_V4[1], self.allow_v4[1].keys().count()),
+            (map_name::ALLOW_V6[0], self.allow_v6[0].keys().count()),
+            (map_name::ALLOW_V6[1], self.allow_v6[1].keys().count()),
+            (map_name::DENY_V4[0], self.deny_v4[0].keys().count()),
+            (map_name::DENY_V4[1], self.deny_v4[1].keys().count()),
+            (map_name::DENY_V6[0], self.deny_v6[0].keys().count()),
+            (map_name::DENY_V6[1], self.deny_v6[1].keys().count()),
+            (map_name::DYN_DENY_V4, self.dyn_v4.keys().count()),
+            (map_name::DYN_DENY_V6, self.dyn_v6.keys().count()),
+        ]
+    }
+}
+
+fn insert_prefix(
+    (v4, v6, names): (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]),
+    slot: usize,
+    net: IpNet,
+    origin: Origin,
+) -> Result<()> {
+    let value = PrefixEntry {
+        origin: origin as u32,
+    };
+    match net {
+        IpNet::V4(n) => v4[slot]
+            .insert(&Key::new(n.prefix_len().into(), n.addr().octets()), value, 0)
+            .map_err(|source| MapsError::Map {
+                name: names[slot],
+                source,
+            }),
+        IpNet::V6(n) => v6[slot]
+            .insert(&Key::new(n.prefix_len().into(), n.addr().octets()), value, 0)
+            .map_err(|source| MapsError::Map {
+                name: names[2 + slot],
+                source,
+            }),
+    }
+}
+
+fn clear_slot(
+    (v4, v6, names): (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]),
+    slot: usize,
+) -> Result<()> {
+    let keys: Vec<_> = v4[slot].keys().filter_map(|k| k.ok()).collect();
+    for key in keys {
+        match v4[slot].remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(MapsError::Map {
+                    name: names[slot],
+                    source,
+                });
+            }
+        }
+    }
+    let keys: Vec<_> = v6[slot].keys().filter_map(|k| k.ok()).collect();
+    for key in keys {
+        match v6[slot].remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(MapsError::Map {
+                    name: names[2 + slot],
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Canonical form of a client address for the maps: IPv4-mapped IPv6 becomes IPv4, as XDP
+/// only ever sees the IPv4 packet.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}

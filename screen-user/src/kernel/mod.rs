@@ -1,0 +1,77 @@
+//! The kernel side of smtp-screen: loading the XDP program, pinning its maps and link, and
+//! reading and writing the maps.
+//!
+//! # Minimum kernel version
+//!
+//! 5.10 (XDP links, BTF-defined maps).
+
+pub mod bpffs;
+pub mod clock;
+pub mod loader;
+pub mod maps;
+pub mod netlink;
+
+pub use loader::{AttachMode, Attachment, KernelError, ScreenProgram};
+pub use maps::{DynamicEntry, Maps, MapsError, StaticList};
+
+/// The XDP object built by `build.rs`, embedded so that the binary is all an operator installs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/screen-ebpf.o"));
+
+use screen_common::{DenyAction, MAX_PORTS, ScreenConfig};
+
+use crate::config::KernelAction;
+
+/// The program's configuration record for these settings, keeping the list slots of
+/// `previous` (which slot is live is state, not configuration).
+pub fn screen_config(
+    ports: &[u16],
+    action: KernelAction,
+    v6_prefix_len: u32,
+    previous: Option<ScreenConfig>,
+) -> ScreenConfig {
+    let mut config = ScreenConfig::new();
+    config.ports = [0; MAX_PORTS];
+    for (slot, port) in config.ports.iter_mut().zip(ports) {
+        *slot = *port;
+    }
+    config.action = match action {
+        KernelAction::Drop => DenyAction::Drop as u32,
+        KernelAction::Rst => DenyAction::Rst as u32,
+    };
+    config.v6_prefix_len = v6_prefix_len;
+    if let Some(previous) = previous {
+        config.allow_slot = previous.allow_slot;
+        config.deny_slot = previous.deny_slot;
+    }
+    config
+}
+
+/// Writes the settings into the loaded program's configuration record, warning when the
+/// IPv6 prefix changes under existing dynamic entries (their keys no longer match).
+pub fn configure(
+    maps: &mut Maps,
+    ports: &[u16],
+    action: KernelAction,
+    v6_prefix_len: u32,
+) -> Result<ScreenConfig, MapsError> {
+    let previous = maps.config()?;
+    let configured = maps.is_configured()?;
+    let config = screen_config(ports, action, v6_prefix_len, configured.then_some(previous));
+    if configured && previous.v6_prefix_len != v6_prefix_len {
+        let v6_entries = maps
+            .dynamic_entries()?
+            .iter()
+            .filter(|e| e.net.addr().is_ipv6())
+            .count();
+        if v6_entries > 0 {
+            tracing::warn!(
+                old = previous.v6_prefix_len,
+                new = v6_prefix_len,
+                v6_entries,
+                "IPv6 deny prefix changed; existing IPv6 dynamic entries keep their old keys until they expire"
+            );
+        }
+    }
+    maps.set_config(&config)?;
+    Ok(config)
+}

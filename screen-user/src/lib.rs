@@ -1,0 +1,14 @@
+//! smtp-screen: a postscreen-style SMTP screening daemon with an XDP fast path.
+//!
+//! The library holds everything the `smtp-screen` binary does, so that tests and benchmarks
+//! drive the same code: the kernel layer ([`kernel`]), the operator CLI ([`cli`]), list and
+//! duration syntax ([`prefixes`], [`duration`]), the configuration ([`config`]) and the
+//! daemon ([`daemon`]).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod duration;
+pub mod kernel;
+pub mod paths;
+pub mod prefixes;

@@ -1,0 +1,40 @@
+//! `smtp-screen`: the binary's edge, where errors become one clear line and an exit code.
+
+use clap::Parser as _;
+use screen_user::cli::{Cli, dispatch};
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let mut msg = format!("{err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                source = cause.source();
+            }
+            let denied = err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            }) || msg.contains("Operation not permitted")
+                || msg.contains("Permission denied");
+            if denied {
+                msg.push_str(" (smtp-screen needs root, or CAP_BPF and CAP_NET_ADMIN)");
+            }
+            eprintln!("smtp-screen: error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
