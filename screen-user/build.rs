@@ -17,7 +17,9 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.parent().context("screen-user has no parent directory")?;
+    let workspace = manifest_dir
+        .parent()
+        .context("screen-user has no parent directory")?;
     let out = PathBuf::from(env::var("OUT_DIR")?).join("screen-ebpf.o");
 
     println!("cargo:rerun-if-env-changed=SMTP_SCREEN_EBPF_OBJECT");
@@ -28,7 +30,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("copying SMTP_SCREEN_EBPF_OBJECT={object:?}"))?;
         return Ok(());
     }
-    for path in ["screen-ebpf/src", "screen-ebpf/Cargo.toml", "screen-common/src", "Cargo.lock"] {
+    for path in [
+        "screen-ebpf/src",
+        "screen-ebpf/Cargo.toml",
+        "screen-common/src",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
 
@@ -52,7 +59,14 @@ fn build_ebpf(workspace: &Path) -> anyhow::Result<PathBuf> {
 
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace.join("screen-ebpf"))
-        .args(["build", "--release", "--target", BPF_TARGET, "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer cargo's settings belong to the host build: a clippy wrapper, host flags and the
@@ -91,5 +105,8 @@ fn build_ebpf(workspace: &Path) -> anyhow::Result<PathBuf> {
              `cargo xtask build` installs what it needs (rustc-web, rust-web-src, bpf-linker)"
         );
     }
-    Ok(target_dir.join(BPF_TARGET).join("release").join("screen-ebpf"))
+    Ok(target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join("screen-ebpf"))
 }

@@ -36,11 +36,9 @@ static DENY_V6_0: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
 static DENY_V6_1: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
 
 #[btf_map(name = "scr_dyn_v4")]
-static DYN_V4: LruHashMap<DynKeyV4, DenyEntry, { DYN_V4_MAX_ENTRIES as usize }> =
-    LruHashMap::new();
+static DYN_V4: LruHashMap<DynKeyV4, DenyEntry, { DYN_V4_MAX_ENTRIES as usize }> = LruHashMap::new();
 #[btf_map(name = "scr_dyn_v6")]
-static DYN_V6: LruHashMap<DynKeyV6, DenyEntry, { DYN_V6_MAX_ENTRIES as usize }> =
-    LruHashMap::new();
+static DYN_V6: LruHashMap<DynKeyV6, DenyEntry, { DYN_V6_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 #[btf_map(name = "scr_config")]
 static CONFIG: Array<ScreenConfig, 1> = Array::new();

@@ -180,14 +180,26 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_problem() {
         let cases = [
-            ("interfaces = []\nbogus_option = 1\n", 2, "unknown field `bogus_option`"),
-            ("\n\ndeny_sweep_interval = \"5 minutes\"\n", 3, "invalid time value"),
+            (
+                "interfaces = []\nbogus_option = 1\n",
+                2,
+                "unknown field `bogus_option`",
+            ),
+            (
+                "\n\ndeny_sweep_interval = \"5 minutes\"\n",
+                3,
+                "invalid time value",
+            ),
             ("xdp_mode = \"fast\"\n", 1, "unknown variant `fast`"),
             ("protected_ports = []\n", 1, "at least one port"),
             ("protected_ports = [1,2,3,4,5,6,7,8,9]\n", 1, "at most 8"),
             ("protected_ports = [70000]\n", 1, ""),
             ("deny_v6_prefix = 8\n", 1, "outside /16../128"),
-            ("kernel_action = \"reject\"\n", 1, "unknown variant `reject`"),
+            (
+                "kernel_action = \"reject\"\n",
+                1,
+                "unknown variant `reject`",
+            ),
             ("interfaces = [\n", 2, ""),
         ];
         for (text, line, what) in cases {
@@ -210,6 +222,9 @@ mod tests {
         assert_eq!(config.protected_ports, Config::default().protected_ports);
         assert_eq!(config.kernel_action, Config::default().kernel_action);
         assert_eq!(config.deny_v6_prefix, Config::default().deny_v6_prefix);
-        assert_eq!(config.deny_sweep_interval, Config::default().deny_sweep_interval);
+        assert_eq!(
+            config.deny_sweep_interval,
+            Config::default().deny_sweep_interval
+        );
     }
 }

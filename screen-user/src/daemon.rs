@@ -43,7 +43,11 @@ pub async fn run(config: Config, pin_dir: &Path) -> anyhow::Result<()> {
     );
 
     let mut maps = Maps::from_pins(pin_dir)?;
-    let mut sweep = tokio::time::interval(config.deny_sweep_interval.max(std::time::Duration::from_secs(1)));
+    let mut sweep = tokio::time::interval(
+        config
+            .deny_sweep_interval
+            .max(std::time::Duration::from_secs(1)),
+    );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {

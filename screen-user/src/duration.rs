@@ -76,7 +76,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in ["", "s", "-1s", "1x", "1.5h", "1 h", "h1", "99999999999999999999", "5000w"] {
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "1x",
+            "1.5h",
+            "1 h",
+            "h1",
+            "99999999999999999999",
+            "5000w",
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }

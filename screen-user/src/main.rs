@@ -1,5 +1,7 @@
 //! `smtp-screen`: the binary's edge, where errors become one clear line and an exit code.
 
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use screen_user::cli::{Cli, dispatch};
 
@@ -10,6 +12,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match dispatch(cli) {

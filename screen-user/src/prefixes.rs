@@ -169,14 +169,26 @@ mod tests {
         assert_eq!(parse_prefix(" 10.0.0.0/8 ").unwrap(), net("10.0.0.0/8"));
         assert_eq!(parse_prefix("0.0.0.0/0").unwrap(), net("0.0.0.0/0"));
         assert_eq!(parse_prefix("2001:db8::/32").unwrap(), net("2001:db8::/32"));
-        assert_eq!(parse_prefix("[2001:db8::1]").unwrap(), net("2001:db8::1/128"));
-        assert_eq!(parse_prefix("[2001:db8::]/48").unwrap(), net("2001:db8::/48"));
+        assert_eq!(
+            parse_prefix("[2001:db8::1]").unwrap(),
+            net("2001:db8::1/128")
+        );
+        assert_eq!(
+            parse_prefix("[2001:db8::]/48").unwrap(),
+            net("2001:db8::/48")
+        );
     }
 
     #[test]
     fn maps_ipv4_mapped_ipv6_to_ipv4() {
-        assert_eq!(parse_prefix("::ffff:192.0.2.7").unwrap(), net("192.0.2.7/32"));
-        assert_eq!(parse_prefix("::ffff:192.0.2.0/120").unwrap(), net("192.0.2.0/24"));
+        assert_eq!(
+            parse_prefix("::ffff:192.0.2.7").unwrap(),
+            net("192.0.2.7/32")
+        );
+        assert_eq!(
+            parse_prefix("::ffff:192.0.2.0/120").unwrap(),
+            net("192.0.2.0/24")
+        );
     }
 
     #[test]
@@ -198,7 +210,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "foo", "192.0.2", "192.0.2.0/33", "2001:db8::/129", "192.0.2.0/", "1.2.3.4/-1", "1.2.3.4/x"] {
+        for bad in [
+            "",
+            "foo",
+            "192.0.2",
+            "192.0.2.0/33",
+            "2001:db8::/129",
+            "192.0.2.0/",
+            "1.2.3.4/-1",
+            "1.2.3.4/x",
+        ] {
             assert!(parse_prefix(bad).is_err(), "{bad:?} parsed");
         }
     }
@@ -216,7 +237,11 @@ mod tests {
         let nets = parse_list(Path::new("drop.txt"), text, 100).unwrap();
         assert_eq!(
             nets,
-            vec![net("1.10.16.0/20"), net("2.56.192.0/22"), net("2001:db8:bad::/48")]
+            vec![
+                net("1.10.16.0/20"),
+                net("2.56.192.0/22"),
+                net("2001:db8:bad::/48")
+            ]
         );
     }
 
@@ -225,8 +250,14 @@ mod tests {
         let text = "10.0.0.0/8\nnot-a-prefix\n192.0.2.1/24\n10.1.0.0/16 extra\n";
         let err = parse_list(Path::new("/etc/list"), text, 100).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/etc/list:2: invalid address or prefix \"not-a-prefix\""), "{msg}");
-        assert!(msg.contains("/etc/list:3: 192.0.2.1/24 has host bits set"), "{msg}");
+        assert!(
+            msg.contains("/etc/list:2: invalid address or prefix \"not-a-prefix\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("/etc/list:3: 192.0.2.1/24 has host bits set"),
+            "{msg}"
+        );
         assert!(msg.contains("/etc/list:4: unexpected \"extra\""), "{msg}");
         assert!(!msg.contains(":1:"), "{msg}");
     }
@@ -236,7 +267,11 @@ mod tests {
         let text = "10.0.0.0/8\n10.1.0.0/16\n10.2.0.0/16\n";
         assert!(matches!(
             parse_list(Path::new("l"), text, 2),
-            Err(ListError::TooMany { count: 3, max: 2, .. })
+            Err(ListError::TooMany {
+                count: 3,
+                max: 2,
+                ..
+            })
         ));
     }
 }

@@ -150,10 +150,7 @@ impl FrameSpec {
                 let payload_len = (ext.len() + transport.len()) as u16;
                 frame.extend_from_slice(&[0x60, 0, 0, 0]);
                 frame.extend_from_slice(&payload_len.to_be_bytes());
-                let first = self
-                    .ipv6_ext
-                    .first()
-                    .map_or(self.protocol, ext_kind);
+                let first = self.ipv6_ext.first().map_or(self.protocol, ext_kind);
                 frame.push(first);
                 frame.push(64);
                 frame.extend_from_slice(&src.octets());
@@ -320,7 +317,10 @@ mod tests {
         .vlan(ETH_P_8021Q, 200);
         spec.ipv6_ext = vec![
             ExtHeader::Options { kind: 0, len8: 0 },
-            ExtHeader::Fragment { offset: 0, more: false },
+            ExtHeader::Fragment {
+                offset: 0,
+                more: false,
+            },
         ];
         let f = spec.build();
         let l3 = l2_len(&spec);

@@ -70,9 +70,7 @@ fn step(what: &str) {
 
 /// Runs `cmd`, failing with its description when it fails.
 fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -113,7 +111,14 @@ fn test(root: &Path) -> anyhow::Result<()> {
     step("checking formatting");
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("checking lints");
-    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     step("building the daemon the end-to-end tests run");
     run_cmd(cargo().args(["build", "-p", "screen-user"]))?;
     let binary = root.join("target/debug/smtp-screen");
@@ -121,7 +126,15 @@ fn test(root: &Path) -> anyhow::Result<()> {
     for name in BENCHES {
         run_cmd(
             cargo()
-                .args(["bench", "-p", "screen-tests", "--bench", name, "--", "--quick"])
+                .args([
+                    "bench",
+                    "-p",
+                    "screen-tests",
+                    "--bench",
+                    name,
+                    "--",
+                    "--quick",
+                ])
                 .env("SMTP_SCREEN_BIN", &binary)
                 .env(
                     "SMTP_SCREEN_BENCH_REPORT",

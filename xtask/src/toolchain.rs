@@ -65,7 +65,10 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run_cmd(
         Command::new("apt-get")
             .args(["update", "-q"])

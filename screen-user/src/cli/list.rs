@@ -45,11 +45,7 @@ pub fn deny(pin_dir: &Path, cmd: DenyCommand) -> anyhow::Result<()> {
             }
             let _lock = PinDirLock::acquire(pin_dir)?;
             let entry = maps.add_dynamic(prefix, ttl, Origin::Operator, 1)?;
-            println!(
-                "{} dynamic deny for {}",
-                entry.net,
-                duration::Display(ttl)
-            );
+            println!("{} dynamic deny for {}", entry.net, duration::Display(ttl));
         }
         DenyCommand::Del { prefix } => {
             let _lock = PinDirLock::acquire(pin_dir)?;

@@ -36,7 +36,11 @@ pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
         println!(
             "{iface}: attached in {} mode (program id {prog_id}), ports {:?}, action {:?}",
             args.mode.as_str(),
-            settings.ports.iter().filter(|&&p| p != 0).collect::<Vec<_>>(),
+            settings
+                .ports
+                .iter()
+                .filter(|&&p| p != 0)
+                .collect::<Vec<_>>(),
             args.action,
         );
     }

@@ -45,7 +45,11 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
     };
     println!(
         "config: ports {}, action {action}, IPv6 dynamic prefix /{}, live allow slot {}, live deny slot {}",
-        if ports.is_empty() { "(none)".to_string() } else { ports.join(" ") },
+        if ports.is_empty() {
+            "(none)".to_string()
+        } else {
+            ports.join(" ")
+        },
         config.v6_prefix_len,
         config.allow_slot,
         config.deny_slot

@@ -10,7 +10,25 @@ fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
 
 #[test]
 fn load_takes_interfaces_mode_and_settings() {
-    let cli = parse(&["load", "--iface", "eth0", "--iface", "eth1", "--mode", "generic", "--port", "25", "--port", "587", "--action", "rst", "--v6-prefix", "56", "--force"]).unwrap();
+    let cli = parse(&[
+        "load",
+        "--iface",
+        "eth0",
+        "--iface",
+        "eth1",
+        "--mode",
+        "generic",
+        "--port",
+        "25",
+        "--port",
+        "587",
+        "--action",
+        "rst",
+        "--v6-prefix",
+        "56",
+        "--force",
+    ])
+    .unwrap();
     let Command::Load(args) = cli.command else {
         panic!("not load");
     };
@@ -64,28 +82,49 @@ fn deny_add_parses_prefixes_and_ttls() {
 
 #[test]
 fn deny_add_rejects_invalid_input_with_the_reason() {
-    let err = parse(&["deny", "add", "192.0.2.1/24"]).unwrap_err().to_string();
+    let err = parse(&["deny", "add", "192.0.2.1/24"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("host bits set"), "{err}");
     assert!(err.contains("192.0.2.0/24"), "{err}");
-    let err = parse(&["deny", "add", "300.1.1.1"]).unwrap_err().to_string();
+    let err = parse(&["deny", "add", "300.1.1.1"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid address or prefix"), "{err}");
-    let err = parse(&["deny", "add", "10.0.0.1", "--ttl", "soon"]).unwrap_err().to_string();
+    let err = parse(&["deny", "add", "10.0.0.1", "--ttl", "soon"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid time value"), "{err}");
     assert!(parse(&["deny", "frobnicate"]).is_err());
 }
 
 #[test]
 fn list_verbs_parse() {
-    assert!(matches!(parse(&["deny", "list"]).unwrap().command, Command::Deny(DenyCommand::List)));
-    assert!(matches!(parse(&["allow", "list"]).unwrap().command, Command::Allow(AllowCommand::List)));
-    assert!(matches!(parse(&["allow", "add", "10.0.0.0/8"]).unwrap().command, Command::Allow(AllowCommand::Add { .. })));
-    assert!(matches!(parse(&["deny", "del", "10.0.0.1"]).unwrap().command, Command::Deny(DenyCommand::Del { .. })));
+    assert!(matches!(
+        parse(&["deny", "list"]).unwrap().command,
+        Command::Deny(DenyCommand::List)
+    ));
+    assert!(matches!(
+        parse(&["allow", "list"]).unwrap().command,
+        Command::Allow(AllowCommand::List)
+    ));
+    assert!(matches!(
+        parse(&["allow", "add", "10.0.0.0/8"]).unwrap().command,
+        Command::Allow(AllowCommand::Add { .. })
+    ));
+    assert!(matches!(
+        parse(&["deny", "del", "10.0.0.1"]).unwrap().command,
+        Command::Deny(DenyCommand::Del { .. })
+    ));
     let cli = parse(&["deny", "load", "/etc/drop.txt"]).unwrap();
     let Command::Deny(DenyCommand::Load { file }) = cli.command else {
         panic!("not deny load");
     };
     assert_eq!(file, PathBuf::from("/etc/drop.txt"));
-    assert!(parse(&["allow", "add", "10.0.0.1", "--ttl", "1h"]).is_err(), "allow entries do not expire");
+    assert!(
+        parse(&["allow", "add", "10.0.0.1", "--ttl", "1h"]).is_err(),
+        "allow entries do not expire"
+    );
 }
 
 #[test]

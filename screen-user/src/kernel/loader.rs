@@ -113,7 +113,9 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
-    #[error("the kernel attached {iface} without a BPF link (older than 5.9?), which cannot be pinned")]
+    #[error(
+        "the kernel attached {iface} without a BPF link (older than 5.9?), which cannot be pinned"
+    )]
     NoLink { iface: String },
     #[error("pinned link {path}: {source}")]
     Link {
@@ -192,10 +194,16 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
         wrong.push(format!("key size {}, expected {key}", info.key_size()));
     }
     if info.value_size() as usize != value {
-        wrong.push(format!("value size {}, expected {value}", info.value_size()));
+        wrong.push(format!(
+            "value size {}, expected {value}",
+            info.value_size()
+        ));
     }
     if info.max_entries() != max {
-        wrong.push(format!("max entries {}, expected {max}", info.max_entries()));
+        wrong.push(format!(
+            "max entries {}, expected {max}",
+            info.max_entries()
+        ));
     }
     if wrong.is_empty() {
         Ok(())
@@ -223,7 +231,8 @@ impl ScreenProgram {
                 path: path.clone(),
                 source,
             })?;
-            check_layout(name, &info).map_err(|what| KernelError::IncompatiblePin { path, what })?;
+            check_layout(name, &info)
+                .map_err(|what| KernelError::IncompatiblePin { path, what })?;
         }
         let mut loader = EbpfLoader::new();
         for name in map_name::ALL {
@@ -258,7 +267,12 @@ impl ScreenProgram {
     /// Attaches to `iface` in `mode` and pins the link. An interface this pin directory already
     /// filters gets the new program swapped into its link atomically. Another program on the
     /// interface is replaced only with `force`.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode, force: bool) -> Result<(), KernelError> {
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        force: bool,
+    ) -> Result<(), KernelError> {
         let index = netlink::if_index(iface)?;
         let link_path = link_pin_path(&self.pin_dir, iface);
         let current = netlink::xdp_attachment(index)?;
@@ -282,7 +296,11 @@ impl ScreenProgram {
                         .map_err(|source| attach_error(iface, mode, source))?;
                     // The pin keeps the link; this process needs no descriptor for it.
                     drop(program.take_link(id));
-                    tracing::info!(iface, mode = mode.as_str(), "XDP program replaced in pinned link");
+                    tracing::info!(
+                        iface,
+                        mode = mode.as_str(),
+                        "XDP program replaced in pinned link"
+                    );
                     return Ok(());
                 }
                 Some(m) if !force => {

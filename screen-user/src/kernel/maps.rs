@@ -48,7 +48,9 @@ pub enum MapsError {
     )]
     DynamicTooWide { net: IpNet, configured: u32 },
     /// IPv4 dynamic entries are single addresses.
-    #[error("{net}: IPv4 dynamic deny entries are single addresses (/32); deny a prefix without --ttl")]
+    #[error(
+        "{net}: IPv4 dynamic deny entries are single addresses (/32); deny a prefix without --ttl"
+    )]
     DynamicV4Prefix { net: IpNet },
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
@@ -269,7 +271,12 @@ impl Maps {
     /// Replaces a whole static list: fills the idle slot, makes it live in one write of the
     /// configuration record, then empties the slot that was live. `nets` must be valid
     /// prefixes (no host bits), which the list parser guarantees.
-    pub fn replace_static(&mut self, list: StaticList, nets: &[IpNet], origin: Origin) -> Result<()> {
+    pub fn replace_static(
+        &mut self,
+        list: StaticList,
+        nets: &[IpNet],
+        origin: Origin,
+    ) -> Result<()> {
         let live = self.live_slot(list)?;
         let idle = 1 - live;
         clear_slot(self.tries(list), idle)?;
@@ -302,14 +309,26 @@ impl Maps {
         match net {
             IpNet::V4(n) => self
                 .dyn_v4
-                .insert(DynKeyV4 { addr: n.addr().octets() }, entry, 0)
+                .insert(
+                    DynKeyV4 {
+                        addr: n.addr().octets(),
+                    },
+                    entry,
+                    0,
+                )
                 .map_err(|source| MapsError::Map {
                     name: map_name::DYN_DENY_V4,
                     source,
                 })?,
             IpNet::V6(n) => self
                 .dyn_v6
-                .insert(DynKeyV6 { addr: n.addr().octets() }, entry, 0)
+                .insert(
+                    DynKeyV6 {
+                        addr: n.addr().octets(),
+                    },
+                    entry,
+                    0,
+                )
                 .map_err(|source| MapsError::Map {
                     name: map_name::DYN_DENY_V6,
                     source,
@@ -342,11 +361,15 @@ impl Maps {
         let key_net = self.dynamic_key_net(net)?;
         let (result, name) = match key_net {
             IpNet::V4(n) => (
-                self.dyn_v4.remove(&DynKeyV4 { addr: n.addr().octets() }),
+                self.dyn_v4.remove(&DynKeyV4 {
+                    addr: n.addr().octets(),
+                }),
                 map_name::DYN_DENY_V4,
             ),
             IpNet::V6(n) => (
-                self.dyn_v6.remove(&DynKeyV6 { addr: n.addr().octets() }),
+                self.dyn_v6.remove(&DynKeyV6 {
+                    addr: n.addr().octets(),
+                }),
                 map_name::DYN_DENY_V6,
             ),
         };
@@ -465,13 +488,21 @@ fn insert_prefix(
     };
     match net {
         IpNet::V4(n) => v4[slot]
-            .insert(&Key::new(n.prefix_len().into(), n.addr().octets()), value, 0)
+            .insert(
+                &Key::new(n.prefix_len().into(), n.addr().octets()),
+                value,
+                0,
+            )
             .map_err(|source| MapsError::Map {
                 name: names[slot],
                 source,
             }),
         IpNet::V6(n) => v6[slot]
-            .insert(&Key::new(n.prefix_len().into(), n.addr().octets()), value, 0)
+            .insert(
+                &Key::new(n.prefix_len().into(), n.addr().octets()),
+                value,
+                0,
+            )
             .map_err(|source| MapsError::Map {
                 name: names[2 + slot],
                 source,
