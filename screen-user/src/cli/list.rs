@@ -15,12 +15,7 @@ use crate::{
 };
 
 fn open(pin_dir: &Path) -> anyhow::Result<Maps> {
-    if !pin_dir.exists() {
-        bail!(
-            "nothing loaded: {} does not exist (smtp-screen load --iface IF)",
-            pin_dir.display()
-        );
-    }
+    super::require_loaded(pin_dir)?;
     Ok(Maps::from_pins(pin_dir)?)
 }
 

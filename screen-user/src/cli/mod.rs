@@ -6,7 +6,12 @@ mod run;
 mod status;
 mod unload;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::bail;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
@@ -127,6 +132,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Deny(cmd) => list::deny(&cli.pin_dir, cmd),
         Command::Allow(cmd) => list::allow(&cli.pin_dir, cmd),
         Command::Run(args) => run::run(&cli.pin_dir, &args),
+    }
+}
+
+/// Fails unless `pin_dir` holds a loaded program, telling "not loaded" apart from "not
+/// allowed to look" (bpffs is usually mode 0700).
+fn require_loaded(pin_dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(pin_dir) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "nothing loaded: {} does not exist (smtp-screen load --iface IF)",
+            pin_dir.display()
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot access {}", pin_dir.display()))),
     }
 }
 

@@ -2,18 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::bail;
 use screen_common::{DenyAction, Stat, map_name};
 
 use crate::kernel::{Maps, loader};
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
-    if !pin_dir.exists() {
-        bail!(
-            "nothing loaded: {} does not exist (smtp-screen load --iface IF)",
-            pin_dir.display()
-        );
-    }
+    super::require_loaded(pin_dir)?;
     let maps = Maps::from_pins(pin_dir)?;
     let config = maps.config()?;
     println!("pin directory: {}", pin_dir.display());

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::kernel::loader;
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
-    if !pin_dir.exists() {
+    if std::fs::metadata(pin_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         println!("nothing loaded ({} does not exist)", pin_dir.display());
         return Ok(());
     }

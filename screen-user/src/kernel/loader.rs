@@ -129,6 +129,12 @@ pub enum KernelError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("cannot read pin directory {path}: {source}")]
+    ReadPinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("removing {path}: {source}")]
     Remove {
         path: PathBuf,
@@ -383,8 +389,15 @@ pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
 /// The interfaces with a pinned link, and what the kernel says about each.
 pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, KernelError> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pin_dir) else {
-        return Ok(out);
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(KernelError::ReadPinDir {
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -420,8 +433,15 @@ pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, KernelError> {
 /// interfaces that were detached.
 pub fn unload(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
     let mut detached = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pin_dir) else {
-        return Ok(detached);
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(detached),
+        Err(source) => {
+            return Err(KernelError::ReadPinDir {
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
