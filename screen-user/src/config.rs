@@ -1,14 +1,19 @@
 //! The daemon's configuration file (TOML).
 //!
-//! Each option is documented once, here, next to its field; `smtp-screen.example.toml` at the
-//! top of the repository is checked against these defaults by the tests.
+//! Option names are postscreen's without the `postscreen_` prefix, with postscreen's defaults
+//! and value syntax: time values such as `6s` or `1d`, `yes`/`no` as well as `true`/`false`,
+//! `$name` references to other options, and the `${stress?{a}:{b}}` form for `greet_wait` and
+//! `command_time_limit`. smtp-screen's own options (listening, hand-off, the kernel layer) sit
+//! beside them. Each option is documented once, here, next to its field;
+//! `smtp-screen.example.toml` is checked against these defaults by the tests.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de};
 
 use crate::{duration, kernel::AttachMode};
 
@@ -40,10 +45,158 @@ pub enum KernelAction {
     Rst,
 }
 
+/// postscreen's action for a failed test (`postscreen_*_action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestAction {
+    /// Log only; the other tests go on.
+    Ignore,
+    /// Let the other tests finish, then reject every RCPT with a 550.
+    Enforce,
+    /// Reply 521 at once and hang up.
+    Drop,
+}
+
+/// How passed clients reach the real MTA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handoff {
+    /// smtp-screen connects to `backend` and relays the bytes both ways.
+    Proxy,
+}
+
+/// A PROXY protocol header sent to the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProxyProtocol {
+    None,
+    V1,
+    V2,
+}
+
+/// The PROXY protocol expected from a load balancer in front of smtp-screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProxyProtocol {
+    /// Clients connect directly (postscreen's empty value).
+    None,
+    /// Every connection starts with a PROXY v1 or v2 header (postscreen's `haproxy`).
+    Haproxy,
+}
+
+/// Where the postscreen-style log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Stderr,
+    Syslog,
+}
+
+/// A time value that depends on stress, as `${stress?{2}:{6}}s` (postscreen evaluates it
+/// twice at start-up and switches between the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StressDuration {
+    pub normal: Duration,
+    pub stress: Duration,
+}
+
+impl StressDuration {
+    const fn fixed(value: Duration) -> Self {
+        Self {
+            normal: value,
+            stress: value,
+        }
+    }
+
+    /// The value in force.
+    pub fn get(&self, stressed: bool) -> Duration {
+        if stressed { self.stress } else { self.normal }
+    }
+}
+
 /// The daemon's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    // --- Listening, hand-off, logging (smtp-screen's own) ---
+    /// Addresses the daemon accepts SMTP connections on (IPv6 sockets are IPv6-only).
+    pub listen: Vec<SocketAddr>,
+    /// How passed clients reach the real MTA: `proxy`.
+    pub handoff: Handoff,
+    /// Address of the real MTA that passed clients are relayed to.
+    pub backend: SocketAddr,
+    /// PROXY protocol header sent to the backend first, so it sees the client's real
+    /// address: `none`, `v1` or `v2`.
+    pub backend_proxy_protocol: BackendProxyProtocol,
+    /// Directory for the temporary allowlist database.
+    pub state_dir: PathBuf,
+    /// Where log lines go: `stderr` or `syslog`.
+    pub log_to: LogTarget,
+    /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
+    pub syslog_name: String,
+    /// After the sockets and BPF objects are open, the daemon runs as this user.
+    pub user: String,
+
+    // --- postscreen's options ---
+    /// The server's host name, used in replies (`$myhostname`).
+    #[serde(deserialize_with = "non_empty")]
+    pub myhostname: String,
+    /// The text of the `220` greeting (`$smtpd_banner`).
+    pub smtpd_banner: String,
+    /// Networks `permit_mynetworks` allows, in Postfix syntax.
+    pub mynetworks: String,
+    /// Permanent allow/deny list: `permit_mynetworks`, `permit`, `reject`, `dunno`,
+    /// `cidr:/path` (postscreen_access_list).
+    pub access_list: String,
+    /// What happens to a client the access list rejects: `ignore`, `enforce`, `drop`.
+    pub denylist_action: TestAction,
+    /// Text of the `220-` teaser sent before the greet wait; empty disables the pregreet test.
+    pub greet_banner: String,
+    /// How long to wait for a client that talks before its turn.
+    #[serde(deserialize_with = "stress_time_value")]
+    pub greet_wait: StressDuration,
+    /// What happens to a client that talks before its turn.
+    pub greet_action: TestAction,
+    /// How long a passed pregreet test is remembered.
+    #[serde(deserialize_with = "time_value")]
+    pub greet_ttl: Duration,
+    /// How long an expired allowlist record is kept so a returning client is not "new".
+    #[serde(deserialize_with = "time_value")]
+    pub cache_retention_time: Duration,
+    /// How often expired allowlist records are removed; 0 disables the cleanup.
+    #[serde(deserialize_with = "time_value")]
+    pub cache_cleanup_interval: Duration,
+    /// Commands allowed per session in the dummy SMTP engine.
+    #[serde(deserialize_with = "positive")]
+    pub command_count_limit: u32,
+    /// Time allowed to send one whole command line.
+    #[serde(deserialize_with = "stress_time_value")]
+    pub command_time_limit: StressDuration,
+    /// Simultaneous connections allowed from one client address; 0 means no limit.
+    pub client_connection_count_limit: u32,
+    /// Connections allowed in screening at once (also sets the stress thresholds).
+    #[serde(deserialize_with = "at_least_10")]
+    pub pre_queue_limit: u32,
+    /// Connections allowed between passing and being taken over by the backend.
+    #[serde(deserialize_with = "at_least_5")]
+    pub post_queue_limit: u32,
+    /// `haproxy` when a load balancer sends a PROXY header first; empty otherwise.
+    #[serde(deserialize_with = "upstream_proxy")]
+    pub upstream_proxy_protocol: UpstreamProxyProtocol,
+    /// Time allowed for that header.
+    #[serde(deserialize_with = "time_value")]
+    pub upstream_proxy_timeout: Duration,
+    /// Local addresses where clients may earn the temporary allowlist (`static:all`: all).
+    pub allowlist_interfaces: String,
+    /// Text appended to 4xx and 5xx replies.
+    pub reject_footer: String,
+    /// Longest command line accepted, in bytes.
+    #[serde(deserialize_with = "at_least_512")]
+    pub line_length_limit: u32,
+    /// Turn every 5xx reply into 4xx, for testing a new configuration safely.
+    #[serde(deserialize_with = "yes_no")]
+    pub soft_bounce: bool,
+
+    // --- The kernel layer (smtp-screen's own) ---
     /// Interfaces the XDP SYN screen is attached to. Empty: no kernel screening.
     pub interfaces: Vec<String>,
     /// `native` (in the driver, fastest) or `generic` (any interface). Never guessed.
@@ -59,29 +212,200 @@ pub struct Config {
     /// How often expired dynamic deny entries are removed from the kernel maps.
     #[serde(deserialize_with = "time_value")]
     pub deny_sweep_interval: Duration,
+    /// A client that fails again within this window is denied in the kernel.
+    #[serde(deserialize_with = "time_value")]
+    pub deny_window: Duration,
+    /// How long a kernel deny entry lasts; 0 turns the kernel deny policy off.
+    #[serde(deserialize_with = "time_value")]
+    pub deny_ttl: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 25)),
+                SocketAddr::from(([0u16; 8], 25)),
+            ],
+            handoff: Handoff::Proxy,
+            backend: SocketAddr::from(([127, 0, 0, 1], 10025)),
+            backend_proxy_protocol: BackendProxyProtocol::None,
+            state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
+            log_to: LogTarget::Stderr,
+            syslog_name: "smtp-screen".into(),
+            user: "nobody".into(),
+            myhostname: system_hostname(),
+            smtpd_banner: "$myhostname ESMTP".into(),
+            mynetworks: "127.0.0.0/8 [::1]/128".into(),
+            access_list: "permit_mynetworks".into(),
+            denylist_action: TestAction::Ignore,
+            greet_banner: "$smtpd_banner".into(),
+            greet_wait: StressDuration {
+                normal: Duration::from_secs(6),
+                stress: Duration::from_secs(2),
+            },
+            greet_action: TestAction::Ignore,
+            greet_ttl: Duration::from_secs(86_400),
+            cache_retention_time: Duration::from_secs(7 * 86_400),
+            cache_cleanup_interval: Duration::from_secs(12 * 3_600),
+            command_count_limit: 20,
+            command_time_limit: StressDuration {
+                normal: Duration::from_secs(300),
+                stress: Duration::from_secs(10),
+            },
+            client_connection_count_limit: 50,
+            pre_queue_limit: 100,
+            post_queue_limit: 100,
+            upstream_proxy_protocol: UpstreamProxyProtocol::None,
+            upstream_proxy_timeout: Duration::from_secs(5),
+            allowlist_interfaces: "static:all".into(),
+            reject_footer: String::new(),
+            line_length_limit: 2048,
+            soft_bounce: false,
             interfaces: Vec::new(),
             xdp_mode: AttachMode::Native,
             protected_ports: vec![screen_common::ScreenConfig::SMTP_PORT],
             kernel_action: KernelAction::Drop,
             deny_v6_prefix: screen_common::ScreenConfig::DEFAULT_V6_PREFIX_LEN,
             deny_sweep_interval: Duration::from_secs(60),
+            deny_window: Duration::from_secs(600),
+            deny_ttl: Duration::from_secs(3_600),
         }
     }
 }
 
+/// The host name, as Postfix's `myhostname` default takes it (`gethostname`).
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// A time value or a whole number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeText {
+    Text(String),
+    Seconds(u64),
+}
+
 fn time_value<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match TimeText::deserialize(d)? {
+        TimeText::Text(text) => duration::parse(&text).map_err(de::Error::custom),
+        TimeText::Seconds(secs) => duration::parse(&secs.to_string()).map_err(de::Error::custom),
+    }
+}
+
+fn stress_time_value<'de, D: Deserializer<'de>>(d: D) -> Result<StressDuration, D::Error> {
+    match TimeText::deserialize(d)? {
+        TimeText::Text(text) => parse_stress_duration(&text).map_err(de::Error::custom),
+        TimeText::Seconds(secs) => Ok(StressDuration::fixed(Duration::from_secs(secs))),
+    }
+}
+
+/// Parses `6s`, or `${stress?{2}:{6}}s` / `${stress?2:6}s` (stress value first, then the
+/// normal one, then an optional unit that applies to both).
+pub fn parse_stress_duration(text: &str) -> Result<StressDuration, String> {
+    let text = text.trim();
+    let Some(rest) = text.strip_prefix("${stress?") else {
+        return duration::parse(text)
+            .map(StressDuration::fixed)
+            .map_err(|e| e.to_string());
+    };
+    let bad = || format!("invalid stress-dependent value {text:?} (expected ${{stress?{{2}}:{{6}}}}s)");
+    let close = rest.rfind('}').ok_or_else(bad)?;
+    let (body, unit) = (&rest[..close], &rest[close + 1..]);
+    let (stress, normal) = body.split_once(':').ok_or_else(bad)?;
+    let strip = |v: &str| {
+        let v = v.trim();
+        v.strip_prefix('{')
+            .and_then(|v| v.strip_suffix('}'))
+            .unwrap_or(v)
+            .trim()
+            .to_string()
+    };
+    let stress = duration::parse(&format!("{}{unit}", strip(stress))).map_err(|e| e.to_string())?;
+    let normal = duration::parse(&format!("{}{unit}", strip(normal))).map_err(|e| e.to_string())?;
+    Ok(StressDuration { normal, stress })
+}
+
+fn yes_no<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum YesNo {
+        Bool(bool),
+        Text(String),
+    }
+    match YesNo::deserialize(d)? {
+        YesNo::Bool(b) => Ok(b),
+        YesNo::Text(t) => match t.to_ascii_lowercase().as_str() {
+            "yes" | "true" => Ok(true),
+            "no" | "false" => Ok(false),
+            _ => Err(de::Error::custom(format!("expected yes or no, found {t:?}"))),
+        },
+    }
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let text = String::deserialize(d)?;
-    duration::parse(&text).map_err(serde::de::Error::custom)
+    if text.trim().is_empty() {
+        return Err(de::Error::custom("must not be empty"));
+    }
+    Ok(text)
+}
+
+fn at_least<'de, D: Deserializer<'de>>(d: D, min: u32) -> Result<u32, D::Error> {
+    let value = u32::deserialize(d)?;
+    if value < min {
+        return Err(de::Error::custom(format!("{value} is below the minimum of {min}")));
+    }
+    Ok(value)
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    at_least(d, 1)
+}
+
+/// postscreen enforces a minimum of 10 (`postscreen.c`).
+fn at_least_10<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    at_least(d, 10)
+}
+
+/// postscreen enforces a minimum of 5 (`postscreen.c`).
+fn at_least_5<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    at_least(d, 5)
+}
+
+/// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets.
+fn at_least_512<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    at_least(d, 512)
+}
+
+fn upstream_proxy<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamProxyProtocol, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" => Ok(UpstreamProxyProtocol::None),
+        "haproxy" => Ok(UpstreamProxyProtocol::Haproxy),
+        other => Err(de::Error::custom(format!(
+            "unsupported upstream proxy protocol {other:?} (only \"haproxy\" or empty)"
+        ))),
+    }
 }
 
 fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
     let ports = Vec::<u16>::deserialize(d)?;
-    check_ports(&ports).map_err(serde::de::Error::custom)?;
+    check_ports(&ports).map_err(de::Error::custom)?;
     Ok(ports)
 }
 
@@ -105,7 +429,7 @@ pub fn check_ports(ports: &[u16]) -> Result<(), String> {
 
 fn v6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let len = u32::deserialize(d)?;
-    check_v6_prefix(len).map_err(serde::de::Error::custom)?;
+    check_v6_prefix(len).map_err(de::Error::custom)?;
     Ok(len)
 }
 
@@ -115,6 +439,60 @@ pub fn check_v6_prefix(len: u32) -> Result<(), String> {
         return Err(format!("IPv6 deny prefix /{len} is outside /16../128"));
     }
     Ok(())
+}
+
+/// Replaces `$name` and `${name}` references to the string options Postfix admins refer to
+/// in banners and footers. Unknown names are left as they are.
+pub fn expand(text: &str, config: &Config) -> String {
+    let lookup = |name: &str| -> Option<String> {
+        match name {
+            "myhostname" => Some(config.myhostname.clone()),
+            "smtpd_banner" => Some(expand_once(&config.smtpd_banner, config)),
+            "mail_name" => Some("smtp-screen".into()),
+            _ => None,
+        }
+    };
+    substitute(text, &lookup)
+}
+
+fn expand_once(text: &str, config: &Config) -> String {
+    substitute(text, &|name: &str| match name {
+        "myhostname" => Some(config.myhostname.clone()),
+        "mail_name" => Some("smtp-screen".into()),
+        _ => None,
+    })
+}
+
+fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let (name, consumed) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end) => (&inner[..end], end + 2),
+                None => ("", 0),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        match (consumed, lookup(name)) {
+            (c, Some(value)) if c > 0 => {
+                out.push_str(&value);
+                rest = &after[consumed..];
+            }
+            _ => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Config {
@@ -129,18 +507,66 @@ impl Config {
 
     /// Parses configuration text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .map(|span| line_at(text, span.start))
                 .unwrap_or(1);
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 message: e.message().to_string(),
             }
-        })
+        })?;
+        config.check().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of_key(text, key),
+            message,
+        })?;
+        Ok(config)
     }
+
+    /// Checks that concern several options at once; returns the option to blame.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.is_empty() {
+            return Err(("listen", "at least one listen address is needed".into()));
+        }
+        if self.listen.contains(&self.backend) {
+            return Err((
+                "backend",
+                format!("backend {} is one of the listen addresses (a loop)", self.backend),
+            ));
+        }
+        if self.syslog_name.trim().is_empty() {
+            return Err(("syslog_name", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The `220-` teaser text; empty when the pregreet test is off.
+    pub fn greet_banner(&self) -> String {
+        expand(&self.greet_banner, self)
+    }
+
+    /// The `220` greeting text of the dummy engine.
+    pub fn smtpd_banner(&self) -> String {
+        expand(&self.smtpd_banner, self)
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line where `key` is set, or 1 when it is not set (a default is at fault).
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -152,14 +578,50 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_gives_the_defaults() {
-        assert_eq!(parse("").unwrap(), Config::default());
+    fn empty_file_gives_postscreen_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.greet_wait.normal, Duration::from_secs(6));
+        assert_eq!(config.greet_wait.stress, Duration::from_secs(2));
+        assert_eq!(config.command_time_limit.normal, Duration::from_secs(300));
+        assert_eq!(config.command_time_limit.stress, Duration::from_secs(10));
+        assert_eq!(config.greet_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.cache_retention_time, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.cache_cleanup_interval, Duration::from_secs(12 * 3_600));
+        assert_eq!(config.command_count_limit, 20);
+        assert_eq!(config.client_connection_count_limit, 50);
+        assert_eq!(config.pre_queue_limit, 100);
+        assert_eq!(config.post_queue_limit, 100);
+        assert_eq!(config.upstream_proxy_timeout, Duration::from_secs(5));
+        assert_eq!(config.access_list, "permit_mynetworks");
+        assert_eq!(config.denylist_action, TestAction::Ignore);
+        assert_eq!(config.greet_action, TestAction::Ignore);
+        assert_eq!(config.allowlist_interfaces, "static:all");
+        assert_eq!(config.line_length_limit, 2048);
+        assert!(!config.soft_bounce);
+        assert_eq!(config.deny_window, Duration::from_secs(600));
+        assert_eq!(config.deny_ttl, Duration::from_secs(3600));
     }
 
     #[test]
-    fn reads_every_option() {
+    fn reads_postscreen_values() {
         let config = parse(
             r#"
+            listen = ["127.0.0.1:2525", "[::1]:2525"]
+            backend = "127.0.0.1:10026"
+            backend_proxy_protocol = "v2"
+            myhostname = "mx.example.test"
+            greet_wait = "${stress?{1}:{3}}s"
+            command_time_limit = "${stress?2:5}s"
+            greet_action = "enforce"
+            denylist_action = "drop"
+            greet_ttl = "2d"
+            soft_bounce = "yes"
+            upstream_proxy_protocol = "haproxy"
+            client_connection_count_limit = 2
+            pre_queue_limit = 10
+            post_queue_limit = 10
+            deny_ttl = 0
             interfaces = ["eth0", "eth1"]
             xdp_mode = "generic"
             protected_ports = [25, 587]
@@ -169,6 +631,19 @@ mod tests {
             "#,
         )
         .unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.backend, "127.0.0.1:10026".parse().unwrap());
+        assert_eq!(config.backend_proxy_protocol, BackendProxyProtocol::V2);
+        assert_eq!(config.greet_wait.get(false), Duration::from_secs(3));
+        assert_eq!(config.greet_wait.get(true), Duration::from_secs(1));
+        assert_eq!(config.command_time_limit.get(false), Duration::from_secs(5));
+        assert_eq!(config.command_time_limit.get(true), Duration::from_secs(2));
+        assert_eq!(config.greet_action, TestAction::Enforce);
+        assert_eq!(config.denylist_action, TestAction::Drop);
+        assert_eq!(config.greet_ttl, Duration::from_secs(2 * 86_400));
+        assert!(config.soft_bounce);
+        assert_eq!(config.upstream_proxy_protocol, UpstreamProxyProtocol::Haproxy);
+        assert_eq!(config.deny_ttl, Duration::ZERO);
         assert_eq!(config.interfaces, ["eth0", "eth1"]);
         assert_eq!(config.xdp_mode, AttachMode::Generic);
         assert_eq!(config.protected_ports, [25, 587]);
@@ -178,29 +653,57 @@ mod tests {
     }
 
     #[test]
+    fn expands_banners_like_postfix() {
+        let config = parse("myhostname = \"mx.example.test\"\n").unwrap();
+        assert_eq!(config.smtpd_banner(), "mx.example.test ESMTP");
+        assert_eq!(config.greet_banner(), "mx.example.test ESMTP");
+        let config = parse(
+            "myhostname = \"mx.example.test\"\nsmtpd_banner = \"${myhostname} ready $unknown\"\ngreet_banner = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.smtpd_banner(), "mx.example.test ready $unknown");
+        assert_eq!(config.greet_banner(), "", "empty disables the pregreet test");
+    }
+
+    #[test]
+    fn stress_values_parse_in_every_form() {
+        let v = parse_stress_duration("${stress?{2}:{6}}s").unwrap();
+        assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (2, 6));
+        let v = parse_stress_duration("${stress?10:300}s").unwrap();
+        assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (10, 300));
+        let v = parse_stress_duration("${stress?{1}:{2}}m").unwrap();
+        assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (60, 120));
+        let v = parse_stress_duration("7s").unwrap();
+        assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (7, 7));
+        for bad in ["${stress?{2}}s", "${stress?{x}:{6}}s", "${stress?{2}:{6}s", "soon"] {
+            assert!(parse_stress_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_line_and_problem() {
         let cases = [
-            (
-                "interfaces = []\nbogus_option = 1\n",
-                2,
-                "unknown field `bogus_option`",
-            ),
-            (
-                "\n\ndeny_sweep_interval = \"5 minutes\"\n",
-                3,
-                "invalid time value",
-            ),
+            ("interfaces = []\nbogus_option = 1\n", 2, "unknown field `bogus_option`"),
+            ("\n\ndeny_sweep_interval = \"5 minutes\"\n", 3, "invalid time value"),
             ("xdp_mode = \"fast\"\n", 1, "unknown variant `fast`"),
             ("protected_ports = []\n", 1, "at least one port"),
             ("protected_ports = [1,2,3,4,5,6,7,8,9]\n", 1, "at most 8"),
             ("protected_ports = [70000]\n", 1, ""),
             ("deny_v6_prefix = 8\n", 1, "outside /16../128"),
-            (
-                "kernel_action = \"reject\"\n",
-                1,
-                "unknown variant `reject`",
-            ),
+            ("kernel_action = \"reject\"\n", 1, "unknown variant `reject`"),
             ("interfaces = [\n", 2, ""),
+            ("\ngreet_action = \"reject\"\n", 2, "unknown variant `reject`"),
+            ("greet_wait = \"${stress?{2}}s\"\n", 1, "invalid stress-dependent value"),
+            ("pre_queue_limit = 5\n", 1, "below the minimum of 10"),
+            ("post_queue_limit = 1\n", 1, "below the minimum of 5"),
+            ("command_count_limit = 0\n", 1, "below the minimum of 1"),
+            ("line_length_limit = 100\n", 1, "below the minimum of 512"),
+            ("soft_bounce = \"maybe\"\n", 1, "expected yes or no"),
+            ("upstream_proxy_protocol = \"nginx\"\n", 1, "unsupported upstream proxy"),
+            ("listen = [\"nonsense\"]\n", 1, ""),
+            ("myhostname = \"\"\n", 1, "must not be empty"),
+            ("\n\nlisten = [\"127.0.0.1:25\"]\nbackend = \"127.0.0.1:25\"\n", 4, "a loop"),
+            ("\nlisten = []\n", 2, "at least one listen address"),
         ];
         for (text, line, what) in cases {
             let err = parse(text).unwrap_err();
@@ -217,14 +720,12 @@ mod tests {
     fn example_config_matches_the_defaults_it_documents() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp-screen.example.toml");
         let config = Config::load(&path).unwrap();
+        let defaults = Config::default();
         assert_eq!(config.interfaces, ["lo"]);
         assert_eq!(config.xdp_mode, AttachMode::Generic);
-        assert_eq!(config.protected_ports, Config::default().protected_ports);
-        assert_eq!(config.kernel_action, Config::default().kernel_action);
-        assert_eq!(config.deny_v6_prefix, Config::default().deny_v6_prefix);
-        assert_eq!(
-            config.deny_sweep_interval,
-            Config::default().deny_sweep_interval
-        );
+        assert_eq!(config.protected_ports, defaults.protected_ports);
+        assert_eq!(config.kernel_action, defaults.kernel_action);
+        assert_eq!(config.deny_v6_prefix, defaults.deny_v6_prefix);
+        assert_eq!(config.deny_sweep_interval, defaults.deny_sweep_interval);
     }
 }

@@ -8,3 +8,6 @@ pub const DEFAULT_CONFIG: &str = "/etc/smtp-screen/smtp-screen.toml";
 
 /// Environment variable that overrides the pin directory (as `--pin-dir` does).
 pub const PIN_DIR_ENV: &str = "SMTP_SCREEN_PIN_DIR";
+
+/// Where the temporary allowlist database lives, unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/smtp-screen";
