@@ -11,4 +11,5 @@ pub mod daemon;
 pub mod duration;
 pub mod kernel;
 pub mod paths;
+pub mod policy;
 pub mod prefixes;

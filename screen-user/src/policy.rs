@@ -1,0 +1,301 @@
+//! The kernel deny policy: which failing clients earn a dynamic deny entry in the XDP maps.
+//!
+//! The first failure of a client is answered in SMTP, exactly as postscreen answers it, so a
+//! wrongly listed sender sees the reason in its bounce. A client that fails again within
+//! `deny_window`, or a denylisted client whose action is `drop`, is denied in the kernel for
+//! `deny_ttl`: its next SYNs never reach userspace. IPv6 clients are tracked by the same
+//! prefix the kernel map uses, so a bot cannot walk its /64.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+
+/// How many clients with a recent failure are remembered. Past this, the oldest go first:
+/// memory stays bounded under a flood of distinct addresses.
+pub const MAX_TRACKED: usize = 100_000;
+
+/// A decision to deny a client in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelDeny {
+    /// The address or IPv6 prefix the entry covers.
+    pub net: IpNet,
+    pub ttl: Duration,
+    /// Failures seen within the window, this one included.
+    pub failures: u32,
+    pub reason: String,
+}
+
+impl KernelDeny {
+    /// The log line: `KERNEL DENY [a] for 3600s after N failures: reason`.
+    pub fn log_line(&self, client: IpAddr) -> String {
+        format!(
+            "KERNEL DENY [{client}] for {}s after {} failure{}: {}",
+            self.ttl.as_secs(),
+            self.failures,
+            if self.failures == 1 { "" } else { "s" },
+            self.reason
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    first: Instant,
+    last: Instant,
+    count: u32,
+}
+
+/// Tracks failures per client and decides kernel denies.
+#[derive(Debug)]
+pub struct DenyPolicy {
+    window: Duration,
+    ttl: Duration,
+    v6_prefix: u8,
+    max_tracked: usize,
+    recent: HashMap<IpNet, Failures>,
+}
+
+impl DenyPolicy {
+    /// `ttl` zero turns the policy off.
+    pub fn new(window: Duration, ttl: Duration, v6_prefix: u32) -> Self {
+        Self {
+            window,
+            ttl,
+            v6_prefix: v6_prefix.min(128) as u8,
+            max_tracked: MAX_TRACKED,
+            recent: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_capacity(mut self, max: usize) -> Self {
+        self.max_tracked = max;
+        self
+    }
+
+    /// Whether the policy denies anything at all.
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The key a client is tracked and denied under.
+    pub fn key(&self, client: IpAddr) -> IpNet {
+        match client.to_canonical() {
+            IpAddr::V4(v4) => IpNet::from(ipnet::Ipv4Net::from(v4)),
+            IpAddr::V6(v6) => IpNet::new(IpAddr::V6(v6), self.v6_prefix)
+                .expect("prefix within 128")
+                .trunc(),
+        }
+    }
+
+    /// Records a failed test; returns a deny decision when this is a repeat within the window.
+    pub fn on_failure(&mut self, client: IpAddr, now: Instant, reason: &str) -> Option<KernelDeny> {
+        if !self.enabled() {
+            return None;
+        }
+        let key = self.key(client);
+        let window = self.window;
+        let failures = match self.recent.get_mut(&key) {
+            Some(f) if now.saturating_duration_since(f.last) <= window => {
+                f.count = f.count.saturating_add(1);
+                f.last = now;
+                *f
+            }
+            _ => {
+                self.make_room(now);
+                let f = Failures {
+                    first: now,
+                    last: now,
+                    count: 1,
+                };
+                self.recent.insert(key, f);
+                f
+            }
+        };
+        if failures.count < 2 {
+            return None;
+        }
+        self.recent.remove(&key);
+        Some(KernelDeny {
+            net: key,
+            ttl: self.ttl,
+            failures: failures.count,
+            reason: reason.to_string(),
+        })
+    }
+
+    /// A permanently denylisted client whose action is `drop` is denied on first contact.
+    pub fn on_denylist_drop(&mut self, client: IpAddr) -> Option<KernelDeny> {
+        if !self.enabled() {
+            return None;
+        }
+        let key = self.key(client);
+        self.recent.remove(&key);
+        Some(KernelDeny {
+            net: key,
+            ttl: self.ttl,
+            failures: 1,
+            reason: "denylisted".into(),
+        })
+    }
+
+    /// Forgets a client that passed or was allowlisted: its earlier failure no longer counts.
+    pub fn forget(&mut self, client: IpAddr) {
+        let key = self.key(client);
+        self.recent.remove(&key);
+    }
+
+    /// Drops failures older than the window; called before inserting and periodically.
+    pub fn expire(&mut self, now: Instant) {
+        let window = self.window;
+        self.recent
+            .retain(|_, f| now.saturating_duration_since(f.last) <= window);
+    }
+
+    fn make_room(&mut self, now: Instant) {
+        if self.recent.len() < self.max_tracked {
+            return;
+        }
+        self.expire(now);
+        if self.recent.len() < self.max_tracked {
+            return;
+        }
+        // Still full of live entries: forget the oldest tenth in one pass, so that a flood of
+        // distinct addresses costs amortised constant time per insert.
+        let mut firsts: Vec<Instant> = self.recent.values().map(|f| f.first).collect();
+        let cut = (firsts.len() / 10).max(1) - 1;
+        let (_, cutoff, _) = firsts.select_nth_unstable(cut);
+        let cutoff = *cutoff;
+        self.recent.retain(|_, f| f.first > cutoff);
+    }
+
+    /// Clients currently tracked (for status and tests).
+    pub fn tracked(&self) -> usize {
+        self.recent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(600);
+    const TTL: Duration = Duration::from_secs(3600);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn first_failure_is_answered_in_smtp_only() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        assert_eq!(policy.on_failure(ip("192.0.2.1"), now, "PREGREET"), None);
+        assert_eq!(policy.tracked(), 1);
+    }
+
+    #[test]
+    fn second_failure_within_the_window_denies() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        policy.on_failure(ip("192.0.2.1"), now, "PREGREET");
+        let deny = policy
+            .on_failure(ip("192.0.2.1"), now + Duration::from_secs(599), "PREGREET")
+            .unwrap();
+        assert_eq!(deny.net, "192.0.2.1/32".parse::<IpNet>().unwrap());
+        assert_eq!(deny.ttl, TTL);
+        assert_eq!(deny.failures, 2);
+        assert_eq!(
+            deny.log_line(ip("192.0.2.1")),
+            "KERNEL DENY [192.0.2.1] for 3600s after 2 failures: PREGREET"
+        );
+        assert_eq!(policy.tracked(), 0, "denied clients are no longer tracked");
+    }
+
+    #[test]
+    fn a_failure_after_the_window_starts_over() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        policy.on_failure(ip("192.0.2.1"), now, "PREGREET");
+        assert_eq!(
+            policy.on_failure(ip("192.0.2.1"), now + WINDOW + Duration::from_secs(1), "PREGREET"),
+            None
+        );
+    }
+
+    #[test]
+    fn other_clients_do_not_count() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        policy.on_failure(ip("192.0.2.1"), now, "x");
+        assert_eq!(policy.on_failure(ip("192.0.2.2"), now, "x"), None);
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_prefix() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        policy.on_failure(ip("2001:db8:1:2::1"), now, "x");
+        let deny = policy.on_failure(ip("2001:db8:1:2::ffff"), now, "x").unwrap();
+        assert_eq!(deny.net, "2001:db8:1:2::/64".parse::<IpNet>().unwrap());
+        assert_eq!(policy.on_failure(ip("2001:db8:1:3::1"), now, "x"), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_ipv4() {
+        let policy = DenyPolicy::new(WINDOW, TTL, 64);
+        assert_eq!(
+            policy.key(ip("::ffff:192.0.2.9")),
+            "192.0.2.9/32".parse::<IpNet>().unwrap()
+        );
+    }
+
+    #[test]
+    fn denylist_drop_denies_at_once() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let deny = policy.on_denylist_drop(ip("192.0.2.3")).unwrap();
+        assert_eq!(deny.failures, 1);
+        assert_eq!(
+            deny.log_line(ip("192.0.2.3")),
+            "KERNEL DENY [192.0.2.3] for 3600s after 1 failure: denylisted"
+        );
+    }
+
+    #[test]
+    fn zero_ttl_turns_the_policy_off() {
+        let mut policy = DenyPolicy::new(WINDOW, Duration::ZERO, 64);
+        let now = Instant::now();
+        assert!(!policy.enabled());
+        assert_eq!(policy.on_failure(ip("192.0.2.1"), now, "x"), None);
+        assert_eq!(policy.on_failure(ip("192.0.2.1"), now, "x"), None);
+        assert_eq!(policy.on_denylist_drop(ip("192.0.2.1")), None);
+        assert_eq!(policy.tracked(), 0);
+    }
+
+    #[test]
+    fn forgetting_a_client_resets_its_count() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
+        let now = Instant::now();
+        policy.on_failure(ip("192.0.2.1"), now, "x");
+        policy.forget(ip("192.0.2.1"));
+        assert_eq!(policy.on_failure(ip("192.0.2.1"), now, "x"), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut policy = DenyPolicy::new(WINDOW, TTL, 64).with_capacity(100);
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            policy.on_failure(client, now + Duration::from_millis(i.into()), "x");
+        }
+        assert!(policy.tracked() <= 100);
+        // The newest client is still tracked; the oldest went first.
+        let newest = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 999));
+        assert!(policy.on_failure(newest, now + Duration::from_secs(1), "x").is_some());
+    }
+}
