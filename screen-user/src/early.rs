@@ -1,0 +1,197 @@
+//! The tests before the greeting (postscreen's `postscreen_early.c`): the pregreet test.
+//!
+//! smtp-screen sends the `220-` teaser and waits `greet_wait`. A client that talks before
+//! the final `220 ` is a pregreeter. Its input is only peeked at (at most 1023 bytes, as
+//! postscreen does), so the dummy engine or the real MTA still reads it.
+
+use std::{
+    fmt,
+    io,
+    time::{Duration, Instant},
+};
+
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+/// How much early input is looked at (postscreen's `PSC_READ_BUF_SIZE` minus one).
+pub const PEEK_LIMIT: usize = 1023;
+
+/// What the client did during the greet wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GreetOutcome {
+    /// Nothing: the client waited for its turn.
+    Quiet,
+    /// It talked first: `bytes` were waiting `after` the teaser went out.
+    Pregreet {
+        bytes: usize,
+        after: Duration,
+        input: Vec<u8>,
+    },
+    /// It hung up before the greeting.
+    Hangup { after: Duration },
+}
+
+/// Sends `220-<banner>` and waits up to `wait` for the client to talk or hang up.
+pub async fn pregreet_test(
+    stream: &mut TcpStream,
+    banner: &str,
+    wait: Duration,
+) -> io::Result<GreetOutcome> {
+    stream
+        .write_all(format!("220-{banner}\r\n").as_bytes())
+        .await?;
+    let start = Instant::now();
+    watch(stream, start, wait).await
+}
+
+/// Waits until `start + wait` for input or a hang-up without consuming anything.
+pub async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Result<GreetOutcome> {
+    let mut buf = vec![0u8; PEEK_LIMIT];
+    let deadline = tokio::time::Instant::from_std(start + wait);
+    match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        Err(_elapsed) => Ok(GreetOutcome::Quiet),
+        Ok(Ok(0)) => Ok(GreetOutcome::Hangup {
+            after: start.elapsed(),
+        }),
+        Ok(Ok(n)) => {
+            buf.truncate(n);
+            Ok(GreetOutcome::Pregreet {
+                bytes: n,
+                after: start.elapsed(),
+                input: buf,
+            })
+        }
+        Ok(Err(e)) if is_reset(&e) => Ok(GreetOutcome::Hangup {
+            after: start.elapsed(),
+        }),
+        Ok(Err(e)) => Err(e),
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// A time difference as Postfix logs it (`format_tv` with two significant digits and at
+/// most two decimals, trailing zeros dropped): `0.3`, `1.2`, `0.24`, `12`.
+pub struct DeltaTime(pub Duration);
+
+impl fmt::Display for DeltaTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SIG_DIGS: u32 = 2;
+        const MAX_DIGS: u32 = 2;
+        let secs = self.0.as_secs();
+        let mut frac = self.0.subsec_micros();
+        let mut sig = if secs == 0 {
+            0
+        } else {
+            secs.checked_ilog10().unwrap_or(0) + 1
+        };
+        let mut digits = String::new();
+        let mut place = 100_000;
+        while sig < SIG_DIGS && (digits.len() as u32) < MAX_DIGS {
+            let digit = frac / place;
+            frac %= place;
+            place /= 10;
+            if digit != 0 || sig > 0 {
+                sig += 1;
+            }
+            digits.push(char::from(b'0' + digit as u8));
+        }
+        let digits = digits.trim_end_matches('0');
+        if digits.is_empty() {
+            write!(f, "{secs}")
+        } else {
+            write!(f, "{secs}.{digits}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::AsyncReadExt as _,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    #[test]
+    fn delta_times_read_like_postfix() {
+        let d = |ms| DeltaTime(Duration::from_millis(ms)).to_string();
+        assert_eq!(d(300), "0.3");
+        assert_eq!(d(1200), "1.2");
+        assert_eq!(d(240), "0.24");
+        assert_eq!(d(3004), "3");
+        assert_eq!(d(12_500), "12");
+        assert_eq!(d(50), "0.05");
+        assert_eq!(d(0), "0");
+        assert_eq!(d(1000), "1");
+        assert_eq!(d(6_000), "6");
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_quiet_client_waits_the_whole_time() {
+        let (mut server, mut client) = pair().await;
+        let start = Instant::now();
+        let outcome = pregreet_test(&mut server, "mx.example.test ESMTP", Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(outcome, GreetOutcome::Quiet);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        let mut buf = [0u8; 64];
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"220-mx.example.test ESMTP\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_pregreeter_is_caught_and_its_input_is_left_unread() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"EHLO zombie.example\r\n").await.unwrap();
+        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await.unwrap();
+        let GreetOutcome::Pregreet { bytes, after, input } = outcome else {
+            panic!("not a pregreet: {outcome:?}");
+        };
+        assert_eq!(bytes, 21);
+        assert_eq!(input, b"EHLO zombie.example\r\n");
+        assert!(after < Duration::from_secs(5));
+        // Peeked, not consumed: the next reader still sees it.
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"EHLO zombie.example\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_hangup_is_told_apart_from_talking() {
+        let (mut server, client) = pair().await;
+        drop(client);
+        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await;
+        // The teaser may hit the closed socket first; either way it is a hang-up, not input.
+        match outcome {
+            Ok(GreetOutcome::Hangup { .. }) => {}
+            Err(e) => assert!(is_reset(&e), "{e}"),
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn early_input_is_capped() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[b'x'; 4000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await.unwrap();
+        let GreetOutcome::Pregreet { bytes, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(bytes <= PEEK_LIMIT);
+    }
+}

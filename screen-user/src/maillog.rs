@@ -1,0 +1,158 @@
+//! The mail log: postscreen's log lines, word for word, to stderr or to syslog (facility
+//! `mail`), under a configurable identity so that pflogsumm, fail2ban and log exporters keep
+//! working (`postfix/postscreen` makes the lines indistinguishable from postscreen's).
+//!
+//! Operational messages (start-up, kernel attachment) go through `tracing` instead.
+
+use std::{
+    fmt,
+    io::{self, Write as _},
+    os::unix::net::UnixDatagram,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use crate::config::LogTarget;
+
+/// Where syslog listens on Linux.
+const SYSLOG_SOCKET: &str = "/dev/log";
+/// Facility `mail` (RFC 5424 §6.2.1).
+const FACILITY_MAIL: u8 = 2;
+const SEVERITY_WARNING: u8 = 4;
+const SEVERITY_INFO: u8 = 6;
+/// Longest line sent; syslog daemons truncate around here anyway and a client's text must
+/// not make a line unbounded.
+const MAX_LINE: usize = 2048;
+
+enum Sink {
+    Stderr,
+    Syslog(UnixDatagram),
+}
+
+/// The mail log.
+pub struct MailLog {
+    ident: String,
+    pid: u32,
+    sink: Sink,
+    dropped: AtomicU64,
+}
+
+impl MailLog {
+    /// Opens the log. The syslog socket is connected now, so the log keeps working after the
+    /// daemon drops privileges.
+    pub fn open(target: LogTarget, ident: &str) -> io::Result<Self> {
+        let sink = match target {
+            LogTarget::Stderr => Sink::Stderr,
+            LogTarget::Syslog => {
+                let socket = UnixDatagram::unbound()?;
+                socket.connect(SYSLOG_SOCKET)?;
+                // A stalled syslog daemon must not stall the connections that log.
+                socket.set_nonblocking(true)?;
+                Sink::Syslog(socket)
+            }
+        };
+        Ok(Self {
+            ident: ident.to_string(),
+            pid: std::process::id(),
+            sink,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// A log that writes to stderr under `ident` (tests, foreground runs).
+    pub fn stderr(ident: &str) -> Self {
+        Self {
+            ident: ident.to_string(),
+            pid: std::process::id(),
+            sink: Sink::Stderr,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// An informational line, such as `CONNECT from [a]:p to [b]:q`.
+    pub fn info(&self, message: impl fmt::Display) {
+        self.write(SEVERITY_INFO, "", message);
+    }
+
+    /// A warning, prefixed `warning: ` as Postfix does.
+    pub fn warning(&self, message: impl fmt::Display) {
+        self.write(SEVERITY_WARNING, "warning: ", message);
+    }
+
+    /// Lines lost because syslog could not take them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, severity: u8, prefix: &str, message: impl fmt::Display) {
+        let mut text = format!("{prefix}{message}");
+        truncate_on_char(&mut text, MAX_LINE);
+        match &self.sink {
+            Sink::Stderr => {
+                let line = format!("{}[{}]: {text}\n", self.ident, self.pid);
+                let _ = io::stderr().lock().write_all(line.as_bytes());
+            }
+            Sink::Syslog(socket) => {
+                // RFC 3164 without timestamp and host name: the local syslog daemon adds them.
+                let pri = FACILITY_MAIL * 8 + severity;
+                let line = format!("<{pri}>{}[{}]: {text}", self.ident, self.pid);
+                if socket.send(line.as_bytes()).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn truncate_on_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_lines_carry_facility_mail_and_the_identity() {
+        let dir = std::env::temp_dir().join(format!("maillog-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.connect(&path).unwrap();
+        let log = MailLog {
+            ident: "postfix/postscreen".into(),
+            pid: 42,
+            sink: Sink::Syslog(client),
+            dropped: AtomicU64::new(0),
+        };
+        log.info("CONNECT from [192.0.2.1]:4000 to [192.0.2.25]:25");
+        log.warning("haproxy read: time limit exceeded");
+        let mut buf = [0u8; 4096];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            "<22>postfix/postscreen[42]: CONNECT from [192.0.2.1]:4000 to [192.0.2.25]:25"
+        );
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            "<20>postfix/postscreen[42]: warning: haproxy read: time limit exceeded"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary() {
+        let mut text = "é".repeat(2000);
+        truncate_on_char(&mut text, MAX_LINE);
+        assert!(text.len() <= MAX_LINE);
+        assert!(text.chars().all(|c| c == 'é'));
+    }
+}
