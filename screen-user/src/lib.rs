@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod duration;
 pub mod early;
 pub mod kernel;
+pub mod limits;
 pub mod maillog;
 pub mod paths;
 pub mod policy;

@@ -1,0 +1,289 @@
+//! Connection accounting: simultaneous connections per client, the screening (pre-queue) and
+//! hand-off (post-queue) limits, and stress mode — each with postscreen's numbers.
+//!
+//! Every count is held by an RAII slot, so a connection that ends in any way gives its place
+//! back. Stress mode is entered when the screening count reaches 90% of
+//! `pre_queue_limit` and left when it falls to 70% (`postscreen.c`, the hysteresis keeps it
+//! from flapping).
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+/// A change of stress mode, to be logged as postscreen logs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StressChange {
+    /// `entering STRESS mode with N connections`
+    Entered(u32),
+    /// `leaving STRESS mode with N connections`
+    Left(u32),
+}
+
+impl std::fmt::Display for StressChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Entered(n) => write!(f, "entering STRESS mode with {n} connections"),
+            Self::Left(n) => write!(f, "leaving STRESS mode with {n} connections"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    per_client: HashMap<IpAddr, u32>,
+    screening: u32,
+    handoff: u32,
+    stressed: bool,
+    /// Stress changes not yet picked up for logging.
+    changes: Vec<StressChange>,
+}
+
+/// The limits, shared by every connection.
+#[derive(Debug)]
+pub struct Limits {
+    per_client_limit: u32,
+    pre_queue_limit: u32,
+    post_queue_limit: u32,
+    hiwat: u32,
+    lowat: u32,
+    state: Mutex<State>,
+}
+
+/// What a new connection is told when a limit is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `421 4.7.0 Error: too many connections`
+    TooManyFromClient,
+    /// `421 4.3.2 All server ports are busy`
+    HandoffFull,
+    /// `421 4.3.2 All screening ports are busy`
+    ScreeningFull,
+}
+
+impl Limits {
+    /// `per_client_limit` 0 means no limit (Postfix's convention).
+    pub fn new(per_client_limit: u32, pre_queue_limit: u32, post_queue_limit: u32) -> Arc<Self> {
+        Arc::new(Self {
+            per_client_limit,
+            pre_queue_limit,
+            post_queue_limit,
+            hiwat: (pre_queue_limit * 9).div_ceil(10),
+            lowat: pre_queue_limit * 7 / 10,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not take connection accounting down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection from `client`. Returns the slot and the client's connection
+    /// count including this one; the slot is held even when the count is over the limit,
+    /// so that the refusal itself is accounted for until the connection closes.
+    pub fn connect(self: &Arc<Self>, client: IpAddr) -> (ClientSlot, Result<u32, Refusal>) {
+        let client = client.to_canonical();
+        let mut state = self.lock();
+        let count = state.per_client.entry(client).or_insert(0);
+        *count += 1;
+        let n = *count;
+        let handoff_full = state.handoff >= self.post_queue_limit;
+        drop(state);
+        let slot = ClientSlot {
+            limits: Arc::clone(self),
+            client,
+        };
+        let verdict = if self.per_client_limit > 0 && n > self.per_client_limit {
+            Err(Refusal::TooManyFromClient)
+        } else if handoff_full {
+            Err(Refusal::HandoffFull)
+        } else {
+            Ok(n)
+        };
+        (slot, verdict)
+    }
+
+    /// Takes a screening place, or refuses when `pre_queue_limit` are taken.
+    pub fn screen(self: &Arc<Self>) -> Result<ScreeningSlot, Refusal> {
+        let mut state = self.lock();
+        if state.screening >= self.pre_queue_limit {
+            return Err(Refusal::ScreeningFull);
+        }
+        state.screening += 1;
+        if !state.stressed && state.screening >= self.hiwat {
+            state.stressed = true;
+            let n = state.screening;
+            state.changes.push(StressChange::Entered(n));
+        }
+        Ok(ScreeningSlot {
+            limits: Arc::clone(self),
+        })
+    }
+
+    /// Takes a hand-off place while a passed client is being connected to the backend.
+    pub fn hand_off(self: &Arc<Self>) -> Result<HandoffSlot, Refusal> {
+        let mut state = self.lock();
+        if state.handoff >= self.post_queue_limit {
+            return Err(Refusal::HandoffFull);
+        }
+        state.handoff += 1;
+        Ok(HandoffSlot {
+            limits: Arc::clone(self),
+        })
+    }
+
+    /// Whether stress mode is on (each new connection reads it once, as postscreen does).
+    pub fn stressed(&self) -> bool {
+        self.lock().stressed
+    }
+
+    /// Stress changes since the last call, oldest first.
+    pub fn take_stress_changes(&self) -> Vec<StressChange> {
+        std::mem::take(&mut self.lock().changes)
+    }
+
+    /// Connections in screening now.
+    pub fn screening(&self) -> u32 {
+        self.lock().screening
+    }
+
+    /// Connections from `client` now.
+    pub fn from_client(&self, client: IpAddr) -> u32 {
+        self.lock()
+            .per_client
+            .get(&client.to_canonical())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One connection of one client.
+#[derive(Debug)]
+pub struct ClientSlot {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut state = self.limits.lock();
+        if let Some(count) = state.per_client.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                state.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A place in screening.
+#[derive(Debug)]
+pub struct ScreeningSlot {
+    limits: Arc<Limits>,
+}
+
+impl Drop for ScreeningSlot {
+    fn drop(&mut self) {
+        let lowat = self.limits.lowat;
+        let mut state = self.limits.lock();
+        state.screening -= 1;
+        if state.stressed && state.screening <= lowat {
+            state.stressed = false;
+            let n = state.screening;
+            state.changes.push(StressChange::Left(n));
+        }
+    }
+}
+
+/// A place in the hand-off queue.
+#[derive(Debug)]
+pub struct HandoffSlot {
+    limits: Arc<Limits>,
+}
+
+impl Drop for HandoffSlot {
+    fn drop(&mut self) {
+        self.limits.lock().handoff -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_client_limit_counts_simultaneous_connections() {
+        let limits = Limits::new(2, 100, 100);
+        let (a, ra) = limits.connect(ip("192.0.2.1"));
+        let (b, rb) = limits.connect(ip("192.0.2.1"));
+        let (c, rc) = limits.connect(ip("192.0.2.1"));
+        assert_eq!((ra, rb, rc), (Ok(1), Ok(2), Err(Refusal::TooManyFromClient)));
+        let (_, other) = limits.connect(ip("192.0.2.2"));
+        assert_eq!(other, Ok(1));
+        drop((a, c));
+        let (_d, rd) = limits.connect(ip("192.0.2.1"));
+        assert_eq!(rd, Ok(2));
+        drop(b);
+        assert_eq!(limits.from_client(ip("192.0.2.1")), 1);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        let limits = Limits::new(1, 100, 100);
+        let (_a, _) = limits.connect(ip("192.0.2.1"));
+        let (_b, r) = limits.connect(ip("::ffff:192.0.2.1"));
+        assert_eq!(r, Err(Refusal::TooManyFromClient));
+    }
+
+    #[test]
+    fn zero_means_no_per_client_limit() {
+        let limits = Limits::new(0, 100, 100);
+        let slots: Vec<_> = (0..500).map(|_| limits.connect(ip("192.0.2.1"))).collect();
+        assert!(slots.iter().all(|(_, r)| r.is_ok()));
+    }
+
+    #[test]
+    fn screening_limit_and_stress_follow_postscreen() {
+        // The lab: limit 10 → STRESS at 9 connections, left at 7; the 11th is refused.
+        let limits = Limits::new(0, 10, 100);
+        let mut slots = Vec::new();
+        for _ in 0..8 {
+            slots.push(limits.screen().unwrap());
+        }
+        assert!(!limits.stressed());
+        slots.push(limits.screen().unwrap());
+        assert!(limits.stressed());
+        assert_eq!(limits.take_stress_changes(), vec![StressChange::Entered(9)]);
+        slots.push(limits.screen().unwrap());
+        assert_eq!(limits.screen().unwrap_err(), Refusal::ScreeningFull);
+        slots.truncate(8);
+        assert!(limits.stressed(), "8 is above the low-water mark");
+        slots.truncate(7);
+        assert!(!limits.stressed());
+        let changes = limits.take_stress_changes();
+        assert_eq!(changes, vec![StressChange::Left(7)]);
+        assert_eq!(changes[0].to_string(), "leaving STRESS mode with 7 connections");
+        assert_eq!(
+            StressChange::Entered(9).to_string(),
+            "entering STRESS mode with 9 connections"
+        );
+    }
+
+    #[test]
+    fn handoff_limit_refuses_new_clients_when_full() {
+        let limits = Limits::new(0, 100, 5);
+        let held: Vec<_> = (0..5).map(|_| limits.hand_off().unwrap()).collect();
+        assert_eq!(limits.hand_off().unwrap_err(), Refusal::HandoffFull);
+        let (_slot, r) = limits.connect(ip("192.0.2.9"));
+        assert_eq!(r, Err(Refusal::HandoffFull));
+        drop(held);
+        let (_slot, r) = limits.connect(ip("192.0.2.9"));
+        assert!(r.is_ok());
+    }
+}
