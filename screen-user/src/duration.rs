@@ -51,7 +51,7 @@ impl fmt::Display for Display {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
         for (unit, scale) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-            if secs != 0 && secs % scale == 0 {
+            if secs != 0 && secs.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", secs / scale);
             }
         }

@@ -10,6 +10,7 @@ use crate::{
     kernel::{
         self, Maps, ScreenProgram,
         bpffs::{self, PinDirLock},
+        loader,
     },
 };
 
@@ -23,8 +24,19 @@ pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     for iface in &args.ifaces {
         kernel::netlink::if_index(iface)?;
     }
+    let fresh = std::fs::metadata(pin_dir).is_err();
     bpffs::prepare_pin_dir(pin_dir)?;
-    let _lock = PinDirLock::acquire(pin_dir)?;
+    let lock = PinDirLock::acquire(pin_dir)?;
+    let result = load_and_attach(pin_dir, args);
+    if result.is_err() && fresh {
+        // Nothing was there before: leave nothing behind.
+        drop(lock);
+        let _ = loader::unload(pin_dir);
+    }
+    result
+}
+
+fn load_and_attach(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     let mut program = ScreenProgram::load(pin_dir)?;
     let mut maps = Maps::from_pins(pin_dir)?;
     let settings = kernel::configure(&mut maps, &args.ports, args.action, args.v6_prefix)?;

@@ -89,14 +89,21 @@ pub enum KernelError {
         source: MapError,
     },
     #[error(
-        "{iface} already has XDP program id {prog_id} attached in {mode} mode, which smtp-screen \
-         did not attach; refusing to replace it (use --force to replace it)"
+        "{iface} already has XDP program id {prog_id} attached in {mode} mode by another owner \
+         (not this pin directory); refusing to replace it (--force replaces a program attached \
+         through netlink)"
     )]
     ForeignProgram {
         iface: String,
         prog_id: u32,
         mode: &'static str,
     },
+    #[error(
+        "{iface}: XDP program id {prog_id} is held by a BPF link (another smtp-screen pin \
+         directory, libxdp or bpftool); the kernel does not detach links through netlink, so \
+         remove it with its owner (e.g. `smtp-screen --pin-dir DIR unload`)"
+    )]
+    HeldByLink { iface: String, prog_id: u32 },
     #[error(
         "{iface} is attached in {current} mode; `smtp-screen unload` first (or --force) to \
          attach in {wanted} mode"
@@ -338,7 +345,17 @@ impl ScreenProgram {
                 mode = existing.mode.as_str(),
                 "--force: detaching the XDP program already on the interface"
             );
-            netlink::detach_xdp(index, existing.mode)?;
+            match netlink::detach_xdp(index, existing.mode) {
+                Err(NetlinkError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    return Err(KernelError::HeldByLink {
+                        iface: iface.to_string(),
+                        prog_id: existing.prog_id,
+                    });
+                }
+                result => result?,
+            }
         }
 
         let program = self.program()?;

@@ -1,0 +1,581 @@
+//! Network namespaces and the rest of the scaffolding of the end-to-end tests: veth pairs,
+//! TCP endpoints inside a namespace, child processes, pin directories and scratch files.
+//!
+//! Every piece undoes itself on `Drop`, so a failing test leaves no namespace, interface,
+//! process or pin behind. Names start with [`NAME_PREFIX`] and carry the pid and a
+//! per-process counter, so that concurrent tests and test processes never collide and a
+//! leftover is easy to attribute.
+//!
+//! Namespaces are entered per thread: `setns(2)` with `CLONE_NEWNET` moves only the calling
+//! thread, and a socket stays in the namespace it was created in, so [`Netns::run`] creates
+//! sockets on a short-lived thread and hands them back to any thread. Child processes enter a
+//! namespace with `nsenter --net` ([`Netns::command`]), which, unlike `ip netns exec`, keeps
+//! the mount namespace and with it the pins under `/sys/fs/bpf`.
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    io::{self, ErrorKind},
+    net::{IpAddr, SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// First letters of every namespace, interface, pin and scratch directory the tests create.
+pub const NAME_PREFIX: &str = "sse";
+
+/// Where `ip netns add` mounts named namespaces.
+const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Where the tests' pin directories live.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// How long one `ip` invocation may take.
+const IP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest interface name the kernel takes (`IFNAMSIZ` less the NUL).
+const IFNAME_MAX: usize = 15;
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+fn next_id() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn unique_name(tag: &str) -> String {
+    format!("{NAME_PREFIX}{}-{tag}{}", std::process::id(), next_id())
+}
+
+/// A number for this test's networks, 10.251.N.0/24 and fd00:251:N::/48, in 1..=127 so that
+/// N + 128 is free for a second IPv4 network. Taken from the pid and a counter, so that tests
+/// running at the same time pick different networks.
+pub fn subnet_index() -> u8 {
+    let spread = std::process::id().wrapping_add(37u32.wrapping_mul(next_id()));
+    (1 + spread % 127) as u8
+}
+
+/// The `smtp-screen` binary under test: `$SMTP_SCREEN_BIN`, else the one cargo built next to
+/// this test executable (`target/<profile>/smtp-screen`, the parent of its `deps`).
+///
+/// `cargo test -p screen-tests` does not build another package's binary; build it first with
+/// `cargo build -p screen-user` in the same profile.
+pub fn smtp_screen_bin() -> io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SMTP_SCREEN_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::NotFound,
+            format!("{} has no grandparent directory", exe.display()),
+        )
+    })?;
+    let bin = profile_dir.join("smtp-screen");
+    if !bin.is_file() {
+        return Err(io::Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "{} does not exist: build it with `cargo build -p screen-user` (same profile as \
+                 the tests) or name it in SMTP_SCREEN_BIN",
+                bin.display()
+            ),
+        ));
+    }
+    Ok(bin)
+}
+
+/// Runs `cmd` to completion with its output captured; kills it if it is still running after
+/// `limit`, so that a hung tool fails the test instead of stalling it.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    // The pipes are drained while the command runs, so no output size can block it.
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(_) => {
+            // Not reaped yet (the waiting thread has not returned), so the pid is still ours.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let _ = finished.recv();
+            Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("{cmd:?} still running after {limit:?}; killed"),
+            ))
+        }
+    }
+}
+
+/// Runs `cmd` and returns its stdout; a failure carries the command and its stderr.
+fn checked(cmd: &mut Command, limit: Duration) -> io::Result<String> {
+    let output = output_within(cmd, limit)?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A named network namespace (`ip netns add`). Dropping it kills every process left in it and
+/// deletes it; the kernel then destroys its interfaces once the last socket in it is closed.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named after `tag` with its loopback up.
+    pub fn create(tag: &str) -> io::Result<Self> {
+        let name = unique_name(tag);
+        checked(Command::new("ip").args(["netns", "add", &name]), IP_LIMIT)?;
+        let netns = Self { name };
+        netns.ip(["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's bind mount, as `setns(2)` and `nsenter --net` take it.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_RUN_DIR).join(&self.name)
+    }
+
+    /// Runs `ip -n NAME ARGS…` and returns its stdout.
+    pub fn ip<I, S>(&self, args: I) -> io::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        checked(
+            Command::new("ip").arg("-n").arg(&self.name).args(args),
+            IP_LIMIT,
+        )
+    }
+
+    /// Adds `addr/prefix_len` to `iface`. IPv6 addresses skip duplicate address detection, so
+    /// that they can be bound at once instead of after a second or more as "tentative".
+    pub fn add_address(&self, iface: &str, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
+        let cidr = format!("{addr}/{prefix_len}");
+        let mut args = vec!["addr", "add", &cidr, "dev", iface];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        self.ip(args).map(drop)
+    }
+
+    /// A command that runs `program` in this network namespace (and the caller's mount
+    /// namespace) through `nsenter --net`.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered this namespace and returns its result. Sockets
+    /// created by `f` stay in the namespace wherever they are used afterwards.
+    pub fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        let netns = File::open(self.path())?;
+        thread::scope(|scope| {
+            let worker = scope.spawn(move || {
+                // SAFETY: a valid namespace descriptor; CLONE_NEWNET moves this thread only.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(f())
+            });
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// The processes whose network namespace this is (`ip netns pids`).
+    pub fn pids(&self) -> io::Result<Vec<u32>> {
+        let out = checked(
+            Command::new("ip").args(["netns", "pids", &self.name]),
+            IP_LIMIT,
+        )?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let this_process = std::process::id();
+        match self.pids() {
+            Ok(pids) => {
+                for pid in pids.into_iter().filter(|&pid| pid != this_process) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+            Err(e) => eprintln!("warning: listing processes in netns {}: {e}", self.name),
+        }
+        if let Err(e) = checked(
+            Command::new("ip").args(["netns", "del", &self.name]),
+            IP_LIMIT,
+        ) {
+            eprintln!("warning: deleting netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// A veth pair with one end in each of two namespaces, both ends up. Dropping it deletes the
+/// pair (deleting a namespace does too, so this only matters while both outlive it).
+#[derive(Debug)]
+pub struct VethPair {
+    a: (String, String),
+    b: (String, String),
+}
+
+impl VethPair {
+    /// Creates the pair directly inside `a` and `b`, so that its names never meet the names of
+    /// the host's own interfaces.
+    pub fn create(a: &Netns, b: &Netns) -> io::Result<Self> {
+        let id = next_id();
+        let name = |side: char| {
+            let name = format!("{NAME_PREFIX}{}-{id:x}{side}", std::process::id());
+            assert!(
+                name.len() <= IFNAME_MAX,
+                "interface name {name} is longer than {IFNAME_MAX} bytes"
+            );
+            name
+        };
+        let (a_end, b_end) = (name('a'), name('b'));
+        checked(
+            Command::new("ip").args([
+                "link",
+                "add",
+                &a_end,
+                "netns",
+                a.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b_end,
+                "netns",
+                b.name(),
+            ]),
+            IP_LIMIT,
+        )?;
+        let pair = Self {
+            a: (a.name().to_string(), a_end),
+            b: (b.name().to_string(), b_end),
+        };
+        a.ip(["link", "set", &pair.a.1, "up"])?;
+        b.ip(["link", "set", &pair.b.1, "up"])?;
+        Ok(pair)
+    }
+
+    /// The end in the first namespace given to [`VethPair::create`].
+    pub fn a(&self) -> &str {
+        &self.a.1
+    }
+
+    /// The end in the second namespace.
+    pub fn b(&self) -> &str {
+        &self.b.1
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let (netns, iface) = &self.a;
+        if !Path::new(NETNS_RUN_DIR).join(netns).exists() {
+            return;
+        }
+        // Either end takes the other with it; one already gone with its namespace is fine.
+        let _ = output_within(
+            Command::new("ip").args(["-n", netns, "link", "del", iface]),
+            IP_LIMIT,
+        );
+    }
+}
+
+/// How a TCP connection attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Connected,
+    /// A RST answered the SYN (`ECONNREFUSED`).
+    Refused,
+    /// Nothing answered within the time limit.
+    TimedOut,
+}
+
+/// Connects from `src` (an address of `netns`) to `dst`, giving up after `limit`. The socket
+/// is closed before returning, so an unanswered attempt sends no further SYNs.
+pub fn connect_from(
+    netns: &Netns,
+    src: IpAddr,
+    dst: SocketAddr,
+    limit: Duration,
+) -> io::Result<ConnectOutcome> {
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))??;
+    socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    match socket.connect_timeout(&SockAddr::from(dst), limit) {
+        Ok(()) => Ok(ConnectOutcome::Connected),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(ConnectOutcome::Refused),
+        Err(e) if e.kind() == ErrorKind::TimedOut => Ok(ConnectOutcome::TimedOut),
+        Err(e) => Err(e),
+    }
+}
+
+/// A TCP listener in a namespace that accepts every connection, closes it at once and
+/// remembers the peer's address: the proof that a SYN reached the server's stack.
+pub struct TcpAcceptor {
+    addr: SocketAddr,
+    peers: Arc<Mutex<Vec<IpAddr>>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl TcpAcceptor {
+    /// How often the accepting thread looks for connections and for the stop flag.
+    const POLL: Duration = Duration::from_millis(5);
+
+    /// Listens on `addr` inside `netns`.
+    pub fn start(netns: &Netns, addr: SocketAddr) -> io::Result<Self> {
+        let listener = netns.run(|| TcpListener::bind(addr))??;
+        // Non-blocking, so that the thread notices the stop flag without a wake-up connection.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let peers = Arc::clone(&peers);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            drop(stream);
+                            peers
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(peer.ip().to_canonical());
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Self::POLL),
+                        Err(e) => {
+                            eprintln!("warning: accepting on {addr}: {e}");
+                            thread::sleep(Self::POLL);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            peers,
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, Vec<IpAddr>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every peer accepted so far.
+    pub fn clear(&self) {
+        self.peers().clear();
+    }
+
+    /// Whether a connection from `ip` was accepted since the last [`TcpAcceptor::clear`].
+    pub fn has_accepted(&self, ip: IpAddr) -> bool {
+        self.peers().contains(&ip)
+    }
+
+    /// Waits up to `limit` for a connection from `ip` to be accepted.
+    pub fn wait_for(&self, ip: IpAddr, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.has_accepted(ip) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Self::POLL);
+        }
+    }
+}
+
+impl Drop for TcpAcceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped on drop unless it has already exited.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
+        Ok(Self {
+            child: cmd.spawn()?,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
+
+    /// Asks the process to stop with SIGTERM; kills it if it has not exited after `grace`.
+    /// `Ok(None)` means it had to be killed.
+    pub fn terminate(&mut self, grace: Duration) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Some(status));
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        if unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.kill()?;
+        Ok(None)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            eprintln!("warning: killing child {}: {e}", self.child.id());
+        }
+    }
+}
+
+/// A pin directory of its own under `/sys/fs/bpf`, for one test. It is not created here
+/// (`smtp-screen load` and `run` create it); if it exists on drop, it is removed as
+/// `smtp-screen unload` does: every pinned link detached, every pin and the directory removed.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        Self {
+            path: Path::new(BPFFS_ROOT).join(unique_name(tag)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the directory, for pins made by other tools (bpftool).
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::create_dir(&self.path)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if !self.path.exists() {
+            return;
+        }
+        if let Err(e) = screen_user::kernel::loader::unload(&self.path) {
+            eprintln!(
+                "warning: removing pin directory {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// A directory for a test's files (configuration, lists, logs), removed with its contents on
+/// drop.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn create(tag: &str) -> io::Result<Self> {
+        let path = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir(&path)?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to the file `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> io::Result<PathBuf> {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents)?;
+        Ok(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("warning: removing {}: {e}", self.path.display());
+        }
+    }
+}
