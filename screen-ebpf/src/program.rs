@@ -173,6 +173,13 @@ fn screen_v6(ctx: &XdpContext, config: &ScreenConfig, l3: usize) -> Result<u32, 
         if next == IPPROTO_TCP {
             break;
         }
+        if !matches!(
+            next,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT
+        ) {
+            // Not TCP (or no next header): nothing to screen.
+            return Ok(XDP_PASS);
+        }
         let ext = ptr_at::<Ipv6ExtHdr>(ctx, l4).ok_or(Unparsed)?;
         let (ext_next, ext_len, frag_off) =
             unsafe { ((*ext).next_header, (*ext).len as usize, (*ext).frag_off) };
@@ -186,7 +193,7 @@ fn screen_v6(ctx: &XdpContext, config: &ScreenConfig, l3: usize) -> Result<u32, 
                 }
                 l4 += 8;
             }
-            // Not TCP (or no next header): nothing to screen.
+            // Ruled out above.
             _ => return Ok(XDP_PASS),
         }
         next = ext_next;

@@ -5,6 +5,8 @@
 //! message on stderr, never passed silently.
 
 pub mod frames;
+pub mod netns;
+pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns
 /// `false` when it may not; panics in CI, where every test must run.
@@ -16,6 +18,8 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs root (BPF, network namespaces), and CI must run every test");
     }
-    eprintln!("\n*** SKIPPED {test}: needs root (BPF, network namespaces); run as root or with `cargo xtask test` ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (BPF, network namespaces); run as root or with `cargo xtask test` ***\n"
+    );
     false
 }
