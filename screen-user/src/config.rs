@@ -323,7 +323,8 @@ pub fn parse_stress_duration(text: &str) -> Result<StressDuration, String> {
             .map(StressDuration::fixed)
             .map_err(|e| e.to_string());
     };
-    let bad = || format!("invalid stress-dependent value {text:?} (expected ${{stress?{{2}}:{{6}}}}s)");
+    let bad =
+        || format!("invalid stress-dependent value {text:?} (expected ${{stress?{{2}}:{{6}}}}s)");
     let close = rest.rfind('}').ok_or_else(bad)?;
     let (body, unit) = (&rest[..close], &rest[close + 1..]);
     let (stress, normal) = body.split_once(':').ok_or_else(bad)?;
@@ -352,7 +353,9 @@ fn yes_no<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         YesNo::Text(t) => match t.to_ascii_lowercase().as_str() {
             "yes" | "true" => Ok(true),
             "no" | "false" => Ok(false),
-            _ => Err(de::Error::custom(format!("expected yes or no, found {t:?}"))),
+            _ => Err(de::Error::custom(format!(
+                "expected yes or no, found {t:?}"
+            ))),
         },
     }
 }
@@ -368,7 +371,9 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 fn at_least<'de, D: Deserializer<'de>>(d: D, min: u32) -> Result<u32, D::Error> {
     let value = u32::deserialize(d)?;
     if value < min {
-        return Err(de::Error::custom(format!("{value} is below the minimum of {min}")));
+        return Err(de::Error::custom(format!(
+            "{value} is below the minimum of {min}"
+        )));
     }
     Ok(value)
 }
@@ -508,21 +513,20 @@ impl Config {
     /// Parses configuration text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| line_at(text, span.start))
-                .unwrap_or(1);
+            let line = e.span().map(|span| line_at(text, span.start)).unwrap_or(1);
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 message: e.message().to_string(),
             }
         })?;
-        config.check().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: line_of_key(text, key),
-            message,
-        })?;
+        config
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of_key(text, key),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -534,7 +538,10 @@ impl Config {
         if self.listen.contains(&self.backend) {
             return Err((
                 "backend",
-                format!("backend {} is one of the listen addresses (a loop)", self.backend),
+                format!(
+                    "backend {} is one of the listen addresses (a loop)",
+                    self.backend
+                ),
             ));
         }
         if self.syslog_name.trim().is_empty() {
@@ -587,7 +594,10 @@ mod tests {
         assert_eq!(config.command_time_limit.stress, Duration::from_secs(10));
         assert_eq!(config.greet_ttl, Duration::from_secs(86_400));
         assert_eq!(config.cache_retention_time, Duration::from_secs(7 * 86_400));
-        assert_eq!(config.cache_cleanup_interval, Duration::from_secs(12 * 3_600));
+        assert_eq!(
+            config.cache_cleanup_interval,
+            Duration::from_secs(12 * 3_600)
+        );
         assert_eq!(config.command_count_limit, 20);
         assert_eq!(config.client_connection_count_limit, 50);
         assert_eq!(config.pre_queue_limit, 100);
@@ -642,7 +652,10 @@ mod tests {
         assert_eq!(config.denylist_action, TestAction::Drop);
         assert_eq!(config.greet_ttl, Duration::from_secs(2 * 86_400));
         assert!(config.soft_bounce);
-        assert_eq!(config.upstream_proxy_protocol, UpstreamProxyProtocol::Haproxy);
+        assert_eq!(
+            config.upstream_proxy_protocol,
+            UpstreamProxyProtocol::Haproxy
+        );
         assert_eq!(config.deny_ttl, Duration::ZERO);
         assert_eq!(config.interfaces, ["eth0", "eth1"]);
         assert_eq!(config.xdp_mode, AttachMode::Generic);
@@ -662,7 +675,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.smtpd_banner(), "mx.example.test ready $unknown");
-        assert_eq!(config.greet_banner(), "", "empty disables the pregreet test");
+        assert_eq!(
+            config.greet_banner(),
+            "",
+            "empty disables the pregreet test"
+        );
     }
 
     #[test]
@@ -675,7 +692,12 @@ mod tests {
         assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (60, 120));
         let v = parse_stress_duration("7s").unwrap();
         assert_eq!((v.stress.as_secs(), v.normal.as_secs()), (7, 7));
-        for bad in ["${stress?{2}}s", "${stress?{x}:{6}}s", "${stress?{2}:{6}s", "soon"] {
+        for bad in [
+            "${stress?{2}}s",
+            "${stress?{x}:{6}}s",
+            "${stress?{2}:{6}s",
+            "soon",
+        ] {
             assert!(parse_stress_duration(bad).is_err(), "{bad}");
         }
     }
@@ -683,26 +705,54 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_problem() {
         let cases = [
-            ("interfaces = []\nbogus_option = 1\n", 2, "unknown field `bogus_option`"),
-            ("\n\ndeny_sweep_interval = \"5 minutes\"\n", 3, "invalid time value"),
+            (
+                "interfaces = []\nbogus_option = 1\n",
+                2,
+                "unknown field `bogus_option`",
+            ),
+            (
+                "\n\ndeny_sweep_interval = \"5 minutes\"\n",
+                3,
+                "invalid time value",
+            ),
             ("xdp_mode = \"fast\"\n", 1, "unknown variant `fast`"),
             ("protected_ports = []\n", 1, "at least one port"),
             ("protected_ports = [1,2,3,4,5,6,7,8,9]\n", 1, "at most 8"),
             ("protected_ports = [70000]\n", 1, ""),
             ("deny_v6_prefix = 8\n", 1, "outside /16../128"),
-            ("kernel_action = \"reject\"\n", 1, "unknown variant `reject`"),
+            (
+                "kernel_action = \"reject\"\n",
+                1,
+                "unknown variant `reject`",
+            ),
             ("interfaces = [\n", 2, ""),
-            ("\ngreet_action = \"reject\"\n", 2, "unknown variant `reject`"),
-            ("greet_wait = \"${stress?{2}}s\"\n", 1, "invalid stress-dependent value"),
+            (
+                "\ngreet_action = \"reject\"\n",
+                2,
+                "unknown variant `reject`",
+            ),
+            (
+                "greet_wait = \"${stress?{2}}s\"\n",
+                1,
+                "invalid stress-dependent value",
+            ),
             ("pre_queue_limit = 5\n", 1, "below the minimum of 10"),
             ("post_queue_limit = 1\n", 1, "below the minimum of 5"),
             ("command_count_limit = 0\n", 1, "below the minimum of 1"),
             ("line_length_limit = 100\n", 1, "below the minimum of 512"),
             ("soft_bounce = \"maybe\"\n", 1, "expected yes or no"),
-            ("upstream_proxy_protocol = \"nginx\"\n", 1, "unsupported upstream proxy"),
+            (
+                "upstream_proxy_protocol = \"nginx\"\n",
+                1,
+                "unsupported upstream proxy",
+            ),
             ("listen = [\"nonsense\"]\n", 1, ""),
             ("myhostname = \"\"\n", 1, "must not be empty"),
-            ("\n\nlisten = [\"127.0.0.1:25\"]\nbackend = \"127.0.0.1:25\"\n", 4, "a loop"),
+            (
+                "\n\nlisten = [\"127.0.0.1:25\"]\nbackend = \"127.0.0.1:25\"\n",
+                4,
+                "a loop",
+            ),
             ("\nlisten = []\n", 2, "at least one listen address"),
         ];
         for (text, line, what) in cases {

@@ -5,8 +5,7 @@
 //! postscreen does), so the dummy engine or the real MTA still reads it.
 
 use std::{
-    fmt,
-    io,
+    fmt, io,
     time::{Duration, Instant},
 };
 
@@ -70,7 +69,9 @@ pub async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Re
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
     )
 }
 
@@ -134,7 +135,9 @@ mod tests {
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (server, client)
     }
@@ -143,9 +146,13 @@ mod tests {
     async fn a_quiet_client_waits_the_whole_time() {
         let (mut server, mut client) = pair().await;
         let start = Instant::now();
-        let outcome = pregreet_test(&mut server, "mx.example.test ESMTP", Duration::from_millis(300))
-            .await
-            .unwrap();
+        let outcome = pregreet_test(
+            &mut server,
+            "mx.example.test ESMTP",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
         assert_eq!(outcome, GreetOutcome::Quiet);
         assert!(start.elapsed() >= Duration::from_millis(300));
         let mut buf = [0u8; 64];
@@ -157,8 +164,15 @@ mod tests {
     async fn a_pregreeter_is_caught_and_its_input_is_left_unread() {
         let (mut server, mut client) = pair().await;
         client.write_all(b"EHLO zombie.example\r\n").await.unwrap();
-        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await.unwrap();
-        let GreetOutcome::Pregreet { bytes, after, input } = outcome else {
+        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let GreetOutcome::Pregreet {
+            bytes,
+            after,
+            input,
+        } = outcome
+        else {
             panic!("not a pregreet: {outcome:?}");
         };
         assert_eq!(bytes, 21);
@@ -188,7 +202,9 @@ mod tests {
         let (mut server, mut client) = pair().await;
         client.write_all(&[b'x'; 4000]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await.unwrap();
+        let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5))
+            .await
+            .unwrap();
         let GreetOutcome::Pregreet { bytes, .. } = outcome else {
             panic!("{outcome:?}");
         };

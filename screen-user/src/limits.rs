@@ -223,7 +223,10 @@ mod tests {
         let (a, ra) = limits.connect(ip("192.0.2.1"));
         let (b, rb) = limits.connect(ip("192.0.2.1"));
         let (c, rc) = limits.connect(ip("192.0.2.1"));
-        assert_eq!((ra, rb, rc), (Ok(1), Ok(2), Err(Refusal::TooManyFromClient)));
+        assert_eq!(
+            (ra, rb, rc),
+            (Ok(1), Ok(2), Err(Refusal::TooManyFromClient))
+        );
         let (_, other) = limits.connect(ip("192.0.2.2"));
         assert_eq!(other, Ok(1));
         drop((a, c));
@@ -268,7 +271,10 @@ mod tests {
         assert!(!limits.stressed());
         let changes = limits.take_stress_changes();
         assert_eq!(changes, vec![StressChange::Left(7)]);
-        assert_eq!(changes[0].to_string(), "leaving STRESS mode with 7 connections");
+        assert_eq!(
+            changes[0].to_string(),
+            "leaving STRESS mode with 7 connections"
+        );
         assert_eq!(
             StressChange::Entered(9).to_string(),
             "entering STRESS mode with 9 connections"

@@ -222,7 +222,11 @@ mod tests {
         let now = Instant::now();
         policy.on_failure(ip("192.0.2.1"), now, "PREGREET");
         assert_eq!(
-            policy.on_failure(ip("192.0.2.1"), now + WINDOW + Duration::from_secs(1), "PREGREET"),
+            policy.on_failure(
+                ip("192.0.2.1"),
+                now + WINDOW + Duration::from_secs(1),
+                "PREGREET"
+            ),
             None
         );
     }
@@ -240,7 +244,9 @@ mod tests {
         let mut policy = DenyPolicy::new(WINDOW, TTL, 64);
         let now = Instant::now();
         policy.on_failure(ip("2001:db8:1:2::1"), now, "x");
-        let deny = policy.on_failure(ip("2001:db8:1:2::ffff"), now, "x").unwrap();
+        let deny = policy
+            .on_failure(ip("2001:db8:1:2::ffff"), now, "x")
+            .unwrap();
         assert_eq!(deny.net, "2001:db8:1:2::/64".parse::<IpNet>().unwrap());
         assert_eq!(policy.on_failure(ip("2001:db8:1:3::1"), now, "x"), None);
     }
@@ -296,6 +302,10 @@ mod tests {
         assert!(policy.tracked() <= 100);
         // The newest client is still tracked; the oldest went first.
         let newest = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 999));
-        assert!(policy.on_failure(newest, now + Duration::from_secs(1), "x").is_some());
+        assert!(
+            policy
+                .on_failure(newest, now + Duration::from_secs(1), "x")
+                .is_some()
+        );
     }
 }

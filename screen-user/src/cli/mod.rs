@@ -144,7 +144,9 @@ fn require_loaded(pin_dir: &Path) -> anyhow::Result<()> {
             "nothing loaded: {} does not exist (smtp-screen load --iface IF)",
             pin_dir.display()
         ),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot access {}", pin_dir.display()))),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot access {}", pin_dir.display())))
+        }
     }
 }
 
