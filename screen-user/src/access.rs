@@ -1,0 +1,1291 @@
+//! postscreen's permanent allow/deny list (`postscreen_access_list`, here `access_list`) and
+//! the two address lists that go with it: `mynetworks` (what `permit_mynetworks` permits) and
+//! `postscreen_allowlist_interfaces` (here `allowlist_interfaces`: the local addresses where
+//! a client may earn the temporary allowlist).
+//!
+//! Everything is parsed once, at start-up or reload, tables included; evaluation is a pure
+//! function of the client address. A value that cannot be parsed is an [`AccessError`] and
+//! the daemon refuses to start with it. Rules that are skipped come back as [`LoadWarning`]s
+//! to be logged, and evaluation may return [`EvalWarning`]s, worded as Postfix words them
+//! (`server_acl.c`), for the integrator to log with `warning:` severity.
+//!
+//! Tables: `cidr:/path` ([`crate::cidr_table`]) and `static:value` (every address finds
+//! `value`, which is how `static:all` in `allowlist_interfaces` matches everything). Other
+//! Postfix table types are refused by name. Relative table paths are resolved by the
+//! [`TableFiles`] the caller passes ([`DiskFiles`] resolves them against a base directory).
+//!
+//! Where smtp-screen is stricter than Postfix: an unknown command in `access_list` itself is
+//! an error at start-up (Postfix logs it at every connection and treats the client as
+//! `dunno`); in an address list, a pattern that is not an address, network or table is an
+//! error (Postfix silently never matches it), and a network with host bits set is skipped with
+//! a warning at start-up (Postfix logs it and stops searching that list at each lookup).
+//! Where it is more lenient: IPv6 networks in address lists may be written without brackets.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+
+use crate::cidr_table::{self, CidrError, CidrTable, CidrWarning, Pattern, PatternError};
+
+/// postscreen's default `postscreen_access_list`.
+pub const DEFAULT_ACCESS_LIST: &str = "permit_mynetworks";
+/// postscreen's default `postscreen_allowlist_interfaces`: every local address.
+pub const DEFAULT_ALLOWLIST_INTERFACES: &str = "static:all";
+
+/// The longest list value accepted.
+pub const MAX_LIST_BYTES: usize = 1 << 20;
+/// The most entries in one list, `/file/name` contents included.
+pub const MAX_LIST_ITEMS: usize = 10_000;
+/// The most tables one list may name (each may hold up to [`cidr_table::MAX_TABLE_BYTES`]).
+pub const MAX_LIST_TABLES: usize = 32;
+
+const ACCESS_LIST: &str = "access_list";
+const ALLOWLIST_INTERFACES: &str = "allowlist_interfaces";
+
+/// A list that cannot be used; the option's name comes first in every message.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("{list}: the value is {len} bytes long, more than the {max} allowed")]
+    TooLong {
+        list: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("{list}: more than {max} entries")]
+    TooManyItems { list: String, max: usize },
+    #[error("{list}: more than {max} tables")]
+    TooManyTables { list: String, max: usize },
+    #[error(
+        "{list}: unknown command \"{command}\" (expected permit_mynetworks, permit, reject, \
+         dunno or cidr:/file)"
+    )]
+    UnknownCommand { list: String, command: String },
+    #[error("{list}: unsupported table \"{table}\": smtp-screen reads cidr: and static: tables")]
+    UnsupportedTable { list: String, table: String },
+    #[error("{list}: table \"{table}\" names no file")]
+    NoTableFile { list: String, table: String },
+    #[error("{list}: {source}")]
+    Table {
+        list: String,
+        #[source]
+        source: CidrError,
+    },
+    #[error("{list}: {source}")]
+    Pattern {
+        list: String,
+        #[source]
+        source: PatternError,
+    },
+    #[error("{list}: {file}, line {line}: {source}")]
+    FilePattern {
+        list: String,
+        file: String,
+        line: usize,
+        #[source]
+        source: PatternError,
+    },
+    #[error("{list}: \"{item}\": a /file/name cannot be negated; negate the patterns in it")]
+    NegatedFile { list: String, item: String },
+    #[error("{list}: {file}, line {line}: \"{item}\": a pattern file cannot name another file")]
+    NestedFile {
+        list: String,
+        file: String,
+        line: usize,
+        item: String,
+    },
+}
+
+/// Something skipped while a list was loaded; the list is used without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadWarning {
+    /// A rule skipped in a CIDR table.
+    Table(CidrWarning),
+    /// A network with host bits set in an address list, skipped. `place` is the option,
+    /// or the option and the pattern file with its line.
+    HostBits { place: String, error: PatternError },
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Table(warning) => warning.fmt(f),
+            Self::HostBits { place, error } => write!(f, "{place}: {error}: skipping this pattern"),
+        }
+    }
+}
+
+/// Where table and pattern files come from: the file system in the daemon, text in tests.
+pub trait TableFiles {
+    /// The text of the file `path`, as written in the list. Implementations bound the size.
+    fn read(&self, path: &str) -> Result<String, CidrError>;
+}
+
+/// Files on disk; relative paths are taken relative to `base` (the configuration file's
+/// directory, typically).
+#[derive(Clone, Debug)]
+pub struct DiskFiles {
+    base: PathBuf,
+}
+
+impl DiskFiles {
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self { base: base.into() }
+    }
+}
+
+impl TableFiles for DiskFiles {
+    fn read(&self, path: &str) -> Result<String, CidrError> {
+        cidr_table::read_table_file(&self.base.join(Path::new(path)))
+    }
+}
+
+/// What the access list decided for a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessVerdict {
+    /// Log `ALLOWLISTED [addr]:port` and hand the client to the MTA at once, untested.
+    Permit,
+    /// Log `DENYLISTED [addr]:port` and apply `denylist_action`.
+    Reject,
+    /// No decision: the client goes through the tests.
+    Dunno,
+}
+
+/// A problem met while a table result was evaluated, worded as Postfix's `server_acl.c`
+/// words it (the daemon logs it as a warning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalWarning<'a> {
+    /// A table result names another table; the rest of that result is ignored and the
+    /// table counts as `dunno`.
+    NestedTable { table: &'a str, item: &'a str },
+    /// A table result holds an unknown command; the evaluation stops as `dunno`.
+    UnknownCommand { table: &'a str, command: &'a str },
+}
+
+impl fmt::Display for EvalWarning<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NestedTable { table, item } => write!(
+                f,
+                "table {table}: lookup result \"{item}\" is not allowed -- ignoring remainder \
+                 of access list"
+            ),
+            Self::UnknownCommand { table, command } => write!(
+                f,
+                "{table}: unknown command: {command} -- ignoring the remainder of this access \
+                 list"
+            ),
+        }
+    }
+}
+
+/// The verdict for one client, and what to log about how it was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessDecision<'a> {
+    pub verdict: AccessVerdict,
+    pub warnings: Vec<EvalWarning<'a>>,
+}
+
+/// The commands of an access list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    PermitMynetworks,
+    Permit,
+    Reject,
+    Dunno,
+}
+
+impl Command {
+    /// Commands are matched without regard to case, as Postfix does.
+    fn parse(word: &str) -> Option<Self> {
+        [
+            ("permit_mynetworks", Self::PermitMynetworks),
+            ("permit", Self::Permit),
+            ("reject", Self::Reject),
+            ("dunno", Self::Dunno),
+        ]
+        .into_iter()
+        .find_map(|(name, command)| word.eq_ignore_ascii_case(name).then_some(command))
+    }
+
+    /// What the command decides for `client`, or `None` to go on with the next one.
+    fn fire(self, client: IpAddr, mynetworks: &AddressList) -> Option<Outcome> {
+        match self {
+            Self::PermitMynetworks => mynetworks
+                .contains_canonical(client)
+                .then_some(Outcome::Permit),
+            Self::Permit => Some(Outcome::Permit),
+            Self::Reject => Some(Outcome::Reject),
+            Self::Dunno => Some(Outcome::Dunno),
+        }
+    }
+}
+
+/// Postfix's four results: `Error` ends the search and counts as `dunno` for postscreen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Permit,
+    Reject,
+    Dunno,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ResultItem {
+    Command(Command),
+    Unknown(Box<str>),
+}
+
+/// A table result, itself a small access list without tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TableResult {
+    items: Vec<ResultItem>,
+    /// The first entry that named a table; it and what follows are ignored.
+    nested: Option<Box<str>>,
+}
+
+impl TableResult {
+    fn parse(text: &str) -> Self {
+        let mut items = Vec::new();
+        let mut nested = None;
+        for word in words(text) {
+            if word.contains(':') {
+                nested = Some(word.into());
+                break;
+            }
+            items.push(
+                Command::parse(word)
+                    .map_or_else(|| ResultItem::Unknown(word.into()), ResultItem::Command),
+            );
+        }
+        Self { items, nested }
+    }
+
+    fn evaluate<'a>(
+        &'a self,
+        table: &'a str,
+        client: IpAddr,
+        mynetworks: &AddressList,
+        warnings: &mut Vec<EvalWarning<'a>>,
+    ) -> Outcome {
+        if let Some(item) = &self.nested {
+            warnings.push(EvalWarning::NestedTable { table, item });
+        }
+        for item in &self.items {
+            match item {
+                ResultItem::Command(command) => {
+                    if let Some(outcome) = command.fire(client, mynetworks) {
+                        return outcome;
+                    }
+                }
+                ResultItem::Unknown(command) => {
+                    warnings.push(EvalWarning::UnknownCommand { table, command });
+                    return Outcome::Error;
+                }
+            }
+        }
+        Outcome::Dunno
+    }
+}
+
+/// A table named in a list: `V` is what a hit yields.
+#[derive(Clone, Debug)]
+enum Table<V> {
+    Cidr(CidrTable<V>),
+    /// `static:value`: every address finds `value`.
+    Static(V),
+}
+
+impl<V> Table<V> {
+    fn get(&self, client: IpAddr) -> Option<&V> {
+        match self {
+            Self::Cidr(table) => table.lookup(client),
+            Self::Static(value) => Some(value),
+        }
+    }
+}
+
+/// Opens the table `spec` (`type:name`), turning each result text into a `V`.
+fn open_table<V>(
+    list: &str,
+    spec: &str,
+    files: &dyn TableFiles,
+    warnings: &mut Vec<LoadWarning>,
+    mut result: impl FnMut(&str) -> V,
+) -> Result<Table<V>, AccessError> {
+    let (kind, name) = spec.split_once(':').unwrap_or((spec, ""));
+    match kind {
+        "cidr" => {
+            if name.is_empty() {
+                return Err(AccessError::NoTableFile {
+                    list: list.into(),
+                    table: spec.into(),
+                });
+            }
+            let loaded = files
+                .read(name)
+                .and_then(|text| CidrTable::parse(name, &text));
+            let (table, table_warnings) = loaded.map_err(|source| AccessError::Table {
+                list: list.into(),
+                source,
+            })?;
+            warnings.extend(table_warnings.into_iter().map(LoadWarning::Table));
+            Ok(Table::Cidr(table.map_results(|text| result(&text))))
+        }
+        "static" => {
+            // In `static:{text with spaces}` the braces only group the value.
+            let value = name
+                .strip_prefix('{')
+                .and_then(|n| n.strip_suffix('}'))
+                .unwrap_or(name);
+            Ok(Table::Static(result(value.trim())))
+        }
+        _ => Err(AccessError::UnsupportedTable {
+            list: list.into(),
+            table: spec.into(),
+        }),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum AccessItem {
+    Command(Command),
+    Table {
+        /// `type:name` as written, for warnings.
+        spec: Box<str>,
+        table: Table<TableResult>,
+    },
+}
+
+/// A parsed `access_list` (postscreen_access_list): `permit_mynetworks`, `permit`, `reject`,
+/// `dunno` and `cidr:/file` tables, separated by commas and/or white space.
+///
+/// The first command that decides ends the search. A table is searched with the client
+/// address; its result is a list of the same commands (no tables), so a table can permit,
+/// reject, or say `dunno`, which goes on with the next entry of the outer list. `dunno` in
+/// the outer list ends the search; so does its end (an implicit `dunno`).
+#[derive(Clone, Debug)]
+pub struct AccessList {
+    items: Vec<AccessItem>,
+}
+
+impl Default for AccessList {
+    /// postscreen's default, `permit_mynetworks`.
+    fn default() -> Self {
+        Self {
+            items: vec![AccessItem::Command(Command::PermitMynetworks)],
+        }
+    }
+}
+
+impl AccessList {
+    /// Parses the value of `access_list`, reading the tables it names through `files`.
+    ///
+    /// An error (an unknown command, an unsupported table type, a table that cannot be read
+    /// or has a bad line) means the daemon must refuse to start with this value. The
+    /// warnings name table rules that were skipped and should be logged.
+    pub fn parse(
+        spec: &str,
+        files: &dyn TableFiles,
+    ) -> Result<(Self, Vec<LoadWarning>), AccessError> {
+        check_length(ACCESS_LIST, spec)?;
+        let mut items = Vec::new();
+        let mut warnings = Vec::new();
+        let mut tables = 0;
+        for word in words(spec) {
+            if items.len() == MAX_LIST_ITEMS {
+                return Err(AccessError::TooManyItems {
+                    list: ACCESS_LIST.into(),
+                    max: MAX_LIST_ITEMS,
+                });
+            }
+            if let Some(command) = Command::parse(word) {
+                items.push(AccessItem::Command(command));
+            } else if word.contains(':') {
+                tables += 1;
+                if tables > MAX_LIST_TABLES {
+                    return Err(AccessError::TooManyTables {
+                        list: ACCESS_LIST.into(),
+                        max: MAX_LIST_TABLES,
+                    });
+                }
+                let table =
+                    open_table(ACCESS_LIST, word, files, &mut warnings, TableResult::parse)?;
+                items.push(AccessItem::Table {
+                    spec: word.into(),
+                    table,
+                });
+            } else {
+                return Err(AccessError::UnknownCommand {
+                    list: ACCESS_LIST.into(),
+                    command: word.into(),
+                });
+            }
+        }
+        Ok((Self { items }, warnings))
+    }
+
+    /// Decides for `client`; `permit_mynetworks` consults `mynetworks`. IPv4-mapped IPv6
+    /// addresses are evaluated as IPv4.
+    pub fn evaluate<'a>(&'a self, client: IpAddr, mynetworks: &AddressList) -> AccessDecision<'a> {
+        let client = client.to_canonical();
+        let mut warnings = Vec::new();
+        let outcome = self
+            .items
+            .iter()
+            .find_map(|item| match item {
+                AccessItem::Command(command) => command.fire(client, mynetworks),
+                AccessItem::Table { spec, table } => table
+                    .get(client)
+                    .map(|result| result.evaluate(spec, client, mynetworks, &mut warnings))
+                    .filter(|&outcome| outcome != Outcome::Dunno),
+            })
+            .unwrap_or(Outcome::Dunno);
+        let verdict = match outcome {
+            Outcome::Permit => AccessVerdict::Permit,
+            Outcome::Reject => AccessVerdict::Reject,
+            Outcome::Dunno | Outcome::Error => AccessVerdict::Dunno,
+        };
+        AccessDecision { verdict, warnings }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Matcher {
+    Net(IpNet),
+    /// A hit in the table is a match, whatever its result.
+    Table(Table<()>),
+}
+
+#[derive(Clone, Debug)]
+struct AddressItem {
+    negated: bool,
+    matcher: Matcher,
+}
+
+/// An address list in Postfix syntax (`mynetworks`, `allowlist_interfaces`): addresses and
+/// networks (`192.0.2.1`, `192.0.2.0/24`, `[2001:db8::1]`, `[2001:db8::]/32`), `cidr:/file`
+/// and `static:value` tables (a table matches an address it has any result for), and
+/// `/file/name` files of more such patterns; separated by commas and/or white space. `!`
+/// before a pattern or table excludes what it matches. The first entry that matches decides;
+/// an address no entry matches is not in the list.
+#[derive(Clone, Debug, Default)]
+pub struct AddressList {
+    items: Vec<AddressItem>,
+}
+
+impl AddressList {
+    /// Parses an address list; `list` names the option in messages (`mynetworks`).
+    ///
+    /// An error (a pattern that is not an address, network or supported table, a file that
+    /// cannot be read) means the daemon must refuse to start with this value. Networks with
+    /// host bits set are skipped with a warning.
+    pub fn parse(
+        list: &str,
+        spec: &str,
+        files: &dyn TableFiles,
+    ) -> Result<(Self, Vec<LoadWarning>), AccessError> {
+        check_length(list, spec)?;
+        let mut parser = AddressListParser {
+            list,
+            files,
+            items: Vec::new(),
+            warnings: Vec::new(),
+            tables: 0,
+        };
+        for word in words(spec) {
+            match word.strip_prefix('/') {
+                Some(_) => parser.file(word)?,
+                None => parser.item(word, None)?,
+            }
+        }
+        Ok((
+            Self {
+                items: parser.items,
+            },
+            parser.warnings,
+        ))
+    }
+
+    /// Whether `addr` is in the list. IPv4-mapped IPv6 addresses are looked up as IPv4.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.contains_canonical(addr.to_canonical())
+    }
+
+    fn contains_canonical(&self, addr: IpAddr) -> bool {
+        self.items
+            .iter()
+            .find(|item| match &item.matcher {
+                Matcher::Net(net) => net.contains(&addr),
+                Matcher::Table(table) => table.get(addr).is_some(),
+            })
+            .is_some_and(|item| !item.negated)
+    }
+}
+
+struct AddressListParser<'a> {
+    list: &'a str,
+    files: &'a dyn TableFiles,
+    items: Vec<AddressItem>,
+    warnings: Vec<LoadWarning>,
+    tables: usize,
+}
+
+impl AddressListParser<'_> {
+    /// Takes the patterns of a `/file/name`, a few per line; `#` starts a comment.
+    fn file(&mut self, path: &str) -> Result<(), AccessError> {
+        let text = self.files.read(path).map_err(|source| AccessError::Table {
+            list: self.list.into(),
+            source,
+        })?;
+        for (index, line) in text.lines().enumerate() {
+            let place = (path, index + 1);
+            for word in words(line) {
+                if word.starts_with('#') {
+                    break;
+                }
+                if word.starts_with('/') {
+                    return Err(AccessError::NestedFile {
+                        list: self.list.into(),
+                        file: path.into(),
+                        line: place.1,
+                        item: word.into(),
+                    });
+                }
+                self.item(word, Some(place))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one pattern or table; `place` is the pattern file and line it came from.
+    fn item(&mut self, word: &str, place: Option<(&str, usize)>) -> Result<(), AccessError> {
+        if self.items.len() == MAX_LIST_ITEMS {
+            return Err(AccessError::TooManyItems {
+                list: self.list.into(),
+                max: MAX_LIST_ITEMS,
+            });
+        }
+        let error = match Pattern::parse(word) {
+            Ok(pattern) => {
+                self.items.push(AddressItem {
+                    negated: pattern.negated,
+                    matcher: Matcher::Net(pattern.net),
+                });
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        let positive = word.trim_start_matches('!');
+        let negated = (word.len() - positive.len()) % 2 == 1;
+        if let PatternError::HostBits { .. } = error {
+            let place = match place {
+                Some((file, line)) => format!("{}: {file}, line {line}", self.list),
+                None => self.list.into(),
+            };
+            self.warnings.push(LoadWarning::HostBits { place, error });
+        } else if positive.starts_with('/') {
+            return Err(AccessError::NegatedFile {
+                list: self.list.into(),
+                item: word.into(),
+            });
+        } else if !positive.starts_with('[') && positive.contains(':') {
+            self.tables += 1;
+            if self.tables > MAX_LIST_TABLES {
+                return Err(AccessError::TooManyTables {
+                    list: self.list.into(),
+                    max: MAX_LIST_TABLES,
+                });
+            }
+            let table = open_table(self.list, positive, self.files, &mut self.warnings, |_| ())?;
+            self.items.push(AddressItem {
+                negated,
+                matcher: Matcher::Table(table),
+            });
+        } else {
+            return Err(match place {
+                Some((file, line)) => AccessError::FilePattern {
+                    list: self.list.into(),
+                    file: file.into(),
+                    line,
+                    source: error,
+                },
+                None => AccessError::Pattern {
+                    list: self.list.into(),
+                    source: error,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `allowlist_interfaces` (postscreen_allowlist_interfaces): the local addresses where a
+/// client that is not allowlisted yet may earn the temporary allowlist. A client that
+/// connects to any other address (a backup MX, say) is tested as usual but never passes
+/// (postscreen logs `ALLOWLIST VETO [addr]:port`).
+#[derive(Clone, Debug)]
+pub struct AllowlistInterfaces {
+    addresses: AddressList,
+}
+
+impl Default for AllowlistInterfaces {
+    /// postscreen's default, `static:all`: every local address.
+    fn default() -> Self {
+        Self {
+            addresses: AddressList {
+                items: vec![AddressItem {
+                    negated: false,
+                    matcher: Matcher::Table(Table::Static(())),
+                }],
+            },
+        }
+    }
+}
+
+impl AllowlistInterfaces {
+    /// Parses the option's value: an address list of local addresses, `!addr` to exclude
+    /// one, IPv6 in `[]`; `static:all` for all. An empty value permits no address, as in
+    /// Postfix.
+    pub fn parse(
+        spec: &str,
+        files: &dyn TableFiles,
+    ) -> Result<(Self, Vec<LoadWarning>), AccessError> {
+        let (addresses, warnings) = AddressList::parse(ALLOWLIST_INTERFACES, spec, files)?;
+        Ok((Self { addresses }, warnings))
+    }
+
+    /// Whether clients connected to the local address `local` may earn the allowlist.
+    pub fn permits(&self, local: IpAddr) -> bool {
+        self.addresses.contains(local)
+    }
+}
+
+fn check_length(list: &str, spec: &str) -> Result<(), AccessError> {
+    if spec.len() > MAX_LIST_BYTES {
+        return Err(AccessError::TooLong {
+            list: list.into(),
+            len: spec.len(),
+            max: MAX_LIST_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Splits a list at commas and white space, keeping `{…}` groups whole as Postfix does.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let is_separator = |b: u8| matches!(b, b',' | b' ' | b'\t' | b'\r' | b'\n');
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < bytes.len() && is_separator(bytes[pos]) {
+            pos += 1;
+        }
+        if pos == bytes.len() {
+            return None;
+        }
+        let start = pos;
+        let mut depth = 0usize;
+        while pos < bytes.len() && (depth > 0 || !is_separator(bytes[pos])) {
+            match bytes[pos] {
+                b'{' => depth += 1,
+                b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            pos += 1;
+        }
+        // Separators are ASCII, so both ends lie on character boundaries.
+        text.get(start..pos)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Files held in memory, by the path written in the list.
+    #[derive(Default)]
+    struct MemFiles(HashMap<String, String>);
+
+    impl MemFiles {
+        fn with(mut self, path: &str, text: &str) -> Self {
+            self.0.insert(path.into(), text.into());
+            self
+        }
+    }
+
+    impl TableFiles for MemFiles {
+        fn read(&self, path: &str) -> Result<String, CidrError> {
+            self.0.get(path).cloned().ok_or_else(|| CidrError::Read {
+                path: path.into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn addresses(spec: &str) -> AddressList {
+        addresses_with(spec, &MemFiles::default())
+    }
+
+    fn addresses_with(spec: &str, files: &MemFiles) -> AddressList {
+        let (list, warnings) = AddressList::parse("mynetworks", spec, files).unwrap();
+        assert_eq!(warnings, [], "unexpected warnings");
+        list
+    }
+
+    fn access(spec: &str, files: &MemFiles) -> AccessList {
+        let (list, warnings) = AccessList::parse(spec, files).unwrap();
+        assert_eq!(warnings, [], "unexpected warnings");
+        list
+    }
+
+    fn verdict(list: &AccessList, client: &str, mynetworks: &AddressList) -> AccessVerdict {
+        let decision = list.evaluate(ip(client), mynetworks);
+        assert_eq!(decision.warnings, [], "unexpected warnings for {client}");
+        decision.verdict
+    }
+
+    fn access_error(spec: &str, files: &MemFiles) -> String {
+        AccessList::parse(spec, files).unwrap_err().to_string()
+    }
+
+    fn address_error(spec: &str, files: &MemFiles) -> String {
+        AddressList::parse("mynetworks", spec, files)
+            .unwrap_err()
+            .to_string()
+    }
+
+    use AccessVerdict::{Dunno, Permit, Reject};
+
+    #[test]
+    fn splits_on_commas_and_white_space_keeping_braces() {
+        let split: Vec<&str> = words(" a,b\t c ,, d\r\ne{f, g} h{{i j}} k{ ,").collect();
+        assert_eq!(split, ["a", "b", "c", "d", "e{f, g}", "h{{i j}}", "k{ ,"]);
+        assert_eq!(words(" , \n").count(), 0);
+        assert_eq!(words("").count(), 0);
+        assert_eq!(words("é,ü ß").collect::<Vec<_>>(), ["é", "ü", "ß"]);
+    }
+
+    #[test]
+    fn lab_configuration_of_the_reference() {
+        // postscreen.md, Appendix A: measured on Postfix 3.7.11.
+        let files = MemFiles::default().with(
+            "/lab/etc/psacl.cidr",
+            "127.0.0.20/32 permit\n127.0.0.21/32 reject\n127.0.0.22/32 dunno\n\
+             127.0.0.0/24 dunno\n",
+        );
+        let list = access("permit_mynetworks, cidr:/lab/etc/psacl.cidr", &files);
+        let mynetworks = addresses("127.0.0.2/32");
+        assert_eq!(verdict(&list, "127.0.0.20", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "127.0.0.21", &mynetworks), Reject);
+        assert_eq!(verdict(&list, "127.0.0.22", &mynetworks), Dunno);
+        assert_eq!(verdict(&list, "127.0.0.11", &mynetworks), Dunno);
+        assert_eq!(verdict(&list, "127.0.0.2", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "::ffff:127.0.0.21", &mynetworks), Reject);
+        assert_eq!(verdict(&list, "::1", &mynetworks), Dunno);
+    }
+
+    #[test]
+    fn dunno_in_a_table_goes_on_with_the_outer_list() {
+        let files = MemFiles::default().with(
+            "/t.cidr",
+            "192.0.2.1 dunno\n192.0.2.2 dunno reject\n192.0.2.3 permit\n",
+        );
+        let list = access("cidr:/t.cidr reject", &files);
+        let none = AddressList::default();
+        assert_eq!(verdict(&list, "192.0.2.1", &none), Reject);
+        assert_eq!(verdict(&list, "192.0.2.2", &none), Reject);
+        assert_eq!(verdict(&list, "192.0.2.3", &none), Permit);
+        assert_eq!(verdict(&list, "192.0.2.4", &none), Reject, "no hit: go on");
+    }
+
+    #[test]
+    fn dunno_in_the_outer_list_ends_the_search() {
+        let none = AddressList::default();
+        let files = MemFiles::default();
+        assert_eq!(
+            verdict(&access("dunno, reject", &files), "192.0.2.1", &none),
+            Dunno
+        );
+        assert_eq!(
+            verdict(&access("reject dunno", &files), "192.0.2.1", &none),
+            Reject
+        );
+        assert_eq!(
+            verdict(&access("permit,reject", &files), "192.0.2.1", &none),
+            Permit
+        );
+        assert_eq!(verdict(&access("", &files), "192.0.2.1", &none), Dunno);
+        assert_eq!(verdict(&access(" , ", &files), "192.0.2.1", &none), Dunno);
+    }
+
+    #[test]
+    fn permit_mynetworks_consults_mynetworks() {
+        let files = MemFiles::default();
+        let mynetworks = addresses("127.0.0.0/8 [::1]/128 192.0.2.0/24");
+        let list = access("permit_mynetworks, reject", &files);
+        assert_eq!(verdict(&list, "127.0.0.1", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "::1", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "::ffff:192.0.2.9", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "198.51.100.1", &mynetworks), Reject);
+        let default = AccessList::default();
+        assert_eq!(verdict(&default, "127.0.0.1", &mynetworks), Permit);
+        assert_eq!(verdict(&default, "198.51.100.1", &mynetworks), Dunno);
+        let (parsed, _) = AccessList::parse(DEFAULT_ACCESS_LIST, &files).unwrap();
+        assert_eq!(verdict(&parsed, "127.0.0.1", &mynetworks), Permit);
+    }
+
+    #[test]
+    fn commands_ignore_case() {
+        let files = MemFiles::default().with("/t.cidr", "0.0.0.0/0 DUNNO\n");
+        let list = access("cidr:/t.cidr, Permit_MyNetworks, REJECT", &files);
+        let mynetworks = addresses("192.0.2.1");
+        assert_eq!(verdict(&list, "192.0.2.1", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "192.0.2.2", &mynetworks), Reject);
+    }
+
+    #[test]
+    fn table_results_are_access_lists() {
+        let files = MemFiles::default().with(
+            "/t.cidr",
+            "192.0.2.0/28 permit_mynetworks, reject\n\
+             192.0.2.16/28 permit_mynetworks\n\
+             192.0.2.32/28 reject spammer go away\n",
+        );
+        let list = access("cidr:/t.cidr, permit", &files);
+        let mynetworks = addresses("192.0.2.1 192.0.2.17");
+        assert_eq!(verdict(&list, "192.0.2.1", &mynetworks), Permit);
+        assert_eq!(verdict(&list, "192.0.2.2", &mynetworks), Reject);
+        assert_eq!(verdict(&list, "192.0.2.17", &mynetworks), Permit);
+        assert_eq!(
+            verdict(&list, "192.0.2.18", &mynetworks),
+            Permit,
+            "outer permit"
+        );
+        assert_eq!(verdict(&list, "192.0.2.33", &mynetworks), Reject);
+    }
+
+    #[test]
+    fn a_nested_table_in_a_result_is_ignored_with_a_warning() {
+        let files = MemFiles::default().with(
+            "/etc/postfix/a.cidr",
+            "192.0.2.1 cidr:/etc/postfix/b.cidr, permit\n192.0.2.2 permit, cidr:/x\n",
+        );
+        let list = access("cidr:/etc/postfix/a.cidr, reject", &files);
+        let none = AddressList::default();
+        let decision = list.evaluate(ip("192.0.2.1"), &none);
+        assert_eq!(decision.verdict, Reject, "the table said dunno");
+        assert_eq!(
+            decision
+                .warnings
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>(),
+            [
+                "table cidr:/etc/postfix/a.cidr: lookup result \"cidr:/etc/postfix/b.cidr\" is \
+              not allowed -- ignoring remainder of access list"
+            ]
+        );
+        let decision = list.evaluate(ip("192.0.2.2"), &none);
+        assert_eq!(decision.verdict, Permit, "entries before it still count");
+        assert_eq!(decision.warnings.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_command_in_a_result_ends_the_search_as_dunno() {
+        let files = MemFiles::default().with(
+            "/etc/postfix/a.cidr",
+            "192.0.2.1 OK\n192.0.2.2 bogus, cidr:/x\n192.0.2.3 dunno bogus\n",
+        );
+        let list = access("cidr:/etc/postfix/a.cidr, reject", &files);
+        let none = AddressList::default();
+        let decision = list.evaluate(ip("192.0.2.1"), &none);
+        assert_eq!(decision.verdict, Dunno, "not the outer reject");
+        assert_eq!(
+            decision.warnings,
+            [EvalWarning::UnknownCommand {
+                table: "cidr:/etc/postfix/a.cidr",
+                command: "OK"
+            }]
+        );
+        assert_eq!(
+            decision.warnings[0].to_string(),
+            "cidr:/etc/postfix/a.cidr: unknown command: OK -- ignoring the remainder of this \
+             access list"
+        );
+        let decision = list.evaluate(ip("192.0.2.2"), &none);
+        assert_eq!(decision.verdict, Dunno);
+        assert_eq!(
+            decision.warnings,
+            [
+                EvalWarning::NestedTable {
+                    table: "cidr:/etc/postfix/a.cidr",
+                    item: "cidr:/x"
+                },
+                EvalWarning::UnknownCommand {
+                    table: "cidr:/etc/postfix/a.cidr",
+                    command: "bogus"
+                },
+            ]
+        );
+        // `dunno` comes first, so the unknown command is never reached.
+        assert_eq!(verdict(&list, "192.0.2.3", &none), Reject);
+    }
+
+    #[test]
+    fn tables_are_searched_in_order_and_mix_families() {
+        let files = MemFiles::default()
+            .with("/a.cidr", "[2001:db8::]/32 reject\n10.0.0.0/8 dunno\n")
+            .with(
+                "/b.cidr",
+                "10.1.0.0/16 permit\n2001:db8::1 permit\n::/0 reject\n",
+            );
+        let list = access("cidr:/a.cidr cidr:/b.cidr", &files);
+        let none = AddressList::default();
+        assert_eq!(verdict(&list, "2001:db8::1", &none), Reject);
+        assert_eq!(verdict(&list, "2001:db9::1", &none), Reject);
+        assert_eq!(verdict(&list, "10.1.2.3", &none), Permit);
+        assert_eq!(verdict(&list, "10.2.2.3", &none), Dunno);
+        assert_eq!(verdict(&list, "192.0.2.1", &none), Dunno);
+    }
+
+    #[test]
+    fn static_tables_answer_every_address() {
+        let files = MemFiles::default();
+        let list = access("static:dunno, static:{reject}", &files);
+        let none = AddressList::default();
+        assert_eq!(verdict(&list, "192.0.2.1", &none), Reject);
+        assert_eq!(verdict(&list, "2001:db8::1", &none), Reject);
+    }
+
+    #[test]
+    fn table_warnings_come_back_from_parsing() {
+        let files = MemFiles::default().with("/t.cidr", "192.0.2.1/24 reject\n0.0.0.0/0 dunno\n");
+        let (list, warnings) = AccessList::parse("cidr:/t.cidr, permit", &files).unwrap();
+        assert_eq!(
+            warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            [
+                "cidr map /t.cidr, line 1: non-null host address bits in \"192.0.2.1/24\", \
+              perhaps you should use \"192.0.2.0/24\" instead: skipping this rule"
+            ]
+        );
+        assert_eq!(verdict(&list, "192.0.2.1", &AddressList::default()), Permit);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        let files = MemFiles::default().with("/bad.cidr", "192.0.2.1 ok\n\nnonsense reject\n");
+        let cases = [
+            (
+                "permit_mynetwork",
+                "access_list: unknown command \"permit_mynetwork\"",
+            ),
+            ("permit, OK", "access_list: unknown command \"OK\""),
+            (
+                "hash:/etc/postfix/access",
+                "access_list: unsupported table \"hash:/etc/postfix/access\"",
+            ),
+            (
+                "inline:{192.0.2.1=reject, 192.0.2.2=permit}",
+                "access_list: unsupported table \"inline:{192.0.2.1=reject, 192.0.2.2=permit}\"",
+            ),
+            ("cidr:", "access_list: table \"cidr:\" names no file"),
+            (
+                "cidr:/missing.cidr",
+                "access_list: cannot read /missing.cidr:",
+            ),
+            (
+                "permit_mynetworks cidr:/bad.cidr",
+                "access_list: cidr map /bad.cidr, line 3: bad address pattern: \"nonsense\"",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let msg = access_error(spec, &files);
+            assert!(msg.starts_with(expected), "{spec}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bounds_length_entries_and_tables() {
+        let files = MemFiles::default().with("/t.cidr", "");
+        let long = "permit ".repeat(MAX_LIST_BYTES / 7 + 1);
+        assert!(access_error(&long, &files).contains("more than the 1048576 allowed"));
+        let many = "dunno ".repeat(MAX_LIST_ITEMS + 1);
+        assert_eq!(
+            access_error(&many, &files),
+            "access_list: more than 10000 entries"
+        );
+        let tables = "cidr:/t.cidr ".repeat(MAX_LIST_TABLES + 1);
+        assert_eq!(
+            access_error(&tables, &files),
+            "access_list: more than 32 tables"
+        );
+        assert!(AccessList::parse(&"cidr:/t.cidr ".repeat(MAX_LIST_TABLES), &files).is_ok());
+        let tables = "!cidr:/t.cidr ".repeat(MAX_LIST_TABLES + 1);
+        assert_eq!(
+            address_error(&tables, &files),
+            "mynetworks: more than 32 tables"
+        );
+        assert!(address_error(&long, &files).starts_with("mynetworks: the value is"));
+    }
+
+    #[test]
+    fn address_list_forms() {
+        let list = addresses(
+            "127.0.0.0/8, [::1]/128 192.0.2.7\t[2001:db8::5] [2001:db8:1::]/48 2001:db8:2::/48 \
+             [198.51.100.0/24]",
+        );
+        for inside in [
+            "127.1.2.3",
+            "::1",
+            "192.0.2.7",
+            "2001:db8::5",
+            "2001:db8:1:ffff::1",
+            "2001:db8:2::9",
+            "198.51.100.200",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(list.contains(ip(inside)), "{inside}");
+        }
+        for outside in [
+            "128.0.0.1",
+            "::2",
+            "192.0.2.8",
+            "2001:db8::6",
+            "2001:db8:3::1",
+        ] {
+            assert!(!list.contains(ip(outside)), "{outside}");
+        }
+        assert!(!AddressList::default().contains(ip("127.0.0.1")));
+        assert!(!addresses("").contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn address_list_exclusions_use_the_first_match() {
+        let list = addresses("!192.0.2.5, 192.0.2.0/24, !2001:db8::/32, ::/0");
+        assert!(!list.contains(ip("192.0.2.5")));
+        assert!(list.contains(ip("192.0.2.6")));
+        assert!(!list.contains(ip("2001:db8::1")));
+        assert!(list.contains(ip("2001:db9::1")));
+        let list = addresses("192.0.2.0/24 !192.0.2.5");
+        assert!(list.contains(ip("192.0.2.5")), "first match wins");
+        let list = addresses("!!192.0.2.5");
+        assert!(list.contains(ip("192.0.2.5")));
+    }
+
+    #[test]
+    fn address_list_tables_match_on_any_result() {
+        let files = MemFiles::default()
+            .with("/nets.cidr", "192.0.2.0/24 reject\n198.51.100.0/24 dunno\n")
+            .with("/not.cidr", "192.0.2.66 x\n");
+        let list = addresses_with("!cidr:/not.cidr cidr:/nets.cidr 203.0.113.1", &files);
+        assert!(list.contains(ip("192.0.2.1")));
+        assert!(list.contains(ip("198.51.100.1")));
+        assert!(list.contains(ip("203.0.113.1")));
+        assert!(
+            !list.contains(ip("192.0.2.66")),
+            "excluded by the first table"
+        );
+        assert!(!list.contains(ip("203.0.113.2")));
+        let all = addresses("!192.0.2.1 static:all");
+        assert!(all.contains(ip("2001:db8::1")));
+        assert!(!all.contains(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn address_list_pattern_files() {
+        let files = MemFiles::default().with(
+            "/etc/postfix/mynets",
+            "# our networks\n192.0.2.0/24  # office\n\n  [2001:db8::]/32, !10.1.0.0/16 10.0.0.0/8\n",
+        );
+        let list = addresses_with("127.0.0.1 /etc/postfix/mynets", &files);
+        assert!(list.contains(ip("192.0.2.9")));
+        assert!(list.contains(ip("2001:db8::9")));
+        assert!(list.contains(ip("10.2.0.1")));
+        assert!(!list.contains(ip("10.1.0.1")));
+        assert!(list.contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn address_list_skips_host_bits_with_a_warning() {
+        let files = MemFiles::default().with("/nets", "10.0.0.1/8\n");
+        let (list, warnings) =
+            AddressList::parse("mynetworks", "192.0.2.1/24 /nets 192.0.2.1", &files).unwrap();
+        assert_eq!(
+            warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            [
+                "mynetworks: non-null host address bits in \"192.0.2.1/24\", perhaps you should \
+                 use \"192.0.2.0/24\" instead: skipping this pattern",
+                "mynetworks: /nets, line 1: non-null host address bits in \"10.0.0.1/8\", \
+                 perhaps you should use \"10.0.0.0/8\" instead: skipping this pattern",
+            ]
+        );
+        assert!(list.contains(ip("192.0.2.1")));
+        assert!(!list.contains(ip("192.0.2.2")));
+        assert!(!list.contains(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn address_list_refuses_what_it_cannot_use() {
+        let files = MemFiles::default()
+            .with("/nets", "192.0.2.0/24\n\nbogus\n")
+            .with("/outer", "/inner\n");
+        let cases = [
+            (
+                "localhost",
+                "mynetworks: bad address pattern: \"localhost\"",
+            ),
+            (
+                "192.0.2.0/33",
+                "mynetworks: bad net/mask pattern: \"192.0.2.0/33\"",
+            ),
+            ("[::1", "mynetworks: missing ']' character after \"[::1\""),
+            ("[::1]/", "mynetworks: bad net/mask pattern: \"::1/\""),
+            ("!", "mynetworks: no address pattern"),
+            (
+                "/nets",
+                "mynetworks: /nets, line 3: bad address pattern: \"bogus\"",
+            ),
+            (
+                "!/nets",
+                "mynetworks: \"!/nets\": a /file/name cannot be negated",
+            ),
+            (
+                "/outer",
+                "mynetworks: /outer, line 1: \"/inner\": a pattern file cannot name",
+            ),
+            ("/missing", "mynetworks: cannot read /missing:"),
+            (
+                "texthash:/etc/x",
+                "mynetworks: unsupported table \"texthash:/etc/x\"",
+            ),
+            (
+                "!pcre:/etc/x",
+                "mynetworks: unsupported table \"pcre:/etc/x\"",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let msg = address_error(spec, &files);
+            assert!(msg.starts_with(expected), "{spec}: {msg}");
+        }
+    }
+
+    #[test]
+    fn allowlist_interfaces_default_permits_every_local_address() {
+        let default = AllowlistInterfaces::default();
+        let (parsed, warnings) =
+            AllowlistInterfaces::parse(DEFAULT_ALLOWLIST_INTERFACES, &MemFiles::default()).unwrap();
+        assert_eq!(warnings, []);
+        for local in ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "127.0.0.1"] {
+            assert!(default.permits(ip(local)), "{local}");
+            assert!(parsed.permits(ip(local)), "{local}");
+        }
+    }
+
+    #[test]
+    fn allowlist_interfaces_with_exclusions() {
+        let files = MemFiles::default();
+        let (primary, _) =
+            AllowlistInterfaces::parse("!168.100.189.8, static:all", &files).unwrap();
+        assert!(
+            !primary.permits(ip("168.100.189.8")),
+            "the backup MX address"
+        );
+        assert!(primary.permits(ip("168.100.189.2")));
+        assert!(primary.permits(ip("2001:db8::25")));
+        let (listed, _) = AllowlistInterfaces::parse("192.0.2.25 [2001:db8::25]", &files).unwrap();
+        assert!(listed.permits(ip("192.0.2.25")));
+        assert!(listed.permits(ip("2001:db8::25")));
+        assert!(!listed.permits(ip("192.0.2.26")));
+        let (none, _) = AllowlistInterfaces::parse("", &files).unwrap();
+        assert!(!none.permits(ip("192.0.2.25")));
+        let err = AllowlistInterfaces::parse("mx.example.com", &files).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "allowlist_interfaces: bad address pattern: \"mx.example.com\""
+        );
+    }
+
+    #[test]
+    fn reads_tables_from_disk_relative_to_a_base() {
+        let dir = std::env::temp_dir().join(format!("smtp-screen-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("psacl.cidr"), "192.0.2.0/24 reject\n").unwrap();
+        let files = DiskFiles::new(&dir);
+        let relative = AccessList::parse("cidr:psacl.cidr", &files);
+        let absolute_spec = format!("cidr:{}", dir.join("psacl.cidr").display());
+        let absolute = AccessList::parse(&absolute_spec, &files);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let none = AddressList::default();
+        assert_eq!(verdict(&relative.unwrap().0, "192.0.2.1", &none), Reject);
+        assert_eq!(verdict(&absolute.unwrap().0, "192.0.2.1", &none), Reject);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        const PIECES: &[&str] = &[
+            "permit",
+            "reject",
+            "dunno",
+            "permit_mynetworks",
+            "cidr:",
+            "/t.cidr",
+            "static:",
+            "!",
+            "[",
+            "]",
+            "/",
+            ":",
+            "::1",
+            "10.0.0.0",
+            "/8",
+            ",",
+            " ",
+            "\t",
+            "{",
+            "}",
+            "#",
+            "é",
+            "\u{0}",
+            "hash:",
+            "/f",
+        ];
+        let files = MemFiles::default()
+            .with(
+                "/t.cidr",
+                "10.0.0.0/8 permit\n::/0 bogus\n0.0.0.0/0 cidr:/x dunno\n",
+            )
+            .with("/f", "10.0.0.1 # x\n[::1]\n");
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mynetworks = addresses("10.0.0.0/8");
+        for _ in 0..3_000 {
+            let len = (next() % 12) as usize;
+            let spec: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            for probe in ["10.0.0.1", "192.0.2.1", "::1", "2001:db8::1"] {
+                if let Ok((list, _)) = AccessList::parse(&spec, &files) {
+                    let _ = list.evaluate(ip(probe), &mynetworks);
+                }
+                if let Ok((list, _)) = AddressList::parse("mynetworks", &spec, &files) {
+                    let _ = list.contains(ip(probe));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1206 @@
+//! Postfix CIDR tables (`cidr_table(5)`), as `postscreen_access_list` and `mynetworks` use
+//! them: each rule is `pattern result`, rules are tried in file order and the first match
+//! wins.
+//!
+//! The syntax is Postfix 3.2's:
+//!
+//! - a pattern is an address (`192.0.2.1`, `2001:db8::1`, a host) or a network
+//!   (`192.0.2.0/24`, `2001:db8::/32`); brackets are optional (`[2001:db8::]/32`,
+//!   `[2001:db8::1]`, `[192.0.2.0/24]`);
+//! - `!pattern result` matches the addresses of the pattern's family that the pattern does
+//!   not (an IPv4 pattern, negated or not, never matches an IPv6 client, and the reverse);
+//! - `if pattern` … `endif` (also `if !pattern`, nested, keywords in any case) applies the
+//!   rules inside only to addresses that match the pattern;
+//! - the result is the rest of the line after the whitespace that follows the pattern;
+//! - blank lines and lines whose first non-blank character is `#` are ignored; a line that
+//!   starts with whitespace continues the logical line before it (comment lines in between
+//!   do not end it).
+//!
+//! As in Postfix, a rule whose network has host bits set is skipped with a warning worded as
+//! Postfix words it. Every other mistake (a pattern that does not parse, a rule without a
+//! result, an `endif` without `if`, an `if` without `endif`, a line that is too long) is an
+//! error that names the file and the line, and nothing of the table is used: Postfix skips
+//! most such lines and runs on, smtp-screen refuses to start with them.
+//!
+//! IPv4-mapped IPv6 addresses are looked up as the IPv4 addresses they carry, the way
+//! Postfix sees such clients; an IPv4-mapped pattern (`::ffff:192.0.2.0/120`) is read as
+//! the IPv4 network it stands for.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    fs::OpenOptions,
+    io::Read,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::{IpNet, Ipv4Net};
+
+/// The largest table file read (Postfix has no limit; a table this size is already slow to
+/// search, since every connection walks the rules in order).
+pub const MAX_TABLE_BYTES: usize = 16 << 20;
+/// The longest physical or logical line.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+/// The most rules (`if` lines included) one table may hold.
+pub const MAX_RULES: usize = 1_000_000;
+
+/// How many bad lines an error names before it summarises.
+const MAX_REPORTED_ERRORS: usize = 10;
+/// How many warnings a table keeps before it summarises.
+const MAX_WARNINGS: usize = 100;
+/// How much of a bad pattern an error quotes.
+const MAX_QUOTED: usize = 100;
+/// How much of a misplaced continuation line a warning quotes (as Postfix does).
+const MAX_QUOTED_CONTINUATION: usize = 30;
+
+/// A pattern that does not parse. The texts are Postfix's (`cidr_match.c`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("no address pattern")]
+    Empty,
+    #[error("missing ']' character after \"[{0}\"")]
+    MissingBracket(String),
+    #[error("garbage after \"[{0}]\"")]
+    AfterBracket(String),
+    #[error("bad net/mask pattern: \"{address}/{mask}\"")]
+    NetMask { address: String, mask: String },
+    #[error("bad address pattern: \"{0}\"")]
+    Address(String),
+    #[error(
+        "non-null host address bits in \"{given}\", perhaps you should use \"{network}\" instead"
+    )]
+    HostBits { given: String, network: IpNet },
+}
+
+/// One address pattern: a network or a host, possibly negated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    pub net: IpNet,
+    pub negated: bool,
+}
+
+impl Pattern {
+    /// Parses `192.0.2.0/24`, `2001:db8::1`, `[2001:db8::]/32`, `[192.0.2.0/24]`, each
+    /// optionally preceded by `!` (every `!` flips the sense, as in Postfix). A bare address
+    /// is a host. Host bits must be zero.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let mut negated = false;
+        let mut rest = text;
+        while let Some(after) = rest.strip_prefix('!') {
+            negated = !negated;
+            rest = after;
+        }
+        if rest.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        let (address, mask) = match rest.strip_prefix('[') {
+            Some(inner) => {
+                let Some((inside, after)) = inner.split_once(']') else {
+                    return Err(PatternError::MissingBracket(quote(inner)));
+                };
+                if after.is_empty() {
+                    split_mask(inside)
+                } else if let Some(mask) = after.strip_prefix('/') {
+                    (inside, Some(mask))
+                } else {
+                    return Err(PatternError::AfterBracket(quote(inside)));
+                }
+            }
+            None => split_mask(rest),
+        };
+        // Postfix tells the family by the colon, so `1.2.3.4/24` never reads as IPv6.
+        let v6 = address.contains(':');
+        let net = match mask {
+            None => IpNet::from(
+                parse_address(address, v6).ok_or_else(|| PatternError::Address(quote(address)))?,
+            ),
+            Some(mask) => {
+                let bad = || PatternError::NetMask {
+                    address: quote(address),
+                    mask: quote(mask),
+                };
+                let max = if v6 { 128 } else { 32 };
+                let len = Some(mask)
+                    .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|m| m.parse::<u8>().ok())
+                    .filter(|&len| len <= max)
+                    .ok_or_else(bad)?;
+                let ip = parse_address(address, v6).ok_or_else(bad)?;
+                let net = IpNet::new(ip, len).map_err(|_| bad())?;
+                if net.network() != ip {
+                    return Err(PatternError::HostBits {
+                        given: format!("{address}/{}", quote(mask)),
+                        network: net.trunc(),
+                    });
+                }
+                net
+            }
+        };
+        Ok(Self {
+            net: unmap(net),
+            negated,
+        })
+    }
+
+    /// Whether `addr` matches. A pattern only ever matches addresses of its own family.
+    pub fn matches(&self, addr: IpAddr) -> bool {
+        self.matches_canonical(addr.to_canonical())
+    }
+
+    fn matches_canonical(&self, addr: IpAddr) -> bool {
+        match (self.net, addr) {
+            (IpNet::V4(net), IpAddr::V4(a)) => net.contains(&a) != self.negated,
+            (IpNet::V6(net), IpAddr::V6(a)) => net.contains(&a) != self.negated,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.negated {
+            f.write_str("!")?;
+        }
+        write!(f, "{}", self.net)
+    }
+}
+
+fn split_mask(text: &str) -> (&str, Option<&str>) {
+    match text.split_once('/') {
+        Some((address, mask)) => (address, Some(mask)),
+        None => (text, None),
+    }
+}
+
+fn parse_address(text: &str, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        text.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        text.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    }
+}
+
+/// `::ffff:a.b.c.d/96+n` is the IPv4 network `a.b.c.d/n`: clients never appear in that form.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// At most [`MAX_QUOTED`] characters of `text`, for messages.
+fn quote(text: &str) -> String {
+    shorten(text, MAX_QUOTED)
+}
+
+fn shorten(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Postfix's `ISSPACE`: the C locale's white space.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// A table that cannot be used; nothing of it is.
+#[derive(Debug, thiserror::Error)]
+pub enum CidrError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{table}: more than {max} bytes")]
+    TooLarge { table: String, max: usize },
+    #[error("{path}, line {line}: not UTF-8 text")]
+    NotUtf8 { path: PathBuf, line: usize },
+    #[error("cidr map {table}: more than {max} rules")]
+    TooManyRules { table: String, max: usize },
+    #[error("{}", render_lines(table, errors, *more))]
+    Lines {
+        table: String,
+        /// Line number and what is wrong there, for the first bad lines.
+        errors: Vec<(usize, String)>,
+        /// Bad lines beyond those.
+        more: usize,
+    },
+}
+
+fn render_lines(table: &str, errors: &[(usize, String)], more: usize) -> String {
+    let mut lines: Vec<String> = errors
+        .iter()
+        .map(|(line, why)| format!("cidr map {table}, line {line}: {why}"))
+        .collect();
+    if more > 0 {
+        lines.push(format!("cidr map {table}: {more} more bad lines"));
+    }
+    lines.join("\n")
+}
+
+/// A rule that was skipped; the table is used without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CidrWarning {
+    /// `cidr map /etc/postfix/x.cidr, line 5: non-null host address bits in "…", perhaps
+    /// you should use "…" instead: skipping this rule` (Postfix's text).
+    HostBits {
+        table: String,
+        line: usize,
+        error: PatternError,
+    },
+    /// A continuation line with nothing before it to continue; Postfix ignores it too.
+    LeadingWhitespace {
+        table: String,
+        line: usize,
+        text: String,
+    },
+    /// Warnings beyond the first ones, not kept.
+    More { table: String, count: usize },
+}
+
+impl fmt::Display for CidrWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HostBits { table, line, error } => {
+                write!(
+                    f,
+                    "cidr map {table}, line {line}: {error}: skipping this rule"
+                )
+            }
+            Self::LeadingWhitespace { table, line, text } => write!(
+                f,
+                "cidr map {table}, line {line}: logical line must not start with whitespace: \
+                 \"{text}\": skipping it"
+            ),
+            Self::More { table, count } => {
+                write!(f, "cidr map {table}: {count} more rules skipped")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    /// Return the result with this index.
+    Result(u32),
+    /// Go on with the next rule on a match, else with the rule at `end` (after the `endif`).
+    If { end: u32 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rule {
+    pattern: Pattern,
+    action: Action,
+}
+
+/// A parsed CIDR table. `V` is what a match yields: the result text as written, or what the
+/// user of the table made of it with [`CidrTable::map_results`].
+#[derive(Clone, Debug)]
+pub struct CidrTable<V = Box<str>> {
+    name: Box<str>,
+    rules: Vec<Rule>,
+    /// Each distinct result once; rules refer to them by index.
+    results: Vec<V>,
+}
+
+impl CidrTable {
+    /// Reads and parses the table file at `path`. The file must be a regular file of at most
+    /// [`MAX_TABLE_BYTES`] bytes of UTF-8 text.
+    pub fn load(path: &Path) -> Result<(Self, Vec<CidrWarning>), CidrError> {
+        let text = read_table_file(path)?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses table text. `name` names the table in messages as Postfix does
+    /// (`cidr map NAME, line N: …`): the file's path as configured.
+    ///
+    /// An error means the table must not be used (the daemon refuses to start with it);
+    /// warnings name rules that were skipped and should be logged.
+    pub fn parse(name: &str, text: &str) -> Result<(Self, Vec<CidrWarning>), CidrError> {
+        Self::parse_with_limit(name, text, MAX_RULES)
+    }
+
+    fn parse_with_limit(
+        name: &str,
+        text: &str,
+        max_rules: usize,
+    ) -> Result<(Self, Vec<CidrWarning>), CidrError> {
+        if text.len() > MAX_TABLE_BYTES {
+            return Err(CidrError::TooLarge {
+                table: name.to_string(),
+                max: MAX_TABLE_BYTES,
+            });
+        }
+        let mut builder = Builder::new(name, max_rules);
+        // The logical line being gathered: its first line number and its text so far.
+        let mut current: Option<(usize, String)> = None;
+        // Continuation lines of a logical line already given up on are dropped silently.
+        let mut dropping = false;
+        for (index, raw) in text.split('\n').enumerate() {
+            let line = index + 1;
+            if raw.len() > MAX_LINE_BYTES {
+                // A continuation breaks the logical line it belongs to; any other line ends
+                // the one before it, which is judged on its own.
+                if raw.starts_with(is_space) {
+                    current = None;
+                } else if let Some((first, logical)) = current.take() {
+                    builder.rule(first, &logical)?;
+                }
+                builder.error(line, format!("line longer than {MAX_LINE_BYTES} bytes"));
+                dropping = true;
+                continue;
+            }
+            let content = raw.trim_start_matches(is_space);
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            if content.len() != raw.len() {
+                if dropping {
+                    continue;
+                }
+                match current.as_mut() {
+                    Some((first, logical)) if logical.len() + raw.len() > MAX_LINE_BYTES => {
+                        let first = *first;
+                        builder.error(
+                            first,
+                            format!("logical line longer than {MAX_LINE_BYTES} bytes"),
+                        );
+                        current = None;
+                        dropping = true;
+                    }
+                    Some((_, logical)) => logical.push_str(raw),
+                    None => {
+                        builder.warn(CidrWarning::LeadingWhitespace {
+                            table: name.to_string(),
+                            line,
+                            text: shorten(raw, MAX_QUOTED_CONTINUATION),
+                        });
+                        dropping = true;
+                    }
+                }
+                continue;
+            }
+            if let Some((first, logical)) = current.take() {
+                builder.rule(first, &logical)?;
+            }
+            current = Some((line, raw.to_string()));
+            dropping = false;
+        }
+        if let Some((first, logical)) = current.take() {
+            builder.rule(first, &logical)?;
+        }
+        builder.finish()
+    }
+}
+
+impl<V> CidrTable<V> {
+    /// The table's name as given to [`CidrTable::parse`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number of rules (`if` lines included).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The result of the first rule that matches `addr`, if any.
+    pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
+        let addr = addr.to_canonical();
+        let mut next = 0;
+        while let Some(rule) = self.rules.get(next) {
+            let hit = rule.pattern.matches_canonical(addr);
+            next = match rule.action {
+                Action::Result(index) if hit => return self.results.get(index as usize),
+                Action::Result(_) => next + 1,
+                Action::If { .. } if hit => next + 1,
+                // The block's end always lies past the `if`, so the walk always advances.
+                Action::If { end } => (end as usize).max(next + 1),
+            };
+        }
+        None
+    }
+
+    /// The same table with every distinct result turned into `f(result)`, so that results
+    /// are parsed once, at load time.
+    pub fn map_results<W>(self, f: impl FnMut(V) -> W) -> CidrTable<W> {
+        CidrTable {
+            name: self.name,
+            rules: self.rules,
+            results: self.results.into_iter().map(f).collect(),
+        }
+    }
+}
+
+/// Collects rules, errors and warnings while a table is parsed.
+struct Builder<'a> {
+    name: &'a str,
+    max_rules: usize,
+    rules: Vec<Rule>,
+    results: HashMap<Box<str>, u32>,
+    /// Open `if` blocks: the rule index and line of each.
+    open: Vec<(usize, usize)>,
+    errors: Vec<(usize, String)>,
+    more_errors: usize,
+    warnings: Vec<CidrWarning>,
+    more_warnings: usize,
+}
+
+impl<'a> Builder<'a> {
+    fn new(name: &'a str, max_rules: usize) -> Self {
+        Self {
+            name,
+            max_rules,
+            rules: Vec::new(),
+            results: HashMap::new(),
+            open: Vec::new(),
+            errors: Vec::new(),
+            more_errors: 0,
+            warnings: Vec::new(),
+            more_warnings: 0,
+        }
+    }
+
+    fn error(&mut self, line: usize, why: String) {
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push((line, why));
+        } else {
+            self.more_errors += 1;
+        }
+    }
+
+    fn warn(&mut self, warning: CidrWarning) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(warning);
+        } else {
+            self.more_warnings += 1;
+        }
+    }
+
+    /// Takes one logical line (which starts with non-blank text).
+    fn rule(&mut self, line: usize, logical: &str) -> Result<(), CidrError> {
+        let logical = logical.trim_end_matches(is_space);
+        let (head, rest) = match logical.split_once(is_space) {
+            Some((head, rest)) => (head, rest.trim_start_matches(is_space)),
+            None => (logical, ""),
+        };
+        if head.eq_ignore_ascii_case("if") {
+            self.if_rule(line, rest);
+        } else if head.eq_ignore_ascii_case("endif") {
+            if !rest.is_empty() {
+                self.error(
+                    line,
+                    format!("garbage after \"endif\": \"{}\"", quote(rest)),
+                );
+            } else if let Some((index, _)) = self.open.pop() {
+                let end = self.rules.len() as u32;
+                if let Some(rule) = self.rules.get_mut(index) {
+                    rule.action = Action::If { end };
+                }
+            } else {
+                self.error(line, "\"endif\" without matching \"if\"".into());
+            }
+        } else if rest.is_empty() {
+            self.error(line, "no lookup result".into());
+        } else {
+            match Pattern::parse(head) {
+                Ok(pattern) => {
+                    let next = self.results.len() as u32;
+                    let index = *self.results.entry(rest.into()).or_insert(next);
+                    self.rules.push(Rule {
+                        pattern,
+                        action: Action::Result(index),
+                    });
+                }
+                Err(error @ PatternError::HostBits { .. }) => {
+                    self.warn(CidrWarning::HostBits {
+                        table: self.name.to_string(),
+                        line,
+                        error,
+                    });
+                }
+                Err(error) => self.error(line, error.to_string()),
+            }
+        }
+        if self.rules.len() > self.max_rules {
+            return Err(CidrError::TooManyRules {
+                table: self.name.to_string(),
+                max: self.max_rules,
+            });
+        }
+        Ok(())
+    }
+
+    fn if_rule(&mut self, line: usize, rest: &str) {
+        let (pattern, extra) = match rest.split_once(is_space) {
+            Some((pattern, extra)) => (pattern, extra.trim_start_matches(is_space)),
+            None => (rest, ""),
+        };
+        if pattern.is_empty() {
+            return self.error(line, "no address pattern after \"if\"".into());
+        }
+        if !extra.is_empty() {
+            return self.error(
+                line,
+                format!(
+                    "garbage after \"if {}\": \"{}\"",
+                    quote(pattern),
+                    quote(extra)
+                ),
+            );
+        }
+        match Pattern::parse(pattern) {
+            Ok(pattern) => {
+                // `end` is set at the matching `endif`.
+                self.open.push((self.rules.len(), line));
+                self.rules.push(Rule {
+                    pattern,
+                    action: Action::If { end: 0 },
+                });
+            }
+            // Skipping an `if` as Postfix does would apply its block to every address.
+            Err(error @ PatternError::HostBits { .. }) => {
+                self.error(line, format!("{error} (an \"if\" cannot be skipped)"))
+            }
+            Err(error) => self.error(line, error.to_string()),
+        }
+    }
+
+    fn finish(mut self) -> Result<(CidrTable, Vec<CidrWarning>), CidrError> {
+        for (_, line) in std::mem::take(&mut self.open) {
+            self.error(line, "\"if\" without matching \"endif\"".into());
+        }
+        if !self.errors.is_empty() {
+            self.errors.sort_by_key(|&(line, _)| line);
+            return Err(CidrError::Lines {
+                table: self.name.to_string(),
+                errors: self.errors,
+                more: self.more_errors,
+            });
+        }
+        if self.more_warnings > 0 {
+            self.warnings.push(CidrWarning::More {
+                table: self.name.to_string(),
+                count: self.more_warnings,
+            });
+        }
+        let mut results: Vec<Box<str>> = vec![Box::from(""); self.results.len()];
+        for (text, index) in self.results {
+            results[index as usize] = text;
+        }
+        let table = CidrTable {
+            name: self.name.into(),
+            rules: self.rules,
+            results,
+        };
+        Ok((table, self.warnings))
+    }
+}
+
+/// Reads a table file: a regular file (so a FIFO cannot stall start-up) of at most
+/// [`MAX_TABLE_BYTES`] bytes of UTF-8 text.
+pub fn read_table_file(path: &Path) -> Result<String, CidrError> {
+    let read_error = |source| CidrError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(CidrError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let too_large = || CidrError::TooLarge {
+        table: path.display().to_string(),
+        max: MAX_TABLE_BYTES,
+    };
+    if metadata.len() > MAX_TABLE_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_TABLE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > MAX_TABLE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        CidrError::NotUtf8 {
+            path: path.to_path_buf(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn table(text: &str) -> CidrTable {
+        let (table, warnings) = CidrTable::parse("/etc/postfix/test.cidr", text).unwrap();
+        assert_eq!(warnings, [], "unexpected warnings");
+        table
+    }
+
+    fn lookup<'a>(table: &'a CidrTable, addr: &str) -> Option<&'a str> {
+        table.lookup(ip(addr)).map(|r| &**r)
+    }
+
+    fn errors(text: &str) -> Vec<(usize, String)> {
+        match CidrTable::parse("/etc/postfix/test.cidr", text) {
+            Err(CidrError::Lines { errors, .. }) => errors,
+            other => panic!("expected bad lines, got {other:?}"),
+        }
+    }
+
+    /// A small deterministic generator, so the garbage tests are repeatable.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn parses_every_pattern_form() {
+        let cases = [
+            ("192.0.2.1", "192.0.2.1/32", false),
+            ("192.0.2.0/24", "192.0.2.0/24", false),
+            ("0.0.0.0/0", "0.0.0.0/0", false),
+            ("2001:db8::1", "2001:db8::1/128", false),
+            ("2001:db8::/32", "2001:db8::/32", false),
+            ("[2001:db8::]/32", "2001:db8::/32", false),
+            ("[2001:db8::1]", "2001:db8::1/128", false),
+            ("[2001:db8::/32]", "2001:db8::/32", false),
+            ("[192.0.2.0]/24", "192.0.2.0/24", false),
+            ("::/0", "::/0", false),
+            ("!192.0.2.0/24", "192.0.2.0/24", true),
+            ("!!192.0.2.0/24", "192.0.2.0/24", false),
+            ("![2001:db8::]/32", "2001:db8::/32", true),
+            ("192.0.2.0/024", "192.0.2.0/24", false),
+            ("::ffff:192.0.2.7", "192.0.2.7/32", false),
+            ("::ffff:192.0.2.0/120", "192.0.2.0/24", false),
+            ("::ffff:0:0/96", "0.0.0.0/0", false),
+            ("::/80", "::/80", false),
+        ];
+        for (text, expected, negated) in cases {
+            assert_eq!(
+                Pattern::parse(text),
+                Ok(Pattern {
+                    net: net(expected),
+                    negated
+                }),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_patterns_with_postfix_wording() {
+        let cases = [
+            ("", "no address pattern"),
+            ("!", "no address pattern"),
+            (
+                "[2001:db8::1",
+                "missing ']' character after \"[2001:db8::1\"",
+            ),
+            ("[2001:db8::1]x", "garbage after \"[2001:db8::1]\""),
+            ("192.0.2.0/33", "bad net/mask pattern: \"192.0.2.0/33\""),
+            ("2001:db8::/129", "bad net/mask pattern: \"2001:db8::/129\""),
+            ("192.0.2.0/", "bad net/mask pattern: \"192.0.2.0/\""),
+            ("192.0.2.0/-1", "bad net/mask pattern: \"192.0.2.0/-1\""),
+            ("192.0.2.0/+8", "bad net/mask pattern: \"192.0.2.0/+8\""),
+            ("192.0.2.0/x", "bad net/mask pattern: \"192.0.2.0/x\""),
+            ("192.0.2.0/8/8", "bad net/mask pattern: \"192.0.2.0/8/8\""),
+            ("192.0.2.0/99999999999", "bad net/mask pattern"),
+            ("example.com/24", "bad net/mask pattern: \"example.com/24\""),
+            ("192.0.2", "bad address pattern: \"192.0.2\""),
+            ("192.0.2.256", "bad address pattern"),
+            ("01.2.3.4", "bad address pattern"),
+            ("example.com", "bad address pattern: \"example.com\""),
+            ("fe80::1%eth0", "bad address pattern"),
+            ("1.2.3.4:25", "bad address pattern"),
+            ("[]", "bad address pattern: \"\""),
+            ("[", "missing ']'"),
+        ];
+        for (text, expected) in cases {
+            let err = Pattern::parse(text).unwrap_err();
+            assert!(err.to_string().contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn quotes_at_most_a_bounded_part_of_garbage() {
+        let long = "x".repeat(10_000);
+        let msg = Pattern::parse(&long).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{}", msg.len());
+        assert!(msg.ends_with("...\""), "{msg}");
+    }
+
+    #[test]
+    fn host_bits_suggest_the_network() {
+        assert_eq!(
+            Pattern::parse("2a01:111:f400:7c00::/48"),
+            Err(PatternError::HostBits {
+                given: "2a01:111:f400:7c00::/48".into(),
+                network: net("2a01:111:f400::/48"),
+            })
+        );
+        assert_eq!(
+            Pattern::parse("[194.7.41.152]/28").unwrap_err().to_string(),
+            "non-null host address bits in \"194.7.41.152/28\", perhaps you should use \
+             \"194.7.41.144/28\" instead"
+        );
+    }
+
+    #[test]
+    fn patterns_display_as_they_parse() {
+        let mut rng = XorShift(0x5eed_cafe);
+        for _ in 0..2_000 {
+            let v6 = rng.below(2) == 0;
+            let (addr, max): (IpAddr, u8) = if v6 {
+                let bits = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                (IpAddr::V6(Ipv6Addr::from(bits)), 128)
+            } else {
+                (IpAddr::V4(Ipv4Addr::from(rng.next() as u32)), 32)
+            };
+            let len = rng.below(usize::from(max) + 1) as u8;
+            let pattern = Pattern {
+                net: unmap(IpNet::new(addr, len).unwrap().trunc()),
+                negated: rng.below(2) == 0,
+            };
+            assert_eq!(Pattern::parse(&pattern.to_string()), Ok(pattern));
+        }
+    }
+
+    #[test]
+    fn first_match_wins_in_file_order() {
+        let t = table(
+            "192.0.2.1        first\n\
+             192.0.2.0/24     second\n\
+             192.0.2.1        never\n\
+             0.0.0.0/0        everything v4\n\
+             2001:db8::/32    doc v6\n\
+             ::/0             everything v6\n",
+        );
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("first"));
+        assert_eq!(lookup(&t, "192.0.2.77"), Some("second"));
+        assert_eq!(lookup(&t, "198.51.100.1"), Some("everything v4"));
+        assert_eq!(lookup(&t, "2001:db8:1::5"), Some("doc v6"));
+        assert_eq!(lookup(&t, "2001:db9::5"), Some("everything v6"));
+        assert_eq!(t.len(), 6);
+    }
+
+    #[test]
+    fn mixes_families_without_crossing_them() {
+        let t = table("10.0.0.0/8 v4\n[2001:db8::]/32 v6\n[2001:db8::1] host6\n");
+        assert_eq!(lookup(&t, "10.1.2.3"), Some("v4"));
+        assert_eq!(lookup(&t, "2001:db8::1"), Some("v6"));
+        assert_eq!(lookup(&t, "::a00:1"), None, "IPv4-compatible is not IPv4");
+        assert_eq!(lookup(&t, "11.0.0.1"), None);
+    }
+
+    #[test]
+    fn looks_up_ipv4_mapped_clients_as_ipv4() {
+        let t = table("192.0.2.0/24 mapped-ok\n::ffff:198.51.100.0/120 written-mapped\n");
+        assert_eq!(lookup(&t, "::ffff:192.0.2.9"), Some("mapped-ok"));
+        assert_eq!(lookup(&t, "198.51.100.3"), Some("written-mapped"));
+        assert_eq!(lookup(&t, "::ffff:198.51.100.3"), Some("written-mapped"));
+    }
+
+    #[test]
+    fn negation_matches_the_rest_of_the_same_family() {
+        let t = table("!192.0.2.0/24 outside\n192.0.2.0/24 inside\n");
+        assert_eq!(lookup(&t, "198.51.100.1"), Some("outside"));
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("inside"));
+        assert_eq!(lookup(&t, "2001:db8::1"), None, "no family crossing");
+        let t = table("!!192.0.2.0/24 double\n");
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("double"));
+        assert_eq!(lookup(&t, "192.0.3.1"), None);
+    }
+
+    #[test]
+    fn if_blocks_nest_and_apply_only_on_a_match() {
+        let t = table(
+            "# outer block\n\
+             if 10.0.0.0/8\n\
+             IF !10.1.0.0/16\n\
+             10.2.0.0/16 ten-two\n\
+             EndIf\n\
+             10.1.2.0/24 ten-one-two\n\
+             endif\n\
+             if [2001:db8::]/32\n\
+             ::/0 doc\n\
+             endif\n\
+             0.0.0.0/0 default\n",
+        );
+        assert_eq!(lookup(&t, "10.2.3.4"), Some("ten-two"));
+        assert_eq!(lookup(&t, "10.1.2.3"), Some("ten-one-two"));
+        assert_eq!(lookup(&t, "10.1.3.3"), Some("default"));
+        assert_eq!(lookup(&t, "10.3.0.1"), Some("default"));
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("default"));
+        assert_eq!(lookup(&t, "2001:db8::1"), Some("doc"));
+        assert_eq!(lookup(&t, "2001:db9::1"), None);
+    }
+
+    #[test]
+    fn negated_if_skips_the_other_family() {
+        let t = table("if !192.0.2.0/24\n::/0 v6-inside\n0.0.0.0/0 v4-inside\nendif\n");
+        assert_eq!(lookup(&t, "198.51.100.1"), Some("v4-inside"));
+        assert_eq!(lookup(&t, "192.0.2.1"), None);
+        assert_eq!(lookup(&t, "2001:db8::1"), None);
+    }
+
+    #[test]
+    fn empty_if_block_and_empty_table() {
+        let t = table("if 10.0.0.0/8\nendif\n10.0.0.0/8 after\n");
+        assert_eq!(lookup(&t, "10.0.0.1"), Some("after"));
+        let t = table("# nothing\n\n   \n");
+        assert!(t.is_empty());
+        assert_eq!(lookup(&t, "10.0.0.1"), None);
+        assert!(table("").is_empty());
+    }
+
+    #[test]
+    fn continuation_lines_comments_and_blank_lines() {
+        let t = table(
+            "# comment\n\
+             \n\
+             \t# indented comment\n\
+             192.0.2.1\n\
+             \x20 permit\n\
+             # a comment does not end the logical line\n\
+             \t  , reject\n\
+             192.0.2.2 dunno\n\
+             \x20\x20\n\
+             192.0.2.3 text # not a comment\n",
+        );
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("permit\t  , reject"));
+        assert_eq!(lookup(&t, "192.0.2.2"), Some("dunno"));
+        assert_eq!(lookup(&t, "192.0.2.3"), Some("text # not a comment"));
+    }
+
+    #[test]
+    fn result_is_the_rest_of_the_line_trimmed() {
+        let t = table("192.0.2.1 \t  reject  spam source \t\r\n192.0.2.2\tpermit\r\n");
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("reject  spam source"));
+        assert_eq!(lookup(&t, "192.0.2.2"), Some("permit"));
+    }
+
+    #[test]
+    fn shares_identical_results() {
+        let t = table("192.0.2.1 reject\n192.0.2.2 permit\n192.0.2.3 reject\n");
+        assert_eq!(t.results.len(), 2);
+        assert_eq!(lookup(&t, "192.0.2.3"), Some("reject"));
+        let lengths = t.map_results(|r| r.len());
+        assert_eq!(lengths.lookup(ip("192.0.2.2")), Some(&6));
+        assert_eq!(lengths.name(), "/etc/postfix/test.cidr");
+    }
+
+    #[test]
+    fn skips_rules_with_host_bits_with_postfix_warning() {
+        let (t, warnings) = CidrTable::parse(
+            "/usr/local/etc/postfix/postscreen_spf_whitelist.cidr",
+            "2a01:111:f400::/48 ok\n\
+             192.0.2.0/24 first\n\
+             # comment\n\
+             2a01:111:f400:7c00::/48 permit\n\
+             !192.0.2.1/24 never\n\
+             0.0.0.0/0 second\n",
+        )
+        .unwrap();
+        let texts: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "cidr map /usr/local/etc/postfix/postscreen_spf_whitelist.cidr, line 4: \
+                 non-null host address bits in \"2a01:111:f400:7c00::/48\", perhaps you \
+                 should use \"2a01:111:f400::/48\" instead: skipping this rule",
+                "cidr map /usr/local/etc/postfix/postscreen_spf_whitelist.cidr, line 5: \
+                 non-null host address bits in \"192.0.2.1/24\", perhaps you should use \
+                 \"192.0.2.0/24\" instead: skipping this rule",
+            ]
+        );
+        assert_eq!(t.len(), 3);
+        assert_eq!(lookup(&t, "2a01:111:f400:7c00::1"), Some("ok"));
+        assert_eq!(lookup(&t, "198.51.100.1"), Some("second"));
+    }
+
+    #[test]
+    fn warns_about_a_continuation_with_nothing_to_continue() {
+        let (t, warnings) = CidrTable::parse(
+            "t.cidr",
+            "  192.0.2.1 a very long orphan line\n\tmore\n192.0.2.2 b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            [
+                "cidr map t.cidr, line 1: logical line must not start with whitespace: \
+              \"  192.0.2.1 a very long orphan...\": skipping it"
+            ]
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup(ip("192.0.2.1")), None);
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_warnings() {
+        let text: String = (0..250).map(|i| format!("10.0.{i}.1/24 x\n")).collect();
+        let (t, warnings) = CidrTable::parse("many.cidr", &text).unwrap();
+        assert!(t.is_empty());
+        assert_eq!(warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(
+            warnings.last().unwrap().to_string(),
+            "cidr map many.cidr: 150 more rules skipped"
+        );
+    }
+
+    #[test]
+    fn every_bad_line_is_named_with_its_number() {
+        let errs = errors(
+            "192.0.2.1 ok\n\
+             not-an-address permit\n\
+             192.0.2.2\n\
+             \n\
+             endif\n\
+             192.0.2.0/33 reject\n\
+             if\n\
+             if 10.0.0.0/8 extra\n\
+             if 10.0.0.1/8\n\
+             [2001:db8::1 reject\n\
+             endif now\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                (2, "bad address pattern: \"not-an-address\"".to_string()),
+                (3, "no lookup result".into()),
+                (5, "\"endif\" without matching \"if\"".into()),
+                (6, "bad net/mask pattern: \"192.0.2.0/33\"".into()),
+                (7, "no address pattern after \"if\"".into()),
+                (8, "garbage after \"if 10.0.0.0/8\": \"extra\"".into()),
+                (
+                    9,
+                    "non-null host address bits in \"10.0.0.1/8\", perhaps you should use \
+                     \"10.0.0.0/8\" instead (an \"if\" cannot be skipped)"
+                        .into()
+                ),
+                (10, "missing ']' character after \"[2001:db8::1\"".into()),
+                (11, "garbage after \"endif\": \"now\"".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_if_is_reported_at_its_line() {
+        let err = CidrTable::parse(
+            "/etc/postfix/x.cidr",
+            "if 10.0.0.0/8\nif 10.1.0.0/16\n10.1.0.0/16 a\nendif\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cidr map /etc/postfix/x.cidr, line 1: \"if\" without matching \"endif\""
+        );
+    }
+
+    #[test]
+    fn a_bad_line_in_a_continuation_is_reported_at_its_first_line() {
+        let errs = errors("192.0.2.1 ok\nbogus\n  result\n   more\n");
+        assert_eq!(errs, [(2, "bad address pattern: \"bogus\"".to_string())]);
+    }
+
+    #[test]
+    fn error_message_names_file_and_line_and_summarises() {
+        let text: String = (0..15).map(|i| format!("bad{i} x\n")).collect();
+        let err = CidrTable::parse("/etc/postfix/bad.cidr", &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "cidr map /etc/postfix/bad.cidr, line 1: bad address pattern: \"bad0\"\n"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("line 10: bad address pattern: \"bad9\""),
+            "{msg}"
+        );
+        assert!(!msg.contains("line 11:"), "{msg}");
+        assert!(
+            msg.ends_with("cidr map /etc/postfix/bad.cidr: 5 more bad lines"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_lines_and_tables() {
+        let long = format!("192.0.2.1 {}\n192.0.2.2 ok\n", "x".repeat(MAX_LINE_BYTES));
+        assert_eq!(
+            errors(&long),
+            [(1, format!("line longer than {MAX_LINE_BYTES} bytes"))]
+        );
+        // Continuations of a dropped line are not reported again.
+        let long = format!(
+            "192.0.2.1 ok\n 1{}\n 2{}\n 3\n192.0.2.2 ok\n",
+            "x".repeat(MAX_LINE_BYTES / 2),
+            "x".repeat(MAX_LINE_BYTES / 2)
+        );
+        assert_eq!(
+            errors(&long),
+            [(
+                1,
+                format!("logical line longer than {MAX_LINE_BYTES} bytes")
+            )]
+        );
+        let huge = "#".repeat(MAX_TABLE_BYTES + 1);
+        assert!(matches!(
+            CidrTable::parse("huge.cidr", &huge),
+            Err(CidrError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_more_rules_than_the_limit() {
+        let text = "10.0.0.1 a\n10.0.0.2 b\nif 10.0.0.0/8\nendif\n";
+        assert!(CidrTable::parse_with_limit("t", text, 3).is_ok());
+        let err = CidrTable::parse_with_limit("t", text, 2).unwrap_err();
+        assert_eq!(err.to_string(), "cidr map t: more than 2 rules");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        const PIECES: &[&str] = &[
+            "1", "0", "9", "25", "255", ".", ":", "::", "/", "[", "]", "!", "if", "IF", "endif",
+            " ", "\t", "\n", "\r\n", "#", "ffff", "a", "permit", "reject", "dunno", ",", "é",
+            "\u{0}", "/128", "/32", "%", "-", "\u{202e}", "  ", "\n  ",
+        ];
+        let mut rng = XorShift(0x1234_5678_9abc_def1);
+        let probes = [
+            ip("0.0.0.0"),
+            ip("1.0.0.0"),
+            ip("255.255.255.255"),
+            ip("::"),
+            ip("::1"),
+            ip("ffff::"),
+        ];
+        for _ in 0..3_000 {
+            let len = rng.below(40);
+            let text: String = (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let _ = Pattern::parse(&text);
+            if let Ok((t, _)) = CidrTable::parse("fuzz", &text) {
+                for probe in probes {
+                    let _ = t.lookup(probe);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_walked_without_recursion() {
+        // Deep nesting with every block failing: the walk must skip each block in one step.
+        let depth = 10_000;
+        let mut text = String::new();
+        for _ in 0..depth {
+            text.push_str("if 10.0.0.0/8\n");
+        }
+        text.push_str("10.0.0.0/8 deep\n");
+        for _ in 0..depth {
+            text.push_str("endif\n");
+        }
+        text.push_str("0.0.0.0/0 outside\n");
+        let t = table(&text);
+        assert_eq!(lookup(&t, "10.9.9.9"), Some("deep"));
+        assert_eq!(lookup(&t, "192.0.2.1"), Some("outside"));
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("smtp-screen-cidr-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn loads_a_file_and_names_it() {
+        let path = temp_path("load.cidr");
+        std::fs::write(&path, "192.0.2.0/24 permit\n192.0.3.1/24 reject\n").unwrap();
+        let (t, warnings) = CidrTable::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(t.lookup(ip("192.0.2.5")).map(|r| &**r), Some("permit"));
+        assert_eq!(
+            warnings[0].to_string(),
+            format!(
+                "cidr map {}, line 2: non-null host address bits in \"192.0.3.1/24\", \
+                 perhaps you should use \"192.0.3.0/24\" instead: skipping this rule",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn reading_refuses_missing_special_and_non_utf8_files() {
+        let missing = temp_path("missing.cidr");
+        let err = read_table_file(&missing).unwrap_err();
+        assert!(matches!(err, CidrError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("missing.cidr"), "{err}");
+
+        let dir = std::env::temp_dir();
+        assert!(matches!(
+            read_table_file(&dir),
+            Err(CidrError::NotAFile { .. })
+        ));
+
+        let path = temp_path("latin1.cidr");
+        std::fs::write(&path, b"192.0.2.1 ok\n# caf\xe9\n").unwrap();
+        let err = read_table_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("{}, line 2: not UTF-8 text", path.display())
+        );
+    }
+
+    #[test]
+    fn reading_refuses_oversized_files() {
+        let path = temp_path("big.cidr");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_TABLE_BYTES as u64 + 1).unwrap();
+        let err = read_table_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, CidrError::TooLarge { .. }), "{err}");
+    }
+}
