@@ -5,14 +5,22 @@
 //! duration syntax ([`prefixes`], [`duration`]), the configuration ([`config`]) and the
 //! daemon ([`daemon`]).
 
+pub mod access;
+pub mod cache;
+pub mod cidr_table;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod early;
+pub mod engine;
+pub mod escape;
+pub mod handoff;
 pub mod kernel;
 pub mod limits;
 pub mod maillog;
 pub mod paths;
 pub mod policy;
 pub mod prefixes;
+pub mod proxy_protocol;
+pub mod smtp_line;
