@@ -1,67 +1,196 @@
-//! The daemon: keeps the XDP program loaded and configured on the configured interfaces and
-//! sweeps expired dynamic deny entries.
+//! The daemon: opens everything that needs root (the kernel layer, the listening sockets, the
+//! allowlist database, the log), drops privileges, then screens connections until SIGTERM
+//! or SIGINT, sweeping expired kernel deny entries as it goes.
 //!
 //! Everything it sets up in the kernel is pinned, so stopping or restarting the daemon leaves
 //! the filter and every dynamic entry in place; `smtp-screen unload` removes them.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
+    cache::{AllowlistCache, CacheOptions, EnabledTests, TestTtls},
     config::Config,
+    engine::{EngineSettings, ReplyStyle},
+    handoff::Backend,
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
+    limits::Limits,
+    maillog::MailLog,
+    policy::DenyPolicy,
+    privileges,
+    server::{self, Screen},
 };
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(config: Config, pin_dir: &Path) -> anyhow::Result<()> {
+/// Loads, configures and attaches the XDP program; returns its maps.
+fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     bpffs::prepare_pin_dir(pin_dir)?;
-    let mut program = {
-        let _lock = bpffs::PinDirLock::acquire(pin_dir)?;
-        let mut program = ScreenProgram::load(pin_dir)?;
-        let mut maps = Maps::from_pins(pin_dir)?;
-        kernel::configure(
-            &mut maps,
-            &config.protected_ports,
-            config.kernel_action,
-            config.deny_v6_prefix,
-        )?;
-        for iface in &config.interfaces {
-            program.attach(iface, config.xdp_mode, false)?;
-        }
-        program
-    };
-    let prog_id = program.program_id()?;
+    let _lock = bpffs::PinDirLock::acquire(pin_dir)?;
+    let mut program = ScreenProgram::load(pin_dir)?;
+    let mut maps = Maps::from_pins(pin_dir)?;
+    kernel::configure(
+        &mut maps,
+        &config.protected_ports,
+        config.kernel_action,
+        config.deny_v6_prefix,
+    )?;
+    for iface in &config.interfaces {
+        program.attach(iface, config.xdp_mode, false)?;
+    }
     tracing::info!(
-        prog_id,
+        prog_id = program.program_id()?,
         pin_dir = %pin_dir.display(),
         interfaces = ?config.interfaces,
         mode = config.xdp_mode.as_str(),
         ports = ?config.protected_ports,
         action = ?config.kernel_action,
-        "smtp-screen started"
+        "XDP SYN screen attached"
     );
+    // The program itself stays loaded through its pinned links.
+    Ok(maps)
+}
 
-    let mut maps = Maps::from_pins(pin_dir)?;
-    let mut sweep = tokio::time::interval(
-        config
-            .deny_sweep_interval
-            .max(std::time::Duration::from_secs(1)),
+/// Builds the shared screening state from the configuration (tables are read here: a bad
+/// table stops the daemon before it accepts anything).
+async fn build_screen(
+    config: Config,
+    config_dir: &Path,
+    kernel: Option<Maps>,
+    log: MailLog,
+) -> anyhow::Result<Screen> {
+    let files = DiskFiles::new(config_dir);
+    let (mynetworks, w1) = AddressList::parse("mynetworks", &config.mynetworks, &files)?;
+    let (access, w2) = AccessList::parse(&config.access_list, &files)?;
+    let (allowlist_interfaces, w3) =
+        AllowlistInterfaces::parse(&config.allowlist_interfaces, &files)?;
+    for warning in w1.iter().chain(&w2).chain(&w3) {
+        log.warning(warning);
+    }
+
+    let footer = (!config.reject_footer.is_empty()).then(|| config.reject_footer.clone());
+    let settings = EngineSettings {
+        smtpd_banner: config.smtpd_banner(),
+        command_count_limit: config.command_count_limit,
+        line_length_limit: config.line_length_limit as usize,
+        soft_bounce: config.soft_bounce,
+        reject_footer: footer.clone(),
+        ..EngineSettings::new(&config.myhostname)
+    };
+    settings.validate().context("reply settings")?;
+    let style = ReplyStyle::new(config.soft_bounce, footer.as_deref()).context("reject_footer")?;
+
+    let greet_banner = config.greet_banner();
+    let enabled = EnabledTests {
+        pregreet: !greet_banner.is_empty(),
+        dnsbl: false,
+        pipelining: false,
+        non_smtp_command: false,
+        bare_newline: false,
+    };
+    let ttls = TestTtls {
+        pregreet: config.greet_ttl,
+        ..TestTtls::default()
+    };
+    let cache = AllowlistCache::open(&config.state_dir, CacheOptions::default())
+        .await
+        .with_context(|| format!("temporary allowlist in {}", config.state_dir.display()))?;
+    let cache = Arc::new(cache);
+    cache.spawn_cleanup(config.cache_cleanup_interval, config.cache_retention_time);
+
+    let kernel_policy = kernel.is_some() && !config.interfaces.is_empty();
+    let policy = DenyPolicy::new(
+        config.deny_window,
+        if kernel_policy {
+            config.deny_ttl
+        } else {
+            Duration::ZERO
+        },
+        config.deny_v6_prefix,
     );
+    Ok(Screen {
+        limits: Limits::new(
+            config.client_connection_count_limit,
+            config.pre_queue_limit,
+            config.post_queue_limit,
+        ),
+        backend: Backend {
+            addr: config.backend,
+            proxy_protocol: config.backend_proxy_protocol,
+        },
+        settings: Arc::new(settings),
+        style,
+        access,
+        mynetworks,
+        allowlist_interfaces,
+        greet_banner,
+        enabled,
+        ttls,
+        cache,
+        policy: Mutex::new(policy),
+        kernel: kernel.map(Mutex::new),
+        log,
+        config,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+    let kernel = if config.interfaces.is_empty() {
+        None
+    } else {
+        Some(start_kernel_layer(&config, pin_dir)?)
+    };
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = server::bind(*addr).with_context(|| format!("listen on {addr}"))?;
+        listeners.push(tokio::net::TcpListener::from_std(listener)?);
+    }
+    let log = MailLog::open(config.log_to, &config.syslog_name).context("opening the mail log")?;
+    let config_dir = config_path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let user = config.user.clone();
+    let sweep_interval = config.deny_sweep_interval.max(Duration::from_secs(1));
+    let listen = config.listen.clone();
+    let screen = Arc::new(build_screen(config, &config_dir, kernel, log).await?);
+
+    privileges::drop_to(&user)?;
+    tracing::info!(?listen, user, "smtp-screen screening connections");
+
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        accept_tasks.push(tokio::spawn(Arc::clone(&screen).accept_loop(listener)));
+    }
+
+    let mut sweep = tokio::time::interval(sweep_interval);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = sweep.tick() => {
-                match maps.sweep_expired(clock::monotonic_ns()) {
-                    Ok(0) => {}
-                    Ok(swept) => tracing::info!(swept, "expired dynamic deny entries removed"),
-                    Err(e) => tracing::warn!("sweeping dynamic deny entries: {e}"),
+                if let Some(kernel) = &screen.kernel {
+                    let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+                    match maps.sweep_expired(clock::monotonic_ns()) {
+                        Ok(0) => {}
+                        Ok(swept) => tracing::info!(swept, "expired dynamic deny entries removed"),
+                        Err(e) => tracing::warn!("sweeping dynamic deny entries: {e}"),
+                    }
                 }
+                screen.lock_policy_expire();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    for task in accept_tasks {
+        task.abort();
+    }
+    if let Err(e) = screen.cache.close().await {
+        tracing::warn!("closing the temporary allowlist: {e}");
     }
     tracing::info!("stopping; the XDP filter stays attached (smtp-screen unload removes it)");
     Ok(())

@@ -5,7 +5,7 @@
 //! postscreen does), so the dummy engine or the real MTA still reads it.
 
 use std::{
-    fmt, io,
+    io,
     time::{Duration, Instant},
 };
 
@@ -75,41 +75,6 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// A time difference as Postfix logs it (`format_tv` with two significant digits and at
-/// most two decimals, trailing zeros dropped): `0.3`, `1.2`, `0.24`, `12`.
-pub struct DeltaTime(pub Duration);
-
-impl fmt::Display for DeltaTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const SIG_DIGS: u32 = 2;
-        const MAX_DIGS: u32 = 2;
-        let secs = self.0.as_secs();
-        let mut frac = self.0.subsec_micros();
-        let mut sig = if secs == 0 {
-            0
-        } else {
-            secs.checked_ilog10().unwrap_or(0) + 1
-        };
-        let mut digits = String::new();
-        let mut place = 100_000;
-        while sig < SIG_DIGS && (digits.len() as u32) < MAX_DIGS {
-            let digit = frac / place;
-            frac %= place;
-            place /= 10;
-            if digit != 0 || sig > 0 {
-                sig += 1;
-            }
-            digits.push(char::from(b'0' + digit as u8));
-        }
-        let digits = digits.trim_end_matches('0');
-        if digits.is_empty() {
-            write!(f, "{secs}")
-        } else {
-            write!(f, "{secs}.{digits}")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::{
@@ -118,20 +83,6 @@ mod tests {
     };
 
     use super::*;
-
-    #[test]
-    fn delta_times_read_like_postfix() {
-        let d = |ms| DeltaTime(Duration::from_millis(ms)).to_string();
-        assert_eq!(d(300), "0.3");
-        assert_eq!(d(1200), "1.2");
-        assert_eq!(d(240), "0.24");
-        assert_eq!(d(3004), "3");
-        assert_eq!(d(12_500), "12");
-        assert_eq!(d(50), "0.05");
-        assert_eq!(d(0), "0");
-        assert_eq!(d(1000), "1");
-        assert_eq!(d(6_000), "6");
-    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

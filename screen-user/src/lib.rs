@@ -22,5 +22,7 @@ pub mod maillog;
 pub mod paths;
 pub mod policy;
 pub mod prefixes;
+pub mod privileges;
 pub mod proxy_protocol;
+pub mod server;
 pub mod smtp_line;

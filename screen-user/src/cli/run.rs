@@ -10,5 +10,5 @@ pub fn run(pin_dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(config, pin_dir))
+    runtime.block_on(daemon::run(config, &args.config, pin_dir))
 }

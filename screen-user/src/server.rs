@@ -1,0 +1,484 @@
+//! The screening server: one tokio task per connection, taking each client through
+//! postscreen's stages in postscreen's order (`postscreen.c`, `psc_endpt_lookup_done`):
+//! endpoints, per-client and hand-off limits, the permanent access list, the temporary
+//! allowlist, the MX policy, the screening limit, the tests before the greeting, then either
+//! the dummy engine (a failed client) or the hand-off to the real MTA (a passed one).
+//!
+//! Beyond postscreen, a client that fails again within `deny_window` (or a denylisted client
+//! whose action is `drop`) is denied in the kernel, so its next SYNs never get here.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use screen_common::Origin;
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    access::{AccessList, AccessVerdict, AddressList, AllowlistInterfaces},
+    cache::{self, AllowlistCache, EnabledTests, Outcome, SessionResults, Start, TestTtls},
+    config::{Config, TestAction, UpstreamProxyProtocol},
+    early::{self, GreetOutcome},
+    engine::{self, ClientAddr, DelayDisplay, Engine, EngineSettings, Reply, ReplyStyle},
+    escape::{LOG_TEXT_MAX, c_escape},
+    handoff::{self, Backend},
+    kernel::Maps,
+    limits::{Limits, Refusal},
+    maillog::MailLog,
+    policy::{DenyPolicy, KernelDeny},
+    proxy_protocol,
+};
+
+/// Everything the connections share, built once from the configuration.
+pub struct Screen {
+    pub config: Config,
+    pub settings: Arc<EngineSettings>,
+    pub style: ReplyStyle,
+    pub access: AccessList,
+    pub mynetworks: AddressList,
+    pub allowlist_interfaces: AllowlistInterfaces,
+    pub greet_banner: String,
+    pub enabled: EnabledTests,
+    pub ttls: TestTtls,
+    pub limits: Arc<Limits>,
+    pub cache: Arc<AllowlistCache>,
+    pub policy: Mutex<DenyPolicy>,
+    /// The kernel maps, when the XDP layer is attached somewhere.
+    pub kernel: Option<Mutex<Maps>>,
+    pub backend: Backend,
+    pub log: MailLog,
+}
+
+/// What one session learned, as postscreen's per-session flags.
+#[derive(Default)]
+struct Session {
+    results: SessionResults,
+    /// A test failed with `enforce`: the session goes to the dummy engine, RCPT is refused.
+    rcpt_reply: Option<Reply>,
+    /// The session can never be handed off (`ALLOWLIST VETO`, or an `enforce` failure).
+    noforward: bool,
+    /// The `220-` teaser went out: a final reply must continue the multi-line greeting.
+    teaser_sent: bool,
+    pregreeted: bool,
+    /// What the failures were, for the kernel deny policy's log line.
+    failures: Vec<&'static str>,
+}
+
+impl Screen {
+    /// Accepts connections on `listener` until the task is dropped.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let screen = Arc::clone(&self);
+                    tokio::spawn(async move { screen.handle(stream).await });
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off rather than spin.
+                    self.log.warning(format_args!("accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn stress_log(&self) {
+        for change in self.limits.take_stress_changes() {
+            self.log.info(change);
+        }
+    }
+
+    async fn reply(&self, stream: &mut TcpStream, reply: &Reply, client: SocketAddr) {
+        let reply = self.style.apply(reply, client, &self.settings.myhostname);
+        // The client may be gone; there is nothing else to tell it.
+        let _ = stream.write_all(&reply.to_bytes()).await;
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream) {
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            let _ = stream
+                .write_all(&Reply::no_system_resources().to_bytes())
+                .await;
+            return;
+        };
+        let (client, server) = match self.config.upstream_proxy_protocol {
+            UpstreamProxyProtocol::None => (canonical(peer), canonical(local)),
+            UpstreamProxyProtocol::Haproxy => {
+                match proxy_protocol::read_header_from_tcp(
+                    &mut stream,
+                    self.config.upstream_proxy_timeout,
+                )
+                .await
+                {
+                    Ok(header) => {
+                        let (c, s) = header.endpoints(peer, local);
+                        (canonical(c), canonical(s))
+                    }
+                    Err(e) => {
+                        self.log.warning(&e);
+                        let _ = stream
+                            .write_all(&Reply::no_system_resources().to_bytes())
+                            .await;
+                        return;
+                    }
+                }
+            }
+        };
+        self.log.info(format_args!(
+            "CONNECT from {} to {}",
+            ClientAddr(client),
+            ClientAddr(server)
+        ));
+
+        let (client_slot, admitted) = self.limits.connect(client.ip());
+        let concurrency = match admitted {
+            Ok(n) => n,
+            Err(Refusal::TooManyFromClient) => {
+                self.log.info(format_args!(
+                    "NOQUEUE: reject: CONNECT from {}: too many connections",
+                    ClientAddr(client)
+                ));
+                self.reply(&mut stream, &Reply::too_many_connections(), client)
+                    .await;
+                return;
+            }
+            Err(_) => {
+                self.log.info(format_args!(
+                    "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+                    ClientAddr(client)
+                ));
+                self.reply(&mut stream, &Reply::all_server_ports_busy(), client)
+                    .await;
+                return;
+            }
+        };
+
+        let mut session = Session::default();
+        let decision = self.access.evaluate(client.ip(), &self.mynetworks);
+        for warning in &decision.warnings {
+            self.log.warning(warning);
+        }
+        match decision.verdict {
+            AccessVerdict::Permit => {
+                self.log
+                    .info(format_args!("ALLOWLISTED {}", ClientAddr(client)));
+                self.forget_failures(client.ip());
+                drop(client_slot);
+                self.hand_off(stream, client, server, &session).await;
+                return;
+            }
+            AccessVerdict::Reject => {
+                self.log
+                    .info(format_args!("DENYLISTED {}", ClientAddr(client)));
+                match self.config.denylist_action {
+                    TestAction::Drop => {
+                        self.reply(&mut stream, &Reply::denylist_drop(), client)
+                            .await;
+                        self.disconnect(client);
+                        let deny = self.lock_policy().on_denylist_drop(client.ip());
+                        self.kernel_deny(client.ip(), deny);
+                        return;
+                    }
+                    TestAction::Enforce => {
+                        session.results.denylisted = true;
+                        session.rcpt_reply = Some(Reply::denylist_enforce());
+                        session.noforward = true;
+                        session.failures.push("DENYLISTED");
+                    }
+                    TestAction::Ignore => {}
+                }
+            }
+            AccessVerdict::Dunno => {}
+        }
+
+        // The temporary allowlist; a client that already failed is tested in full.
+        let now = cache::unix_now();
+        let cached = if session.noforward {
+            None
+        } else {
+            self.cache.get(client.ip())
+        };
+        let screening = match cache::start(cached.as_ref(), &self.enabled, now) {
+            Start::PassOld if concurrency == 1 => {
+                self.log
+                    .info(format_args!("PASS OLD {}", ClientAddr(client)));
+                self.forget_failures(client.ip());
+                drop(client_slot);
+                self.hand_off(stream, client, server, &session).await;
+                return;
+            }
+            Start::PassOld => match cache::start(None, &self.enabled, now) {
+                Start::Screen(s) => s,
+                Start::PassOld => unreachable!("a new client always has tests due"),
+            },
+            Start::Screen(s) => s,
+        };
+
+        if !self.allowlist_interfaces.permits(server.ip()) {
+            self.log
+                .info(format_args!("ALLOWLIST VETO {}", ClientAddr(client)));
+            session.results.allowlist_veto = true;
+            session.noforward = true;
+        }
+
+        let screening_slot = match self.limits.screen() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.log.info(format_args!(
+                    "reject: connect from {}: all screening ports busy",
+                    ClientAddr(client)
+                ));
+                self.reply(&mut stream, &Reply::all_screening_ports_busy(), client)
+                    .await;
+                return;
+            }
+        };
+        self.stress_log();
+        let stressed = self.limits.stressed();
+
+        // Before the greeting: the pregreet test.
+        if screening.due.pregreet && !self.greet_banner.is_empty() {
+            let wait = self.config.greet_wait.get(stressed);
+            let outcome = early::pregreet_test(&mut stream, &self.greet_banner, wait).await;
+            session.teaser_sent = true;
+            match outcome {
+                Ok(GreetOutcome::Quiet) => session.results.pregreet = Outcome::Passed,
+                Ok(GreetOutcome::Pregreet {
+                    bytes,
+                    after,
+                    input,
+                }) => {
+                    self.log.info(format_args!(
+                        "PREGREET {bytes} after {} from {}: {}",
+                        DelayDisplay(after),
+                        ClientAddr(client),
+                        c_escape(&input, LOG_TEXT_MAX)
+                    ));
+                    session.pregreeted = true;
+                    match self.config.greet_action {
+                        TestAction::Drop => {
+                            self.reply(&mut stream, &Reply::protocol_error_drop(), client)
+                                .await;
+                            self.disconnect(client);
+                            self.failed(client.ip(), "PREGREET");
+                            return;
+                        }
+                        TestAction::Enforce => {
+                            session.results.pregreet = Outcome::Failed;
+                            session.rcpt_reply = Some(Reply::protocol_error_enforce());
+                            session.noforward = true;
+                            session.failures.push("PREGREET");
+                        }
+                        TestAction::Ignore => session.results.pregreet = Outcome::Ignored,
+                    }
+                }
+                Ok(GreetOutcome::Hangup { after }) => {
+                    self.hangup_before_greeting(client, after);
+                    return;
+                }
+                Err(_) => {
+                    self.hangup_before_greeting(client, Duration::ZERO);
+                    return;
+                }
+            }
+        }
+
+        if session.noforward {
+            self.dummy_engine(stream, client, &session, stressed).await;
+            drop(screening_slot);
+            self.stress_log();
+            return;
+        }
+
+        let conclusion =
+            cache::conclude(&screening, &session.results, &self.enabled, &self.ttls, now);
+        if let Some(kind) = conclusion.pass {
+            self.log
+                .info(format_args!("PASS {kind} {}", ClientAddr(client)));
+        }
+        if let Some(times) = conclusion.update {
+            self.cache.record(client.ip(), times);
+        }
+        self.forget_failures(client.ip());
+        drop(screening_slot);
+        drop(client_slot);
+        self.stress_log();
+        self.hand_off(stream, client, server, &session).await;
+    }
+
+    fn hangup_before_greeting(&self, client: SocketAddr, after: Duration) {
+        self.log.info(format_args!(
+            "HANGUP after {} from {} in tests before SMTP handshake",
+            DelayDisplay(after),
+            ClientAddr(client)
+        ));
+        self.disconnect(client);
+    }
+
+    fn disconnect(&self, client: SocketAddr) {
+        self.log
+            .info(format_args!("DISCONNECT {}", ClientAddr(client)));
+    }
+
+    /// Serves a client that may not be handed off: RCPT is refused, nothing is accepted.
+    async fn dummy_engine(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        session: &Session,
+        stressed: bool,
+    ) {
+        match Engine::new(Arc::clone(&self.settings), client) {
+            Ok(mut engine) => {
+                if session.pregreeted {
+                    engine.set_pregreeted();
+                }
+                if let Some(reply) = &session.rcpt_reply {
+                    // Every action reply is a 5xx, which set_rcpt_reply accepts.
+                    let _ = engine.set_rcpt_reply(reply.clone());
+                }
+                let limit = self.config.command_time_limit.get(stressed);
+                engine::serve(&mut stream, &mut engine, limit, |event| {
+                    self.log.info(event.line(client));
+                })
+                .await;
+            }
+            Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
+        }
+        self.disconnect(client);
+        if !session.failures.is_empty() {
+            self.failed(client.ip(), &session.failures.join(", "));
+        }
+    }
+
+    /// Connects the client to the backend and relays until either side closes. When the
+    /// backend cannot be reached the client is told so in postscreen's words: a bare 421
+    /// before any teaser; after a teaser, the 421 answers its next command (X21 mode) so the
+    /// greeting is never a `220-` followed by a `421`.
+    async fn hand_off(
+        &self,
+        stream: TcpStream,
+        client: SocketAddr,
+        server: SocketAddr,
+        session: &Session,
+    ) {
+        let slot = match self.limits.hand_off() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.backend_unavailable(stream, client, session, "all server ports busy")
+                    .await;
+                return;
+            }
+        };
+        let backend = match self.backend.connect(client, server).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                drop(slot);
+                self.log.warning(&e);
+                self.backend_unavailable(stream, client, session, "backend unreachable")
+                    .await;
+                return;
+            }
+        };
+        drop(slot);
+        if let Err(e) = handoff::relay(stream, backend).await {
+            tracing::debug!(client = %client, "relay ended: {e}");
+        }
+    }
+
+    async fn backend_unavailable(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        session: &Session,
+        why: &str,
+    ) {
+        tracing::debug!(client = %client, "hand-off failed: {why}");
+        if !session.teaser_sent {
+            self.reply(&mut stream, &Reply::all_server_ports_busy(), client)
+                .await;
+            self.disconnect(client);
+            return;
+        }
+        match Engine::new(Arc::clone(&self.settings), client) {
+            Ok(mut engine) => {
+                if session.pregreeted {
+                    engine.set_pregreeted();
+                }
+                engine.set_final_reply(Reply::no_system_resources());
+                let limit = self.config.command_time_limit.normal;
+                engine::serve(&mut stream, &mut engine, limit, |event| {
+                    self.log.info(event.line(client));
+                })
+                .await;
+            }
+            Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
+        }
+        self.disconnect(client);
+    }
+
+    fn lock_policy(&self) -> std::sync::MutexGuard<'_, DenyPolicy> {
+        self.policy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops remembered failures older than the deny window (called periodically).
+    pub fn lock_policy_expire(&self) {
+        self.lock_policy().expire(Instant::now());
+    }
+
+    fn forget_failures(&self, client: IpAddr) {
+        self.lock_policy().forget(client);
+    }
+
+    /// A client failed a test: a repeat within the window is denied in the kernel.
+    fn failed(&self, client: IpAddr, reason: &str) {
+        let deny = self
+            .lock_policy()
+            .on_failure(client, Instant::now(), reason);
+        self.kernel_deny(client, deny);
+    }
+
+    fn kernel_deny(&self, client: IpAddr, deny: Option<KernelDeny>) {
+        let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
+            return;
+        };
+        let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        match maps.add_dynamic(deny.net, deny.ttl, Origin::Policy, deny.failures) {
+            Ok(_) => self.log.info(deny.log_line(client)),
+            Err(e) => self
+                .log
+                .warning(format_args!("kernel deny of {}: {e}", deny.net)),
+        }
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Binds a listening socket; IPv6 sockets are IPv6-only so `0.0.0.0:25` and `[::]:25` can
+/// both be bound.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // A large backlog: a burst of bots must not make the kernel drop good clients' SYNs.
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
