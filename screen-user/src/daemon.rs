@@ -56,6 +56,56 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     Ok(maps)
 }
 
+/// What the configuration turns into before anything is opened: the parsed tables and the
+/// reply settings. `check-config` stops here; the daemon goes on.
+pub struct Prepared {
+    pub access: AccessList,
+    pub mynetworks: AddressList,
+    pub allowlist_interfaces: AllowlistInterfaces,
+    pub settings: EngineSettings,
+    pub style: ReplyStyle,
+    /// Warnings to log (skipped table rules and the like).
+    pub warnings: Vec<String>,
+}
+
+impl Prepared {
+    /// Reads every table the configuration names and checks the reply settings. Relative
+    /// table paths are taken from `config_dir`.
+    pub fn new(config: &Config, config_dir: &Path) -> anyhow::Result<Self> {
+        let files = DiskFiles::new(config_dir);
+        let (mynetworks, w1) = AddressList::parse("mynetworks", &config.mynetworks, &files)?;
+        let (access, w2) = AccessList::parse(&config.access_list, &files)?;
+        let (allowlist_interfaces, w3) =
+            AllowlistInterfaces::parse(&config.allowlist_interfaces, &files)?;
+        let warnings = w1
+            .iter()
+            .chain(&w2)
+            .chain(&w3)
+            .map(ToString::to_string)
+            .collect();
+        let footer = (!config.reject_footer.is_empty()).then(|| config.reject_footer.clone());
+        let settings = EngineSettings {
+            smtpd_banner: config.smtpd_banner(),
+            command_count_limit: config.command_count_limit,
+            line_length_limit: config.line_length_limit as usize,
+            soft_bounce: config.soft_bounce,
+            reject_footer: footer.clone(),
+            ..EngineSettings::new(&config.myhostname)
+        };
+        settings.validate().context("reply settings")?;
+        let style =
+            ReplyStyle::new(config.soft_bounce, footer.as_deref()).context("reject_footer")?;
+        Ok(Self {
+            access,
+            mynetworks,
+            allowlist_interfaces,
+            settings,
+            style,
+            warnings,
+        })
+    }
+}
+
 /// Builds the shared screening state from the configuration (tables are read here: a bad
 /// table stops the daemon before it accepts anything).
 async fn build_screen(
@@ -64,26 +114,17 @@ async fn build_screen(
     kernel: Option<Maps>,
     log: MailLog,
 ) -> anyhow::Result<Screen> {
-    let files = DiskFiles::new(config_dir);
-    let (mynetworks, w1) = AddressList::parse("mynetworks", &config.mynetworks, &files)?;
-    let (access, w2) = AccessList::parse(&config.access_list, &files)?;
-    let (allowlist_interfaces, w3) =
-        AllowlistInterfaces::parse(&config.allowlist_interfaces, &files)?;
-    for warning in w1.iter().chain(&w2).chain(&w3) {
+    let Prepared {
+        access,
+        mynetworks,
+        allowlist_interfaces,
+        settings,
+        style,
+        warnings,
+    } = Prepared::new(&config, config_dir)?;
+    for warning in &warnings {
         log.warning(warning);
     }
-
-    let footer = (!config.reject_footer.is_empty()).then(|| config.reject_footer.clone());
-    let settings = EngineSettings {
-        smtpd_banner: config.smtpd_banner(),
-        command_count_limit: config.command_count_limit,
-        line_length_limit: config.line_length_limit as usize,
-        soft_bounce: config.soft_bounce,
-        reject_footer: footer.clone(),
-        ..EngineSettings::new(&config.myhostname)
-    };
-    settings.validate().context("reply settings")?;
-    let style = ReplyStyle::new(config.soft_bounce, footer.as_deref()).context("reject_footer")?;
 
     let greet_banner = config.greet_banner();
     let enabled = EnabledTests {

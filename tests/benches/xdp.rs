@@ -93,6 +93,8 @@ struct Budget {
     flood_rounds: usize,
     /// Longest a single flood may take, whatever its frame count.
     flood_time_limit: Duration,
+    /// After this long, part 2 ends with the round under way (at least one round runs).
+    flood_deadline: Duration,
 }
 
 impl Budget {
@@ -105,6 +107,7 @@ impl Budget {
                 flood_frames: 200_000,
                 flood_rounds: 3,
                 flood_time_limit: Duration::from_secs(10),
+                flood_deadline: Duration::from_secs(60),
             }
         } else {
             Self {
@@ -112,8 +115,9 @@ impl Budget {
                 test_run_repeat: 5_000_000,
                 test_run_rounds: 7,
                 flood_frames: 2_000_000,
-                flood_rounds: 5,
+                flood_rounds: 7,
                 flood_time_limit: Duration::from_secs(30),
+                flood_deadline: Duration::from_secs(240),
             }
         }
     }
@@ -816,8 +820,10 @@ mod per_packet {
             .into());
         }
         Ok(format!(
-            "{written} dynamic entries written with {method} in {:.2} s; the map holds {present}",
-            started.elapsed().as_secs_f64()
+            "{} dynamic entries written with {method} in {:.2} s; the map holds {}",
+            grouped(written as u64),
+            started.elapsed().as_secs_f64(),
+            grouped(present as u64)
         ))
     }
 
@@ -859,8 +865,10 @@ mod per_packet {
             .into());
         }
         Ok(format!(
-            "{count} static deny prefixes (/16 to /32) added one by one in {:.2} s; the live trie holds {present}",
-            started.elapsed().as_secs_f64()
+            "{} static deny prefixes (/16 to /32) added one by one in {:.2} s; the live trie holds {}",
+            grouped(count as u64),
+            started.elapsed().as_secs_f64(),
+            grouped(present as u64)
         ))
     }
 
@@ -868,13 +876,22 @@ mod per_packet {
         // The kernel's answer to a frame shorter than an Ethernet header, so that the report
         // can state it rather than assume it.
         let short_input = match reference.test_run(&[0u8; ETH_HLEN - 1], 1) {
-            Err(e) => format!("a {}-byte frame is refused by BPF_PROG_TEST_RUN: {e}", ETH_HLEN - 1),
-            Ok(out) => format!("a {}-byte frame was accepted by BPF_PROG_TEST_RUN: {out:?}", ETH_HLEN - 1),
+            Err(e) => format!(
+                "a {}-byte frame is refused by BPF_PROG_TEST_RUN: {e}",
+                ETH_HLEN - 1
+            ),
+            Ok(out) => format!(
+                "a {}-byte frame was accepted by BPF_PROG_TEST_RUN: {out:?}",
+                ETH_HLEN - 1
+            ),
         };
         let references = References {
             noop: reference,
             clock: DropProgram::calling(bpf_sys::BPF_FUNC_KTIME_GET_NS, "ssb_ktime")?,
-            coarse_clock: DropProgram::calling(bpf_sys::BPF_FUNC_KTIME_GET_COARSE_NS, "ssb_ktime_coarse")?,
+            coarse_clock: DropProgram::calling(
+                bpf_sys::BPF_FUNC_KTIME_GET_COARSE_NS,
+                "ssb_ktime_coarse",
+            )?,
         };
 
         let mut screen = Screen::load()?;
@@ -930,12 +947,18 @@ mod netns {
     pub const NETNS_DIR: &str = "/run/netns";
     pub const PREFIX: &str = "ssb";
 
+    /// How long one `ip`, `nft` or `smtp-screen` invocation may take.
+    const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
     /// Runs `cmd` and returns its stdout; a failure carries the command and its stderr.
     pub fn run(cmd: &mut Command) -> Result<String> {
-        let output = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        run_within(cmd, COMMAND_LIMIT)
+    }
+
+    /// As [`run`], killing the command if it is still running after `limit`.
+    pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<String> {
+        let output =
+            screen_tests::netns::output_within(cmd, limit).map_err(|e| format!("{cmd:?}: {e}"))?;
         if !output.status.success() {
             return Err(format!(
                 "{cmd:?} failed ({}): {}",
@@ -1070,8 +1093,13 @@ mod netns {
         out
     }
 
+    /// Whether `pid` is a running process; a zombie has already let go of everything.
     fn pid_alive(pid: u32) -> bool {
-        Path::new(&format!("/proc/{pid}")).exists()
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+        })
     }
 
     /// The pid in a name made by this benchmark (`ssb<pid>...`), if any.
@@ -1242,38 +1270,66 @@ mod flood {
         }
     }
 
-    /// The `smtp-screen` binary: `$SMTP_SCREEN_BIN`, else the one cargo built next to this
-    /// benchmark. It must embed the very object part 1 measured.
+    /// The `smtp-screen` binary, found as the end-to-end tests find it (`$SMTP_SCREEN_BIN`, else
+    /// next to this benchmark), which must embed the very object part 1 measured. A missing or
+    /// stale binary next to the benchmark is rebuilt with the benchmark's profile.
     pub fn smtp_screen_bin() -> Result<PathBuf> {
-        let bin = match env::var_os("SMTP_SCREEN_BIN") {
-            Some(bin) => PathBuf::from(bin),
-            None => {
-                let exe = env::current_exe()?;
-                let profile_dir = exe
-                    .parent()
-                    .and_then(Path::parent)
-                    .ok_or("the bench binary is not in <target>/<profile>/deps")?;
-                profile_dir.join("smtp-screen")
+        let named = env::var_os("SMTP_SCREEN_BIN").is_some();
+        if let Ok(bin) = screen_tests::netns::smtp_screen_bin() {
+            if embeds_this_object(&bin)? {
+                return Ok(bin);
             }
-        };
-        let contents = fs::read(&bin).map_err(|e| {
-            format!(
-                "{}: {e}; build it with `cargo build --release -p screen-user` or set SMTP_SCREEN_BIN",
-                bin.display()
-            )
-        })?;
-        if !contents
-            .windows(kernel::OBJECT.len())
-            .any(|w| w == kernel::OBJECT)
-        {
+            if named {
+                return Err(format!(
+                    "SMTP_SCREEN_BIN={} embeds another XDP object than this benchmark",
+                    bin.display()
+                )
+                .into());
+            }
+        }
+        let exe = env::current_exe()?;
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .ok_or("the bench binary is not in <target>/<profile>/deps")?
+            .to_string_lossy()
+            .into_owned();
+        eprintln!("  building smtp-screen ({profile} profile) to match this benchmark");
+        let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "-p",
+            "screen-user",
+            "--bin",
+            "smtp-screen",
+        ]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        netns::run_within(&mut cmd, Duration::from_secs(20 * 60))?;
+        let bin = screen_tests::netns::smtp_screen_bin()?;
+        if !embeds_this_object(&bin)? {
             return Err(format!(
-                "{} embeds another XDP object than this benchmark (stale build?); \
-                 rebuild it with `cargo build --release -p screen-user`",
+                "{} still embeds another XDP object after a rebuild",
                 bin.display()
             )
             .into());
         }
         Ok(bin)
+    }
+
+    fn embeds_this_object(bin: &Path) -> Result<bool> {
+        let contents = fs::read(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+        Ok(contents
+            .windows(kernel::OBJECT.len())
+            .any(|w| w == kernel::OBJECT))
     }
 
     /// Where the receive side stands during a flood.
@@ -1290,7 +1346,7 @@ mod flood {
     }
 
     impl Receiver {
-        pub const ALL: [Receiver; 6] = [
+        pub const ALL: [Receiver; 7] = [
             Receiver::ScreenNative,
             Receiver::ScreenGeneric,
             Receiver::NftNetdev,
@@ -1534,33 +1590,48 @@ mod flood {
             } else {
                 delta(sink_after.rx_dropped, sink_before.rx_dropped)
             };
-            expect(format!("{} freed {freed}", bed.sink_kind), freed == sent);
+            expect(
+                format!("{} freed {}", bed.sink_kind, grouped(freed)),
+                freed == sent,
+            );
         } else {
-            expect(format!("client veth sent {client_tx}"), client_tx == sent);
+            expect(
+                format!("client veth sent {}", grouped(client_tx)),
+                client_tx == sent,
+            );
             expect(format!("server TCP segments in {tcp_in}"), tcp_in == 0);
             expect(format!("server veth sent {server_tx}"), server_tx == 0);
         }
         match receiver {
             Receiver::ScreenNative | Receiver::ScreenGeneric => {
-                expect(format!("drop_static +{dropped}"), dropped == sent);
-                expect(format!("IP in {ip_in}"), ip_in == 0);
+                expect(
+                    format!("drop_static +{}", grouped(dropped)),
+                    dropped == sent,
+                );
+                expect(format!("IP in {}", grouped(ip_in)), ip_in == 0);
             }
             Receiver::NftNetdev | Receiver::NftNetdevAll => {
-                expect(format!("rule counter +{dropped}"), dropped == sent);
-                expect(format!("IP in {ip_in}"), ip_in == 0);
+                expect(
+                    format!("rule counter +{}", grouped(dropped)),
+                    dropped == sent,
+                );
+                expect(format!("IP in {}", grouped(ip_in)), ip_in == 0);
             }
             Receiver::NftInet => {
-                expect(format!("rule counter +{dropped}"), dropped == sent);
+                expect(
+                    format!("rule counter +{}", grouped(dropped)),
+                    dropped == sent,
+                );
                 // The IP layer counts the frame before the prerouting hook drops it.
-                expect(format!("IP in {ip_in}"), ip_in == sent);
+                expect(format!("IP in {}", grouped(ip_in)), ip_in == sent);
             }
             Receiver::NoopNative => {
                 // veth counts what went through its XDP program as received.
                 expect(
-                    format!("server veth XDP frames {server_rx}"),
+                    format!("server veth XDP frames {}", grouped(server_rx)),
                     server_rx == sent,
                 );
-                expect(format!("IP in {ip_in}"), ip_in == 0);
+                expect(format!("IP in {}", grouped(ip_in)), ip_in == 0);
             }
             Receiver::SenderOnly => {}
         }
@@ -1928,7 +1999,17 @@ mod flood {
             })
             .collect();
         let mut run_seq = 0;
+        let started = Instant::now();
+        let mut rounds = 0;
         for round in 0..budget.flood_rounds {
+            if round > 0 && started.elapsed() > budget.flood_deadline {
+                eprintln!(
+                    "  time budget of {:?} spent: stopping after {round} rounds",
+                    budget.flood_deadline
+                );
+                break;
+            }
+            rounds += 1;
             for i in 0..Receiver::ALL.len() {
                 check_interrupted()?;
                 let index = (round + i) % Receiver::ALL.len();
@@ -1961,11 +2042,14 @@ mod flood {
                     &meters,
                 )?;
                 check_interrupted()?;
+                if run.sent == 0 {
+                    return Err(format!("{}: no frame could be sent", receiver.label()).into());
+                }
                 let after = Evidence::read(&ctx, &armed)?;
                 let evidence = verify(&bed, receiver, &before, &after, run.sent)?;
                 drop(armed);
                 eprintln!(
-                    "  round {} {:<38} {:>8.0} ns/SYN (sender thread {:.0}, ksoftirqd {:.0}), {:>9.0} SYN/s; {evidence}",
+                    "  round {} {:<44} {:>5.0} ns/SYN (sender thread {:.0}, ksoftirqd {:.0}), {:>9.0} SYN/s; {evidence}",
                     round + 1,
                     receiver.label(),
                     run.cpu_ns_per_syn(),
@@ -1979,7 +2063,7 @@ mod flood {
         }
         Ok(FloodResults {
             frames_per_run: budget.flood_frames,
-            rounds: budget.flood_rounds,
+            rounds,
             sender_cpu,
             cpus,
             sink_kind: bed.sink_kind,
@@ -2015,6 +2099,19 @@ impl Machine {
             cpu_model,
         }
     }
+}
+
+/// `n` with thousands separators.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -2097,7 +2194,9 @@ mod report {
              is a two-instruction program (`r0 = XDP_DROP; exit`) loaded with the raw bpf(2) call and run the same way. \
              Every run checked the verdict and that the program's counters moved by exactly the repetitions. \
              Target: the deny path within {DENY_TARGET}x of the reference.\n",
-            p.rounds, p.repeat, p.frame_len
+            p.rounds,
+            grouped(u64::from(p.repeat)),
+            p.frame_len
         );
         for note in &p.fill_notes {
             let _ = writeln!(out, "- {note}");
@@ -2131,6 +2230,20 @@ mod report {
             }
             let _ = writeln!(out);
         }
+        // The dynamic path reads the clock once per SYN to compare with the entry's expiry.
+        if let Some(state) = p.states.first() {
+            let cpu = |subject| median(&state.series(subject).cpu_ns());
+            let reference = cpu(Subject::Reference);
+            let _ = writeln!(
+                out,
+                "One call of bpf_ktime_get_ns(), which the dynamic deny path makes per SYN, costs {:.1} ns here \
+                 (bpf_ktime_get_coarse_ns(): {:.1} ns), measured as each clock program minus the reference in \
+                 the first map state; the dynamic deny path costs {:.1} ns more than the static one.\n",
+                cpu(Subject::ClockReference) - reference,
+                cpu(Subject::CoarseClockReference) - reference,
+                cpu(Subject::DynamicDeny) - cpu(Subject::StaticDeny),
+            );
+        }
     }
 
     fn render_flood(out: &mut String, f: &FloodResults) {
@@ -2145,7 +2258,7 @@ mod report {
             f.frame_len,
             flood::DENIED.join(" + "),
             f.sender_cpu,
-            f.frames_per_run,
+            grouped(f.frames_per_run),
             f.rounds,
         );
         let _ = writeln!(
@@ -2156,7 +2269,7 @@ mod report {
              whichever of the two it interrupted, and their clocks are exact. The whole-machine /proc/stat \
              counters would add every other process's work (they are used only to show that background load). \
              *Receive side* is a round's total minus the same round's sender-only total; the sender-only run \
-             sends the same frames into a `{}` device, which frees them in its transmit routine. *SYN/s per CPU* \
+             sends the same frames into a sink device (`{}`), which frees them in its transmit routine. *SYN/s per CPU* \
              is 10^9 / (CPU ns/SYN): what one fully busy CPU sustains, sender included; *SYN/s wall* is what \
              this run achieved on a shared machine.\n",
             f.sink_kind
@@ -2169,9 +2282,15 @@ mod report {
         let (lo, hi) = min_max(&background);
         let _ = writeln!(
             out,
-            "Other load during the floods: median {:.0}% of the {} CPUs (runs ranged {lo:.0}-{hi:.0}%).\n",
+            "Other load during the floods: median {:.0}% of the {} CPUs (runs ranged {lo:.0}-{hi:.0}%).{}\n",
             median(&background),
-            f.cpus
+            f.cpus,
+            if median(&background) < 5.0 {
+                " With the machine otherwise idle, /proc/stat confirms that the sender thread and \
+                 ksoftirqd account for all the CPU the floods used."
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -2182,7 +2301,11 @@ mod report {
             let total: Vec<f64> = r.runs.iter().map(|run| run.cpu_ns_per_syn()).collect();
             let (lo, hi) = min_max(&total);
             let pps: Vec<f64> = r.runs.iter().map(|run| run.pps()).collect();
-            let ksoftirqd: Vec<f64> = r.runs.iter().map(|run| run.ksoftirqd_share() * 100.0).collect();
+            let ksoftirqd: Vec<f64> = r
+                .runs
+                .iter()
+                .map(|run| run.ksoftirqd_share() * 100.0)
+                .collect();
             let receive = if r.receiver == Receiver::SenderOnly {
                 "-".to_string()
             } else {
@@ -2190,11 +2313,11 @@ mod report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {lo:.0}-{hi:.0} | {receive} | {:.0} | {:.0} | {:.0}% | {} |",
+                "| {} | {:.0} | {lo:.0}-{hi:.0} | {receive} | {} | {} | {:.0}% | {} |",
                 r.receiver.label(),
                 median(&total),
-                1e9 / median(&total),
-                median(&pps),
+                grouped((1e9 / median(&total)) as u64),
+                grouped(median(&pps) as u64),
                 median(&ksoftirqd),
                 r.evidence.last().map_or("", String::as_str),
             );
@@ -2215,7 +2338,12 @@ mod report {
                 } else {
                     "(for information)"
                 };
-                let _ = writeln!(out, "| {} / {} | {ratio:.2}x | {target} |", nft.label(), xdp.label());
+                let _ = writeln!(
+                    out,
+                    "| {} / {} | {ratio:.2}x | {target} |",
+                    nft.label(),
+                    xdp.label()
+                );
             }
         }
         let _ = writeln!(
@@ -2234,9 +2362,9 @@ mod report {
             out,
             "The filters' own work, each above the cheapest drop at its hook: smtp-screen {xdp_own:.0} ns/SYN \
              (native, above the do-nothing program), nftables {nft_own:.0} ns/SYN (netdev ingress, above an \
-             unconditional drop there). The rest of each receive side is the path to the hook; for native XDP \
-             on veth that includes copying each frame the sender built into a page with XDP headroom, work a \
-             hardware driver's native XDP does not do.\n"
+             unconditional drop there). The rest of each receive side is the path to the hook. For XDP on veth, in \
+             either mode, that includes copying every frame, because the sender's skb lacks the 256 bytes of \
+             headroom XDP guarantees; a hardware driver's native XDP runs on its receive buffer instead.\n"
         );
     }
 }

@@ -1,5 +1,7 @@
 //! The `smtp-screen` command line: one file per verb.
 
+mod cache;
+mod check_config;
 mod list;
 mod load;
 mod run;
@@ -47,6 +49,35 @@ pub enum Command {
     Allow(AllowCommand),
     /// Run the daemon.
     Run(RunArgs),
+    /// Check a configuration file and the tables it names, without starting anything.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Inspect or edit the temporary allowlist (while the daemon is stopped).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List every record: address, then each test's expiry.
+    List(CacheArgs),
+    /// Delete the record of one address.
+    Del {
+        addr: std::net::IpAddr,
+        #[command(flatten)]
+        args: CacheArgs,
+    },
+    /// Delete every record.
+    Flush(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The configuration file whose `state_dir` holds the allowlist.
+    #[arg(long, default_value = paths::DEFAULT_CONFIG)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +163,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Deny(cmd) => list::deny(&cli.pin_dir, cmd),
         Command::Allow(cmd) => list::allow(&cli.pin_dir, cmd),
         Command::Run(args) => run::run(&cli.pin_dir, &args),
+        Command::CheckConfig { file } => check_config::run(&file),
+        Command::Cache(cmd) => cache::run(cmd),
     }
 }
 

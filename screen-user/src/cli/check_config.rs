@@ -1,0 +1,16 @@
+//! `smtp-screen check-config FILE`: everything the daemon would refuse, without starting it.
+
+use std::path::Path;
+
+use crate::{config::Config, daemon::Prepared};
+
+pub fn run(file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let prepared = Prepared::new(&config, dir)?;
+    for warning in &prepared.warnings {
+        eprintln!("smtp-screen: warning: {warning}");
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
