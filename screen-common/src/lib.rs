@@ -97,8 +97,9 @@ pub struct DynKeyV6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEntry {
-    /// Expiry on the kernel's monotonic clock (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`), in
-    /// nanoseconds. The program ignores an entry once this time has passed; the daemon sweeps it.
+    /// Expiry on the kernel's monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds. The program
+    /// compares it with `bpf_ktime_get_coarse_ns` and ignores the entry once this time has
+    /// passed (at most one scheduler tick late); the daemon sweeps it.
     pub expires_ns: u64,
     /// Why the address is denied ([`Origin`]).
     pub origin: u32,

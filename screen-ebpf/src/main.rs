@@ -7,7 +7,8 @@
 //!
 //! # Minimum kernel version
 //!
-//! 5.10: BTF-defined maps, LPM tries, LRU hashes and XDP links.
+//! 5.11: BTF-defined maps, LPM tries, LRU hashes, XDP links (5.10) and
+//! `bpf_ktime_get_coarse_ns` (5.11).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -707,7 +707,7 @@ fn verdicts_match_the_reference_parser() {
             .expect("adding a dynamic entry");
     }
     // Past the expiry of the 1 ns entries.
-    thread::sleep(Duration::from_millis(5));
+    thread::sleep(Duration::from_millis(20));
 
     let drop_phase = run_phase(&screen, &world, &mut rng, seed, false, DROP_PHASE_FRAMES);
     report("drop action", &drop_phase);

@@ -240,7 +240,7 @@ fn v6_syn_from_dynamic_deny_entry_is_dropped() {
 fn add_expired(maps: &mut Maps, addr: IpAddr) {
     maps.add_dynamic(host(addr), Duration::from_nanos(1), Origin::Policy, 1)
         .expect("adding a dynamic deny entry");
-    thread::sleep(Duration::from_millis(5));
+    thread::sleep(Duration::from_millis(20));
     assert!(
         maps.dynamic_entries()
             .expect("listing dynamic entries")

@@ -1,6 +1,6 @@
 //! The clock the program compares dynamic deny expiries with.
 
-/// `CLOCK_MONOTONIC` in nanoseconds: what `bpf_ktime_get_ns` returns in the program.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the program reads (coarsely) for expiries.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

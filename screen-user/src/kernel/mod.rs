@@ -3,7 +3,7 @@
 //!
 //! # Minimum kernel version
 //!
-//! 5.10 (XDP links, BTF-defined maps).
+//! 5.11 (XDP links, BTF-defined maps, `bpf_ktime_get_coarse_ns` in the program).
 
 pub mod bpffs;
 pub mod clock;
