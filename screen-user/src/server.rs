@@ -137,8 +137,8 @@ impl Screen {
         ));
 
         let (client_slot, admitted) = self.limits.connect(client.ip());
-        let concurrency = match admitted {
-            Ok(n) => n,
+        match admitted {
+            Ok(_) => {}
             Err(Refusal::TooManyFromClient) => {
                 self.log.info(format_args!(
                     "NOQUEUE: reject: CONNECT from {}: too many connections",
@@ -204,8 +204,11 @@ impl Screen {
         } else {
             self.cache.get(client.ip())
         };
+        // postscreen consults the cache only for a client's first concurrent session and
+        // shares in-memory state between the others; here every session reads the same
+        // record, which comes to the same thing.
         let screening = match cache::start(cached.as_ref(), &self.enabled, now) {
-            Start::PassOld if concurrency == 1 => {
+            Start::PassOld => {
                 self.log
                     .info(format_args!("PASS OLD {}", ClientAddr(client)));
                 self.forget_failures(client.ip());
@@ -213,10 +216,6 @@ impl Screen {
                 self.hand_off(stream, client, server, &session).await;
                 return;
             }
-            Start::PassOld => match cache::start(None, &self.enabled, now) {
-                Start::Screen(s) => s,
-                Start::PassOld => unreachable!("a new client always has tests due"),
-            },
             Start::Screen(s) => s,
         };
 
