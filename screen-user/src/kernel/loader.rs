@@ -403,20 +403,22 @@ pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("{LINK_PREFIX}{iface}"))
 }
 
+/// The entries of the pin directory; none when it does not exist.
+fn pin_entries(pin_dir: &Path) -> Result<Vec<std::fs::DirEntry>, KernelError> {
+    match std::fs::read_dir(pin_dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(KernelError::ReadPinDir {
+            path: pin_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// The interfaces with a pinned link, and what the kernel says about each.
 pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, KernelError> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(pin_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
-            return Err(KernelError::ReadPinDir {
-                path: pin_dir.to_path_buf(),
-                source,
-            });
-        }
-    };
-    for entry in entries.flatten() {
+    for entry in pin_entries(pin_dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(iface) = name.strip_prefix(LINK_PREFIX) else {
             continue;
@@ -450,17 +452,7 @@ pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, KernelError> {
 /// interfaces that were detached.
 pub fn unload(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
     let mut detached = Vec::new();
-    let entries = match std::fs::read_dir(pin_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(detached),
-        Err(source) => {
-            return Err(KernelError::ReadPinDir {
-                path: pin_dir.to_path_buf(),
-                source,
-            });
-        }
-    };
-    for entry in entries.flatten() {
+    for entry in pin_entries(pin_dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
@@ -479,10 +471,16 @@ pub fn unload(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
             remove_pin(&path)?;
         }
     }
-    std::fs::remove_dir(pin_dir).map_err(|source| KernelError::Remove {
-        path: pin_dir.to_path_buf(),
-        source,
-    })?;
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(KernelError::Remove {
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
+    }
     detached.sort();
     Ok(detached)
 }
