@@ -196,6 +196,60 @@ pub struct Config {
     #[serde(deserialize_with = "yes_no")]
     pub soft_bounce: bool,
 
+    // --- DNSBL and DNSWL scoring ---
+    /// `domain[=filter][*weight]` entries, comma or space separated; empty disables the test.
+    pub dnsbl_sites: String,
+    /// A client whose score reaches this fails the DNSBL test.
+    pub dnsbl_threshold: i32,
+    /// What happens to a client that fails the DNSBL test.
+    pub dnsbl_action: TestAction,
+    /// A client at or below this score (when negative) is allowlisted by DNSWL: it skips the
+    /// greet wait and every other test until the DNS TTL.
+    pub dnsbl_allowlist_threshold: i32,
+    /// Time allowed for the DNSBL answers.
+    #[serde(deserialize_with = "time_value")]
+    pub dnsbl_timeout: Duration,
+    /// Shortest time a DNSBL pass is remembered, whatever the DNS TTL.
+    #[serde(deserialize_with = "time_value")]
+    pub dnsbl_min_ttl: Duration,
+    /// Longest time a DNSBL pass is remembered.
+    #[serde(deserialize_with = "time_value")]
+    pub dnsbl_max_ttl: Duration,
+    /// The name shown in replies for each list domain (hides keyed query domains).
+    pub dnsbl_reply_map: std::collections::BTreeMap<String, String>,
+    /// DNS servers to ask instead of the host's resolver configuration.
+    pub dns_servers: Vec<SocketAddr>,
+
+    // --- Deep protocol tests (after the greeting) ---
+    /// Fail clients that send commands before the reply to the previous one.
+    #[serde(deserialize_with = "yes_no")]
+    pub pipelining_enable: bool,
+    pub pipelining_action: TestAction,
+    #[serde(deserialize_with = "time_value")]
+    pub pipelining_ttl: Duration,
+    /// Fail clients that send header lines, HTTP or other non-SMTP commands.
+    #[serde(deserialize_with = "yes_no")]
+    pub non_smtp_command_enable: bool,
+    pub non_smtp_command_action: TestAction,
+    #[serde(deserialize_with = "time_value")]
+    pub non_smtp_command_ttl: Duration,
+    /// Commands that count as non-SMTP (besides `Word:` header labels and commands that do
+    /// not start with a letter).
+    pub forbidden_commands: Vec<String>,
+    /// Fail clients that end lines with a bare LF.
+    #[serde(deserialize_with = "yes_no")]
+    pub bare_newline_enable: bool,
+    pub bare_newline_action: TestAction,
+    #[serde(deserialize_with = "time_value")]
+    pub bare_newline_ttl: Duration,
+    /// Clients allowlisted by DNSWL score skip the deep tests (and their 450 at RCPT).
+    #[serde(deserialize_with = "yes_no")]
+    pub deep_tests_skip_dnswl: bool,
+    /// Certificate (PEM, with its chain) for STARTTLS in the dummy engine; empty: no STARTTLS.
+    pub tls_cert_file: String,
+    /// Private key (PEM) for `tls_cert_file`.
+    pub tls_key_file: String,
+
     // --- The kernel layer (smtp-screen's own) ---
     /// Interfaces the XDP SYN screen is attached to. Empty: no kernel screening.
     pub interfaces: Vec<String>,
@@ -262,6 +316,28 @@ impl Default for Config {
             reject_footer: String::new(),
             line_length_limit: 2048,
             soft_bounce: false,
+            dnsbl_sites: String::new(),
+            dnsbl_threshold: 1,
+            dnsbl_action: TestAction::Ignore,
+            dnsbl_allowlist_threshold: 0,
+            dnsbl_timeout: Duration::from_secs(10),
+            dnsbl_min_ttl: Duration::from_secs(60),
+            dnsbl_max_ttl: Duration::from_secs(3_600),
+            dnsbl_reply_map: Default::default(),
+            dns_servers: Vec::new(),
+            pipelining_enable: false,
+            pipelining_action: TestAction::Enforce,
+            pipelining_ttl: Duration::from_secs(30 * 86_400),
+            non_smtp_command_enable: false,
+            non_smtp_command_action: TestAction::Drop,
+            non_smtp_command_ttl: Duration::from_secs(30 * 86_400),
+            forbidden_commands: vec!["CONNECT".into(), "GET".into(), "POST".into()],
+            bare_newline_enable: false,
+            bare_newline_action: TestAction::Ignore,
+            bare_newline_ttl: Duration::from_secs(30 * 86_400),
+            deep_tests_skip_dnswl: true,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             interfaces: Vec::new(),
             xdp_mode: AttachMode::Native,
             protected_ports: vec![screen_common::ScreenConfig::SMTP_PORT],
@@ -544,6 +620,22 @@ impl Config {
                 ),
             ));
         }
+        if self.dnsbl_min_ttl > self.dnsbl_max_ttl {
+            return Err((
+                "dnsbl_min_ttl",
+                "dnsbl_min_ttl is longer than dnsbl_max_ttl".into(),
+            ));
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err((
+                if self.tls_cert_file.is_empty() {
+                    "tls_key_file"
+                } else {
+                    "tls_cert_file"
+                },
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
         if self.syslog_name.trim().is_empty() {
             return Err(("syslog_name", "must not be empty".into()));
         }
@@ -609,6 +701,22 @@ mod tests {
         assert_eq!(config.allowlist_interfaces, "static:all");
         assert_eq!(config.line_length_limit, 2048);
         assert!(!config.soft_bounce);
+        assert_eq!(config.dnsbl_threshold, 1);
+        assert_eq!(config.dnsbl_action, TestAction::Ignore);
+        assert_eq!(config.dnsbl_allowlist_threshold, 0);
+        assert_eq!(config.dnsbl_timeout, Duration::from_secs(10));
+        assert_eq!(config.dnsbl_min_ttl, Duration::from_secs(60));
+        assert_eq!(config.dnsbl_max_ttl, Duration::from_secs(3600));
+        assert!(
+            !config.pipelining_enable
+                && !config.non_smtp_command_enable
+                && !config.bare_newline_enable
+        );
+        assert_eq!(config.pipelining_action, TestAction::Enforce);
+        assert_eq!(config.non_smtp_command_action, TestAction::Drop);
+        assert_eq!(config.bare_newline_action, TestAction::Ignore);
+        assert_eq!(config.pipelining_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.forbidden_commands, ["CONNECT", "GET", "POST"]);
         assert_eq!(config.deny_window, Duration::from_secs(600));
         assert_eq!(config.deny_ttl, Duration::from_secs(3600));
     }
@@ -754,6 +862,10 @@ mod tests {
                 "a loop",
             ),
             ("\nlisten = []\n", 2, "at least one listen address"),
+            ("dnsbl_min_ttl = \"2h\"\n", 1, "longer than dnsbl_max_ttl"),
+            ("\ntls_cert_file = \"/etc/cert.pem\"\n", 2, "go together"),
+            ("pipelining_enable = \"perhaps\"\n", 1, "expected yes or no"),
+            ("dnsbl_reply_map = \"x\"\n", 1, ""),
         ];
         for (text, line, what) in cases {
             let err = parse(text).unwrap_err();
