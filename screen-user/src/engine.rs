@@ -4,9 +4,9 @@
 //! (`450 4.3.2 Service currently unavailable` unless an enforce action chose a 550), and the
 //! client that passed gets its mail through on its next connection.
 //!
-//! The engine is a state machine without I/O: [`Engine::on_command`] takes one command line
-//! and returns a [`Step`] (the reply to send, the [`Event`]s to log and whether the session
-//! goes on). [`serve`] drives it over any tokio stream with a [`LineReader`], the per-command
+//! The engine is a state machine without I/O: [`Engine::on_line`] takes one command line as
+//! the [`LineReader`] yields it ([`Engine::on_command`] takes bare text) and returns a
+//! [`Step`] (the reply to send, the [`Event`]s to log and whether the session goes on). [`serve`] drives it over any tokio stream with a [`LineReader`], the per-command
 //! time limit and end-of-input handling. Logging is the caller's: each event renders
 //! postscreen's exact log text through [`Event::line`].
 //!
@@ -14,6 +14,16 @@
 //! connection-level ones included, so the whole daemon answers with the same words.
 //! [`ReplyStyle`] applies `soft_bounce` and `reject_footer` to a reply, as postscreen does
 //! to everything it sends.
+//!
+//! The engine runs postscreen's three deep protocol tests ([`DeepTests`], each with its own
+//! [`TestAction`]): command pipelining, non-SMTP commands and bare newlines. It reports each
+//! violation as an [`Event`] with postscreen's log text, answers `drop` at once, makes
+//! `enforce` refuse every later RCPT, and keeps per test what the session earned
+//! ([`DeepTestResults`]): a test passes only when the client reaches RCPT TO cleanly.
+//!
+//! [`serve_with_tls`] adds STARTTLS: it accepts the command with `220 2.0.0 Ready to start
+//! TLS`, drops any plaintext sent behind it, runs the handshake under a time limit and goes
+//! on with the same session over TLS (postscreen does this through `tlsproxy(8)`).
 //!
 //! Where this engine parts from postscreen, it says so next to the code: logged fields are
 //! bounded and escaped, and a run of CRs cannot stretch a line past the length limit.
@@ -30,7 +40,13 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
-use crate::smtp_line::{DEFAULT_LINE_LENGTH_LIMIT, LineError, LineReader};
+use crate::{
+    cache::{Outcome as TestOutcome, SessionResults, Test},
+    config::TestAction,
+    escape::c_escape,
+    smtp_line::{DEFAULT_LINE_LENGTH_LIMIT, Line, LineEnding, LineError, LineReader},
+    tls::{self, TlsAcceptor},
+};
 
 /// A reply, a setting or a footer that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +88,27 @@ const MAX_HOSTNAME: usize = 255;
 /// The longest `reject_footer` template, and the most lines it may produce.
 const MAX_FOOTER_TEMPLATE: usize = 1024;
 const MAX_FOOTER_LINES: usize = 16;
+
+/// How many bytes of client input postscreen escapes into a deep test's log line (its
+/// `PSC_SMTPD_ESCAPE_TEXT(…, 100)`); escaped, they take at most four times as many.
+pub const LOGGED_INPUT_BYTES: usize = 100;
+
+/// postscreen prints at most this much of a command name (`%.100s`).
+const LOGGED_COMMAND_BYTES: usize = 100;
+
+/// `postscreen_forbidden_commands` as Postfix 3.7 and later ship it
+/// (`$smtpd_forbidden_commands`).
+pub const DEFAULT_FORBIDDEN_COMMANDS: &str = "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}";
+
+/// The most entries a forbidden command list may have, and the longest entry.
+pub const MAX_FORBIDDEN_COMMANDS: usize = 64;
+pub const MAX_FORBIDDEN_COMMAND_LEN: usize = 64;
+
+/// How long closing a TLS session (its close_notify) may take after the last reply.
+const TLS_CLOSE_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest handshake error text put in a log line.
+const MAX_TLS_ERROR_TEXT: usize = 200;
 
 // ---------------------------------------------------------------------------------------
 // Replies
@@ -735,6 +772,359 @@ fn format_timestamp(month: i32, day: i32, hour: i32, minute: i32, second: i32) -
 }
 
 // ---------------------------------------------------------------------------------------
+// Deep protocol tests
+
+/// One of postscreen's tests after the 220 greeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeepTest {
+    /// `postscreen_pipelining_enable`: the client sent a command before the reply to the
+    /// previous one (the engine never announces PIPELINING).
+    Pipelining,
+    /// `postscreen_non_smtp_command_enable`: a header line, invalid UTF-8, or a forbidden
+    /// command such as `GET` or `CONNECT`.
+    NonSmtpCommand,
+    /// `postscreen_bare_newline_enable`: a line ended in LF without CR.
+    BareNewline,
+}
+
+impl DeepTest {
+    pub const ALL: [DeepTest; 3] = [
+        DeepTest::Pipelining,
+        DeepTest::NonSmtpCommand,
+        DeepTest::BareNewline,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            DeepTest::Pipelining => 0,
+            DeepTest::NonSmtpCommand => 1,
+            DeepTest::BareNewline => 2,
+        }
+    }
+
+    /// The reply to a violation whose action is `drop`.
+    fn drop_reply(self) -> Reply {
+        match self {
+            DeepTest::NonSmtpCommand => Reply::non_smtp_command_drop(),
+            DeepTest::Pipelining | DeepTest::BareNewline => Reply::protocol_error_drop(),
+        }
+    }
+}
+
+impl From<DeepTest> for Test {
+    fn from(test: DeepTest) -> Self {
+        match test {
+            DeepTest::Pipelining => Test::Pipelining,
+            DeepTest::NonSmtpCommand => Test::NonSmtpCommand,
+            DeepTest::BareNewline => Test::BareNewline,
+        }
+    }
+}
+
+/// One entry of `postscreen_forbidden_commands`: a command word, or postscreen 3.7's
+/// `regexp:{{/^[^A-Z]/ Bogus}}` (a command that does not start with a letter), which the
+/// engine knows as a built-in rule instead of running a regular expression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForbiddenCommand(ForbiddenRule);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ForbiddenRule {
+    /// Compared without regard to case, as Postfix's string lists compare.
+    Name(String),
+    NotStartingWithLetter,
+}
+
+impl ForbiddenCommand {
+    /// postscreen's default list, [`DEFAULT_FORBIDDEN_COMMANDS`].
+    pub fn defaults() -> Vec<Self> {
+        vec![
+            Self(ForbiddenRule::Name("CONNECT".into())),
+            Self(ForbiddenRule::Name("GET".into())),
+            Self(ForbiddenRule::Name("POST".into())),
+            Self(ForbiddenRule::NotStartingWithLetter),
+        ]
+    }
+
+    /// A command that does not start with an ASCII letter (such as a TLS ClientHello sent
+    /// without STARTTLS).
+    pub fn not_starting_with_letter() -> Self {
+        Self(ForbiddenRule::NotStartingWithLetter)
+    }
+
+    /// Parses a list in Postfix syntax (entries separated by spaces or commas), such as
+    /// [`DEFAULT_FORBIDDEN_COMMANDS`]. An empty list forbids nothing. Besides command words,
+    /// the one table accepted is an inline `regexp:` or `pcre:` table holding only the rule
+    /// `/^[^A-Z]/` (its result text does not matter).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, EngineError> {
+        let err = |why: String| forbidden_error(text, why);
+        if text.len() > MAX_FORBIDDEN_COMMANDS * (MAX_FORBIDDEN_COMMAND_LEN + 1) {
+            return Err(err("the list is too long".into()));
+        }
+        let entries = split_postfix_list(text).map_err(&err)?;
+        if entries.len() > MAX_FORBIDDEN_COMMANDS {
+            return Err(err(format!("more than {MAX_FORBIDDEN_COMMANDS} entries")));
+        }
+        entries
+            .into_iter()
+            .map(|entry| Self::parse_entry(entry).map_err(|why| err(format!("{entry:?}: {why}"))))
+            .collect()
+    }
+
+    /// One entry of the list, for a configuration that gives the entries one by one: a
+    /// command word, or the inline table described at [`parse_list`](Self::parse_list).
+    pub fn parse(entry: &str) -> Result<Self, EngineError> {
+        Self::parse_entry(entry.trim()).map_err(|why| forbidden_error(entry, why))
+    }
+
+    fn parse_entry(entry: &str) -> Result<Self, String> {
+        if let Some((kind, body)) = split_table(entry) {
+            if kind != "regexp" && kind != "pcre" {
+                return Err(format!(
+                    "{kind}: tables are not supported; list command names, or \
+                     regexp:{{{{/^[^A-Z]/ Bogus}}}}"
+                ));
+            }
+            return parse_inline_rule(body).map(|()| Self(ForbiddenRule::NotStartingWithLetter));
+        }
+        if entry.is_empty() {
+            return Err("an empty entry".into());
+        }
+        if entry.starts_with('!') {
+            return Err("negated entries are not supported".into());
+        }
+        if entry.len() > MAX_FORBIDDEN_COMMAND_LEN {
+            return Err(format!("longer than {MAX_FORBIDDEN_COMMAND_LEN} bytes"));
+        }
+        if !entry.bytes().all(|b| b.is_ascii_graphic()) || entry.contains(['{', '}']) {
+            return Err("a command name is printable ASCII without braces".into());
+        }
+        Ok(Self(ForbiddenRule::Name(entry.to_string())))
+    }
+
+    /// Whether the command word `command` (as the client sent it) is forbidden.
+    pub fn matches(&self, command: &[u8]) -> bool {
+        match &self.0 {
+            ForbiddenRule::Name(name) => command.eq_ignore_ascii_case(name.as_bytes()),
+            ForbiddenRule::NotStartingWithLetter => {
+                command.first().is_some_and(|b| !b.is_ascii_alphabetic())
+            }
+        }
+    }
+}
+
+/// The entry as it is written in the configuration.
+impl fmt::Display for ForbiddenCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            ForbiddenRule::Name(name) => f.write_str(name),
+            ForbiddenRule::NotStartingWithLetter => f.write_str("regexp:{{/^[^A-Z]/ Bogus}}"),
+        }
+    }
+}
+
+fn forbidden_error(value: &str, why: String) -> EngineError {
+    EngineError::Setting {
+        setting: "forbidden_commands",
+        value: value.to_string(),
+        why,
+    }
+}
+
+/// Splits a Postfix list at spaces and commas outside braces.
+fn split_postfix_list(text: &str) -> Result<Vec<&str>, String> {
+    let mut entries = Vec::new();
+    let mut depth = 0usize;
+    let mut start = None;
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("a '}}' without '{{' at byte {at}"))?;
+            }
+            c if depth == 0 && (c == ',' || c.is_whitespace()) => {
+                if let Some(begin) = start.take() {
+                    entries.push(&text[begin..at]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        start.get_or_insert(at);
+    }
+    if depth > 0 {
+        return Err("a '{' without '}'".into());
+    }
+    if let Some(begin) = start {
+        entries.push(&text[begin..]);
+    }
+    Ok(entries)
+}
+
+/// `type:rest` when `entry` names a table (a type of letters and digits before a colon).
+fn split_table(entry: &str) -> Option<(&str, &str)> {
+    let (kind, body) = entry.split_once(':')?;
+    (!kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((kind, body))
+}
+
+/// Accepts an inline table body `{{/^[^A-Z]/ result}}` (spaces allowed inside the braces).
+fn parse_inline_rule(body: &str) -> Result<(), String> {
+    let unsupported = || {
+        "only the inline table {{/^[^A-Z]/ Bogus}} (a command that does not start with a \
+         letter) is supported"
+            .to_string()
+    };
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(unsupported)?
+        .trim();
+    let rule = inner
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(unsupported)?
+        .trim();
+    // One rule: another would be in braces of its own.
+    if rule.contains(['{', '}']) {
+        return Err(unsupported());
+    }
+    let result = rule.strip_prefix("/^[^A-Z]/").ok_or_else(unsupported)?;
+    // A flag after the pattern (`/^[^A-Z]/i`) would change what it matches.
+    if !(result.is_empty() || result.starts_with(char::is_whitespace)) {
+        return Err(unsupported());
+    }
+    Ok(())
+}
+
+/// Which deep tests run, with what action, and postscreen's forbidden command list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeepTests {
+    /// `postscreen_pipelining_enable` and `…_action`; `None`: the test does not run.
+    pub pipelining: Option<TestAction>,
+    /// `postscreen_non_smtp_command_enable` and `…_action`.
+    pub non_smtp_command: Option<TestAction>,
+    /// `postscreen_bare_newline_enable` and `…_action`.
+    pub bare_newline: Option<TestAction>,
+    /// `postscreen_forbidden_commands`: commands the non-SMTP test refuses besides header
+    /// lines and invalid UTF-8 (see [`ForbiddenCommand::parse_list`]).
+    pub forbidden_commands: Vec<ForbiddenCommand>,
+}
+
+impl Default for DeepTests {
+    /// postscreen's defaults: no deep test runs; the 3.7 forbidden command list.
+    fn default() -> Self {
+        Self {
+            pipelining: None,
+            non_smtp_command: None,
+            bare_newline: None,
+            forbidden_commands: ForbiddenCommand::defaults(),
+        }
+    }
+}
+
+impl DeepTests {
+    pub fn action(&self, test: DeepTest) -> Option<TestAction> {
+        match test {
+            DeepTest::Pipelining => self.pipelining,
+            DeepTest::NonSmtpCommand => self.non_smtp_command,
+            DeepTest::BareNewline => self.bare_newline,
+        }
+    }
+}
+
+/// What one session earned in each deep test (values of [`crate::cache::Outcome`]):
+/// `NotCompleted` when the test did not run or the client never reached RCPT TO, `Passed`
+/// when it reached RCPT TO without violating the test, `Ignored` after a violation whose
+/// action is `ignore` (the caller counts it passed until the shortest TTL), `Failed` after
+/// one whose action is `enforce` or `drop`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeepTestResults {
+    pub pipelining: TestOutcome,
+    pub non_smtp_command: TestOutcome,
+    pub bare_newline: TestOutcome,
+}
+
+impl DeepTestResults {
+    pub fn get(&self, test: DeepTest) -> TestOutcome {
+        match test {
+            DeepTest::Pipelining => self.pipelining,
+            DeepTest::NonSmtpCommand => self.non_smtp_command,
+            DeepTest::BareNewline => self.bare_newline,
+        }
+    }
+
+    /// Copies the results into the session's record for [`crate::cache::conclude`], leaving
+    /// a test that did not complete here as it was.
+    pub fn record_into(&self, results: &mut SessionResults) {
+        for test in DeepTest::ALL {
+            let outcome = self.get(test);
+            if outcome == TestOutcome::NotCompleted {
+                continue;
+            }
+            match test {
+                DeepTest::Pipelining => results.pipelining = outcome,
+                DeepTest::NonSmtpCommand => results.non_smtp_command = outcome,
+                DeepTest::BareNewline => results.bare_newline = outcome,
+            }
+        }
+    }
+}
+
+/// One deep test in one session.
+#[derive(Clone, Copy, Debug, Default)]
+struct DeepTestState {
+    action: Option<TestAction>,
+    /// The client violated the test: it is not checked again this session.
+    fired: bool,
+    outcome: TestOutcome,
+}
+
+/// Postfix's `is_header()`: a label of printable ASCII (no space, no colon), optional
+/// spaces or tabs, then a colon.
+fn is_header(command: &[u8]) -> bool {
+    let label = command
+        .iter()
+        .take_while(|&&b| b.is_ascii_graphic() && b != b':')
+        .count();
+    if label == 0 {
+        return false;
+    }
+    let rest = &command[label..];
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    rest.get(blanks) == Some(&b':')
+}
+
+/// A command word as postscreen prints it (`printable(command, '?')`, `%.100s`): printable
+/// ASCII kept, other printable characters kept when SMTPUTF8 is on, every other byte `?`.
+fn printable_command(command: &[u8], utf8: bool) -> String {
+    // Every byte yields at least one byte of output, so the first 100 are all that show.
+    let command = &command[..command.len().min(LOGGED_COMMAND_BYTES)];
+    let mut out = String::new();
+    for chunk in command.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == ' ' || c.is_ascii_graphic() || (utf8 && !c.is_ascii() && !c.is_control()) {
+                out.push(c);
+            } else {
+                out.extend(std::iter::repeat_n('?', c.len_utf8()));
+            }
+        }
+        out.extend(std::iter::repeat_n('?', chunk.invalid().len()));
+    }
+    truncate_at_char(&mut out, LOGGED_COMMAND_BYTES);
+    out
+}
+
+/// Client input as a deep test logs it: its first [`LOGGED_INPUT_BYTES`] bytes, C-escaped.
+fn escape_input(bytes: &[u8]) -> String {
+    let bytes = &bytes[..bytes.len().min(LOGGED_INPUT_BYTES)];
+    c_escape(bytes, 4 * LOGGED_INPUT_BYTES)
+}
+
+// ---------------------------------------------------------------------------------------
 // Settings
 
 /// The engine's configuration, with postscreen's defaults.
@@ -765,6 +1155,8 @@ pub struct EngineSettings {
     pub message_size_limit: u64,
     /// STARTTLS is announced and accepted (`postscreen_tls_security_level` may/encrypt).
     pub starttls_offered: bool,
+    /// The deep protocol tests: none by default, as in postscreen.
+    pub deep_tests: DeepTests,
 }
 
 impl Default for EngineSettings {
@@ -790,6 +1182,7 @@ impl EngineSettings {
             smtputf8: true,
             message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
             starttls_offered: false,
+            deep_tests: DeepTests::default(),
         }
     }
 
@@ -837,6 +1230,13 @@ impl EngineSettings {
                 "line_length_limit",
                 &self.line_length_limit,
                 &format!("must be {MIN_LINE_LENGTH_LIMIT}..={max_line}"),
+            ));
+        }
+        if self.deep_tests.forbidden_commands.len() > MAX_FORBIDDEN_COMMANDS {
+            return Err(err(
+                "forbidden_commands",
+                &self.deep_tests.forbidden_commands.len(),
+                &format!("more than {MAX_FORBIDDEN_COMMANDS} entries"),
             ));
         }
         ReplyStyle::new(self.soft_bounce, self.reject_footer.as_deref())
@@ -892,6 +1292,26 @@ pub enum Event {
     /// `HANGUP after <secs> from [a]:p in tests after SMTP handshake`: the client went away
     /// (or could not be written to) `after` the engine started.
     Hangup { after: Duration },
+    /// `COMMAND PIPELINING from [a]:p after <command>: <pending input>`: the command word as
+    /// the client sent it (printable), and up to [`LOGGED_INPUT_BYTES`] of the input that
+    /// followed it, C-escaped (the lab's `after EHLO: MAIL FROM:<p@example.org>\r\n`).
+    CommandPipelining { command: String, pending: String },
+    /// `NON-SMTP COMMAND from [a]:p after <previous command or CONNECT>: <command> <rest>`:
+    /// the command word (printable) and the rest of its line, C-escaped.
+    NonSmtpCommand {
+        after: &'static str,
+        command: String,
+        rest: String,
+    },
+    /// `BARE NEWLINE from [a]:p after <line>`: the offending line's text, C-escaped (the
+    /// lab's `after EHLO b.example`).
+    BareNewline { line: String },
+    /// `Anonymous TLS connection established from [a]:p: TLSv1.3 with cipher … (256/256
+    /// bits)`, tlsproxy's line after STARTTLS.
+    TlsEstablished { summary: tls::Summary },
+    /// `SSL_accept error from [a]:p: <reason>`, tlsproxy's line for a failed handshake
+    /// (`lost connection` when the client went away).
+    TlsHandshakeFailed { reason: String },
 }
 
 impl Event {
@@ -941,6 +1361,26 @@ impl fmt::Display for EventLine<'_> {
                 "HANGUP after {} from {client} in tests after SMTP handshake",
                 DelayDisplay(*after)
             ),
+            Event::CommandPipelining { command, pending } => write!(
+                f,
+                "COMMAND PIPELINING from {client} after {command}: {pending}"
+            ),
+            Event::NonSmtpCommand {
+                after,
+                command,
+                rest,
+            } => write!(
+                f,
+                "NON-SMTP COMMAND from {client} after {after}: {command} {rest}"
+            ),
+            Event::BareNewline { line } => write!(f, "BARE NEWLINE from {client} after {line}"),
+            Event::TlsEstablished { summary } => write!(
+                f,
+                "Anonymous TLS connection established from {client}: {summary}"
+            ),
+            Event::TlsHandshakeFailed { reason } => {
+                write!(f, "SSL_accept error from {client}: {reason}")
+            }
         }
     }
 }
@@ -1022,8 +1462,11 @@ pub enum SessionEnd {
     Hangup,
     /// STARTTLS was accepted and nothing was sent: the caller sends [`Engine::tls_ready`],
     /// does the handshake and calls [`Engine::tls_established`], or sends
-    /// [`Engine::tls_unavailable`]; then it runs [`serve`] again.
+    /// [`Engine::tls_unavailable`]; then it runs [`serve`] again. [`serve_with_tls`] does
+    /// all of this itself and never returns this.
     StartTls,
+    /// A deep test failed with action `drop`: its `521` reply was sent.
+    Dropped(DeepTest),
 }
 
 /// The engine's answer to one input.
@@ -1105,6 +1548,10 @@ pub struct Engine {
     stopped: Option<SessionEnd>,
     /// When [`serve`] first ran: the start of "tests after SMTP handshake".
     started: Option<Instant>,
+    /// The driver sent the greeting (or decided not to): never twice in a session.
+    greeting_done: bool,
+    /// Indexed by [`DeepTest::index`].
+    deep: [DeepTestState; 3],
 }
 
 impl Engine {
@@ -1115,6 +1562,10 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let settings = settings.into();
         let style = settings.style()?;
+        let mut deep = [DeepTestState::default(); 3];
+        for test in DeepTest::ALL {
+            deep[test.index()].action = settings.deep_tests.action(test);
+        }
         Ok(Self {
             rcpt_reply: settings.rcpt_reply.clone(),
             settings,
@@ -1131,6 +1582,8 @@ impl Engine {
             rcpt_reached: false,
             stopped: None,
             started: None,
+            greeting_done: false,
+            deep,
         })
     }
 
@@ -1163,9 +1616,38 @@ impl Engine {
 
     /// postscreen's X21 mode: answer the next command but QUIT with `reply` and hang up.
     /// Used when a hand-off fails after the `220-` teaser, so that the client never sees
-    /// `220-` followed by `421`.
+    /// `220-` followed by `421`. No deep test runs in this mode.
     pub fn set_final_reply(&mut self, reply: Reply) {
         self.final_reply = Some(reply);
+        for state in &mut self.deep {
+            state.action = None;
+        }
+    }
+
+    /// Runs `test` with `action` in this session, or not at all with `None`, whatever the
+    /// settings say. postscreen turns every deep test on for a client that already failed a
+    /// test before the greeting, for better logging. A test the client already violated
+    /// keeps its result.
+    pub fn set_deep_test(&mut self, test: DeepTest, action: Option<TestAction>) {
+        let state = &mut self.deep[test.index()];
+        if !state.fired {
+            state.action = action;
+        }
+    }
+
+    /// What the session earned in each deep test so far.
+    pub fn deep_test_results(&self) -> DeepTestResults {
+        let outcome = |test: DeepTest| self.deep[test.index()].outcome;
+        DeepTestResults {
+            pipelining: outcome(DeepTest::Pipelining),
+            non_smtp_command: outcome(DeepTest::NonSmtpCommand),
+            bare_newline: outcome(DeepTest::BareNewline),
+        }
+    }
+
+    /// The session runs over TLS.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// The `220` greeting, or `None` for a client that pregreeted or after STARTTLS.
@@ -1230,8 +1712,25 @@ impl Engine {
             .apply(reply, self.client, &self.settings.myhostname)
     }
 
-    /// Handles one command line (without its line ending).
+    /// Handles one command line (without its line ending) that ended in CRLF with nothing
+    /// sent after it: the bare newline and pipelining tests see nothing wrong.
     pub fn on_command(&mut self, line: &[u8]) -> Step {
+        self.on_line(Line {
+            text: line,
+            ending: LineEnding::CrLf,
+            pending: false,
+            following: &[],
+        })
+    }
+
+    /// Handles one command line from the [`LineReader`], with the deep tests: its ending
+    /// for the bare newline test, and the input that followed it for the pipelining test.
+    ///
+    /// In postscreen's order: the bare newline test when the line is read, then the
+    /// non-SMTP and pipelining tests, then the pass at RCPT, the command count, and the
+    /// command itself. A test whose action is `drop` ends the session with its `521` before
+    /// the command runs.
+    pub fn on_line(&mut self, line: Line<'_>) -> Step {
         if let Some(end) = self.stopped {
             return Step {
                 reply: None,
@@ -1239,6 +1738,69 @@ impl Engine {
                 next: Next::Stop(end),
             };
         }
+        let mut events = Vec::new();
+        if line.ending == LineEnding::BareLf && self.armed(DeepTest::BareNewline) {
+            // The whole line, NUL and all, as postscreen escapes its buffer.
+            events.push(Event::BareNewline {
+                line: escape_input(line.text),
+            });
+            if let Some(step) = self.violation(DeepTest::BareNewline, &mut events) {
+                return step;
+            }
+        }
+        let mut step = self.command(line.text, line.following, &mut events);
+        if !events.is_empty() {
+            events.append(&mut step.events);
+            step.events = events;
+        }
+        step
+    }
+
+    /// Whether `test` runs and has not fired yet.
+    fn armed(&self, test: DeepTest) -> bool {
+        let state = &self.deep[test.index()];
+        state.action.is_some() && !state.fired
+    }
+
+    /// Records a violation of an armed `test` (its event is already in `events`) and applies
+    /// its action: the step that ends the session for `drop`, `None` otherwise.
+    fn violation(&mut self, test: DeepTest, events: &mut Vec<Event>) -> Option<Step> {
+        let state = &mut self.deep[test.index()];
+        let action = state.action?;
+        state.fired = true;
+        state.outcome = match action {
+            TestAction::Ignore => TestOutcome::Ignored,
+            TestAction::Enforce | TestAction::Drop => TestOutcome::Failed,
+        };
+        match action {
+            TestAction::Ignore => None,
+            // The last enforce action to set the RCPT reply wins, as in postscreen.
+            TestAction::Enforce => {
+                self.rcpt_reply = Reply::protocol_error_enforce();
+                None
+            }
+            TestAction::Drop => Some(self.stop(
+                test.drop_reply(),
+                std::mem::take(events),
+                SessionEnd::Dropped(test),
+            )),
+        }
+    }
+
+    /// The non-SMTP test's verdict on an unknown command word.
+    fn is_non_smtp(&self, name: &[u8]) -> bool {
+        is_header(name)
+            || (self.settings.smtputf8 && std::str::from_utf8(name).is_err())
+            || self
+                .settings
+                .deep_tests
+                .forbidden_commands
+                .iter()
+                .any(|rule| rule.matches(name))
+    }
+
+    /// Everything after the bare newline test: `events` holds what the deep tests found.
+    fn command(&mut self, line: &[u8], following: &[u8], events: &mut Vec<Event>) -> Step {
         // The command line is a C string in postscreen: a NUL ends it.
         let line = match line.iter().position(|&b| b == 0) {
             Some(nul) => &line[..nul],
@@ -1255,18 +1817,49 @@ impl Engine {
         if command != Some(Command::Quit)
             && let Some(reply) = self.final_reply.clone()
         {
-            return self.stop(reply, Vec::new(), SessionEnd::FinalReply);
+            return self.stop(reply, std::mem::take(events), SessionEnd::FinalReply);
         }
-        // Reaching RCPT is what passes the deep tests, whatever this RCPT's fate.
+        // AUTH, XCLIENT and XFORWARD are known commands: only unknown ones are tested.
+        if command.is_none() && self.armed(DeepTest::NonSmtpCommand) && self.is_non_smtp(name) {
+            events.push(Event::NonSmtpCommand {
+                after: previous,
+                command: printable_command(name, self.settings.smtputf8),
+                rest: escape_input(args),
+            });
+            if let Some(step) = self.violation(DeepTest::NonSmtpCommand, events) {
+                return step;
+            }
+        }
+        // BDAT is followed by its chunk, which is not a pipelined command.
+        if command != Some(Command::Bdat)
+            && !following.is_empty()
+            && self.armed(DeepTest::Pipelining)
+        {
+            events.push(Event::CommandPipelining {
+                command: printable_command(name, self.settings.smtputf8),
+                pending: escape_input(following),
+            });
+            if let Some(step) = self.violation(DeepTest::Pipelining, events) {
+                return step;
+            }
+        }
+        // Reaching RCPT is what passes the deep tests, whatever this RCPT's fate; a later
+        // violation can still fail them.
         if command == Some(Command::Rcpt) {
             self.rcpt_reached = true;
+            for state in &mut self.deep {
+                if state.action.is_some() && !state.fired {
+                    state.outcome = TestOutcome::Passed;
+                }
+            }
         }
         self.command_count = self.command_count.saturating_add(1);
         if self.command_count > self.settings.command_count_limit && command != Some(Command::Quit)
         {
+            events.push(Event::CommandCountLimit { after: previous });
             return self.stop(
                 Reply::service_unavailable_421(&self.settings.myhostname),
-                vec![Event::CommandCountLimit { after: previous }],
+                std::mem::take(events),
                 SessionEnd::CommandCountLimit,
             );
         }
@@ -1596,6 +2189,19 @@ pub struct Outcome {
     /// The client reached RCPT: the deep tests pass.
     pub rcpt_reached: bool,
     pub end: SessionEnd,
+    /// What the session earned in each deep test ([`Engine::deep_test_results`]).
+    pub deep_tests: DeepTestResults,
+}
+
+impl Engine {
+    fn outcome(&self, events: Vec<Event>, end: SessionEnd) -> Outcome {
+        Outcome {
+            events,
+            rcpt_reached: self.rcpt_reached,
+            end,
+            deep_tests: self.deep_test_results(),
+        }
+    }
 }
 
 /// Runs the engine over `stream` until the session ends.
@@ -1609,7 +2215,8 @@ pub struct Outcome {
 /// After [`SessionEnd::StartTls`] nothing was sent: the caller answers and runs `serve`
 /// again, on the TLS stream after a handshake. Client input buffered behind STARTTLS is
 /// dropped with this run's reader, so nothing sent in plaintext is taken as sent over TLS.
-/// After any other end the caller closes the connection.
+/// After any other end the caller closes the connection. [`serve_with_tls`] does the
+/// STARTTLS part itself.
 pub async fn serve<S, F>(
     stream: &mut S,
     engine: &mut Engine,
@@ -1620,20 +2227,186 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Event),
 {
-    let started = *engine.started.get_or_insert_with(Instant::now);
-    let mut events = Vec::new();
     let mut reader = LineReader::new(engine.settings.line_length_limit);
+    let mut events = Vec::new();
+    let end = run(
+        stream,
+        engine,
+        &mut reader,
+        command_time_limit,
+        &mut on_event,
+        &mut events,
+    )
+    .await;
+    engine.outcome(events, end)
+}
 
-    if let Some(greeting) = engine.greeting()
-        && send(stream, &greeting, command_time_limit).await.is_err()
-    {
-        let step = engine.on_hangup(started.elapsed());
-        return conclude(engine, events, step, &mut on_event);
+/// What [`serve_with_tls`] needs for STARTTLS.
+#[derive(Clone, Copy)]
+pub struct StartTls<'a> {
+    /// The server's certificate and settings ([`tls::load_acceptor`]).
+    pub acceptor: &'a TlsAcceptor,
+    /// How long the handshake may take. postscreen gives tlsproxy the normal command time
+    /// limit, never the shorter one of stress mode.
+    pub handshake_time_limit: Duration,
+}
+
+/// [`serve`] with STARTTLS handled: the whole session, over `stream` and then, once the
+/// client asked for it, over TLS.
+///
+/// When the engine accepts STARTTLS ([`EngineSettings::starttls_offered`]), this sends
+/// `220 2.0.0 Ready to start TLS`, forgets every byte the client sent after the command
+/// (the defence against STARTTLS command injection: nothing sent in plaintext is read as if
+/// it came over TLS), and runs the handshake within `handshake_time_limit`. The session then
+/// goes on over TLS, without a second greeting, and its log gets tlsproxy's `Anonymous TLS
+/// connection established` line. A failed handshake ends the session with tlsproxy's
+/// `SSL_accept error` line and a hangup. Without `starttls` the client is told `454 4.7.0
+/// TLS not available due to local problem` and the session goes on in plaintext.
+///
+/// The connection is closed when this returns (a TLS session with its close_notify).
+pub async fn serve_with_tls<S, F>(
+    mut stream: S,
+    engine: &mut Engine,
+    command_time_limit: Duration,
+    starttls: Option<StartTls<'_>>,
+    mut on_event: F,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&Event),
+{
+    let limit = command_time_limit;
+    let mut reader = LineReader::new(engine.settings.line_length_limit);
+    let mut events = Vec::new();
+    let tls = loop {
+        match run(
+            &mut stream,
+            engine,
+            &mut reader,
+            limit,
+            &mut on_event,
+            &mut events,
+        )
+        .await
+        {
+            SessionEnd::StartTls => {}
+            end => return engine.outcome(events, end),
+        }
+        if let Some(tls) = starttls {
+            break tls;
+        }
+        // STARTTLS was offered without a certificate. Buffered input stays: it was sent in
+        // plaintext and is read in plaintext.
+        let reply = engine.tls_unavailable();
+        if send(&mut stream, &reply, limit).await.is_err() {
+            return hang_up(engine, events, &mut on_event);
+        }
+    };
+
+    if send(&mut stream, &engine.tls_ready(), limit).await.is_err() {
+        return hang_up(engine, events, &mut on_event);
+    }
+    reader.clear();
+    let reason = match timeout(tls.handshake_time_limit, tls.acceptor.accept(stream)).await {
+        Ok(Ok(mut stream)) => {
+            let event = Event::TlsEstablished {
+                summary: tls::Summary::of(stream.get_ref().1),
+            };
+            on_event(&event);
+            events.push(event);
+            engine.tls_established();
+            let outcome = loop {
+                match run(
+                    &mut stream,
+                    engine,
+                    &mut reader,
+                    limit,
+                    &mut on_event,
+                    &mut events,
+                )
+                .await
+                {
+                    // The engine refuses a second STARTTLS; answer as if it had not.
+                    SessionEnd::StartTls => {
+                        let reply = engine.tls_unavailable();
+                        if send(&mut stream, &reply, limit).await.is_err() {
+                            break hang_up(engine, events, &mut on_event);
+                        }
+                    }
+                    end => break engine.outcome(events, end),
+                }
+            };
+            // close_notify; the client may be gone already.
+            let _ = timeout(TLS_CLOSE_TIME_LIMIT, stream.shutdown()).await;
+            return outcome;
+        }
+        Ok(Err(e)) => handshake_error(&e),
+        Err(_elapsed) => "handshake timed out".to_string(),
+    };
+    let event = Event::TlsHandshakeFailed { reason };
+    on_event(&event);
+    events.push(event);
+    hang_up(engine, events, &mut on_event)
+}
+
+/// tlsproxy's words for a failed handshake: `lost connection` when the client went away,
+/// otherwise the TLS library's reason, bounded and printable.
+fn handshake_error(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        return "lost connection".to_string();
+    }
+    let mut text: String = error
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    truncate_at_char(&mut text, MAX_TLS_ERROR_TEXT);
+    text
+}
+
+/// Ends the session as a hangup: the client is gone or cannot be written to.
+fn hang_up(
+    engine: &mut Engine,
+    mut events: Vec<Event>,
+    on_event: &mut impl FnMut(&Event),
+) -> Outcome {
+    let started = *engine.started.get_or_insert_with(Instant::now);
+    let step = engine.on_hangup(started.elapsed());
+    for event in &step.events {
+        on_event(event);
+    }
+    events.extend(step.events);
+    engine.outcome(events, SessionEnd::Hangup)
+}
+
+/// Answers commands from `stream` until the engine stops, and says why. `reader` holds input
+/// not yet handled; the greeting goes out once per session.
+async fn run<S, F>(
+    stream: &mut S,
+    engine: &mut Engine,
+    reader: &mut LineReader,
+    command_time_limit: Duration,
+    on_event: &mut F,
+    events: &mut Vec<Event>,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&Event),
+{
+    let started = *engine.started.get_or_insert_with(Instant::now);
+    if !engine.greeting_done {
+        engine.greeting_done = true;
+        if let Some(greeting) = engine.greeting()
+            && send(stream, &greeting, command_time_limit).await.is_err()
+        {
+            let step = engine.on_hangup(started.elapsed());
+            return conclude(events, step, on_event);
+        }
     }
     let mut deadline = Instant::now() + command_time_limit;
     loop {
         let step = match reader.next_line() {
-            Ok(Some(line)) => engine.on_command(line.text),
+            Ok(Some(line)) => engine.on_line(line),
             Err(LineError::TooLong { .. }) => engine.on_line_too_long(),
             Ok(None) => {
                 let spare = reader.spare();
@@ -1664,40 +2437,24 @@ where
             // postscreen treats a failed write like a hangup; after a final reply the
             // session ends anyway.
             let step = engine.on_hangup(started.elapsed());
-            return conclude(engine, events, step, &mut on_event);
+            return conclude(events, step, on_event);
         }
         match step.next {
             Next::Continue => deadline = Instant::now() + command_time_limit,
-            Next::Stop(end) => {
-                return Outcome {
-                    events,
-                    rcpt_reached: engine.rcpt_reached,
-                    end,
-                };
-            }
+            Next::Stop(end) => return end,
         }
     }
 }
 
 /// Ends a run with `step`, which carries no reply.
-fn conclude(
-    engine: &Engine,
-    mut events: Vec<Event>,
-    step: Step,
-    on_event: &mut impl FnMut(&Event),
-) -> Outcome {
+fn conclude(events: &mut Vec<Event>, step: Step, on_event: &mut impl FnMut(&Event)) -> SessionEnd {
     for event in &step.events {
         on_event(event);
     }
     events.extend(step.events);
-    let end = match step.next {
+    match step.next {
         Next::Stop(end) => end,
         Next::Continue => SessionEnd::Hangup,
-    };
-    Outcome {
-        events,
-        rcpt_reached: engine.rcpt_reached,
-        end,
     }
 }
 
@@ -1719,11 +2476,20 @@ async fn send<S: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        path::Path,
+    };
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex},
+        net::{TcpListener, TcpStream},
+    };
+    use tokio_rustls::TlsConnector;
 
     use super::*;
+    use crate::{config::TestAction, smtp_line::LineReader};
 
     const HOST: &str = "mx.example.test";
 
@@ -2891,7 +3657,7 @@ mod tests {
     }
 
     /// Reads one complete reply (up to a line with a space after the code).
-    async fn read_reply(client: &mut DuplexStream) -> String {
+    async fn read_reply<S: AsyncRead + Unpin>(client: &mut S) -> String {
         let mut text = Vec::new();
         loop {
             let mut byte = [0u8; 1];
@@ -3148,5 +3914,1228 @@ mod tests {
         let (outcome, _) = task.await.unwrap();
         assert_eq!(outcome.end, SessionEnd::Hangup);
         assert!(matches!(outcome.events[..], [Event::Hangup { .. }]));
+    }
+
+    // Deep protocol tests
+
+    fn deep_engine(change: impl FnOnce(&mut DeepTests)) -> Engine {
+        engine_with(|s| change(&mut s.deep_tests))
+    }
+
+    /// What the driver would see feeding `chunks` as successive reads.
+    #[derive(Debug, Default)]
+    struct Fed {
+        transcript: String,
+        events: Vec<String>,
+        end: Option<SessionEnd>,
+    }
+
+    fn feed(engine: &mut Engine, chunks: &[&[u8]]) -> Fed {
+        let mut reader = LineReader::new(engine.settings().line_length_limit);
+        let mut fed = Fed::default();
+        for chunk in chunks {
+            assert_eq!(reader.extend(chunk), chunk.len(), "chunk does not fit");
+            while let Some(line) = reader.next_line().unwrap() {
+                let step = engine.on_line(line);
+                fed.transcript
+                    .push_str(&String::from_utf8(step.bytes()).unwrap());
+                fed.events.extend(lines(&step.events));
+                if let Next::Stop(end) = step.next {
+                    fed.end = Some(end);
+                    return fed;
+                }
+            }
+        }
+        fed
+    }
+
+    const PIPELINED: &[u8] = b"EHLO h.example\r\nMAIL FROM:<p@example.org>\r\n";
+
+    #[test]
+    fn the_labs_pipelining_line() {
+        let mut e = deep_engine(|d| d.pipelining = Some(TestAction::Enforce));
+        let fed = feed(&mut e, &[PIPELINED]);
+        assert_eq!(
+            fed.events,
+            [
+                "COMMAND PIPELINING from [127.0.0.11]:58529 after EHLO: MAIL FROM:<p@example.org>\\r\\n"
+            ]
+        );
+        // Both commands are still answered.
+        assert!(fed.transcript.ends_with("250 CHUNKING\r\n250 2.1.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn two_commands_in_one_read_are_pipelining_at_every_split() {
+        let first = b"EHLO h.example\r\n".len();
+        for k in 0..=PIPELINED.len() {
+            let mut e = deep_engine(|d| d.pipelining = Some(TestAction::Enforce));
+            let fed = feed(&mut e, &[&PIPELINED[..k], &PIPELINED[k..]]);
+            assert!(fed.transcript.ends_with("250 2.1.0 Ok\r\n"), "split at {k}");
+            assert_eq!(fed.end, None);
+            if k == first {
+                // The reads split exactly between the commands: a client that waited.
+                assert!(fed.events.is_empty(), "split at {k}: {:?}", fed.events);
+                assert_eq!(e.deep_test_results().pipelining, TestOutcome::NotCompleted);
+                continue;
+            }
+            // What was buffered behind EHLO when it completed.
+            let pending = if k > first {
+                &PIPELINED[first..k]
+            } else {
+                &PIPELINED[first..]
+            };
+            assert_eq!(
+                fed.events,
+                [format!(
+                    "COMMAND PIPELINING from [127.0.0.11]:58529 after EHLO: {}",
+                    c_escape(pending, 1000)
+                )],
+                "split at {k}"
+            );
+            assert_eq!(e.deep_test_results().pipelining, TestOutcome::Failed);
+        }
+    }
+
+    #[test]
+    fn one_command_split_at_every_position_violates_nothing() {
+        let input = b"MAIL FROM:<a@example.org>\r\n";
+        for k in 0..=input.len() {
+            for j in k..=input.len() {
+                let mut e = deep_engine(|d| {
+                    d.pipelining = Some(TestAction::Drop);
+                    d.non_smtp_command = Some(TestAction::Drop);
+                    d.bare_newline = Some(TestAction::Drop);
+                });
+                let fed = feed(&mut e, &[&input[..k], &input[k..j], &input[j..]]);
+                assert_eq!(fed.transcript, "250 2.1.0 Ok\r\n", "split at {k}, {j}");
+                assert!(fed.events.is_empty());
+                assert_eq!(e.deep_test_results(), DeepTestResults::default());
+            }
+        }
+    }
+
+    #[test]
+    fn bare_newline_against_crlf_at_every_split() {
+        for (input, bare) in [
+            (&b"EHLO b.example\n"[..], true),
+            (b"EHLO b.example\r\n", false),
+        ] {
+            for k in 0..=input.len() {
+                let mut e = deep_engine(|d| d.bare_newline = Some(TestAction::Enforce));
+                let fed = feed(&mut e, &[&input[..k], &input[k..]]);
+                // The line is answered either way.
+                assert!(fed.transcript.ends_with("250 CHUNKING\r\n"), "split at {k}");
+                assert_eq!(e.helo(), Some("b.example"));
+                if bare {
+                    // The lab's line for this client.
+                    assert_eq!(
+                        fed.events,
+                        ["BARE NEWLINE from [127.0.0.11]:58529 after EHLO b.example"],
+                        "split at {k}"
+                    );
+                    assert_eq!(e.deep_test_results().bare_newline, TestOutcome::Failed);
+                } else {
+                    assert!(fed.events.is_empty(), "split at {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bare_newline_text_is_escaped_and_bounded() {
+        for (input, logged) in [
+            (&b"NOOP\rX\x01\n"[..], "NOOP\\rX\\001".to_string()),
+            (b"\n", String::new()),
+            // The text after a NUL is logged too, though the command ends there.
+            (b"NOOP\0junk\xff\n", "NOOP\\000junk\\377".to_string()),
+            (
+                format!("NOOP {}\n", "x".repeat(600)).as_bytes(),
+                format!("NOOP {}", "x".repeat(95)),
+            ),
+        ] {
+            let mut e = deep_engine(|d| d.bare_newline = Some(TestAction::Ignore));
+            let fed = feed(&mut e, &[input]);
+            assert_eq!(
+                fed.events,
+                [format!(
+                    "BARE NEWLINE from [127.0.0.11]:58529 after {logged}"
+                )]
+            );
+        }
+    }
+
+    /// (test, reads that violate it right after the greeting, the violation's log line,
+    /// the reply to the offending line when the action is not drop).
+    fn violations() -> [(DeepTest, Vec<&'static [u8]>, &'static str, &'static str); 3] {
+        [
+            (
+                DeepTest::Pipelining,
+                vec![b"EHLO h.example\r\nNOOP\r\n"],
+                "COMMAND PIPELINING from [127.0.0.11]:58529 after EHLO: NOOP\\r\\n",
+                "250 CHUNKING\r\n250 2.0.0 Ok\r\n",
+            ),
+            (
+                DeepTest::NonSmtpCommand,
+                vec![b"EHLO h.example\r\n", b"GET / HTTP/1.0\r\n"],
+                // The lab's line for this client.
+                "NON-SMTP COMMAND from [127.0.0.11]:58529 after EHLO: GET / HTTP/1.0",
+                "502 5.5.2 Error: command not recognized\r\n",
+            ),
+            (
+                DeepTest::BareNewline,
+                vec![b"EHLO h.example\n"],
+                "BARE NEWLINE from [127.0.0.11]:58529 after EHLO h.example",
+                "250 CHUNKING\r\n",
+            ),
+        ]
+    }
+
+    fn with_action(test: DeepTest, action: TestAction) -> Engine {
+        let mut e = engine();
+        e.set_deep_test(test, Some(action));
+        e
+    }
+
+    #[test]
+    fn drop_sends_521_at_once_and_runs_nothing_more() {
+        for (test, reads, logged, _) in violations() {
+            let mut e = with_action(test, TestAction::Drop);
+            let fed = feed(&mut e, &reads);
+            let expected_reply = match test {
+                DeepTest::NonSmtpCommand => "521 5.7.0 Error: I can break rules, too. Goodbye.\r\n",
+                _ => "521 5.5.1 Protocol error\r\n",
+            };
+            assert!(
+                fed.transcript.ends_with(expected_reply),
+                "{test:?}: {}",
+                fed.transcript
+            );
+            // The offending command itself is not answered: the EHLO reply appears only
+            // when the EHLO was a separate read.
+            assert_eq!(
+                fed.transcript.contains("250-mx.example.test"),
+                test == DeepTest::NonSmtpCommand,
+                "{test:?}"
+            );
+            assert_eq!(fed.events, [logged]);
+            assert_eq!(fed.end, Some(SessionEnd::Dropped(test)));
+            assert_eq!(e.deep_test_results().get(test), TestOutcome::Failed);
+            // Nothing after the drop.
+            assert_eq!(e.on_command(b"QUIT").reply, None);
+        }
+    }
+
+    #[test]
+    fn enforce_refuses_every_later_rcpt_with_550() {
+        for (test, reads, logged, reply) in violations() {
+            let mut e = with_action(test, TestAction::Enforce);
+            let fed = feed(&mut e, &reads);
+            assert!(
+                fed.transcript.ends_with(reply),
+                "{test:?}: {}",
+                fed.transcript
+            );
+            assert_eq!(fed.events, [logged]);
+            assert_eq!(fed.end, None);
+            let fed = feed(&mut e, &[b"MAIL FROM:<s@example.org>\r\n"]);
+            assert_eq!(fed.transcript, "250 2.1.0 Ok\r\n");
+            for to in ["r@example.test", "s@example.test"] {
+                let fed = feed(&mut e, &[format!("RCPT TO:<{to}>\r\n").as_bytes()]);
+                assert_eq!(fed.transcript, "550 5.5.1 Protocol error\r\n");
+                assert_eq!(
+                    fed.events,
+                    [format!(
+                        "NOQUEUE: reject: RCPT from [127.0.0.11]:58529: 550 5.5.1 Protocol \
+                         error; from=<s@example.org>, to=<{to}>, proto=ESMTP, \
+                         helo=<h.example>"
+                    )]
+                );
+            }
+            // Reaching RCPT does not undo the failure.
+            assert_eq!(
+                e.deep_test_results().get(test),
+                TestOutcome::Failed,
+                "{test:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ignore_logs_only() {
+        for (test, reads, logged, reply) in violations() {
+            let mut e = with_action(test, TestAction::Ignore);
+            let fed = feed(&mut e, &reads);
+            assert!(fed.transcript.ends_with(reply), "{test:?}");
+            assert_eq!(fed.events, [logged]);
+            assert_eq!(e.deep_test_results().get(test), TestOutcome::Ignored);
+            feed(&mut e, &[b"MAIL FROM:<s@example.org>\r\n"]);
+            let fed = feed(&mut e, &[b"RCPT TO:<r@example.test>\r\n"]);
+            assert_eq!(
+                fed.transcript,
+                "450 4.3.2 Service currently unavailable\r\n"
+            );
+            assert_eq!(
+                e.deep_test_results().get(test),
+                TestOutcome::Ignored,
+                "{test:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_labs_bare_newline_client_gets_550_at_rcpt() {
+        // Lab 127.0.0.14: `EHLO b.example\n`, bare_newline_action = enforce.
+        let mut e = deep_engine(|d| d.bare_newline = Some(TestAction::Enforce));
+        let fed = feed(
+            &mut e,
+            &[
+                b"EHLO b.example\n",
+                b"MAIL FROM:<s@example.org>\n",
+                b"RCPT TO:<r@example.test>\n",
+            ],
+        );
+        assert!(
+            fed.transcript
+                .ends_with("250 2.1.0 Ok\r\n550 5.5.1 Protocol error\r\n")
+        );
+        // Only the first bare newline is logged.
+        assert_eq!(fed.events.len(), 2);
+        assert_eq!(
+            fed.events[0],
+            "BARE NEWLINE from [127.0.0.11]:58529 after EHLO b.example"
+        );
+    }
+
+    #[test]
+    fn the_tests_pass_only_at_rcpt() {
+        let all = |d: &mut DeepTests| {
+            d.pipelining = Some(TestAction::Enforce);
+            d.non_smtp_command = Some(TestAction::Drop);
+            d.bare_newline = Some(TestAction::Ignore);
+        };
+        let passed = DeepTestResults {
+            pipelining: TestOutcome::Passed,
+            non_smtp_command: TestOutcome::Passed,
+            bare_newline: TestOutcome::Passed,
+        };
+        // A clean client that quits before RCPT earns nothing.
+        let mut e = deep_engine(all);
+        let fed = feed(
+            &mut e,
+            &[
+                b"EHLO h\r\n",
+                b"MAIL FROM:<s@x>\r\n",
+                b"NOOP\r\n",
+                b"QUIT\r\n",
+            ],
+        );
+        assert_eq!(fed.end, Some(SessionEnd::Quit));
+        assert_eq!(e.deep_test_results(), DeepTestResults::default());
+        // One that reaches RCPT passes every test that runs.
+        let mut e = deep_engine(all);
+        feed(&mut e, &[b"EHLO h\r\n", b"MAIL FROM:<s@x>\r\n"]);
+        assert_eq!(e.deep_test_results(), DeepTestResults::default());
+        feed(&mut e, &[b"RCPT TO:<r@y>\r\n"]);
+        assert_eq!(e.deep_test_results(), passed);
+        // A violation after RCPT still counts: enforce fails the test...
+        let fed = feed(&mut e, &[b"NOOP\r\nNOOP\r\n"]);
+        assert_eq!(fed.events.len(), 1);
+        assert_eq!(e.deep_test_results().pipelining, TestOutcome::Failed);
+        // ...and ignore turns the pass into the short-lived one.
+        feed(&mut e, &[b"NOOP\n"]);
+        assert_eq!(
+            e.deep_test_results(),
+            DeepTestResults {
+                pipelining: TestOutcome::Failed,
+                non_smtp_command: TestOutcome::Passed,
+                bare_newline: TestOutcome::Ignored,
+            }
+        );
+        // A refused RCPT counts as reaching RCPT, as in postscreen.
+        let mut e = deep_engine(all);
+        let fed = feed(&mut e, &[b"RCPT TO:<r@y>\r\n"]);
+        assert_eq!(fed.transcript, "503 5.5.1 Error: need MAIL command\r\n");
+        assert_eq!(e.deep_test_results(), passed);
+        // Tests that do not run never pass.
+        let mut e = deep_engine(|d| d.bare_newline = Some(TestAction::Enforce));
+        feed(&mut e, &[b"MAIL FROM:<s@x>\r\nRCPT TO:<r@y>\r\n"]);
+        assert_eq!(
+            e.deep_test_results(),
+            DeepTestResults {
+                bare_newline: TestOutcome::Passed,
+                ..DeepTestResults::default()
+            }
+        );
+    }
+
+    #[test]
+    fn each_test_fires_once_per_session() {
+        let mut e = deep_engine(|d| {
+            d.pipelining = Some(TestAction::Ignore);
+            d.non_smtp_command = Some(TestAction::Ignore);
+            d.bare_newline = Some(TestAction::Ignore);
+        });
+        let fed = feed(&mut e, &[b"NOOP\r\nNOOP\r\nNOOP\r\n"]);
+        assert_eq!(fed.events.len(), 1);
+        let fed = feed(&mut e, &[b"GET /\r\n", b"POST /\r\n", b"Subject: x\r\n"]);
+        assert_eq!(
+            fed.events,
+            ["NON-SMTP COMMAND from [127.0.0.11]:58529 after NOOP: GET /"]
+        );
+        // Still answered like any unknown command.
+        assert_eq!(
+            fed.transcript,
+            "502 5.5.2 Error: command not recognized\r\n".repeat(3)
+        );
+        let fed = feed(&mut e, &[b"NOOP\n", b"NOOP\n"]);
+        assert_eq!(fed.events.len(), 1);
+        assert_eq!(fed.transcript, "250 2.0.0 Ok\r\n".repeat(2));
+    }
+
+    #[test]
+    fn non_smtp_commands() {
+        for (line, logged) in [
+            (&b"GET / HTTP/1.0"[..], "GET / HTTP/1.0"),
+            (b"get /index.html", "get /index.html"),
+            (b"POST /cgi-bin/x HTTP/1.1", "POST /cgi-bin/x HTTP/1.1"),
+            (
+                b"CONNECT mx.example.test:25 HTTP/1.1",
+                "CONNECT mx.example.test:25 HTTP/1.1",
+            ),
+            // Header lines.
+            (b"Subject: hello", "Subject: hello"),
+            (b"From:<a@example.org>", "From:<a@example.org> "),
+            (b"X-Spam\t: yes", "X-Spam?: yes"),
+            (b"MAIL: x", "MAIL: x"),
+            // Commands that do not start with a letter (postscreen 3.7's regexp).
+            (b"\x16\x03\x01\x02\x00\x01", "???? "),
+            (b"<html><body>", "<html><body> "),
+            (b"123 go", "123 go"),
+            (b":x", ":x "),
+            (b"\tEHLO x", "?EHLO x"),
+            (b"\xc3\x89HLO x", "\u{c9}HLO x"),
+            // Invalid UTF-8.
+            (b"HEL\xffO x\x01", "HEL?O x\\001"),
+            (b"HE\xc3", "HE? "),
+        ] {
+            let mut e = with_action(DeepTest::NonSmtpCommand, TestAction::Drop);
+            let fed = feed(&mut e, &[line, b"\r\n"]);
+            assert_eq!(
+                fed.events,
+                [format!(
+                    "NON-SMTP COMMAND from [127.0.0.11]:58529 after CONNECT: {logged}"
+                )],
+                "{line:?}"
+            );
+            assert_eq!(
+                fed.transcript,
+                "521 5.7.0 Error: I can break rules, too. Goodbye.\r\n"
+            );
+        }
+    }
+
+    #[test]
+    fn smtp_and_unknown_commands_are_not_non_smtp() {
+        for line in [
+            &b""[..],
+            b"   ",
+            b"XYZZY",
+            b"HELOX a",
+            b"Subject",
+            b"a b:c",
+            b"AUTH PLAIN AGZvbwBiYXI=",
+            b"XCLIENT NAME=x",
+            b"XFORWARD ADDR=1.2.3.4",
+            b"H\xc3\x89LO x",
+            b"NOOP",
+            b"noop \x16",
+        ] {
+            let mut e = with_action(DeepTest::NonSmtpCommand, TestAction::Drop);
+            let fed = feed(&mut e, &[line, b"\r\n"]);
+            assert!(fed.events.is_empty(), "{line:?}: {:?}", fed.events);
+            assert_eq!(fed.end, None);
+        }
+        // Invalid UTF-8 counts only with SMTPUTF8 on.
+        let mut e = engine_with(|s| {
+            s.smtputf8 = false;
+            s.deep_tests.non_smtp_command = Some(TestAction::Drop);
+        });
+        let fed = feed(&mut e, &[b"HEL\xffO x\r\n"]);
+        assert!(fed.events.is_empty());
+        // An empty forbidden list leaves header lines.
+        let mut e = engine_with(|s| {
+            s.deep_tests.forbidden_commands = Vec::new();
+            s.deep_tests.non_smtp_command = Some(TestAction::Drop);
+        });
+        let fed = feed(&mut e, &[b"GET /\r\n123\r\n"]);
+        assert!(fed.events.is_empty());
+        let fed = feed(&mut e, &[b"Subject: x\r\n"]);
+        assert_eq!(fed.end, Some(SessionEnd::Dropped(DeepTest::NonSmtpCommand)));
+    }
+
+    #[test]
+    fn pipelining_names_the_command_as_sent_and_bounds_the_input() {
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Ignore);
+        let fed = feed(&mut e, &[b"ehlo h\r\n\x01\xff\r\n"]);
+        assert_eq!(
+            fed.events,
+            ["COMMAND PIPELINING from [127.0.0.11]:58529 after ehlo: \\001\\377\\r\\n"]
+        );
+        // Unknown and garbage command words are printed with `?`.
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Ignore);
+        let fed = feed(&mut e, &[b"X\tY\xfe z\r\nNOOP\r\n"]);
+        assert_eq!(
+            fed.events,
+            ["COMMAND PIPELINING from [127.0.0.11]:58529 after X?Y?: NOOP\\r\\n"]
+        );
+        // At most 100 bytes of the pending input, escaped.
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Ignore);
+        let mut input = b"NOOP\r\n".to_vec();
+        input.extend([b'A'; 1000]);
+        let fed = feed(&mut e, &[&input]);
+        assert_eq!(
+            fed.events,
+            [format!(
+                "COMMAND PIPELINING from [127.0.0.11]:58529 after NOOP: {}",
+                "A".repeat(100)
+            )]
+        );
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Ignore);
+        let mut input = b"NOOP\r\n".to_vec();
+        input.extend([0u8; 1000]);
+        let fed = feed(&mut e, &[&input]);
+        assert_eq!(
+            fed.events[0].len(),
+            "COMMAND PIPELINING from [127.0.0.11]:58529 after NOOP: ".len() + 400
+        );
+        // A command word of 2000 bytes is printed up to 100.
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Ignore);
+        let input = format!("{}\r\nNOOP\r\n", "Z".repeat(2000));
+        let fed = feed(&mut e, &[input.as_bytes()]);
+        assert_eq!(
+            fed.events,
+            [format!(
+                "COMMAND PIPELINING from [127.0.0.11]:58529 after {}: NOOP\\r\\n",
+                "Z".repeat(100)
+            )]
+        );
+    }
+
+    #[test]
+    fn bdat_is_followed_by_its_chunk_not_by_pipelined_commands() {
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Drop);
+        let fed = feed(
+            &mut e,
+            &[b"MAIL FROM:<a@b>\r\n", b"BDAT 10 LAST\r\n0123456789"],
+        );
+        assert_eq!(
+            fed.events,
+            ["BDAT without valid RCPT from [127.0.0.11]:58529"]
+        );
+        assert_eq!(fed.end, Some(SessionEnd::DataRefused));
+        // DATA is not exempt.
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Drop);
+        let fed = feed(&mut e, &[b"DATA\r\nSubject: x\r\n"]);
+        assert_eq!(fed.end, Some(SessionEnd::Dropped(DeepTest::Pipelining)));
+    }
+
+    #[test]
+    fn several_tests_in_one_line_log_in_postscreens_order() {
+        let mut e = deep_engine(|d| {
+            d.pipelining = Some(TestAction::Enforce);
+            d.non_smtp_command = Some(TestAction::Enforce);
+            d.bare_newline = Some(TestAction::Enforce);
+        });
+        let fed = feed(&mut e, &[b"GET /\nNOOP\r\n"]);
+        assert_eq!(
+            fed.events,
+            [
+                "BARE NEWLINE from [127.0.0.11]:58529 after GET /",
+                "NON-SMTP COMMAND from [127.0.0.11]:58529 after CONNECT: GET /",
+                "COMMAND PIPELINING from [127.0.0.11]:58529 after GET: NOOP\\r\\n",
+            ]
+        );
+        assert_eq!(
+            fed.transcript,
+            "502 5.5.2 Error: command not recognized\r\n250 2.0.0 Ok\r\n"
+        );
+        let failed = DeepTestResults {
+            pipelining: TestOutcome::Failed,
+            non_smtp_command: TestOutcome::Failed,
+            bare_newline: TestOutcome::Failed,
+        };
+        assert_eq!(e.deep_test_results(), failed);
+        // A drop further down still reports what fired before it.
+        let mut e = deep_engine(|d| {
+            d.non_smtp_command = Some(TestAction::Enforce);
+            d.pipelining = Some(TestAction::Drop);
+        });
+        let fed = feed(&mut e, &[b"Subject: x\r\nNOOP\r\n"]);
+        assert_eq!(fed.events.len(), 2);
+        assert_eq!(fed.transcript, "521 5.5.1 Protocol error\r\n");
+        assert_eq!(fed.end, Some(SessionEnd::Dropped(DeepTest::Pipelining)));
+    }
+
+    #[test]
+    fn the_last_reply_set_at_rcpt_wins() {
+        let mut e = with_action(DeepTest::Pipelining, TestAction::Enforce);
+        let dnsbl = Reply::dnsbl_enforce("127.0.0.40".parse().unwrap(), "bl.example").unwrap();
+        e.set_rcpt_reply(dnsbl.clone()).unwrap();
+        feed(&mut e, &[b"MAIL FROM:<a@b>\r\nNOOP\r\n"]);
+        let fed = feed(&mut e, &[b"RCPT TO:<c@d>\r\n"]);
+        assert_eq!(fed.transcript, "550 5.5.1 Protocol error\r\n");
+        e.set_rcpt_reply(dnsbl).unwrap();
+        let fed = feed(&mut e, &[b"RCPT TO:<c@d>\r\n"]);
+        assert!(fed.transcript.starts_with("550 5.7.1 Service unavailable"));
+    }
+
+    #[test]
+    fn no_deep_test_runs_in_x21_mode() {
+        let mut e = deep_engine(|d| {
+            d.pipelining = Some(TestAction::Drop);
+            d.non_smtp_command = Some(TestAction::Drop);
+            d.bare_newline = Some(TestAction::Drop);
+        });
+        e.set_final_reply(Reply::no_system_resources());
+        let fed = feed(&mut e, &[b"GET /\nNOOP\r\n"]);
+        assert_eq!(fed.transcript, "421 4.3.2 No system resources\r\n");
+        assert!(fed.events.is_empty());
+        assert_eq!(fed.end, Some(SessionEnd::FinalReply));
+    }
+
+    #[test]
+    fn a_drop_comes_before_the_count_limit_and_enforce_after_it() {
+        let mut e = engine_with(|s| {
+            s.command_count_limit = 1;
+            s.deep_tests.non_smtp_command = Some(TestAction::Drop);
+        });
+        let fed = feed(&mut e, &[b"NOOP\r\n", b"GET /\r\n"]);
+        assert!(
+            fed.transcript
+                .ends_with("521 5.7.0 Error: I can break rules, too. Goodbye.\r\n")
+        );
+        let mut e = engine_with(|s| {
+            s.command_count_limit = 1;
+            s.deep_tests.non_smtp_command = Some(TestAction::Enforce);
+        });
+        let fed = feed(&mut e, &[b"NOOP\r\n", b"GET /\r\n"]);
+        assert_eq!(
+            fed.events,
+            [
+                "NON-SMTP COMMAND from [127.0.0.11]:58529 after NOOP: GET /",
+                "COMMAND COUNT LIMIT from [127.0.0.11]:58529 after NOOP",
+            ]
+        );
+        assert_eq!(fed.end, Some(SessionEnd::CommandCountLimit));
+    }
+
+    #[test]
+    fn a_session_can_turn_tests_on_and_off() {
+        let mut e = engine();
+        assert!(feed(&mut e, &[b"NOOP\r\nNOOP\r\n"]).events.is_empty());
+        e.set_deep_test(DeepTest::Pipelining, Some(TestAction::Enforce));
+        assert_eq!(feed(&mut e, &[b"NOOP\r\nNOOP\r\n"]).events.len(), 1);
+        let mut e = deep_engine(|d| d.pipelining = Some(TestAction::Enforce));
+        e.set_deep_test(DeepTest::Pipelining, None);
+        assert!(feed(&mut e, &[b"NOOP\r\nNOOP\r\n"]).events.is_empty());
+        // A test that fired keeps its result.
+        let mut e = with_action(DeepTest::BareNewline, TestAction::Drop);
+        feed(&mut e, &[b"NOOP\n"]);
+        e.set_deep_test(DeepTest::BareNewline, None);
+        assert_eq!(e.deep_test_results().bare_newline, TestOutcome::Failed);
+    }
+
+    #[test]
+    fn results_go_into_the_session_record() {
+        let results = DeepTestResults {
+            pipelining: TestOutcome::Passed,
+            non_smtp_command: TestOutcome::NotCompleted,
+            bare_newline: TestOutcome::Ignored,
+        };
+        let mut record = SessionResults {
+            pregreet: TestOutcome::Passed,
+            non_smtp_command: TestOutcome::Failed,
+            ..SessionResults::default()
+        };
+        results.record_into(&mut record);
+        assert_eq!(record.pipelining, TestOutcome::Passed);
+        assert_eq!(record.non_smtp_command, TestOutcome::Failed);
+        assert_eq!(record.bare_newline, TestOutcome::Ignored);
+        assert_eq!(record.pregreet, TestOutcome::Passed);
+        for test in DeepTest::ALL {
+            assert!(Test::from(test).is_deep());
+        }
+    }
+
+    #[test]
+    fn forbidden_command_lists() {
+        let defaults = ForbiddenCommand::parse_list(DEFAULT_FORBIDDEN_COMMANDS).unwrap();
+        assert_eq!(defaults, ForbiddenCommand::defaults());
+        assert_eq!(
+            defaults.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["CONNECT", "GET", "POST", "regexp:{{/^[^A-Z]/ Bogus}}"]
+        );
+        assert_eq!(DeepTests::default().forbidden_commands, defaults);
+        for text in [
+            "CONNECT, GET,POST\tregexp:{ { /^[^A-Z]/ Bogus } }",
+            "  CONNECT GET POST pcre:{{/^[^A-Z]/}}  ",
+            "CONNECT\nGET\n POST, regexp:{{/^[^A-Z]/   whatever it says}}",
+        ] {
+            assert_eq!(
+                ForbiddenCommand::parse_list(text).unwrap(),
+                defaults,
+                "{text:?}"
+            );
+        }
+        assert_eq!(ForbiddenCommand::parse_list("").unwrap(), []);
+        assert_eq!(ForbiddenCommand::parse_list(" , ").unwrap(), []);
+        let only = ForbiddenCommand::parse_list("EXPN").unwrap();
+        assert!(only[0].matches(b"expn") && !only[0].matches(b"EXPN2"));
+        // Entries one by one.
+        assert_eq!(
+            ForbiddenCommand::parse("regexp:{{/^[^A-Z]/ Bogus}}").unwrap(),
+            ForbiddenCommand::not_starting_with_letter()
+        );
+        assert_eq!(ForbiddenCommand::parse(" GET ").unwrap(), defaults[1]);
+        for bad in ["", "GET POST", "hash:/x"] {
+            let err = ForbiddenCommand::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("forbidden_commands = "), "{err}");
+        }
+        let rule = ForbiddenCommand::not_starting_with_letter();
+        for (command, matches) in [
+            (&b"1"[..], true),
+            (b"\x16", true),
+            (b"\xc3\x89", true),
+            (b"_x", true),
+            (b"a", false),
+            (b"Z9", false),
+            (b"", false),
+        ] {
+            assert_eq!(rule.matches(command), matches, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn bad_forbidden_command_lists_say_why() {
+        for (text, why) in [
+            (
+                "GET hash:/etc/postfix/forbidden",
+                "hash: tables are not supported",
+            ),
+            ("cidr:{{1.2.3.4 x}}", "cidr: tables are not supported"),
+            ("regexp:/etc/postfix/forbidden.re", "only the inline table"),
+            ("regexp:{{/^[^a-z]/ Bogus}}", "only the inline table"),
+            ("regexp:{{/^[^A-Z]/i Bogus}}", "only the inline table"),
+            ("regexp:{{/^[^A-Z]/ x} {/^X/ y}}", "only the inline table"),
+            ("!GET", "negated entries"),
+            ("GET {POST}", "without braces"),
+            ("GET }", "a '}' without '{' at byte 4"),
+            ("regexp:{{/^[^A-Z]/ x}", "a '{' without '}'"),
+            ("G\u{e9}T", "printable ASCII"),
+        ] {
+            let err = ForbiddenCommand::parse_list(text).unwrap_err().to_string();
+            assert!(err.starts_with("forbidden_commands = "), "{err}");
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+        let long = "X".repeat(MAX_FORBIDDEN_COMMAND_LEN + 1);
+        let err = ForbiddenCommand::parse_list(&long).unwrap_err().to_string();
+        assert!(err.contains("longer than 64 bytes"), "{err}");
+        let many = "GET ".repeat(MAX_FORBIDDEN_COMMANDS + 1);
+        let err = ForbiddenCommand::parse_list(&many).unwrap_err().to_string();
+        assert!(err.contains("more than 64 entries"), "{err}");
+        let huge = " ".repeat(1 << 20);
+        assert!(ForbiddenCommand::parse_list(&huge).is_err());
+        // Built by hand, the list is still checked.
+        let mut s = settings();
+        s.deep_tests.forbidden_commands = vec![ForbiddenCommand::not_starting_with_letter(); 65];
+        let err = s.validate().unwrap_err();
+        assert!(err.to_string().starts_with("forbidden_commands"), "{err}");
+    }
+
+    #[test]
+    fn headers_are_recognised_like_postfix() {
+        for (command, header) in [
+            (&b"Subject:"[..], true),
+            (b"Subject:x", true),
+            (b"X-A \t :", true),
+            (b"a:", true),
+            (b":", false),
+            (b" a:", false),
+            (b"a b:", false),
+            (b"a\x7f:", false),
+            (b"a\xc3\x89:", false),
+            (b"Subject", false),
+            (b"", false),
+        ] {
+            assert_eq!(is_header(command), header, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_panics_on_random_streams_with_every_test_on() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"EHLOMAILRCPTQUITGETPOST:<>@ \r\n\n\x00\xff\t\x16Subject:";
+        let actions = [
+            None,
+            Some(TestAction::Ignore),
+            Some(TestAction::Enforce),
+            Some(TestAction::Drop),
+        ];
+        for _ in 0..500 {
+            let mut pick = || actions[(next() % 4) as usize];
+            let (p, n, b) = (pick(), pick(), pick());
+            let mut e = engine_with(|s| {
+                s.command_count_limit = 100;
+                s.deep_tests.pipelining = p;
+                s.deep_tests.non_smtp_command = n;
+                s.deep_tests.bare_newline = b;
+            });
+            let mut reader = LineReader::new(e.settings().line_length_limit);
+            'session: for _ in 0..20 {
+                let len = (next() % 200) as usize;
+                let chunk: Vec<u8> = (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect();
+                reader.extend(&chunk);
+                loop {
+                    let step = match reader.next_line() {
+                        Ok(Some(line)) => e.on_line(line),
+                        Ok(None) => break,
+                        Err(_) => break 'session,
+                    };
+                    for event in &step.events {
+                        let line = event.line(client()).to_string();
+                        assert!(!line.contains(['\r', '\n', '\0']), "{line:?}");
+                        assert!(line.len() < 1200, "{line:?}");
+                    }
+                    if step.closes() {
+                        break 'session;
+                    }
+                }
+            }
+            // A test that does not run has no result.
+            let results = e.deep_test_results();
+            for (action, outcome) in [
+                (p, results.pipelining),
+                (n, results.non_smtp_command),
+                (b, results.bare_newline),
+            ] {
+                if action.is_none() {
+                    assert_eq!(outcome, TestOutcome::NotCompleted);
+                }
+                if action == Some(TestAction::Ignore) {
+                    assert_ne!(outcome, TestOutcome::Failed);
+                }
+            }
+        }
+    }
+
+    // Deep tests over a stream
+
+    /// The lab's deep test settings: pipelining enforce, non-SMTP drop, bare newline enforce.
+    fn lab_engine() -> Engine {
+        deep_engine(|d| {
+            d.pipelining = Some(TestAction::Enforce);
+            d.non_smtp_command = Some(TestAction::Drop);
+            d.bare_newline = Some(TestAction::Enforce);
+        })
+    }
+
+    #[tokio::test]
+    async fn lab_pipelined_ehlo_and_mail_get_550_at_rcpt() {
+        let (mut client, task) = spawn_serve(lab_engine(), LIMIT);
+        read_reply(&mut client).await;
+        client.write_all(PIPELINED).await.unwrap();
+        assert!(read_reply(&mut client).await.ends_with("250 CHUNKING\r\n"));
+        assert_eq!(read_reply(&mut client).await, "250 2.1.0 Ok\r\n");
+        client
+            .write_all(b"RCPT TO:<r@example.test>\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "550 5.5.1 Protocol error\r\n"
+        );
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut client).await, "221 2.0.0 Bye\r\n");
+        let (outcome, seen) = task.await.unwrap();
+        assert_eq!(
+            lines(&outcome.events)[0],
+            "COMMAND PIPELINING from [127.0.0.11]:58529 after EHLO: MAIL FROM:<p@example.org>\\r\\n"
+        );
+        assert_eq!(seen, outcome.events);
+        assert_eq!(
+            outcome.deep_tests,
+            DeepTestResults {
+                pipelining: TestOutcome::Failed,
+                non_smtp_command: TestOutcome::Passed,
+                bare_newline: TestOutcome::Passed,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn lab_http_request_gets_521_and_the_connection_closes() {
+        let (mut client, task) = spawn_serve(lab_engine(), LIMIT);
+        read_reply(&mut client).await;
+        client.write_all(b"EHLO h.example\r\n").await.unwrap();
+        read_reply(&mut client).await;
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(
+            rest,
+            b"521 5.7.0 Error: I can break rules, too. Goodbye.\r\n"
+        );
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Dropped(DeepTest::NonSmtpCommand));
+        assert_eq!(
+            lines(&outcome.events),
+            ["NON-SMTP COMMAND from [127.0.0.11]:58529 after EHLO: GET / HTTP/1.0"]
+        );
+        assert!(!outcome.rcpt_reached);
+        assert_eq!(outcome.deep_tests.non_smtp_command, TestOutcome::Failed);
+        assert_eq!(outcome.deep_tests.pipelining, TestOutcome::NotCompleted);
+    }
+
+    #[tokio::test]
+    async fn a_clean_client_passes_the_deep_tests_over_a_stream() {
+        let (mut client, task) = spawn_serve(lab_engine(), LIMIT);
+        read_reply(&mut client).await;
+        for (command, reply_end) in [
+            (&b"EHLO h.example\r\n"[..], "250 CHUNKING\r\n"),
+            (b"MAIL FROM:<s@example.org>\r\n", "250 2.1.0 Ok\r\n"),
+            (
+                b"RCPT TO:<r@example.test>\r\n",
+                "450 4.3.2 Service currently unavailable\r\n",
+            ),
+        ] {
+            // One byte at a time, each command after the last reply: never pipelining.
+            for byte in command {
+                client.write_all(&[*byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            assert!(read_reply(&mut client).await.ends_with(reply_end));
+        }
+        drop(client);
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        assert_eq!(
+            outcome.deep_tests,
+            DeepTestResults {
+                pipelining: TestOutcome::Passed,
+                non_smtp_command: TestOutcome::Passed,
+                bare_newline: TestOutcome::Passed,
+            }
+        );
+    }
+
+    // STARTTLS
+
+    /// An acceptor for `mx.example.test` and the PEM of the CA that signed it.
+    fn test_tls() -> (TlsAcceptor, String) {
+        let (ca, cert, key) = crate::tls::tests::test_pki(HOST);
+        let acceptor = crate::tls::acceptor_from_pem(
+            cert.as_bytes(),
+            Path::new("cert.pem"),
+            key.as_bytes(),
+            Path::new("key.pem"),
+        )
+        .unwrap();
+        (acceptor, ca)
+    }
+
+    fn tls_connector(ca_pem: &str) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    fn tls_engine() -> Engine {
+        engine_with(|s| s.starttls_offered = true)
+    }
+
+    /// Runs `serve_with_tls` over `stream` in a task.
+    fn spawn_serve_with_tls<S>(
+        stream: S,
+        mut engine: Engine,
+        acceptor: Option<TlsAcceptor>,
+        handshake_time_limit: Duration,
+    ) -> tokio::task::JoinHandle<(Outcome, Vec<Event>, u32)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let starttls = acceptor.as_ref().map(|acceptor| StartTls {
+                acceptor,
+                handshake_time_limit,
+            });
+            let mut seen = Vec::new();
+            let outcome = serve_with_tls(stream, &mut engine, LIMIT, starttls, |e| {
+                seen.push(e.clone())
+            })
+            .await;
+            (outcome, seen, engine.command_count())
+        })
+    }
+
+    #[tokio::test]
+    async fn starttls_over_loopback_tcp() {
+        let (acceptor, ca) = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            spawn_serve_with_tls(stream, tls_engine(), Some(acceptor), LIMIT)
+                .await
+                .unwrap()
+        });
+
+        let mut tcp = TcpStream::connect(address).await.unwrap();
+        assert_eq!(
+            read_reply(&mut tcp).await,
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        tcp.write_all(b"EHLO c.example\r\n").await.unwrap();
+        assert!(read_reply(&mut tcp).await.contains("\r\n250-STARTTLS\r\n"));
+        // Commands injected behind STARTTLS, in the same segment: never to be run.
+        tcp.write_all(
+            b"STARTTLS\r\nMAIL FROM:<injected@example.net>\r\nRCPT TO:<injected@example.test>\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            read_reply(&mut tcp).await,
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+        let mut tls = tls_connector(&ca)
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .unwrap();
+
+        // No second greeting; EHLO no longer offers STARTTLS.
+        tls.write_all(b"EHLO c.example\r\n").await.unwrap();
+        let ehlo = read_reply(&mut tls).await;
+        assert!(ehlo.starts_with("250-mx.example.test\r\n"), "{ehlo}");
+        assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+        for (command, reply) in [
+            ("STARTTLS", "554 5.5.1 Error: TLS already active"),
+            // Not "nested MAIL": the injected MAIL was never run.
+            ("MAIL FROM:<s@example.org>", "250 2.1.0 Ok"),
+            (
+                "RCPT TO:<r@example.test>",
+                "450 4.3.2 Service currently unavailable",
+            ),
+            ("QUIT", "221 2.0.0 Bye"),
+        ] {
+            tls.write_all(format!("{command}\r\n").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(read_reply(&mut tls).await, format!("{reply}\r\n"));
+        }
+        // The server ends the TLS session properly: a clean end of input.
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+
+        let (outcome, seen, commands) = server.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Quit);
+        assert!(outcome.rcpt_reached);
+        let logged = lines(&outcome.events);
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert!(
+            logged[0].starts_with(
+                "Anonymous TLS connection established from [127.0.0.11]:58529: TLSv1.3 with \
+                 cipher TLS_"
+            ),
+            "{logged:?}"
+        );
+        assert!(logged[0].ends_with(" bits)"), "{logged:?}");
+        assert_eq!(
+            logged[1],
+            "NOQUEUE: reject: RCPT from [127.0.0.11]:58529: 450 4.3.2 Service currently \
+             unavailable; from=<s@example.org>, to=<r@example.test>, proto=ESMTP, \
+             helo=<c.example>"
+        );
+        assert_eq!(seen, outcome.events);
+        // EHLO, STARTTLS, EHLO, STARTTLS, MAIL, RCPT, QUIT: the injected commands were never
+        // read, and the count goes on across the upgrade.
+        assert_eq!(commands, 7);
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_starttls_is_logged_and_its_followers_dropped() {
+        let (acceptor, ca) = test_tls();
+        let (mut client, server) = duplex(64 * 1024);
+        let mut engine = tls_engine();
+        engine.set_deep_test(DeepTest::Pipelining, Some(TestAction::Enforce));
+        let task = spawn_serve_with_tls(server, engine, Some(acceptor), LIMIT);
+        read_reply(&mut client).await;
+        client
+            .write_all(b"STARTTLS\r\nRCPT TO:<injected@example.test>\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+        let mut tls = tls_connector(&ca)
+            .connect(ServerName::try_from(HOST).unwrap(), client)
+            .await
+            .unwrap();
+        tls.write_all(b"MAIL FROM:<s@x>\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut tls).await, "250 2.1.0 Ok\r\n");
+        tls.write_all(b"RCPT TO:<r@y>\r\n").await.unwrap();
+        // The pipelining failure still holds over TLS.
+        assert_eq!(read_reply(&mut tls).await, "550 5.5.1 Protocol error\r\n");
+        drop(tls);
+        let (outcome, _, _) = task.await.unwrap();
+        let logged = lines(&outcome.events);
+        assert_eq!(
+            logged[0],
+            "COMMAND PIPELINING from [127.0.0.11]:58529 after STARTTLS: RCPT \
+             TO:<injected@example.test>\\r\\n"
+        );
+        assert!(logged[1].starts_with("Anonymous TLS connection established"));
+        // One RCPT logged: the one sent over TLS.
+        assert_eq!(
+            logged.iter().filter(|l| l.starts_with("NOQUEUE")).count(),
+            1
+        );
+        assert!(logged[2].contains("to=<r@y>"), "{logged:?}");
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        assert_eq!(outcome.deep_tests.pipelining, TestOutcome::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_ends_the_session_with_tlsproxys_line() {
+        let (acceptor, _) = test_tls();
+        let (mut client, server) = duplex(64 * 1024);
+        let task = spawn_serve_with_tls(server, tls_engine(), Some(acceptor), LIMIT);
+        read_reply(&mut client).await;
+        client.write_all(b"STARTTLS\r\n").await.unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+        // Not a ClientHello.
+        client
+            .write_all(b"EHLO plaintext.example\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        // Nothing was answered in plaintext: at most a TLS alert record (type 21).
+        assert!(rest.is_empty() || rest[0] == 21, "{rest:?}");
+        let (outcome, _, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        let logged = lines(&outcome.events);
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert!(
+            logged[0].starts_with("SSL_accept error from [127.0.0.11]:58529: "),
+            "{logged:?}"
+        );
+        assert!(!logged[0].contains("lost connection"), "{logged:?}");
+        assert!(logged[1].starts_with("HANGUP after "), "{logged:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_during_the_handshake_lost_the_connection() {
+        let (acceptor, _) = test_tls();
+        let (mut client, server) = duplex(64 * 1024);
+        let task = spawn_serve_with_tls(server, tls_engine(), Some(acceptor), LIMIT);
+        read_reply(&mut client).await;
+        client.write_all(b"STARTTLS\r\n").await.unwrap();
+        read_reply(&mut client).await;
+        drop(client);
+        let (outcome, _, _) = task.await.unwrap();
+        assert_eq!(
+            lines(&outcome.events)[0],
+            "SSL_accept error from [127.0.0.11]:58529: lost connection"
+        );
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_has_a_time_limit() {
+        let (acceptor, _) = test_tls();
+        let (mut client, server) = duplex(64 * 1024);
+        let handshake_limit = Duration::from_secs(30);
+        let task = spawn_serve_with_tls(server, tls_engine(), Some(acceptor), handshake_limit);
+        read_reply(&mut client).await;
+        client.write_all(b"STARTTLS\r\n").await.unwrap();
+        read_reply(&mut client).await;
+        let asked = Instant::now();
+        // Silence: no ClientHello.
+        let (outcome, _, _) = task.await.unwrap();
+        assert_eq!(asked.elapsed(), handshake_limit);
+        assert_eq!(
+            lines(&outcome.events)[0],
+            "SSL_accept error from [127.0.0.11]:58529: handshake timed out"
+        );
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn without_a_certificate_starttls_gets_454_and_plaintext_goes_on() {
+        let (mut client, server) = duplex(64 * 1024);
+        let task = spawn_serve_with_tls(server, tls_engine(), None, LIMIT);
+        client
+            .write_all(b"EHLO c\r\nSTARTTLS\r\nNOOP\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        let mut transcript = Vec::new();
+        client.read_to_end(&mut transcript).await.unwrap();
+        let transcript = String::from_utf8(transcript).unwrap();
+        // One greeting; the command after STARTTLS is still answered, in plaintext.
+        assert_eq!(transcript.matches("220 mx.example.test").count(), 1);
+        assert!(
+            transcript.ends_with(
+                "250 CHUNKING\r\n454 4.7.0 TLS not available due to local problem\r\n\
+                 250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
+            ),
+            "{transcript}"
+        );
+        let (outcome, _, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Quit);
+    }
+
+    #[tokio::test]
+    async fn starttls_not_offered_is_not_implemented_even_with_a_certificate() {
+        let (acceptor, _) = test_tls();
+        let (mut client, server) = duplex(64 * 1024);
+        let task = spawn_serve_with_tls(server, engine(), Some(acceptor), LIMIT);
+        client
+            .write_all(b"EHLO c\r\nSTARTTLS\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        let mut transcript = Vec::new();
+        client.read_to_end(&mut transcript).await.unwrap();
+        let transcript = String::from_utf8(transcript).unwrap();
+        assert!(!transcript.contains("250-STARTTLS"));
+        assert!(
+            transcript.ends_with(
+                "250 CHUNKING\r\n502 5.5.1 Error: command not implemented\r\n221 2.0.0 Bye\r\n"
+            ),
+            "{transcript}"
+        );
+        assert_eq!(task.await.unwrap().0.end, SessionEnd::Quit);
     }
 }

@@ -7,10 +7,7 @@
 
 use std::{io, net::SocketAddr, time::Duration};
 
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{config::BackendProxyProtocol, proxy_protocol};
 
@@ -53,11 +50,12 @@ impl Backend {
         server: SocketAddr,
     ) -> Result<TcpStream, HandoffError> {
         let backend = self.addr;
-        let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-            Err(_) => return Err(HandoffError::Timeout { backend }),
-            Ok(Err(source)) => return Err(HandoffError::Connect { backend, source }),
-            Ok(Ok(stream)) => stream,
-        };
+        let mut stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+                Err(_) => return Err(HandoffError::Timeout { backend }),
+                Ok(Err(source)) => return Err(HandoffError::Connect { backend, source }),
+                Ok(Ok(stream)) => stream,
+            };
         let _ = stream.set_nodelay(true);
         let header = match self.proxy_protocol {
             BackendProxyProtocol::None => None,
@@ -82,10 +80,7 @@ pub async fn relay(mut client: TcpStream, mut backend: TcpStream) -> io::Result<
 
 #[cfg(test)]
 mod tests {
-    use tokio::{
-        io::AsyncReadExt as _,
-        net::TcpListener,
-    };
+    use tokio::{io::AsyncReadExt as _, net::TcpListener};
 
     use super::*;
 
@@ -98,7 +93,8 @@ mod tests {
         };
         let client_addr: SocketAddr = "192.0.2.10:40000".parse().unwrap();
         let server_addr: SocketAddr = "198.51.100.25:25".parse().unwrap();
-        let to_backend = tokio::spawn(async move { backend.connect(client_addr, server_addr).await });
+        let to_backend =
+            tokio::spawn(async move { backend.connect(client_addr, server_addr).await });
         let (mut mta, _) = backend_listener.accept().await.unwrap();
         let stream = to_backend.await.unwrap().unwrap();
 
@@ -109,7 +105,9 @@ mod tests {
 
         // Relay a greeting and a command through a real client connection.
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(front.local_addr().unwrap()).await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
         let (accepted, _) = front.accept().await.unwrap();
         let relay = tokio::spawn(relay(accepted, stream));
         mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
@@ -128,13 +126,20 @@ mod tests {
     #[tokio::test]
     async fn a_backend_that_is_down_is_reported() {
         // Bind and drop to get a port nobody listens on.
-        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let backend = Backend {
             addr: port,
             proxy_protocol: BackendProxyProtocol::None,
         };
         let err = backend
-            .connect("192.0.2.1:1".parse().unwrap(), "192.0.2.2:25".parse().unwrap())
+            .connect(
+                "192.0.2.1:1".parse().unwrap(),
+                "192.0.2.2:25".parse().unwrap(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, HandoffError::Connect { .. }), "{err}");

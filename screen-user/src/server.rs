@@ -16,7 +16,7 @@ use std::{
 
 use screen_common::Origin;
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
 
@@ -94,13 +94,17 @@ impl Screen {
         }
     }
 
-    async fn reply(&self, stream: &mut TcpStream, reply: &Reply, client: SocketAddr) {
+    /// Sends a final reply and closes the connection.
+    async fn reply_and_close(&self, stream: &mut TcpStream, reply: &Reply, client: SocketAddr) {
         let reply = self.style.apply(reply, client, &self.settings.myhostname);
         // The client may be gone; there is nothing else to tell it.
         let _ = stream.write_all(&reply.to_bytes()).await;
+        close(stream).await;
     }
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream) {
+        // Replies are single small writes; waiting to coalesce them only delays the client.
+        let _ = stream.set_nodelay(true);
         let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
             let _ = stream
                 .write_all(&Reply::no_system_resources().to_bytes())
@@ -144,7 +148,7 @@ impl Screen {
                     "NOQUEUE: reject: CONNECT from {}: too many connections",
                     ClientAddr(client)
                 ));
-                self.reply(&mut stream, &Reply::too_many_connections(), client)
+                self.reply_and_close(&mut stream, &Reply::too_many_connections(), client)
                     .await;
                 return;
             }
@@ -153,7 +157,7 @@ impl Screen {
                     "NOQUEUE: reject: CONNECT from {}: all server ports busy",
                     ClientAddr(client)
                 ));
-                self.reply(&mut stream, &Reply::all_server_ports_busy(), client)
+                self.reply_and_close(&mut stream, &Reply::all_server_ports_busy(), client)
                     .await;
                 return;
             }
@@ -178,7 +182,7 @@ impl Screen {
                     .info(format_args!("DENYLISTED {}", ClientAddr(client)));
                 match self.config.denylist_action {
                     TestAction::Drop => {
-                        self.reply(&mut stream, &Reply::denylist_drop(), client)
+                        self.reply_and_close(&mut stream, &Reply::denylist_drop(), client)
                             .await;
                         self.disconnect(client);
                         let deny = self.lock_policy().on_denylist_drop(client.ip());
@@ -233,7 +237,7 @@ impl Screen {
                     "reject: connect from {}: all screening ports busy",
                     ClientAddr(client)
                 ));
-                self.reply(&mut stream, &Reply::all_screening_ports_busy(), client)
+                self.reply_and_close(&mut stream, &Reply::all_screening_ports_busy(), client)
                     .await;
                 return;
             }
@@ -262,8 +266,12 @@ impl Screen {
                     session.pregreeted = true;
                     match self.config.greet_action {
                         TestAction::Drop => {
-                            self.reply(&mut stream, &Reply::protocol_error_drop(), client)
-                                .await;
+                            self.reply_and_close(
+                                &mut stream,
+                                &Reply::protocol_error_drop(),
+                                client,
+                            )
+                            .await;
                             self.disconnect(client);
                             self.failed(client.ip(), "PREGREET");
                             return;
@@ -350,6 +358,7 @@ impl Screen {
             }
             Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
         }
+        close(&mut stream).await;
         self.disconnect(client);
         if !session.failures.is_empty() {
             self.failed(client.ip(), &session.failures.join(", "));
@@ -400,7 +409,7 @@ impl Screen {
     ) {
         tracing::debug!(client = %client, "hand-off failed: {why}");
         if !session.teaser_sent {
-            self.reply(&mut stream, &Reply::all_server_ports_busy(), client)
+            self.reply_and_close(&mut stream, &Reply::all_server_ports_busy(), client)
                 .await;
             self.disconnect(client);
             return;
@@ -419,6 +428,7 @@ impl Screen {
             }
             Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
         }
+        close(&mut stream).await;
         self.disconnect(client);
     }
 
@@ -453,6 +463,25 @@ impl Screen {
             Err(e) => self
                 .log
                 .warning(format_args!("kernel deny of {}: {e}", deny.net)),
+        }
+    }
+}
+
+/// Closes a connection so that the last reply reaches the client: the write side is shut
+/// first, then input still arriving is read and discarded for a moment (bounded), because
+/// closing a socket with unread input makes the kernel reset the connection and the client
+/// may lose the reply.
+async fn close(stream: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const DRAIN_LIMIT: usize = 64 * 1024;
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
         }
     }
 }

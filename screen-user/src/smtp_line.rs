@@ -8,8 +8,9 @@
 //! more than `limit + 1` bytes: a hostile client cannot make it allocate.
 //!
 //! After each line the reader reports whether more input was already buffered
-//! ([`Line::pending`]). That is the pipelining test's evidence: a command split across reads
-//! is not pipelining, two commands in one read are.
+//! ([`Line::pending`]) and what it is ([`Line::following`]). That is the pipelining test's
+//! evidence: a command split across reads is not pipelining, two commands in one read are.
+//! [`LineReader::clear`] drops buffered input, as STARTTLS requires.
 //!
 //! The reader does no I/O. The caller reads from its socket into [`LineReader::spare`] and
 //! reports the count with [`LineReader::commit`], or hands bytes over with
@@ -41,6 +42,8 @@ pub struct Line<'a> {
     /// More client input was already buffered after this line: the client sent it without
     /// waiting for the reply to this one.
     pub pending: bool,
+    /// That input (empty when `pending` is false): the pipelining test logs its start.
+    pub following: &'a [u8],
 }
 
 /// Input that cannot be a command line.
@@ -139,7 +142,16 @@ impl LineReader {
             text: &self.buf[text_start..text_start + text_len],
             ending,
             pending: self.start < self.end,
+            following: &self.buf[self.start..self.end],
         }))
+    }
+
+    /// Forgets all buffered input, and with it an over-long line. After STARTTLS this is what
+    /// keeps plaintext that the client (or someone in the middle) sent behind the command
+    /// from being read as if it had come over TLS.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
     }
 
     /// Moves unread input to the front of the buffer, so that the free space is contiguous.
@@ -269,6 +281,63 @@ mod tests {
         assert_eq!(reader.buffered(), b"RC");
         assert_eq!(reader.next_line(), Ok(None));
         assert_eq!(reader.buffered(), b"RC");
+    }
+
+    #[test]
+    fn following_is_the_input_buffered_after_each_line() {
+        let mut reader = LineReader::new(64);
+        reader.extend(b"EHLO a\r\nMAIL FROM:<x>\nRC");
+        let line = reader.next_line().unwrap().unwrap();
+        assert_eq!(line.following, b"MAIL FROM:<x>\nRC");
+        let line = reader.next_line().unwrap().unwrap();
+        assert_eq!(
+            (line.text, line.ending),
+            (&b"MAIL FROM:<x>"[..], LineEnding::BareLf)
+        );
+        assert_eq!(line.following, b"RC");
+        assert!(line.pending);
+        reader.extend(b"PT TO:<y>\r\n");
+        let line = reader.next_line().unwrap().unwrap();
+        assert_eq!(line.text, b"RCPT TO:<y>");
+        assert_eq!(line.following, b"");
+        assert!(!line.pending);
+    }
+
+    #[test]
+    fn pending_and_following_agree_at_every_split() {
+        let input = b"EHLO a\r\nNOOP\nQUIT\r\n";
+        for k in 0..=input.len() {
+            let mut reader = LineReader::new(64);
+            for chunk in [&input[..k], &input[k..]] {
+                reader.extend(chunk);
+                while let Some(line) = reader.next_line().unwrap() {
+                    assert_eq!(line.pending, !line.following.is_empty(), "split at {k}");
+                    // The following input is exactly what the reader still holds.
+                    let following = line.following.to_vec();
+                    assert_eq!(reader.buffered(), &following[..], "split at {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clear_drops_buffered_input_and_a_pending_error() {
+        let mut reader = LineReader::new(64);
+        reader.extend(b"STARTTLS\r\nMAIL FROM:<injected@x>\r\nRCPT");
+        assert_eq!(reader.next_line().unwrap().unwrap().text, b"STARTTLS");
+        reader.clear();
+        assert!(reader.buffered().is_empty());
+        assert_eq!(reader.next_line(), Ok(None));
+        assert_eq!(reader.spare().len(), reader.capacity());
+        reader.extend(b"EHLO b\r\n");
+        assert_eq!(reader.next_line().unwrap().unwrap().text, b"EHLO b");
+
+        let mut reader = LineReader::new(8);
+        reader.extend(b"0123456789");
+        assert!(reader.next_line().is_err());
+        reader.clear();
+        reader.extend(b"NOOP\r\n");
+        assert_eq!(reader.next_line().unwrap().unwrap().text, b"NOOP");
     }
 
     #[test]

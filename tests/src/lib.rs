@@ -2,10 +2,19 @@
 //!
 //! Tests that need root (BPF, network namespaces) call [`require_root`] first: in CI
 //! (`CI=true`) a missing privilege fails the test; elsewhere the test is skipped with a loud
-//! message on stderr, never passed silently.
+//! message on stderr, never passed silently. Tests that drive installed programs (Postfix,
+//! swaks) call [`ensure_packages`] first.
+
+use std::{
+    io::{self, Write as _},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
 
 pub mod frames;
 pub mod netns;
+pub mod postfix;
 pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns
@@ -22,4 +31,74 @@ pub fn require_root(test: &str) -> bool {
         "\n*** SKIPPED {test}: needs root (BPF, network namespaces); run as root or with `cargo xtask test` ***\n"
     );
     false
+}
+
+/// How long installing missing packages may take, download included.
+const APT_LIMIT: Duration = Duration::from_secs(600);
+
+/// Installs whichever of the Debian `packages` are missing (`apt-get`, non-interactive), so
+/// that a fresh CI machine runs the tests that drive real programs such as Postfix and swaks.
+/// Postfix is pre-seeded as "No configuration": the tests run private instances and the
+/// machine's own mail system stays unconfigured and stopped.
+pub fn ensure_packages(packages: &[&str]) -> io::Result<()> {
+    // Tests run on parallel threads; one apt-get at a time, and a package installed by
+    // another thread meanwhile is not installed twice.
+    static APT: Mutex<()> = Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(|e| e.into_inner());
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !is_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing missing Debian packages: {}", missing.join(" "));
+    if missing.contains(&"postfix") {
+        let mut preseed = Command::new("debconf-set-selections");
+        preseed.stdin(Stdio::piped());
+        let mut child = preseed.spawn()?;
+        // Dropping stdin after the write ends debconf's input.
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(b"postfix postfix/main_mailer_type select No configuration\n")?;
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "debconf-set-selections failed ({status})"
+            )));
+        }
+    }
+    // Another process's apt-get may hold the dpkg lock: wait for it rather than fail.
+    let lock_wait = ["-o", "DPkg::Lock::Timeout=300"];
+    apt_get(&["update", "-q"], &lock_wait)?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt_get(&install, &lock_wait)
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout.ends_with(b"install ok installed"))
+}
+
+fn apt_get(args: &[&str], options: &[&str]) -> io::Result<()> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(options)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let out = netns::output_within(&mut cmd, APT_LIMIT)?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "apt-get {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }

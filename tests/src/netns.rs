@@ -16,7 +16,7 @@ use std::{
     ffi::OsStr,
     fs::File,
     io::{self, ErrorKind},
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -136,6 +136,17 @@ fn checked(cmd: &mut Command, limit: Duration) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A command that runs `program` in the network namespace bound at `netns` (a path under
+/// `/run/netns`), keeping the caller's mount namespace: for guards that outlive the borrow of
+/// their [`Netns`] and still have to run something in it.
+pub fn command_in(netns: &Path, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
 /// A named network namespace (`ip netns add`). Dropping it kills every process left in it and
 /// deletes it; the kernel then destroys its interfaces once the last socket in it is closed.
 #[derive(Debug)]
@@ -188,11 +199,7 @@ impl Netns {
     /// A command that runs `program` in this network namespace (and the caller's mount
     /// namespace) through `nsenter --net`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(program);
-        cmd
+        command_in(&self.path(), program)
     }
 
     /// Runs `f` on a thread that has entered this namespace and returns its result. Sockets
@@ -342,15 +349,28 @@ pub fn connect_from(
     dst: SocketAddr,
     limit: Duration,
 ) -> io::Result<ConnectOutcome> {
-    let socket = netns
-        .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))??;
-    socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
-    match socket.connect_timeout(&SockAddr::from(dst), limit) {
-        Ok(()) => Ok(ConnectOutcome::Connected),
+    match stream_from(netns, src, dst, limit) {
+        Ok(_) => Ok(ConnectOutcome::Connected),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(ConnectOutcome::Refused),
         Err(e) if e.kind() == ErrorKind::TimedOut => Ok(ConnectOutcome::TimedOut),
         Err(e) => Err(e),
     }
+}
+
+/// Opens a TCP connection from `src` (an address of `netns`) to `dst` and hands it over
+/// connected, for a client that talks; a connect that takes longer than `limit` fails with
+/// [`ErrorKind::TimedOut`].
+pub fn stream_from(
+    netns: &Netns,
+    src: IpAddr,
+    dst: SocketAddr,
+    limit: Duration,
+) -> io::Result<TcpStream> {
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))??;
+    socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    socket.connect_timeout(&SockAddr::from(dst), limit)?;
+    Ok(socket.into())
 }
 
 /// A TCP listener in a namespace that accepts every connection, closes it at once and

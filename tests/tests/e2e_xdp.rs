@@ -494,7 +494,10 @@ fn daemon_cli_and_xdp_screen_real_connections_in_native_mode() {
             "smtp-screen.toml",
             format!(
                 "interfaces = [\"{iface}\"]\nxdp_mode = \"native\"\nprotected_ports = [{SMTP_PORT}]\n\
-                 kernel_action = \"drop\"\ndeny_sweep_interval = \"1s\"\n"
+                 kernel_action = \"drop\"\ndeny_sweep_interval = \"1s\"\n\
+                 # The test's own listeners own port 25; the daemon's SMTP side is not under test.\n\
+                 listen = [\"127.0.0.1:2525\"]\nstate_dir = \"{}\"\n",
+                scratch.path().join("state").display()
             ),
         )
         .expect("config file");

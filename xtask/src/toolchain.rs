@@ -3,7 +3,11 @@
 //! target), LLVM 22 and bpf-linker built against it, bpftool, and the tools the tests drive.
 //! Each step says what it does; nothing is done when everything is there.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -21,8 +25,21 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
-/// Debian packages the tests and benchmarks drive.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "nftables", "bpftool"];
+/// Debian packages the tests and benchmarks drive: Postfix as the backend MTA and as the
+/// postscreen to compare with, swaks as a real SMTP client, rbldnsd as a DNS blocklist.
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "nftables",
+    "bpftool",
+    "postfix",
+    "swaks",
+    "rbldnsd",
+];
+
+/// Postfix's installer asks what kind of mail system to set up; the tests run private
+/// instances, so the machine's own stays unconfigured.
+const POSTFIX_PRESEED: &[u8] = b"postfix postfix/main_mailer_type select No configuration\n";
 
 /// The bpf-linker release known to work with LLVM 22 and the aya versions in use.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -69,6 +86,9 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
+    if missing.contains(&"postfix") {
+        preseed(POSTFIX_PRESEED)?;
+    }
     run_cmd(
         Command::new("apt-get")
             .args(["update", "-q"])
@@ -80,6 +100,25 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Answers installer questions ahead of `apt-get install` (`debconf-set-selections`).
+fn preseed(selections: &[u8]) -> anyhow::Result<()> {
+    let mut child = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running debconf-set-selections")?;
+    child
+        .stdin
+        .take()
+        .context("debconf-set-selections has no stdin")?
+        .write_all(selections)
+        .context("writing to debconf-set-selections")?;
+    let status = child.wait().context("waiting for debconf-set-selections")?;
+    if !status.success() {
+        bail!("debconf-set-selections failed with {status}");
+    }
+    Ok(())
 }
 
 fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
