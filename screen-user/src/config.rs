@@ -219,6 +219,9 @@ pub struct Config {
     pub dnsbl_reply_map: std::collections::BTreeMap<String, String>,
     /// DNS servers to ask instead of the host's resolver configuration.
     pub dns_servers: Vec<SocketAddr>,
+    /// A DNSBL score at or above this denies the client in the kernel on first contact
+    /// (beyond postscreen; unset: never).
+    pub kernel_dnsbl_threshold: Option<i32>,
 
     // --- Deep protocol tests (after the greeting) ---
     /// Fail clients that send commands before the reply to the previous one.
@@ -233,8 +236,8 @@ pub struct Config {
     pub non_smtp_command_action: TestAction,
     #[serde(deserialize_with = "time_value")]
     pub non_smtp_command_ttl: Duration,
-    /// Commands that count as non-SMTP (besides `Word:` header labels and commands that do
-    /// not start with a letter).
+    /// Commands that count as non-SMTP besides `Word:` header labels: command words, and
+    /// postscreen's `regexp:{{/^[^A-Z]/ Bogus}}` for commands that do not start with a letter.
     pub forbidden_commands: Vec<String>,
     /// Fail clients that end lines with a bare LF.
     #[serde(deserialize_with = "yes_no")]
@@ -325,13 +328,16 @@ impl Default for Config {
             dnsbl_max_ttl: Duration::from_secs(3_600),
             dnsbl_reply_map: Default::default(),
             dns_servers: Vec::new(),
+            kernel_dnsbl_threshold: None,
             pipelining_enable: false,
             pipelining_action: TestAction::Enforce,
             pipelining_ttl: Duration::from_secs(30 * 86_400),
             non_smtp_command_enable: false,
             non_smtp_command_action: TestAction::Drop,
             non_smtp_command_ttl: Duration::from_secs(30 * 86_400),
-            forbidden_commands: vec!["CONNECT".into(), "GET".into(), "POST".into()],
+            forbidden_commands: ["CONNECT", "GET", "POST", "regexp:{{/^[^A-Z]/ Bogus}}"]
+                .map(String::from)
+                .to_vec(),
             bare_newline_enable: false,
             bare_newline_action: TestAction::Ignore,
             bare_newline_ttl: Duration::from_secs(30 * 86_400),
@@ -716,7 +722,10 @@ mod tests {
         assert_eq!(config.non_smtp_command_action, TestAction::Drop);
         assert_eq!(config.bare_newline_action, TestAction::Ignore);
         assert_eq!(config.pipelining_ttl, Duration::from_secs(30 * 86_400));
-        assert_eq!(config.forbidden_commands, ["CONNECT", "GET", "POST"]);
+        assert_eq!(
+            config.forbidden_commands,
+            ["CONNECT", "GET", "POST", "regexp:{{/^[^A-Z]/ Bogus}}"]
+        );
         assert_eq!(config.deny_window, Duration::from_secs(600));
         assert_eq!(config.deny_ttl, Duration::from_secs(3600));
     }

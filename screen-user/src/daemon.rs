@@ -18,7 +18,8 @@ use crate::{
     access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
     cache::{AllowlistCache, CacheOptions, EnabledTests, TestTtls},
     config::Config,
-    engine::{EngineSettings, ReplyStyle},
+    dnsbl::{DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, ReplyMap, Thresholds},
+    engine::{DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle},
     handoff::Backend,
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
     limits::Limits,
@@ -26,7 +27,11 @@ use crate::{
     policy::DenyPolicy,
     privileges,
     server::{self, Screen},
+    tls::{self, TlsAcceptor},
 };
+
+/// How often the DNSBLs' test points are checked.
+const DNSBL_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Loads, configures and attaches the XDP program; returns its maps.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
@@ -64,6 +69,11 @@ pub struct Prepared {
     pub allowlist_interfaces: AllowlistInterfaces,
     pub settings: EngineSettings,
     pub style: ReplyStyle,
+    /// STARTTLS for the dummy engine, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// The DNSBL/DNSWL lists (possibly none).
+    pub sites: DnsblSites,
+    pub reply_map: ReplyMap,
     /// Warnings to log (skipped table rules and the like).
     pub warnings: Vec<String>,
 }
@@ -84,12 +94,46 @@ impl Prepared {
             .map(ToString::to_string)
             .collect();
         let footer = (!config.reject_footer.is_empty()).then(|| config.reject_footer.clone());
+        let forbidden_commands = config
+            .forbidden_commands
+            .iter()
+            .map(|entry| ForbiddenCommand::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .context("forbidden_commands")?;
+        let tls = if config.tls_cert_file.is_empty() {
+            None
+        } else {
+            Some(tls::load_acceptor(
+                Path::new(&config.tls_cert_file),
+                Path::new(&config.tls_key_file),
+            )?)
+        };
+        let sites = DnsblSites::parse(&config.dnsbl_sites).context("dnsbl_sites")?;
+        let reply_map = ReplyMap::new(
+            config
+                .dnsbl_reply_map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+        .context("dnsbl_reply_map")?;
         let settings = EngineSettings {
             smtpd_banner: config.smtpd_banner(),
             command_count_limit: config.command_count_limit,
             line_length_limit: config.line_length_limit as usize,
             soft_bounce: config.soft_bounce,
             reject_footer: footer.clone(),
+            starttls_offered: tls.is_some(),
+            deep_tests: DeepTests {
+                pipelining: config.pipelining_enable.then_some(config.pipelining_action),
+                non_smtp_command: config
+                    .non_smtp_command_enable
+                    .then_some(config.non_smtp_command_action),
+                bare_newline: config
+                    .bare_newline_enable
+                    .then_some(config.bare_newline_action),
+                forbidden_commands,
+            },
             ..EngineSettings::new(&config.myhostname)
         };
         settings.validate().context("reply settings")?;
@@ -101,6 +145,9 @@ impl Prepared {
             allowlist_interfaces,
             settings,
             style,
+            tls,
+            sites,
+            reply_map,
             warnings,
         })
     }
@@ -120,23 +167,56 @@ async fn build_screen(
         allowlist_interfaces,
         settings,
         style,
+        tls,
+        sites,
+        reply_map,
         warnings,
     } = Prepared::new(&config, config_dir)?;
+    let log = Arc::new(log);
     for warning in &warnings {
         log.warning(warning);
     }
+    let dnsbl = if sites.is_empty() {
+        None
+    } else {
+        let servers = if config.dns_servers.is_empty() {
+            DnsServers::System
+        } else {
+            DnsServers::Explicit(config.dns_servers.clone())
+        };
+        let dnsbl_log: Arc<dyn DnsblLog> = log.clone();
+        Some(Dnsbl::new(
+            DnsblConfig {
+                reply_map,
+                timeout: config.dnsbl_timeout,
+                servers,
+                ..DnsblConfig::new(sites)
+            },
+            dnsbl_log,
+        )?)
+    };
 
     let greet_banner = config.greet_banner();
     let enabled = EnabledTests {
         pregreet: !greet_banner.is_empty(),
-        dnsbl: false,
-        pipelining: false,
-        non_smtp_command: false,
-        bare_newline: false,
+        dnsbl: dnsbl.is_some(),
+        pipelining: config.pipelining_enable,
+        non_smtp_command: config.non_smtp_command_enable,
+        bare_newline: config.bare_newline_enable,
     };
     let ttls = TestTtls {
         pregreet: config.greet_ttl,
-        ..TestTtls::default()
+        dnsbl_min: config.dnsbl_min_ttl,
+        dnsbl_max: config.dnsbl_max_ttl,
+        pipelining: config.pipelining_ttl,
+        non_smtp_command: config.non_smtp_command_ttl,
+        bare_newline: config.bare_newline_ttl,
+    };
+    let thresholds = Thresholds {
+        threshold: config.dnsbl_threshold,
+        allowlist_threshold: config.dnsbl_allowlist_threshold,
+        min_ttl: config.dnsbl_min_ttl,
+        max_ttl: config.dnsbl_max_ttl,
     };
     let cache = AllowlistCache::open(&config.state_dir, CacheOptions::default())
         .await
@@ -176,6 +256,9 @@ async fn build_screen(
         policy: Mutex::new(policy),
         kernel: kernel.map(Mutex::new),
         log,
+        dnsbl,
+        thresholds,
+        tls,
         config,
     })
 }
@@ -207,6 +290,9 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
         accept_tasks.push(tokio::spawn(Arc::clone(&screen).accept_loop(listener)));
     }
 
+    // List health: at start and then every few minutes, each DNSBL is asked for its test
+    // points, and a list that lists everything or stops answering is suspended.
+    let mut health = tokio::time::interval(DNSBL_HEALTH_INTERVAL);
     let mut sweep = tokio::time::interval(sweep_interval);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -222,6 +308,11 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
                     }
                 }
                 screen.lock_policy_expire();
+            }
+            _ = health.tick() => {
+                if let Some(dnsbl) = &screen.dnsbl {
+                    dnsbl.health_check().await;
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -128,8 +128,9 @@ impl DenyPolicy {
         })
     }
 
-    /// A permanently denylisted client whose action is `drop` is denied on first contact.
-    pub fn on_denylist_drop(&mut self, client: IpAddr) -> Option<KernelDeny> {
+    /// A client whose first failure is already conclusive (a DNSBL score at or above
+    /// `kernel_dnsbl_threshold`) is denied on first contact.
+    pub fn on_severe(&mut self, client: IpAddr, reason: &str) -> Option<KernelDeny> {
         if !self.enabled() {
             return None;
         }
@@ -139,8 +140,13 @@ impl DenyPolicy {
             net: key,
             ttl: self.ttl,
             failures: 1,
-            reason: "denylisted".into(),
+            reason: reason.to_string(),
         })
+    }
+
+    /// A permanently denylisted client whose action is `drop` is denied on first contact.
+    pub fn on_denylist_drop(&mut self, client: IpAddr) -> Option<KernelDeny> {
+        self.on_severe(client, "denylisted")
     }
 
     /// Forgets a client that passed or was allowlisted: its earlier failure no longer counts.

@@ -22,10 +22,14 @@ use tokio::{
 
 use crate::{
     access::{AccessList, AccessVerdict, AddressList, AllowlistInterfaces},
-    cache::{self, AllowlistCache, EnabledTests, Outcome, SessionResults, Start, TestTtls},
+    cache::{self, AllowlistCache, EnabledTests, Outcome, SessionResults, Start, Test, TestTtls},
     config::{Config, TestAction, UpstreamProxyProtocol},
+    dnsbl::{self, Dnsbl, DnsblQuery, Thresholds, Verdict},
     early::{self, GreetOutcome},
-    engine::{self, ClientAddr, DelayDisplay, Engine, EngineSettings, Reply, ReplyStyle},
+    engine::{
+        self, ClientAddr, DeepTest, DelayDisplay, Engine, EngineSettings, Reply, ReplyStyle,
+        StartTls,
+    },
     escape::{LOG_TEXT_MAX, c_escape},
     handoff::{self, Backend},
     kernel::Maps,
@@ -33,6 +37,7 @@ use crate::{
     maillog::MailLog,
     policy::{DenyPolicy, KernelDeny},
     proxy_protocol,
+    tls::TlsAcceptor,
 };
 
 /// Everything the connections share, built once from the configuration.
@@ -52,7 +57,12 @@ pub struct Screen {
     /// The kernel maps, when the XDP layer is attached somewhere.
     pub kernel: Option<Mutex<Maps>>,
     pub backend: Backend,
-    pub log: MailLog,
+    pub log: Arc<MailLog>,
+    /// The DNSBL/DNSWL lists, when `dnsbl_sites` names any.
+    pub dnsbl: Option<Dnsbl>,
+    pub thresholds: Thresholds,
+    /// STARTTLS in the dummy engine, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// What one session learned, as postscreen's per-session flags.
@@ -68,6 +78,8 @@ struct Session {
     pregreeted: bool,
     /// What the failures were, for the kernel deny policy's log line.
     failures: Vec<&'static str>,
+    /// The DNSBL score was negative: a DNSWL lists the client.
+    dnswl_listed: bool,
 }
 
 impl Screen {
@@ -245,11 +257,22 @@ impl Screen {
         self.stress_log();
         let stressed = self.limits.stressed();
 
-        // Before the greeting: the pregreet test.
+        // Before the greeting: the pregreet test and the DNSBL lookups, side by side.
+        let query = match (&self.dnsbl, screening.due.dnsbl) {
+            (Some(dnsbl), true) => Some(dnsbl.start(client.ip())),
+            _ => None,
+        };
+        let start = std::time::Instant::now();
+        let wait = self.config.greet_wait.get(stressed);
+        let deadline = tokio::time::Instant::from_std(start + wait);
         if screening.due.pregreet && !self.greet_banner.is_empty() {
-            let wait = self.config.greet_wait.get(stressed);
-            let outcome = early::pregreet_test(&mut stream, &self.greet_banner, wait).await;
+            let teaser = format!("220-{}\r\n", self.greet_banner);
+            if stream.write_all(teaser.as_bytes()).await.is_err() {
+                self.hangup_before_greeting(client, start.elapsed());
+                return;
+            }
             session.teaser_sent = true;
+            let outcome = self.greet_wait(&stream, start, wait, query.as_ref()).await;
             match outcome {
                 Ok(GreetOutcome::Quiet) => session.results.pregreet = Outcome::Passed,
                 Ok(GreetOutcome::Pregreet {
@@ -290,14 +313,82 @@ impl Screen {
                     return;
                 }
                 Err(_) => {
-                    self.hangup_before_greeting(client, Duration::ZERO);
+                    self.hangup_before_greeting(client, start.elapsed());
                     return;
+                }
+            }
+        } else if let Some(query) = &query {
+            // Only the DNSBL test is due: wait no longer than the answers take.
+            query.wait_all(deadline).await;
+        }
+
+        // The score as it stands when the wait ends; later answers do not count.
+        if let Some(query) = query {
+            let score = query.score_now();
+            session.dnswl_listed = score.rank < 0;
+            match score.verdict(&self.thresholds, !session.failures.is_empty()) {
+                Verdict::Listed { rank, name } => {
+                    self.log.info(dnsbl::rank_log_line(rank, client));
+                    if self
+                        .config
+                        .kernel_dnsbl_threshold
+                        .is_some_and(|kernel| rank >= kernel)
+                    {
+                        let deny = self
+                            .lock_policy()
+                            .on_severe(client.ip(), &format!("DNSBL rank {rank}"));
+                        self.kernel_deny(client.ip(), deny);
+                    }
+                    let (drop_reply, enforce_reply) = (
+                        Reply::dnsbl_drop(client.ip(), &name),
+                        Reply::dnsbl_enforce(client.ip(), &name),
+                    );
+                    match self.config.dnsbl_action {
+                        TestAction::Drop => {
+                            if let Ok(reply) = drop_reply {
+                                self.reply_and_close(&mut stream, &reply, client).await;
+                            }
+                            self.disconnect(client);
+                            self.failed(client.ip(), "DNSBL");
+                            return;
+                        }
+                        TestAction::Enforce => {
+                            session.results.dnsbl = Outcome::Failed;
+                            session.rcpt_reply = enforce_reply.ok();
+                            session.noforward = true;
+                            session.failures.push("DNSBL");
+                        }
+                        TestAction::Ignore => session.results.dnsbl = Outcome::Ignored,
+                    }
+                }
+                Verdict::Allowlisted { ttl } => {
+                    session.results.dnsbl = Outcome::Passed;
+                    session.results.dnswl_allowlisted = true;
+                    session.results.dns_ttl = Some(ttl);
+                }
+                Verdict::Clean { ttl } => {
+                    session.results.dnsbl = Outcome::Passed;
+                    session.results.dns_ttl = Some(ttl);
                 }
             }
         }
 
-        if session.noforward {
-            self.dummy_engine(stream, client, &session, stressed).await;
+        // After the greeting: the deep tests run in the dummy engine when they are due, and
+        // for every client that already failed (postscreen runs them opportunistically then).
+        let mut deep_due = screening.due.any_deep() && !session.results.dnswl_allowlisted;
+        if deep_due && session.dnswl_listed && self.config.deep_tests_skip_dnswl {
+            // A sender a DNSWL vouches for is spared the 450 and the reconnect: its deep tests
+            // count as passed until the shortest TTL, so the lists are asked again soon.
+            for test in DeepTest::ALL {
+                if screening.due.get(Test::from(test)) {
+                    set_deep_result(&mut session.results, test, Outcome::Ignored);
+                }
+            }
+            deep_due = false;
+        }
+        if session.noforward || deep_due {
+            self.engine_session(stream, client, &mut session, &screening, stressed, now)
+                .await;
             drop(screening_slot);
             self.stress_log();
             return;
@@ -319,6 +410,34 @@ impl Screen {
         self.hand_off(stream, client, server, &session).await;
     }
 
+    /// Waits out the greet wait: ends early when the client talks or hangs up, or when a
+    /// DNSWL answer allowlists it (postscreen's `postscreen_dnsbl_allowlist_threshold`).
+    async fn greet_wait(
+        &self,
+        stream: &TcpStream,
+        start: std::time::Instant,
+        wait: Duration,
+        query: Option<&DnsblQuery>,
+    ) -> io::Result<GreetOutcome> {
+        let deadline = tokio::time::Instant::from_std(start + wait);
+        let allowlisted = async {
+            if let Some(query) = query {
+                let score = query.wait_all(deadline).await;
+                if matches!(
+                    score.verdict(&self.thresholds, false),
+                    Verdict::Allowlisted { .. }
+                ) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            outcome = early::watch(stream, start, wait) => outcome,
+            () = allowlisted => Ok(GreetOutcome::Quiet),
+        }
+    }
+
     fn hangup_before_greeting(&self, client: SocketAddr, after: Duration) {
         self.log.info(format_args!(
             "HANGUP after {} from {} in tests before SMTP handshake",
@@ -333,34 +452,76 @@ impl Screen {
             .info(format_args!("DISCONNECT {}", ClientAddr(client)));
     }
 
-    /// Serves a client that may not be handed off: RCPT is refused, nothing is accepted.
-    async fn dummy_engine(
+    /// Serves a client in the dummy engine, which never accepts mail: a client that failed a
+    /// test (RCPT refused with the action's reply) or one whose deep tests are due (RCPT
+    /// refused with `450 4.3.2`; reaching it passes them, and the client must reconnect).
+    async fn engine_session(
         &self,
         mut stream: TcpStream,
         client: SocketAddr,
-        session: &Session,
+        session: &mut Session,
+        screening: &cache::Screening,
         stressed: bool,
+        now: u64,
     ) {
-        match Engine::new(Arc::clone(&self.settings), client) {
-            Ok(mut engine) => {
-                if session.pregreeted {
-                    engine.set_pregreeted();
-                }
-                if let Some(reply) = &session.rcpt_reply {
-                    // Every action reply is a 5xx, which set_rcpt_reply accepts.
-                    let _ = engine.set_rcpt_reply(reply.clone());
-                }
-                let limit = self.config.command_time_limit.get(stressed);
-                engine::serve(&mut stream, &mut engine, limit, |event| {
-                    self.log.info(event.line(client));
-                })
-                .await;
+        let mut engine = match Engine::new(Arc::clone(&self.settings), client) {
+            Ok(engine) => engine,
+            Err(e) => {
+                self.log.warning(format_args!("dummy engine: {e}"));
+                close(&mut stream).await;
+                self.disconnect(client);
+                return;
             }
-            Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
+        };
+        if session.pregreeted {
+            engine.set_pregreeted();
+        }
+        if let Some(reply) = &session.rcpt_reply {
+            // Every action reply is a 5xx, which set_rcpt_reply accepts.
+            let _ = engine.set_rcpt_reply(reply.clone());
+        }
+        // Deep tests that are not due this time stay off, unless the client already failed.
+        let failed_before = !session.failures.is_empty();
+        for test in DeepTest::ALL {
+            if !failed_before && !screening.due.get(Test::from(test)) {
+                engine.set_deep_test(test, None);
+            }
+        }
+        let starttls = self.tls.as_ref().map(|acceptor| StartTls {
+            acceptor,
+            // As postscreen's tlsproxy: the normal command time limit, stressed or not.
+            handshake_time_limit: self.config.command_time_limit.normal,
+        });
+        let limit = self.config.command_time_limit.get(stressed);
+        let outcome = engine::serve_with_tls(&mut stream, &mut engine, limit, starttls, |event| {
+            self.log.info(event.line(client));
+        })
+        .await;
+        outcome.deep_tests.record_into(&mut session.results);
+        for test in DeepTest::ALL {
+            if outcome.deep_tests.get(test) == Outcome::Failed {
+                session.failures.push(match test {
+                    DeepTest::Pipelining => "COMMAND PIPELINING",
+                    DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
+                    DeepTest::BareNewline => "BARE NEWLINE",
+                });
+            }
+        }
+
+        let conclusion =
+            cache::conclude(screening, &session.results, &self.enabled, &self.ttls, now);
+        if let Some(kind) = conclusion.pass {
+            self.log
+                .info(format_args!("PASS {kind} {}", ClientAddr(client)));
+        }
+        if let Some(times) = conclusion.update {
+            self.cache.record(client.ip(), times);
         }
         close(&mut stream).await;
         self.disconnect(client);
-        if !session.failures.is_empty() {
+        if session.failures.is_empty() {
+            self.forget_failures(client.ip());
+        } else {
             self.failed(client.ip(), &session.failures.join(", "));
         }
     }
@@ -464,6 +625,15 @@ impl Screen {
                 .log
                 .warning(format_args!("kernel deny of {}: {e}", deny.net)),
         }
+    }
+}
+
+/// Records a deep test's result in the session's results.
+fn set_deep_result(results: &mut SessionResults, test: DeepTest, outcome: Outcome) {
+    match test {
+        DeepTest::Pipelining => results.pipelining = outcome,
+        DeepTest::NonSmtpCommand => results.non_smtp_command = outcome,
+        DeepTest::BareNewline => results.bare_newline = outcome,
     }
 }
 
