@@ -2,6 +2,7 @@
 
 mod cache;
 mod check_config;
+mod dnsbl;
 mod list;
 mod load;
 mod run;
@@ -57,25 +58,39 @@ pub enum Command {
     /// Inspect or edit the temporary allowlist (while the daemon is stopped).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Query the configured DNS lists.
+    #[command(subcommand)]
+    Dnsbl(DnsblCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsblCommand {
+    /// Ask every configured list about ADDR: each answer, the matching filters and
+    /// weights, and the final score and verdict.
+    Check {
+        addr: std::net::IpAddr,
+        #[command(flatten)]
+        args: ConfigArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// List every record: address, then each test's expiry.
-    List(CacheArgs),
+    List(ConfigArgs),
     /// Delete the record of one address.
     Del {
         addr: std::net::IpAddr,
         #[command(flatten)]
-        args: CacheArgs,
+        args: ConfigArgs,
     },
     /// Delete every record.
-    Flush(CacheArgs),
+    Flush(ConfigArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct CacheArgs {
-    /// The configuration file whose `state_dir` holds the allowlist.
+pub struct ConfigArgs {
+    /// The configuration file.
     #[arg(long, default_value = paths::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
@@ -165,6 +180,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(&cli.pin_dir, &args),
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Cache(cmd) => cache::run(cmd),
+        Command::Dnsbl(DnsblCommand::Check { addr, args }) => dnsbl::check(addr, &args),
     }
 }
 

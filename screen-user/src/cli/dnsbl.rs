@@ -1,0 +1,118 @@
+//! `smtp-screen dnsbl check ADDR`: asks every configured list about one address and shows how
+//! the daemon would score it.
+
+use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::bail;
+
+use super::ConfigArgs;
+use crate::{
+    config::Config,
+    daemon::Prepared,
+    dnsbl::{
+        DnsServers, Dnsbl, DnsblConfig, DnsblLog, ListResult, Thresholds, Verdict, query_name,
+    },
+    duration,
+};
+
+/// Prints the lookups' own log lines (listings, warnings) as the daemon would log them.
+struct Stderr;
+
+impl DnsblLog for Stderr {
+    fn info(&self, line: &str) {
+        eprintln!("smtp-screen: {line}");
+    }
+
+    fn warning(&self, line: &str) {
+        eprintln!("smtp-screen: warning: {line}");
+    }
+}
+
+pub fn check(addr: IpAddr, args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let dir = args.config.parent().unwrap_or(Path::new("/"));
+    let prepared = Prepared::new(&config, dir)?;
+    if prepared.sites.is_empty() {
+        bail!("{}: dnsbl_sites names no list", args.config.display());
+    }
+    let servers = if config.dns_servers.is_empty() {
+        DnsServers::System
+    } else {
+        DnsServers::Explicit(config.dns_servers.clone())
+    };
+    let thresholds = Thresholds {
+        threshold: config.dnsbl_threshold,
+        allowlist_threshold: config.dnsbl_allowlist_threshold,
+        min_ttl: config.dnsbl_min_ttl,
+        max_ttl: config.dnsbl_max_ttl,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dnsbl = Dnsbl::new(
+            DnsblConfig {
+                reply_map: prepared.reply_map,
+                timeout: config.dnsbl_timeout,
+                servers,
+                ..DnsblConfig::new(prepared.sites)
+            },
+            Arc::new(Stderr),
+        )?;
+        let query = dnsbl.start(addr);
+        let deadline = tokio::time::Instant::now() + config.dnsbl_timeout + Duration::from_secs(1);
+        let score = query.wait_all(deadline).await;
+        let results = query.results();
+        for (domain, result) in dnsbl.sites().domains().iter().zip(&results) {
+            let answer = match result {
+                ListResult::Listed { addrs, ttl } => format!(
+                    "listed as {} (ttl {})",
+                    addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    duration::Display(*ttl)
+                ),
+                ListResult::NotListed { .. } => "not listed".into(),
+                ListResult::Failed => "lookup failed (counts as not listed)".into(),
+                ListResult::Pending => "no answer in time".into(),
+                ListResult::Suspended => "suspended".into(),
+            };
+            println!("{}: {answer}", query_name(addr, domain));
+            let addrs: &[std::net::Ipv4Addr] = match result {
+                ListResult::Listed { addrs, .. } => addrs,
+                _ => &[],
+            };
+            for site in dnsbl.sites().sites().iter().filter(|s| &s.domain == domain) {
+                let matched = !addrs.is_empty() && site.matches(addrs);
+                println!(
+                    "  {site}: {}",
+                    if matched {
+                        format!("matches, weight {}", site.weight)
+                    } else {
+                        "no match".to_string()
+                    }
+                );
+            }
+        }
+        let verdict = match score.verdict(&thresholds, false) {
+            Verdict::Listed { rank, name } => format!(
+                "listed (rank {rank} >= dnsbl_threshold {}), reply names {name}",
+                thresholds.threshold
+            ),
+            Verdict::Allowlisted { ttl } => format!(
+                "allowlisted by DNSWL (rank <= {}), for {}",
+                thresholds.allowlist_threshold,
+                duration::Display(ttl)
+            ),
+            Verdict::Clean { ttl } => format!(
+                "passes (rank below dnsbl_threshold {}), for {}",
+                thresholds.threshold,
+                duration::Display(ttl)
+            ),
+        };
+        println!("score {} for {addr}: {verdict}", score.rank);
+        Ok(())
+    })
+}
