@@ -18,7 +18,9 @@ use crate::{
     access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
     cache::{AllowlistCache, CacheOptions, EnabledTests, TestTtls},
     config::Config,
-    dnsbl::{DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, ReplyMap, Thresholds},
+    dnsbl::{
+        DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, HealthState, ReplyMap, Thresholds,
+    },
     engine::{DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle},
     handoff::Backend,
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
@@ -29,6 +31,34 @@ use crate::{
     server::{self, Screen},
     tls::{self, TlsAcceptor},
 };
+
+/// The file in `state_dir` where the daemon keeps each DNS list's health and hit counts for
+/// `smtp-screen status --config FILE`.
+pub const DNSBL_STATUS_FILE: &str = "dnsbl.status";
+
+/// Rewrites the DNSBL status file in place (it was opened before the daemon dropped root).
+fn write_dnsbl_status(file: &mut std::fs::File, dnsbl: &Dnsbl) {
+    use std::io::{Seek as _, Write as _};
+    let mut text = String::new();
+    for list in dnsbl.stats() {
+        let health = match &list.health {
+            HealthState::Healthy => "healthy".to_string(),
+            HealthState::TestPointMissing => "in use, test point 127.0.0.2 not listed".into(),
+            HealthState::Suspended(why) => format!("suspended: {why}"),
+        };
+        text.push_str(&format!(
+            "{} lookups={} listed={} not_listed={} failures={} health={health}\n",
+            list.domain, list.lookups, list.listed, list.not_listed, list.failures
+        ));
+    }
+    let result = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(text.as_bytes()));
+    if let Err(e) = result {
+        tracing::warn!("writing the DNSBL status: {e}");
+    }
+}
 
 /// How often the DNSBLs' test points are checked.
 const DNSBL_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
@@ -282,6 +312,16 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
     let listen = config.listen.clone();
     let screen = Arc::new(build_screen(config, &config_dir, kernel, log).await?);
 
+    let mut dnsbl_status = match &screen.dnsbl {
+        Some(_) => {
+            let path = screen.config.state_dir.join(DNSBL_STATUS_FILE);
+            Some(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     privileges::drop_to(&user)?;
     tracing::info!(?listen, user, "smtp-screen screening connections");
 
@@ -308,6 +348,9 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
                     }
                 }
                 screen.lock_policy_expire();
+                if let (Some(dnsbl), Some(file)) = (&screen.dnsbl, dnsbl_status.as_mut()) {
+                    write_dnsbl_status(file, dnsbl);
+                }
             }
             _ = health.tick() => {
                 if let Some(dnsbl) = &screen.dnsbl {

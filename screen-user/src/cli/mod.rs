@@ -40,8 +40,12 @@ pub enum Command {
     Load(LoadArgs),
     /// Detach the program from every interface and remove every pin.
     Unload,
-    /// Show interfaces, attach modes, program id, counters and map fill levels.
-    Status,
+    /// Show interfaces, attach modes, program id, counters and map fill levels (and, with
+    /// --config, each DNS list's health and hit counts as the running daemon last wrote them).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage the deny lists: static prefixes, or dynamic entries with --ttl.
     #[command(subcommand)]
     Deny(DenyCommand),
@@ -174,7 +178,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Load(args) => load::run(&cli.pin_dir, &args),
         Command::Unload => unload::run(&cli.pin_dir),
-        Command::Status => status::run(&cli.pin_dir),
+        Command::Status { config } => status::run(&cli.pin_dir, config.as_deref()),
         Command::Deny(cmd) => list::deny(&cli.pin_dir, cmd),
         Command::Allow(cmd) => list::allow(&cli.pin_dir, cmd),
         Command::Run(args) => run::run(&cli.pin_dir, &args),

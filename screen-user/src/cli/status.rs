@@ -4,9 +4,23 @@ use std::path::Path;
 
 use screen_common::{DenyAction, Stat, map_name};
 
-use crate::kernel::{Maps, loader};
+use crate::{
+    config::Config,
+    daemon,
+    kernel::{Maps, loader},
+};
 
-pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
+pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(config) = config {
+        dnsbl_status(config)?;
+        if std::fs::metadata(pin_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            println!(
+                "kernel layer: not loaded ({} does not exist)",
+                pin_dir.display()
+            );
+            return Ok(());
+        }
+    }
     super::require_loaded(pin_dir)?;
     let maps = Maps::from_pins(pin_dir)?;
     let config = maps.config()?;
@@ -85,4 +99,26 @@ fn live_marker(name: &str, allow_slot: u32, deny_slot: u32) -> &'static str {
         Some(false) => " (idle)",
         None => "",
     }
+}
+
+fn dnsbl_status(config: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let path = config.state_dir.join(daemon::DNSBL_STATUS_FILE);
+    println!("dns lists:");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.is_empty() => {
+            for line in text.lines() {
+                println!("  {line}");
+            }
+        }
+        Ok(_) => println!("  (none written yet)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "  (no {}: the daemon has not run with dnsbl_sites)",
+                path.display()
+            )
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    Ok(())
 }
