@@ -63,6 +63,9 @@ pub enum TestAction {
 pub enum Handoff {
     /// smtp-screen connects to `backend` and relays the bytes both ways.
     Proxy,
+    /// The client's socket is given to Postfix's smtpd `pass` service, as postscreen does:
+    /// smtpd talks to the client directly.
+    Postfix,
 }
 
 /// A PROXY protocol header sent to the backend.
@@ -122,8 +125,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// How passed clients reach the real MTA: `proxy`.
     pub handoff: Handoff,
-    /// Address of the real MTA that passed clients are relayed to.
+    /// Address of the real MTA that passed clients are relayed to (`handoff = "proxy"`).
     pub backend: SocketAddr,
+    /// Postfix's smtpd `pass` service socket (`handoff = "postfix"`).
+    pub postfix_pass_socket: PathBuf,
     /// PROXY protocol header sent to the backend first, so it sees the client's real
     /// address: `none`, `v1` or `v2`.
     pub backend_proxy_protocol: BackendProxyProtocol,
@@ -286,6 +291,7 @@ impl Default for Config {
             ],
             handoff: Handoff::Proxy,
             backend: SocketAddr::from(([127, 0, 0, 1], 10025)),
+            postfix_pass_socket: PathBuf::from(crate::paths::DEFAULT_POSTFIX_PASS_SOCKET),
             backend_proxy_protocol: BackendProxyProtocol::None,
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,

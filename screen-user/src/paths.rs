@@ -11,3 +11,6 @@ pub const PIN_DIR_ENV: &str = "SMTP_SCREEN_PIN_DIR";
 
 /// Where the temporary allowlist database lives, unless `state_dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/smtp-screen";
+
+/// Postfix's smtpd `pass` service, where `handoff = "postfix"` sends passed clients.
+pub const DEFAULT_POSTFIX_PASS_SOCKET: &str = "/var/spool/postfix/private/smtpd";
