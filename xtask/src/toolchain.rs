@@ -34,6 +34,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "postfix",
     "swaks",
+    // swaks --tls needs Net::SSLeay; the TLS tests make their certificates with openssl.
+    "libnet-ssleay-perl",
+    "openssl",
     "rbldnsd",
 ];
 
