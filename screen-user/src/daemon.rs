@@ -295,12 +295,6 @@ async fn build_screen(
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
-    if config.handoff == crate::config::Handoff::Postfix {
-        anyhow::bail!(
-            "{}: handoff = \"postfix\" is not available in this build; use handoff = \"proxy\"",
-            config_path.display()
-        );
-    }
     let kernel = if config.interfaces.is_empty() {
         None
     } else {

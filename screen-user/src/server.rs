@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     access::{AccessList, AccessVerdict, AddressList, AllowlistInterfaces},
     cache::{self, AllowlistCache, EnabledTests, Outcome, SessionResults, Start, Test, TestTtls},
-    config::{Config, TestAction, UpstreamProxyProtocol},
+    config::{Config, Handoff, TestAction, UpstreamProxyProtocol},
     dnsbl::{self, Dnsbl, DnsblQuery, Thresholds, Verdict},
     early::{self, GreetOutcome},
     engine::{
@@ -36,6 +36,7 @@ use crate::{
     limits::{Limits, Refusal},
     maillog::MailLog,
     policy::{DenyPolicy, KernelDeny},
+    postfix_pass::{self, PassFailure},
     proxy_protocol,
     tls::TlsAcceptor,
 };
@@ -540,38 +541,84 @@ impl Screen {
         let slot = match self.limits.hand_off() {
             Ok(slot) => slot,
             Err(_) => {
-                self.backend_unavailable(stream, client, session, "all server ports busy")
+                self.backend_unavailable(stream, client, session, &Reply::all_server_ports_busy())
                     .await;
                 return;
             }
         };
-        let backend = match self.backend.connect(client, server).await {
-            Ok(backend) => backend,
-            Err(e) => {
+        match self.config.handoff {
+            Handoff::Proxy => {
+                let backend = match self.backend.connect(client, server).await {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        drop(slot);
+                        self.log.warning(&e);
+                        self.backend_unavailable(
+                            stream,
+                            client,
+                            session,
+                            &Reply::all_server_ports_busy(),
+                        )
+                        .await;
+                        return;
+                    }
+                };
                 drop(slot);
-                self.log.warning(&e);
-                self.backend_unavailable(stream, client, session, "backend unreachable")
-                    .await;
-                return;
+                if let Err(e) = handoff::relay(stream, backend).await {
+                    tracing::debug!(client = %client, "relay ended: {e}");
+                }
             }
-        };
-        drop(slot);
-        if let Err(e) = handoff::relay(stream, backend).await {
-            tracing::debug!(client = %client, "relay ended: {e}");
+            Handoff::Postfix => {
+                let passed = postfix_pass::pass_to_smtpd(
+                    &self.config.postfix_pass_socket,
+                    stream,
+                    client,
+                    server,
+                    postfix_pass::CONNECT_TIMEOUT,
+                    postfix_pass::NOTIFY_TIMEOUT,
+                )
+                .await;
+                match passed {
+                    // postscreen keeps its copy of the socket, and the hand-off place, until
+                    // smtpd has taken the connection over.
+                    Ok(handle) => {
+                        if let Err(e) = handle.taken_over().await {
+                            self.log.warning(&e);
+                        }
+                        drop(slot);
+                    }
+                    Err(PassFailure {
+                        error,
+                        client: stream,
+                    }) => {
+                        drop(slot);
+                        self.log.warning(&error);
+                        match error.client_reply(false) {
+                            Some(reply) => {
+                                self.backend_unavailable(stream, client, session, &reply)
+                                    .await;
+                            }
+                            // smtpd may have the client already: say nothing more to it.
+                            None => drop(stream),
+                        }
+                    }
+                }
+            }
         }
     }
 
+    /// The MTA cannot take the client. Before any teaser, `reply` (postscreen's 421) and
+    /// close; after a teaser, the 421 `No system resources` answers the client's next command
+    /// (postscreen's X21 mode), so the greeting is never a `220-` followed by a `421`.
     async fn backend_unavailable(
         &self,
         mut stream: TcpStream,
         client: SocketAddr,
         session: &Session,
-        why: &str,
+        reply: &Reply,
     ) {
-        tracing::debug!(client = %client, "hand-off failed: {why}");
         if !session.teaser_sent {
-            self.reply_and_close(&mut stream, &Reply::all_server_ports_busy(), client)
-                .await;
+            self.reply_and_close(&mut stream, reply, client).await;
             self.disconnect(client);
             return;
         }

@@ -28,6 +28,11 @@ use crate::netns::{Netns, ScratchDir, command_in, output_within};
 /// The domain whose mail the instance accepts and delivers to [`Postfix::mailbox`].
 pub const MAIL_DOMAIN: &str = "example.test";
 
+/// The `master.cf` line of smtpd's `pass` service, the one postscreen hands clients to: its
+/// socket is `private/smtpd` in the queue directory ([`Postfix::pass_socket`]).
+pub const SMTPD_PASS_SERVICE: &str =
+    "smtpd     pass  -       -       n       -       -       smtpd";
+
 /// Upper bound for one `postfix` command (`check`, `start`, `stop`).
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 /// How long the listener may take to appear once `postfix start` returned.
@@ -111,6 +116,12 @@ impl PostfixConfig {
         self.inet_maxproc = maxproc.into();
         self.inet_command = command.into();
         self
+    }
+
+    /// Adds smtpd's `pass` service ([`SMTPD_PASS_SERVICE`]), which takes clients handed over as
+    /// sockets, as postscreen hands them over.
+    pub fn smtpd_pass_service(self) -> Self {
+        self.master_cf(SMTPD_PASS_SERVICE)
     }
 
     /// Adds a `master.cf` line, such as `smtpd pass - - n - - smtpd`.
@@ -271,6 +282,29 @@ impl Postfix {
     /// Where `data_directory` points (postscreen's cache lives here).
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
+    }
+
+    /// The socket of the private `unix` or `pass` service `service`: `private/SERVICE` in the
+    /// queue directory.
+    pub fn pass_socket(&self, service: &str) -> PathBuf {
+        self.root.path().join("spool/private").join(service)
+    }
+
+    /// Waits up to `limit` for master to create the socket of the private service `service`;
+    /// returns its path.
+    pub fn wait_for_pass_socket(&self, service: &str, limit: Duration) -> io::Result<PathBuf> {
+        let path = self.pass_socket(service);
+        wait_for(limit, || path.exists().then_some(())).ok_or_else(|| {
+            io::Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "{} does not exist after {limit:?}; log:\n{}",
+                    path.display(),
+                    self.log()
+                ),
+            )
+        })?;
+        Ok(path)
     }
 
     /// Everything the instance logged so far.

@@ -1,0 +1,1250 @@
+//! Hand-off of a passed client to Postfix's smtpd (`handoff = "postfix"`): the client's TCP
+//! socket itself goes to smtpd's `pass` service, the way postscreen(8) sends it, so smtpd talks
+//! to the client directly and smtp-screen keeps no byte path.
+//!
+//! # The protocol
+//!
+//! As Postfix 3.7 (Debian 12) speaks it; file names are under `postfix/src/`.
+//!
+//! 1. A new UNIX-domain stream connection to the pass service's socket,
+//!    `$queue_directory/private/smtpd` for the `master.cf` line `smtpd pass - - n - - smtpd`.
+//!    postscreen connects non-blocking and gives up after one second
+//!    (`psc_send_socket()` in `postscreen/postscreen_send.c`: `LOCAL_CONNECT(…, NON_BLOCKING,
+//!    PSC_SEND_SOCK_CONNECT_TIMEOUT)`), which is [`CONNECT_TIMEOUT`].
+//! 2. The client socket, as one `SCM_RIGHTS` control message riding on one data byte, a NUL
+//!    (`unix_send_fd()` in `util/unix_send_fd.c`: `iov_base = ""`, `iov_len = 1`; the receiver,
+//!    `unix_recv_fd()`, reads exactly that one byte).
+//! 3. The client's and the server's endpoints, in the null-terminated attribute encoding
+//!    (`attr_print()` is `attr_print0()`, `util/attr.h`; `util/attr_print0.c`): each attribute
+//!    is its name and its value, each followed by a NUL, and one more NUL ends the list. The
+//!    names are `client_address`, `client_port`, `server_address` and `server_port`
+//!    (`MAIL_ATTR_ACT_CLIENT_ADDR` … `MAIL_ATTR_ACT_SERVER_PORT`, `global/mail_proto.h`), in
+//!    that order, so a client 192.0.2.10:40000 that reached 198.51.100.25:25 is sent as
+//!    `client_address␀192.0.2.10␀client_port␀40000␀server_address␀198.51.100.25␀server_port␀25␀␀`.
+//!    Addresses are bare (no brackets, no `IPv6:`), and an IPv4-mapped IPv6 address goes as
+//!    plain IPv4, as postscreen writes it (`psc_sockaddr_to_hostaddr()`,
+//!    `postscreen/postscreen_endpt.c`). [`PassEndpoints::encode`] writes this stream.
+//! 4. smtpd sends nothing back. Its process skeleton (`single_server_accept_pass()` in
+//!    `master/single_server.c`, calling `pass_accept_attr()` in `util/pass_accept.c`) accepts
+//!    the connection, waits up to 100 s for the descriptor, reads it, waits up to 100 s for the
+//!    attributes, reads them (`recv_pass_attr()`, `util/recv_pass_attr.c`: `attr_scan0()` into a
+//!    hash table), and closes the connection. That close is the only signal, and smtpd sends it
+//!    on failure too (it then closes the client socket it received as well), so the sender never
+//!    learns more than "smtpd is done with the channel".
+//!
+//! smtpd then takes the client's endpoints from the attributes instead of from the socket
+//! (`smtpd_peer_from_pass_attr()` in `smtpd/smtpd_peer.c`): a value with a `:` must be an IPv6
+//! address and any other an IPv4 address, ports are decimal without leading zeros, and a missing
+//! or bad attribute is logged (`missing client address from proxy`, `bad IPv4 client address
+//! syntax from proxy: …`) and ends the session. [`PassEndpoints::decode`] applies the same rules,
+//! so tests can read what smtpd would read.
+//!
+//! Each connection carries exactly one client: the skeleton accepts one descriptor and one
+//! attribute list per connection and then closes it. A connection cannot be kept open for later
+//! clients.
+//!
+//! # Keeping the client open until smtpd has it
+//!
+//! postscreen keeps its own copy of the client socket until smtpd closes the channel ("some
+//! systems will discard information when we close a channel immediately after writing"; closing
+//! early lost connections on FreeBSD 7.1), and counts the connection against
+//! `postscreen_post_queue_limit` until then. It waits at most 100 s
+//! (`PSC_SEND_SOCK_NOTIFY_TIMEOUT`, [`NOTIFY_TIMEOUT`]), then logs
+//! `warning: timeout sending connection to service private/smtpd` and lets go; smtpd may still
+//! take the client later. That happens when every smtpd process is busy: the connection waits
+//! in the pass service's listen queue. [`PassHandle`] owns the client socket and the channel, so
+//! the socket stays open exactly until [`PassHandle::taken_over`] returns.
+//!
+//! # Failures
+//!
+//! These are postscreen's warnings and replies, in the [`PassError`] texts and
+//! [`PassError::client_reply`]:
+//!
+//! | what failed | warning | client hears |
+//! |---|---|---|
+//! | connect | `cannot connect to service private/smtpd: %m` | `421 4.3.2 All server ports are busy` |
+//! | sending the socket or the attributes | `cannot pass connection to service private/smtpd: %m` | `421 4.3.2 No system resources` |
+//! | either, after a `220-` teaser | as above | `421 4.3.2 No system resources`, from the dummy engine at the client's next command (X21 mode) |
+//! | no close within 100 s | `timeout sending connection to service private/smtpd` | nothing: the client may be smtpd's by now |
+//!
+//! # Who may connect
+//!
+//! master creates the socket as the mail owner with mode 0666 (`master/master_listen.c`,
+//! `unix_listen()` in `util/unix_listen.c`), but in `$queue_directory/private`, which is the
+//! mail owner's with mode 0700 (`postfix-files`: `$queue_directory/private:d:$mail_owner:-:700`).
+//! Only the mail owner (`postfix`) and root can reach it. smtp-screen connects anew for every
+//! client, long after it has dropped root (a connection opened before the drop would serve one
+//! client only), so its `user` must be able to reach the socket:
+//!
+//! - run smtp-screen as the mail owner, `user = "postfix"`, the account postscreen itself runs
+//!   as; or
+//! - name a pass service that lives in `public/` (`master.cf` private column `n`; the directory
+//!   is the mail owner's, group `postdrop`, mode 0710) and put smtp-screen's user in group
+//!   `postdrop`. Every member of that group can then hand smtpd connections with made-up client
+//!   addresses, which defeats access rules on client addresses (`mynetworks`); prefer the first.
+
+use std::{
+    collections::HashSet,
+    fmt, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, RawFd},
+    path::Path,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _, Interest},
+    net::UnixStream,
+    time::timeout,
+};
+
+use crate::{
+    engine::Reply,
+    escape::{LOG_TEXT_MAX, c_escape},
+};
+
+/// How long connecting to the pass service may take (`PSC_SEND_SOCK_CONNECT_TIMEOUT`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long smtpd may take to close the channel once the client was sent
+/// (`PSC_SEND_SOCK_NOTIFY_TIMEOUT`). Sending itself gets the same bound.
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// Attribute names (`global/mail_proto.h`).
+const CLIENT_ADDRESS: &str = "client_address";
+const CLIENT_PORT: &str = "client_port";
+const SERVER_ADDRESS: &str = "server_address";
+const SERVER_PORT: &str = "server_port";
+
+/// Most attributes one list may hold (`ATTR_HASH_LIMIT`, `util/attr.h`).
+pub const MAX_ATTRIBUTES: usize = 1024;
+
+/// Longest attribute name or value, its terminating NUL included: `4 * var_line_limit` with
+/// Postfix's default `line_length_limit` of 2048 (`util/attr_scan0.c`).
+pub const MAX_STRING: usize = 4 * 2048;
+
+/// The hand-off did not happen, or smtpd did not confirm it in time; or an attribute stream
+/// does not hold what smtpd needs.
+///
+/// The hand-off texts are postscreen's warnings without the `warning: ` prefix; the attribute
+/// texts follow `attr_scan0()` and `smtpd_peer_from_pass_attr()`.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("cannot connect to service {service}: {}", Strerror(.source))]
+    Connect {
+        service: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot pass connection to service {service}: {}", Strerror(.source))]
+    Send {
+        service: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("timeout sending connection to service {service}")]
+    NotifyTimeout { service: String },
+    #[error("premature end-of-input at byte {offset} while reading {reading}")]
+    Truncated {
+        offset: usize,
+        reading: &'static str,
+    },
+    #[error("{reading} at byte {offset} is longer than {} bytes", MAX_STRING - 1)]
+    TooLong {
+        offset: usize,
+        reading: &'static str,
+    },
+    #[error("attribute count exceeds limit {MAX_ATTRIBUTES}")]
+    TooManyAttributes,
+    #[error("missing {what} from proxy")]
+    Missing { what: &'static str },
+    #[error("bad {family} {what} syntax from proxy: {value}")]
+    BadAddress {
+        family: &'static str,
+        what: &'static str,
+        /// The value as received, escaped and cut as postscreen cuts client text in logs.
+        value: String,
+    },
+    #[error("bad TCP {what} number syntax from proxy: {value}")]
+    BadPort {
+        what: &'static str,
+        /// The value as received, escaped and cut as postscreen cuts client text in logs.
+        value: String,
+    },
+}
+
+impl PassError {
+    /// What the client is told after a failed hand-off, as postscreen tells it; `None` when the
+    /// client must not be told anything (smtpd may have it by now).
+    ///
+    /// `teaser_sent` is whether the client saw a `220-` teaser. The reply may then not be sent
+    /// at once: after `220-` a `421` would break the greeting, so postscreen has its dummy
+    /// engine answer the client's next command with it (X21 mode, `PSC_SMTPD_X21`); without a
+    /// teaser it is written at once and the connection closed.
+    pub fn client_reply(&self, teaser_sent: bool) -> Option<Reply> {
+        match self {
+            Self::Connect { .. } if !teaser_sent => Some(Reply::all_server_ports_busy()),
+            Self::Connect { .. } | Self::Send { .. } => Some(Reply::no_system_resources()),
+            _ => None,
+        }
+    }
+}
+
+/// An I/O error as Postfix's `%m` shows it: the system's text without Rust's ` (os error N)`.
+struct Strerror<'a>(&'a io::Error);
+
+impl fmt::Display for Strerror<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.to_string();
+        let bare = match self.0.raw_os_error() {
+            Some(code) => text.strip_suffix(&format!(" (os error {code})")),
+            None => None,
+        };
+        f.write_str(bare.unwrap_or(&text))
+    }
+}
+
+/// The endpoints smtpd takes from the pass attributes instead of asking the socket: with a
+/// PROXY header in front, the ones the header named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassEndpoints {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl PassEndpoints {
+    /// The attribute stream postscreen writes after the descriptor (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        let client_addr = host_addr(self.client.ip());
+        let client_port = self.client.port().to_string();
+        let server_addr = host_addr(self.server.ip());
+        let server_port = self.server.port().to_string();
+        let mut stream = Vec::with_capacity(128);
+        for (name, value) in [
+            (CLIENT_ADDRESS, client_addr.as_str()),
+            (CLIENT_PORT, client_port.as_str()),
+            (SERVER_ADDRESS, server_addr.as_str()),
+            (SERVER_PORT, server_port.as_str()),
+        ] {
+            // Neither the names nor printed addresses and numbers can hold a NUL.
+            stream.extend_from_slice(name.as_bytes());
+            stream.push(0);
+            stream.extend_from_slice(value.as_bytes());
+            stream.push(0);
+        }
+        stream.push(0);
+        stream
+    }
+
+    /// Reads one attribute list from the start of `stream` the way smtpd's pass service reads
+    /// it, and returns the endpoints and the bytes the list took.
+    ///
+    /// Like `attr_scan0()` into a hash table, attributes smtpd does not use are skipped and the
+    /// first of repeated names counts. Unlike it, a list longer than [`MAX_ATTRIBUTES`] names is
+    /// refused rather than cut short, and an empty list is refused (smtpd would fall back to
+    /// the socket's own addresses). [`PassError::Truncated`] means the list has not ended yet:
+    /// a reader may read more and try again.
+    pub fn decode(stream: &[u8]) -> Result<(Self, usize), PassError> {
+        let (attributes, used) = scan_attributes(stream)?;
+        let find = |name: &str, what: &'static str| {
+            attributes
+                .iter()
+                .find(|(n, _)| *n == name.as_bytes())
+                .map(|&(_, value)| value)
+                .ok_or(PassError::Missing { what })
+        };
+        // The order of smtpd_peer_from_pass_attr(), so that the first problem named is the one
+        // smtpd would name.
+        let client_ip = parse_host_addr(find(CLIENT_ADDRESS, "client address")?, "client address")?;
+        let client_port = parse_port(find(CLIENT_PORT, "client port")?, "client port")?;
+        let server_ip = parse_host_addr(find(SERVER_ADDRESS, "server address")?, "server address")?;
+        let server_port = parse_port(find(SERVER_PORT, "server port")?, "server port")?;
+        Ok((
+            Self {
+                client: SocketAddr::new(client_ip, client_port),
+                server: SocketAddr::new(server_ip, server_port),
+            },
+            used,
+        ))
+    }
+}
+
+/// An address as postscreen prints it: IPv4-mapped IPv6 as plain IPv4.
+fn host_addr(ip: IpAddr) -> String {
+    ip.to_canonical().to_string()
+}
+
+/// One attribute as received: name and value, without their NULs.
+type Attribute<'a> = (&'a [u8], &'a [u8]);
+
+/// The attribute list at the start of `stream` (the grammar of `attr_scan0()`:
+/// `(name NUL value NUL)* NUL`), the first instance of each name, and the bytes it took.
+fn scan_attributes(stream: &[u8]) -> Result<(Vec<Attribute<'_>>, usize), PassError> {
+    let mut attributes = Vec::new();
+    let mut seen = HashSet::new();
+    let mut at = 0;
+    loop {
+        let (name, next) = scan_string(stream, at, "attribute name")?;
+        if name.is_empty() {
+            return Ok((attributes, next));
+        }
+        let (value, next) = scan_string(stream, next, "attribute value")?;
+        at = next;
+        if seen.contains(name) {
+            continue;
+        }
+        if seen.len() >= MAX_ATTRIBUTES {
+            return Err(PassError::TooManyAttributes);
+        }
+        seen.insert(name);
+        attributes.push((name, value));
+    }
+}
+
+/// The NUL-terminated string that starts at `at`, and where the next one starts. Looks at no
+/// more than [`MAX_STRING`] bytes.
+fn scan_string<'a>(
+    stream: &'a [u8],
+    at: usize,
+    reading: &'static str,
+) -> Result<(&'a [u8], usize), PassError> {
+    let rest = stream.get(at..).unwrap_or_default();
+    let window = &rest[..rest.len().min(MAX_STRING)];
+    match window.iter().position(|&byte| byte == 0) {
+        Some(len) => Ok((&rest[..len], at + len + 1)),
+        None if rest.len() >= MAX_STRING => Err(PassError::TooLong {
+            offset: at,
+            reading,
+        }),
+        None => Err(PassError::Truncated {
+            offset: stream.len(),
+            reading,
+        }),
+    }
+}
+
+/// An address attribute, checked as smtpd checks it: with a `:` it must be IPv6, else IPv4.
+fn parse_host_addr(value: &[u8], what: &'static str) -> Result<IpAddr, PassError> {
+    let ipv6 = value.contains(&b':');
+    let text = std::str::from_utf8(value).ok();
+    let parsed = if ipv6 {
+        text.and_then(|t| t.parse::<Ipv6Addr>().ok())
+            .map(IpAddr::V6)
+    } else {
+        text.and_then(|t| t.parse::<Ipv4Addr>().ok())
+            .map(IpAddr::V4)
+    };
+    parsed.ok_or_else(|| PassError::BadAddress {
+        family: if ipv6 { "IPv6" } else { "IPv4" },
+        what,
+        value: c_escape(value, LOG_TEXT_MAX),
+    })
+}
+
+/// A port attribute, checked as Postfix's `valid_hostport()` checks it: decimal digits only,
+/// no leading zero, at most 65535.
+fn parse_port(value: &[u8], what: &'static str) -> Result<u16, PassError> {
+    let well_formed = matches!(value, [b'0'] | [b'1'..=b'9', ..])
+        && value.len() <= 5
+        && value.iter().all(u8::is_ascii_digit);
+    well_formed
+        .then(|| std::str::from_utf8(value).ok()?.parse::<u16>().ok())
+        .flatten()
+        .ok_or_else(|| PassError::BadPort {
+            what,
+            value: c_escape(value, LOG_TEXT_MAX),
+        })
+}
+
+/// How postscreen names the service in its warnings: `private/smtpd` (its
+/// `psc_smtpd_service_name`), taken from the socket path when that ends in Postfix's
+/// `private/` or `public/` directory; otherwise the whole path.
+fn service_name(socket_path: &Path) -> String {
+    let dir = socket_path.parent().and_then(Path::file_name);
+    match (dir, socket_path.file_name()) {
+        (Some(dir), Some(name)) if dir == "private" || dir == "public" => {
+            format!("{}/{}", dir.to_string_lossy(), name.to_string_lossy())
+        }
+        _ => socket_path.display().to_string(),
+    }
+}
+
+/// A client that smtpd was sent and has not yet confirmed. Holds the client socket open until
+/// [`PassHandle::taken_over`] returns (or the handle is dropped), as postscreen does; a daemon
+/// counts it against its hand-off limit for as long as it lives.
+#[derive(Debug)]
+pub struct PassHandle<C> {
+    client: C,
+    channel: UnixStream,
+    service: String,
+    notify_timeout: Duration,
+}
+
+impl<C> PassHandle<C> {
+    /// Waits for smtpd to close the channel, at most the notify timeout, then lets go of the
+    /// client socket and the channel.
+    ///
+    /// Any event on the channel ends the wait, as it ends postscreen's: the close smtpd sends,
+    /// but also stray bytes or an error, since smtpd sends nothing else.
+    /// [`PassError::NotifyTimeout`] is a warning to log, not a reason to touch the client.
+    pub async fn taken_over(mut self) -> Result<(), PassError> {
+        let mut byte = [0u8; 1];
+        match timeout(self.notify_timeout, self.channel.read(&mut byte)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(PassError::NotifyTimeout {
+                service: self.service,
+            }),
+        }
+    }
+
+    /// The client socket that was sent. Reading or writing it would race smtpd: it is here to
+    /// be held, and for its addresses.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+}
+
+/// A hand-off that failed before the client was sent in full: the error to log and the client
+/// socket back, to tell the client ([`PassError::client_reply`]).
+pub struct PassFailure<C> {
+    pub error: PassError,
+    pub client: C,
+}
+
+impl<C> fmt::Debug for PassFailure<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PassFailure")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> fmt::Display for PassFailure<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<C> std::error::Error for PassFailure<C> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Hands `client` to the smtpd pass service at `socket_path` as postscreen does: connects
+/// within `connect_timeout`, sends the socket and then the endpoint attributes (together
+/// bounded by `notify_timeout`), and returns the handle that keeps the client open until smtpd
+/// has closed the channel ([`PassHandle::taken_over`]).
+///
+/// `client_addr` and `server_addr` are what smtpd logs and checks the client against: the
+/// socket's own peer and local addresses, or the ones a PROXY header named. On failure the
+/// client comes back untouched with the error; the socket may by then have reached smtpd (when
+/// sending the attributes failed), but smtpd drops a client whose attributes it did not get.
+pub async fn pass_to_smtpd<C: AsFd>(
+    socket_path: &Path,
+    client: C,
+    client_addr: SocketAddr,
+    server_addr: SocketAddr,
+    connect_timeout: Duration,
+    notify_timeout: Duration,
+) -> Result<PassHandle<C>, PassFailure<C>> {
+    let service = service_name(socket_path);
+    let mut channel = match timeout(connect_timeout, UnixStream::connect(socket_path)).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(source)) => {
+            let error = PassError::Connect { service, source };
+            return Err(PassFailure { error, client });
+        }
+        Err(_) => {
+            let source = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+            let error = PassError::Connect { service, source };
+            return Err(PassFailure { error, client });
+        }
+    };
+    let attributes = PassEndpoints {
+        client: client_addr,
+        server: server_addr,
+    }
+    .encode();
+    let client_fd = client.as_fd();
+    let sending = async {
+        // The descriptor first, then the attributes, in two writes, as postscreen sends them.
+        channel
+            .async_io(Interest::WRITABLE, || send_fd(channel.as_fd(), client_fd))
+            .await?;
+        channel.write_all(&attributes).await
+    };
+    let sent = match timeout(notify_timeout, sending).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+    };
+    if let Err(source) = sent {
+        let error = PassError::Send { service, source };
+        return Err(PassFailure { error, client });
+    }
+    Ok(PassHandle {
+        client,
+        channel,
+        service,
+        notify_timeout,
+    })
+}
+
+/// Room for one control message that carries one descriptor.
+// SAFETY: CMSG_SPACE is plain arithmetic on its argument.
+const FD_CONTROL_SPACE: usize = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+
+/// Sends `fd` over the UNIX stream socket `channel` as `unix_send_fd()` does: one NUL data byte
+/// carrying one `SCM_RIGHTS` message. `WouldBlock` comes back as it is, for the caller's
+/// readiness loop.
+fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // u64 words keep the buffer aligned for cmsghdr.
+    let mut control = [0u64; FD_CONTROL_SPACE.div_ceil(size_of::<u64>())];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = FD_CONTROL_SPACE as _;
+    // SAFETY: msg_control points at FD_CONTROL_SPACE zeroed, aligned bytes that outlive this
+    // block, so CMSG_FIRSTHDR returns a header inside them with room for one descriptor after
+    // it; the descriptor is written unaligned because CMSG_DATA promises no alignment.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        libc::CMSG_DATA(header)
+            .cast::<RawFd>()
+            .write_unaligned(fd.as_raw_fd());
+    }
+    loop {
+        // SAFETY: msg and everything it points to live until the call returns; MSG_NOSIGNAL
+        // turns a closed peer into EPIPE instead of SIGPIPE.
+        let sent = unsafe { libc::sendmsg(channel.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match sent {
+            1 => return Ok(()),
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream as StdTcpStream,
+        os::{
+            fd::{FromRawFd as _, OwnedFd},
+            unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream},
+        },
+        path::PathBuf,
+        sync::atomic::{AtomicU32, Ordering},
+        thread,
+        time::Instant,
+    };
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// The stream attr_print0() writes for the four attributes, spelled out byte by byte.
+    fn expected_stream(client: &str, client_port: &str, server: &str, port: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for part in [
+            "client_address",
+            client,
+            "client_port",
+            client_port,
+            "server_address",
+            server,
+            "server_port",
+            port,
+        ] {
+            bytes.extend_from_slice(part.as_bytes());
+            bytes.push(b'\0');
+        }
+        bytes.push(b'\0');
+        bytes
+    }
+
+    fn endpoints(client: &str, server: &str) -> PassEndpoints {
+        PassEndpoints {
+            client: addr(client),
+            server: addr(server),
+        }
+    }
+
+    #[test]
+    fn encodes_the_attributes_as_attr_print0_does() {
+        let ipv4 = endpoints("192.0.2.10:40000", "198.51.100.25:25");
+        assert_eq!(
+            ipv4.encode(),
+            b"client_address\x00192.0.2.10\x00client_port\x0040000\x00\
+              server_address\x00198.51.100.25\x00server_port\x0025\x00\x00"
+        );
+        let ipv6 = endpoints("[2001:db8::5]:1", "[2001:db8:0:0:0:0:0:25]:25");
+        assert_eq!(
+            ipv6.encode(),
+            expected_stream("2001:db8::5", "1", "2001:db8::25", "25")
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_go_as_plain_ipv4() {
+        let mapped = endpoints("[::ffff:192.0.2.10]:40000", "[::ffff:198.51.100.25]:25");
+        assert_eq!(
+            mapped.encode(),
+            expected_stream("192.0.2.10", "40000", "198.51.100.25", "25")
+        );
+    }
+
+    #[test]
+    fn decodes_what_it_encodes_and_reports_the_length() {
+        for (client, server) in [
+            ("192.0.2.10:40000", "198.51.100.25:25"),
+            ("0.0.0.0:0", "255.255.255.255:65535"),
+            ("[2001:db8::5]:1", "[fd00:251:1::1]:25"),
+            ("192.0.2.1:65535", "[::1]:587"),
+        ] {
+            let sent = endpoints(client, server);
+            let mut stream = sent.encode();
+            let len = stream.len();
+            stream.extend_from_slice(b"trailing bytes belong to the next reader");
+            assert_eq!(PassEndpoints::decode(&stream).unwrap(), (sent, len));
+        }
+    }
+
+    #[test]
+    fn skips_other_attributes_and_keeps_the_first_of_repeated_ones() {
+        let mut stream = b"protocol\x00smtp\x00client_address\x00192.0.2.1\x00".to_vec();
+        stream.extend_from_slice(b"client_address\x00192.0.2.99\x00");
+        stream.extend_from_slice(&expected_stream("192.0.2.2", "25", "192.0.2.3", "26"));
+        let (decoded, used) = PassEndpoints::decode(&stream).unwrap();
+        assert_eq!(decoded, endpoints("192.0.2.1:25", "192.0.2.3:26"));
+        assert_eq!(used, stream.len());
+    }
+
+    #[test]
+    fn a_stream_that_has_not_ended_is_truncated_at_every_cut() {
+        let stream = endpoints("192.0.2.10:40000", "[2001:db8::25]:25").encode();
+        for cut in 0..stream.len() {
+            let err = PassEndpoints::decode(&stream[..cut]).unwrap_err();
+            match err {
+                PassError::Truncated { offset, .. } => assert_eq!(offset, cut),
+                other => panic!("cut at {cut}: {other}"),
+            }
+        }
+        let err = PassEndpoints::decode(b"client_address\x00192.0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "premature end-of-input at byte 20 while reading attribute value"
+        );
+    }
+
+    #[test]
+    fn missing_attributes_are_named_as_smtpd_names_them() {
+        let full = [
+            "client_address",
+            "client_port",
+            "server_address",
+            "server_port",
+        ];
+        let values = ["192.0.2.1", "4000", "192.0.2.2", "25"];
+        let words = [
+            "missing client address from proxy",
+            "missing client port from proxy",
+            "missing server address from proxy",
+            "missing server port from proxy",
+        ];
+        for (left_out, expected) in words.iter().enumerate() {
+            let mut stream = Vec::new();
+            for (i, (name, value)) in full.iter().zip(values).enumerate() {
+                if i != left_out {
+                    stream.extend_from_slice(format!("{name}\0{value}\0").as_bytes());
+                }
+            }
+            stream.push(0);
+            let err = PassEndpoints::decode(&stream).unwrap_err();
+            assert_eq!(err.to_string(), *expected);
+        }
+        // An empty list: smtpd would fall back to the socket's own addresses; we refuse it.
+        let err = PassEndpoints::decode(b"\0").unwrap_err();
+        assert_eq!(err.to_string(), "missing client address from proxy");
+    }
+
+    /// Decodes a list of the four attributes with these values and returns the error text.
+    fn refusal(values: [&[u8]; 4]) -> String {
+        let names = [
+            "client_address",
+            "client_port",
+            "server_address",
+            "server_port",
+        ];
+        let mut stream = Vec::new();
+        for (name, value) in names.into_iter().zip(values) {
+            stream.extend_from_slice(name.as_bytes());
+            stream.push(0);
+            stream.extend_from_slice(value);
+            stream.push(0);
+        }
+        stream.push(0);
+        PassEndpoints::decode(&stream).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_in_smtpds_words() {
+        let client = |value: &[u8]| refusal([value, b"1", b"192.0.2.2", b"25"]);
+        let bad = "bad IPv4 client address syntax from proxy";
+        assert_eq!(client(b"192.0.2.256"), format!("{bad}: 192.0.2.256"));
+        assert_eq!(client(b"host.example"), format!("{bad}: host.example"));
+        assert_eq!(client(b"01.2.3.4"), format!("{bad}: 01.2.3.4"));
+        assert_eq!(client(b""), format!("{bad}: "));
+        let bad = "bad IPv6 client address syntax from proxy";
+        assert_eq!(client(b"[2001:db8::1]"), format!("{bad}: [2001:db8::1]"));
+        assert_eq!(
+            client(b"IPv6:2001:db8::1"),
+            format!("{bad}: IPv6:2001:db8::1")
+        );
+        assert_eq!(client(b"192.0.2.1:25"), format!("{bad}: 192.0.2.1:25"));
+        // Unprintable bytes are escaped and the text cut, as in postscreen's log lines.
+        assert_eq!(
+            refusal([b"192.0.2.1", b"25", b"\xff\x01", b"25"]),
+            "bad IPv4 server address syntax from proxy: \\377\\001"
+        );
+        let long = vec![b'\n'; 500];
+        let text = refusal([&long, b"1", b"192.0.2.2", b"25"]);
+        assert_eq!(
+            text.len(),
+            "bad IPv4 client address syntax from proxy: ".len() + 100
+        );
+    }
+
+    #[test]
+    fn bad_ports_are_refused_in_smtpds_words() {
+        let client = |value: &[u8]| refusal([b"192.0.2.1", value, b"192.0.2.2", b"25"]);
+        let bad = "bad TCP client port number syntax from proxy";
+        for value in [
+            "", "025", "00", "65536", "+25", "-1", "1000000", "2 5", "0x19",
+        ] {
+            assert_eq!(client(value.as_bytes()), format!("{bad}: {value}"));
+        }
+        assert_eq!(
+            refusal([b"192.0.2.1", b"25", b"192.0.2.2", b"99999"]),
+            "bad TCP server port number syntax from proxy: 99999"
+        );
+        // The edges that are fine.
+        let stream = b"client_address\x00192.0.2.1\x00client_port\x000\x00\
+                       server_address\x00192.0.2.2\x00server_port\x0065535\x00\x00";
+        let (decoded, _) = PassEndpoints::decode(stream).unwrap();
+        assert_eq!(decoded, endpoints("192.0.2.1:0", "192.0.2.2:65535"));
+    }
+
+    #[test]
+    fn oversized_strings_and_endless_lists_are_refused() {
+        // A name without a NUL in the first MAX_STRING bytes.
+        let long_name = vec![b'a'; MAX_STRING + 10];
+        let err = PassEndpoints::decode(&long_name).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PassError::TooLong {
+                    offset: 0,
+                    reading: "attribute name"
+                }
+            ),
+            "{err}"
+        );
+        // The longest value that fits, and one byte more.
+        for (len, fits) in [(MAX_STRING - 1, true), (MAX_STRING, false)] {
+            let mut stream = b"x\0".to_vec();
+            stream.extend(std::iter::repeat_n(b'v', len));
+            stream.push(0);
+            stream.extend_from_slice(&endpoints("192.0.2.1:1", "192.0.2.2:2").encode());
+            let result = PassEndpoints::decode(&stream);
+            assert_eq!(result.is_ok(), fits, "value of {len} bytes: {result:?}");
+        }
+        // More distinct names than attr_scan0() keeps.
+        let mut stream = Vec::new();
+        for i in 0..=MAX_ATTRIBUTES {
+            stream.extend_from_slice(format!("name{i}\0value\0").as_bytes());
+        }
+        stream.push(0);
+        let err = PassEndpoints::decode(&stream).unwrap_err();
+        assert_eq!(err.to_string(), "attribute count exceeds limit 1024");
+        // Repeats of one name do not count against the limit.
+        let mut stream = Vec::new();
+        for _ in 0..(2 * MAX_ATTRIBUTES) {
+            stream.extend_from_slice(b"client_port\x001\x00");
+        }
+        stream.extend_from_slice(&endpoints("192.0.2.1:7", "192.0.2.2:8").encode());
+        let (decoded, _) = PassEndpoints::decode(&stream).unwrap();
+        assert_eq!(decoded.client.port(), 1);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_errors_stay_short() {
+        // Mostly NULs, digits, dots and colons, so that some lists parse far.
+        const ALPHABET: &[u8] = b"\0\0\0.:0123456789abcdef\xff";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..2000 {
+            let len = (round * 7) % 300;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ALPHABET[(state % ALPHABET.len() as u64) as usize]
+                })
+                .collect();
+            if let Err(err) = PassEndpoints::decode(&bytes) {
+                assert!(err.to_string().len() < 200, "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors_read_as_postscreens_warnings() {
+        let service = "private/smtpd".to_string();
+        let missing = PassError::Connect {
+            service: service.clone(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "cannot connect to service private/smtpd: No such file or directory"
+        );
+        let timed_out = PassError::Connect {
+            service: service.clone(),
+            source: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        };
+        assert_eq!(
+            timed_out.to_string(),
+            "cannot connect to service private/smtpd: Connection timed out"
+        );
+        let send = PassError::Send {
+            service: service.clone(),
+            source: io::Error::from_raw_os_error(libc::EPIPE),
+        };
+        assert_eq!(
+            send.to_string(),
+            "cannot pass connection to service private/smtpd: Broken pipe"
+        );
+        let other = PassError::Send {
+            service: service.clone(),
+            source: io::ErrorKind::WriteZero.into(),
+        };
+        assert_eq!(
+            other.to_string(),
+            format!(
+                "cannot pass connection to service private/smtpd: {}",
+                io::Error::from(io::ErrorKind::WriteZero)
+            )
+        );
+        let late = PassError::NotifyTimeout { service };
+        assert_eq!(
+            late.to_string(),
+            "timeout sending connection to service private/smtpd"
+        );
+    }
+
+    #[test]
+    fn the_client_hears_what_postscreen_says() {
+        let service = String::from("private/smtpd");
+        let connect = PassError::Connect {
+            service: service.clone(),
+            source: io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        };
+        let send = PassError::Send {
+            service: service.clone(),
+            source: io::Error::from_raw_os_error(libc::EPIPE),
+        };
+        let late = PassError::NotifyTimeout { service };
+        let busy = b"421 4.3.2 All server ports are busy\r\n".to_vec();
+        let no_resources = b"421 4.3.2 No system resources\r\n".to_vec();
+        let bytes = |reply: Option<Reply>| reply.map(|r| r.to_bytes());
+        assert_eq!(bytes(connect.client_reply(false)), Some(busy));
+        assert_eq!(
+            bytes(connect.client_reply(true)),
+            Some(no_resources.clone())
+        );
+        assert_eq!(bytes(send.client_reply(false)), Some(no_resources.clone()));
+        assert_eq!(bytes(send.client_reply(true)), Some(no_resources));
+        assert_eq!(late.client_reply(false), None);
+        assert_eq!(late.client_reply(true), None);
+        assert_eq!(PassError::TooManyAttributes.client_reply(false), None);
+    }
+
+    #[test]
+    fn names_the_service_as_postscreen_does() {
+        let name = |path: &str| service_name(Path::new(path));
+        assert_eq!(name("/var/spool/postfix/private/smtpd"), "private/smtpd");
+        assert_eq!(
+            name("/var/spool/postfix/public/smtpd-pass"),
+            "public/smtpd-pass"
+        );
+        assert_eq!(name("/run/smtpd.sock"), "/run/smtpd.sock");
+        assert_eq!(name("smtpd"), "smtpd");
+        assert_eq!(name("/"), "/");
+    }
+
+    // ---- The hand-off against a fake pass service. ----
+
+    /// A directory of its own with a `private/` inside, removed on drop.
+    struct SocketDir(PathBuf);
+
+    impl SocketDir {
+        fn new() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "postfix-pass-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(dir.join("private")).unwrap();
+            Self(dir)
+        }
+
+        fn socket(&self) -> PathBuf {
+            self.0.join("private/smtpd")
+        }
+    }
+
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Receives what unix_recv_fd() receives: one data byte and the descriptors that came with
+    /// it (room for several, to see if more than one was sent).
+    fn recv_fd(channel: &StdUnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut data = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: plain arithmetic.
+        let space = unsafe { libc::CMSG_SPACE(4 * size_of::<RawFd>() as u32) } as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        // SAFETY: all-zero is a valid empty msghdr.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg points at live buffers of the sizes it states.
+        let n = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled msg_control; the CMSG macros walk it within msg_controllen,
+        // and every SCM_RIGHTS descriptor is new and ours to own.
+        unsafe {
+            let mut header = libc::CMSG_FIRSTHDR(&msg);
+            while !header.is_null() {
+                if (*header).cmsg_level == libc::SOL_SOCKET
+                    && (*header).cmsg_type == libc::SCM_RIGHTS
+                {
+                    let payload = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                    for i in 0..payload / size_of::<RawFd>() {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                header = libc::CMSG_NXTHDR(&msg, header);
+            }
+        }
+        Ok((data[..n as usize].to_vec(), fds))
+    }
+
+    /// What the fake pass service received from one sender.
+    struct Received {
+        data: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        endpoints: PassEndpoints,
+        extra: usize,
+        channel: StdUnixStream,
+    }
+
+    /// Accepts one connection and reads it as pass_accept_attr() does: the descriptor, then
+    /// the attribute list, read a little at a time until it ends.
+    fn receive_one(listener: &StdUnixListener) -> Received {
+        let (mut channel, _) = listener.accept().unwrap();
+        channel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (data, fds) = recv_fd(&channel).unwrap();
+        let mut stream = Vec::new();
+        let mut chunk = [0u8; 7];
+        let (endpoints, used) = loop {
+            match PassEndpoints::decode(&stream) {
+                Ok(done) => break done,
+                Err(PassError::Truncated { .. }) => {}
+                Err(e) => panic!("bad attributes: {e}"),
+            }
+            let n = channel.read(&mut chunk).unwrap();
+            assert!(n > 0, "the sender closed before the list ended");
+            assert!(stream.len() < 4096, "endless attribute stream");
+            stream.extend_from_slice(&chunk[..n]);
+        };
+        Received {
+            data,
+            fds,
+            endpoints,
+            extra: stream.len() - used,
+            channel,
+        }
+    }
+
+    /// A connected client and the server side of it, as the daemon holds it.
+    async fn tcp_pair() -> (StdTcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = StdTcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (client, accepted)
+    }
+
+    async fn pass(
+        socket: &Path,
+        accepted: TcpStream,
+        notify_timeout: Duration,
+    ) -> Result<PassHandle<TcpStream>, PassFailure<TcpStream>> {
+        let client_addr = accepted.peer_addr().unwrap();
+        let server_addr = accepted.local_addr().unwrap();
+        pass_to_smtpd(
+            socket,
+            accepted,
+            client_addr,
+            server_addr,
+            CONNECT_TIMEOUT,
+            notify_timeout,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_client_socket_itself_reaches_the_pass_service() {
+        let dir = SocketDir::new();
+        let listener = StdUnixListener::bind(dir.socket()).unwrap();
+        let (mut client, accepted) = tcp_pair().await;
+        let client_addr = accepted.peer_addr().unwrap();
+        let server_addr = accepted.local_addr().unwrap();
+        let service = thread::spawn(move || {
+            let received = receive_one(&listener);
+            // Speak through the received socket, as smtpd would, then close the channel.
+            let [fd] = <[OwnedFd; 1]>::try_from(received.fds).expect("exactly one descriptor");
+            let mut smtpd = StdTcpStream::from(fd);
+            let seen = (smtpd.peer_addr().unwrap(), smtpd.local_addr().unwrap());
+            smtpd.write_all(b"220 smtpd.example ESMTP\r\n").unwrap();
+            drop(received.channel);
+            (
+                received.data,
+                received.endpoints,
+                received.extra,
+                seen,
+                smtpd,
+            )
+        });
+
+        let handle = pass(&dir.socket(), accepted, NOTIFY_TIMEOUT).await.unwrap();
+        let started = Instant::now();
+        handle.taken_over().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let (data, endpoints, extra, seen, mut smtpd) = service.join().unwrap();
+        assert_eq!(data, [0], "the descriptor rides on one NUL byte");
+        assert_eq!(endpoints.client, client_addr);
+        assert_eq!(endpoints.server, server_addr);
+        assert_eq!(extra, 0, "nothing follows the attribute list");
+        assert_eq!(seen, (client_addr, server_addr), "the very same connection");
+
+        // The client talks to the receiver directly, both ways.
+        let mut greeting = [0u8; 25];
+        client.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"220 smtpd.example ESMTP\r\n");
+        client.write_all(b"QUIT\r\n").unwrap();
+        let mut command = [0u8; 6];
+        smtpd.read_exact(&mut command).unwrap();
+        assert_eq!(&command, b"QUIT\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_client_stays_open_until_the_channel_closes() {
+        let dir = SocketDir::new();
+        let listener = StdUnixListener::bind(dir.socket()).unwrap();
+        let (mut client, accepted) = tcp_pair().await;
+        let (close_channel, close_requested) = std::sync::mpsc::channel::<()>();
+        let service = thread::spawn(move || {
+            let received = receive_one(&listener);
+            // A receiver that lets go of the client at once, and of the channel only when told.
+            drop(received.fds);
+            close_requested.recv().unwrap();
+            drop(received.channel);
+        });
+
+        let handle = pass(&dir.socket(), accepted, NOTIFY_TIMEOUT).await.unwrap();
+        // Only the handle's copy keeps the connection open now: no EOF for the client.
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = client.read(&mut byte).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+
+        close_channel.send(()).unwrap();
+        handle.taken_over().await.unwrap();
+        service.join().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(client.read(&mut byte).unwrap(), 0, "closed once taken over");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_never_closes_the_channel_times_out() {
+        let dir = SocketDir::new();
+        let listener = StdUnixListener::bind(dir.socket()).unwrap();
+        let (_client, accepted) = tcp_pair().await;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let service = thread::spawn(move || {
+            let received = receive_one(&listener);
+            // Hold everything until the test is over.
+            finished.recv().unwrap();
+            drop(received);
+        });
+
+        let notify = Duration::from_millis(200);
+        let handle = pass(&dir.socket(), accepted, notify).await.unwrap();
+        let started = Instant::now();
+        let err = handle.taken_over().await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            waited >= notify && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "timeout sending connection to service private/smtpd"
+        );
+        assert!(err.client_reply(true).is_none());
+        done.send(()).unwrap();
+        service.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_fails_at_once_and_returns_the_client() {
+        let dir = SocketDir::new();
+        let (mut client, accepted) = tcp_pair().await;
+        let started = Instant::now();
+        let failure = pass(&dir.socket(), accepted, NOTIFY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < CONNECT_TIMEOUT);
+        assert!(
+            matches!(&failure.error, PassError::Connect { source, .. }
+                if source.kind() == io::ErrorKind::NotFound),
+            "{failure:?}"
+        );
+        assert_eq!(
+            failure.to_string(),
+            "cannot connect to service private/smtpd: No such file or directory"
+        );
+        // The client is still ours to answer.
+        let reply = failure.error.client_reply(false).unwrap().to_bytes();
+        let mut back = failure.client;
+        back.write_all(&reply).await.unwrap();
+        drop(back);
+        let mut heard = Vec::new();
+        client.read_to_end(&mut heard).unwrap();
+        assert_eq!(heard, b"421 4.3.2 All server ports are busy\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_refused() {
+        let dir = SocketDir::new();
+        drop(StdUnixListener::bind(dir.socket()).unwrap());
+        let (_client, accepted) = tcp_pair().await;
+        let failure = pass(&dir.socket(), accepted, NOTIFY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            failure.to_string(),
+            "cannot connect to service private/smtpd: Connection refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_listen_queue_fails_at_once() {
+        let dir = SocketDir::new();
+        // A listener with a backlog of zero takes one pending connection; the next connect
+        // finds the queue full, which a non-blocking connect reports at once (EAGAIN), as it
+        // does to postscreen.
+        let socket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&socket2::SockAddr::unix(dir.socket()).unwrap())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let _pending = StdUnixStream::connect(dir.socket()).unwrap();
+        let (_client, accepted) = tcp_pair().await;
+        let started = Instant::now();
+        let failure = pass(&dir.socket(), accepted, NOTIFY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < CONNECT_TIMEOUT);
+        assert!(
+            matches!(failure.error, PassError::Connect { .. }),
+            "{failure}"
+        );
+        assert_eq!(
+            failure.to_string(),
+            "cannot connect to service private/smtpd: Resource temporarily unavailable"
+        );
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_is_an_error_not_a_signal() {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        drop(theirs);
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = send_fd(ours.as_fd(), file.as_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
+    }
+
+    #[test]
+    fn sends_exactly_one_descriptor_on_one_nul_byte() {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let (mut a, b) = StdUnixStream::pair().unwrap();
+        send_fd(ours.as_fd(), b.as_fd()).unwrap();
+        drop(b);
+        let (data, fds) = recv_fd(&theirs).unwrap();
+        assert_eq!(data, [0]);
+        let [fd] = <[OwnedFd; 1]>::try_from(fds).expect("one descriptor");
+        // The descriptor received is the other end of `a`.
+        let mut b = StdUnixStream::from(fd);
+        a.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+}
