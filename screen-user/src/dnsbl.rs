@@ -39,7 +39,7 @@ use hickory_resolver::{
 };
 use tokio::{
     sync::watch,
-    task::{AbortHandle, JoinSet},
+    task::JoinSet,
 };
 
 use crate::maillog::MailLog;
@@ -1120,21 +1120,18 @@ impl Inner {
             results: Mutex::new(results),
             done,
         });
-        let mut tasks = Vec::new();
         for index in (0..asked.len()).filter(|&index| asked[index]) {
             let inner = Arc::clone(self);
             let lookups = Arc::clone(&lookups);
-            let task = tokio::spawn(async move {
+            tokio::spawn(async move {
                 let result = inner.lookup(index, client).await;
                 lookups.finish(index, result);
             });
-            tasks.push(task.abort_handle());
         }
         QueryShare {
             inner: Arc::clone(self),
             client,
             lookups,
-            tasks,
             shared,
         }
     }
@@ -1346,21 +1343,20 @@ impl Lookups {
     }
 }
 
-/// One client's lookups, shared by its connections. The last connection to let go stops the
-/// lookups still running and forgets the address.
+/// One client's lookups, shared by its connections. The last connection to let go forgets
+/// the address; lookups still running finish on their own, within `dnsbl_timeout`.
 struct QueryShare {
     inner: Arc<Inner>,
     client: IpAddr,
     lookups: Arc<Lookups>,
-    tasks: Vec<AbortHandle>,
     shared: bool,
 }
 
 impl Drop for QueryShare {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        // The lookups run on after the last connection lets go, each bounded by
+        // `dnsbl_timeout`, as postscreen's dnsblog requests do: a list slower than the greet
+        // wait is still reported when it times out, and its answer still warms the cache.
         if self.shared {
             let mut shared = lock(&self.inner.shared);
             // Our own entry is dead now; a live one belongs to a newer set of lookups.

@@ -12,9 +12,11 @@ use std::{
     time::Duration,
 };
 
+pub mod daemon;
 pub mod frames;
 pub mod netns;
 pub mod postfix;
+pub mod rbldnsd;
 pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns
