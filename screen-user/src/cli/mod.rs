@@ -3,6 +3,7 @@
 mod cache;
 mod check_config;
 mod dnsbl;
+mod import_postfix;
 mod list;
 mod load;
 mod run;
@@ -65,6 +66,20 @@ pub enum Command {
     /// Query the configured DNS lists.
     #[command(subcommand)]
     Dnsbl(DnsblCommand),
+    /// Write an smtp-screen configuration from Postfix's postscreen settings (`postconf -n`),
+    /// and print the master.cf edits that hand port 25 over.
+    ImportPostfix {
+        /// Read this saved `postconf -n` output instead of running `postconf -n`.
+        #[arg(long, value_name = "FILE")]
+        postconf_output: Option<PathBuf>,
+        /// Write the configuration to this new file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Postfix's master.cf, to name the exact lines to change (and to take postscreen's
+        /// listen addresses and -o settings from).
+        #[arg(long, value_name = "FILE")]
+        master_cf: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +200,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config::run(&file),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Dnsbl(DnsblCommand::Check { addr, args }) => dnsbl::check(addr, &args),
+        Command::ImportPostfix {
+            postconf_output,
+            output,
+            master_cf,
+        } => import_postfix::run(
+            postconf_output.as_deref(),
+            output.as_deref(),
+            master_cf.as_deref(),
+        ),
     }
 }
 
