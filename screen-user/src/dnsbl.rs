@@ -37,10 +37,7 @@ use hickory_resolver::{
         rr::{Name, RData, RecordType},
     },
 };
-use tokio::{
-    sync::watch,
-    task::JoinSet,
-};
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::maillog::MailLog;
 
