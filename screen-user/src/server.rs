@@ -163,6 +163,7 @@ impl Screen {
                 ));
                 self.reply_and_close(&mut stream, &Reply::too_many_connections(), client)
                     .await;
+                self.disconnect(client);
                 return;
             }
             Err(_) => {
@@ -172,6 +173,7 @@ impl Screen {
                 ));
                 self.reply_and_close(&mut stream, &Reply::all_server_ports_busy(), client)
                     .await;
+                self.disconnect(client);
                 return;
             }
         };
@@ -252,6 +254,7 @@ impl Screen {
                 ));
                 self.reply_and_close(&mut stream, &Reply::all_screening_ports_busy(), client)
                     .await;
+                self.disconnect(client);
                 return;
             }
         };
@@ -307,6 +310,11 @@ impl Screen {
                             session.failures.push("PREGREET");
                         }
                         TestAction::Ignore => session.results.pregreet = Outcome::Ignored,
+                    }
+                    // postscreen goes on waiting for the DNS answers after a pregreet: a
+                    // listed pregreeter gets the DNSBL verdict too.
+                    if let Some(query) = &query {
+                        query.wait_all(deadline).await;
                     }
                 }
                 Ok(GreetOutcome::Hangup { after }) => {
@@ -618,8 +626,8 @@ impl Screen {
         reply: &Reply,
     ) {
         if !session.teaser_sent {
+            // postscreen sends the reply and frees the session without a DISCONNECT line.
             self.reply_and_close(&mut stream, reply, client).await;
-            self.disconnect(client);
             return;
         }
         match Engine::new(Arc::clone(&self.settings), client) {
