@@ -584,7 +584,7 @@ fn a_backend_that_is_down_is_reported_in_postscreen_words() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let disconnect = format!("DISCONNECT {tag}");
     assert!(
-        !daemon.lines().iter().any(|line| *line == disconnect),
+        !daemon.lines().contains(&disconnect),
         "{disconnect} logged"
     );
 
