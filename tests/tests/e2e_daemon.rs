@@ -583,10 +583,7 @@ fn a_backend_that_is_down_is_reported_in_postscreen_words() {
     // lingers up to a second on the closed connection before it would log one.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let disconnect = format!("DISCONNECT {tag}");
-    assert!(
-        !daemon.lines().contains(&disconnect),
-        "{disconnect} logged"
-    );
+    assert!(!daemon.lines().contains(&disconnect), "{disconnect} logged");
 
     let backend = bed.backend_addr().to_string();
     let warnings: Vec<String> = daemon
