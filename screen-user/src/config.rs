@@ -200,6 +200,12 @@ pub struct Config {
     /// Turn every 5xx reply into 4xx, for testing a new configuration safely.
     #[serde(deserialize_with = "yes_no")]
     pub soft_bounce: bool,
+    /// The dummy engine requires HELO or EHLO before MAIL and ETRN.
+    #[serde(deserialize_with = "yes_no")]
+    pub helo_required: bool,
+    /// The dummy engine refuses VRFY with 502 and does not announce it.
+    #[serde(deserialize_with = "yes_no")]
+    pub disable_vrfy_command: bool,
 
     // --- DNSBL and DNSWL scoring ---
     /// `domain[=filter][*weight]` entries, comma or space separated; empty disables the test.
@@ -325,6 +331,8 @@ impl Default for Config {
             reject_footer: String::new(),
             line_length_limit: 2048,
             soft_bounce: false,
+            helo_required: false,
+            disable_vrfy_command: false,
             dnsbl_sites: String::new(),
             dnsbl_threshold: 1,
             dnsbl_action: TestAction::Ignore,

@@ -152,6 +152,8 @@ impl Prepared {
             command_count_limit: config.command_count_limit,
             line_length_limit: config.line_length_limit as usize,
             soft_bounce: config.soft_bounce,
+            helo_required: config.helo_required,
+            disable_vrfy: config.disable_vrfy_command,
             reject_footer: footer.clone(),
             starttls_offered: tls.is_some(),
             deep_tests: DeepTests {

@@ -977,8 +977,6 @@ enum ReportWhen {
     Set,
     /// Reported when its value is not empty.
     NotEmpty,
-    /// Reported when it is `yes` (`no` is what smtp-screen does).
-    Yes,
 }
 
 /// postscreen parameters smtp-screen has no option for: name, Postfix 3.7's default, when to
@@ -998,13 +996,6 @@ const UNSUPPORTED: &[(&str, &str, ReportWhen, &str)] = &[
         "smtp-screen does not rewrite client commands",
     ),
     (
-        "postscreen_disable_vrfy_command",
-        "$disable_vrfy_command",
-        ReportWhen::Yes,
-        "smtp-screen's engine has no option for it: VRFY gets the RCPT reply (450 4.3.2), \
-         as with postscreen's default",
-    ),
-    (
         "postscreen_discard_ehlo_keyword_address_maps",
         "$smtpd_discard_ehlo_keyword_address_maps",
         ReportWhen::NotEmpty,
@@ -1022,13 +1013,6 @@ const UNSUPPORTED: &[(&str, &str, ReportWhen, &str)] = &[
         ReportWhen::Set,
         "smtp-screen's footer macros expand to addresses, ports, the host name and the time, \
          which need no filter",
-    ),
-    (
-        "postscreen_helo_required",
-        "$smtpd_helo_required",
-        ReportWhen::Yes,
-        "smtp-screen's engine has no option for it: MAIL is accepted without HELO/EHLO, as \
-         with postscreen's default",
     ),
     (
         "postscreen_reject_footer_maps",
@@ -1593,6 +1577,18 @@ impl Translation {
             names("line_length_limit", "2048"),
             "line_length_limit",
             Kind::Count(512),
+        );
+        self.plain(
+            Section::Main,
+            names("postscreen_helo_required", "$smtpd_helo_required"),
+            "helo_required",
+            Kind::YesNo,
+        );
+        self.plain(
+            Section::Main,
+            names("postscreen_disable_vrfy_command", "$disable_vrfy_command"),
+            "disable_vrfy_command",
+            Kind::YesNo,
         );
     }
 
@@ -2425,7 +2421,6 @@ impl Translation {
                 ReportWhen::Explicit => value.explicit,
                 ReportWhen::Set => expanded.from_input,
                 ReportWhen::NotEmpty => !text.is_empty(),
-                ReportWhen::Yes => text.eq_ignore_ascii_case("yes"),
             };
             if report {
                 let subject = if value.explicit {
@@ -3542,21 +3537,18 @@ smtpd_tls_key_file = /etc/ssl/private/mx.key
         assert_eq!(c.upstream_proxy_timeout, secs(8));
         assert_eq!(c.tls_cert_file, "/etc/ssl/certs/mx.pem");
         assert_eq!(c.tls_key_file, "/etc/ssl/private/mx.key");
+        assert!(c.helo_required);
+        assert!(c.disable_vrfy_command);
         // What smtp-screen has no option for, each with its reason.
         let expect = [
             ("postscreen_cache_map", "own database"),
             ("postscreen_command_filter", "does not rewrite"),
-            (
-                "postscreen_disable_vrfy_command",
-                "VRFY gets the RCPT reply",
-            ),
             (
                 "postscreen_discard_ehlo_keyword_address_maps",
                 "EHLO keywords",
             ),
             ("postscreen_discard_ehlo_keywords", "EHLO keywords"),
             ("postscreen_expansion_filter", "need no filter"),
-            ("postscreen_helo_required", "without HELO/EHLO"),
             ("postscreen_reject_footer_maps", "no per-client tables"),
             ("postscreen_watchdog_timeout", "no watchdog"),
         ];
@@ -4137,29 +4129,24 @@ postscreen_dnsbl_threshold = 1
     }
 
     #[test]
-    fn settings_equal_to_smtp_screens_behaviour_are_noted_not_reported() {
-        let (import, _) = import_text(
+    fn helo_and_vrfy_settings_reach_the_engine() {
+        // smtpd's settings reach postscreen through its defaults.
+        let (import, config) = import_text(
+            "smtpd_helo_required = yes\ndisable_vrfy_command = yes\n\
+             smtpd_expansion_filter = abc\ndata_directory = /srv/postfix\n",
+        );
+        assert!(config.helo_required);
+        assert!(config.disable_vrfy_command);
+        assert_eq!(skipped(&import, "postscreen_expansion_filter").len(), 1);
+        assert!(skipped(&import, "postscreen_cache_map").is_empty());
+        assert!(skipped(&import, "postscreen_helo_required").is_empty());
+        let (import, config) = import_text(
             "postscreen_helo_required = no\ndisable_vrfy_command = no\n\
              postscreen_command_filter =\n",
         );
         assert!(import.untranslated.is_empty(), "{:?}", import.untranslated);
-        assert!(
-            import
-                .toml
-                .contains("#   postscreen_helo_required = no: what smtp-screen does")
-        );
-        // smtpd's settings reach postscreen through its defaults.
-        let (import, _) = import_text(
-            "smtpd_helo_required = yes\ndisable_vrfy_command = yes\n\
-             smtpd_expansion_filter = abc\ndata_directory = /srv/postfix\n",
-        );
-        assert_eq!(skipped(&import, "postscreen_expansion_filter").len(), 1);
-        assert!(skipped(&import, "postscreen_cache_map").is_empty());
-        assert_eq!(skipped(&import, "postscreen_helo_required").len(), 1);
-        assert_eq!(
-            skipped(&import, "postscreen_disable_vrfy_command")[0].subject,
-            "postscreen_disable_vrfy_command = $disable_vrfy_command (= yes)"
-        );
+        assert!(!config.helo_required);
+        assert!(!config.disable_vrfy_command);
     }
 
     #[test]
