@@ -1,7 +1,9 @@
 //! The screening daemon under test, end to end: a client and a server network namespace joined
 //! by a veth pair ([`Bed`]), `smtp-screen run` in the server namespace ([`Daemon`]) with its
 //! configuration file ([`DaemonConfig`]), a private Postfix behind it as the real MTA, and
-//! scripted SMTP clients ([`Client`]) or swaks ([`Swaks`]) in the client namespace.
+//! scripted SMTP clients ([`Client`]) or swaks ([`Swaks`]) in the client namespace. Sessions
+//! are checked against the daemon's postscreen log lines, all of a session's lines in order
+//! ([`Daemon::expect_session`]) or one at a time.
 //!
 //! The times are short (greet wait 2s, command time limit 3s) so that the suites stay fast.
 //! The daemon binary is the one cargo built next to the test (`cargo build -p screen-user`
@@ -12,7 +14,7 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Output, Stdio},
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -22,7 +24,7 @@ use crate::{
         ChildGuard, Netns, PinDir, ScratchDir, VethPair, output_within, smtp_screen_bin,
         stream_from, subnet_index,
     },
-    postfix::{Postfix, PostfixConfig},
+    postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
 };
 
 /// The port the daemon listens on.
@@ -41,6 +43,12 @@ pub const TEASER: &str = "220-mx.example.test ESMTP";
 pub const ENGINE_GREETING: &str = "220 mx.example.test ESMTP";
 /// The greeting of the Postfix backend.
 pub const BACKEND_GREETING: &str = "220 mx.example.test ESMTP Postfix";
+
+/// The envelope sender and HELO name of the clients' mail transactions.
+pub const SENDER: &str = "sender@client.example";
+pub const CLIENT_HELO: &str = "client.example";
+/// swaks' exit status when every recipient was refused.
+const SWAKS_NO_RECIPIENTS: i32 = 24;
 
 /// Upper bound for a reply that is due at once.
 pub const REPLY_WAIT: Duration = Duration::from_secs(5);
@@ -142,10 +150,14 @@ impl Bed {
 
     /// Postfix on [`Bed::backend_addr`], reading the PROXY header the daemon sends.
     pub fn start_backend(&self) -> Postfix {
-        let config = PostfixConfig::new(self.backend_addr())
+        Postfix::start(&self.server, &self.backend_config()).expect("starting the Postfix backend")
+    }
+
+    /// The configuration of [`Bed::start_backend`], for a test that adds to it.
+    pub fn backend_config(&self) -> PostfixConfig {
+        PostfixConfig::new(self.backend_addr())
             .myhostname(MYHOSTNAME)
-            .upstream_proxy_protocol();
-        Postfix::start(&self.server, &config).expect("starting the Postfix backend")
+            .upstream_proxy_protocol()
     }
 
     pub fn connect(&self, src: IpAddr) -> Client {
@@ -162,10 +174,19 @@ impl Bed {
             .arg(server.port().to_string())
             .arg("--local-interface")
             .arg(src.to_string())
-            .args(["--ehlo", "client.example", "--timeout", "15"])
+            .args(["--ehlo", CLIENT_HELO, "--timeout", "15"])
             .args(args);
         let output = output_within(&mut cmd, TOOL_LIMIT).expect("running swaks");
         Swaks(output)
+    }
+
+    /// Runs swaks from `src` for one message from [`SENDER`] to the backend's mail domain
+    /// whose body is `body`, with swaks options `extra`.
+    pub fn swaks_message(&self, src: IpAddr, body: &str, extra: &[&str]) -> Swaks {
+        let to = format!("user@{MAIL_DOMAIN}");
+        let mut args = vec!["--from", SENDER, "--to", &to, "--body", body];
+        args.extend_from_slice(extra);
+        self.swaks(src, &args)
     }
 
     /// Writes a CIDR access table and returns its path.
@@ -227,6 +248,12 @@ impl DaemonConfig {
             .set("protected_ports", format!("[{SMTP_PORT}]"))
     }
 
+    /// STARTTLS in the engine with `certificate`.
+    pub fn with_tls(self, certificate: &TestCertificate) -> Self {
+        self.set("tls_cert_file", quoted(certificate.cert.display()))
+            .set("tls_key_file", quoted(certificate.key.display()))
+    }
+
     pub fn write(&self, bed: &Bed, name: &str) -> PathBuf {
         let text: String = self
             .options
@@ -240,6 +267,38 @@ impl DaemonConfig {
 /// A TOML basic string.
 pub fn quoted(value: impl std::fmt::Display) -> String {
     format!("{:?}", value.to_string())
+}
+
+/// A self-signed certificate for [`MYHOSTNAME`] and its key, made by openssl in the bed's
+/// scratch directory (removed with it). P-256: quick to make, and every TLS stack involved
+/// (rustls, OpenSSL in Postfix and in swaks) takes it.
+pub struct TestCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCertificate {
+    pub fn create(bed: &Bed) -> Self {
+        let cert = bed.scratch.path().join("cert.pem");
+        let key = bed.scratch.path().join("key.pem");
+        let mut cmd = Command::new("openssl");
+        cmd.args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", &format!("/CN={MYHOSTNAME}")])
+            .args(["-addext", &format!("subjectAltName=DNS:{MYHOSTNAME}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert);
+        let out = output_within(&mut cmd, TOOL_LIMIT).expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl req failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { cert, key }
+    }
 }
 
 /// `smtp-screen run` in the server namespace, its stderr (tracing and the mail log) in a file.
@@ -303,10 +362,16 @@ impl Daemon {
 
     /// Waits for a log line matching `matches`; returns it.
     pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        self.wait_until(what, || self.lines().into_iter().find(|l| matches(l)))
+    }
+
+    /// Polls `logged` until it finds what the daemon was to log, `what`, for up to
+    /// [`LOG_WAIT`].
+    fn wait_until<T>(&self, what: &str, logged: impl Fn() -> Option<T>) -> T {
         let deadline = Instant::now() + LOG_WAIT;
         loop {
-            if let Some(line) = self.lines().into_iter().find(|l| matches(l)) {
-                return line;
+            if let Some(found) = logged() {
+                return found;
             }
             assert!(
                 Instant::now() < deadline,
@@ -320,6 +385,52 @@ impl Daemon {
     /// Waits for exactly `line`.
     pub fn expect_line(&self, line: &str) {
         self.wait_for(&format!("{line:?}"), |l| l == line);
+    }
+
+    /// Every line of one session, in order: the lines that name the client `tag`
+    /// (`[address]:port`) followed by anything but another digit of a longer port.
+    pub fn session(&self, tag: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|line| names_client(line, tag))
+            .collect()
+    }
+
+    /// Waits until `line` is logged, then returns the session of `tag` as it stands.
+    pub fn session_after(&self, tag: &str, line: &str) -> Vec<String> {
+        self.wait_until(&format!("{line:?}"), || {
+            let session = self.session(tag);
+            session.iter().any(|l| l == line).then_some(session)
+        })
+    }
+
+    /// Waits for the session of `tag` to end (`DISCONNECT`) and checks all its lines.
+    pub fn expect_session(&self, tag: &str, expected: &[String]) {
+        let session = self.session_after(tag, &format!("DISCONNECT {tag}"));
+        assert_eq!(
+            session,
+            expected,
+            "the session of {tag} logged otherwise; the daemon's log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The tag of the one session of `ip` the daemon logged a `CONNECT` for that is not in
+    /// `known`, for clients such as swaks whose port the test does not see.
+    pub fn new_session_tag(&self, ip: IpAddr, known: &[String]) -> String {
+        let tags: Vec<String> = self
+            .connect_ports(ip)
+            .into_iter()
+            .map(|port| tag_of(SocketAddr::new(ip, port)))
+            .filter(|tag| !known.contains(tag))
+            .collect();
+        let [tag] = &tags[..] else {
+            panic!(
+                "expected one new session from {ip}, got {tags:?}:\n{}",
+                self.log()
+            );
+        };
+        tag.clone()
     }
 
     /// The client ports of every `CONNECT from [ip]:port` line.
@@ -373,6 +484,37 @@ impl Daemon {
     }
 }
 
+/// Whether the log `line` names the client `tag` rather than one whose port merely starts
+/// with the same digits.
+fn names_client(line: &str, tag: &str) -> bool {
+    line.match_indices(tag).any(|(at, _)| {
+        !line[at + tag.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// A socket address as postscreen writes a client: `[address]:port`.
+pub fn tag_of(addr: SocketAddr) -> String {
+    format!("[{}]:{}", addr.ip(), addr.port())
+}
+
+/// `CONNECT from [a]:p to [s]:25`, the first line of every session.
+pub fn connect_line(bed: &Bed, client: &Client) -> String {
+    let server = bed.smtp_addr(client.local.ip());
+    format!("CONNECT from {} to {}", client.tag(), tag_of(server))
+}
+
+/// `NOQUEUE: reject: RCPT …`, as the engine logs a refused recipient of the backend's mail
+/// domain.
+pub fn rcpt_rejected(tag: &str, reply: &str, from: &str, helo: &str) -> String {
+    format!(
+        "NOQUEUE: reject: RCPT from {tag}: {reply}; from=<{from}>, to=<user@{MAIL_DOMAIN}>, \
+         proto=ESMTP, helo=<{helo}>"
+    )
+}
+
 /// How reading from the server ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
@@ -408,7 +550,7 @@ impl Client {
 
     /// The client as the daemon logs it: `[address]:port`.
     pub fn tag(&self) -> String {
-        format!("[{}]:{}", self.local.ip(), self.local.port())
+        tag_of(self.local)
     }
 
     /// The connection, for a second writer or reader alongside the line reader.
@@ -548,16 +690,32 @@ impl Swaks {
         )
     }
 
-    /// The server's lines, as swaks shows them (`<-  ` for replies, `<** ` for errors).
+    /// The server's lines that came in plaintext, as swaks shows them (`<-  ` for replies,
+    /// `<** ` for the ones it takes as errors).
     pub fn received(&self) -> Vec<String> {
+        self.lines_with(&["<-  ", "<** "])
+    }
+
+    /// The server's lines that came over TLS (`<~  `, `<~* `).
+    pub fn received_over_tls(&self) -> Vec<String> {
+        self.lines_with(&["<~  ", "<~* "])
+    }
+
+    fn lines_with(&self, prefixes: &[&str]) -> Vec<String> {
         self.transcript()
             .lines()
-            .filter_map(|line| {
-                line.strip_prefix("<-  ")
-                    .or_else(|| line.strip_prefix("<** "))
-            })
+            .filter_map(|line| prefixes.iter().find_map(|p| line.strip_prefix(p)))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The session's protocol, cipher and bits as swaks reports them once STARTTLS is done
+    /// (`TLSv1.3:TLS_AES_256_GCM_SHA384:256`).
+    pub fn tls_session(&self) -> Option<String> {
+        self.transcript()
+            .lines()
+            .find_map(|line| line.strip_prefix("=== TLS started with cipher "))
+            .map(str::to_string)
     }
 
     pub fn assert_success(&self) {
@@ -565,6 +723,16 @@ impl Swaks {
             self.0.status.success(),
             "swaks failed ({}):\n{}",
             self.0.status,
+            self.transcript()
+        );
+    }
+
+    /// swaks gave up because every recipient was refused (and said QUIT first).
+    pub fn assert_recipients_refused(&self) {
+        assert_eq!(
+            self.0.status.code(),
+            Some(SWAKS_NO_RECIPIENTS),
+            "swaks must end with its no-recipients status:\n{}",
             self.transcript()
         );
     }
@@ -608,22 +776,18 @@ pub fn expect_delivered_and_passed(
         "the message from {client} was not delivered; Postfix log:\n{}",
         postfix.log()
     );
-    let ports = daemon.connect_ports(client);
-    let [port] = ports[..] else {
-        panic!(
-            "expected one CONNECT from {client}, got ports {ports:?}:\n{}",
-            daemon.log()
-        );
-    };
+    let tag = daemon.new_session_tag(client, &[]);
     let server = bed.smtp_addr(client).ip();
-    daemon.expect_line(&format!(
-        "CONNECT from [{client}]:{port} to [{server}]:{SMTP_PORT}"
-    ));
-    daemon.expect_line(&format!("PASS NEW [{client}]:{port}"));
-    let seen = format!("connect from unknown[{client}]");
+    daemon.expect_line(&format!("CONNECT from {tag} to [{server}]:{SMTP_PORT}"));
+    daemon.expect_line(&format!("PASS NEW {tag}"));
+    expect_backend_log(postfix, &format!("connect from unknown[{client}]"));
+}
+
+/// Waits until Postfix has logged a line containing `text`.
+pub fn expect_backend_log(postfix: &Postfix, text: &str) {
     assert!(
-        postfix.wait_for_log(&seen, LOG_WAIT).is_some(),
-        "Postfix did not log {seen:?}:\n{}",
+        postfix.wait_for_log(text, LOG_WAIT).is_some(),
+        "Postfix did not log {text:?}:\n{}",
         postfix.log()
     );
 }

@@ -23,8 +23,9 @@ use std::{
 
 use screen_tests::{
     daemon::{
-        BACKEND_GREETING, Bed, DELIVERY_WAIT, Daemon, DaemonConfig, ENGINE_GREETING, GREET_WAIT,
-        LOG_WAIT, MYHOSTNAME, PROMPT, REPLY_WAIT, Received, TEASER, quoted,
+        BACKEND_GREETING, Bed, CLIENT_HELO, DELIVERY_WAIT, Daemon, DaemonConfig, ENGINE_GREETING,
+        GREET_WAIT, LOG_WAIT, MYHOSTNAME, PROMPT, REPLY_WAIT, Received, SENDER, TEASER, quoted,
+        rcpt_rejected,
     },
     ensure_packages,
     netns::{Netns, PinDir, command_in, output_within},
@@ -52,9 +53,6 @@ const SERVER_PORTS_BUSY: &str = "421 4.3.2 All server ports are busy";
 const NO_SYSTEM_RESOURCES: &str = "421 4.3.2 No system resources";
 /// What a pregreeter hears at RCPT with `greet_action = "enforce"`.
 const PROTOCOL_ERROR: &str = "550 5.5.1 Protocol error";
-
-const SENDER: &str = "sender@client.example";
-const CLIENT_HELO: &str = "client.example";
 
 /// A bed whose server namespace runs Postfix with smtpd's pass service, and smtp-screen in
 /// front of it handing clients over. Fields drop in order: daemon, pins, Postfix, namespaces.
@@ -95,10 +93,7 @@ impl PassBed {
 
     /// A whole mail transaction with swaks from `src`; returns the lines it received.
     fn send_mail(&self, src: IpAddr, marker: &str) -> Vec<String> {
-        let to = format!("user@{MAIL_DOMAIN}");
-        let swaks = self
-            .bed
-            .swaks(src, &["--from", SENDER, "--to", &to, "--body", marker]);
+        let swaks = self.bed.swaks_message(src, marker, &[]);
         swaks.assert_success();
         let received = swaks.received();
         assert!(
@@ -141,18 +136,6 @@ impl PassBed {
             thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(self.smtpd_connects(client), count, "{}", self.postfix.log());
-    }
-
-    /// The only CONNECT of `client` the daemon logged, as its `[address]:port` tag.
-    fn only_tag(&self, client: IpAddr) -> String {
-        let ports = self.daemon.connect_ports(client);
-        let [port] = ports[..] else {
-            panic!(
-                "expected one CONNECT from {client}, got ports {ports:?}:\n{}",
-                self.daemon.log()
-            );
-        };
-        format!("[{client}]:{port}")
     }
 }
 
@@ -240,7 +223,7 @@ fn passed_clients_are_handed_to_smtpd_and_pregreeters_never_reach_it() {
         Some(&[TEASER.to_string(), BACKEND_GREETING.to_string()][..]),
         "the teaser and smtpd's 220 must form one greeting: {received:?}"
     );
-    let tag = site.only_tag(good);
+    let tag = site.daemon.new_session_tag(good, &[]);
     site.daemon.expect_line(&format!("PASS NEW {tag}"));
     site.expect_smtpd_connects(good, 1);
     let header = format!("from {CLIENT_HELO} (unknown [{good}])");
@@ -275,17 +258,21 @@ fn passed_clients_are_handed_to_smtpd_and_pregreeters_never_reach_it() {
         bot.command(&format!("MAIL FROM:<{SENDER}>")),
         ["250 2.1.0 Ok"]
     );
-    let to = format!("user@{MAIL_DOMAIN}");
-    assert_eq!(bot.command(&format!("RCPT TO:<{to}>")), [PROTOCOL_ERROR]);
+    assert_eq!(
+        bot.command(&format!("RCPT TO:<user@{MAIL_DOMAIN}>")),
+        [PROTOCOL_ERROR]
+    );
     let tag = bot.tag();
     bot.quit();
     site.daemon.wait_for("the PREGREET line", |line| {
         line.starts_with("PREGREET 21 after ")
             && line.ends_with(&format!(" from {tag}: EHLO zombie.example\\r\\n"))
     });
-    site.daemon.expect_line(&format!(
-        "NOQUEUE: reject: RCPT from {tag}: {PROTOCOL_ERROR}; from=<{SENDER}>, to=<{to}>, \
-         proto=ESMTP, helo=<zombie.example>"
+    site.daemon.expect_line(&rcpt_rejected(
+        &tag,
+        PROTOCOL_ERROR,
+        SENDER,
+        "zombie.example",
     ));
     site.daemon.expect_line(&format!("DISCONNECT {tag}"));
     assert!(!site.daemon.has_line(&format!("PASS NEW {tag}")));
