@@ -527,6 +527,16 @@ pub struct SessionResults {
 }
 
 impl SessionResults {
+    pub fn set_outcome(&mut self, test: Test, outcome: Outcome) {
+        match test {
+            Test::Pregreet => self.pregreet = outcome,
+            Test::Dnsbl => self.dnsbl = outcome,
+            Test::Pipelining => self.pipelining = outcome,
+            Test::NonSmtpCommand => self.non_smtp_command = outcome,
+            Test::BareNewline => self.bare_newline = outcome,
+        }
+    }
+
     pub fn outcome(&self, test: Test) -> Outcome {
         match test {
             Test::Pregreet => self.pregreet,

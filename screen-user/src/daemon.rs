@@ -185,6 +185,25 @@ impl Prepared {
     }
 }
 
+/// Where the DNS lists are asked: `dns_servers`, or the host's resolver configuration.
+pub fn dns_servers(config: &Config) -> DnsServers {
+    if config.dns_servers.is_empty() {
+        DnsServers::System
+    } else {
+        DnsServers::Explicit(config.dns_servers.clone())
+    }
+}
+
+/// The DNSBL score thresholds and pass lifetimes of the configuration.
+pub fn dnsbl_thresholds(config: &Config) -> Thresholds {
+    Thresholds {
+        threshold: config.dnsbl_threshold,
+        allowlist_threshold: config.dnsbl_allowlist_threshold,
+        min_ttl: config.dnsbl_min_ttl,
+        max_ttl: config.dnsbl_max_ttl,
+    }
+}
+
 /// Builds the shared screening state from the configuration (tables are read here: a bad
 /// table stops the daemon before it accepts anything).
 async fn build_screen(
@@ -211,11 +230,7 @@ async fn build_screen(
     let dnsbl = if sites.is_empty() {
         None
     } else {
-        let servers = if config.dns_servers.is_empty() {
-            DnsServers::System
-        } else {
-            DnsServers::Explicit(config.dns_servers.clone())
-        };
+        let servers = dns_servers(&config);
         let dnsbl_log: Arc<dyn DnsblLog> = log.clone();
         Some(Dnsbl::new(
             DnsblConfig {
@@ -244,12 +259,7 @@ async fn build_screen(
         non_smtp_command: config.non_smtp_command_ttl,
         bare_newline: config.bare_newline_ttl,
     };
-    let thresholds = Thresholds {
-        threshold: config.dnsbl_threshold,
-        allowlist_threshold: config.dnsbl_allowlist_threshold,
-        min_ttl: config.dnsbl_min_ttl,
-        max_ttl: config.dnsbl_max_ttl,
-    };
+    let thresholds = dnsbl_thresholds(&config);
     let cache = AllowlistCache::open(&config.state_dir, CacheOptions::default())
         .await
         .with_context(|| format!("temporary allowlist in {}", config.state_dir.display()))?;

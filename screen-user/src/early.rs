@@ -29,17 +29,11 @@ pub enum GreetOutcome {
     Hangup { after: Duration },
 }
 
-/// Sends `220-<banner>` and waits up to `wait` for the client to talk or hang up.
-pub async fn pregreet_test(
-    stream: &mut TcpStream,
-    banner: &str,
-    wait: Duration,
-) -> io::Result<GreetOutcome> {
+/// Sends the `220-<banner>` teaser that starts the greet wait.
+pub async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Result<()> {
     stream
         .write_all(format!("220-{banner}\r\n").as_bytes())
-        .await?;
-    let start = Instant::now();
-    watch(stream, start, wait).await
+        .await
 }
 
 /// Waits until `start + wait` for input or a hang-up without consuming anything.
@@ -83,6 +77,16 @@ mod tests {
     };
 
     use super::*;
+
+    /// The pregreet test as the server runs it: the teaser, then the watch.
+    async fn pregreet_test(
+        stream: &mut TcpStream,
+        banner: &str,
+        wait: Duration,
+    ) -> io::Result<GreetOutcome> {
+        send_teaser(stream, banner).await?;
+        watch(stream, Instant::now(), wait).await
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1062,11 +1062,7 @@ impl DeepTestResults {
             if outcome == TestOutcome::NotCompleted {
                 continue;
             }
-            match test {
-                DeepTest::Pipelining => results.pipelining = outcome,
-                DeepTest::NonSmtpCommand => results.non_smtp_command = outcome,
-                DeepTest::BareNewline => results.bare_newline = outcome,
-            }
+            results.set_outcome(test.into(), outcome);
         }
     }
 }

@@ -270,8 +270,10 @@ impl Screen {
         let wait = self.config.greet_wait.get(stressed);
         let deadline = tokio::time::Instant::from_std(start + wait);
         if screening.due.pregreet && !self.greet_banner.is_empty() {
-            let teaser = format!("220-{}\r\n", self.greet_banner);
-            if stream.write_all(teaser.as_bytes()).await.is_err() {
+            if early::send_teaser(&mut stream, &self.greet_banner)
+                .await
+                .is_err()
+            {
                 self.hangup_before_greeting(client, start.elapsed());
                 return;
             }
@@ -390,7 +392,9 @@ impl Screen {
             // count as passed until the shortest TTL, so the lists are asked again soon.
             for test in DeepTest::ALL {
                 if screening.due.get(Test::from(test)) {
-                    set_deep_result(&mut session.results, test, Outcome::Ignored);
+                    session
+                        .results
+                        .set_outcome(Test::from(test), Outcome::Ignored);
                 }
             }
             deep_due = false;
@@ -680,15 +684,6 @@ impl Screen {
                 .log
                 .warning(format_args!("kernel deny of {}: {e}", deny.net)),
         }
-    }
-}
-
-/// Records a deep test's result in the session's results.
-fn set_deep_result(results: &mut SessionResults, test: DeepTest, outcome: Outcome) {
-    match test {
-        DeepTest::Pipelining => results.pipelining = outcome,
-        DeepTest::NonSmtpCommand => results.non_smtp_command = outcome,
-        DeepTest::BareNewline => results.bare_newline = outcome,
     }
 }
 

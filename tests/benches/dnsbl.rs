@@ -33,7 +33,6 @@
 use std::{
     collections::{HashMap, HashSet},
     env,
-    error::Error,
     fmt::Write as _,
     fs,
     io::{ErrorKind, Read as _},
@@ -42,20 +41,19 @@ use std::{
     process::{Command, ExitCode},
     sync::{
         Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
+    bench::{self, Result, check_interrupted, median},
     daemon::{Bed, Daemon, DaemonConfig, quoted},
     netns::{PinDir, TcpAcceptor, smtp_screen_bin},
     rbldnsd::{Dataset, Rbldnsd, Zone},
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-
-type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The lab's lists.
 const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
@@ -81,27 +79,6 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(5);
 const LOG_WAIT: Duration = Duration::from_secs(10);
 /// The daemon rewrites its DNSBL status file every second (`deny_sweep_interval`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C ends the benchmark between two connections, so that every guard still cleans up.
-fn catch_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
-    }
-    Ok(())
-}
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug)]
@@ -151,32 +128,7 @@ impl Budget {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; anything else but `--quick` is a mistake worth stopping for.
-    let mut quick = false;
-    for arg in env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--bench" => {}
-            other => {
-                eprintln!("unknown argument {other:?}; usage: dnsbl [--quick]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if !screen_tests::require_root("dnsbl benchmark") {
-        return ExitCode::SUCCESS;
-    }
-    catch_signals();
-    match run(Budget::new(quick)) {
-        Ok(path) => {
-            eprintln!("report written to {}", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("dnsbl benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::main("dnsbl", |quick| run(Budget::new(quick)))
 }
 
 fn run(budget: Budget) -> Result<PathBuf> {
@@ -379,7 +331,7 @@ fn run_jobs(lab: &Lab, jobs: &[usize], concurrency: usize, limit: Duration) -> R
     let deadline = started + limit;
     let worker = || {
         while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !INTERRUPTED.load(Ordering::Relaxed)
+            && !bench::interrupted()
             && Instant::now() < deadline
         {
             let Some(&index) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -488,16 +440,6 @@ fn process_cpu(pid: u32) -> Result<Duration> {
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 /// The `q`-quantile (0..=1) of `values`, nearest rank.

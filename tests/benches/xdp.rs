@@ -32,7 +32,6 @@
 use std::{
     collections::{HashMap, HashSet},
     env,
-    error::Error,
     ffi::CString,
     fmt::Write as _,
     fs::{self, File},
@@ -42,7 +41,6 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -54,40 +52,20 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net};
 use screen_common::{DenyEntry, DynKeyV4, Origin, PROGRAM_NAME, Stat, map_name};
-use screen_tests::frames::{FrameSpec, TCP_ACK};
+use screen_tests::{
+    bench::{self, Result, check_interrupted, median},
+    frames::{FrameSpec, TCP_ACK},
+};
 use screen_user::{
     config::KernelAction,
     kernel::{self, Maps, StaticList, clock},
 };
-
-type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 /// `BPF_PROG_TEST_RUN` refuses XDP input without a whole Ethernet header (EINVAL).
 const ETH_HLEN: usize = 14;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C ends the benchmark between two steps, so that every guard still cleans up.
-fn catch_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
-    }
-    Ok(())
-}
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug)]
@@ -138,32 +116,7 @@ impl Budget {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; anything else but `--quick` is a mistake worth stopping for.
-    let mut quick = false;
-    for arg in env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--bench" => {}
-            other => {
-                eprintln!("unknown argument {other:?}; usage: xdp [--quick]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if !screen_tests::require_root("xdp benchmark") {
-        return ExitCode::SUCCESS;
-    }
-    catch_signals();
-    match run(Budget::new(quick)) {
-        Ok(path) => {
-            eprintln!("report written to {}", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("xdp benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::main("xdp", |quick| run(Budget::new(quick)))
 }
 
 fn run(budget: Budget) -> Result<PathBuf> {
@@ -211,16 +164,6 @@ fn thread_cpu_time() -> Duration {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
@@ -2195,7 +2138,7 @@ mod flood {
                 let mut sent = 0u64;
                 let mut next = 0usize;
                 while sent < count {
-                    if started.elapsed() > limit || INTERRUPTED.load(Ordering::Relaxed) {
+                    if started.elapsed() > limit || bench::interrupted() {
                         break;
                     }
                     let n = (count - sent).min(BATCH as u64) as usize;
@@ -2248,7 +2191,7 @@ mod flood {
             metered(meters, cpu, |started| {
                 let mut sent = 0u64;
                 while sent < count {
-                    if started.elapsed() > limit || INTERRUPTED.load(Ordering::Relaxed) {
+                    if started.elapsed() > limit || bench::interrupted() {
                         break;
                     }
                     let n = (count - sent).min(LIVE_CHUNK);

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+pub mod bench;
 pub mod daemon;
 pub mod frames;
 pub mod netns;

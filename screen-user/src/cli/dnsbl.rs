@@ -8,10 +8,8 @@ use anyhow::bail;
 use super::ConfigArgs;
 use crate::{
     config::Config,
-    daemon::Prepared,
-    dnsbl::{
-        DnsServers, Dnsbl, DnsblConfig, DnsblLog, ListResult, Thresholds, Verdict, query_name,
-    },
+    daemon::{self, Prepared},
+    dnsbl::{Dnsbl, DnsblConfig, DnsblLog, ListResult, Verdict, query_name},
     duration,
 };
 
@@ -35,17 +33,8 @@ pub fn check(addr: IpAddr, args: &ConfigArgs) -> anyhow::Result<()> {
     if prepared.sites.is_empty() {
         bail!("{}: dnsbl_sites names no list", args.config.display());
     }
-    let servers = if config.dns_servers.is_empty() {
-        DnsServers::System
-    } else {
-        DnsServers::Explicit(config.dns_servers.clone())
-    };
-    let thresholds = Thresholds {
-        threshold: config.dnsbl_threshold,
-        allowlist_threshold: config.dnsbl_allowlist_threshold,
-        min_ttl: config.dnsbl_min_ttl,
-        max_ttl: config.dnsbl_max_ttl,
-    };
+    let servers = daemon::dns_servers(&config);
+    let thresholds = daemon::dnsbl_thresholds(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
