@@ -24,7 +24,7 @@ use crate::{
     engine::{DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle},
     handoff::Backend,
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
-    limits::Limits,
+    limits::{self, Limits},
     maillog::MailLog,
     policy::DenyPolicy,
     privileges,
@@ -206,7 +206,7 @@ pub fn dnsbl_thresholds(config: &Config) -> Thresholds {
 
 /// Builds the shared screening state from the configuration (tables are read here: a bad
 /// table stops the daemon before it accepts anything).
-async fn build_screen(
+pub(crate) async fn build_screen(
     config: Config,
     config_dir: &Path,
     kernel: Option<Maps>,
@@ -305,8 +305,28 @@ async fn build_screen(
     })
 }
 
+/// Raises the open-files limit as far as the hard limit allows and warns when the connection
+/// limits can take more descriptors than that: the clients beyond it would wait in the
+/// listen queue while the daemon retries `accept`.
+fn check_open_files(config: &Config) -> anyhow::Result<()> {
+    let open_files = limits::raise_open_files().context("raising the open-files limit")?;
+    let needed = limits::descriptors_needed(config.pre_queue_limit, config.post_queue_limit);
+    if open_files < needed {
+        tracing::warn!(
+            open_files,
+            needed,
+            "the open-files limit (RLIMIT_NOFILE) is below what pre_queue_limit and \
+             post_queue_limit can take; raise the hard limit (systemd: LimitNOFILE=)"
+        );
+    } else {
+        tracing::info!(open_files, "open-files limit");
+    }
+    Ok(())
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+    check_open_files(&config)?;
     let kernel = if config.interfaces.is_empty() {
         None
     } else {

@@ -36,23 +36,29 @@ pub async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Result<()>
         .await
 }
 
-/// Waits until `start + wait` for input or a hang-up without consuming anything.
+/// Waits until `start + wait` for input or a hang-up without consuming anything. The peek
+/// buffer is taken only once the socket has something to read: a client that stays quiet,
+/// as most do, holds none for the whole wait.
 pub async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Result<GreetOutcome> {
-    let mut buf = vec![0u8; PEEK_LIMIT];
     let deadline = tokio::time::Instant::from_std(start + wait);
-    match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+    let peeked = tokio::time::timeout_at(deadline, async {
+        stream.readable().await?;
+        let mut buf = vec![0u8; PEEK_LIMIT];
+        let n = stream.peek(&mut buf).await?;
+        buf.truncate(n);
+        Ok::<_, io::Error>(buf)
+    })
+    .await;
+    match peeked {
         Err(_elapsed) => Ok(GreetOutcome::Quiet),
-        Ok(Ok(0)) => Ok(GreetOutcome::Hangup {
+        Ok(Ok(input)) if input.is_empty() => Ok(GreetOutcome::Hangup {
             after: start.elapsed(),
         }),
-        Ok(Ok(n)) => {
-            buf.truncate(n);
-            Ok(GreetOutcome::Pregreet {
-                bytes: n,
-                after: start.elapsed(),
-                input: buf,
-            })
-        }
+        Ok(Ok(input)) => Ok(GreetOutcome::Pregreet {
+            bytes: input.len(),
+            after: start.elapsed(),
+            input,
+        }),
         Ok(Err(e)) if is_reset(&e) => Ok(GreetOutcome::Hangup {
             after: start.elapsed(),
         }),

@@ -8,6 +8,7 @@
 
 use std::{
     collections::HashMap,
+    io,
     net::IpAddr,
     sync::{Arc, Mutex},
 };
@@ -159,6 +160,41 @@ impl Limits {
     }
 }
 
+/// Descriptors the daemon keeps besides its clients': listeners, the log, the allowlist
+/// database, the BPF maps, DNS sockets, a backend connection being set up.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// The descriptors the connection limits let the daemon hold at once: one per client in
+/// screening, two per client being handed off (the client's and the backend's), and the
+/// daemon's own. Relayed connections come on top, two each.
+pub fn descriptors_needed(pre_queue_limit: u32, post_queue_limit: u32) -> u64 {
+    u64::from(pre_queue_limit) + 2 * u64::from(post_queue_limit) + RESERVED_DESCRIPTORS
+}
+
+/// Raises the soft open-files limit (`RLIMIT_NOFILE`) to the hard one and returns it, as
+/// Postfix's servers do when they start (`open_limit`): every client held in the greet wait
+/// is a descriptor, and init systems start services with a soft limit of 1024 whatever the
+/// hard one allows.
+pub fn raise_open_files() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a valid one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// One connection of one client.
 #[derive(Debug)]
 pub struct ClientSlot {
@@ -278,6 +314,30 @@ mod tests {
         assert_eq!(
             StressChange::Entered(9).to_string(),
             "entering STRESS mode with 9 connections"
+        );
+    }
+
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        let raised = raise_open_files().unwrap();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into a valid one.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!((raised, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
+    }
+
+    #[test]
+    fn descriptors_cover_screening_hand_off_and_the_daemon() {
+        // postscreen's defaults: 100 in screening, 100 being handed off.
+        assert_eq!(
+            descriptors_needed(100, 100),
+            100 + 200 + RESERVED_DESCRIPTORS
         );
     }
 

@@ -115,6 +115,10 @@ impl Screen {
         close(stream).await;
     }
 
+    /// One connection's task. A task takes the size of its largest state for its whole life,
+    /// and most of a screener's connections only ever wait in the greet wait: the later
+    /// stages (the PROXY header, the dummy engine, the hand-off) are boxed, so they take
+    /// their memory when they start instead of from every connection.
     async fn handle(self: Arc<Self>, mut stream: TcpStream) {
         // Replies are single small writes; waiting to coalesce them only delays the client.
         let _ = stream.set_nodelay(true);
@@ -127,10 +131,10 @@ impl Screen {
         let (client, server) = match self.config.upstream_proxy_protocol {
             UpstreamProxyProtocol::None => (canonical(peer), canonical(local)),
             UpstreamProxyProtocol::Haproxy => {
-                match proxy_protocol::read_header_from_tcp(
+                match Box::pin(proxy_protocol::read_header_from_tcp(
                     &mut stream,
                     self.config.upstream_proxy_timeout,
-                )
+                ))
                 .await
                 {
                     Ok(header) => {
@@ -189,7 +193,7 @@ impl Screen {
                     .info(format_args!("ALLOWLISTED {}", ClientAddr(client)));
                 self.forget_failures(client.ip());
                 drop(client_slot);
-                self.hand_off(stream, client, server, &session).await;
+                Box::pin(self.hand_off(stream, client, server, &session)).await;
                 return;
             }
             AccessVerdict::Reject => {
@@ -232,7 +236,7 @@ impl Screen {
                     .info(format_args!("PASS OLD {}", ClientAddr(client)));
                 self.forget_failures(client.ip());
                 drop(client_slot);
-                self.hand_off(stream, client, server, &session).await;
+                Box::pin(self.hand_off(stream, client, server, &session)).await;
                 return;
             }
             Start::Screen(s) => s,
@@ -316,7 +320,7 @@ impl Screen {
                     // postscreen goes on waiting for the DNS answers after a pregreet: a
                     // listed pregreeter gets the DNSBL verdict too.
                     if let Some(query) = &query {
-                        query.wait_all(deadline).await;
+                        Box::pin(query.wait_all(deadline)).await;
                     }
                 }
                 Ok(GreetOutcome::Hangup { after }) => {
@@ -330,7 +334,7 @@ impl Screen {
             }
         } else if let Some(query) = &query {
             // Only the DNSBL test is due: wait no longer than the answers take.
-            query.wait_all(deadline).await;
+            Box::pin(query.wait_all(deadline)).await;
         }
 
         // The score as it stands when the wait ends; later answers do not count.
@@ -400,7 +404,7 @@ impl Screen {
             deep_due = false;
         }
         if session.noforward || deep_due {
-            self.engine_session(stream, client, &mut session, &screening, stressed, now)
+            Box::pin(self.engine_session(stream, client, &mut session, &screening, stressed, now))
                 .await;
             drop(screening_slot);
             self.stress_log();
@@ -420,7 +424,7 @@ impl Screen {
         drop(screening_slot);
         drop(client_slot);
         self.stress_log();
-        self.hand_off(stream, client, server, &session).await;
+        Box::pin(self.hand_off(stream, client, server, &session)).await;
     }
 
     /// Waits out the greet wait: ends early when the client talks or hangs up, or when a
@@ -435,7 +439,8 @@ impl Screen {
         let deadline = tokio::time::Instant::from_std(start + wait);
         let allowlisted = async {
             if let Some(query) = query {
-                let score = query.wait_all(deadline).await;
+                // Boxed, as the later stages: only a screen with DNS lists waits for them.
+                let score = Box::pin(query.wait_all(deadline)).await;
                 if matches!(
                     score.verdict(&self.thresholds, false),
                     Verdict::Allowlisted { .. }
@@ -696,7 +701,8 @@ async fn close(stream: &mut TcpStream) {
     const DRAIN_LIMIT: usize = 64 * 1024;
     let _ = stream.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER;
-    let mut buf = [0u8; 4096];
+    // On the heap: a buffer here would be part of every connection's task for its whole life.
+    let mut buf = vec![0u8; 4096];
     let mut drained = 0;
     while drained < DRAIN_LIMIT {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
@@ -729,4 +735,58 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // A large backlog: a burst of bots must not make the kernel drop good clients' SYNs.
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::daemon::build_screen;
+
+    /// The screen of a default configuration, its allowlist in a directory of its own.
+    async fn screen(tag: &str) -> (Arc<Screen>, std::path::PathBuf) {
+        let state =
+            std::env::temp_dir().join(format!("smtp-screen-server-{tag}-{}", std::process::id()));
+        let config = Config {
+            state_dir: state.clone(),
+            ..Config::default()
+        };
+        let log = MailLog::stderr("smtp-screen");
+        let screen = build_screen(config, Path::new("/"), None, log)
+            .await
+            .expect("a screen from the default configuration");
+        (Arc::new(screen), state)
+    }
+
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    /// What a held connection's task may take, the future alone: most connections spend
+    /// their life in the greet wait, and a task is as large as its largest state.
+    const TASK_LIMIT: usize = 2048;
+
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let (screen, state) = screen("size").await;
+        let (server, _client) = connection().await;
+        let task = Arc::clone(&screen).handle(server);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("a connection's task: {size} bytes");
+        drop(task);
+        let _ = std::fs::remove_dir_all(state);
+        assert!(
+            size <= TASK_LIMIT,
+            "a connection's task takes {size} bytes, more than {TASK_LIMIT}: box the state \
+             that grew it"
+        );
+    }
 }

@@ -338,6 +338,22 @@ impl Postfix {
         fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
+    /// The running processes of the service program `program` (`postscreen`, `dnsblog`, …):
+    /// the master's children of that name. Empty while master has not started one.
+    pub fn service_pids(&self, program: &str) -> Vec<u32> {
+        let Some(master) = self.master_pid() else {
+            return Vec::new();
+        };
+        children_of(master)
+            .into_iter()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim_end() == program)
+            })
+            .filter(|&pid| alive(pid))
+            .collect()
+    }
+
     /// Waits until the master process has a listening socket on the instance's port. The
     /// socket tables under `/proc/PID/net` are those of the process's network namespace, so
     /// nothing has to connect (which smtpd would log as a client).
