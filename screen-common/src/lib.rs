@@ -27,7 +27,13 @@ pub mod map_name {
     /// Per-CPU counters indexed by [`Stat`](super::Stat).
     pub const STATS: &str = "scr_stats";
 
-    /// Every map of the program, in a stable order.
+    /// The hand-off relay's sockets, by socket cookie (sockhash; not pinned: the relayed
+    /// connections belong to the running daemon).
+    pub const RELAY_SOCKS: &str = "scr_relay_socks";
+    /// Each relayed socket's peer and byte count, by socket cookie ([`RelayPeer`](super::RelayPeer)).
+    pub const RELAY_PEERS: &str = "scr_relay_peers";
+
+    /// Every pinned map of the XDP program, in a stable order.
     pub const ALL: [&str; 12] = [
         ALLOW_V4[0],
         ALLOW_V4[1],
@@ -46,6 +52,12 @@ pub mod map_name {
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "smtp_screen";
+
+/// Name of the hand-off relay's stream verdict program in the object file.
+pub const RELAY_PROGRAM_NAME: &str = "smtp_screen_relay";
+
+/// The relay maps' capacity as built into the object; the daemon sets the real one at load.
+pub const RELAY_DEFAULT_MAX_SOCKETS: u32 = 2048;
 
 /// Capacity of each static LPM trie (per family and slot). Spamhaus DROP plus EDROP is under
 /// 2,000 prefixes; operator lists of 100,000 prefixes must still fit.
@@ -105,6 +117,19 @@ pub struct DenyEntry {
     pub origin: u32,
     /// How many failures led to the entry (1 for an operator's entry).
     pub failures: u32,
+}
+
+/// Value of the relay's peer map, keyed by a relayed socket's cookie: where its data goes and
+/// how much has gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayPeer {
+    /// The cookie of the socket this one's data is redirected to.
+    pub peer: u64,
+    /// Bytes the program redirected from this socket to the peer. The daemon compares it with
+    /// what the peer socket has taken before it shuts the peer's write side, so that no byte
+    /// still queued for the peer is cut off.
+    pub redirected: u64,
 }
 
 /// Where a list entry came from. Stored as `u32` in the maps.
@@ -316,6 +341,7 @@ mod pod {
     unsafe impl aya::Pod for super::DynKeyV6 {}
     unsafe impl aya::Pod for super::DenyEntry {}
     unsafe impl aya::Pod for super::ScreenConfig {}
+    unsafe impl aya::Pod for super::RelayPeer {}
 }
 
 #[cfg(test)]
@@ -341,6 +367,8 @@ mod tests {
         assert_eq!(offset_of!(ScreenConfig, allow_slot), 2 * MAX_PORTS + 8);
         assert_eq!(offset_of!(ScreenConfig, deny_slot), 2 * MAX_PORTS + 12);
         assert!(align_of::<DenyEntry>() <= 8);
+        assert_eq!(size_of::<RelayPeer>(), 16);
+        assert_eq!(offset_of!(RelayPeer, redirected), 8);
     }
 
     #[test]

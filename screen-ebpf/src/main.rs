@@ -1,4 +1,4 @@
-//! The smtp-screen XDP program.
+//! The smtp-screen XDP program, and the hand-off relay's stream verdict program (`relay`).
 //!
 //! Screens TCP SYNs (without ACK) to the protected ports: a source in the static allow list
 //! passes, a source in the static deny list or with an unexpired dynamic deny entry is dropped
@@ -16,6 +16,8 @@
 mod headers;
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod relay;
 #[cfg(target_arch = "bpf")]
 mod rst;
 

@@ -68,6 +68,19 @@ pub enum Handoff {
     Postfix,
 }
 
+/// Which relay moves the bytes of a handed-off connection (`handoff = "proxy"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// The kernel relay when the kernel offers it (5.15 and root at start), userspace
+    /// otherwise; the daemon logs which one runs and why.
+    Auto,
+    /// The kernel relay or nothing: the daemon does not start without it.
+    Kernel,
+    /// The daemon copies every byte itself.
+    Userspace,
+}
+
 /// A PROXY protocol header sent to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,6 +129,10 @@ impl StressDuration {
     }
 }
 
+/// The most connections the kernel relay may be sized for: two sockets each, and each map
+/// entry is kernel memory.
+pub const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+
 /// The daemon's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +149,12 @@ pub struct Config {
     /// PROXY protocol header sent to the backend first, so it sees the client's real
     /// address: `none`, `v1` or `v2`.
     pub backend_proxy_protocol: BackendProxyProtocol,
+    /// Who relays the bytes between a handed-off client and the backend: `auto` (the kernel
+    /// when it can, else userspace), `kernel` or `userspace`.
+    pub relay: RelayMode,
+    /// How many connections the kernel relay holds at once; more are relayed in userspace.
+    #[serde(deserialize_with = "positive")]
+    pub relay_max_connections: u32,
     /// Directory for the temporary allowlist database.
     pub state_dir: PathBuf,
     /// Where log lines go: `stderr` or `syslog`.
@@ -299,6 +322,8 @@ impl Default for Config {
             backend: SocketAddr::from(([127, 0, 0, 1], 10025)),
             postfix_pass_socket: PathBuf::from(crate::paths::DEFAULT_POSTFIX_PASS_SOCKET),
             backend_proxy_protocol: BackendProxyProtocol::None,
+            relay: RelayMode::Auto,
+            relay_max_connections: 10_000,
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
@@ -656,6 +681,12 @@ impl Config {
                 "tls_cert_file and tls_key_file go together".into(),
             ));
         }
+        if self.relay_max_connections > RELAY_MAX_CONNECTIONS_LIMIT {
+            return Err((
+                "relay_max_connections",
+                format!("relay_max_connections is at most {RELAY_MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
         if self.syslog_name.trim().is_empty() {
             return Err(("syslog_name", "must not be empty".into()));
         }
@@ -889,6 +920,13 @@ mod tests {
             ("\ntls_cert_file = \"/etc/cert.pem\"\n", 2, "go together"),
             ("pipelining_enable = \"perhaps\"\n", 1, "expected yes or no"),
             ("dnsbl_reply_map = \"x\"\n", 1, ""),
+            (
+                "\nrelay = \"ebpf\"\n",
+                2,
+                "expected one of `auto`, `kernel`, `userspace`",
+            ),
+            ("relay_max_connections = 0\n", 1, ""),
+            ("relay_max_connections = 2000000\n", 1, "at most 1000000"),
         ];
         for (text, line, what) in cases {
             let err = parse(text).unwrap_err();

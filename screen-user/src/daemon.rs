@@ -1,9 +1,11 @@
-//! The daemon: opens everything that needs root (the kernel layer, the listening sockets, the
-//! allowlist database, the log), drops privileges, then screens connections until SIGTERM
-//! or SIGINT, sweeping expired kernel deny entries as it goes.
+//! The daemon: opens everything that needs root (the kernel layer, the hand-off relay's BPF
+//! maps, the listening sockets, the allowlist database, the log), drops privileges, then
+//! screens connections until SIGTERM or SIGINT, sweeping expired kernel deny entries as it
+//! goes.
 //!
-//! Everything it sets up in the kernel is pinned, so stopping or restarting the daemon leaves
-//! the filter and every dynamic entry in place; `smtp-screen unload` removes them.
+//! Everything the XDP layer sets up in the kernel is pinned, so stopping or restarting the
+//! daemon leaves the filter and every dynamic entry in place; `smtp-screen unload` removes
+//! them. The hand-off relay is not: its maps and program go with the daemon.
 
 use std::{
     path::Path,
@@ -17,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
     cache::{AllowlistCache, CacheOptions, EnabledTests, TestTtls},
-    config::Config,
+    config::{Config, Handoff, RelayMode},
     dnsbl::{
         DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, HealthState, ReplyMap, Thresholds,
     },
@@ -28,6 +30,7 @@ use crate::{
     maillog::MailLog,
     policy::DenyPolicy,
     privileges,
+    relay::Relay,
     server::{self, Screen},
     tls::{self, TlsAcceptor},
 };
@@ -89,6 +92,22 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     );
     // The program itself stays loaded through its pinned links.
     Ok(maps)
+}
+
+/// Sets up the relay for `handoff = "proxy"` while the daemon can still create BPF objects,
+/// and says which relay runs and why.
+fn start_relay(config: &Config) -> anyhow::Result<Relay> {
+    if config.handoff != Handoff::Proxy {
+        return Ok(Relay::userspace());
+    }
+    let (relay, line) = Relay::start(config.relay, config.relay_max_connections)
+        .context("relay = \"kernel\" (use \"auto\" to fall back to the userspace relay)")?;
+    if config.relay == RelayMode::Auto && !relay.is_kernel() {
+        tracing::warn!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+    Ok(relay)
 }
 
 /// What the configuration turns into before anything is opened: the parsed tables and the
@@ -210,6 +229,7 @@ pub(crate) async fn build_screen(
     config: Config,
     config_dir: &Path,
     kernel: Option<Maps>,
+    relay: Relay,
     log: MailLog,
 ) -> anyhow::Result<Screen> {
     let Prepared {
@@ -297,6 +317,7 @@ pub(crate) async fn build_screen(
         cache,
         policy: Mutex::new(policy),
         kernel: kernel.map(Mutex::new),
+        relay,
         log,
         dnsbl,
         thresholds,
@@ -332,6 +353,7 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
     } else {
         Some(start_kernel_layer(&config, pin_dir)?)
     };
+    let relay = start_relay(&config)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = server::bind(*addr).with_context(|| format!("listen on {addr}"))?;
@@ -342,7 +364,7 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
     let user = config.user.clone();
     let sweep_interval = config.deny_sweep_interval.max(Duration::from_secs(1));
     let listen = config.listen.clone();
-    let screen = Arc::new(build_screen(config, &config_dir, kernel, log).await?);
+    let screen = Arc::new(build_screen(config, &config_dir, kernel, relay, log).await?);
 
     let mut dnsbl_status = match &screen.dnsbl {
         Some(_) => {

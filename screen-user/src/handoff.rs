@@ -1,6 +1,7 @@
 //! Hand-off of a passed client to the real MTA (`handoff = "proxy"`): connect to the backend,
 //! optionally announce the client's real addresses with a PROXY header, then relay bytes both
-//! ways until either side closes.
+//! ways until either side closes (in the kernel where it can, see [`crate::relay`]; the
+//! userspace copy is here).
 //!
 //! When the client already saw the `220-` teaser, the backend's own `220` completes the
 //! multi-line greeting, so the client sees one ordinary greeting.
@@ -72,8 +73,8 @@ impl Backend {
     }
 }
 
-/// Relays bytes between client and backend until both directions are done. Returns the
-/// bytes sent client → backend and backend → client.
+/// The userspace relay: copies bytes between client and backend until both directions are
+/// done. Returns the bytes sent client → backend and backend → client.
 pub async fn relay(mut client: TcpStream, mut backend: TcpStream) -> io::Result<(u64, u64)> {
     tokio::io::copy_bidirectional(&mut client, &mut backend).await
 }

@@ -27,6 +27,7 @@ pub mod postfix_pass;
 pub mod prefixes;
 pub mod privileges;
 pub mod proxy_protocol;
+pub mod relay;
 pub mod server;
 pub mod smtp_line;
 pub mod tls;

@@ -31,13 +31,14 @@ use crate::{
         StartTls,
     },
     escape::{LOG_TEXT_MAX, c_escape},
-    handoff::{self, Backend},
+    handoff::Backend,
     kernel::Maps,
     limits::{Limits, Refusal},
     maillog::MailLog,
     policy::{DenyPolicy, KernelDeny},
     postfix_pass::{self, PassFailure},
     proxy_protocol,
+    relay::Relay,
     tls::TlsAcceptor,
 };
 
@@ -58,6 +59,8 @@ pub struct Screen {
     /// The kernel maps, when the XDP layer is attached somewhere.
     pub kernel: Option<Mutex<Maps>>,
     pub backend: Backend,
+    /// Who moves the bytes of handed-off connections (`handoff = "proxy"`).
+    pub relay: Relay,
     pub log: Arc<MailLog>,
     /// The DNSBL/DNSWL lists, when `dnsbl_sites` names any.
     pub dnsbl: Option<Dnsbl>,
@@ -581,8 +584,15 @@ impl Screen {
                     }
                 };
                 drop(slot);
-                if let Err(e) = handoff::relay(stream, backend).await {
-                    tracing::debug!(client = %client, "relay ended: {e}");
+                match self.relay.run(stream, backend).await {
+                    Ok(relayed) => tracing::debug!(
+                        client = %client,
+                        up = relayed.up,
+                        down = relayed.down,
+                        in_kernel = relayed.in_kernel,
+                        "relay ended"
+                    ),
+                    Err(e) => tracing::debug!(client = %client, "relay ended: {e}"),
                 }
             }
             Handoff::Postfix => {

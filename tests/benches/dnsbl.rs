@@ -32,13 +32,12 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    env,
     fmt::Write as _,
     fs,
     io::{ErrorKind, Read as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    path::PathBuf,
+    process::ExitCode,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -48,7 +47,10 @@ use std::{
 };
 
 use screen_tests::{
-    bench::{self, Result, check_interrupted, median},
+    bench::{
+        self, Machine, Result, check_interrupted, clock_ticks_per_second, median, process_cpu,
+        quantile, utc_now,
+    },
     daemon::{Bed, Daemon, DaemonConfig, quoted},
     netns::{PinDir, TcpAcceptor, smtp_screen_bin},
     rbldnsd::{Dataset, Rbldnsd, Zone},
@@ -133,9 +135,7 @@ fn main() -> ExitCode {
 
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let report_path = env::var_os("SMTP_SCREEN_BENCH_REPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("bench").join("dnsbl.md"));
+    let report_path = bench::report_path("dnsbl");
     assert!(
         budget.query_addresses().end <= POOL_SIZE,
         "the budget needs more addresses than {CLIENT_NETWORK} holds"
@@ -156,14 +156,6 @@ fn run(budget: Budget) -> Result<PathBuf> {
     }
     fs::write(&report_path, report)?;
     Ok(report_path)
-}
-
-/// The workspace's target directory: the bench binary lives in `<target>/<profile>/deps/`.
-fn target_dir() -> PathBuf {
-    env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target"))
 }
 
 /// What a client's address is listed as.
@@ -416,43 +408,6 @@ fn wait_for_lines(daemon: &Daemon, prefixes: &[&str], expected: &[usize]) -> Res
     }
 }
 
-/// User plus system CPU time of process `pid` so far, threads that have exited included.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name is in parentheses and may hold anything; the fields follow it.
-    let (_, rest) = stat
-        .rsplit_once(')')
-        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .ok_or_else(|| format!("short /proc/{pid}/stat: {stat}"))?
-        .iter()
-        .map(|field| field.parse::<u64>())
-        .sum::<std::result::Result<u64, _>>()?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / clock_ticks_per_second() as f64,
-    ))
-}
-
-/// The unit of the CPU times in /proc (`USER_HZ`).
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
-}
-
-/// The `q`-quantile (0..=1) of `values`, nearest rank.
-fn quantile(values: &[Duration], q: f64) -> Duration {
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Part 1: first-contact decisions.
 mod decisions {
     use super::*;
@@ -696,43 +651,6 @@ mod queries {
 
 mod report {
     use super::{decisions::Decisions, queries::Queries, *};
-
-    struct Machine {
-        cores: usize,
-        cpu_model: String,
-        kernel: String,
-    }
-
-    impl Machine {
-        fn describe() -> Self {
-            let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-            let cpu_model = cpuinfo
-                .lines()
-                .find_map(|line| {
-                    line.strip_prefix("model name")?
-                        .split_once(':')
-                        .map(|(_, v)| v.trim().to_string())
-                })
-                .unwrap_or_else(|| "unknown".into());
-            Self {
-                cores: thread::available_parallelism().map_or(1, |n| n.get()),
-                cpu_model,
-                kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "unknown".into()),
-            }
-        }
-    }
-
-    fn utc_now() -> String {
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-            .output()
-            .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .filter(|date| !date.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    }
 
     pub fn render(
         budget: &Budget,

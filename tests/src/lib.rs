@@ -18,6 +18,7 @@ pub mod frames;
 pub mod netns;
 pub mod postfix;
 pub mod rbldnsd;
+pub mod relay;
 pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns

@@ -787,12 +787,11 @@ fn generic_mode_and_programs_attached_by_others() {
         .write("screen-ebpf.o", screen_user::kernel::OBJECT)
         .expect("eBPF object");
     let prog_pin = foreign_pin.path().join("prog");
+    // No `type xdp`: it would apply to every program of the object, the relay's sk_skb
+    // program too. The section names give each its type, and bpftool pins the first program,
+    // the XDP one.
     let mut load = std::process::Command::new("bpftool");
-    load.arg("prog")
-        .arg("load")
-        .arg(&object)
-        .arg(&prog_pin)
-        .args(["type", "xdp"]);
+    load.arg("prog").arg("load").arg(&object).arg(&prog_pin);
     let out = output_within(&mut load, CLI_LIMIT).expect("bpftool prog load");
     assert!(
         out.status.success(),

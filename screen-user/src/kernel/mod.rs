@@ -1,5 +1,5 @@
 //! The kernel side of smtp-screen: loading the XDP program, pinning its maps and link, and
-//! reading and writing the maps.
+//! reading and writing the maps; and the hand-off relay's sockhash program ([`relay`]).
 //!
 //! # Minimum kernel version
 //!
@@ -10,6 +10,7 @@ pub mod clock;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
+pub mod relay;
 
 pub use loader::{AttachMode, Attachment, KernelError, ScreenProgram};
 pub use maps::{DynamicEntry, Maps, MapsError, StaticList};

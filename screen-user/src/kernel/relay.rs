@@ -1,0 +1,204 @@
+//! The hand-off relay in the kernel: the stream verdict program `smtp_screen_relay` on the
+//! sockhash `scr_relay_socks`, with the peer map `scr_relay_peers`. A pair of sockets in the
+//! maps has its bytes moved by the kernel, each socket's input sent out of the other.
+//!
+//! The maps and the program belong to the running daemon and are not pinned: when the daemon
+//! exits they go, and so do the relayed connections (which are its sockets anyway). They are
+//! created while the daemon is still root; inserting and removing sockets later needs no
+//! privilege (the kernel checks the capability when the map is created, not on each update).
+//!
+//! # Minimum kernel version
+//!
+//! 5.15: stream verdict programs without a stream parser on TCP sockets.
+
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{HashMap, MapData, MapError, SockHash},
+    programs::{ProgramError, SkSkb},
+};
+use screen_common::{RELAY_PROGRAM_NAME, RelayPeer, map_name};
+
+use super::OBJECT;
+
+/// The kernel relay could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("loading the BPF object for the kernel relay: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the BPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the BPF object has no program {RELAY_PROGRAM_NAME}")]
+    NoProgram,
+    #[error("loading program {RELAY_PROGRAM_NAME}: {0}")]
+    Verify(#[source] ProgramError),
+    #[error(
+        "attaching program {RELAY_PROGRAM_NAME} to map {}: {source}",
+        map_name::RELAY_SOCKS
+    )]
+    Attach {
+        #[source]
+        source: ProgramError,
+    },
+    #[error("relay_max_connections {0} is too large for the relay maps")]
+    TooLarge(u32),
+}
+
+/// The loaded relay: its maps, its program, and how many pairs it holds.
+pub struct KernelRelay {
+    /// Owns the program and its attachment to the sockhash.
+    _ebpf: Ebpf,
+    socks: Mutex<SockHash<MapData, u64>>,
+    peers: Mutex<HashMap<MapData, u64, RelayPeer>>,
+    capacity: u32,
+    pairs: AtomicU32,
+}
+
+/// A pair's place in the relay, taken with [`KernelRelay::reserve`]; dropping it frees it.
+pub struct PairSlot<'a> {
+    relay: &'a KernelRelay,
+}
+
+impl Drop for PairSlot<'_> {
+    fn drop(&mut self) {
+        self.relay.pairs.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl KernelRelay {
+    /// Loads the program and creates its maps, sized for `max_pairs` relayed connections.
+    pub fn load(max_pairs: u32) -> Result<Self, RelayError> {
+        let sockets = max_pairs
+            .checked_mul(2)
+            .ok_or(RelayError::TooLarge(max_pairs))?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_name::RELAY_SOCKS, sockets)
+            .map_max_entries(map_name::RELAY_PEERS, sockets);
+        // The XDP program's maps are in the same object; this process only relays, so they
+        // are created as small as the kernel allows instead of at their pinned sizes.
+        for name in map_name::ALL {
+            loader.map_max_entries(name, 1);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(RelayError::Load)?;
+        for name in map_name::ALL {
+            drop(ebpf.take_map(name));
+        }
+        let socks: SockHash<MapData, u64> = take_map(&mut ebpf, map_name::RELAY_SOCKS)?;
+        let peers: HashMap<MapData, u64, RelayPeer> = take_map(&mut ebpf, map_name::RELAY_PEERS)?;
+        let program: &mut SkSkb = ebpf
+            .program_mut(RELAY_PROGRAM_NAME)
+            .ok_or(RelayError::NoProgram)?
+            .try_into()
+            .map_err(RelayError::Verify)?;
+        program.load().map_err(RelayError::Verify)?;
+        program
+            .attach(socks.fd())
+            .map_err(|source| RelayError::Attach { source })?;
+        Ok(Self {
+            _ebpf: ebpf,
+            socks: Mutex::new(socks),
+            peers: Mutex::new(peers),
+            capacity: max_pairs,
+            pairs: AtomicU32::new(0),
+        })
+    }
+
+    /// Takes a place for one pair, or `None` when every place is taken.
+    pub fn reserve(&self) -> Option<PairSlot<'_>> {
+        self.pairs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PairSlot { relay: self })
+    }
+
+    /// Puts both sockets of a pair in the maps: the peer entries first, so the program never
+    /// sees a socket of the pair without knowing where its data goes. On failure nothing of
+    /// the pair is left in the maps.
+    pub fn insert_pair(
+        &self,
+        _slot: &PairSlot<'_>,
+        a: (u64, &impl AsRawFd),
+        b: (u64, &impl AsRawFd),
+    ) -> Result<(), RelayError> {
+        let result = self.try_insert_pair(a, b);
+        if result.is_err() {
+            self.remove_pair(a.0, b.0);
+        }
+        result
+    }
+
+    fn try_insert_pair(
+        &self,
+        (a, a_fd): (u64, &impl AsRawFd),
+        (b, b_fd): (u64, &impl AsRawFd),
+    ) -> Result<(), RelayError> {
+        let peer_error = |source| RelayError::Map {
+            name: map_name::RELAY_PEERS,
+            source,
+        };
+        let sock_error = |source| RelayError::Map {
+            name: map_name::RELAY_SOCKS,
+            source,
+        };
+        {
+            let mut peers = lock(&self.peers);
+            let entry = |peer| RelayPeer {
+                peer,
+                redirected: 0,
+            };
+            peers.insert(a, entry(b), 0).map_err(peer_error)?;
+            peers.insert(b, entry(a), 0).map_err(peer_error)?;
+        }
+        let mut socks = lock(&self.socks);
+        socks.insert(a, a_fd.as_raw_fd(), 0).map_err(sock_error)?;
+        socks.insert(b, b_fd.as_raw_fd(), 0).map_err(sock_error)?;
+        Ok(())
+    }
+
+    /// Takes both sockets of a pair out of the maps (those that are there).
+    pub fn remove_pair(&self, a: u64, b: u64) {
+        {
+            let mut socks = lock(&self.socks);
+            let _ = socks.remove(&a);
+            let _ = socks.remove(&b);
+        }
+        let mut peers = lock(&self.peers);
+        let _ = peers.remove(&a);
+        let _ = peers.remove(&b);
+    }
+
+    /// The bytes the program has redirected from the socket with `cookie` to its peer.
+    pub fn redirected(&self, cookie: u64) -> u64 {
+        lock(&self.peers)
+            .get(&cookie, 0)
+            .map_or(0, |entry| entry.redirected)
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, RelayError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(RelayError::NoMap(name))?;
+    M::try_from(map).map_err(|source| RelayError::Map { name, source })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

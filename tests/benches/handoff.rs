@@ -1,0 +1,640 @@
+//! What the hand-off costs a passed client: mail sent through smtp-screen to a real Postfix
+//! smtpd, against the same mail sent to that smtpd directly.
+//!
+//! `cargo bench -p screen-tests --bench handoff` (append `-- --quick` for a short run).
+//!
+//! One Postfix instance in the server namespace listens on port 10025 of every address there,
+//! with the `discard` transport, so that delivery costs nothing and smtpd, cleanup and the
+//! queue manager are what the backend spends. Two daemons run beside it with
+//! `handoff = "proxy"` to 127.0.0.1:10025, one with `relay = "userspace"` on port 25 and one
+//! with `relay = "kernel"` on port 26. The clients are allowlisted (the access list permits
+//! their network), so no test delays them and each connection is handed off at once. They
+//! connect from a client namespace that takes all of 10.251.128.0/24 as local addresses.
+//!
+//! Each session is a whole SMTP transaction: greeting, EHLO, MAIL, RCPT, DATA with a message
+//! of [`MESSAGE_BYTES`], QUIT, close. Its latency runs from the connect call to the `250` after
+//! the message; the whole session, to the server's close. A fixed number of clients run at once; each path (direct, userspace relay,
+//! kernel relay) gets the same number of sessions per round, and rounds interleave the paths
+//! so that a busy moment of the machine hits them alike. Figures are medians over rounds. The
+//! daemon's CPU (user plus system, /proc) is divided by the messages it relayed.
+//!
+//! Every session must get the replies it expects, and Postfix must log as many discarded
+//! deliveries as messages were sent; anything else stops the benchmark. The Markdown report
+//! goes to `$SMTP_SCREEN_BENCH_REPORT` (default `target/bench/handoff.md`).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use screen_tests::{
+    bench::{
+        self, Machine, Result, check_interrupted, clock_ticks_per_second, median, process_cpu,
+        quantile, utc_now,
+    },
+    daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
+    ensure_packages,
+    netns::{PinDir, smtp_screen_bin},
+    postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// The clients' addresses: the client namespace holds all of them as local addresses.
+const CLIENT_NETWORK: &str = "10.251.128.0/24";
+/// Addresses in [`CLIENT_NETWORK`], leaving out .0 and .255.
+const POOL_SIZE: usize = 254;
+/// Where the daemons listen, on the server's address.
+const USERSPACE_PORT: u16 = 25;
+const KERNEL_PORT: u16 = 26;
+/// The size of each message, headers and body.
+const MESSAGE_BYTES: usize = 16 * 1024;
+/// Sessions of each path before the measured rounds (smtpd processes start, caches fill).
+const WARM_UP: usize = 50;
+/// One step of a session (connect, or a reply) may take this long.
+const STEP_LIMIT: Duration = Duration::from_secs(10);
+/// The longest reply a session reads before it gives up on the server.
+const REPLY_MAX: usize = 16 * 1024;
+/// How long Postfix may take to log the last discarded delivery.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
+/// How much work a run does.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    quick: bool,
+    /// Sessions per path and round.
+    sessions: usize,
+    rounds: usize,
+    /// Clients running at once.
+    concurrency: usize,
+    /// Longest one batch of sessions may take.
+    batch_limit: Duration,
+}
+
+impl Budget {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                sessions: 300,
+                rounds: 1,
+                concurrency: 8,
+                batch_limit: Duration::from_secs(30),
+            }
+        } else {
+            Self {
+                quick,
+                sessions: 1_500,
+                rounds: 5,
+                concurrency: 8,
+                batch_limit: Duration::from_secs(90),
+            }
+        }
+    }
+}
+
+/// How a client's mail reaches smtpd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Userspace,
+    Kernel,
+}
+
+impl Path {
+    const ALL: [Path; 3] = [Path::Direct, Path::Userspace, Path::Kernel];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct to smtpd",
+            Path::Userspace => "smtp-screen, userspace relay",
+            Path::Kernel => "smtp-screen, kernel relay",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    bench::main("handoff", |quick| run(Budget::new(quick)))
+}
+
+fn run(budget: Budget) -> Result<PathBuf> {
+    let started = Instant::now();
+    let report_path = bench::report_path("handoff");
+    ensure_packages(&["postfix"])?;
+    let lab = Lab::start()?;
+    let message = message();
+
+    eprintln!("warming up");
+    for path in Path::ALL {
+        run_batch(&lab, path, WARM_UP, &message, &budget)?;
+    }
+    let mut rounds: Vec<Vec<Measured>> = Vec::with_capacity(budget.rounds);
+    for round in 0..budget.rounds {
+        let mut measured = Vec::with_capacity(Path::ALL.len());
+        for path in Path::ALL {
+            let m = run_batch(&lab, path, budget.sessions, &message, &budget)?;
+            eprintln!(
+                "  round {}: {}: {:.0} messages/s, latency p50 {:.2} ms p99 {:.2} ms, session \
+                 p50 {:.2} ms{}",
+                round + 1,
+                path.name(),
+                m.per_second(),
+                m.p50.as_secs_f64() * 1e3,
+                m.p99.as_secs_f64() * 1e3,
+                m.session_p50.as_secs_f64() * 1e3,
+                m.daemon_us()
+                    .map(|us| format!(", daemon {us:.0} µs CPU per message"))
+                    .unwrap_or_default()
+            );
+            measured.push(m);
+        }
+        rounds.push(measured);
+    }
+    let sent = (WARM_UP + budget.rounds * budget.sessions) * Path::ALL.len();
+    let discarded = lab.wait_for_discards(sent)?;
+
+    let report = report::render(&budget, &rounds, discarded, started.elapsed());
+    println!("{report}");
+    if let Some(dir) = report_path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&report_path, report)?;
+    lab.userspace.stop();
+    lab.kernel.stop();
+    Ok(report_path)
+}
+
+/// The client address with pool index `index`.
+fn client_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 251, 128, 1 + (index % POOL_SIZE) as u8)
+}
+
+/// The message every session sends: headers, then numbered body lines up to
+/// [`MESSAGE_BYTES`], with CRLF line ends and no line starting with a dot.
+fn message() -> Vec<u8> {
+    let mut text = format!(
+        "From: <{SENDER}>\r\nTo: <user@{MAIL_DOMAIN}>\r\nSubject: hand-off benchmark\r\n\r\n"
+    );
+    let mut n = 0;
+    while text.len() < MESSAGE_BYTES {
+        let _ = write!(
+            text,
+            "body line {n:05}: the quick brown fox jumps over the lazy dog\r\n"
+        );
+        n += 1;
+    }
+    text.into_bytes()
+}
+
+/// Postfix and the two daemons, in the namespaces of one bed.
+struct Lab {
+    postfix: Postfix,
+    userspace: Daemon,
+    kernel: Daemon,
+    _pins: [PinDir; 2],
+    bed: Bed,
+}
+
+impl Lab {
+    fn start() -> Result<Self> {
+        let bed = Bed::new("handoff-bench", &[2]);
+        bed.client
+            .ip(["route", "add", "local", CLIENT_NETWORK, "dev", "lo"])?;
+        bed.server.ip([
+            "route",
+            "add",
+            CLIENT_NETWORK,
+            "via",
+            &bed.v4(2).to_string(),
+        ])?;
+        let postfix = Postfix::start(
+            &bed.server,
+            &PostfixConfig::new(bed.backend_addr())
+                .myhostname(MYHOSTNAME)
+                // The daemons reach it on loopback, direct clients on the server's address.
+                .main_cf("inet_interfaces", "all")
+                .main_cf("virtual_transport", "discard")
+                .main_cf("default_transport", "discard")
+                // Direct clients are not in mynetworks; none of anvil's limits may slow them.
+                .main_cf("smtpd_client_connection_count_limit", "0")
+                .main_cf("smtpd_client_connection_rate_limit", "0"),
+        )?;
+        let table = bed.scratch.write(
+            "access.cidr",
+            format!("# every benchmark client is allowlisted\n{CLIENT_NETWORK} permit\n"),
+        )?;
+        let pins = [PinDir::new("handoff-user"), PinDir::new("handoff-kernel")];
+        let daemon = |mode: &str, port: u16, pin: &PinDir| {
+            let state = bed.scratch.path().join(format!("state-{mode}"));
+            let config = DaemonConfig::new(&bed)
+                .set(
+                    "listen",
+                    format!("[{}]", quoted(SocketAddr::new(bed.server_v4(), port))),
+                )
+                .set("state_dir", quoted(state.display()))
+                .set("backend_proxy_protocol", quoted("none"))
+                .set(
+                    "access_list",
+                    quoted(format!("permit_mynetworks, cidr:{}", table.display())),
+                )
+                .set("client_connection_count_limit", "1000")
+                .set("pre_queue_limit", "1000")
+                .set("post_queue_limit", "1000")
+                .set("relay", quoted(mode))
+                .write(&bed, &format!("{mode}.toml"));
+            Daemon::start(&bed, pin, &config, &format!("{mode}.log"))
+        };
+        let userspace = daemon("userspace", USERSPACE_PORT, &pins[0]);
+        let kernel = daemon("kernel", KERNEL_PORT, &pins[1]);
+        for (daemon, mode) in [(&userspace, "userspace"), (&kernel, "kernel")] {
+            if !daemon.log().contains(&format!("hand-off relay: {mode}")) {
+                return Err(format!(
+                    "the daemon with relay = {mode} does not run that relay:\n{}",
+                    daemon.log()
+                )
+                .into());
+            }
+        }
+        Ok(Self {
+            postfix,
+            userspace,
+            kernel,
+            _pins: pins,
+            bed,
+        })
+    }
+
+    fn target(&self, path: Path) -> (SocketAddr, Option<&Daemon>) {
+        let server: IpAddr = self.bed.server_v4();
+        match path {
+            Path::Direct => (
+                SocketAddr::new(server, self.bed.backend_addr().port()),
+                None,
+            ),
+            Path::Userspace => (
+                SocketAddr::new(server, USERSPACE_PORT),
+                Some(&self.userspace),
+            ),
+            Path::Kernel => (SocketAddr::new(server, KERNEL_PORT), Some(&self.kernel)),
+        }
+    }
+
+    /// Waits until Postfix has logged `expected` discarded deliveries; returns the count.
+    fn wait_for_discards(&self, expected: usize) -> Result<usize> {
+        let deadline = Instant::now() + DELIVERY_WAIT;
+        loop {
+            let discarded = self
+                .postfix
+                .log()
+                .lines()
+                .filter(|line| line.contains("postfix/discard[") && line.contains("status=sent"))
+                .count();
+            if discarded >= expected {
+                return Ok(discarded);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{expected} messages were accepted, but Postfix discarded only {discarded} \
+                     within {DELIVERY_WAIT:?}"
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One batch of sessions on one path.
+struct Measured {
+    sessions: usize,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+    /// Whole sessions, connect to close.
+    session_p50: Duration,
+    daemon_cpu: Option<Duration>,
+}
+
+impl Measured {
+    fn per_second(&self) -> f64 {
+        self.sessions as f64 / self.wall.as_secs_f64()
+    }
+
+    fn daemon_us(&self) -> Option<f64> {
+        self.daemon_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.sessions as f64)
+    }
+}
+
+/// Runs `sessions` sessions on `path`, `concurrency` at a time; every one must succeed.
+fn run_batch(
+    lab: &Lab,
+    path: Path,
+    sessions: usize,
+    message: &[u8],
+    budget: &Budget,
+) -> Result<Measured> {
+    let (dst, daemon) = lab.target(path);
+    let cpu_before = daemon.map(|d| process_cpu(d.pid())).transpose()?;
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let latencies = Mutex::new(Vec::with_capacity(sessions));
+    let started = Instant::now();
+    let deadline = started + budget.batch_limit;
+    let worker = || {
+        while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+            && !bench::interrupted()
+            && Instant::now() < deadline
+        {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= sessions {
+                return;
+            }
+            let src = client_addr(index);
+            match session(src, dst, message) {
+                Ok(latency) => latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(latency),
+                Err(e) => {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(format!("{} from {src}: {e}", path.name()));
+                }
+            }
+        }
+    };
+    thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..budget.concurrency)
+            .map(|_| scope.spawn(|| lab.bed.client.run(worker)))
+            .collect();
+        for joined in workers {
+            joined
+                .join()
+                .map_err(|_| "a client thread panicked")?
+                .map_err(|e| format!("entering the client namespace: {e}"))?;
+        }
+        Ok(())
+    })?;
+    let wall = started.elapsed();
+    check_interrupted()?;
+    if let Some(problem) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(problem.into());
+    }
+    let (latencies, sessions_taken): (Vec<Duration>, Vec<Duration>) = latencies
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .unzip();
+    if latencies.len() < sessions {
+        return Err(format!(
+            "{}: only {} of {sessions} sessions finished within {:?}",
+            path.name(),
+            latencies.len(),
+            budget.batch_limit
+        )
+        .into());
+    }
+    let daemon_cpu = match (daemon, cpu_before) {
+        (Some(daemon), Some(before)) => Some(process_cpu(daemon.pid())? - before),
+        _ => None,
+    };
+    Ok(Measured {
+        sessions,
+        wall,
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        session_p50: quantile(&sessions_taken, 0.5),
+        daemon_cpu,
+    })
+}
+
+/// One SMTP transaction from `src`; returns the time from the connect call to the `250`
+/// after the message, and to the server's close.
+fn session(src: Ipv4Addr, dst: SocketAddr, message: &[u8]) -> Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
+    socket.connect_timeout(&SockAddr::from(dst), STEP_LIMIT)?;
+    socket.set_tcp_nodelay(true)?;
+    let mut smtp = Smtp {
+        stream: socket.into(),
+        pending: Vec::new(),
+    };
+    smtp.stream.set_read_timeout(Some(STEP_LIMIT))?;
+    smtp.expect("greeting", 220)?;
+    smtp.command(&format!("EHLO {CLIENT_HELO}"), 250)?;
+    smtp.command(&format!("MAIL FROM:<{SENDER}>"), 250)?;
+    smtp.command(&format!("RCPT TO:<user@{MAIL_DOMAIN}>"), 250)?;
+    smtp.command("DATA", 354)?;
+    smtp.stream.write_all(message)?;
+    smtp.stream.write_all(b".\r\n")?;
+    smtp.expect("end of data", 250)?;
+    let latency = started.elapsed();
+    smtp.command("QUIT", 221)?;
+    smtp.until_closed()?;
+    Ok((latency, started.elapsed()))
+}
+
+/// A client's side of an SMTP session.
+struct Smtp {
+    stream: std::net::TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Smtp {
+    fn command(&mut self, line: &str, code: u16) -> Result<()> {
+        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
+        self.expect(line, code)
+    }
+
+    /// Reads one whole reply (continuation lines included) and checks its code.
+    fn expect(&mut self, after: &str, code: u16) -> Result<()> {
+        loop {
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if text.as_bytes().get(3) == Some(&b'-') {
+                    continue;
+                }
+                return match text.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+                    Some(got) if got == code => Ok(()),
+                    _ => Err(format!("after {after}: expected {code}, got {text:?}").into()),
+                };
+            }
+            if self.pending.len() > REPLY_MAX {
+                return Err(format!("after {after}: a reply longer than {REPLY_MAX} bytes").into());
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(format!("after {after}: the server closed").into()),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("after {after}: {e}").into()),
+            }
+        }
+    }
+
+    /// Reads until the server closes, which it does after `221`.
+    fn until_closed(&mut self) -> Result<()> {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err("bytes after 221".into()),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("waiting for the close after 221: {e}").into()),
+            }
+        }
+    }
+}
+
+mod report {
+    use super::*;
+
+    /// The medians of one path over the rounds.
+    struct Summary {
+        per_second: f64,
+        p50_ms: f64,
+        p99_ms: f64,
+        session_ms: f64,
+        daemon_us: Option<f64>,
+    }
+
+    fn summarize(rounds: &[Vec<Measured>], column: usize) -> Summary {
+        let of = |f: &dyn Fn(&Measured) -> f64| {
+            median(&rounds.iter().map(|r| f(&r[column])).collect::<Vec<_>>())
+        };
+        let daemon: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r[column].daemon_us())
+            .collect();
+        Summary {
+            per_second: of(&|m| m.per_second()),
+            p50_ms: of(&|m| m.p50.as_secs_f64() * 1e3),
+            p99_ms: of(&|m| m.p99.as_secs_f64() * 1e3),
+            session_ms: of(&|m| m.session_p50.as_secs_f64() * 1e3),
+            daemon_us: (!daemon.is_empty()).then(|| median(&daemon)),
+        }
+    }
+
+    pub fn render(
+        budget: &Budget,
+        rounds: &[Vec<Measured>],
+        discarded: usize,
+        elapsed: Duration,
+    ) -> String {
+        let machine = Machine::describe();
+        let mut out = String::new();
+        let command = if budget.quick {
+            "cargo bench -p screen-tests --bench handoff -- --quick"
+        } else {
+            "cargo bench -p screen-tests --bench handoff"
+        };
+        let _ = writeln!(out, "# smtp-screen hand-off benchmark\n");
+        let _ = writeln!(out, "- Date: {}", utc_now());
+        let _ = writeln!(
+            out,
+            "- Command: `{command}`{}",
+            if budget.quick { " (quick run)" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "- Machine: {} cores, {}, Linux {}",
+            machine.cores, machine.cpu_model, machine.kernel
+        );
+        let _ = writeln!(
+            out,
+            "- Daemon: `{}`",
+            smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string())
+        );
+        let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "- Backend: Postfix smtpd with the `discard` transport; {discarded} messages \
+             discarded, as many as were sent.\n"
+        );
+        let _ = writeln!(
+            out,
+            "Allowlisted clients, {} at a time, each session a whole transaction with a {} KiB \
+             message; {} sessions per path and round, {} round{}, the paths interleaved. \
+             Latency is from the connect call to the `250` after the message; a session is \
+             from the connect call to the server's close after `221`. Daemon CPU is user plus \
+             system time from /proc (ticks of {} ms) divided by the messages; the kernel \
+             relay's own work (the verdict program in softirq, the sends in kworker threads) \
+             is not in it. The clients, the daemons and Postfix share the machine's cores.\n",
+            budget.concurrency,
+            MESSAGE_BYTES / 1024,
+            budget.sessions,
+            rounds.len(),
+            if rounds.len() == 1 { "" } else { "s" },
+            1000 / clock_ticks_per_second()
+        );
+        let direct = summarize(rounds, 0);
+        let _ = writeln!(
+            out,
+            "| path | messages/s | vs direct | latency p50 ms | p99 ms | p99 vs direct | session p50 ms | daemon CPU µs/message |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (column, path) in Path::ALL.iter().enumerate() {
+            let s = summarize(rounds, column);
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.2}x | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
+                path.name(),
+                s.per_second,
+                s.per_second / direct.per_second,
+                s.p50_ms,
+                s.p99_ms,
+                s.p99_ms / direct.p99_ms,
+                s.session_ms,
+                s.daemon_us.map_or("–".to_string(), |us| format!("{us:.0}"))
+            );
+        }
+        let kernel = summarize(rounds, 2);
+        let ratio = kernel.per_second / direct.per_second;
+        let _ = writeln!(
+            out,
+            "\n**Kernel relay: {:.2}x the throughput of direct delivery (target: at least \
+             0.9x){}.**\n",
+            ratio,
+            if ratio >= 0.9 { ", met" } else { ", not met" }
+        );
+        let _ = writeln!(out, "## Rounds\n");
+        let _ = writeln!(
+            out,
+            "| round | path | sessions | wall s | messages/s | p50 ms | p99 ms | session p50 ms | daemon CPU µs/message |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (i, round) in rounds.iter().enumerate() {
+            for (path, m) in Path::ALL.iter().zip(round) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    i + 1,
+                    path.name(),
+                    m.sessions,
+                    m.wall.as_secs_f64(),
+                    m.per_second(),
+                    m.p50.as_secs_f64() * 1e3,
+                    m.p99.as_secs_f64() * 1e3,
+                    m.session_p50.as_secs_f64() * 1e3,
+                    m.daemon_us()
+                        .map_or("–".to_string(), |us| format!("{us:.0}"))
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,330 @@
+//! The hand-off relay (`handoff = "proxy"`): the kernel relay (sockhash stream verdict) and
+//! the userspace one, first on loopback sockets in this process, then end to end through the
+//! daemon to a real Postfix.
+
+use std::time::{Duration, Instant};
+
+use screen_tests::{
+    daemon::{
+        BACKEND_GREETING, Bed, CLIENT_HELO, DELIVERY_WAIT, Daemon, DaemonConfig, GREET_WAIT,
+        REPLY_WAIT, SENDER, TEASER, expect_backend_log, quoted,
+    },
+    ensure_packages,
+    netns::PinDir,
+    postfix::{MAIL_DOMAIN, Postfix},
+    relay::RelayMaps,
+    require_root,
+};
+use screen_user::{config::RelayMode, relay::Relay};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+const MIB: usize = 1024 * 1024;
+
+/// A client connected to the relay's front socket, and the MTA end of the backend
+/// connection, with the two sockets the relay gets.
+struct Loopback {
+    client: TcpStream,
+    front: TcpStream,
+    to_backend: TcpStream,
+    mta: TcpStream,
+}
+
+async fn loopback() -> Loopback {
+    let front_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(front_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (front, _) = front_listener.accept().await.unwrap();
+    let to_backend = TcpStream::connect(backend_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mta, _) = backend_listener.accept().await.unwrap();
+    Loopback {
+        client,
+        front,
+        to_backend,
+        mta,
+    }
+}
+
+/// A pattern that shows any byte lost, doubled or moved.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// Drives an SMTP-like exchange through a relay: the MTA's greeting is already queued when
+/// the relay starts (as it is in the daemon), then a mebibyte each way, then the MTA closes
+/// first and the client after it, as after QUIT.
+async fn exchange(relay: &Relay) -> (screen_user::relay::Relayed, Option<(usize, usize)>) {
+    let Loopback {
+        mut client,
+        front,
+        to_backend,
+        mut mta,
+    } = loopback().await;
+    mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let up = pattern(MIB, 1);
+    let down = pattern(MIB, 2);
+    let relayed = async { relay.run(front, to_backend).await.unwrap() };
+    let session = async {
+        let mut greeting = [0u8; 23];
+        client.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"220 mta.example ESMTP\r\n");
+        let during = RelayMaps::of_process(std::process::id())
+            .unwrap()
+            .map(|maps| maps.entries());
+        let (mut client_read, mut client_write) = client.split();
+        let (mut mta_read, mut mta_write) = mta.split();
+        let send_up = async {
+            client_write.write_all(&up).await.unwrap();
+        };
+        let send_down = async {
+            mta_write.write_all(&down).await.unwrap();
+        };
+        let receive_up = async {
+            let mut got = vec![0u8; MIB];
+            mta_read.read_exact(&mut got).await.unwrap();
+            assert!(got == up, "client → MTA bytes differ");
+        };
+        let receive_down = async {
+            let mut got = vec![0u8; MIB];
+            client_read.read_exact(&mut got).await.unwrap();
+            assert!(got == down, "MTA → client bytes differ");
+        };
+        tokio::join!(send_up, send_down, receive_up, receive_down);
+        // The MTA's last reply, then its close; the client sees both.
+        mta.write_all(b"221 bye\r\n").await.unwrap();
+        mta.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"221 bye\r\n");
+        client.shutdown().await.unwrap();
+        let mut nothing = Vec::new();
+        mta.read_to_end(&mut nothing).await.unwrap();
+        assert!(nothing.is_empty());
+        during
+    };
+    let (relayed, during) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(relayed, session)
+    })
+    .await
+    .expect("the relayed exchange took more than 30s");
+    (relayed, during)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_relay_moves_a_mebibyte_each_way_forgets_the_pair_and_stays_bounded() {
+    if !require_root(
+        "the_kernel_relay_moves_a_mebibyte_each_way_forgets_the_pair_and_stays_bounded",
+    ) {
+        return;
+    }
+    let (relay, line) = Relay::start(RelayMode::Kernel, 4).expect("loading the kernel relay");
+    assert!(line.contains("kernel"), "{line}");
+    let (relayed, during) = exchange(&relay).await;
+    assert!(relayed.in_kernel);
+    assert_eq!(relayed.up, MIB as u64);
+    assert_eq!(relayed.down, (MIB + 23 + 9) as u64);
+    assert_eq!(
+        during,
+        Some((2, 2)),
+        "both sockets in the maps during the session"
+    );
+    let maps = RelayMaps::of_process(std::process::id()).unwrap().unwrap();
+    assert_eq!(maps.entries(), (0, 0), "the pair left the maps");
+    drop(maps);
+    drop(relay);
+
+    // Room for one connection: a second one at the same time is relayed in userspace, and
+    // both arrive intact. (One test, so that no other relay of this process is about.)
+    let (relay, _) = Relay::start(RelayMode::Kernel, 1).expect("loading the kernel relay");
+    let ((first, _), (second, _)) = tokio::join!(exchange(&relay), exchange(&relay));
+    assert_ne!(
+        first.in_kernel, second.in_kernel,
+        "one connection in the kernel, the other in userspace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_userspace_relay_moves_the_same_exchange() {
+    let relay = Relay::userspace();
+    let (relayed, _) = exchange(&relay).await;
+    assert!(!relayed.in_kernel);
+    assert_eq!(relayed.up, MIB as u64);
+    assert_eq!(relayed.down, (MIB + 23 + 9) as u64);
+}
+
+/// How many sessions the leak check runs through the daemon.
+const SESSIONS: usize = 60;
+
+/// A 1 MiB body of numbered lines, so a lost, doubled or moved line shows.
+fn large_body() -> String {
+    let mut body = String::with_capacity(MIB + 128);
+    let mut n = 0u32;
+    while body.len() < MIB {
+        body.push_str(&format!(
+            "line {n:06} of the large message: abcdefghijklmnopqrstuvwxyz 0123456789\n"
+        ));
+        n += 1;
+    }
+    body
+}
+
+/// Waits until the daemon's relay maps hold `expected` (sockets, peers).
+fn wait_for_entries(daemon: &Daemon, expected: (usize, usize)) -> (usize, usize) {
+    let deadline = Instant::now() + REPLY_WAIT;
+    loop {
+        let maps = RelayMaps::of_process(daemon.pid())
+            .expect("reading the daemon's descriptors")
+            .expect("the daemon holds the relay maps");
+        let entries = maps.entries();
+        if entries == expected || Instant::now() > deadline {
+            return entries;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The daemon with `relay = mode` in front of Postfix: an allowlisted client's 1 MiB message
+/// arrives intact; a client that waits out the greet wait gets the MTA's greeting after the
+/// teaser; QUIT, the client's close and the MTA's close each end a session on both sides;
+/// and many sessions leave nothing behind.
+fn relay_through_the_daemon(mode: &str) {
+    ensure_packages(&["postfix", "swaks"]).expect("postfix and swaks");
+    let bed = Bed::new(&format!("relay-{mode}"), &[10, 11]);
+    let (permitted, screened) = (bed.v4(10), bed.v4(11));
+    // Two bad commands and smtpd hangs up: the MTA's own close.
+    let postfix = Postfix::start(
+        &bed.server,
+        &bed.backend_config().main_cf("smtpd_hard_error_limit", "2"),
+    )
+    .expect("starting the Postfix backend");
+    let table = bed.write_table("access.cidr", &[(permitted, "permit")]);
+    let pin = PinDir::new(&format!("relay-{mode}"));
+    let config = DaemonConfig::new(&bed)
+        .set(
+            "access_list",
+            quoted(format!("permit_mynetworks, cidr:{}", table.display())),
+        )
+        .set("relay", quoted(mode))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let kernel = mode == "kernel";
+    let said = daemon.log();
+    assert!(
+        said.contains(&format!("hand-off relay: {mode}")),
+        "the daemon does not say which relay runs:\n{said}"
+    );
+    assert_eq!(
+        RelayMaps::of_process(daemon.pid()).unwrap().is_some(),
+        kernel,
+        "relay maps held by a daemon with relay = {mode}"
+    );
+
+    // A large message, with swaks.
+    let body = large_body();
+    let body_file = bed.scratch.write("body.txt", &body).expect("body file");
+    let to = format!("user@{MAIL_DOMAIN}");
+    let swaks = bed.swaks(
+        permitted,
+        &[
+            "--from",
+            SENDER,
+            "--to",
+            &to,
+            "--body",
+            &format!("@{}", body_file.display()),
+        ],
+    );
+    swaks.assert_success();
+    // The last line: the mailbox is written while delivery goes on.
+    let last_line = body.lines().last().expect("a body");
+    assert!(
+        postfix.wait_for_mail(last_line, DELIVERY_WAIT),
+        "the large message was not delivered; Postfix log:\n{}",
+        postfix.log()
+    );
+    assert!(
+        postfix.mailbox().contains(&body),
+        "the large message arrived changed"
+    );
+
+    // A screened client: the teaser, the greet wait, then the MTA's greeting; QUIT.
+    let mut client = bed.connect(screened);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    assert_eq!(client.line(GREET_WAIT + REPLY_WAIT), BACKEND_GREETING);
+    let ehlo = client.command(&format!("EHLO {CLIENT_HELO}"));
+    assert!(
+        ehlo.last().is_some_and(|l| l.starts_with("250 ")),
+        "{ehlo:?}"
+    );
+    if kernel {
+        assert_eq!(wait_for_entries(&daemon, (2, 2)), (2, 2));
+        // The MTA's EHLO reply came after the hand-off: the program moved it.
+        let reply_bytes: usize = ehlo.iter().map(|line| line.len() + 2).sum();
+        let maps = RelayMaps::of_process(daemon.pid()).unwrap().unwrap();
+        assert!(
+            maps.max_redirected() >= reply_bytes as u64,
+            "the EHLO reply ({reply_bytes} bytes) did not go through the kernel relay"
+        );
+    }
+    client.quit();
+    expect_backend_log(&postfix, &format!("disconnect from unknown[{screened}]"));
+
+    // The client hangs up without QUIT: the MTA loses the connection.
+    let mut client = bed.connect(permitted);
+    assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+    client.command(&format!("EHLO {CLIENT_HELO}"));
+    drop(client);
+    expect_backend_log(&postfix, "lost connection after EHLO");
+
+    // The MTA hangs up: the client sees its last reply, then the close.
+    let mut client = bed.connect(permitted);
+    assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+    client.send(b"XYZZY\r\nXYZZY\r\n");
+    let rest = client.until_closed(REPLY_WAIT);
+    assert!(
+        rest.last().is_some_and(|l| l.starts_with("421 ")),
+        "the MTA's last reply did not arrive: {rest:?}"
+    );
+    drop(client);
+
+    // Many sessions, then nothing left in the relay.
+    for _ in 0..SESSIONS {
+        let mut client = bed.connect(permitted);
+        assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+        client.quit();
+    }
+    if kernel {
+        assert_eq!(
+            wait_for_entries(&daemon, (0, 0)),
+            (0, 0),
+            "relay map entries left"
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn the_daemon_relays_in_the_kernel() {
+    if !require_root("the_daemon_relays_in_the_kernel") {
+        return;
+    }
+    relay_through_the_daemon("kernel");
+}
+
+#[test]
+fn the_daemon_relays_in_userspace() {
+    if !require_root("the_daemon_relays_in_userspace") {
+        return;
+    }
+    relay_through_the_daemon("userspace");
+}
