@@ -24,8 +24,11 @@ pub mod map_name {
     pub const DYN_DENY_V6: &str = "scr_dyn_v6";
     /// The single [`ScreenConfig`](super::ScreenConfig) record (array of one).
     pub const CONFIG: &str = "scr_config";
-    /// Per-CPU counters indexed by [`Stat`](super::Stat).
+    /// Per-CPU counters: one [`Counters`](super::Counters) record per CPU (array of one).
     pub const STATS: &str = "scr_stats";
+    /// The IPv4 direct table of both static lists, slot 0 and 1 (mmap-able array of `u64`
+    /// words, see [`v4_table`](super::v4_table)).
+    pub const TABLE_V4: [&str; 2] = ["scr_table_v4_0", "scr_table_v4_1"];
 
     /// The hand-off relay's sockets, by socket cookie (sockhash; not pinned: the relayed
     /// connections belong to the running daemon).
@@ -34,7 +37,7 @@ pub mod map_name {
     pub const RELAY_PEERS: &str = "scr_relay_peers";
 
     /// Every pinned map of the XDP program, in a stable order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         ALLOW_V4[0],
         ALLOW_V4[1],
         ALLOW_V6[0],
@@ -47,6 +50,8 @@ pub mod map_name {
         DYN_DENY_V6,
         CONFIG,
         STATS,
+        TABLE_V4[0],
+        TABLE_V4[1],
     ];
 }
 
@@ -72,6 +77,61 @@ pub const MAX_PORTS: usize = 8;
 pub const IPV6_EXT_MAX: usize = 6;
 /// How many VLAN tags (802.1Q or 802.1ad) the parser skips.
 pub const VLAN_MAX: usize = 2;
+
+/// The IPv4 direct table: what the static lists say about each /24, two bits per /24, so
+/// that the program decides an IPv4 SYN with one array lookup where the LPM tries take one
+/// walk per list.
+///
+/// Bucket `b` is the first 24 bits of the source address; word `b / 32` of the table holds
+/// its state at bits `2 * (b % 32)` and `2 * (b % 32) + 1`. The daemon builds the table from
+/// the tries, which stay the lists' source of truth; the program falls back to the tries only
+/// for a bucket in state [`ASK_TRIES`](v4_table::ASK_TRIES).
+pub mod v4_table {
+    /// No static prefix covers the /24: the dynamic map decides.
+    pub const UNLISTED: u64 = 0;
+    /// A static deny prefix of /24 or shorter covers the /24 and no allow prefix does.
+    pub const DENY: u64 = 1;
+    /// A static allow prefix of /24 or shorter covers the /24 (allow beats static deny).
+    pub const ALLOW: u64 = 2;
+    /// A prefix longer than /24, in either list, lies inside the /24: its addresses may differ,
+    /// so the LPM tries decide.
+    pub const ASK_TRIES: u64 = 3;
+    /// Bits of one bucket's state.
+    pub const BUCKET_BITS: u32 = 2;
+    /// Buckets in one `u64` word.
+    pub const BUCKETS_PER_WORD: u32 = 64 / BUCKET_BITS;
+    /// One bucket per /24.
+    pub const BUCKETS: u32 = 1 << 24;
+    /// Words of the table: 524,288, 4 MiB.
+    pub const WORDS: u32 = BUCKETS / BUCKETS_PER_WORD;
+    /// `BPF_F_MMAPABLE`: the daemon writes the table through a shared mapping, one memory
+    /// store per changed word instead of one syscall.
+    pub const MAP_FLAGS: u32 = 1 << 10;
+
+    /// The bucket of an address (network byte order): its /24.
+    #[inline(always)]
+    pub const fn bucket(addr: [u8; 4]) -> u32 {
+        u32::from_be_bytes(addr) >> 8
+    }
+
+    /// The word that holds `bucket`.
+    #[inline(always)]
+    pub const fn word_index(bucket: u32) -> u32 {
+        bucket / BUCKETS_PER_WORD
+    }
+
+    /// Where `bucket`'s state starts in its word.
+    #[inline(always)]
+    pub const fn shift(bucket: u32) -> u32 {
+        (bucket % BUCKETS_PER_WORD) * BUCKET_BITS
+    }
+
+    /// The state of `bucket` in its word.
+    #[inline(always)]
+    pub const fn state(word: u64, bucket: u32) -> u64 {
+        (word >> shift(bucket)) & ASK_TRIES
+    }
+}
 
 /// Key of the static LPM tries for IPv4: `prefix_len` in bits, then the address.
 ///
@@ -192,6 +252,10 @@ pub struct ScreenConfig {
     pub allow_slot: u32,
     /// Which of the two static deny slots (0 or 1) is live.
     pub deny_slot: u32,
+    /// Which of the two IPv4 direct tables (0 or 1) is live. Every change of a static list
+    /// flips it in the same write as the list's slot, so the table and the tries the program
+    /// sees always agree.
+    pub v4_table_slot: u32,
 }
 
 impl ScreenConfig {
@@ -200,7 +264,7 @@ impl ScreenConfig {
     /// The port postscreen protects.
     pub const SMTP_PORT: u16 = 25;
 
-    /// Port 25, drop, IPv6 /64, slot 0 for both lists.
+    /// Port 25, drop, IPv6 /64, slot 0 for both lists and the table.
     pub const fn new() -> Self {
         let mut ports = [0; MAX_PORTS];
         ports[0] = Self::SMTP_PORT;
@@ -210,6 +274,7 @@ impl ScreenConfig {
             v6_prefix_len: Self::DEFAULT_V6_PREFIX_LEN,
             allow_slot: 0,
             deny_slot: 0,
+            v4_table_slot: 0,
         }
     }
 
@@ -234,7 +299,45 @@ impl Default for ScreenConfig {
     }
 }
 
-/// Index of a counter in the per-CPU [`map_name::STATS`] array.
+/// The program's counters: one record per CPU in [`map_name::STATS`], looked up once per
+/// frame (one lookup per counter cost more than the table lookup that decides a SYN). Named
+/// fields, so that `bpftool map dump` shows each counter by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub frames: u64,
+    pub syn_screened: u64,
+    pub passed: u64,
+    pub passed_allow: u64,
+    pub drop_static: u64,
+    pub drop_dynamic: u64,
+    pub rst_static: u64,
+    pub rst_dynamic: u64,
+    pub expired: u64,
+    pub parse_failed: u64,
+    pub fragments: u64,
+}
+
+impl Counters {
+    /// The value of one counter.
+    pub const fn get(&self, stat: Stat) -> u64 {
+        match stat {
+            Stat::Frames => self.frames,
+            Stat::SynScreened => self.syn_screened,
+            Stat::Passed => self.passed,
+            Stat::PassedAllow => self.passed_allow,
+            Stat::DropStatic => self.drop_static,
+            Stat::DropDynamic => self.drop_dynamic,
+            Stat::RstStatic => self.rst_static,
+            Stat::RstDynamic => self.rst_dynamic,
+            Stat::Expired => self.expired,
+            Stat::ParseFailed => self.parse_failed,
+            Stat::Fragments => self.fragments,
+        }
+    }
+}
+
+/// One of the program's [`Counters`]; its value is its place in [`Stat::ALL`] and in the record.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -342,6 +445,7 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEntry {}
     unsafe impl aya::Pod for super::ScreenConfig {}
     unsafe impl aya::Pod for super::RelayPeer {}
+    unsafe impl aya::Pod for super::Counters {}
 }
 
 #[cfg(test)]
@@ -361,11 +465,13 @@ mod tests {
         assert_eq!(offset_of!(DenyEntry, expires_ns), 0);
         assert_eq!(offset_of!(DenyEntry, origin), 8);
         assert_eq!(offset_of!(DenyEntry, failures), 12);
-        assert_eq!(size_of::<ScreenConfig>(), 2 * MAX_PORTS + 16);
+        assert_eq!(size_of::<ScreenConfig>(), 2 * MAX_PORTS + 20);
         assert_eq!(offset_of!(ScreenConfig, action), 2 * MAX_PORTS);
         assert_eq!(offset_of!(ScreenConfig, v6_prefix_len), 2 * MAX_PORTS + 4);
         assert_eq!(offset_of!(ScreenConfig, allow_slot), 2 * MAX_PORTS + 8);
         assert_eq!(offset_of!(ScreenConfig, deny_slot), 2 * MAX_PORTS + 12);
+        assert_eq!(offset_of!(ScreenConfig, v4_table_slot), 2 * MAX_PORTS + 16);
+        assert_eq!(size_of::<Counters>(), 8 * Stat::COUNT as usize);
         assert!(align_of::<DenyEntry>() <= 8);
         assert_eq!(size_of::<RelayPeer>(), 16);
         assert_eq!(offset_of!(RelayPeer, redirected), 8);
@@ -388,6 +494,49 @@ mod tests {
         for (i, stat) in Stat::ALL.iter().enumerate() {
             assert_eq!(*stat as u32, i as u32, "{}", stat.name());
         }
+    }
+
+    // The record's fields are in `Stat` order, so a counter's field and its index agree.
+    #[test]
+    fn counters_are_laid_out_in_stat_order() {
+        let mut counters = Counters::default();
+        let words = &mut counters as *mut Counters as *mut u64;
+        for stat in Stat::ALL {
+            // SAFETY: `Counters` is `repr(C)` and made of `Stat::COUNT` u64 fields.
+            unsafe { *words.add(stat as usize) = 100 + stat as u64 };
+        }
+        for stat in Stat::ALL {
+            assert_eq!(counters.get(stat), 100 + stat as u64, "{}", stat.name());
+        }
+    }
+
+    #[test]
+    fn v4_table_buckets_are_the_first_24_bits() {
+        assert_eq!(v4_table::WORDS, 524_288);
+        assert_eq!(v4_table::WORDS as usize * 8, 4 << 20);
+        assert_eq!(v4_table::bucket([0, 0, 0, 255]), 0);
+        assert_eq!(v4_table::bucket([0, 0, 1, 0]), 1);
+        assert_eq!(v4_table::bucket([192, 0, 2, 77]), 0xc0_0002);
+        assert_eq!(
+            v4_table::bucket([255, 255, 255, 255]),
+            v4_table::BUCKETS - 1
+        );
+        // 192.0.2.0/24: bucket 0xc00002, word 0x60000, bits 4 and 5.
+        let bucket = v4_table::bucket([192, 0, 2, 1]);
+        assert_eq!(v4_table::word_index(bucket), 0x6_0000);
+        assert_eq!(v4_table::shift(bucket), 4);
+        assert_eq!(
+            v4_table::word_index(v4_table::BUCKETS - 1),
+            v4_table::WORDS - 1
+        );
+        assert_eq!(v4_table::shift(v4_table::BUCKETS - 1), 62);
+        let word = v4_table::DENY << 4 | v4_table::ASK_TRIES << 62;
+        assert_eq!(v4_table::state(word, bucket), v4_table::DENY);
+        assert_eq!(v4_table::state(word, bucket + 1), v4_table::UNLISTED);
+        assert_eq!(
+            v4_table::state(word, v4_table::BUCKETS - 1),
+            v4_table::ASK_TRIES
+        );
     }
 
     #[test]

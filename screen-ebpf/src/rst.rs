@@ -8,11 +8,16 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
-use crate::{headers::*, program::Network};
+use crate::{
+    headers::*,
+    program::{Network, Syn},
+};
 
 /// Rewrites the frame into the RST reply. `false` leaves the caller to drop the frame.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, net: Network, l4: usize, syn: &TcpHdr) -> bool {
+pub fn reply(ctx: &XdpContext, Syn { net, l4, tcp: syn }: Syn) -> bool {
+    // Copied before anything is rewritten.
+    let syn = &unsafe { syn.read_unaligned() };
     let doff_len = ((syn.doff >> 4) as usize) * 4;
     let mut tcp = TcpHdr {
         source: syn.dest,
@@ -26,10 +31,11 @@ pub fn reply(ctx: &XdpContext, net: Network, l4: usize, syn: &TcpHdr) -> bool {
         urg_ptr: [0; 2],
     };
     let sum = match net {
-        Network::V4 { l3, hdr } => {
+        Network::V4 { l3, ip } => {
             if l4 != l3 + IPV4_LEN {
                 return false;
             }
+            let hdr = unsafe { ip.read_unaligned() };
             let payload = (be16(hdr.tot_len) as usize).saturating_sub(IPV4_LEN + doff_len);
             tcp.ack_seq = ack_for(syn, payload);
             let mut ip = Ipv4Hdr {
@@ -53,10 +59,11 @@ pub fn reply(ctx: &XdpContext, net: Network, l4: usize, syn: &TcpHdr) -> bool {
             let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
             pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32
         }
-        Network::V6 { l3, hdr } => {
+        Network::V6 { l3, ip } => {
             if l4 != l3 + IPV6_LEN {
                 return false;
             }
+            let hdr = unsafe { ip.read_unaligned() };
             let payload = (be16(hdr.payload_len) as usize).saturating_sub(doff_len);
             tcp.ack_seq = ack_for(syn, payload);
             let ip = Ipv6Hdr {

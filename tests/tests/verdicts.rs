@@ -12,7 +12,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapInfo};
 use ipnet::IpNet;
-use screen_common::{DenyEntry, DynKeyV4, Origin, Stat, map_name};
+use screen_common::{DenyEntry, DynKeyV4, Origin, Stat, map_name, v4_table};
 use screen_tests::{
     frames::{
         ETH_P_8021AD, ETH_P_8021Q, ExtHeader, Fragment, FrameSpec, IPPROTO_TCP, IPPROTO_UDP,
@@ -234,6 +234,205 @@ fn v6_syn_from_dynamic_deny_entry_is_dropped() {
     }
     let screen = listed(KernelAction::Drop);
     expect(&screen, &syn(DYNAMIC_V6).build(), XDP_DROP, DROP_DYNAMIC);
+}
+
+// ---- The IPv4 direct table ----
+
+/// A freshly loaded program configured for port 25, with no list entries.
+fn configured() -> ScreenUnderTest {
+    let mut screen = ScreenUnderTest::load().expect("loading the XDP program");
+    kernel::configure(&mut screen.maps, &[25], KernelAction::Drop, 64).expect("configuring");
+    screen
+}
+
+#[track_caller]
+fn table_state(screen: &mut ScreenUnderTest, addr: Ipv4Addr) -> u64 {
+    screen
+        .maps
+        .v4_table_state(addr)
+        .expect("reading the live IPv4 table")
+}
+
+#[test]
+fn v4_table_denies_a_listed_prefix_without_the_tries() {
+    if !require_root("v4_table_denies_a_listed_prefix_without_the_tries") {
+        return;
+    }
+    let mut screen = configured();
+    let change = screen
+        .maps
+        .add_static(StaticList::Deny, net("10.251.80.0/22"), Origin::Operator)
+        .expect("adding a static deny prefix");
+    // One /22 is four buckets of one word.
+    assert_eq!(change.table_words, 1, "{change:?}");
+    for (addr, state, action, moved) in [
+        ([10, 251, 80, 0], v4_table::DENY, XDP_DROP, DROP_STATIC),
+        ([10, 251, 83, 255], v4_table::DENY, XDP_DROP, DROP_STATIC),
+        ([10, 251, 79, 255], v4_table::UNLISTED, XDP_PASS, PASSED),
+        ([10, 251, 84, 0], v4_table::UNLISTED, XDP_PASS, PASSED),
+    ] {
+        let addr = Ipv4Addr::from(addr);
+        assert_eq!(table_state(&mut screen, addr), state, "bucket of {addr}");
+        expect(&screen, &syn(addr).build(), action, moved);
+    }
+}
+
+#[test]
+fn v4_table_allows_a_24_inside_a_denied_prefix() {
+    if !require_root("v4_table_allows_a_24_inside_a_denied_prefix") {
+        return;
+    }
+    let mut screen = configured();
+    screen
+        .maps
+        .add_static(StaticList::Deny, net("10.251.80.0/22"), Origin::Operator)
+        .unwrap();
+    screen
+        .maps
+        .add_static(StaticList::Allow, net("10.251.81.0/24"), Origin::Operator)
+        .unwrap();
+    let allowed = Ipv4Addr::new(10, 251, 81, 9);
+    assert_eq!(table_state(&mut screen, allowed), v4_table::ALLOW);
+    expect(&screen, &syn(allowed).build(), XDP_PASS, PASSED_ALLOW);
+    let denied = Ipv4Addr::new(10, 251, 82, 9);
+    assert_eq!(table_state(&mut screen, denied), v4_table::DENY);
+    expect(&screen, &syn(denied).build(), XDP_DROP, DROP_STATIC);
+}
+
+#[test]
+fn v4_table_sends_buckets_with_longer_prefixes_to_the_tries() {
+    if !require_root("v4_table_sends_buckets_with_longer_prefixes_to_the_tries") {
+        return;
+    }
+    let mut screen = configured();
+    // A /32 deny inside an allowed /24: the tries answer allow for it and its neighbours.
+    screen
+        .maps
+        .add_static(StaticList::Allow, net("10.251.90.0/24"), Origin::Operator)
+        .unwrap();
+    screen
+        .maps
+        .add_static(StaticList::Deny, net("10.251.90.7/32"), Origin::Operator)
+        .unwrap();
+    // An allowed /32 inside a denied /16: only that address passes.
+    screen
+        .maps
+        .add_static(StaticList::Deny, net("10.251.0.0/16"), Origin::Operator)
+        .unwrap();
+    screen
+        .maps
+        .add_static(StaticList::Allow, net("10.251.33.7/32"), Origin::Operator)
+        .unwrap();
+    for (addr, state, action, moved) in [
+        (
+            [10, 251, 90, 7],
+            v4_table::ASK_TRIES,
+            XDP_PASS,
+            PASSED_ALLOW,
+        ),
+        (
+            [10, 251, 90, 8],
+            v4_table::ASK_TRIES,
+            XDP_PASS,
+            PASSED_ALLOW,
+        ),
+        (
+            [10, 251, 33, 7],
+            v4_table::ASK_TRIES,
+            XDP_PASS,
+            PASSED_ALLOW,
+        ),
+        ([10, 251, 33, 8], v4_table::ASK_TRIES, XDP_DROP, DROP_STATIC),
+        ([10, 251, 34, 7], v4_table::DENY, XDP_DROP, DROP_STATIC),
+        ([10, 252, 33, 7], v4_table::UNLISTED, XDP_PASS, PASSED),
+    ] {
+        let addr = Ipv4Addr::from(addr);
+        assert_eq!(table_state(&mut screen, addr), state, "bucket of {addr}");
+        expect(&screen, &syn(addr).build(), action, moved);
+    }
+    // A dynamic entry in a bucket the tries decide still counts when no list matches.
+    screen
+        .maps
+        .remove_static(StaticList::Allow, net("10.251.90.0/24"))
+        .unwrap();
+    screen
+        .maps
+        .remove_static(StaticList::Deny, net("10.251.0.0/16"))
+        .unwrap();
+    let dynamic = Ipv4Addr::new(10, 251, 90, 9);
+    screen
+        .maps
+        .add_dynamic(host(dynamic), DYNAMIC_TTL, Origin::Policy, 2)
+        .unwrap();
+    assert_eq!(table_state(&mut screen, dynamic), v4_table::ASK_TRIES);
+    expect(&screen, &syn(dynamic).build(), XDP_DROP, DROP_DYNAMIC);
+    expect(
+        &screen,
+        &syn(Ipv4Addr::new(10, 251, 90, 7)).build(),
+        XDP_DROP,
+        DROP_STATIC,
+    );
+}
+
+#[test]
+fn v4_table_flips_with_the_list_and_deleting_restores_it() {
+    if !require_root("v4_table_flips_with_the_list_and_deleting_restores_it") {
+        return;
+    }
+    let mut screen = configured();
+    let first = Ipv4Addr::new(10, 251, 100, 1);
+    let second = Ipv4Addr::new(10, 251, 101, 1);
+    let before = screen.maps.config().unwrap();
+    screen
+        .maps
+        .replace_static(
+            StaticList::Deny,
+            &[net("10.251.100.0/24")],
+            Origin::ListFile,
+        )
+        .unwrap();
+    let loaded = screen.maps.config().unwrap();
+    assert_ne!(loaded.deny_slot, before.deny_slot, "the deny slot flips");
+    assert_ne!(
+        loaded.v4_table_slot, before.v4_table_slot,
+        "the table flips with it"
+    );
+    assert_eq!(loaded.allow_slot, before.allow_slot);
+    expect(&screen, &syn(first).build(), XDP_DROP, DROP_STATIC);
+    expect(&screen, &syn(second).build(), XDP_PASS, PASSED);
+
+    // The next load replaces the list whole, in the other slots.
+    screen
+        .maps
+        .replace_static(
+            StaticList::Deny,
+            &[net("10.251.101.0/24")],
+            Origin::ListFile,
+        )
+        .unwrap();
+    let reloaded = screen.maps.config().unwrap();
+    assert_eq!(reloaded.deny_slot, before.deny_slot);
+    assert_eq!(reloaded.v4_table_slot, before.v4_table_slot);
+    expect(&screen, &syn(first).build(), XDP_PASS, PASSED);
+    expect(&screen, &syn(second).build(), XDP_DROP, DROP_STATIC);
+    assert_eq!(
+        screen.maps.static_entries(StaticList::Deny).unwrap(),
+        [(
+            net("10.251.101.0/24"),
+            screen_common::PrefixEntry {
+                origin: Origin::ListFile as u32
+            }
+        )]
+    );
+
+    // Deleting the prefix brings back the empty table.
+    let change = screen
+        .maps
+        .remove_static(StaticList::Deny, net("10.251.101.0/24"))
+        .unwrap();
+    assert_eq!(change.trie_writes, 1, "{change:?}");
+    assert_eq!(table_state(&mut screen, second), v4_table::UNLISTED);
+    expect(&screen, &syn(second).build(), XDP_PASS, PASSED);
 }
 
 /// Adds a dynamic entry that has expired by the time the frame runs.
@@ -1029,6 +1228,32 @@ fn reloading_reuses_the_pinned_maps() {
         dynamics.iter().any(|e| e.net == host(DYNAMIC_V4)),
         "dynamic entry lost: {dynamics:?}"
     );
+}
+
+#[test]
+fn loading_rebuilds_a_missing_table_from_the_tries() {
+    if !require_root("loading_rebuilds_a_missing_table_from_the_tries") {
+        return;
+    }
+    let dir = PinDir::new("rebuild");
+    let denied = Ipv4Addr::new(10, 251, 99, 1);
+    {
+        let _program = ScreenProgram::load(dir.path()).expect("first load");
+        let mut maps = Maps::from_pins(dir.path()).expect("opening the pins");
+        kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
+        maps.add_static(StaticList::Deny, net("10.251.99.0/24"), Origin::Operator)
+            .unwrap();
+    }
+    // As after an upgrade from a version without the tables: the lists are there, the
+    // tables are created empty by the next load.
+    for name in map_name::TABLE_V4 {
+        std::fs::remove_file(dir.path().join(name)).expect("removing a table pin");
+    }
+    let _program = ScreenProgram::load(dir.path()).expect("second load");
+    let mut maps = Maps::from_pins(dir.path()).unwrap();
+    assert_eq!(maps.v4_table_state(denied).unwrap(), v4_table::UNLISTED);
+    kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
+    assert_eq!(maps.v4_table_state(denied).unwrap(), v4_table::DENY);
 }
 
 #[test]

@@ -70,7 +70,7 @@ pub fn deny(pin_dir: &Path, cmd: DenyCommand) -> anyhow::Result<()> {
 
 /// Removes `prefix` from the static list and the dynamic map, wherever it is.
 fn remove_deny(maps: &mut Maps, prefix: IpNet) -> anyhow::Result<()> {
-    let from_static = maps.remove_static(StaticList::Deny, prefix);
+    let from_static = maps.remove_static(StaticList::Deny, prefix).map(drop);
     let covers_dynamic = maps.dynamic_key_net(prefix).is_ok();
     let from_dynamic = covers_dynamic.then(|| maps.remove_dynamic(prefix));
     match (from_static, from_dynamic) {

@@ -52,7 +52,7 @@ pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
         "drop"
     };
     println!(
-        "config: ports {}, action {action}, IPv6 dynamic prefix /{}, live allow slot {}, live deny slot {}",
+        "config: ports {}, action {action}, IPv6 dynamic prefix /{}, live allow slot {}, live deny slot {}, live IPv4 table {}",
         if ports.is_empty() {
             "(none)".to_string()
         } else {
@@ -60,7 +60,8 @@ pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
         },
         config.v6_prefix_len,
         config.allow_slot,
-        config.deny_slot
+        config.deny_slot,
+        map_name::TABLE_V4[(config.v4_table_slot & 1) as usize]
     );
 
     println!("counters:");

@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use screen_common::{
-    DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyEntry, DynKeyV4, DynKeyV6, PROGRAM_NAME,
-    PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, Stat, map_name,
+    Counters, DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyEntry, DynKeyV4, DynKeyV6, PROGRAM_NAME,
+    PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, map_name, v4_table,
 };
 
 use super::{
@@ -190,8 +190,18 @@ fn expected_layout(name: &str) -> (MapType, usize, usize, u32) {
             DYN_V6_MAX_ENTRIES,
         ),
         map_name::CONFIG => (MapType::Array, 4, size_of::<ScreenConfig>(), 1),
-        map_name::STATS => (MapType::PerCpuArray, 4, 8, Stat::COUNT),
+        map_name::STATS => (MapType::PerCpuArray, 4, size_of::<Counters>(), 1),
+        n if map_name::TABLE_V4.contains(&n) => (MapType::Array, 4, 8, v4_table::WORDS),
         other => unreachable!("no layout for map {other}"),
+    }
+}
+
+/// Flags a pinned map must have been created with.
+fn required_flags(name: &str) -> u32 {
+    if map_name::TABLE_V4.contains(&name) {
+        v4_table::MAP_FLAGS
+    } else {
+        0
     }
 }
 
@@ -216,6 +226,14 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
         wrong.push(format!(
             "max entries {}, expected {max}",
             info.max_entries()
+        ));
+    }
+    // The daemon writes the IPv4 tables through a shared mapping.
+    let flags = required_flags(name);
+    if info.map_flags() & flags != flags {
+        wrong.push(format!(
+            "flags {:#x}, expected {flags:#x} set",
+            info.map_flags()
         ));
     }
     if wrong.is_empty() {

@@ -2,9 +2,11 @@
 //!
 //! # Minimum kernel version
 //!
-//! 4.20 for iterating LPM tries from userspace.
+//! 4.20 for iterating LPM tries from userspace, 5.5 for the mmap-able IPv4 tables.
 
 use std::{
+    collections::BTreeMap,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::Duration,
@@ -16,10 +18,14 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use screen_common::{
-    DenyEntry, DynKeyV4, DynKeyV6, Origin, PrefixEntry, ScreenConfig, Stat, map_name, mask_v6,
+    Counters, DenyEntry, DynKeyV4, DynKeyV6, Origin, PrefixEntry, ScreenConfig, Stat, map_name,
+    mask_v6,
 };
 
-use crate::kernel::clock;
+use crate::kernel::{
+    clock,
+    table::{MappedTable, V4Table},
+};
 
 /// An error while reading or writing one of the program's maps.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,16 @@ pub enum MapsError {
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
     NotListed { net: IpNet, list: &'static str },
+    /// The map is not an array.
+    #[error("map {name} is not an array")]
+    NotAnArray { name: &'static str },
+    /// Mapping an IPv4 table into memory failed.
+    #[error("cannot map {name} into memory (it must be created with BPF_F_MMAPABLE): {source}")]
+    MapTable {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
@@ -74,6 +90,42 @@ impl StaticList {
             Self::Deny => "deny",
         }
     }
+
+    const fn other(self) -> Self {
+        match self {
+            Self::Allow => Self::Deny,
+            Self::Deny => Self::Allow,
+        }
+    }
+
+    /// The list's live slot in `config`.
+    fn slot(self, config: &ScreenConfig) -> usize {
+        let slot = match self {
+            Self::Allow => config.allow_slot,
+            Self::Deny => config.deny_slot,
+        };
+        (slot & 1) as usize
+    }
+
+    fn set_slot(self, config: &mut ScreenConfig, slot: usize) {
+        match self {
+            Self::Allow => config.allow_slot = slot as u32,
+            Self::Deny => config.deny_slot = slot as u32,
+        }
+    }
+}
+
+/// The content of one slot of a static list: prefix → origin.
+type ListContent = BTreeMap<IpNet, u32>;
+
+/// What one change of a static list wrote: its cost, which the tests check and the benchmark
+/// reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListChange {
+    /// Trie entries inserted, updated or deleted in the slot that became live.
+    pub trie_writes: usize,
+    /// Words of the IPv4 table that differed from what the idle table held.
+    pub table_words: usize,
 }
 
 /// A dynamic deny entry as the CLI shows it.
@@ -107,7 +159,8 @@ pub struct Maps {
     dyn_v4: HashMap<MapData, DynKeyV4, DenyEntry>,
     dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
     config: Array<MapData, ScreenConfig>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Counters>,
+    tables_v4: [MappedTable; 2],
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -145,6 +198,13 @@ impl Maps {
         let mut trie6 = |name| -> Result<Trie6> { typed(name, open(name)?) };
         let allow_v6 = [trie6(map_name::ALLOW_V6[0])?, trie6(map_name::ALLOW_V6[1])?];
         let deny_v6 = [trie6(map_name::DENY_V6[0])?, trie6(map_name::DENY_V6[1])?];
+        let mut table = |name| -> Result<MappedTable> {
+            let Map::Array(data) = open(name)? else {
+                return Err(MapsError::NotAnArray { name });
+            };
+            MappedTable::new(data).map_err(|source| MapsError::MapTable { name, source })
+        };
+        let tables_v4 = [table(map_name::TABLE_V4[0])?, table(map_name::TABLE_V4[1])?];
         Ok(Self {
             allow_v4,
             allow_v6,
@@ -154,6 +214,7 @@ impl Maps {
             dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
             config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
             stats: typed(map_name::STATS, open(map_name::STATS)?)?,
+            tables_v4,
         })
     }
 
@@ -181,12 +242,7 @@ impl Maps {
     }
 
     fn live_slot(&self, list: StaticList) -> Result<usize> {
-        let config = self.config()?;
-        let slot = match list {
-            StaticList::Allow => config.allow_slot,
-            StaticList::Deny => config.deny_slot,
-        };
-        Ok((slot & 1) as usize)
+        Ok(list.slot(&self.config()?))
     }
 
     fn tries(&mut self, list: StaticList) -> (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]) {
@@ -214,38 +270,122 @@ impl Maps {
         }
     }
 
-    /// Adds `net` to the live slot of a static list.
-    pub fn add_static(&mut self, list: StaticList, net: IpNet, origin: Origin) -> Result<()> {
-        let slot = self.live_slot(list)?;
-        insert_prefix(self.tries(list), slot, net, origin)
+    /// Adds `net` to a static list (or gives it a new origin).
+    pub fn add_static(
+        &mut self,
+        list: StaticList,
+        net: IpNet,
+        origin: Origin,
+    ) -> Result<ListChange> {
+        self.change_static(list, |content| {
+            content.insert(net, origin as u32);
+            Ok(())
+        })
     }
 
-    /// Removes exactly `net` from the live slot of a static list.
-    pub fn remove_static(&mut self, list: StaticList, net: IpNet) -> Result<()> {
-        let slot = self.live_slot(list)?;
-        let (v4, v6, names) = self.tries(list);
-        let result = match net {
-            IpNet::V4(n) => v4[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
-            IpNet::V6(n) => v6[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(MapError::KeyNotFound) => Err(MapsError::NotListed {
+    /// Removes exactly `net` from a static list.
+    pub fn remove_static(&mut self, list: StaticList, net: IpNet) -> Result<ListChange> {
+        self.change_static(list, |content| match content.remove(&net) {
+            Some(_) => Ok(()),
+            None => Err(MapsError::NotListed {
                 net,
                 list: list.as_str(),
             }),
-            Err(source) => Err(MapsError::Map {
-                name: names[slot + if net.addr().is_ipv4() { 0 } else { 2 }],
-                source,
-            }),
-        }
+        })
     }
 
     /// The live entries of a static list.
     pub fn static_entries(&mut self, list: StaticList) -> Result<Vec<(IpNet, PrefixEntry)>> {
         let slot = self.live_slot(list)?;
+        let content = self.slot_content(list, slot)?;
+        Ok(content
+            .into_iter()
+            .map(|(net, origin)| (net, PrefixEntry { origin }))
+            .collect())
+    }
+
+    /// Replaces a whole static list. `nets` must be valid prefixes (no host bits), which the
+    /// list parser guarantees.
+    pub fn replace_static(
+        &mut self,
+        list: StaticList,
+        nets: &[IpNet],
+        origin: Origin,
+    ) -> Result<ListChange> {
+        self.change_static(list, |content| {
+            *content = nets.iter().map(|&net| (net, origin as u32)).collect();
+            Ok(())
+        })
+    }
+
+    /// Changes a static list without the program ever seeing half of the change, or a table
+    /// that disagrees with the tries: writes the new content into the idle slot of the list's
+    /// tries, builds the IPv4 table of both lists into the idle table, and makes both live in
+    /// one write of the configuration record. The slots that were live keep the previous
+    /// content, so the next change writes only its difference.
+    fn change_static(
+        &mut self,
+        list: StaticList,
+        change: impl FnOnce(&mut ListContent) -> Result<()>,
+    ) -> Result<ListChange> {
+        let mut config = self.config()?;
+        let live = list.slot(&config);
+        let idle = 1 - live;
+        let mut wanted = self.slot_content(list, live)?;
+        change(&mut wanted)?;
+        let held = self.slot_content(list, idle)?;
+        let trie_writes = self.write_difference(list, idle, &held, &wanted)?;
+        list.set_slot(&mut config, idle);
+
+        let other = list.other();
+        let other_content = self.slot_content(other, other.slot(&config))?;
+        let (allow, deny) = match list {
+            StaticList::Allow => (&wanted, &other_content),
+            StaticList::Deny => (&other_content, &wanted),
+        };
+        let table_words = self.stage_v4_table(&mut config, allow, deny);
+        self.set_config(&config)?;
+        Ok(ListChange {
+            trie_writes,
+            table_words,
+        })
+    }
+
+    /// Builds the IPv4 table of the static lists that `config` makes live and stages it for
+    /// `config`, which the caller then writes. Loading and configuring do this so that a table
+    /// map created after the lists (a new version over old pins) starts out agreeing with them.
+    pub fn rebuild_v4_table(&mut self, config: &mut ScreenConfig) -> Result<usize> {
+        config.v4_table_slot = self.config()?.v4_table_slot;
+        let allow = self.slot_content(StaticList::Allow, StaticList::Allow.slot(config))?;
+        let deny = self.slot_content(StaticList::Deny, StaticList::Deny.slot(config))?;
+        Ok(self.stage_v4_table(config, &allow, &deny))
+    }
+
+    /// Writes the table of these lists into the table slot `config` does not use, and points
+    /// `config` at it. Returns how many words changed.
+    fn stage_v4_table(
+        &mut self,
+        config: &mut ScreenConfig,
+        allow: &ListContent,
+        deny: &ListContent,
+    ) -> usize {
+        let table = V4Table::build(v4_nets(allow), v4_nets(deny));
+        let idle = 1 - (config.v4_table_slot & 1) as usize;
+        let changed = self.tables_v4[idle].write(&table);
+        config.v4_table_slot = idle as u32;
+        changed
+    }
+
+    /// The state of `addr`'s bucket in the live IPv4 table ([`screen_common::v4_table`]).
+    pub fn v4_table_state(&mut self, addr: Ipv4Addr) -> Result<u64> {
+        let live = (self.config()?.v4_table_slot & 1) as usize;
+        Ok(self.tables_v4[live].state(addr))
+    }
+
+    /// Every entry of one slot of a static list, both families.
+    fn slot_content(&mut self, list: StaticList, slot: usize) -> Result<ListContent> {
         let (v4, v6, names) = self.tries(list);
-        let mut out = Vec::new();
+        let mut out = ListContent::new();
         for item in v4[slot].iter() {
             let (key, value) = item.map_err(|source| MapsError::Map {
                 name: names[slot],
@@ -253,7 +393,7 @@ impl Maps {
             })?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .expect("the kernel keeps IPv4 prefix lengths within 32");
-            out.push((IpNet::V4(net), value));
+            out.insert(IpNet::V4(net), value.origin);
         }
         for item in v6[slot].iter() {
             let (key, value) = item.map_err(|source| MapsError::Map {
@@ -262,34 +402,32 @@ impl Maps {
             })?;
             let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
                 .expect("the kernel keeps IPv6 prefix lengths within 128");
-            out.push((IpNet::V6(net), value));
+            out.insert(IpNet::V6(net), value.origin);
         }
-        out.sort_by_key(|(net, _)| *net);
         Ok(out)
     }
 
-    /// Replaces a whole static list: fills the idle slot, makes it live in one write of the
-    /// configuration record, then empties the slot that was live. `nets` must be valid
-    /// prefixes (no host bits), which the list parser guarantees.
-    pub fn replace_static(
+    /// Turns slot `slot` of a list from `held` into `wanted`; returns how many entries it
+    /// wrote or deleted.
+    fn write_difference(
         &mut self,
         list: StaticList,
-        nets: &[IpNet],
-        origin: Origin,
-    ) -> Result<()> {
-        let live = self.live_slot(list)?;
-        let idle = 1 - live;
-        clear_slot(self.tries(list), idle)?;
-        for &net in nets {
-            insert_prefix(self.tries(list), idle, net, origin)?;
+        slot: usize,
+        held: &ListContent,
+        wanted: &ListContent,
+    ) -> Result<usize> {
+        let mut writes = 0;
+        for net in held.keys().filter(|net| !wanted.contains_key(net)) {
+            remove_prefix(self.tries(list), slot, *net)?;
+            writes += 1;
         }
-        let mut config = self.config()?;
-        match list {
-            StaticList::Allow => config.allow_slot = idle as u32,
-            StaticList::Deny => config.deny_slot = idle as u32,
+        for (&net, &origin) in wanted {
+            if held.get(&net) != Some(&origin) {
+                insert_prefix(self.tries(list), slot, net, origin)?;
+                writes += 1;
+            }
         }
-        self.set_config(&config)?;
-        clear_slot(self.tries(list), live)
+        Ok(writes)
     }
 
     /// Adds or refreshes a dynamic deny entry for `net` that expires after `ttl`.
@@ -446,16 +584,15 @@ impl Maps {
 
     /// Counters summed over all CPUs, indexed by [`Stat`].
     pub fn counters(&self) -> Result<[u64; Stat::COUNT as usize]> {
+        let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map {
+            name: map_name::STATS,
+            source,
+        })?;
         let mut out = [0; Stat::COUNT as usize];
-        for stat in Stat::ALL {
-            let values = self
-                .stats
-                .get(&(stat as u32), 0)
-                .map_err(|source| MapsError::Map {
-                    name: map_name::STATS,
-                    source,
-                })?;
-            out[stat as usize] = values.iter().sum();
+        for counters in per_cpu.iter() {
+            for stat in Stat::ALL {
+                out[stat as usize] += counters.get(stat);
+            }
         }
         Ok(out)
     }
@@ -477,15 +614,21 @@ impl Maps {
     }
 }
 
+/// The IPv4 prefixes of a list's content.
+fn v4_nets(content: &ListContent) -> impl Iterator<Item = &Ipv4Net> + Clone {
+    content.keys().filter_map(|net| match net {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => None,
+    })
+}
+
 fn insert_prefix(
     (v4, v6, names): (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]),
     slot: usize,
     net: IpNet,
-    origin: Origin,
+    origin: u32,
 ) -> Result<()> {
-    let value = PrefixEntry {
-        origin: origin as u32,
-    };
+    let value = PrefixEntry { origin };
     match net {
         IpNet::V4(n) => v4[slot]
             .insert(
@@ -510,35 +653,26 @@ fn insert_prefix(
     }
 }
 
-fn clear_slot(
+/// Deletes `net` from a slot; one that is gone already is fine.
+fn remove_prefix(
     (v4, v6, names): (&mut [Trie4; 2], &mut [Trie6; 2], [&'static str; 4]),
     slot: usize,
+    net: IpNet,
 ) -> Result<()> {
-    let keys: Vec<_> = v4[slot].keys().filter_map(|k| k.ok()).collect();
-    for key in keys {
-        match v4[slot].remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(MapsError::Map {
-                    name: names[slot],
-                    source,
-                });
-            }
-        }
+    let (result, name) = match net {
+        IpNet::V4(n) => (
+            v4[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+            names[slot],
+        ),
+        IpNet::V6(n) => (
+            v6[slot].remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+            names[2 + slot],
+        ),
+    };
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(MapsError::Map { name, source }),
     }
-    let keys: Vec<_> = v6[slot].keys().filter_map(|k| k.ok()).collect();
-    for key in keys {
-        match v6[slot].remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(MapsError::Map {
-                    name: names[2 + slot],
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Canonical form of a client address for the maps: IPv4-mapped IPv6 becomes IPv4, as XDP

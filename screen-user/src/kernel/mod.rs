@@ -11,9 +11,10 @@ pub mod loader;
 pub mod maps;
 pub mod netlink;
 pub mod relay;
+pub mod table;
 
 pub use loader::{AttachMode, Attachment, KernelError, ScreenProgram};
-pub use maps::{DynamicEntry, Maps, MapsError, StaticList};
+pub use maps::{DynamicEntry, ListChange, Maps, MapsError, StaticList};
 
 /// The XDP object built by `build.rs`, embedded so that the binary is all an operator installs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/screen-ebpf.o"));
@@ -47,8 +48,9 @@ pub fn screen_config(
     config
 }
 
-/// Writes the settings into the loaded program's configuration record, warning when the
-/// IPv6 prefix changes under existing dynamic entries (their keys no longer match).
+/// Writes the settings into the loaded program's configuration record, with an IPv4 table
+/// rebuilt from the live lists, warning when the IPv6 prefix changes under existing dynamic
+/// entries (their keys no longer match).
 pub fn configure(
     maps: &mut Maps,
     ports: &[u16],
@@ -57,7 +59,7 @@ pub fn configure(
 ) -> Result<ScreenConfig, MapsError> {
     let previous = maps.config()?;
     let configured = maps.is_configured()?;
-    let config = screen_config(ports, action, v6_prefix_len, configured.then_some(previous));
+    let mut config = screen_config(ports, action, v6_prefix_len, configured.then_some(previous));
     if configured && previous.v6_prefix_len != v6_prefix_len {
         let v6_entries = maps
             .dynamic_entries()?
@@ -73,6 +75,7 @@ pub fn configure(
             );
         }
     }
+    maps.rebuild_v4_table(&mut config)?;
     maps.set_config(&config)?;
     Ok(config)
 }
