@@ -311,6 +311,18 @@ impl Daemon {
     /// Starts the daemon and waits until it accepts connections.
     pub fn start(bed: &Bed, pin: &PinDir, config: &Path, log_name: &str) -> Self {
         let bin = smtp_screen_bin().expect("the smtp-screen binary");
+        Self::start_binary(bed, pin, &bin, config, log_name)
+    }
+
+    /// Starts the daemon binary `bin` rather than the one under test, such as an earlier
+    /// build to compare with.
+    pub fn start_binary(
+        bed: &Bed,
+        pin: &PinDir,
+        bin: &Path,
+        config: &Path,
+        log_name: &str,
+    ) -> Self {
         let log = bed.scratch.path().join(log_name);
         let log_file = File::create(&log).expect("daemon log file");
         let mut cmd = bed.server.command(bin);

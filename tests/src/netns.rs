@@ -13,11 +13,11 @@
 //! the mount namespace and with it the pins under `/sys/fs/bpf`.
 
 use std::{
-    ffi::OsStr,
+    ffi::{CString, OsStr},
     fs::File,
     io::{self, ErrorKind},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -597,5 +597,55 @@ impl Drop for ScratchDir {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             eprintln!("warning: removing {}: {e}", self.path.display());
         }
+    }
+}
+
+/// Runs `f` on a thread with a mount namespace of its own in which `/etc/resolv.conf` is
+/// `resolv_conf`, as `ip netns exec` gives a namespace's programs `/etc/netns/NAME/resolv.conf`:
+/// every process started from that thread, and everything those start (Postfix's master and
+/// its dnsblog processes, the daemon), looks names up there. The namespace is a slave of the
+/// host's, so nothing mounted in it reaches the host; it goes away with its last process.
+pub fn with_resolv_conf<T: Send>(resolv_conf: &Path, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                private_resolv_conf(resolv_conf).expect("a mount namespace with its resolv.conf");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn private_resolv_conf(resolv_conf: &Path) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let source = CString::new(resolv_conf.as_os_str().as_bytes())?;
+    let root = c"/";
+    let target = c"/etc/resolv.conf";
+    // SAFETY: CLONE_NEWNS moves only this thread (it implies CLONE_FS, which a thread of a
+    // multi-threaded process may unshare); the mount calls get valid C strings, and the first
+    // one stops mounts in the new namespace from propagating to the host's.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
     }
 }

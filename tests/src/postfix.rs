@@ -33,6 +33,12 @@ pub const MAIL_DOMAIN: &str = "example.test";
 pub const SMTPD_PASS_SERVICE: &str =
     "smtpd     pass  -       -       n       -       -       smtpd";
 
+/// postscreen's services besides its `inet` listener (Debian's master.cf, chroot off): the DNS
+/// list lookups and the STARTTLS proxy.
+pub const DNSBLOG_SERVICE: &str = "dnsblog   unix  -       -       n       -       0       dnsblog";
+pub const TLSPROXY_SERVICE: &str =
+    "tlsproxy  unix  -       -       n       -       0       tlsproxy";
+
 /// Upper bound for one `postfix` command (`check`, `start`, `stop`).
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 /// How long the listener may take to appear once `postfix start` returned.
@@ -332,8 +338,8 @@ impl Postfix {
         wait_for(limit, || self.mailbox().contains(text).then_some(())).is_some()
     }
 
-    /// The master process, from its pid file.
-    fn master_pid(&self) -> Option<u32> {
+    /// The master process, from its pid file: the parent of every service process.
+    pub fn master_pid(&self) -> Option<u32> {
         let path = self.root.path().join("spool/pid/master.pid");
         fs::read_to_string(path).ok()?.trim().parse().ok()
     }

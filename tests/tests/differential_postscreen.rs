@@ -30,12 +30,10 @@
 //! two cannot agree on nothing.
 
 use std::{
-    ffi::CString,
     fmt,
     fs::File,
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream},
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -46,9 +44,11 @@ use screen_tests::{
     ensure_packages,
     netns::{
         ChildGuard, Netns, PinDir, ScratchDir, VethPair, output_within, smtp_screen_bin,
-        stream_from, subnet_index,
+        stream_from, subnet_index, with_resolv_conf,
     },
-    postfix::{MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE},
+    postfix::{
+        DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
+    },
     rbldnsd::{Dataset, Rbldnsd, Zone},
     require_root,
 };
@@ -60,10 +60,6 @@ const SMTP_PORT: u16 = 25;
 /// to it.
 const IDLE_INET_PORT: u16 = 10025;
 const IDLE_INET_COMMAND: &str = "discard";
-
-/// postscreen's services besides the listener (Debian's master.cf, chroot off).
-const DNSBLOG_SERVICE: &str = "dnsblog   unix  -       -       n       -       0       dnsblog";
-const TLSPROXY_SERVICE: &str = "tlsproxy  unix  -       -       n       -       0       tlsproxy";
 
 /// The lab's stress-dependent times, shortened: a greet wait of 2s (1s under stress).
 const GREET_WAIT_SETTING: &str = "${stress?{1}:{2}}s";
@@ -295,56 +291,6 @@ fn lab_zones(n: u8) -> Vec<Zone> {
             .list(host(DNSWL), WL_ANSWER)
             .list(host(DNSWL_LATE), WL_ANSWER),
     ]
-}
-
-/// Runs `f` on a thread with a mount namespace of its own in which `/etc/resolv.conf` is
-/// `resolv_conf`, as `ip netns exec` gives a namespace's programs `/etc/netns/NAME/resolv.conf`:
-/// every process started from that thread, and everything those start (Postfix's master and
-/// its dnsblog processes, the daemon), looks names up there. The namespace is a slave of the
-/// host's, so nothing mounted in it reaches the host; it goes away with its last process.
-fn with_resolv_conf<T: Send>(resolv_conf: &Path, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                private_resolv_conf(resolv_conf).expect("a mount namespace with its resolv.conf");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn private_resolv_conf(resolv_conf: &Path) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    let source = CString::new(resolv_conf.as_os_str().as_bytes())?;
-    let root = c"/";
-    let target = c"/etc/resolv.conf";
-    // SAFETY: CLONE_NEWNS moves only this thread (it implies CLONE_FS, which a thread of a
-    // multi-threaded process may unshare); the mount calls get valid C strings, and the first
-    // one stops mounts in the new namespace from propagating to the host's.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        ))?;
-        check(libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ))
-    }
 }
 
 impl Site {

@@ -26,7 +26,8 @@ pub const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages the tests and benchmarks drive: Postfix as the backend MTA and as the
-/// postscreen to compare with, swaks as a real SMTP client, rbldnsd as a DNS blocklist.
+/// postscreen to compare with, swaks as a real SMTP client, rbldnsd as a DNS blocklist, perf
+/// to profile the daemon under a benchmark's load.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -38,6 +39,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "libnet-ssleay-perl",
     "openssl",
     "rbldnsd",
+    "linux-perf",
 ];
 
 /// Postfix's installer asks what kind of mail system to set up; the tests run private
