@@ -765,7 +765,7 @@ mod tests {
             ..Config::default()
         };
         let log = MailLog::stderr("smtp-screen");
-        let screen = build_screen(config, Path::new("/"), None, log)
+        let screen = build_screen(config, Path::new("/"), None, Relay::userspace(), log)
             .await
             .expect("a screen from the default configuration");
         (Arc::new(screen), state)
