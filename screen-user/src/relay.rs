@@ -18,10 +18,17 @@
 //! When one side ends its output, the other side's write half is shut only after every byte
 //! the kernel redirected to it has entered that socket: the program counts what it
 //! redirects, and the socket's sent-and-acknowledged plus queued bytes show what it took.
+//!
+//! While the kernel relays, the daemon sleeps: the pair's sockets are watched through an
+//! epoll instance of their own for their end (`EPOLLRDHUP`) and errors only. A watch for
+//! input would wake the daemon for every redirected segment, since the kernel signals the
+//! receiving socket's readers even when the program took the data away. Data the program
+//! leaves on a socket (its peer not yet in the sockhash during the insertion, or closed at the
+//! end) is read after the insertion or when that socket ends.
 
 use std::{
     io::{self, Read as _, Write as _},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     time::Duration,
 };
 
@@ -130,6 +137,7 @@ impl Relay {
             tracing::debug!("kernel relay refused a connection, relaying in userspace: {e}");
             return userspace(client, backend).await;
         }
+        // Declared before the pair, so dropped after it: the sockets are closed by then.
         let _in_maps = PairGuard {
             kernel,
             cookies: [client_id.cookie, backend_id.cookie],
@@ -139,10 +147,11 @@ impl Relay {
             client: Side::new(client, client_id)?,
             backend: Side::new(backend, backend_id)?,
         };
-        pair.relay().await?;
+        let watch = Watch::new(&pair.client, &pair.backend)?;
+        pair.relay(&watch).await?;
         Ok(Relayed {
-            up: pair.client.forwarded + kernel.redirected(client_id.cookie),
-            down: pair.backend.forwarded + kernel.redirected(backend_id.cookie),
+            up: pair.client.forwarded + pair.client.redirected,
+            down: pair.backend.forwarded + pair.backend.redirected,
             in_kernel: true,
         })
     }
@@ -178,7 +187,8 @@ impl SocketId {
     }
 }
 
-/// Takes a pair out of the maps however its relay ends (cancelled included).
+/// Takes a pair's peer entries out of the map however its relay ends (cancelled included).
+/// Its sockets leave the sockhash by themselves when they are closed, before this runs.
 struct PairGuard<'a> {
     kernel: &'a KernelRelay,
     cookies: [u64; 2],
@@ -186,43 +196,110 @@ struct PairGuard<'a> {
 
 impl Drop for PairGuard<'_> {
     fn drop(&mut self) {
-        self.kernel.remove_pair(self.cookies[0], self.cookies[1]);
+        self.kernel.forget_pair(self.cookies[0], self.cookies[1]);
     }
 }
 
-/// One socket of a pair in the kernel relay. It is watched for input only: the program's
-/// redirects wake the socket's readers, and a watch for writability as well would turn each
-/// of those into a wake-up of the daemon.
+/// One socket of a pair in the kernel relay, out of the runtime's reach: [`Watch`] says when
+/// it needs the daemon.
 struct Side {
-    socket: AsyncFd<std::net::TcpStream>,
+    socket: std::net::TcpStream,
     id: SocketId,
     /// Bytes the daemon forwarded out of this socket since it entered the map (what the
     /// other one held).
     written: u64,
     /// Bytes the daemon read from this socket and forwarded to the other.
     forwarded: u64,
+    /// Bytes the program redirected from this socket, counted when its input ended.
+    redirected: u64,
     /// Its input has not ended.
     reading: bool,
 }
 
 impl Side {
     fn new(stream: TcpStream, id: SocketId) -> io::Result<Self> {
-        // SAFETY: the AsyncFd owns the std socket, whose descriptor stays open and the same
-        // for as long as it does.
-        let socket =
-            unsafe { AsyncFd::register_with_interest(stream.into_std()?, Interest::READABLE) }
-                .map_err(io::Error::from)?;
+        // Leaves the runtime's watch (which includes input); the socket stays non-blocking.
+        let socket = stream.into_std()?;
         Ok(Self {
             socket,
             id,
             written: 0,
             forwarded: 0,
+            redirected: 0,
             reading: true,
         })
     }
 
     fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+}
+
+/// Which side an event of the [`Watch`] is about.
+const CLIENT: u64 = 0;
+const BACKEND: u64 = 1;
+
+/// An epoll instance that watches both sockets of a pair for their end and for errors, and
+/// not for input: it becomes readable, and wakes the daemon, only when a side ends or fails.
+struct Watch {
+    epoll: AsyncFd<OwnedFd>,
+}
+
+impl Watch {
+    fn new(client: &Side, backend: &Side) -> io::Result<Self> {
+        // SAFETY: no pointers; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just created, owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        watch_end(&epoll, client.fd(), CLIENT)?;
+        watch_end(&epoll, backend.fd(), BACKEND)?;
+        // SAFETY: the AsyncFd owns the epoll instance, whose descriptor stays open and the
+        // same for as long as it does.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self { epoll })
+    }
+
+    /// Waits until a side ended or failed; returns which (client, backend).
+    async fn ended(&self) -> io::Result<(bool, bool)> {
+        loop {
+            let mut ready = self.epoll.readable().await?;
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+            // SAFETY: room for two events, as the call is told; a timeout of 0 never blocks.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, 0) };
+            match usize::try_from(n) {
+                Ok(0) => ready.clear_ready(),
+                Ok(n) => {
+                    let got = |side| events[..n].iter().any(|e| e.u64 == side);
+                    return Ok((got(CLIENT), got(BACKEND)));
+                }
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `fd` to `epoll`, edge-triggered, for its end of input (errors and hang-ups are
+/// always reported).
+fn watch_end(epoll: &OwnedFd, fd: RawFd, side: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: side,
+    };
+    // SAFETY: both descriptors are open and the event outlives the call.
+    let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -234,40 +311,28 @@ struct KernelPair<'a> {
     backend: Side,
 }
 
-/// What one look at a socket found.
-enum Input {
-    Data(usize),
-    End,
-}
-
 impl KernelPair<'_> {
-    async fn relay(&mut self) -> io::Result<()> {
-        let mut client_buf = vec![0u8; FORWARD_CHUNK];
-        let mut backend_buf = vec![0u8; FORWARD_CHUNK];
+    /// Forwards what the sockets held at the hand-off, then sleeps until a side ends or
+    /// fails, and passes each end on.
+    async fn relay(&mut self, watch: &Watch) -> io::Result<()> {
+        let mut buf = vec![0u8; FORWARD_CHUNK];
+        let (client, backend) = (&mut self.client, &mut self.backend);
+        drain(self.kernel, client, backend, &mut buf).await?;
+        drain(self.kernel, backend, client, &mut buf).await?;
         let mut half_closed: Option<Instant> = None;
-        while self.client.reading || self.backend.reading {
+        while client.reading || backend.reading {
+            if half_closed.is_none() && (client.reading != backend.reading) {
+                half_closed = Some(Instant::now() + HALF_CLOSE_LIMIT);
+            }
             let deadline = half_closed.unwrap_or_else(far_future);
             tokio::select! {
-                input = read_some(&self.client.socket, &mut client_buf), if self.client.reading => {
-                    match input? {
-                        Input::Data(n) => {
-                            forward(&mut self.client, &mut self.backend, &client_buf[..n]).await?
-                        }
-                        Input::End => {
-                            self.client.reading = false;
-                            end_output(self.kernel, &self.client, &mut self.backend).await;
-                        }
+                ended = watch.ended() => {
+                    let (client_ended, backend_ended) = ended?;
+                    if client_ended {
+                        drain(self.kernel, client, backend, &mut buf).await?;
                     }
-                }
-                input = read_some(&self.backend.socket, &mut backend_buf), if self.backend.reading => {
-                    match input? {
-                        Input::Data(n) => {
-                            forward(&mut self.backend, &mut self.client, &backend_buf[..n]).await?
-                        }
-                        Input::End => {
-                            self.backend.reading = false;
-                            end_output(self.kernel, &self.backend, &mut self.client).await;
-                        }
+                    if backend_ended {
+                        drain(self.kernel, backend, client, &mut buf).await?;
                     }
                 }
                 () = tokio::time::sleep_until(deadline), if half_closed.is_some() => {
@@ -276,9 +341,6 @@ impl KernelPair<'_> {
                         format!("one direction still open {}s after the other ended", HALF_CLOSE_LIMIT.as_secs()),
                     ));
                 }
-            }
-            if half_closed.is_none() && (self.client.reading != self.backend.reading) {
-                half_closed = Some(Instant::now() + HALF_CLOSE_LIMIT);
             }
         }
         Ok(())
@@ -289,15 +351,36 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
 
-/// Waits for input the kernel left on the socket (or its end) and reads it.
-async fn read_some(socket: &AsyncFd<std::net::TcpStream>, buf: &mut [u8]) -> io::Result<Input> {
-    loop {
-        let mut ready = socket.readable().await?;
-        // Woken with nothing here (data the program redirected): wait again.
-        if let Ok(read) = ready.try_io(|socket| socket.get_ref().read(buf)) {
-            return read.map(|n| if n == 0 { Input::End } else { Input::Data(n) });
+/// Reads what the kernel left on `from` (data of its own, or its end) and passes it on to
+/// `to`, until nothing more is there.
+///
+/// A read can fail with `EPIPE` although the input is fine: that is the kernel reporting
+/// that it could not send into `from` (it tries so for the empty segment that carries the
+/// peer's end, too, after the bytes, which the redirect count covers). Reading takes the
+/// report away, so the socket is read once more; a real failure shows again.
+async fn drain(
+    kernel: &KernelRelay,
+    from: &mut Side,
+    to: &mut Side,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    let mut send_failure_seen = false;
+    while from.reading {
+        match from.socket.read(buf) {
+            Ok(0) => {
+                from.reading = false;
+                end_output(kernel, from, to).await;
+            }
+            Ok(n) => forward(from, to, &buf[..n]).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !send_failure_seen => {
+                send_failure_seen = true;
+            }
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// Writes bytes the `from` socket held to `to`. Only the bytes queued at the hand-off take
@@ -307,7 +390,7 @@ async fn forward(from: &mut Side, to: &mut Side, bytes: &[u8]) -> io::Result<()>
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut rest = bytes;
     while !rest.is_empty() {
-        match to.socket.get_ref().write(rest) {
+        match (&to.socket).write(rest) {
             Ok(n) => rest = &rest[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -328,11 +411,13 @@ async fn forward(from: &mut Side, to: &mut Side, bytes: &[u8]) -> io::Result<()>
 /// usually within microseconds, and tells no one when it is done. So the daemon first gives
 /// up its CPU a few times (the worker may be waiting for it), and only then checks every
 /// millisecond.
-async fn end_output(kernel: &KernelRelay, from: &Side, to: &mut Side) {
+async fn end_output(kernel: &KernelRelay, from: &mut Side, to: &mut Side) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut yields = 0;
+    // The program saw every byte before the end it passed on, so the count is final.
+    from.redirected = kernel.redirected(from.id.cookie);
+    let due = to.id.base + to.written + from.redirected;
     loop {
-        let due = to.id.base + to.written + kernel.redirected(from.id.cookie);
         match taken(to.fd()) {
             Some(now) if now < due && Instant::now() < deadline => {}
             Some(now) if now < due => {
@@ -352,7 +437,7 @@ async fn end_output(kernel: &KernelRelay, from: &Side, to: &mut Side) {
         }
     }
     // The peer may be gone already; the end is passed on as far as it can be.
-    let _ = to.socket.get_ref().shutdown(std::net::Shutdown::Write);
+    let _ = to.socket.shutdown(std::net::Shutdown::Write);
 }
 
 /// Whether the socket has input waiting (without taking it).

@@ -183,6 +183,14 @@ impl KernelRelay {
         let _ = peers.remove(&b);
     }
 
+    /// Takes the peer entries of a pair whose sockets are closed out of the map: closing a
+    /// socket takes it out of the sockhash, so only the peer entries are left.
+    pub fn forget_pair(&self, a: u64, b: u64) {
+        let mut peers = lock(&self.peers);
+        let _ = peers.remove(&a);
+        let _ = peers.remove(&b);
+    }
+
     /// The bytes the program has redirected from the socket with `cookie` to its peer.
     pub fn redirected(&self, cookie: u64) -> u64 {
         lock(&self.peers)
