@@ -77,12 +77,10 @@ fn is_reset(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use tokio::{
-        io::AsyncReadExt as _,
-        net::{TcpListener, TcpStream},
-    };
+    use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
     use super::*;
+    use crate::loopback::tcp_pair;
 
     /// The pregreet test as the server runs it: the teaser, then the watch.
     async fn pregreet_test(
@@ -94,18 +92,9 @@ mod tests {
         watch(stream, Instant::now(), wait).await
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (server, client)
-    }
-
     #[tokio::test]
     async fn a_quiet_client_waits_the_whole_time() {
-        let (mut server, mut client) = pair().await;
+        let (mut server, mut client) = tcp_pair().await;
         let start = Instant::now();
         let outcome = pregreet_test(
             &mut server,
@@ -123,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pregreeter_is_caught_and_its_input_is_left_unread() {
-        let (mut server, mut client) = pair().await;
+        let (mut server, mut client) = tcp_pair().await;
         client.write_all(b"EHLO zombie.example\r\n").await.unwrap();
         let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5))
             .await
@@ -147,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hangup_is_told_apart_from_talking() {
-        let (mut server, client) = pair().await;
+        let (mut server, client) = tcp_pair().await;
         drop(client);
         let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5)).await;
         // The teaser may hit the closed socket first; either way it is a hang-up, not input.
@@ -160,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn early_input_is_capped() {
-        let (mut server, mut client) = pair().await;
+        let (mut server, mut client) = tcp_pair().await;
         client.write_all(&[b'x'; 4000]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let outcome = pregreet_test(&mut server, "mx", Duration::from_secs(5))

@@ -20,6 +20,8 @@ pub mod handoff;
 pub mod import_postfix;
 pub mod kernel;
 pub mod limits;
+#[cfg(test)]
+mod loopback;
 pub mod maillog;
 pub mod paths;
 pub mod policy;

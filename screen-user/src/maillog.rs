@@ -128,60 +128,71 @@ fn truncate_on_char(text: &mut String, max: usize) {
 mod tests {
     use super::*;
 
+    /// A log that sends to a datagram socket of the test's own, as to syslog, and that
+    /// socket's receiving end; the directory holding the socket goes when it drops.
+    struct Syslog {
+        log: MailLog,
+        server: UnixDatagram,
+        dir: std::path::PathBuf,
+    }
+
+    impl Syslog {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("maillog-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("log.sock");
+            let _ = std::fs::remove_file(&path);
+            let server = UnixDatagram::bind(&path).unwrap();
+            let client = UnixDatagram::unbound().unwrap();
+            client.connect(&path).unwrap();
+            let log = MailLog {
+                ident: "postfix/postscreen".into(),
+                pid: 42,
+                sink: Sink::Syslog(client),
+                dropped: AtomicU64::new(0),
+            };
+            Self { log, server, dir }
+        }
+
+        /// The next datagram the log sent.
+        fn next_line(&self) -> String {
+            let mut buf = vec![0u8; 4 * MAX_LINE];
+            let n = self.server.recv(&mut buf).unwrap();
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        }
+    }
+
+    impl Drop for Syslog {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[test]
     fn syslog_lines_carry_facility_mail_and_the_identity() {
-        let dir = std::env::temp_dir().join(format!("maillog-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log.sock");
-        let _ = std::fs::remove_file(&path);
-        let server = UnixDatagram::bind(&path).unwrap();
-        let client = UnixDatagram::unbound().unwrap();
-        client.connect(&path).unwrap();
-        let log = MailLog {
-            ident: "postfix/postscreen".into(),
-            pid: 42,
-            sink: Sink::Syslog(client),
-            dropped: AtomicU64::new(0),
-        };
-        log.info("CONNECT from [192.0.2.1]:4000 to [192.0.2.25]:25");
-        log.warning("haproxy read: time limit exceeded");
-        let mut buf = [0u8; 4096];
-        let n = server.recv(&mut buf).unwrap();
+        let syslog = Syslog::new("test");
+        syslog
+            .log
+            .info("CONNECT from [192.0.2.1]:4000 to [192.0.2.25]:25");
+        syslog.log.warning("haproxy read: time limit exceeded");
         assert_eq!(
-            std::str::from_utf8(&buf[..n]).unwrap(),
+            syslog.next_line(),
             "<22>postfix/postscreen[42]: CONNECT from [192.0.2.1]:4000 to [192.0.2.25]:25"
         );
-        let n = server.recv(&mut buf).unwrap();
         assert_eq!(
-            std::str::from_utf8(&buf[..n]).unwrap(),
+            syslog.next_line(),
             "<20>postfix/postscreen[42]: warning: haproxy read: time limit exceeded"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_long_message_is_cut_after_the_identity() {
-        let dir = std::env::temp_dir().join(format!("maillog-long-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log.sock");
-        let _ = std::fs::remove_file(&path);
-        let server = UnixDatagram::bind(&path).unwrap();
-        let client = UnixDatagram::unbound().unwrap();
-        client.connect(&path).unwrap();
-        let log = MailLog {
-            ident: "postfix/postscreen".into(),
-            pid: 42,
-            sink: Sink::Syslog(client),
-            dropped: AtomicU64::new(0),
-        };
-        log.warning("x".repeat(3 * MAX_LINE));
-        let mut buf = vec![0u8; 4 * MAX_LINE];
-        let n = server.recv(&mut buf).unwrap();
+        let syslog = Syslog::new("long");
+        syslog.log.warning("x".repeat(3 * MAX_LINE));
         let header = "<20>postfix/postscreen[42]: ";
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        let line = syslog.next_line();
         assert_eq!(line.len(), header.len() + MAX_LINE);
         assert!(line.starts_with(&format!("{header}warning: xxx")));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

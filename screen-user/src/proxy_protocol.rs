@@ -1375,12 +1375,9 @@ mod tests {
         );
     }
 
+    /// The client's end first, with Nagle off so that each write goes out on its own.
     async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = crate::loopback::tcp_pair().await;
         client.set_nodelay(true).unwrap();
         (client, server)
     }

@@ -530,25 +530,14 @@ fn send_queue(fd: RawFd) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::{
-        io::{AsyncReadExt as _, AsyncWriteExt as _},
-        net::TcpListener,
-    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (b, _) = listener.accept().await.unwrap();
-        (a, b)
-    }
+    use crate::loopback::tcp_pair;
 
     #[tokio::test]
     async fn a_socket_counts_what_it_took_whether_acknowledged_or_queued() {
-        let (mut a, mut b) = pair().await;
+        let (mut a, mut b) = tcp_pair().await;
         let before = taken(a.as_raw_fd()).unwrap();
         a.write_all(&[7u8; 100_000]).await.unwrap();
         // Queued or acknowledged, it is counted at once.
@@ -560,7 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_have_distinct_cookies() {
-        let (a, b) = pair().await;
+        let (a, b) = tcp_pair().await;
         let (ca, cb) = (
             socket_cookie(a.as_raw_fd()).unwrap(),
             socket_cookie(b.as_raw_fd()).unwrap(),
@@ -572,7 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn pending_input_is_seen_and_left_in_place() {
-        let (mut a, mut b) = pair().await;
+        let (mut a, mut b) = tcp_pair().await;
         assert!(!input_pending(b.as_raw_fd()));
         a.write_all(b"EHLO early\r\n").await.unwrap();
         b.readable().await.unwrap();

@@ -751,10 +751,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 mod tests {
     use std::path::Path;
 
-    use tokio::net::TcpListener;
-
     use super::*;
-    use crate::daemon::build_screen;
+    use crate::{daemon::build_screen, loopback::tcp_pair};
 
     /// The screen of a default configuration, its allowlist in a directory of its own.
     async fn screen(tag: &str) -> (Arc<Screen>, std::path::PathBuf) {
@@ -771,15 +769,6 @@ mod tests {
         (Arc::new(screen), state)
     }
 
-    async fn connection() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (server, client)
-    }
-
     /// What a held connection's task may take, the future alone: most connections spend
     /// their life in the greet wait, and a task is as large as its largest state.
     const TASK_LIMIT: usize = 2048;
@@ -787,7 +776,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let (screen, state) = screen("size").await;
-        let (server, _client) = connection().await;
+        let (server, _client) = tcp_pair().await;
         let task = Arc::clone(&screen).handle(server);
         let size = std::mem::size_of_val(&task);
         eprintln!("a connection's task: {size} bytes");

@@ -34,7 +34,6 @@ use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
     fs,
-    io::{ErrorKind, Read as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
@@ -48,25 +47,20 @@ use std::{
 
 use screen_tests::{
     bench::{
-        self, Machine, Result, check_interrupted, clock_ticks_per_second, median, process_cpu,
-        quantile, utc_now,
+        self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr,
+        clock_ticks_per_second, connect_from, median, process_cpu, quantile, read_to_close,
+        take_client_network,
     },
     daemon::{Bed, Daemon, DaemonConfig, quoted},
-    netns::{PinDir, TcpAcceptor, smtp_screen_bin},
+    netns::{PinDir, TcpAcceptor},
     rbldnsd::{Dataset, Rbldnsd, Zone},
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The lab's lists.
 const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
 const ZONES: [&str; 3] = ["bl.test", "bl2.test", "wl.test"];
 /// rbldnsd, on loopback of the server namespace.
 const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
-
-/// The clients' addresses: the client namespace holds all of them as local addresses.
-const CLIENT_NETWORK: &str = "10.251.128.0/17";
-/// Addresses in [`CLIENT_NETWORK`], leaving out each /24's .0 and .255.
-const POOL_SIZE: usize = 128 * 254;
 
 /// Part 2: addresses, connections from each, and how many of those arrive at once.
 const QUERY_ADDRESSES: usize = 100;
@@ -77,6 +71,8 @@ const SEQUENTIAL_CONCURRENCY: usize = 10;
 
 /// One connection may take this long to connect, and as long again to be answered.
 const CONNECTION_LIMIT: Duration = Duration::from_secs(5);
+/// The most a client reads before the daemon's close.
+const REPLY_MAX: usize = 4096;
 /// How long the daemon may take to log the decisions once the clients have seen them.
 const LOG_WAIT: Duration = Duration::from_secs(10);
 /// The daemon rewrites its DNSBL status file every second (`deny_sweep_interval`).
@@ -135,7 +131,6 @@ fn main() -> ExitCode {
 
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let report_path = bench::report_path("dnsbl");
     assert!(
         budget.query_addresses().end <= POOL_SIZE,
         "the budget needs more addresses than {CLIENT_NETWORK} holds"
@@ -150,12 +145,7 @@ fn run(budget: Budget) -> Result<PathBuf> {
     let queries = queries::measure(&lab, &budget)?;
 
     let report = report::render(&budget, &decisions, &queries, started.elapsed());
-    println!("{report}");
-    if let Some(dir) = report_path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&report_path, report)?;
-    Ok(report_path)
+    bench::write_report("dnsbl", &report)
 }
 
 /// What a client's address is listed as.
@@ -179,12 +169,6 @@ impl Role {
     }
 }
 
-/// The client address with pool index `index`.
-fn client_addr(index: usize) -> Ipv4Addr {
-    let [third, fourth] = [128 + index / 254, 1 + index % 254].map(|octet| octet as u8);
-    Ipv4Addr::new(10, 251, third, fourth)
-}
-
 /// The namespaces, rbldnsd and the backend the daemons of both parts share.
 struct Lab {
     /// Accepts and closes every handed-off connection for as long as it is held.
@@ -196,15 +180,7 @@ struct Lab {
 impl Lab {
     fn start(budget: &Budget) -> Result<Self> {
         let bed = Bed::new("dnsbl-bench", &[2]);
-        bed.client
-            .ip(["route", "add", "local", CLIENT_NETWORK, "dev", "lo"])?;
-        bed.server.ip([
-            "route",
-            "add",
-            CLIENT_NETWORK,
-            "via",
-            &bed.v4(2).to_string(),
-        ])?;
+        take_client_network(&bed, CLIENT_NETWORK, 2)?;
         let mut bl = Zone::new("bl.test", Dataset::Ip4Set).with_test_point();
         let mut bl2 = Zone::new("bl2.test", Dataset::Ip4Set).with_test_point();
         let mut wl = Zone::new("wl.test", Dataset::Ip4Set).with_test_point();
@@ -279,23 +255,10 @@ impl Outcome {
 /// the daemon closes. Returns what it got and how long that took from the connect call.
 fn connect_once(src: Ipv4Addr, dst: SocketAddr) -> Result<(Outcome, Duration)> {
     let started = Instant::now();
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
-    socket.connect_timeout(&SockAddr::from(dst), CONNECTION_LIMIT)?;
-    let mut stream: std::net::TcpStream = socket.into();
+    let mut stream = connect_from(src, dst, CONNECTION_LIMIT)?;
     stream.set_read_timeout(Some(CONNECTION_LIMIT))?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if received.len() < 4096 => received.extend_from_slice(&buf[..n]),
-            Ok(_) => return Err(format!("{src}: the daemon sent more than 4 KiB").into()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("{src}: reading: {e}").into()),
-        }
-    }
+    let received =
+        read_to_close(&mut stream, REPLY_MAX).map_err(|e| format!("{src}: reading: {e}"))?;
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&received);
     let outcome = match text.lines().next() {
@@ -658,30 +621,8 @@ mod report {
         queries: &Queries,
         elapsed: Duration,
     ) -> String {
-        let machine = Machine::describe();
-        let mut out = String::new();
-        let command = if budget.quick {
-            "cargo bench -p screen-tests --bench dnsbl -- --quick"
-        } else {
-            "cargo bench -p screen-tests --bench dnsbl"
-        };
-        let _ = writeln!(out, "# smtp-screen DNSBL benchmark\n");
-        let _ = writeln!(out, "- Date: {}", utc_now());
-        let _ = writeln!(
-            out,
-            "- Command: `{command}`{}",
-            if budget.quick { " (quick run)" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "- Machine: {} cores, {}, Linux {}",
-            machine.cores, machine.cpu_model, machine.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- Daemon: `{}`",
-            smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string())
-        );
+        let mut out = bench::report_header("smtp-screen DNSBL benchmark", "dnsbl", budget.quick);
+        let _ = writeln!(out, "- Daemon: `{}`", bench::daemon_bin());
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(
             out,

@@ -38,13 +38,11 @@
 //! to `$SMTP_SCREEN_BENCH_REPORT` (default `target/bench/held.md`).
 
 use std::{
-    env,
     fmt::Write as _,
     fs,
     io::{ErrorKind, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -54,17 +52,15 @@ use std::{
 };
 
 use screen_tests::{
-    bench::{self, Result, check_interrupted},
+    bench::{
+        self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr, connect_from,
+        rss_kib, take_client_network,
+    },
     daemon::{Bed, Daemon, DaemonConfig, MYHOSTNAME, SMTP_PORT, quoted},
-    netns::{PinDir, output_within, smtp_screen_bin},
-    postfix::{Postfix, PostfixConfig},
+    netns::{PinDir, output_within},
+    postfix::{Postfix, PostfixConfig, postfix_version},
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// The clients' addresses: the client namespace holds all of them as local addresses.
-const CLIENT_NETWORK: &str = "10.251.128.0/17";
-/// Addresses in [`CLIENT_NETWORK`], leaving out each /24's .0 and .255.
-const POOL_SIZE: usize = 128 * 254;
 /// Connections from one address. The per-client limit is twice this.
 const PER_SOURCE: usize = 50;
 
@@ -193,9 +189,6 @@ fn main() -> std::process::ExitCode {
 
 fn run(asked: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let report_path = env::var_os("SMTP_SCREEN_BENCH_REPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("bench").join("held.md"));
     // Two probes beside the clients' addresses.
     assert!(
         asked.sources() + 2 <= POOL_SIZE,
@@ -226,26 +219,7 @@ fn run(asked: Budget) -> Result<PathBuf> {
     }
 
     let report = report::render(&budget, &results, started.elapsed());
-    println!("{report}");
-    if let Some(dir) = report_path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&report_path, report)?;
-    Ok(report_path)
-}
-
-/// The workspace's target directory: the bench binary lives in `<target>/<profile>/deps/`.
-fn target_dir() -> PathBuf {
-    env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-/// The address with pool index `index`.
-fn source_addr(index: usize) -> Ipv4Addr {
-    let [third, fourth] = [128 + index / 254, 1 + index % 254].map(|octet| octet as u8);
-    Ipv4Addr::new(10, 251, third, fourth)
+    bench::write_report("held", &report)
 }
 
 /// This process's open-files limit, raised for the run and restored on drop. The screeners
@@ -383,15 +357,7 @@ struct Site {
 impl Site {
     fn start(kind: Kind, budget: &Budget) -> Result<Self> {
         let bed = Bed::new("held-bench", &[2]);
-        bed.client
-            .ip(["route", "add", "local", CLIENT_NETWORK, "dev", "lo"])?;
-        bed.server.ip([
-            "route",
-            "add",
-            CLIENT_NETWORK,
-            "via",
-            &bed.v4(2).to_string(),
-        ])?;
+        take_client_network(&bed, CLIENT_NETWORK, 2)?;
         let mut sysctl = bed.server.command("sysctl");
         sysctl.arg("-q").arg("-w").args(NAMESPACE_SYSCTLS);
         let out = output_within(&mut sysctl, Duration::from_secs(10))?;
@@ -445,14 +411,7 @@ impl Site {
     fn log_lines(&self) -> Vec<String> {
         match &self.screener {
             Screener::SmtpScreen { daemon, .. } => daemon.lines(),
-            Screener::Postscreen { postfix } => postfix
-                .log()
-                .lines()
-                .filter_map(|line| {
-                    let (_, rest) = line.split_once("postfix/postscreen[")?;
-                    Some(rest.split_once("]: ")?.1.to_string())
-                })
-                .collect(),
+            Screener::Postscreen { postfix } => postfix.program_lines("postscreen"),
         }
     }
 
@@ -524,17 +483,6 @@ fn postscreen(bed: &Bed, budget: &Budget) -> Result<Screener> {
         );
     let postfix = Postfix::start(&bed.server, &config)?;
     Ok(Screener::Postscreen { postfix })
-}
-
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status").into())
 }
 
 /// The sockets `pid` has open.
@@ -680,11 +628,9 @@ impl Client {
 
 /// Connects from `src` to `dst`, non-blocking once connected. Runs in the client namespace.
 fn connect(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
-    socket.connect_timeout(&SockAddr::from(dst), CONNECT_LIMIT)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    let stream = connect_from(src, dst, CONNECT_LIMIT)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
 
 /// What opening the clients came to.
@@ -714,7 +660,7 @@ fn open_clients(site: &Site, budget: &Budget) -> Result<Opening> {
             if index >= budget.connections {
                 break;
             }
-            let src = source_addr(1 + index / PER_SOURCE);
+            let src = client_addr(1 + index / PER_SOURCE);
             match connect(src, dst) {
                 Ok(stream) => opened.push(Client {
                     stream,
@@ -977,7 +923,7 @@ fn page_size() -> u64 {
 /// Holds the clients at one screener, measures, lets them go and checks the recovery.
 fn measure(site: &Site, budget: &Budget) -> Result<Held> {
     // A first client starts postscreen (master spawns it on demand) and warms up both.
-    probe(site, source_addr(0))?;
+    probe(site, client_addr(0))?;
     let holder = site.holder()?;
     wait_until(RELEASE_LIMIT, || site.count_lines("HANGUP ") >= 1);
     let sockets_before = open_sockets(holder);
@@ -1017,7 +963,7 @@ fn measure(site: &Site, budget: &Budget) -> Result<Held> {
     });
     let hangups_logged = site.count_lines("HANGUP ") - hangups_before;
     let rss_after = screener_rss(site)?;
-    let probe_after = probe(site, source_addr(budget.sources() + 1));
+    let probe_after = probe(site, client_addr(budget.sources() + 1));
     Ok(Held {
         kind: site.kind,
         opening_wall: opening.wall,
@@ -1047,43 +993,6 @@ fn measure(site: &Site, budget: &Budget) -> Result<Held> {
 mod report {
     use super::*;
 
-    fn machine() -> String {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let model = cpuinfo
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
-        format!("{cores} cores, {model}, Linux {kernel}")
-    }
-
-    fn utc_now() -> String {
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-            .output()
-            .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .filter(|date| !date.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    fn postscreen_version() -> String {
-        Command::new("postconf")
-            .args(["-d", "-h", "mail_version"])
-            .output()
-            .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .filter(|version| !version.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    }
-
     fn kib_list(rss: &[(&'static str, u64)]) -> String {
         if rss.is_empty() {
             return "none running".into();
@@ -1095,25 +1004,16 @@ mod report {
     }
 
     pub fn render(budget: &Budget, results: &[Held], elapsed: Duration) -> String {
-        let mut out = String::new();
-        let command = if budget.quick {
-            "cargo bench -p screen-tests --bench held -- --quick"
-        } else {
-            "cargo bench -p screen-tests --bench held"
-        };
-        let _ = writeln!(out, "# Held connections: smtp-screen and postscreen\n");
-        let _ = writeln!(out, "- Date: {}", utc_now());
-        let _ = writeln!(
-            out,
-            "- Command: `{command}`{}",
-            if budget.quick { " (quick run)" } else { "" }
+        let mut out = bench::report_header(
+            "Held connections: smtp-screen and postscreen",
+            "held",
+            budget.quick,
         );
-        let _ = writeln!(out, "- Machine: {}", machine());
         let _ = writeln!(
             out,
-            "- smtp-screen: `{}`; postscreen: Postfix {}",
-            smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string()),
-            postscreen_version()
+            "- smtp-screen: `{}`; postscreen: {}",
+            bench::daemon_bin(),
+            postfix_version()
         );
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(

@@ -64,15 +64,19 @@ use std::{
 };
 
 use screen_tests::{
-    bench::{self, Result, check_interrupted, median},
+    bench::{
+        self, CLIENT_NETWORK, POOL_SIZE, ProcStat, Result, check_interrupted, client_addr,
+        clock_ticks_per_second, connect_from, median, read_to_close, take_client_network,
+        ticks_to_seconds,
+    },
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     netns::{ChildGuard, PinDir, output_within, smtp_screen_bin, stream_from, with_resolv_conf},
     postfix::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
+        postfix_version,
     },
     rbldnsd::{Dataset, Rbldnsd, Zone},
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const SMTP_PORT: u16 = 25;
 /// The lists and the rank that fails a client: a listed bot is in both (rank 4).
@@ -95,10 +99,6 @@ const POSTSCREEN_PROCESS_LIMIT: &str = "500";
 const LEGIT_WARM_UP: usize = 5;
 /// The legitimate client's host number in the bed, permitted by both access lists.
 const LEGIT_HOST: u8 = 2;
-/// The bots' addresses: the client namespace holds all of them as local addresses.
-const BOT_NETWORK: &str = "10.251.128.0/17";
-/// Addresses in [`BOT_NETWORK`], leaving out each /24's .0 and .255.
-const POOL_SIZE: usize = 128 * 254;
 /// What a pregreeting bot says before its turn.
 const PREGREET: &[u8] = b"EHLO bot.example\r\n";
 
@@ -122,6 +122,8 @@ const TOOL_LIMIT: Duration = Duration::from_secs(30);
 /// The longest reply line or reply the clients read.
 const LINE_LIMIT: u64 = 1024;
 const REPLY_LINES_LIMIT: usize = 32;
+/// The most a bot reads before the screener's close.
+const BOT_REPLY_MAX: usize = 4096;
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug)]
@@ -194,14 +196,6 @@ impl Budget {
     fn pool_used(&self) -> usize {
         self.first_contact(self.rounds - 1).1.end
     }
-
-    fn command(&self) -> &'static str {
-        if self.quick {
-            "cargo bench -p screen-tests --bench postscreen -- --quick"
-        } else {
-            "cargo bench -p screen-tests --bench postscreen"
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -210,12 +204,9 @@ fn main() -> ExitCode {
 
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let report_path = env::var_os("SMTP_SCREEN_BENCH_REPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("bench").join("postscreen.md"));
     assert!(
         budget.pool_used() <= POOL_SIZE,
-        "the budget needs more addresses than {BOT_NETWORK} holds"
+        "the budget needs more addresses than {CLIENT_NETWORK} holds"
     );
     screen_tests::ensure_packages(&["postfix", "rbldnsd"])?;
     eprintln!("starting the sites");
@@ -255,26 +246,7 @@ fn run(budget: Budget) -> Result<PathBuf> {
         }
     }
     let report = report::render(&budget, &results, &before, started.elapsed());
-    println!("{report}");
-    if let Some(dir) = report_path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&report_path, report)?;
-    Ok(report_path)
-}
-
-/// The workspace's target directory: the bench binary lives in `<target>/<profile>/deps/`.
-fn target_dir() -> PathBuf {
-    env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-/// The bot address with pool index `index`.
-fn bot_addr(index: usize) -> Ipv4Addr {
-    let [third, fourth] = [128 + index / 254, 1 + index % 254].map(|octet| octet as u8);
-    Ipv4Addr::new(10, 251, third, fourth)
+    bench::write_report("postscreen", &report)
 }
 
 /// Which screener a site runs.
@@ -316,15 +288,7 @@ impl Site {
             Kind::Before => "sb-bench",
         };
         let bed = Bed::new(tag, &[LEGIT_HOST]);
-        bed.client
-            .ip(["route", "add", "local", BOT_NETWORK, "dev", "lo"])?;
-        bed.server.ip([
-            "route",
-            "add",
-            BOT_NETWORK,
-            "via",
-            &bed.v4(LEGIT_HOST).to_string(),
-        ])?;
+        take_client_network(&bed, CLIENT_NETWORK, LEGIT_HOST)?;
         let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &zones(budget))?;
         let table = bed.write_table("access.cidr", &[(bed.v4(LEGIT_HOST), "permit")]);
         let access_list = format!("permit_mynetworks, cidr:{}", table.display());
@@ -416,15 +380,7 @@ impl Site {
     fn lines(&self) -> Vec<String> {
         match &self.daemon {
             Some(daemon) => daemon.lines(),
-            None => self
-                .postfix
-                .log()
-                .lines()
-                .filter_map(|line| {
-                    let (_, rest) = line.split_once("postfix/postscreen[")?;
-                    Some(rest.split_once("]: ")?.1.to_string())
-                })
-                .collect(),
+            None => self.postfix.program_lines("postscreen"),
         }
     }
 
@@ -530,8 +486,8 @@ fn zones(budget: &Budget) -> Vec<Zone> {
     for round in 0..budget.rounds {
         let (flood, reserve) = budget.first_contact(round);
         for index in flood.chain(reserve).filter(|&i| is_listed(i)) {
-            bl = bl.list(bot_addr(index), BL_ANSWER);
-            bl2 = bl2.list(bot_addr(index), BL2_ANSWER);
+            bl = bl.list(client_addr(index), BL_ANSWER);
+            bl2 = bl2.list(client_addr(index), BL2_ANSWER);
         }
     }
     vec![bl, bl2]
@@ -589,7 +545,7 @@ impl Job {
 
     /// Runs the connection (on a thread in the client namespace) and checks how it ended.
     fn play(&self, dst: SocketAddr) -> std::result::Result<(), String> {
-        let src = bot_addr(self.index);
+        let src = client_addr(self.index);
         let got = bot_session(src, dst, self.pregreet).map_err(|e| format!("{src}: {e}"))?;
         let want = match self.expect {
             Expect::Refused => None,
@@ -610,30 +566,16 @@ impl Job {
 /// the server closes. `None` when a RST refused the connection; otherwise the last line
 /// received.
 fn bot_session(src: Ipv4Addr, dst: SocketAddr, pregreet: bool) -> std::io::Result<Option<String>> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
-    match socket.connect_timeout(&SockAddr::from(dst), CONNECT_LIMIT) {
-        Ok(()) => {}
+    let mut stream = match connect_from(src, dst, CONNECT_LIMIT) {
+        Ok(stream) => stream,
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(e),
-    }
-    let mut stream: TcpStream = socket.into();
+    };
     if pregreet {
         stream.write_all(PREGREET)?;
     }
     stream.set_read_timeout(Some(REPLY_WAIT))?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if received.len() < 4096 => received.extend_from_slice(&buf[..n]),
-            Ok(_) => return Err(std::io::Error::other("the server sent more than 4 KiB")),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let received = read_to_close(&mut stream, BOT_REPLY_MAX)?;
     let text = String::from_utf8_lossy(&received);
     Ok(Some(
         text.lines()
@@ -720,7 +662,7 @@ fn flood(
     let ended = Instant::now();
     check_interrupted()?;
     if let Some((index, problem)) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(format!("{problem}\n{}", site.about(bot_addr(index))).into());
+        return Err(format!("{problem}\n{}", site.about(client_addr(index))).into());
     }
     Ok(Flood {
         connections: done.into_inner(),
@@ -921,31 +863,8 @@ fn under_attack(
 mod cpu {
     use super::*;
 
-    /// The unit of the CPU times in /proc (`USER_HZ`).
-    pub fn ticks_per_second() -> u64 {
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
-    }
-
     fn seconds(ticks: u64) -> f64 {
-        ticks as f64 / ticks_per_second() as f64
-    }
-
-    /// A process's name, parent and times from `/proc/PID/stat`: user, system, and its reaped
-    /// children's user and system.
-    fn stat(pid: u32) -> Option<(String, u32, [u64; 4])> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_string();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ppid = fields.get(1)?.parse().ok()?;
-        // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the
-        // name.
-        let mut times = [0u64; 4];
-        for (time, field) in times.iter_mut().zip(fields.get(11..15)?) {
-            *time = field.parse().ok()?;
-        }
-        Some((name, ppid, times))
+        ticks_to_seconds(ticks)
     }
 
     /// The CPU time, in ticks, of every process in some process trees, with what its reaped
@@ -963,8 +882,9 @@ mod cpu {
                 let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
                     continue;
                 };
-                if let Some((name, ppid, times)) = stat(pid) {
-                    parents.insert(pid, (name, ppid, times.iter().sum()));
+                if let Ok(stat) = ProcStat::read(pid) {
+                    let ticks = stat.user + stat.system + stat.children_user + stat.children_system;
+                    parents.insert(pid, (stat.name, stat.ppid, ticks));
                 }
             }
             let descends = |mut pid: u32| {
@@ -1062,9 +982,11 @@ mod cpu {
 
     impl Generator {
         pub fn now() -> Result<Self> {
-            let (_, _, [user, system, _, _]) =
-                stat(std::process::id()).ok_or("reading /proc/self/stat")?;
-            Ok(Self { user, system })
+            let stat = ProcStat::read(std::process::id())?;
+            Ok(Self {
+                user: stat.user,
+                system: stat.system,
+            })
         }
     }
 
@@ -1380,33 +1302,6 @@ fn ms(d: Duration) -> f64 {
 mod report {
     use super::*;
 
-    fn utc_now() -> String {
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-            .output()
-            .ok()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .filter(|date| !date.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    fn machine() -> String {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let model = cpuinfo
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
-        format!("{cores} cores, {model}, Linux {kernel}")
-    }
-
     /// The median over rounds of `figure` for screener `kind`.
     fn med(rounds: &[Round], kind: Kind, figure: impl Fn(&Round) -> f64) -> f64 {
         let values: Vec<f64> = rounds
@@ -1427,20 +1322,15 @@ mod report {
         before: &[(Part, Part)],
         elapsed: Duration,
     ) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "# smtp-screen side by side with postscreen\n");
-        let _ = writeln!(out, "- Date: {}", utc_now());
-        let _ = writeln!(
-            out,
-            "- Command: `{}`{}",
-            budget.command(),
-            if budget.quick { " (quick run)" } else { "" }
+        let mut out = bench::report_header(
+            "smtp-screen side by side with postscreen",
+            "postscreen",
+            budget.quick,
         );
-        let _ = writeln!(out, "- Machine: {}", machine());
         let _ = writeln!(
             out,
             "- smtp-screen: `{}`; postscreen: `{}`",
-            smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string()),
+            bench::daemon_bin(),
             postfix_version()
         );
         let _ = writeln!(
@@ -1526,15 +1416,6 @@ mod report {
         );
     }
 
-    fn postfix_version() -> String {
-        Command::new("postconf")
-            .args(["-d", "-h", "mail_version"])
-            .output()
-            .ok()
-            .map(|out| format!("Postfix {}", String::from_utf8_lossy(&out.stdout).trim()))
-            .unwrap_or_else(|| "Postfix".into())
-    }
-
     /// smtp-screen's figure (seconds) beside postscreen's as "how many times less". A figure
     /// under one tick of /proc's clock is shown as less than a tick, and the ratio as at least
     /// what a tick would give.
@@ -1589,7 +1470,7 @@ mod report {
         };
         // One tick of /proc's clock, per 1,000 connections of the repeat flood.
         let tick = med(rounds, ss, |r| {
-            r.repeat.per_thousand(1.0 / cpu::ticks_per_second() as f64)
+            r.repeat.per_thousand(1.0 / clock_ticks_per_second() as f64)
         });
         let first_ratio = first_rate(ss) / first_rate(ps);
         let under_repeat = [
@@ -1662,7 +1543,7 @@ mod report {
              the sender's context and is then charged to the generator, so this is a lower \
              bound; the machine is shared with other work, which adds to it. {} messages per \
              latency run.\n",
-            1000 / cpu::ticks_per_second(),
+            1000 / clock_ticks_per_second(),
             budget.messages
         );
     }

@@ -42,7 +42,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -53,7 +53,9 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net};
 use screen_common::{DenyEntry, DynKeyV4, Origin, PROGRAM_NAME, Stat, map_name};
 use screen_tests::{
-    bench::{self, Result, check_interrupted, median},
+    bench::{
+        self, ProcStat, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time,
+    },
     frames::{FrameSpec, TCP_ACK},
 };
 use screen_user::{
@@ -121,11 +123,6 @@ fn main() -> ExitCode {
 
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let machine = Machine::describe();
-    let target_dir = target_dir()?;
-    let report_path = env::var_os("SMTP_SCREEN_BENCH_REPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir.join("bench").join("xdp.md"));
     netns::remove_stale();
 
     let reference = RawProgram::xdp_drop()?;
@@ -135,35 +132,8 @@ fn run(budget: Budget) -> Result<PathBuf> {
     eprintln!("part 2: SYN flood over veth");
     let flood = flood::measure(&budget, &reference)?;
 
-    let report = report::render(&budget, &machine, &per_packet, &flood, started.elapsed());
-    println!("{report}");
-    if let Some(dir) = report_path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&report_path, report)?;
-    Ok(report_path)
-}
-
-/// The workspace's target directory: the bench binary lives in `<target>/<profile>/deps/`.
-fn target_dir() -> Result<PathBuf> {
-    let exe = env::current_exe()?;
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", exe.display()).into())
-}
-
-/// The running thread's CPU time, which on this kernel includes the softirq work (such as a
-/// veth receive) that ran on top of it.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    let report = report::render(&budget, &per_packet, &flood, started.elapsed());
+    bench::write_report("xdp", &report)
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
@@ -1155,11 +1125,7 @@ mod netns {
 
     /// Whether `pid` is a running process; a zombie has already let go of everything.
     fn pid_alive(pid: u32) -> bool {
-        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
-        })
+        ProcStat::read(pid).is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
     }
 
     /// The pid in a name made by this benchmark (`ssb<pid>...`), if any.
@@ -1948,11 +1914,9 @@ mod flood {
             if ksoftirqd.is_empty() {
                 return Err("no ksoftirqd threads found in /proc".into());
             }
-            // SAFETY: sysconf has no preconditions.
-            let clock_ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
             Ok(Self {
                 ksoftirqd,
-                clock_ticks,
+                clock_ticks: clock_ticks_per_second(),
             })
         }
 
@@ -2456,34 +2420,6 @@ mod flood {
     }
 }
 
-/// The machine the figures come from.
-struct Machine {
-    cores: usize,
-    kernel: String,
-    cpu_model: String,
-}
-
-impl Machine {
-    fn describe() -> Self {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        Self {
-            cores: thread::available_parallelism().map_or(1, |n| n.get()),
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-            cpu_model,
-        }
-    }
-}
-
 /// `n` with thousands separators.
 fn grouped(n: u64) -> String {
     let digits = n.to_string();
@@ -2495,30 +2431,6 @@ fn grouped(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's days-to-civil conversion.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 mod report {
@@ -2537,29 +2449,11 @@ mod report {
 
     pub fn render(
         budget: &Budget,
-        machine: &Machine,
         per_packet: &PerPacket,
         flood: &FloodResults,
         elapsed: Duration,
     ) -> String {
-        let mut out = String::new();
-        let command = if budget.quick {
-            "cargo bench -p screen-tests --bench xdp -- --quick"
-        } else {
-            "cargo bench -p screen-tests --bench xdp"
-        };
-        let _ = writeln!(out, "# smtp-screen XDP benchmark\n");
-        let _ = writeln!(out, "- Date: {}", utc_now());
-        let _ = writeln!(
-            out,
-            "- Command: `{command}`{}",
-            if budget.quick { " (quick run)" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "- Machine: {} cores, {}, Linux {}",
-            machine.cores, machine.cpu_model, machine.kernel
-        );
+        let mut out = bench::report_header("smtp-screen XDP benchmark", "xdp", budget.quick);
         let _ = writeln!(out, "- Duration: {:.0} s\n", elapsed.as_secs_f64());
 
         render_per_packet(&mut out, per_packet);

@@ -1,15 +1,22 @@
 //! What every benchmark binary shares: its command line (`--quick`), the root check, Ctrl-C
-//! handling that lets every guard clean up, the report's place and header facts (machine,
-//! date), small statistics, and a process's CPU time.
+//! handling that lets every guard clean up, the report's header, place and writing, the
+//! clients' address pool and their connections, small statistics, and CPU times.
 
 use std::{
     error::Error,
+    fmt::{self, Write as _},
     fs,
+    io::{self, ErrorKind, Read},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::{daemon::Bed, netns::smtp_screen_bin};
 
 /// The error type of the benchmarks.
 pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -96,22 +103,76 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
 
 /// User plus system CPU time of process `pid` so far, threads that have exited included.
 pub fn process_cpu(pid: u32) -> Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name is in parentheses and may hold anything; the fields follow it.
-    let (_, rest) = stat
-        .rsplit_once(')')
-        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .ok_or_else(|| format!("short /proc/{pid}/stat: {stat}"))?
-        .iter()
-        .map(|field| field.parse::<u64>())
-        .sum::<std::result::Result<u64, _>>()?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / clock_ticks_per_second() as f64,
-    ))
+    let stat = ProcStat::read(pid)?;
+    Ok(Duration::from_secs_f64(ticks_to_seconds(
+        stat.user + stat.system,
+    )))
+}
+
+/// What `/proc/PID/stat` says of a process: its name, state, parent and CPU times, the times
+/// in ticks of [`clock_ticks_per_second`].
+#[derive(Clone, Debug)]
+pub struct ProcStat {
+    pub name: String,
+    /// `R`, `S`, `D`, `Z` (zombie), `X` (dead) and so on.
+    pub state: char,
+    pub ppid: u32,
+    pub user: u64,
+    pub system: u64,
+    /// What the children it has reaped used.
+    pub children_user: u64,
+    pub children_system: u64,
+}
+
+impl ProcStat {
+    pub fn read(pid: u32) -> Result<Self> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+        Self::parse(&stat).ok_or_else(|| format!("unexpected {path}: {stat}").into())
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        // The command name is in parentheses and may hold anything; the fields follow it.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_string();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields.first()?.chars().next()?;
+        let ppid = fields.get(1)?.parse().ok()?;
+        // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the
+        // name.
+        let mut times = [0u64; 4];
+        for (time, field) in times.iter_mut().zip(fields.get(11..15)?) {
+            *time = field.parse().ok()?;
+        }
+        let [user, system, children_user, children_system] = times;
+        Some(Self {
+            name,
+            state,
+            ppid,
+            user,
+            system,
+            children_user,
+            children_system,
+        })
+    }
+}
+
+/// `ticks` of /proc's CPU clock in seconds.
+pub fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / clock_ticks_per_second() as f64
+}
+
+/// The running thread's CPU time, which on this kernel includes the softirq work (such as a
+/// veth receive) that ran on top of it.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The unit of the CPU times in /proc (`USER_HZ`).
@@ -126,6 +187,48 @@ pub fn report_path(name: &str) -> PathBuf {
     std::env::var_os("SMTP_SCREEN_BENCH_REPORT")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("bench").join(format!("{name}.md")))
+}
+
+/// Prints the report and writes it to [`report_path`] of benchmark `name`, which it returns.
+pub fn write_report(name: &str, report: &str) -> Result<PathBuf> {
+    println!("{report}");
+    let path = report_path(name);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    fs::write(&path, report).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The Markdown report's opening: its title, then the date, the command that made it and the
+/// machine, as every benchmark's report starts.
+pub fn report_header(title: &str, name: &str, quick: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {title}\n");
+    let _ = writeln!(out, "- Date: {}", utc_now());
+    let _ = writeln!(
+        out,
+        "- Command: `{}`{}",
+        command(name, quick),
+        if quick { " (quick run)" } else { "" }
+    );
+    let _ = writeln!(out, "- Machine: {}", Machine::describe());
+    out
+}
+
+/// The command that runs benchmark `name`.
+pub fn command(name: &str, quick: bool) -> String {
+    let command = format!("cargo bench -p screen-tests --bench {name}");
+    if quick {
+        command + " -- --quick"
+    } else {
+        command
+    }
+}
+
+/// The smtp-screen binary the benchmark runs, for the report; or why there is none.
+pub fn daemon_bin() -> String {
+    smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string())
 }
 
 /// The workspace's target directory: the bench binary lives in `<target>/<profile>/deps/`.
@@ -164,6 +267,16 @@ impl Machine {
     }
 }
 
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cores, {}, Linux {}",
+            self.cores, self.cpu_model, self.kernel
+        )
+    }
+}
+
 /// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`, from `date`.
 pub fn utc_now() -> String {
     Command::new("date")
@@ -173,4 +286,116 @@ pub fn utc_now() -> String {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .filter(|date| !date.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The clients' addresses, 10.251.128.0/17: the client namespace holds all of them as local
+/// addresses ([`take_client_network`]), so that any of them can be bound without configuring
+/// thousands.
+pub const CLIENT_NETWORK: &str = "10.251.128.0/17";
+/// Addresses in [`CLIENT_NETWORK`], leaving out each /24's .0 and .255.
+pub const POOL_SIZE: usize = 128 * 254;
+
+/// The client address with pool index `index` (below [`POOL_SIZE`]): 10.251.128.1 onwards,
+/// each /24's .1 to .254.
+pub fn client_addr(index: usize) -> Ipv4Addr {
+    assert!(index < POOL_SIZE, "no address {index} in {CLIENT_NETWORK}");
+    let [third, fourth] = [128 + index / 254, 1 + index % 254].map(|octet| octet as u8);
+    Ipv4Addr::new(10, 251, third, fourth)
+}
+
+/// Makes every address of `network` local to the client namespace of `bed` (`ip route add
+/// local`) and routes it from the server namespace through the client's host `host`.
+pub fn take_client_network(bed: &Bed, network: &str, host: u8) -> Result<()> {
+    bed.client
+        .ip(["route", "add", "local", network, "dev", "lo"])
+        .map_err(|e| format!("client namespace: taking {network} as local: {e}"))?;
+    bed.server
+        .ip(["route", "add", network, "via", &bed.v4(host).to_string()])
+        .map_err(|e| format!("server namespace: routing {network}: {e}"))?;
+    Ok(())
+}
+
+/// A TCP connection from `src` to `dst`, made in the calling thread's network namespace; a
+/// connect that takes longer than `limit` fails with [`ErrorKind::TimedOut`].
+pub fn connect_from(src: Ipv4Addr, dst: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
+    socket.connect_timeout(&SockAddr::from(dst), limit)?;
+    Ok(socket.into())
+}
+
+/// Reads until the peer closes (a reset is a close too) and returns what came; more than `max`
+/// bytes is an error, as no screener has that much to say to these clients.
+pub fn read_to_close(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(received),
+            Ok(n) if received.len() + n <= max => received.extend_from_slice(&buf[..n]),
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "the server sent more than {max} bytes before closing"
+                )));
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(received),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_skips_each_networks_first_and_last_address() {
+        assert_eq!(client_addr(0), Ipv4Addr::new(10, 251, 128, 1));
+        assert_eq!(client_addr(253), Ipv4Addr::new(10, 251, 128, 254));
+        assert_eq!(client_addr(254), Ipv4Addr::new(10, 251, 129, 1));
+        assert_eq!(client_addr(POOL_SIZE - 1), Ipv4Addr::new(10, 251, 255, 254));
+    }
+
+    #[test]
+    fn a_stat_line_gives_name_state_parent_and_times() {
+        let line = "4242 (a (odd) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 \
+                    31 7 5 3 20 0 1 0 99 1000 200";
+        let stat = ProcStat::parse(line).expect("a stat line");
+        assert_eq!(stat.name, "a (odd) name");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 17);
+        assert_eq!(
+            [
+                stat.user,
+                stat.system,
+                stat.children_user,
+                stat.children_system
+            ],
+            [31, 7, 5, 3]
+        );
+    }
+
+    #[test]
+    fn the_command_names_the_benchmark_and_quick_mode() {
+        assert_eq!(
+            command("dnsbl", true),
+            "cargo bench -p screen-tests --bench dnsbl -- --quick"
+        );
+        assert_eq!(
+            command("held", false),
+            "cargo bench -p screen-tests --bench held"
+        );
+    }
 }

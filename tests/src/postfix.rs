@@ -318,6 +318,19 @@ impl Postfix {
         fs::read_to_string(self.root.path().join("maillog")).unwrap_or_default()
     }
 
+    /// The lines program `program` (`postscreen`, `smtpd`, …) logged so far, without the
+    /// maillog's time, host and `postfix/PROGRAM[pid]: `.
+    pub fn program_lines(&self, program: &str) -> Vec<String> {
+        let ident = format!("postfix/{program}[");
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let (_, rest) = line.split_once(&ident)?;
+                Some(rest.split_once("]: ")?.1.to_string())
+            })
+            .collect()
+    }
+
     /// Everything delivered so far to [`MAIL_DOMAIN`], as mbox text; empty when nothing was.
     pub fn mailbox(&self) -> String {
         fs::read_to_string(self.root.path().join("mail/mailbox")).unwrap_or_default()
@@ -421,6 +434,21 @@ impl Drop for Postfix {
             );
         }
     }
+}
+
+/// The installed Postfix as `Postfix <mail_version>` (`postconf -d`), for reports.
+pub fn postfix_version() -> String {
+    let mut postconf = std::process::Command::new("postconf");
+    postconf.args(["-d", "-h", "mail_version"]);
+    let version = output_within(&mut postconf, Duration::from_secs(10))
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|version| !version.is_empty());
+    format!(
+        "Postfix {}",
+        version.as_deref().unwrap_or("(version unknown)")
+    )
 }
 
 /// Whether a line of `/proc/net/tcp{,6}` is a listening socket on `port`.
