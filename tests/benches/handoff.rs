@@ -24,7 +24,6 @@
 
 use std::{
     fmt::Write as _,
-    fs,
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -39,19 +38,17 @@ use std::{
 
 use screen_tests::{
     bench::{
-        self, Machine, Result, check_interrupted, clock_ticks_per_second, median, process_cpu,
-        quantile, utc_now,
+        self, Result, check_interrupted, clock_ticks_per_second, median, process_cpu, quantile,
     },
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     ensure_packages,
-    netns::{PinDir, smtp_screen_bin},
+    netns::PinDir,
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The clients' addresses: the client namespace holds all of them as local addresses.
 const CLIENT_NETWORK: &str = "10.251.128.0/24";
-/// Addresses in [`CLIENT_NETWORK`], leaving out .0 and .255.
+/// Addresses in [`CLIENT_NETWORK`], leaving out .0 and .255: the first of the shared pool.
 const POOL_SIZE: usize = 254;
 /// Where the daemons listen, on the server's address.
 const USERSPACE_PORT: u16 = 25;
@@ -128,7 +125,6 @@ fn main() -> ExitCode {
 
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
-    let report_path = bench::report_path("handoff");
     ensure_packages(&["postfix"])?;
     let lab = Lab::start()?;
     let message = message();
@@ -163,19 +159,15 @@ fn run(budget: Budget) -> Result<PathBuf> {
     let discarded = lab.wait_for_discards(sent)?;
 
     let report = report::render(&budget, &rounds, discarded, started.elapsed());
-    println!("{report}");
-    if let Some(dir) = report_path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&report_path, report)?;
+    let path = bench::write_report("handoff", &report)?;
     lab.userspace.stop();
     lab.kernel.stop();
-    Ok(report_path)
+    Ok(path)
 }
 
-/// The client address with pool index `index`.
+/// The client address with pool index `index`, taken round the pool.
 fn client_addr(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 251, 128, 1 + (index % POOL_SIZE) as u8)
+    bench::client_addr(index % POOL_SIZE)
 }
 
 /// The message every session sends: headers, then numbered body lines up to
@@ -207,15 +199,7 @@ struct Lab {
 impl Lab {
     fn start() -> Result<Self> {
         let bed = Bed::new("handoff-bench", &[2]);
-        bed.client
-            .ip(["route", "add", "local", CLIENT_NETWORK, "dev", "lo"])?;
-        bed.server.ip([
-            "route",
-            "add",
-            CLIENT_NETWORK,
-            "via",
-            &bed.v4(2).to_string(),
-        ])?;
+        bench::take_client_network(&bed, CLIENT_NETWORK, 2)?;
         let postfix = Postfix::start(
             &bed.server,
             &PostfixConfig::new(bed.backend_addr())
@@ -423,12 +407,10 @@ fn run_batch(
 /// after the message, and to the server's close.
 fn session(src: Ipv4Addr, dst: SocketAddr, message: &[u8]) -> Result<(Duration, Duration)> {
     let started = Instant::now();
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SockAddr::from(SocketAddr::new(src.into(), 0)))?;
-    socket.connect_timeout(&SockAddr::from(dst), STEP_LIMIT)?;
-    socket.set_tcp_nodelay(true)?;
+    let stream = bench::connect_from(src, dst, STEP_LIMIT)?;
+    stream.set_nodelay(true)?;
     let mut smtp = Smtp {
-        stream: socket.into(),
+        stream,
         pending: Vec::new(),
     };
     smtp.stream.set_read_timeout(Some(STEP_LIMIT))?;
@@ -487,16 +469,9 @@ impl Smtp {
 
     /// Reads until the server closes, which it does after `221`.
     fn until_closed(&mut self) -> Result<()> {
-        let mut buf = [0u8; 512];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(_) => return Err("bytes after 221".into()),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("waiting for the close after 221: {e}").into()),
-            }
-        }
+        bench::read_to_close(&mut self.stream, 0)
+            .map_err(|e| format!("waiting for the close after 221: {e}"))?;
+        Ok(())
     }
 }
 
@@ -596,30 +571,9 @@ mod report {
         discarded: usize,
         elapsed: Duration,
     ) -> String {
-        let machine = Machine::describe();
-        let mut out = String::new();
-        let command = if budget.quick {
-            "cargo bench -p screen-tests --bench handoff -- --quick"
-        } else {
-            "cargo bench -p screen-tests --bench handoff"
-        };
-        let _ = writeln!(out, "# smtp-screen hand-off benchmark\n");
-        let _ = writeln!(out, "- Date: {}", utc_now());
-        let _ = writeln!(
-            out,
-            "- Command: `{command}`{}",
-            if budget.quick { " (quick run)" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "- Machine: {} cores, {}, Linux {}",
-            machine.cores, machine.cpu_model, machine.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- Daemon: `{}`",
-            smtp_screen_bin().map_or_else(|e| e.to_string(), |bin| bin.display().to_string())
-        );
+        let mut out =
+            bench::report_header("smtp-screen hand-off benchmark", "handoff", budget.quick);
+        let _ = writeln!(out, "- Daemon: `{}`", bench::daemon_bin());
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(
             out,
