@@ -57,7 +57,7 @@ use screen_tests::{
         rss_kib, take_client_network,
     },
     daemon::{Bed, Daemon, DaemonConfig, MYHOSTNAME, SMTP_PORT, quoted},
-    netns::{PinDir, output_within},
+    netns::{PinDir, run_within},
     postfix::{Postfix, PostfixConfig, postfix_version},
 };
 
@@ -360,14 +360,8 @@ impl Site {
         take_client_network(&bed, CLIENT_NETWORK, 2)?;
         let mut sysctl = bed.server.command("sysctl");
         sysctl.arg("-q").arg("-w").args(NAMESPACE_SYSCTLS);
-        let out = output_within(&mut sysctl, Duration::from_secs(10))?;
-        if !out.status.success() {
-            return Err(format!(
-                "sysctl {NAMESPACE_SYSCTLS:?} in the server namespace: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
-        }
+        run_within(&mut sysctl, Duration::from_secs(10))
+            .map_err(|e| format!("sysctl in the server namespace: {e}"))?;
         let screener = match kind {
             Kind::SmtpScreen => smtp_screen(&bed, budget),
             Kind::Postscreen => postscreen(&bed, budget)?,

@@ -985,17 +985,7 @@ mod netns {
 
     /// As [`run`], killing the command if it is still running after `limit`.
     pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<String> {
-        let output =
-            screen_tests::netns::output_within(cmd, limit).map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(screen_tests::netns::run_within(cmd, limit)?)
     }
 
     /// `nsenter --net=/run/netns/NS PROGRAM`: joins only the network namespace, so the BPF

@@ -21,8 +21,8 @@ use std::{
 
 use crate::{
     netns::{
-        ChildGuard, Netns, PinDir, ScratchDir, VethPair, output_within, smtp_screen_bin,
-        stream_from, subnet_index,
+        ChildGuard, Netns, PinDir, ScratchDir, VethPair, output_within, run_within,
+        smtp_screen_bin, stream_from, subnet_index,
     },
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
 };
@@ -290,13 +290,7 @@ impl TestCertificate {
             .arg(&key)
             .arg("-out")
             .arg(&cert);
-        let out = output_within(&mut cmd, TOOL_LIMIT).expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl req failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_within(&mut cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("openssl req: {e}"));
         Self { cert, key }
     }
 }
@@ -755,14 +749,7 @@ pub fn deny_list(bed: &Bed, pin: &PinDir) -> String {
     let bin = smtp_screen_bin().expect("the smtp-screen binary");
     let mut cmd = bed.server.command(bin);
     cmd.arg("--pin-dir").arg(pin.path()).args(["deny", "list"]);
-    let out = output_within(&mut cmd, TOOL_LIMIT).expect("smtp-screen deny list");
-    assert!(
-        out.status.success(),
-        "smtp-screen deny list failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_within(&mut cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("smtp-screen deny list: {e}"))
 }
 
 /// The `deny list` line of the dynamic entry for `addr`, if there is one.

@@ -95,14 +95,6 @@ fn apt_get(args: &[&str], options: &[&str]) -> io::Result<()> {
     cmd.args(options)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    let out = netns::output_within(&mut cmd, APT_LIMIT)?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "apt-get {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    netns::run_within(&mut cmd, APT_LIMIT)?;
     Ok(())
 }

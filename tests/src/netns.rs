@@ -123,9 +123,14 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
     }
 }
 
-/// Runs `cmd` and returns its stdout; a failure carries the command and its stderr.
-fn checked(cmd: &mut Command, limit: Duration) -> io::Result<String> {
-    let output = output_within(cmd, limit)?;
+/// Runs `cmd` within `limit` and returns its stdout; a failure carries the command and its
+/// stderr.
+pub fn run_within(cmd: &mut Command, limit: Duration) -> io::Result<String> {
+    let output = output_within(cmd, limit).map_err(|e| match e.kind() {
+        // The time-out names the command already.
+        ErrorKind::TimedOut => e,
+        kind => io::Error::new(kind, format!("{cmd:?}: {e}")),
+    })?;
     if !output.status.success() {
         return Err(io::Error::other(format!(
             "{cmd:?} failed ({}): {}",
@@ -158,7 +163,7 @@ impl Netns {
     /// Creates a namespace named after `tag` with its loopback up.
     pub fn create(tag: &str) -> io::Result<Self> {
         let name = unique_name(tag);
-        checked(Command::new("ip").args(["netns", "add", &name]), IP_LIMIT)?;
+        run_within(Command::new("ip").args(["netns", "add", &name]), IP_LIMIT)?;
         let netns = Self { name };
         netns.ip(["link", "set", "lo", "up"])?;
         Ok(netns)
@@ -179,7 +184,7 @@ impl Netns {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        checked(
+        run_within(
             Command::new("ip").arg("-n").arg(&self.name).args(args),
             IP_LIMIT,
         )
@@ -226,7 +231,7 @@ impl Netns {
 
     /// The processes whose network namespace this is (`ip netns pids`).
     pub fn pids(&self) -> io::Result<Vec<u32>> {
-        let out = checked(
+        let out = run_within(
             Command::new("ip").args(["netns", "pids", &self.name]),
             IP_LIMIT,
         )?;
@@ -249,7 +254,7 @@ impl Drop for Netns {
             }
             Err(e) => eprintln!("warning: listing processes in netns {}: {e}", self.name),
         }
-        if let Err(e) = checked(
+        if let Err(e) = run_within(
             Command::new("ip").args(["netns", "del", &self.name]),
             IP_LIMIT,
         ) {
@@ -280,7 +285,7 @@ impl VethPair {
             name
         };
         let (a_end, b_end) = (name('a'), name('b'));
-        checked(
+        run_within(
             Command::new("ip").args([
                 "link",
                 "add",

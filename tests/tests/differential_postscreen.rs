@@ -43,8 +43,8 @@ use std::{
 use screen_tests::{
     ensure_packages,
     netns::{
-        ChildGuard, Netns, PinDir, ScratchDir, VethPair, output_within, smtp_screen_bin,
-        stream_from, subnet_index, with_resolv_conf,
+        ChildGuard, Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
+        subnet_index, with_resolv_conf,
     },
     postfix::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
@@ -445,16 +445,11 @@ fn toml_string(value: impl fmt::Display) -> String {
 fn import_postfix(files: &LabFiles, reference: &Postfix) -> String {
     let mut postconf = Command::new("postconf");
     postconf.arg("-c").arg(reference.config_dir()).arg("-n");
-    let out = output_within(&mut postconf, TOOL_LIMIT).expect("running postconf -n");
-    assert!(
-        out.status.success(),
-        "postconf -n failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let settings =
+        run_within(&mut postconf, TOOL_LIMIT).unwrap_or_else(|e| panic!("postconf -n: {e}"));
     let saved = files
         .dir
-        .write("postconf-n.txt", &out.stdout)
+        .write("postconf-n.txt", settings.as_bytes())
         .expect("postconf -n output");
     let imported = files.dir.path().join("imported.toml");
     let mut import = Command::new(smtp_screen_bin().expect("the smtp-screen binary"));
@@ -464,13 +459,8 @@ fn import_postfix(files: &LabFiles, reference: &Postfix) -> String {
         .arg(&saved)
         .arg("--output")
         .arg(&imported);
-    let out = output_within(&mut import, TOOL_LIMIT).expect("running import-postfix");
-    assert!(
-        out.status.success(),
-        "smtp-screen import-postfix failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_within(&mut import, TOOL_LIMIT)
+        .unwrap_or_else(|e| panic!("smtp-screen import-postfix: {e}"));
     std::fs::read_to_string(&imported).expect("the imported configuration")
 }
 

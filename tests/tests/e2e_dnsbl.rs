@@ -22,7 +22,7 @@ use screen_tests::{
         expect_delivered_and_passed, quoted,
     },
     ensure_packages,
-    netns::{ConnectOutcome, PinDir, connect_from, output_within, smtp_screen_bin},
+    netns::{ConnectOutcome, PinDir, connect_from, run_within, smtp_screen_bin},
     postfix::MAIL_DOMAIN,
     rbldnsd::{Dataset, DnsForwarder, Rbldnsd, Zone},
     require_root,
@@ -648,14 +648,8 @@ fn dnsbl_check(bed: &Bed, config: &Path, addr: IpAddr) -> Vec<String> {
         .arg("--config")
         .arg(config)
         .env("NO_COLOR", "1");
-    let out = output_within(&mut cmd, TOOL_LIMIT).expect("smtp-screen dnsbl check");
-    assert!(
-        out.status.success(),
-        "smtp-screen dnsbl check {addr} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    run_within(&mut cmd, TOOL_LIMIT)
+        .unwrap_or_else(|e| panic!("smtp-screen dnsbl check {addr}: {e}"))
         .lines()
         .map(str::to_string)
         .collect()

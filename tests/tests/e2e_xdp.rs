@@ -19,7 +19,7 @@ use screen_common::Stat;
 use screen_tests::{
     netns::{
         ChildGuard, ConnectOutcome, Netns, PinDir, ScratchDir, TcpAcceptor, VethPair, connect_from,
-        output_within, smtp_screen_bin, subnet_index,
+        output_within, run_within, smtp_screen_bin, subnet_index,
     },
     require_root,
 };
@@ -792,12 +792,7 @@ fn generic_mode_and_programs_attached_by_others() {
     // the XDP one.
     let mut load = std::process::Command::new("bpftool");
     load.arg("prog").arg("load").arg(&object).arg(&prog_pin);
-    let out = output_within(&mut load, CLI_LIMIT).expect("bpftool prog load");
-    assert!(
-        out.status.success(),
-        "bpftool prog load: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_within(&mut load, CLI_LIMIT).unwrap_or_else(|e| panic!("bpftool prog load: {e}"));
     let mut show = std::process::Command::new("bpftool");
     show.args(["prog", "show", "pinned"]).arg(&prog_pin);
     let out = output_within(&mut show, CLI_LIMIT).expect("bpftool prog show");
@@ -807,12 +802,7 @@ fn generic_mode_and_programs_attached_by_others() {
         .args(["net", "attach", "xdpgeneric", "pinned"])
         .arg(&prog_pin)
         .args(["dev", iface]);
-    let out = output_within(&mut attach, CLI_LIMIT).expect("bpftool net attach");
-    assert!(
-        out.status.success(),
-        "bpftool net attach: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_within(&mut attach, CLI_LIMIT).unwrap_or_else(|e| panic!("bpftool net attach: {e}"));
     assert!(
         bed.server_link()
             .contains(&format!("prog/xdp id {foreign_id} ")),
