@@ -1,26 +1,40 @@
 //! What the hand-off costs a passed client: mail sent through smtp-screen to a real Postfix
-//! smtpd, against the same mail sent to that smtpd directly.
+//! smtpd, against the same mail sent to that smtpd directly, and against the same mail sent
+//! through Debian's postscreen.
 //!
 //! `cargo bench -p screen-tests --bench handoff` (append `-- --quick` for a short run).
 //!
 //! One Postfix instance in the server namespace listens on port 10025 of every address there,
 //! with the `discard` transport, so that delivery costs nothing and smtpd, cleanup and the
-//! queue manager are what the backend spends. Two daemons run beside it with
-//! `handoff = "proxy"` to 127.0.0.1:10025, one with `relay = "userspace"` on port 25 and one
-//! with `relay = "kernel"` on port 26. The clients are allowlisted (the access list permits
-//! their network), so no test delays them and each connection is handed off at once. They
-//! connect from a client namespace that takes all of 10.251.128.0/24 as local addresses.
+//! queue manager are what the backend spends. The same instance runs smtpd's `pass` service
+//! and postscreen on port [`POSTSCREEN_PORT`] of the server's address. The paths:
+//!
+//! - **direct**: the clients connect to smtpd on port 10025, the reference of every ratio;
+//! - **userspace relay** and **kernel relay**: two daemons with `handoff = "proxy"` to
+//!   127.0.0.1:10025, `relay = "userspace"` on port [`USERSPACE_PORT`] and `relay = "kernel"`
+//!   on port [`KERNEL_PORT`]: a second TCP connection, the bytes relayed in between;
+//! - **hand-off to Postfix**: a daemon with `handoff = "postfix"` on port [`POSTFIX_PORT`],
+//!   passing the client's socket itself to the `pass` service, as postscreen does: no relay,
+//!   no second connection;
+//! - **postscreen**: Postfix's own screener passing the socket to the same `pass` service, the
+//!   reference of what postscreen's hand-off costs.
+//!
+//! The clients are allowlisted (both access lists permit their network), so no test delays
+//! them and each connection is handed off at once. They connect from a client namespace that
+//! takes all of 10.251.128.0/24 as local addresses.
 //!
 //! Each session is a whole SMTP transaction: greeting, EHLO, MAIL, RCPT, DATA with a message
 //! of [`MESSAGE_BYTES`], QUIT, close. Its latency runs from the connect call to the `250` after
-//! the message; the whole session, to the server's close. A fixed number of clients run at once; each path (direct, userspace relay,
-//! kernel relay) gets the same number of sessions per round, and rounds interleave the paths
+//! the message; the whole session, to the server's close. A fixed number of clients run at
+//! once; each path gets the same number of sessions per round, and rounds interleave the paths
 //! so that a busy moment of the machine hits them alike. Figures are medians over rounds. The
-//! daemon's CPU (user plus system, /proc) is divided by the messages it relayed.
+//! screener's CPU (user plus system, /proc) is divided by the messages it passed: the daemon's
+//! for smtp-screen, the postscreen process's for postscreen (not master's, not smtpd's).
 //!
-//! Every session must get the replies it expects, and Postfix must log as many discarded
-//! deliveries as messages were sent; anything else stops the benchmark. The Markdown report
-//! goes to `$SMTP_SCREEN_BENCH_REPORT` (default `target/bench/handoff.md`).
+//! Every session must get the replies it expects, every screener must log an `ALLOWLISTED`
+//! line per session it took, and Postfix must log as many discarded deliveries as messages
+//! were sent on all the paths; anything else stops the benchmark. The Markdown report goes to
+//! `$SMTP_SCREEN_BENCH_REPORT` (default `target/bench/handoff.md`).
 
 use std::{
     fmt::Write as _,
@@ -43,16 +57,23 @@ use screen_tests::{
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     ensure_packages,
     netns::PinDir,
-    postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
+    postfix::{MAIL_DOMAIN, Postfix, PostfixConfig, postfix_version},
 };
+
+/// The target of the issue: a passed client's throughput against direct delivery.
+const TARGET_RATIO: f64 = 0.9;
 
 /// The clients' addresses: the client namespace holds all of them as local addresses.
 const CLIENT_NETWORK: &str = "10.251.128.0/24";
 /// Addresses in [`CLIENT_NETWORK`], leaving out .0 and .255: the first of the shared pool.
 const POOL_SIZE: usize = 254;
-/// Where the daemons listen, on the server's address.
+/// Where the screeners listen, on the server's address.
 const USERSPACE_PORT: u16 = 25;
 const KERNEL_PORT: u16 = 26;
+const POSTFIX_PORT: u16 = 27;
+const POSTSCREEN_PORT: u16 = 28;
+/// How long master may take to create the `pass` service's socket.
+const PASS_SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// The size of each message, headers and body.
 const MESSAGE_BYTES: usize = 16 * 1024;
 /// Sessions of each path before the measured rounds (smtpd processes start, caches fill).
@@ -61,7 +82,8 @@ const WARM_UP: usize = 50;
 const STEP_LIMIT: Duration = Duration::from_secs(10);
 /// The longest reply a session reads before it gives up on the server.
 const REPLY_MAX: usize = 16 * 1024;
-/// How long Postfix may take to log the last discarded delivery.
+/// How long Postfix may take to log the last discarded delivery, and a screener its last
+/// `ALLOWLISTED` line.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 
 /// How much work a run does.
@@ -105,17 +127,36 @@ enum Path {
     Direct,
     Userspace,
     Kernel,
+    /// smtp-screen with `handoff = "postfix"`: the socket goes to smtpd's `pass` service.
+    Postfix,
+    /// Debian's postscreen, handing the socket to the same `pass` service.
+    Postscreen,
 }
 
 impl Path {
-    const ALL: [Path; 3] = [Path::Direct, Path::Userspace, Path::Kernel];
+    /// In the order each round runs them, which is also the report's.
+    const ALL: [Path; 5] = [
+        Path::Direct,
+        Path::Userspace,
+        Path::Kernel,
+        Path::Postfix,
+        Path::Postscreen,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct to smtpd",
             Path::Userspace => "smtp-screen, userspace relay",
             Path::Kernel => "smtp-screen, kernel relay",
+            Path::Postfix => "smtp-screen, hand-off to Postfix",
+            Path::Postscreen => "postscreen",
         }
+    }
+
+    /// The path's place in [`Path::ALL`] (the order of declaration) and in each round's
+    /// measurements.
+    fn column(self) -> usize {
+        self as usize
     }
 }
 
@@ -147,21 +188,25 @@ fn run(budget: Budget) -> Result<PathBuf> {
                 m.p50.as_secs_f64() * 1e3,
                 m.p99.as_secs_f64() * 1e3,
                 m.session_p50.as_secs_f64() * 1e3,
-                m.daemon_us()
-                    .map(|us| format!(", daemon {us:.0} µs CPU per message"))
+                m.screener_us()
+                    .map(|us| format!(", screener {us:.0} µs CPU per message"))
                     .unwrap_or_default()
             );
             measured.push(m);
         }
         rounds.push(measured);
     }
-    let sent = (WARM_UP + budget.rounds * budget.sessions) * Path::ALL.len();
-    let discarded = lab.wait_for_discards(sent)?;
+    let per_path = WARM_UP + budget.rounds * budget.sessions;
+    for path in Path::ALL {
+        lab.wait_for_allowlisted(path, per_path)?;
+    }
+    let discarded = lab.wait_for_discards(per_path * Path::ALL.len())?;
 
     let report = report::render(&budget, &rounds, discarded, started.elapsed());
     let path = bench::write_report("handoff", &report)?;
     lab.userspace.stop();
     lab.kernel.stop();
+    lab.passing.stop();
     Ok(path)
 }
 
@@ -187,19 +232,80 @@ fn message() -> Vec<u8> {
     text.into_bytes()
 }
 
-/// Postfix and the two daemons, in the namespaces of one bed.
+/// Postfix (smtpd, its `pass` service and postscreen) and the three daemons, in the
+/// namespaces of one bed.
 struct Lab {
     postfix: Postfix,
     userspace: Daemon,
     kernel: Daemon,
-    _pins: [PinDir; 2],
+    /// `handoff = "postfix"`.
+    passing: Daemon,
+    _pins: [PinDir; 3],
     bed: Bed,
+}
+
+/// Who screens a path's clients, whose CPU time is counted.
+#[derive(Clone, Copy)]
+enum Screener<'a> {
+    Nobody,
+    Daemon(&'a Daemon),
+    /// The postscreen process of this instance.
+    Postscreen(&'a Postfix),
+}
+
+impl Screener<'_> {
+    /// The CPU time of each of the screener's processes so far.
+    fn cpu(self) -> Result<CpuSample> {
+        let pids = match self {
+            Screener::Nobody => Vec::new(),
+            Screener::Daemon(daemon) => vec![daemon.pid()],
+            Screener::Postscreen(postfix) => postfix.service_pids("postscreen"),
+        };
+        let times = pids
+            .into_iter()
+            .map(|pid| Ok((pid, process_cpu(pid)?)))
+            .collect::<Result<_>>()?;
+        Ok(CpuSample(times))
+    }
+}
+
+/// CPU times of processes by pid, at one moment.
+struct CpuSample(Vec<(u32, Duration)>);
+
+impl CpuSample {
+    /// The CPU the processes used since `earlier`, a process started since then counted whole.
+    /// A process of `earlier` that has exited took its time with it, so that is an error.
+    fn since(&self, earlier: &CpuSample) -> Result<Duration> {
+        if let Some((gone, _)) = earlier
+            .0
+            .iter()
+            .find(|(pid, _)| !self.0.iter().any(|(now, _)| now == pid))
+        {
+            return Err(format!(
+                "screener process {gone} exited during the batch; its CPU time is lost"
+            )
+            .into());
+        }
+        Ok(self
+            .0
+            .iter()
+            .map(|(pid, now)| {
+                let before = earlier.0.iter().find(|(p, _)| p == pid).map(|(_, t)| *t);
+                now.saturating_sub(before.unwrap_or_default())
+            })
+            .sum())
+    }
 }
 
 impl Lab {
     fn start() -> Result<Self> {
         let bed = Bed::new("handoff-bench", &[2]);
         bench::take_client_network(&bed, CLIENT_NETWORK, 2)?;
+        let table = bed.scratch.write(
+            "access.cidr",
+            format!("# every benchmark client is allowlisted\n{CLIENT_NETWORK} permit\n"),
+        )?;
+        let access_list = format!("permit_mynetworks, cidr:{}", table.display());
         let postfix = Postfix::start(
             &bed.server,
             &PostfixConfig::new(bed.backend_addr())
@@ -209,16 +315,25 @@ impl Lab {
                 .main_cf("virtual_transport", "discard")
                 .main_cf("default_transport", "discard")
                 // Direct clients are not in mynetworks; none of anvil's limits may slow them.
+                // postscreen's own count limit defaults to smtpd's, so it is off too.
                 .main_cf("smtpd_client_connection_count_limit", "0")
-                .main_cf("smtpd_client_connection_rate_limit", "0"),
+                .main_cf("smtpd_client_connection_rate_limit", "0")
+                .smtpd_pass_service()
+                .inet_listener(
+                    SocketAddr::new(bed.server_v4(), POSTSCREEN_PORT),
+                    "1",
+                    "postscreen",
+                )
+                .main_cf("postscreen_access_list", &access_list),
         )?;
-        let table = bed.scratch.write(
-            "access.cidr",
-            format!("# every benchmark client is allowlisted\n{CLIENT_NETWORK} permit\n"),
-        )?;
-        let pins = [PinDir::new("handoff-user"), PinDir::new("handoff-kernel")];
-        let daemon = |mode: &str, port: u16, pin: &PinDir| {
-            let state = bed.scratch.path().join(format!("state-{mode}"));
+        let pass_socket = postfix.wait_for_pass_socket("smtpd", PASS_SOCKET_WAIT)?;
+        let pins = [
+            PinDir::new("handoff-user"),
+            PinDir::new("handoff-kernel"),
+            PinDir::new("handoff-postfix"),
+        ];
+        let daemon = |name: &str, port: u16, pin: &PinDir, handoff: &[(&'static str, String)]| {
+            let state = bed.scratch.path().join(format!("state-{name}"));
             let config = DaemonConfig::new(&bed)
                 .set(
                     "listen",
@@ -226,19 +341,30 @@ impl Lab {
                 )
                 .set("state_dir", quoted(state.display()))
                 .set("backend_proxy_protocol", quoted("none"))
-                .set(
-                    "access_list",
-                    quoted(format!("permit_mynetworks, cidr:{}", table.display())),
-                )
+                .set("access_list", quoted(&access_list))
                 .set("client_connection_count_limit", "1000")
                 .set("pre_queue_limit", "1000")
-                .set("post_queue_limit", "1000")
-                .set("relay", quoted(mode))
-                .write(&bed, &format!("{mode}.toml"));
-            Daemon::start(&bed, pin, &config, &format!("{mode}.log"))
+                .set("post_queue_limit", "1000");
+            let config = handoff
+                .iter()
+                .fold(config, |config, (key, value)| {
+                    config.set(key, value.clone())
+                })
+                .write(&bed, &format!("{name}.toml"));
+            Daemon::start(&bed, pin, &config, &format!("{name}.log"))
         };
-        let userspace = daemon("userspace", USERSPACE_PORT, &pins[0]);
-        let kernel = daemon("kernel", KERNEL_PORT, &pins[1]);
+        let userspace = daemon(
+            "userspace",
+            USERSPACE_PORT,
+            &pins[0],
+            &[("relay", quoted("userspace"))],
+        );
+        let kernel = daemon(
+            "kernel",
+            KERNEL_PORT,
+            &pins[1],
+            &[("relay", quoted("kernel"))],
+        );
         for (daemon, mode) in [(&userspace, "userspace"), (&kernel, "kernel")] {
             if !daemon.log().contains(&format!("hand-off relay: {mode}")) {
                 return Err(format!(
@@ -248,27 +374,83 @@ impl Lab {
                 .into());
             }
         }
+        // The pass service's socket is in a directory only the mail owner may enter.
+        let passing = daemon(
+            "postfix",
+            POSTFIX_PORT,
+            &pins[2],
+            &[
+                ("handoff", quoted("postfix")),
+                ("postfix_pass_socket", quoted(pass_socket.display())),
+                ("user", quoted("postfix")),
+            ],
+        );
         Ok(Self {
             postfix,
             userspace,
             kernel,
+            passing,
             _pins: pins,
             bed,
         })
     }
 
-    fn target(&self, path: Path) -> (SocketAddr, Option<&Daemon>) {
+    fn target(&self, path: Path) -> (SocketAddr, Screener<'_>) {
         let server: IpAddr = self.bed.server_v4();
         match path {
             Path::Direct => (
                 SocketAddr::new(server, self.bed.backend_addr().port()),
-                None,
+                Screener::Nobody,
             ),
             Path::Userspace => (
                 SocketAddr::new(server, USERSPACE_PORT),
-                Some(&self.userspace),
+                Screener::Daemon(&self.userspace),
             ),
-            Path::Kernel => (SocketAddr::new(server, KERNEL_PORT), Some(&self.kernel)),
+            Path::Kernel => (
+                SocketAddr::new(server, KERNEL_PORT),
+                Screener::Daemon(&self.kernel),
+            ),
+            Path::Postfix => (
+                SocketAddr::new(server, POSTFIX_PORT),
+                Screener::Daemon(&self.passing),
+            ),
+            Path::Postscreen => (
+                SocketAddr::new(server, POSTSCREEN_PORT),
+                Screener::Postscreen(&self.postfix),
+            ),
+        }
+    }
+
+    /// Waits until the screener of `path` has logged `expected` `ALLOWLISTED` lines, one per
+    /// session: the clients did pass through it, and the access list let each of them by.
+    fn wait_for_allowlisted(&self, path: Path, expected: usize) -> Result<()> {
+        let screener = self.target(path).1;
+        let count = || {
+            let lines = match screener {
+                Screener::Nobody => return expected,
+                Screener::Daemon(daemon) => daemon.lines(),
+                Screener::Postscreen(postfix) => postfix.program_lines("postscreen"),
+            };
+            lines
+                .iter()
+                .filter(|line| line.starts_with("ALLOWLISTED "))
+                .count()
+        };
+        let deadline = Instant::now() + DELIVERY_WAIT;
+        loop {
+            let allowlisted = count();
+            if allowlisted == expected {
+                return Ok(());
+            }
+            if allowlisted > expected || Instant::now() >= deadline {
+                return Err(format!(
+                    "{}: {expected} sessions, but the screener logged {allowlisted} ALLOWLISTED \
+                     lines",
+                    path.name()
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -305,7 +487,8 @@ struct Measured {
     p99: Duration,
     /// Whole sessions, connect to close.
     session_p50: Duration,
-    daemon_cpu: Option<Duration>,
+    /// The screener's CPU time; none for direct delivery.
+    screener_cpu: Option<Duration>,
 }
 
 impl Measured {
@@ -313,8 +496,8 @@ impl Measured {
         self.sessions as f64 / self.wall.as_secs_f64()
     }
 
-    fn daemon_us(&self) -> Option<f64> {
-        self.daemon_cpu
+    fn screener_us(&self) -> Option<f64> {
+        self.screener_cpu
             .map(|cpu| cpu.as_secs_f64() * 1e6 / self.sessions as f64)
     }
 }
@@ -327,8 +510,8 @@ fn run_batch(
     message: &[u8],
     budget: &Budget,
 ) -> Result<Measured> {
-    let (dst, daemon) = lab.target(path);
-    let cpu_before = daemon.map(|d| process_cpu(d.pid())).transpose()?;
+    let (dst, screener) = lab.target(path);
+    let cpu_before = screener.cpu()?;
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<String>> = Mutex::new(None);
     let latencies = Mutex::new(Vec::with_capacity(sessions));
@@ -389,9 +572,9 @@ fn run_batch(
         )
         .into());
     }
-    let daemon_cpu = match (daemon, cpu_before) {
-        (Some(daemon), Some(before)) => Some(process_cpu(daemon.pid())? - before),
-        _ => None,
+    let screener_cpu = match screener {
+        Screener::Nobody => None,
+        _ => Some(screener.cpu()?.since(&cpu_before)?),
     };
     Ok(Measured {
         sessions,
@@ -399,7 +582,7 @@ fn run_batch(
         p50: quantile(&latencies, 0.5),
         p99: quantile(&latencies, 0.99),
         session_p50: quantile(&sessions_taken, 0.5),
-        daemon_cpu,
+        screener_cpu,
     })
 }
 
@@ -524,16 +707,17 @@ mod report {
             "| relay | before: vs direct | before: daemon CPU µs/message | after (this run): vs direct | after: daemon CPU µs/message |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-        for (column, (before_ratio, before_us)) in [(1, BEFORE_PASS[0]), (2, BEFORE_PASS[1])] {
-            let after = summarize(rounds, column);
+        for (path, (before_ratio, before_us)) in [
+            (Path::Userspace, BEFORE_PASS[0]),
+            (Path::Kernel, BEFORE_PASS[1]),
+        ] {
+            let after = summarize(rounds, path);
             let _ = writeln!(
                 out,
                 "| {} | {before_ratio:.2}x | {before_us:.0} | {:.2}x | {} |",
-                Path::ALL[column].name(),
+                path.name(),
                 after.per_second / direct.per_second,
-                after
-                    .daemon_us
-                    .map_or("–".to_string(), |us| format!("{us:.0}"))
+                cpu_cell(after.screener_us)
             );
         }
         let _ = writeln!(out);
@@ -545,24 +729,57 @@ mod report {
         p50_ms: f64,
         p99_ms: f64,
         session_ms: f64,
-        daemon_us: Option<f64>,
+        screener_us: Option<f64>,
     }
 
-    fn summarize(rounds: &[Vec<Measured>], column: usize) -> Summary {
+    fn summarize(rounds: &[Vec<Measured>], path: Path) -> Summary {
+        let column = path.column();
         let of = |f: &dyn Fn(&Measured) -> f64| {
             median(&rounds.iter().map(|r| f(&r[column])).collect::<Vec<_>>())
         };
-        let daemon: Vec<f64> = rounds
+        let screener: Vec<f64> = rounds
             .iter()
-            .filter_map(|r| r[column].daemon_us())
+            .filter_map(|r| r[column].screener_us())
             .collect();
         Summary {
             per_second: of(&|m| m.per_second()),
             p50_ms: of(&|m| m.p50.as_secs_f64() * 1e3),
             p99_ms: of(&|m| m.p99.as_secs_f64() * 1e3),
             session_ms: of(&|m| m.session_p50.as_secs_f64() * 1e3),
-            daemon_us: (!daemon.is_empty()).then(|| median(&daemon)),
+            screener_us: (!screener.is_empty()).then(|| median(&screener)),
         }
+    }
+
+    fn cpu_cell(us: Option<f64>) -> String {
+        us.map_or("–".to_string(), |us| format!("{us:.0}"))
+    }
+
+    /// Which paths reach [`TARGET_RATIO`] of direct delivery's throughput, in plain words; the
+    /// ratios with three decimals, so that a 0.897x that misses does not read as 0.90x.
+    fn verdicts(out: &mut String, rounds: &[Vec<Measured>], direct: &Summary) {
+        let _ = writeln!(
+            out,
+            "**Target: at least {TARGET_RATIO}x the throughput of direct delivery.**\n"
+        );
+        for path in Path::ALL.into_iter().filter(|&path| path != Path::Direct) {
+            let ratio = summarize(rounds, path).per_second / direct.per_second;
+            let _ = writeln!(
+                out,
+                "- {}{}: {ratio:.3}x, {}.",
+                path.name(),
+                if path == Path::Postscreen {
+                    " (the reference, not smtp-screen)"
+                } else {
+                    ""
+                },
+                if ratio >= TARGET_RATIO {
+                    "**meets** the target"
+                } else {
+                    "does **not** meet the target"
+                }
+            );
+        }
+        let _ = writeln!(out);
     }
 
     pub fn render(
@@ -577,18 +794,23 @@ mod report {
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(
             out,
-            "- Backend: Postfix smtpd with the `discard` transport; {discarded} messages \
-             discarded, as many as were sent.\n"
+            "- Backend: Postfix smtpd with the `discard` transport, its `pass` service and \
+             postscreen ({}); {discarded} messages discarded, as many as were sent.\n",
+            postfix_version()
         );
         let _ = writeln!(
             out,
             "Allowlisted clients, {} at a time, each session a whole transaction with a {} KiB \
              message; {} sessions per path and round, {} round{}, the paths interleaved. \
              Latency is from the connect call to the `250` after the message; a session is \
-             from the connect call to the server's close after `221`. Daemon CPU is user plus \
-             system time from /proc (ticks of {} ms) divided by the messages; the kernel \
-             relay's own work (the verdict program in softirq, the sends in kworker threads) \
-             is not in it. The clients, the daemons and Postfix share the machine's cores.\n",
+             from the connect call to the server's close after `221`. Screener CPU is user \
+             plus system time from /proc (ticks of {} ms) divided by the messages: the \
+             smtp-screen daemon's, or the postscreen process's (master, which starts and \
+             reaps smtpd, and smtpd itself are in no path's figure); the kernel relay's own \
+             work (the verdict program in softirq, the sends in kworker threads) is not in it. \
+             The hand-off to Postfix and postscreen pass the client's socket to smtpd's `pass` \
+             service: no relay, no second connection. The clients, the daemons and Postfix \
+             share the machine's cores.\n",
             budget.concurrency,
             MESSAGE_BYTES / 1024,
             budget.sessions,
@@ -596,14 +818,14 @@ mod report {
             if rounds.len() == 1 { "" } else { "s" },
             1000 / clock_ticks_per_second()
         );
-        let direct = summarize(rounds, 0);
+        let direct = summarize(rounds, Path::Direct);
         let _ = writeln!(
             out,
-            "| path | messages/s | vs direct | latency p50 ms | p99 ms | p99 vs direct | session p50 ms | daemon CPU µs/message |"
+            "| path | messages/s | vs direct | latency p50 ms | p99 ms | p99 vs direct | session p50 ms | screener CPU µs/message |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        for (column, path) in Path::ALL.iter().enumerate() {
-            let s = summarize(rounds, column);
+        for path in Path::ALL {
+            let s = summarize(rounds, path);
             let _ = writeln!(
                 out,
                 "| {} | {:.0} | {:.2}x | {:.2} | {:.2} | {:.2}x | {:.2} | {} |",
@@ -614,23 +836,16 @@ mod report {
                 s.p99_ms,
                 s.p99_ms / direct.p99_ms,
                 s.session_ms,
-                s.daemon_us.map_or("–".to_string(), |us| format!("{us:.0}"))
+                cpu_cell(s.screener_us)
             );
         }
-        let kernel = summarize(rounds, 2);
-        let ratio = kernel.per_second / direct.per_second;
-        let _ = writeln!(
-            out,
-            "\n**Kernel relay: {:.2}x the throughput of direct delivery (target: at least \
-             0.9x){}.**\n",
-            ratio,
-            if ratio >= 0.9 { ", met" } else { ", not met" }
-        );
+        let _ = writeln!(out);
+        verdicts(&mut out, rounds, &direct);
         profile_pass(&mut out, rounds, &direct);
         let _ = writeln!(out, "## Rounds\n");
         let _ = writeln!(
             out,
-            "| round | path | sessions | wall s | messages/s | p50 ms | p99 ms | session p50 ms | daemon CPU µs/message |"
+            "| round | path | sessions | wall s | messages/s | p50 ms | p99 ms | session p50 ms | screener CPU µs/message |"
         );
         let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for (i, round) in rounds.iter().enumerate() {
@@ -646,8 +861,7 @@ mod report {
                     m.p50.as_secs_f64() * 1e3,
                     m.p99.as_secs_f64() * 1e3,
                     m.session_p50.as_secs_f64() * 1e3,
-                    m.daemon_us()
-                        .map_or("–".to_string(), |us| format!("{us:.0}"))
+                    cpu_cell(m.screener_us())
                 );
             }
         }

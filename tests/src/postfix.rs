@@ -124,6 +124,14 @@ impl PostfixConfig {
         self
     }
 
+    /// Adds another `inet` listener, on `listen` alone (`HOST:PORT` in `master.cf` binds that
+    /// address whatever `inet_interfaces` says), running `command` with at most `maxproc`
+    /// processes: such as postscreen on one port beside a plain smtpd on another.
+    pub fn inet_listener(self, listen: SocketAddr, maxproc: &str, command: &str) -> Self {
+        let line = inet_line(&listen.to_string(), maxproc, command);
+        self.master_cf(&line)
+    }
+
     /// Adds smtpd's `pass` service ([`SMTPD_PASS_SERVICE`]), which takes clients handed over as
     /// sockets, as postscreen hands them over.
     pub fn smtpd_pass_service(self) -> Self {
@@ -184,18 +192,25 @@ impl PostfixConfig {
     }
 
     fn master_cf_text(&self) -> String {
-        let mut text = format!(
-            "{:<9} inet  n       -       n       -       {:<7} {}\n{MASTER_CF}",
-            self.listen.port(),
-            self.inet_maxproc,
-            self.inet_command
+        let mut text = inet_line(
+            &self.listen.port().to_string(),
+            &self.inet_maxproc,
+            &self.inet_command,
         );
+        text.push('\n');
+        text.push_str(MASTER_CF);
         for line in &self.master {
             text.push_str(line);
             text.push('\n');
         }
         text
     }
+}
+
+/// The `master.cf` line of an `inet` service named `service` (a port, or `HOST:PORT`), chroot
+/// off like every other service of the instance.
+fn inet_line(service: &str, maxproc: &str, command: &str) -> String {
+    format!("{service:<9} inet  n       -       n       -       {maxproc:<7} {command}")
 }
 
 /// A running Postfix instance. Dropping it stops the instance, kills whatever of it is still
@@ -553,6 +568,24 @@ mod tests {
         );
         assert!(
             master.ends_with("smtpd     pass  -       -       n       -       -       smtpd\n")
+        );
+    }
+
+    #[test]
+    fn a_second_listener_binds_its_own_address() {
+        let config = PostfixConfig::new("127.0.0.1:10025".parse().unwrap()).inet_listener(
+            "10.251.3.1:28".parse().unwrap(),
+            "1",
+            "postscreen",
+        );
+        let master = config.master_cf_text();
+        assert!(
+            master.starts_with("10025     inet  n       -       n       -       -       smtpd\n")
+        );
+        assert!(
+            master.ends_with(
+                "10.251.3.1:28 inet  n       -       n       -       1       postscreen\n"
+            )
         );
     }
 }
