@@ -15,6 +15,16 @@ use anyhow::{Context as _, bail};
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 
+/// Flags of the BPF build. BTF for `bpftool` and the loader; and loads of any alignment: the
+/// wire headers are byte arrays, and without the feature LLVM reads every 16- and 32-bit field
+/// a byte at a time and shifts the bytes together. The kernel allows misaligned packet access
+/// on every architecture with efficient unaligned access (x86-64 and arm64 among them).
+const BPF_RUSTFLAGS: &[&str] = &[
+    "-Cdebuginfo=2",
+    "-Clink-arg=--btf",
+    "-Clink-arg=--cpu-features=+allows-misaligned-mem-access",
+];
+
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir
@@ -26,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SMTP_SCREEN_BPF_CARGO");
     println!("cargo:rerun-if-env-changed=SMTP_SCREEN_BPF_RUSTC");
     if let Some(object) = env::var_os("SMTP_SCREEN_EBPF_OBJECT") {
+        println!("cargo:rerun-if-changed={}", Path::new(&object).display());
         std::fs::copy(&object, &out)
             .with_context(|| format!("copying SMTP_SCREEN_EBPF_OBJECT={object:?}"))?;
         return Ok(());
@@ -82,10 +93,7 @@ fn build_ebpf(workspace: &Path) -> anyhow::Result<PathBuf> {
         .env_remove("CARGO")
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        );
+        .env("CARGO_ENCODED_RUSTFLAGS", BPF_RUSTFLAGS.join("\x1f"));
     // bpf-linker lives where `cargo install` put it.
     let mut path = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
     if let Some(home) = env::var_os("HOME") {

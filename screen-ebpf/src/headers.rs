@@ -101,10 +101,45 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// As [`ptr_at`], for writing.
-#[inline(always)]
-pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
+/// The frame's bounds read afresh, for code that goes back to headers the parser checked (the
+/// RST builder). With the bounds the parser used, the compiler drops checks it knows to pass
+/// and derives the pointer anew, and the verifier, which tracks the checked range per pointer,
+/// then rejects the access; volatile loads keep every check in place.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn fresh(ctx: &XdpContext) -> Self {
+        // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
+        let (start, end) = unsafe {
+            (
+                core::ptr::read_volatile(&(*ctx.ctx).data),
+                core::ptr::read_volatile(&(*ctx.ctx).data_end),
+            )
+        };
+        Self {
+            start: start as usize,
+            end: end as usize,
+        }
+    }
+
+    /// A pointer to a `T` at `offset` bytes into the frame, if the whole `T` lies inside it.
+    #[inline(always)]
+    pub fn ptr_at<T>(self, offset: usize) -> Option<*mut T> {
+        if self.start + offset + size_of::<T>() > self.end {
+            return None;
+        }
+        Some((self.start + offset) as *mut T)
+    }
+
+    #[inline(always)]
+    pub fn len(self) -> usize {
+        self.end - self.start
+    }
 }
 
 /// Whether `len` bytes starting at `offset` lie inside the frame.

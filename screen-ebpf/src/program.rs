@@ -91,23 +91,33 @@ enum DenyReason {
     Dynamic,
 }
 
-/// The headers of a screened SYN, as pointers into the frame that the parser checked. The RST
-/// builder copies what it needs: copying the headers for every SYN cost dozens of single-byte
-/// loads and stack stores that only the RST path uses.
+/// Where the headers of a screened SYN lie in the frame. Offsets only: the RST builder, the
+/// one user, finds the headers again, so the hot path keeps nothing alive for it.
 #[derive(Clone, Copy)]
 pub struct Syn {
-    pub net: Network,
+    pub family: Family,
+    /// Offset of the network header.
+    pub l3: usize,
     /// Offset of the TCP header.
     pub l4: usize,
-    pub tcp: *const TcpHdr,
 }
 
-/// The network header of a screened SYN: its offset and where it is.
-#[derive(Clone, Copy)]
-pub enum Network {
-    V4 { l3: usize, ip: *const Ipv4Hdr },
-    V6 { l3: usize, ip: *const Ipv6Hdr },
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
+
+/// The first 54 bytes of the frame most SYNs arrive in: no VLAN tag, an IPv4 header without
+/// options, and the fixed part of the TCP header.
+#[repr(C)]
+struct PlainV4 {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    tcp: TcpHdr,
+}
+
+const PLAIN_L4: usize = ETH_LEN + IPV4_LEN;
 
 #[inline(always)]
 fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
@@ -115,6 +125,13 @@ fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
     let Some(config) = CONFIG.get(0) else {
         return Ok(XDP_PASS);
     };
+    if let Some(plain) = ptr_at::<PlainV4>(ctx, 0) {
+        // SAFETY: the parser checked that the 54 bytes lie inside the frame.
+        let plain = unsafe { &*plain };
+        if be16(plain.eth.proto) == ETH_P_IPV4 && plain.ip.version_ihl == 0x45 {
+            return screen_plain_v4(ctx, config, counters, plain);
+        }
+    }
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Unparsed)?;
     let mut proto = be16(unsafe { (*eth).proto });
     let mut off = ETH_LEN;
@@ -135,6 +152,29 @@ fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
     }
 }
 
+/// An untagged IPv4 frame without options: every header it needs was bounds-checked at once,
+/// at offsets that are constants.
+#[inline(always)]
+fn screen_plain_v4(
+    ctx: &XdpContext,
+    config: &ScreenConfig,
+    counters: &mut Counters,
+    plain: &PlainV4,
+) -> Result<u32, Unparsed> {
+    if !carries_tcp_v4(&plain.ip, counters)
+        || !syn_to_protected_port(ctx, config, &plain.tcp, PLAIN_L4)?
+    {
+        return Ok(XDP_PASS);
+    }
+    let syn = Syn {
+        family: Family::V4,
+        l3: ETH_LEN,
+        l4: PLAIN_L4,
+    };
+    Ok(verdict_v4(ctx, config, counters, plain.ip.src, syn))
+}
+
+/// Any other IPv4 frame: behind VLAN tags, or with IP options.
 #[inline(always)]
 fn screen_v4(
     ctx: &XdpContext,
@@ -143,11 +183,12 @@ fn screen_v4(
     l3: usize,
 ) -> Result<u32, Unparsed> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Unparsed)?;
-    let version_ihl = unsafe { (*ip).version_ihl };
-    if version_ihl >> 4 != 4 {
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
+    let ip = unsafe { &*ip };
+    if ip.version_ihl >> 4 != 4 {
         return Err(Unparsed);
     }
-    let ihl = (version_ihl & 0x0f) as usize;
+    let ihl = (ip.version_ihl & 0x0f) as usize;
     if ihl < 5 {
         return Err(Unparsed);
     }
@@ -155,35 +196,53 @@ fn screen_v4(
     if !has_bytes(ctx, l3, hdr_len) {
         return Err(Unparsed);
     }
-    // A non-first fragment carries no TCP header; the stack reassembles it.
-    if be16(unsafe { (*ip).frag_off }) & 0x1fff != 0 {
-        counters.fragments += 1;
-        return Ok(XDP_PASS);
-    }
-    if unsafe { (*ip).protocol } != IPPROTO_TCP {
+    if !carries_tcp_v4(ip, counters) {
         return Ok(XDP_PASS);
     }
     let l4 = l3 + hdr_len;
-    let Some(tcp) = syn_to_protected_port(ctx, config, l4)? else {
+    let tcp = ptr_at::<TcpHdr>(ctx, l4).ok_or(Unparsed)?;
+    // SAFETY: as above.
+    if !syn_to_protected_port(ctx, config, unsafe { &*tcp }, l4)? {
         return Ok(XDP_PASS);
-    };
-    counters.syn_screened += 1;
-
-    let src = unsafe { (*ip).src };
+    }
     let syn = Syn {
-        net: Network::V4 { l3, ip },
+        family: Family::V4,
+        l3,
         l4,
-        tcp,
     };
+    Ok(verdict_v4(ctx, config, counters, ip.src, syn))
+}
+
+/// Whether an IPv4 packet starts a TCP segment. A non-first fragment carries no TCP header (the
+/// stack reassembles it) and is counted.
+#[inline(always)]
+fn carries_tcp_v4(ip: &Ipv4Hdr, counters: &mut Counters) -> bool {
+    if be16(ip.frag_off) & 0x1fff != 0 {
+        counters.fragments += 1;
+        return false;
+    }
+    ip.protocol == IPPROTO_TCP
+}
+
+/// The verdict on a screened SYN from IPv4 source `src`.
+#[inline(always)]
+fn verdict_v4(
+    ctx: &XdpContext,
+    config: &ScreenConfig,
+    counters: &mut Counters,
+    src: [u8; 4],
+    syn: Syn,
+) -> u32 {
+    counters.syn_screened += 1;
     match static_v4(config, src) {
         Listed::Allow => {
             counters.passed_allow += 1;
-            Ok(XDP_PASS)
+            XDP_PASS
         }
-        Listed::Deny => Ok(deny(ctx, config, counters, DenyReason::Static, syn)),
+        Listed::Deny => deny(ctx, config, counters, DenyReason::Static, syn),
         Listed::Unlisted => {
             let entry = unsafe { DYN_V4.get(DynKeyV4 { addr: src }) };
-            Ok(dynamic_verdict(ctx, config, counters, entry.copied(), syn))
+            dynamic_verdict(ctx, config, counters, entry.copied(), syn)
         }
     }
 }
@@ -302,16 +361,18 @@ fn screen_v6(
         // More extension headers than the parser walks.
         return Err(Unparsed);
     }
-    let Some(tcp) = syn_to_protected_port(ctx, config, l4)? else {
+    let tcp = ptr_at::<TcpHdr>(ctx, l4).ok_or(Unparsed)?;
+    // SAFETY: `ptr_at` checked that the header lies inside the frame.
+    if !syn_to_protected_port(ctx, config, unsafe { &*tcp }, l4)? {
         return Ok(XDP_PASS);
-    };
+    }
     counters.syn_screened += 1;
 
     let src = unsafe { (*ip).src };
     let syn = Syn {
-        net: Network::V6 { l3, ip },
+        family: Family::V6,
+        l3,
         l4,
-        tcp,
     };
     match static_v6(config, src) {
         Listed::Allow => {
@@ -329,23 +390,20 @@ fn screen_v6(
     }
 }
 
-/// Reads the TCP header at `l4`; `Some` only for a SYN without ACK to a protected port.
+/// Whether `tcp`, the header at `l4`, is a SYN without ACK to a protected port. Its options
+/// must lie inside the frame too.
 #[inline(always)]
 fn syn_to_protected_port(
     ctx: &XdpContext,
     config: &ScreenConfig,
+    tcp: &TcpHdr,
     l4: usize,
-) -> Result<Option<*const TcpHdr>, Unparsed> {
-    let tcp = ptr_at::<TcpHdr>(ctx, l4).ok_or(Unparsed)?;
-    let (doff, flags) = unsafe { ((*tcp).doff, (*tcp).flags) };
-    let doff = (doff >> 4) as usize;
+) -> Result<bool, Unparsed> {
+    let doff = (tcp.doff >> 4) as usize;
     if doff < 5 || !has_bytes(ctx, l4, doff * 4) {
         return Err(Unparsed);
     }
-    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return Ok(None);
-    }
-    Ok(config.protects(be16(unsafe { (*tcp).dest })).then_some(tcp))
+    Ok(tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && config.protects(be16(tcp.dest)))
 }
 
 #[inline(always)]

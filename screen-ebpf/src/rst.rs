@@ -10,85 +10,29 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
 use crate::{
     headers::*,
-    program::{Network, Syn},
+    program::{Family, Syn},
 };
+
+/// An IP header directly followed by the TCP header: the part of the frame the reply rewrites,
+/// read and written as one piece behind one bounds check.
+#[repr(C)]
+struct Segment<Ip> {
+    ip: Ip,
+    tcp: TcpHdr,
+}
 
 /// Rewrites the frame into the RST reply. `false` leaves the caller to drop the frame.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, Syn { net, l4, tcp: syn }: Syn) -> bool {
-    // Copied before anything is rewritten.
-    let syn = &unsafe { syn.read_unaligned() };
-    let doff_len = ((syn.doff >> 4) as usize) * 4;
-    let mut tcp = TcpHdr {
-        source: syn.dest,
-        dest: syn.source,
-        seq: [0; 4],
-        ack_seq: [0; 4],
-        doff: 5 << 4,
-        flags: TCP_RST | TCP_ACK,
-        window: [0; 2],
-        check: [0; 2],
-        urg_ptr: [0; 2],
+pub fn reply(ctx: &XdpContext, Syn { family, l3, l4 }: Syn) -> bool {
+    let frame = Frame::fresh(ctx);
+    let rewritten = match family {
+        Family::V4 => l4 == l3 + IPV4_LEN && reply_v4(frame, l3),
+        Family::V6 => l4 == l3 + IPV6_LEN && reply_v6(frame, l3),
     };
-    let sum = match net {
-        Network::V4 { l3, ip } => {
-            if l4 != l3 + IPV4_LEN {
-                return false;
-            }
-            let hdr = unsafe { ip.read_unaligned() };
-            let payload = (be16(hdr.tot_len) as usize).saturating_sub(IPV4_LEN + doff_len);
-            tcp.ack_seq = ack_for(syn, payload);
-            let mut ip = Ipv4Hdr {
-                version_ihl: 0x45,
-                tos: 0,
-                tot_len: ((IPV4_LEN + TCP_LEN) as u16).to_be_bytes(),
-                id: [0; 2],
-                // Don't fragment.
-                frag_off: [0x40, 0],
-                ttl: 64,
-                protocol: IPPROTO_TCP,
-                check: [0; 2],
-                src: hdr.dst,
-                dst: hdr.src,
-            };
-            ip.check = fold(sum_ipv4(&ip)).to_be_bytes();
-            let Some(out) = ptr_at_mut::<Ipv4Hdr>(ctx, l3) else {
-                return false;
-            };
-            unsafe { out.write_unaligned(ip) };
-            let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
-            pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32
-        }
-        Network::V6 { l3, ip } => {
-            if l4 != l3 + IPV6_LEN {
-                return false;
-            }
-            let hdr = unsafe { ip.read_unaligned() };
-            let payload = (be16(hdr.payload_len) as usize).saturating_sub(doff_len);
-            tcp.ack_seq = ack_for(syn, payload);
-            let ip = Ipv6Hdr {
-                version_class_flow: [0x60, 0, 0, 0],
-                payload_len: (TCP_LEN as u16).to_be_bytes(),
-                next_header: IPPROTO_TCP,
-                hop_limit: 64,
-                src: hdr.dst,
-                dst: hdr.src,
-            };
-            let Some(out) = ptr_at_mut::<Ipv6Hdr>(ctx, l3) else {
-                return false;
-            };
-            unsafe { out.write_unaligned(ip) };
-            let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
-            pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32
-        }
-    };
-    tcp.check = fold(sum_tcp(sum, &tcp)).to_be_bytes();
-    let Some(out) = ptr_at_mut::<TcpHdr>(ctx, l4) else {
+    if !rewritten {
         return false;
-    };
-    unsafe { out.write_unaligned(tcp) };
-
-    let Some(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else {
+    }
+    let Some(eth) = frame.ptr_at::<EthHdr>(0) else {
         return false;
     };
     unsafe {
@@ -100,15 +44,90 @@ pub fn reply(ctx: &XdpContext, Syn { net, l4, tcp: syn }: Syn) -> bool {
         });
     }
 
-    let len = ctx.data_end() - ctx.data();
     let want = l4 + TCP_LEN;
-    if len > want {
-        let delta = -((len - want) as i32);
+    if frame.len() > want {
+        let delta = -((frame.len() - want) as i32);
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
             return false;
         }
     }
     true
+}
+
+/// Rewrites the IPv4 header at `l3` and the TCP header after it.
+#[inline(always)]
+fn reply_v4(frame: Frame, l3: usize) -> bool {
+    let Some(at) = frame.ptr_at::<Segment<Ipv4Hdr>>(l3) else {
+        return false;
+    };
+    // Copied before anything is rewritten.
+    let Segment { ip: hdr, tcp: syn } = unsafe { at.read_unaligned() };
+    let payload = (be16(hdr.tot_len) as usize).saturating_sub(IPV4_LEN + header_len(&syn));
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: ((IPV4_LEN + TCP_LEN) as u16).to_be_bytes(),
+        id: [0; 2],
+        // Don't fragment.
+        frag_off: [0x40, 0],
+        ttl: 64,
+        protocol: IPPROTO_TCP,
+        check: [0; 2],
+        src: hdr.dst,
+        dst: hdr.src,
+    };
+    ip.check = fold(sum_ipv4(&ip)).to_be_bytes();
+    let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
+    let tcp = rst_for(&syn, payload, pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32);
+    unsafe { at.write_unaligned(Segment { ip, tcp }) };
+    true
+}
+
+/// Rewrites the IPv6 header at `l3` and the TCP header after it.
+#[inline(always)]
+fn reply_v6(frame: Frame, l3: usize) -> bool {
+    let Some(at) = frame.ptr_at::<Segment<Ipv6Hdr>>(l3) else {
+        return false;
+    };
+    let Segment { ip: hdr, tcp: syn } = unsafe { at.read_unaligned() };
+    let payload = (be16(hdr.payload_len) as usize).saturating_sub(header_len(&syn));
+    let ip = Ipv6Hdr {
+        version_class_flow: [0x60, 0, 0, 0],
+        payload_len: (TCP_LEN as u16).to_be_bytes(),
+        next_header: IPPROTO_TCP,
+        hop_limit: 64,
+        src: hdr.dst,
+        dst: hdr.src,
+    };
+    let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
+    let tcp = rst_for(&syn, payload, pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32);
+    unsafe { at.write_unaligned(Segment { ip, tcp }) };
+    true
+}
+
+/// The TCP header length with options, in bytes.
+#[inline(always)]
+fn header_len(tcp: &TcpHdr) -> usize {
+    ((tcp.doff >> 4) as usize) * 4
+}
+
+/// The RST+ACK answering `syn`, which carried `payload` bytes of data, with its checksum over
+/// the pseudo-header sum `pseudo`.
+#[inline(always)]
+fn rst_for(syn: &TcpHdr, payload: usize, pseudo: u32) -> TcpHdr {
+    let mut tcp = TcpHdr {
+        source: syn.dest,
+        dest: syn.source,
+        seq: [0; 4],
+        ack_seq: ack_for(syn, payload),
+        doff: 5 << 4,
+        flags: TCP_RST | TCP_ACK,
+        window: [0; 2],
+        check: [0; 2],
+        urg_ptr: [0; 2],
+    };
+    tcp.check = fold(sum_tcp(pseudo, &tcp)).to_be_bytes();
+    tcp
 }
 
 #[inline(always)]
