@@ -26,6 +26,15 @@ pub mod map_name {
     pub const CONFIG: &str = "scr_config";
     /// Per-CPU counters: one [`Counters`](super::Counters) record per CPU (array of one).
     pub const STATS: &str = "scr_stats";
+    /// The copy of the configuration record that the XDP program reads: its global data, in
+    /// the object section of this name (an array of one without BTF, which the loader names
+    /// after the section), reached through a direct address instead of a map lookup. Written
+    /// after [`CONFIG`], which holds the same record with BTF for `bpftool`.
+    pub const LIVE_CONFIG: &str = ".data.config";
+    /// Where [`LIVE_CONFIG`] is pinned.
+    pub const LIVE_CONFIG_PIN: &str = "scr_config_live";
+    /// The symbol of [`LIVE_CONFIG`]'s record in the object.
+    pub const LIVE_CONFIG_SYMBOL: &str = "SCREEN_CONFIG";
     /// The IPv4 direct table of both static lists, slot 0 and 1 (mmap-able array of `u64`
     /// words, see [`v4_table`](super::v4_table)).
     pub const TABLE_V4: [&str; 2] = ["scr_table_v4_0", "scr_table_v4_1"];
@@ -264,6 +273,17 @@ impl ScreenConfig {
     /// The port postscreen protects.
     pub const SMTP_PORT: u16 = 25;
 
+    /// The record before the daemon writes one: no port is protected, so the program passes
+    /// every frame.
+    pub const UNCONFIGURED: Self = Self {
+        ports: [0; MAX_PORTS],
+        action: 0,
+        v6_prefix_len: 0,
+        allow_slot: 0,
+        deny_slot: 0,
+        v4_table_slot: 0,
+    };
+
     /// Port 25, drop, IPv6 /64, slot 0 for both lists and the table.
     pub const fn new() -> Self {
         let mut ports = [0; MAX_PORTS];
@@ -281,10 +301,14 @@ impl ScreenConfig {
     /// Whether `port` (host byte order) is protected.
     #[inline(always)]
     pub fn protects(&self, port: u16) -> bool {
+        // 0 marks an unused slot, never a protected port.
+        if port == 0 {
+            return false;
+        }
         // Unrolled by the compiler: MAX_PORTS is a constant and small.
         let mut i = 0;
         while i < MAX_PORTS {
-            if self.ports[i] != 0 && self.ports[i] == port {
+            if self.ports[i] == port {
                 return true;
             }
             i += 1;

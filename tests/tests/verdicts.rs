@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use ipnet::IpNet;
-use screen_common::{DenyEntry, DynKeyV4, Origin, Stat, map_name, v4_table};
+use screen_common::{DenyEntry, DynKeyV4, Origin, ScreenConfig, Stat, map_name, v4_table};
 use screen_tests::{
     frames::{
         ETH_P_8021AD, ETH_P_8021Q, ExtHeader, Fragment, FrameSpec, IPPROTO_TCP, IPPROTO_UDP,
@@ -1191,6 +1191,9 @@ fn pinned_map_layouts_match_the_loader() {
         loader::check_layout(name, &info).unwrap_or_else(|what| panic!("{name}: {what}"));
         assert_eq!(info.name_as_str(), Some(name), "kernel name of {name}");
     }
+    let live = MapInfo::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN))
+        .expect("the live configuration is pinned");
+    loader::check_layout(map_name::LIVE_CONFIG_PIN, &live).unwrap();
     drop(program);
     loader::unload(dir.path()).expect("unloading");
     assert!(!dir.path().exists(), "unload removes the pin directory");
@@ -1214,10 +1217,36 @@ fn reloading_reuses_the_pinned_maps() {
             .unwrap();
     }
     let first = ids();
+    let live_id = || {
+        MapInfo::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN))
+            .unwrap()
+            .id()
+    };
+    let first_live = live_id();
     let _program = ScreenProgram::load(dir.path()).expect("second load");
     assert_eq!(ids(), first, "the second load must reuse every pinned map");
+    assert_eq!(
+        live_id(),
+        first_live,
+        "the live configuration is reused too"
+    );
     let mut maps = Maps::from_pins(dir.path()).unwrap();
     assert!(maps.is_configured().unwrap(), "the configuration survives");
+    // The load itself writes the object's initial data into the record the program reads; it
+    // must write back what was there (the list change above flipped the slots), not the
+    // unconfigured record, or the filter would pass everything until the daemon configures it.
+    let live = MapData::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN)).unwrap();
+    let live: Array<MapData, ScreenConfig> = Array::try_from(Map::Array(live)).unwrap();
+    let config = maps.config().unwrap();
+    assert_eq!(
+        config.deny_slot, 1,
+        "adding the prefix flipped the deny slot"
+    );
+    assert_eq!(
+        live.get(&0, 0).unwrap(),
+        config,
+        "the program's record after the reload"
+    );
     let statics = maps.static_entries(StaticList::Deny).unwrap();
     assert!(
         statics.iter().any(|(n, _)| *n == denied),

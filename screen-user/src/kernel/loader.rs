@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapError, MapInfo, MapType},
+    maps::{Array, Map, MapData, MapError, MapInfo, MapType},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -189,7 +189,9 @@ fn expected_layout(name: &str) -> (MapType, usize, usize, u32) {
             size_of::<DenyEntry>(),
             DYN_V6_MAX_ENTRIES,
         ),
-        map_name::CONFIG => (MapType::Array, 4, size_of::<ScreenConfig>(), 1),
+        map_name::CONFIG | map_name::LIVE_CONFIG_PIN => {
+            (MapType::Array, 4, size_of::<ScreenConfig>(), 1)
+        }
         map_name::STATS => (MapType::PerCpuArray, 4, size_of::<Counters>(), 1),
         n if map_name::TABLE_V4.contains(&n) => (MapType::Array, 4, 8, v4_table::WORDS),
         other => unreachable!("no layout for map {other}"),
@@ -243,6 +245,22 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
     }
 }
 
+/// The pinned configuration record, if a program was loaded under `pin_dir` before.
+fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
+    let path = pin_dir.join(map_name::CONFIG);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let inspect = |source| KernelError::InspectPin {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(inspect)?;
+    let config: Array<MapData, ScreenConfig> =
+        Array::try_from(Map::Array(data)).map_err(inspect)?;
+    config.get(&0, 0).map(Some).map_err(inspect)
+}
+
 /// The program loaded into the kernel, with its maps pinned.
 pub struct ScreenProgram {
     ebpf: Ebpf,
@@ -253,7 +271,7 @@ impl ScreenProgram {
     /// Loads the program, reusing compatible maps pinned under `pin_dir` and pinning new ones.
     pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
         bpffs::prepare_pin_dir(pin_dir)?;
-        for name in map_name::ALL {
+        for name in map_name::ALL.into_iter().chain([map_name::LIVE_CONFIG_PIN]) {
             let path = pin_dir.join(name);
             if !path.exists() {
                 continue;
@@ -269,6 +287,17 @@ impl ScreenProgram {
         for name in map_name::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        // The loader writes the object's initial global data into the live record, pinned or
+        // new; starting from the pinned configuration, a reload changes nothing the program
+        // sees. The pin directory lock keeps it from changing meanwhile.
+        let current = pinned_config(pin_dir)?;
+        if let Some(current) = &current {
+            loader.override_global(map_name::LIVE_CONFIG_SYMBOL, current, true);
+        }
+        loader.map_pin_path(
+            map_name::LIVE_CONFIG,
+            pin_dir.join(map_name::LIVE_CONFIG_PIN),
+        );
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)

@@ -159,6 +159,8 @@ pub struct Maps {
     dyn_v4: HashMap<MapData, DynKeyV4, DenyEntry>,
     dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
     config: Array<MapData, ScreenConfig>,
+    /// The record the program reads (`None`: pins of a program that reads `config`).
+    live_config: Option<Array<MapData, ScreenConfig>>,
     stats: PerCpuArray<MapData, Counters>,
     tables_v4: [MappedTable; 2],
 }
@@ -173,8 +175,8 @@ where
 impl Maps {
     /// Opens the maps pinned under `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
-        Self::build(|name| {
-            let path = pin_dir.join(name);
+        let open = |name: &'static str, file: &str| {
+            let path = pin_dir.join(file);
             if !path.exists() {
                 return Err(MapsError::Missing { name });
             }
@@ -183,12 +185,26 @@ impl Maps {
                 source,
             })?;
             Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
-        })
+        };
+        let mut maps = Self::build(|name| open(name, name))?;
+        // A program loaded by an older version reads `scr_config` and pinned no live record.
+        if pin_dir.join(map_name::LIVE_CONFIG_PIN).exists() {
+            let live = open(map_name::LIVE_CONFIG, map_name::LIVE_CONFIG_PIN)?;
+            maps.live_config = Some(typed(map_name::LIVE_CONFIG, live)?);
+        }
+        Ok(maps)
     }
 
     /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+        let mut maps = Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))?;
+        let live = ebpf
+            .take_map(map_name::LIVE_CONFIG)
+            .ok_or(MapsError::Missing {
+                name: map_name::LIVE_CONFIG,
+            })?;
+        maps.live_config = Some(typed(map_name::LIVE_CONFIG, live)?);
+        Ok(maps)
     }
 
     fn build(mut open: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
@@ -213,6 +229,7 @@ impl Maps {
             dyn_v4: typed(map_name::DYN_DENY_V4, open(map_name::DYN_DENY_V4)?)?,
             dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
             config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
+            live_config: None,
             stats: typed(map_name::STATS, open(map_name::STATS)?)?,
             tables_v4,
         })
@@ -226,14 +243,22 @@ impl Maps {
         })
     }
 
-    /// Replaces the configuration record.
+    /// Replaces the configuration record: the one `bpftool` shows, then the one the program
+    /// reads, each in one map update.
     pub fn set_config(&mut self, config: &ScreenConfig) -> Result<()> {
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Map {
                 name: map_name::CONFIG,
                 source,
-            })
+            })?;
+        if let Some(live) = &mut self.live_config {
+            live.set(0, config, 0).map_err(|source| MapsError::Map {
+                name: map_name::LIVE_CONFIG,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Whether the configuration record was ever written (ports all zero means no).
