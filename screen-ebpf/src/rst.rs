@@ -77,8 +77,7 @@ fn reply_v4(frame: Frame, l3: usize) -> bool {
         dst: hdr.src,
     };
     ip.check = fold(sum_ipv4(&ip)).to_be_bytes();
-    let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
-    let tcp = rst_for(&syn, payload, pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32);
+    let tcp = rst_for(&syn, payload, pseudo_header(&ip.src, &ip.dst));
     unsafe { at.write_unaligned(Segment { ip, tcp }) };
     true
 }
@@ -99,10 +98,15 @@ fn reply_v6(frame: Frame, l3: usize) -> bool {
         src: hdr.dst,
         dst: hdr.src,
     };
-    let pseudo = sum_bytes(0, &ip.src) + sum_bytes(0, &ip.dst);
-    let tcp = rst_for(&syn, payload, pseudo + IPPROTO_TCP as u32 + TCP_LEN as u32);
+    let tcp = rst_for(&syn, payload, pseudo_header(&ip.src, &ip.dst));
     unsafe { at.write_unaligned(Segment { ip, tcp }) };
     true
+}
+
+/// The sum of the pseudo-header of a 20-byte TCP segment between `src` and `dst`.
+#[inline(always)]
+fn pseudo_header<const N: usize>(src: &[u8; N], dst: &[u8; N]) -> u32 {
+    sum_bytes(0, src) + sum_bytes(0, dst) + IPPROTO_TCP as u32 + TCP_LEN as u32
 }
 
 /// The TCP header length with options, in bytes.
