@@ -51,6 +51,7 @@ static CONFIG: Array<ScreenConfig, 1> = Array::new();
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".data.config")]
 static mut SCREEN_CONFIG: ScreenConfig = ScreenConfig::UNCONFIGURED;
+
 #[btf_map(name = "scr_stats")]
 static STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
@@ -111,7 +112,7 @@ pub struct Syn {
     pub l4: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Family {
     V4,
     V6,
@@ -126,6 +127,7 @@ struct PlainV4 {
     tcp: TcpHdr,
 }
 
+/// Offset of the TCP header in a [`PlainV4`] frame.
 const PLAIN_L4: usize = ETH_LEN + IPV4_LEN;
 
 #[inline(always)]
