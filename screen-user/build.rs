@@ -17,8 +17,10 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Flags of the BPF build. BTF for `bpftool` and the loader; and loads of any alignment: the
 /// wire headers are byte arrays, and without the feature LLVM reads every 16- and 32-bit field
-/// a byte at a time and shifts the bytes together. The kernel allows misaligned packet access
-/// on every architecture with efficient unaligned access (x86-64 and arm64 among them).
+/// a byte at a time and shifts the bytes together. The verifier allows misaligned packet and
+/// map value access on architectures with efficient unaligned access (x86-64 and arm64 among
+/// them) and refuses it elsewhere; stack access must be aligned everywhere, which the compiler
+/// keeps (its stack slots are aligned). Loading tells which (`KernelError::Misaligned`).
 const BPF_RUSTFLAGS: &[&str] = &[
     "-Cdebuginfo=2",
     "-Clink-arg=--btf",

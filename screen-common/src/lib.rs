@@ -8,7 +8,8 @@
 #![no_std]
 
 /// Names of the BPF maps, at most 15 bytes each (`BPF_OBJ_NAME_LEN`), which are also the file
-/// names of their pins under the pin directory.
+/// names of their pins under the pin directory; the program's global data, named after its
+/// section, is pinned as [`LIVE_CONFIG_PIN`](map_name::LIVE_CONFIG_PIN).
 pub mod map_name {
     /// Static allow list, IPv4, slot 0 and 1 (LPM trie).
     pub const ALLOW_V4: [&str; 2] = ["scr_allow_v4_0", "scr_allow_v4_1"];
@@ -45,7 +46,8 @@ pub mod map_name {
     /// Each relayed socket's peer and byte count, by socket cookie ([`RelayPeer`](super::RelayPeer)).
     pub const RELAY_PEERS: &str = "scr_relay_peers";
 
-    /// Every pinned map of the XDP program, in a stable order.
+    /// Every pinned BTF map of the XDP program, in a stable order (the live configuration,
+    /// global data, is pinned beside them as [`LIVE_CONFIG_PIN`]).
     pub const ALL: [&str; 14] = [
         ALLOW_V4[0],
         ALLOW_V4[1],
@@ -244,10 +246,11 @@ pub enum DenyAction {
     Rst = 1,
 }
 
-/// The program's configuration, element 0 of the [`map_name::CONFIG`] array.
+/// The program's configuration: its global data [`map_name::LIVE_CONFIG`], and the same record
+/// as element 0 of the [`map_name::CONFIG`] array for `bpftool`.
 ///
-/// An all-zero record (a map the daemon has not written yet) protects no port, so the program
-/// passes everything until it is configured.
+/// An all-zero record ([`ScreenConfig::UNCONFIGURED`], before the daemon writes one) protects
+/// no port, so the program passes everything until it is configured.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScreenConfig {
@@ -262,8 +265,9 @@ pub struct ScreenConfig {
     /// Which of the two static deny slots (0 or 1) is live.
     pub deny_slot: u32,
     /// Which of the two IPv4 direct tables (0 or 1) is live. Every change of a static list
-    /// flips it in the same write as the list's slot, so the table and the tries the program
-    /// sees always agree.
+    /// flips it in the same write as the list's slot, so the table and the tries agree (a
+    /// frame that meets the write halfway may see the new one and the previous one, both
+    /// complete).
     pub v4_table_slot: u32,
 }
 

@@ -112,6 +112,7 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The bounds as they are now.
     #[inline(always)]
     pub fn fresh(ctx: &XdpContext) -> Self {
         // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
@@ -136,6 +137,7 @@ impl Frame {
         Some((self.start + offset) as *mut T)
     }
 
+    /// The frame's length in bytes.
     #[inline(always)]
     pub fn len(self) -> usize {
         self.end - self.start

@@ -8,7 +8,8 @@
 //! # Minimum kernel version
 //!
 //! 5.11: BTF-defined maps, LPM tries, LRU hashes, XDP links (5.10) and
-//! `bpf_ktime_get_coarse_ns` (5.11).
+//! `bpf_ktime_get_coarse_ns` (5.11). An architecture with efficient unaligned access
+//! (x86-64, arm64): header fields are read at any alignment (`screen-user/build.rs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -48,6 +48,11 @@ static CONFIG: Array<ScreenConfig, 1> = Array::new();
 /// The live configuration (`map_name::LIVE_CONFIG`): global data, whose address the verifier
 /// puts straight into the instructions. An array lookup, though inlined, passes its key
 /// through the stack; on the deny path that was a tenth of the program's cost.
+///
+/// `no_mangle` does two jobs: the loader finds the record by this name to start it from the
+/// pinned configuration, and an exported symbol is one the linker cannot internalize. An
+/// internal static the program never writes would be folded into its initial value, and the
+/// program would protect nothing whatever userspace writes.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".data.config")]
 static mut SCREEN_CONFIG: ScreenConfig = ScreenConfig::UNCONFIGURED;
@@ -112,6 +117,7 @@ pub struct Syn {
     pub l4: usize,
 }
 
+/// The network layer of a screened SYN.
 #[derive(Clone, Copy)]
 pub enum Family {
     V4,
@@ -132,13 +138,15 @@ const PLAIN_L4: usize = ETH_LEN + IPV4_LEN;
 
 #[inline(always)]
 fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
-    // SAFETY: userspace replaces the record with single map updates; the program only reads
-    // it. Unconfigured, it protects no port, and every frame passes.
+    // SAFETY: the program only reads the record. Userspace rewrites it in place (an array
+    // update is a copy), so a frame may meet a mix of the old and the new record; every field
+    // is valid on its own, and a list's previous slot stays intact until the next change.
+    // Unconfigured, the record protects no port, and every frame passes.
     let config = unsafe { &*(&raw const SCREEN_CONFIG) };
     if let Some(plain) = ptr_at::<PlainV4>(ctx, 0) {
-        // SAFETY: the parser checked that the 54 bytes lie inside the frame.
-        let plain = unsafe { &*plain };
-        if be16(plain.eth.proto) == ETH_P_IPV4 && plain.ip.version_ihl == 0x45 {
+        // SAFETY: `ptr_at` checked that the 54 bytes lie inside the frame.
+        let (proto, version_ihl) = unsafe { ((*plain).eth.proto, (*plain).ip.version_ihl) };
+        if be16(proto) == ETH_P_IPV4 && version_ihl == 0x45 {
             return screen_plain_v4(ctx, config, counters, plain);
         }
     }
@@ -163,25 +171,28 @@ fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
 }
 
 /// An untagged IPv4 frame without options: every header it needs was bounds-checked at once,
-/// at offsets that are constants.
+/// at offsets that are constants. `plain` is a pointer, not a reference, because the verdict
+/// may rewrite these bytes into an RST.
 #[inline(always)]
 fn screen_plain_v4(
     ctx: &XdpContext,
     config: &ScreenConfig,
     counters: &mut Counters,
-    plain: &PlainV4,
+    plain: *const PlainV4,
 ) -> Result<u32, Unparsed> {
-    if !carries_tcp_v4(&plain.ip, counters)
-        || !syn_to_protected_port(ctx, config, &plain.tcp, PLAIN_L4)?
-    {
+    // SAFETY: the caller checked that the headers lie inside the frame; the references end
+    // before the verdict.
+    let (ip, tcp) = unsafe { (&(*plain).ip, &(*plain).tcp) };
+    if !carries_tcp_v4(ip, counters) || !syn_to_protected_port(ctx, config, tcp, PLAIN_L4)? {
         return Ok(XDP_PASS);
     }
+    let src = ip.src;
     let syn = Syn {
         family: Family::V4,
         l3: ETH_LEN,
         l4: PLAIN_L4,
     };
-    Ok(verdict_v4(ctx, config, counters, plain.ip.src, syn))
+    Ok(verdict_v4(ctx, config, counters, src, syn))
 }
 
 /// Any other IPv4 frame: behind VLAN tags, or with IP options.
@@ -376,26 +387,37 @@ fn screen_v6(
     if !syn_to_protected_port(ctx, config, unsafe { &*tcp }, l4)? {
         return Ok(XDP_PASS);
     }
-    counters.syn_screened += 1;
-
     let src = unsafe { (*ip).src };
     let syn = Syn {
         family: Family::V6,
         l3,
         l4,
     };
+    Ok(verdict_v6(ctx, config, counters, src, syn))
+}
+
+/// The verdict on a screened SYN from IPv6 source `src`.
+#[inline(always)]
+fn verdict_v6(
+    ctx: &XdpContext,
+    config: &ScreenConfig,
+    counters: &mut Counters,
+    src: [u8; 16],
+    syn: Syn,
+) -> u32 {
+    counters.syn_screened += 1;
     match static_v6(config, src) {
         Listed::Allow => {
             counters.passed_allow += 1;
-            Ok(XDP_PASS)
+            XDP_PASS
         }
-        Listed::Deny => Ok(deny(ctx, config, counters, DenyReason::Static, syn)),
+        Listed::Deny => deny(ctx, config, counters, DenyReason::Static, syn),
         Listed::Unlisted => {
             let dyn_key = DynKeyV6 {
                 addr: mask_v6(src, config.v6_prefix_len),
             };
             let entry = unsafe { DYN_V6.get(dyn_key) };
-            Ok(dynamic_verdict(ctx, config, counters, entry.copied(), syn))
+            dynamic_verdict(ctx, config, counters, entry.copied(), syn)
         }
     }
 }

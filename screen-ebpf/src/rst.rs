@@ -35,6 +35,8 @@ pub fn reply(ctx: &XdpContext, Syn { family, l3, l4 }: Syn) -> bool {
     let Some(eth) = frame.ptr_at::<EthHdr>(0) else {
         return false;
     };
+    // SAFETY: `ptr_at` checked that the header lies inside the frame; nothing else refers to
+    // it. The same holds for every read and write of a `Segment` below.
     unsafe {
         let old = eth.read_unaligned();
         eth.write_unaligned(EthHdr {
@@ -47,6 +49,7 @@ pub fn reply(ctx: &XdpContext, Syn { family, l3, l4 }: Syn) -> bool {
     let want = l4 + TCP_LEN;
     if frame.len() > want {
         let delta = -((frame.len() - want) as i32);
+        // SAFETY: shrinking by what lies beyond the reply; the kernel checks the bounds.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
             return false;
         }

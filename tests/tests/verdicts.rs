@@ -1207,7 +1207,7 @@ fn reloading_reuses_the_pinned_maps() {
     let dir = PinDir::new("reuse");
     let denied = net("10.251.99.0/24");
     let ids = || map_name::ALL.map(|name| MapInfo::from_pin(dir.path().join(name)).unwrap().id());
-    {
+    let before = {
         let _program = ScreenProgram::load(dir.path()).expect("first load");
         let mut maps = Maps::from_pins(dir.path()).expect("opening the pins");
         kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
@@ -1215,7 +1215,12 @@ fn reloading_reuses_the_pinned_maps() {
             .unwrap();
         maps.add_dynamic(host(DYNAMIC_V4), DYNAMIC_TTL, Origin::Policy, 2)
             .unwrap();
-    }
+        maps.config().unwrap()
+    };
+    assert_eq!(
+        before.deny_slot, 1,
+        "adding the prefix flipped the deny slot"
+    );
     let first = ids();
     let live_id = || {
         MapInfo::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN))
@@ -1235,18 +1240,8 @@ fn reloading_reuses_the_pinned_maps() {
     // The load itself writes the object's initial data into the record the program reads; it
     // must write back what was there (the list change above flipped the slots), not the
     // unconfigured record, or the filter would pass everything until the daemon configures it.
-    let live = MapData::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN)).unwrap();
-    let live: Array<MapData, ScreenConfig> = Array::try_from(Map::Array(live)).unwrap();
-    let config = maps.config().unwrap();
-    assert_eq!(
-        config.deny_slot, 1,
-        "adding the prefix flipped the deny slot"
-    );
-    assert_eq!(
-        live.get(&0, 0).unwrap(),
-        config,
-        "the program's record after the reload"
-    );
+    assert_eq!(pinned_record(&dir, map_name::LIVE_CONFIG_PIN), before);
+    assert_eq!(pinned_record(&dir, map_name::CONFIG), before);
     let statics = maps.static_entries(StaticList::Deny).unwrap();
     assert!(
         statics.iter().any(|(n, _)| *n == denied),
@@ -1257,6 +1252,42 @@ fn reloading_reuses_the_pinned_maps() {
         dynamics.iter().any(|e| e.net == host(DYNAMIC_V4)),
         "dynamic entry lost: {dynamics:?}"
     );
+}
+
+/// Element 0 of the configuration record pinned as `name`.
+fn pinned_record(dir: &PinDir, name: &str) -> ScreenConfig {
+    let data = MapData::from_pin(dir.path().join(name)).unwrap();
+    let record: Array<MapData, ScreenConfig> = Array::try_from(Map::Array(data)).unwrap();
+    record.get(&0, 0).unwrap()
+}
+
+#[test]
+fn loading_over_pins_without_the_live_configuration_starts_it_from_scr_config() {
+    if !require_root("loading_over_pins_without_the_live_configuration_starts_it_from_scr_config") {
+        return;
+    }
+    let dir = PinDir::new("upgrade");
+    let before = {
+        let _program = ScreenProgram::load(dir.path()).expect("first load");
+        let mut maps = Maps::from_pins(dir.path()).expect("opening the pins");
+        kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
+        maps.add_static(StaticList::Deny, net("10.251.99.0/24"), Origin::Operator)
+            .unwrap();
+        maps.config().unwrap()
+    };
+    // As the pins of a version whose program read `scr_config`.
+    std::fs::remove_file(dir.path().join(map_name::LIVE_CONFIG_PIN)).unwrap();
+    let old = Maps::from_pins(dir.path()).expect("opening pins without the live record");
+    assert_eq!(
+        old.config().unwrap(),
+        before,
+        "scr_config answers without it"
+    );
+
+    let _program = ScreenProgram::load(dir.path()).expect("second load");
+    assert_eq!(pinned_record(&dir, map_name::LIVE_CONFIG_PIN), before);
+    let maps = Maps::from_pins(dir.path()).unwrap();
+    assert_eq!(maps.config().unwrap(), before);
 }
 
 #[test]

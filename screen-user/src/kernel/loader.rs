@@ -1,7 +1,8 @@
 //! Loading the program with pinned maps, attaching it through pinned XDP links, and removing
 //! it all again.
 //!
-//! Maps are pinned as `<pin_dir>/<map name>` and each attachment as `<pin_dir>/link_<iface>`.
+//! Maps are pinned as `<pin_dir>/<map name>` (the program's global data, which holds its
+//! configuration, as `scr_config_live`) and each attachment as `<pin_dir>/link_<iface>`.
 //! Loading again reuses the pinned maps when their layout matches and refuses otherwise; an
 //! interface that already has a pinned link gets the new program swapped into that link, so an
 //! upgrade or restart leaves no moment without the filter.
@@ -77,6 +78,11 @@ pub enum KernelError {
     NoProgram,
     #[error("loading program {PROGRAM_NAME} into the kernel: {0}")]
     Verify(#[source] ProgramError),
+    #[error(
+        "the kernel refused program {PROGRAM_NAME} for misaligned access: this build needs an \
+         architecture with efficient unaligned memory access (x86-64, arm64): {0}"
+    )]
+    Misaligned(#[source] ProgramError),
     #[error(
         "pinned map {path} does not match this version ({what}); \
          run `smtp-screen unload` to remove the old maps (their entries are lost)"
@@ -245,12 +251,16 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
     }
 }
 
-/// The pinned configuration record, if a program was loaded under `pin_dir` before.
+/// The pinned configuration record, if a program was loaded under `pin_dir` before: the one
+/// the program read, or the `bpftool` copy that an older version's program read.
 fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
-    let path = pin_dir.join(map_name::CONFIG);
-    if !path.exists() {
+    let Some(path) = [map_name::LIVE_CONFIG_PIN, map_name::CONFIG]
+        .into_iter()
+        .map(|name| pin_dir.join(name))
+        .find(|path| path.exists())
+    else {
         return Ok(None);
-    }
+    };
     let inspect = |source| KernelError::InspectPin {
         path: path.clone(),
         source,
@@ -269,6 +279,8 @@ pub struct ScreenProgram {
 
 impl ScreenProgram {
     /// Loads the program, reusing compatible maps pinned under `pin_dir` and pinning new ones.
+    /// The caller holds the pin directory's lock ([`bpffs::PinDirLock`]): the configuration is
+    /// read here and written back by the load.
     pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
         bpffs::prepare_pin_dir(pin_dir)?;
         for name in map_name::ALL.into_iter().chain([map_name::LIVE_CONFIG_PIN]) {
@@ -304,7 +316,13 @@ impl ScreenProgram {
             .ok_or(KernelError::NoProgram)?
             .try_into()
             .map_err(KernelError::Verify)?;
-        program.load().map_err(KernelError::Verify)?;
+        program.load().map_err(|e| {
+            if format!("{e:?}").contains("misaligned") {
+                KernelError::Misaligned(e)
+            } else {
+                KernelError::Verify(e)
+            }
+        })?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),

@@ -159,7 +159,8 @@ pub struct Maps {
     dyn_v4: HashMap<MapData, DynKeyV4, DenyEntry>,
     dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
     config: Array<MapData, ScreenConfig>,
-    /// The record the program reads (`None`: pins of a program that reads `config`).
+    /// The record the program reads, and so the one that says which slots are live (`None`:
+    /// pins of an older program, which reads `config`).
     live_config: Option<Array<MapData, ScreenConfig>>,
     stats: PerCpuArray<MapData, Counters>,
     tables_v4: [MappedTable; 2],
@@ -189,8 +190,8 @@ impl Maps {
         let mut maps = Self::build(|name| open(name, name))?;
         // A program loaded by an older version reads `scr_config` and pinned no live record.
         if pin_dir.join(map_name::LIVE_CONFIG_PIN).exists() {
-            let live = open(map_name::LIVE_CONFIG, map_name::LIVE_CONFIG_PIN)?;
-            maps.live_config = Some(typed(map_name::LIVE_CONFIG, live)?);
+            let live = open(map_name::LIVE_CONFIG_PIN, map_name::LIVE_CONFIG_PIN)?;
+            maps.live_config = Some(typed(map_name::LIVE_CONFIG_PIN, live)?);
         }
         Ok(maps)
     }
@@ -201,9 +202,9 @@ impl Maps {
         let live = ebpf
             .take_map(map_name::LIVE_CONFIG)
             .ok_or(MapsError::Missing {
-                name: map_name::LIVE_CONFIG,
+                name: map_name::LIVE_CONFIG_PIN,
             })?;
-        maps.live_config = Some(typed(map_name::LIVE_CONFIG, live)?);
+        maps.live_config = Some(typed(map_name::LIVE_CONFIG_PIN, live)?);
         Ok(maps)
     }
 
@@ -235,30 +236,31 @@ impl Maps {
         })
     }
 
-    /// The program's configuration record.
+    /// The program's configuration record: the one it reads.
     pub fn config(&self) -> Result<ScreenConfig> {
-        self.config.get(&0, 0).map_err(|source| MapsError::Map {
-            name: map_name::CONFIG,
-            source,
-        })
+        let (map, name) = match &self.live_config {
+            Some(live) => (live, map_name::LIVE_CONFIG_PIN),
+            None => (&self.config, map_name::CONFIG),
+        };
+        map.get(&0, 0)
+            .map_err(|source| MapsError::Map { name, source })
     }
 
-    /// Replaces the configuration record: the one `bpftool` shows, then the one the program
-    /// reads, each in one map update.
+    /// Replaces the configuration record, each copy in one map update: the one the program
+    /// reads, which decides which slots are live, then the one `bpftool` shows.
     pub fn set_config(&mut self, config: &ScreenConfig) -> Result<()> {
+        if let Some(live) = &mut self.live_config {
+            live.set(0, config, 0).map_err(|source| MapsError::Map {
+                name: map_name::LIVE_CONFIG_PIN,
+                source,
+            })?;
+        }
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Map {
                 name: map_name::CONFIG,
                 source,
-            })?;
-        if let Some(live) = &mut self.live_config {
-            live.set(0, config, 0).map_err(|source| MapsError::Map {
-                name: map_name::LIVE_CONFIG,
-                source,
-            })?;
-        }
-        Ok(())
+            })
     }
 
     /// Whether the configuration record was ever written (ports all zero means no).

@@ -3,7 +3,10 @@
 //!
 //! # Minimum kernel version
 //!
-//! 5.11 (XDP links, BTF-defined maps, `bpf_ktime_get_coarse_ns` in the program).
+//! 5.11 (XDP links, BTF-defined maps, `bpf_ktime_get_coarse_ns` in the program), on an
+//! architecture with efficient unaligned access (x86-64, arm64): the object is built to read
+//! packet fields at any alignment, which the verifier checks only where such access is slow
+//! (see `build.rs`).
 
 pub mod bpffs;
 pub mod clock;
