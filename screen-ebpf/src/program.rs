@@ -16,6 +16,9 @@ use crate::{headers::*, rst};
 
 const STATIC_MAX: usize = STATIC_MAX_ENTRIES as usize;
 
+/// A static list's trie for addresses of `N` bytes.
+type StaticTrie<const N: usize> = LpmTrie<[u8; N], PrefixEntry, STATIC_MAX>;
+
 // Two slots per static list: `deny load` fills the idle slot and then flips
 // `ScreenConfig::deny_slot`, so a whole list is replaced in one step.
 #[btf_map(name = "scr_allow_v4_0")]
@@ -288,46 +291,50 @@ fn static_v4(config: &ScreenConfig, src: [u8; 4]) -> Listed {
     }
 }
 
-/// The static lists' verdict from the IPv4 tries: allow beats static deny.
+/// The static lists' verdict from the IPv4 tries.
 #[inline(always)]
 fn static_v4_tries(config: &ScreenConfig, src: [u8; 4]) -> Listed {
-    let key = Key::new(32, src);
-    let allowed = if config.allow_slot == 0 {
-        ALLOW_V4_0.get(&key).is_some()
-    } else {
-        ALLOW_V4_1.get(&key).is_some()
-    };
-    if allowed {
-        return Listed::Allow;
-    }
-    let denied = if config.deny_slot == 0 {
-        DENY_V4_0.get(&key).is_some()
-    } else {
-        DENY_V4_1.get(&key).is_some()
-    };
-    if denied {
-        Listed::Deny
-    } else {
-        Listed::Unlisted
-    }
+    tries_verdict(
+        config,
+        src,
+        [&ALLOW_V4_0, &ALLOW_V4_1],
+        [&DENY_V4_0, &DENY_V4_1],
+    )
 }
 
-/// The static lists' verdict from the IPv6 tries: allow beats static deny.
+/// The static lists' verdict from the IPv6 tries.
 #[inline(always)]
 fn static_v6(config: &ScreenConfig, src: [u8; 16]) -> Listed {
-    let key = Key::new(128, src);
+    tries_verdict(
+        config,
+        src,
+        [&ALLOW_V6_0, &ALLOW_V6_1],
+        [&DENY_V6_0, &DENY_V6_1],
+    )
+}
+
+/// The verdict of one family's tries on `src`, each list read in its live slot: allow beats
+/// static deny.
+#[inline(always)]
+fn tries_verdict<const N: usize>(
+    config: &ScreenConfig,
+    src: [u8; N],
+    allow: [&StaticTrie<N>; 2],
+    deny: [&StaticTrie<N>; 2],
+) -> Listed {
+    let key = Key::new(N as u32 * 8, src);
     let allowed = if config.allow_slot == 0 {
-        ALLOW_V6_0.get(&key).is_some()
+        allow[0].get(&key).is_some()
     } else {
-        ALLOW_V6_1.get(&key).is_some()
+        allow[1].get(&key).is_some()
     };
     if allowed {
         return Listed::Allow;
     }
     let denied = if config.deny_slot == 0 {
-        DENY_V6_0.get(&key).is_some()
+        deny[0].get(&key).is_some()
     } else {
-        DENY_V6_1.get(&key).is_some()
+        deny[1].get(&key).is_some()
     };
     if denied {
         Listed::Deny
