@@ -25,8 +25,15 @@ pub mod map_name {
     pub const DYN_DENY_V6: &str = "scr_dyn_v6";
     /// The single [`ScreenConfig`](super::ScreenConfig) record (array of one).
     pub const CONFIG: &str = "scr_config";
-    /// Per-CPU counters: one [`Counters`](super::Counters) record per CPU (array of one).
+    /// The counters: one [`StatsRecord`](super::StatsRecord) holding a slot per CPU (array
+    /// of one). The program writes it as its global data [`STATS_GLOBAL`], which the loader
+    /// backs with this map, so `bpftool` shows what the program counts.
     pub const STATS: &str = "scr_stats";
+    /// The object section of the program's counters (`.data`, not `.bss`: libbpf, and with it
+    /// `bpftool prog load`, takes no section named `.bss.*`).
+    pub const STATS_GLOBAL: &str = ".data.stats";
+    /// The symbol of [`STATS_GLOBAL`]'s record in the object.
+    pub const STATS_SYMBOL: &str = "SCREEN_STATS";
     /// The copy of the configuration record that the XDP program reads: its global data, in
     /// the object section of this name (an array of one without BTF, which the loader names
     /// after the section), reached through a direct address instead of a map lookup. Written
@@ -327,9 +334,8 @@ impl Default for ScreenConfig {
     }
 }
 
-/// The program's counters: one record per CPU in [`map_name::STATS`], looked up once per
-/// frame (one lookup per counter cost more than the table lookup that decides a SYN). Named
-/// fields, so that `bpftool map dump` shows each counter by name.
+/// The program's counters on one CPU (a slot of [`StatsRecord`]). Named fields, so that
+/// `bpftool map dump` shows each counter by name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -347,6 +353,21 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Every counter zero.
+    pub const ZERO: Self = Self {
+        frames: 0,
+        syn_screened: 0,
+        passed: 0,
+        passed_allow: 0,
+        drop_static: 0,
+        drop_dynamic: 0,
+        rst_static: 0,
+        rst_dynamic: 0,
+        expired: 0,
+        parse_failed: 0,
+        fragments: 0,
+    };
+
     /// The value of one counter.
     pub const fn get(&self, stat: Stat) -> u64 {
         match stat {
@@ -362,6 +383,49 @@ impl Counters {
             Stat::ParseFailed => self.parse_failed,
             Stat::Fragments => self.fragments,
         }
+    }
+}
+
+/// CPUs the counters have a slot for. The loader refuses a machine with more possible CPUs.
+pub const STATS_MAX_CPUS: usize = 1024;
+
+/// One CPU's [`Counters`], alone in its 128 bytes: no two CPUs write the same cache line, nor
+/// the same pair of lines that the adjacent-line prefetcher fetches together.
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub counters: Counters,
+    pub _pad: [u64; 5],
+}
+
+/// Every counter of the program, a slot per CPU, indexed by the CPU's number. The program finds
+/// its slot with the CPU number (an inlined helper) in its global data, whose address is in its
+/// instructions: a per-CPU array lookup passes its key through the stack and costs a tenth of
+/// the deny path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsRecord {
+    pub cpus: [CpuCounters; STATS_MAX_CPUS],
+}
+
+impl StatsRecord {
+    /// Every counter zero.
+    pub const ZERO: Self = Self {
+        cpus: [CpuCounters {
+            counters: Counters::ZERO,
+            _pad: [0; 5],
+        }; STATS_MAX_CPUS],
+    };
+
+    /// The counters summed over every CPU, indexed by [`Stat`].
+    pub fn totals(&self) -> [u64; Stat::COUNT as usize] {
+        let mut out = [0; Stat::COUNT as usize];
+        for cpu in &self.cpus {
+            for stat in Stat::ALL {
+                out[stat as usize] += cpu.counters.get(stat);
+            }
+        }
+        out
     }
 }
 
@@ -474,6 +538,8 @@ mod pod {
     unsafe impl aya::Pod for super::ScreenConfig {}
     unsafe impl aya::Pod for super::RelayPeer {}
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above; the explicit `_pad` fills each slot to its 128-byte alignment.
+    unsafe impl aya::Pod for super::StatsRecord {}
 }
 
 #[cfg(test)]
@@ -500,9 +566,29 @@ mod tests {
         assert_eq!(offset_of!(ScreenConfig, deny_slot), 2 * MAX_PORTS + 12);
         assert_eq!(offset_of!(ScreenConfig, v4_table_slot), 2 * MAX_PORTS + 16);
         assert_eq!(size_of::<Counters>(), 8 * Stat::COUNT as usize);
+        // One slot per CPU, 128 bytes each with no implicit padding, and the whole record
+        // within the kernel's largest array value (KMALLOC_MAX_SIZE, 4 MiB).
+        assert_eq!(size_of::<CpuCounters>(), 128);
+        assert_eq!(offset_of!(CpuCounters, _pad), size_of::<Counters>());
+        assert_eq!(size_of::<StatsRecord>(), 128 * STATS_MAX_CPUS);
+        assert!(size_of::<StatsRecord>() <= 4 << 20);
         assert!(align_of::<DenyEntry>() <= 8);
         assert_eq!(size_of::<RelayPeer>(), 16);
         assert_eq!(offset_of!(RelayPeer, redirected), 8);
+    }
+
+    #[test]
+    fn stats_totals_sum_every_cpu_slot_per_counter() {
+        let mut record = StatsRecord::ZERO;
+        record.cpus[0].counters.frames = 3;
+        record.cpus[0].counters.drop_static = 1;
+        record.cpus[STATS_MAX_CPUS - 1].counters.frames = 4;
+        record.cpus[STATS_MAX_CPUS - 1].counters.fragments = 2;
+        let totals = record.totals();
+        assert_eq!(totals[Stat::Frames as usize], 7);
+        assert_eq!(totals[Stat::DropStatic as usize], 1);
+        assert_eq!(totals[Stat::Fragments as usize], 2);
+        assert_eq!(totals.iter().sum::<u64>(), 10);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    helpers::bpf_ktime_get_coarse_ns,
+    btf_maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use screen_common::{
     Counters, DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyAction, DenyEntry, DynKeyV4, DynKeyV6,
-    IPV6_EXT_MAX, PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, VLAN_MAX, mask_v6, v4_table,
+    IPV6_EXT_MAX, PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, StatsRecord, VLAN_MAX, mask_v6,
+    v4_table,
 };
 
 use crate::{headers::*, rst};
@@ -60,8 +61,17 @@ static CONFIG: Array<ScreenConfig, 1> = Array::new();
 #[unsafe(link_section = ".data.config")]
 static mut SCREEN_CONFIG: ScreenConfig = ScreenConfig::UNCONFIGURED;
 
+/// The counters' map as `bpftool` shows it, with BTF. The loader backs [`SCREEN_STATS`] with
+/// this map, pinned, so the program writes the record `bpftool` reads.
 #[btf_map(name = "scr_stats")]
-static STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+static STATS: Array<StatsRecord, 1> = Array::new();
+
+/// The counters (`map_name::STATS_GLOBAL`): global data, a slot per CPU, like
+/// [`SCREEN_CONFIG`] reached through an address in the instructions. `no_mangle` for the same
+/// two reasons.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.stats")]
+static mut SCREEN_STATS: StatsRecord = StatsRecord::ZERO;
 
 // The IPv4 direct table of both static lists, two slots like the lists: a change builds the
 // idle one and flips `ScreenConfig::v4_table_slot` in the same write as the list's slot. Array
@@ -75,12 +85,15 @@ static TABLE_V4_1: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
 
 #[xdp]
 pub fn smtp_screen(ctx: XdpContext) -> u32 {
-    // Element 0 of a per-CPU array always exists; the check is for the verifier.
-    let Some(counters) = STATS.get_ptr_mut(0) else {
+    // SAFETY: the helper only reads the CPU number (the verifier inlines it).
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+    // SAFETY: each CPU writes its own slot, and XDP does not nest on a CPU: no other writer
+    // runs on this slot meanwhile (userspace only writes the record while loading).
+    let Some(slot) = (unsafe { (*(&raw mut SCREEN_STATS)).cpus.get_mut(cpu) }) else {
+        // The loader refuses machines with more CPUs than the record has slots.
         return XDP_PASS;
     };
-    // Per-CPU record: no other writer runs on this CPU while XDP does.
-    let counters = unsafe { &mut *counters };
+    let counters = &mut slot.counters;
     counters.frames += 1;
     match screen(&ctx, counters) {
         Ok(action) => action,
@@ -242,6 +255,7 @@ fn screen_v4(
 #[inline(always)]
 fn carries_tcp_v4(ip: &Ipv4Hdr, counters: &mut Counters) -> bool {
     if be16(ip.frag_off) & 0x1fff != 0 {
+        core::hint::cold_path();
         counters.fragments += 1;
         return false;
     }
@@ -287,7 +301,11 @@ fn static_v4(config: &ScreenConfig, src: [u8; 4]) -> Listed {
         Some(v4_table::UNLISTED) => Listed::Unlisted,
         Some(v4_table::DENY) => Listed::Deny,
         Some(v4_table::ALLOW) => Listed::Allow,
-        _ => static_v4_tries(config, src),
+        _ => {
+            // A bucket that holds a prefix longer than /24: rare, and two trie walks.
+            core::hint::cold_path();
+            static_v4_tries(config, src)
+        }
     }
 }
 
@@ -479,12 +497,16 @@ fn deny(
     reason: DenyReason,
     syn: Syn,
 ) -> u32 {
-    if config.action == DenyAction::Rst as u32 && rst::reply(ctx, syn) {
-        match reason {
-            DenyReason::Static => counters.rst_static += 1,
-            DenyReason::Dynamic => counters.rst_dynamic += 1,
+    if config.action == DenyAction::Rst as u32 {
+        // Out of line: the drop, the default action, falls through without a jump.
+        core::hint::cold_path();
+        if rst::reply(ctx, syn) {
+            match reason {
+                DenyReason::Static => counters.rst_static += 1,
+                DenyReason::Dynamic => counters.rst_dynamic += 1,
+            }
+            return XDP_TX;
         }
-        return XDP_TX;
     }
     match reason {
         DenyReason::Static => counters.drop_static += 1,

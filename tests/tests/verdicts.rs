@@ -10,9 +10,12 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray};
 use ipnet::IpNet;
-use screen_common::{DenyEntry, DynKeyV4, Origin, ScreenConfig, Stat, map_name, v4_table};
+use screen_common::{
+    Counters as CounterRecord, DenyEntry, DynKeyV4, Origin, ScreenConfig, Stat, StatsRecord,
+    map_name, v4_table,
+};
 use screen_tests::{
     frames::{
         ETH_P_8021AD, ETH_P_8021Q, ExtHeader, Fragment, FrameSpec, IPPROTO_TCP, IPPROTO_UDP,
@@ -26,7 +29,10 @@ use screen_tests::{
 };
 use screen_user::{
     config::KernelAction,
-    kernel::{self, KernelError, Maps, ScreenProgram, StaticList, loader},
+    kernel::{
+        self, KernelError, Maps, ScreenProgram, StaticList, loader,
+        stats::{self, StatsMap},
+    },
 };
 
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
@@ -1314,6 +1320,91 @@ fn loading_rebuilds_a_missing_table_from_the_tries() {
     assert_eq!(maps.v4_table_state(denied).unwrap(), v4_table::UNLISTED);
     kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
     assert_eq!(maps.v4_table_state(denied).unwrap(), v4_table::DENY);
+}
+
+/// The counters pinned under `dir`, the record the program writes.
+fn pinned_stats(dir: &PinDir) -> StatsMap {
+    let data = MapData::from_pin(dir.path().join(map_name::STATS)).unwrap();
+    StatsMap::new(data).unwrap()
+}
+
+#[test]
+fn reloading_carries_the_counters_over() {
+    if !require_root("reloading_carries_the_counters_over") {
+        return;
+    }
+    let dir = PinDir::new("counters");
+    let _program = ScreenProgram::load(dir.path()).expect("first load");
+    let mut counted = stats::zeroed();
+    counted.cpus[0].counters.frames = 7;
+    counted.cpus[0].counters.drop_static = 5;
+    counted.cpus[1].counters.frames = 11;
+    counted.cpus[1].counters.fragments = 3;
+    pinned_stats(&dir).write(&counted).unwrap();
+
+    // The load writes the object's zeroed counters into the map the program writes; it must
+    // write back the counts instead.
+    let _program = ScreenProgram::load(dir.path()).expect("second load");
+    assert!(pinned_stats(&dir).read().unwrap() == counted);
+    let totals = Maps::from_pins(dir.path()).unwrap().counters().unwrap();
+    assert_eq!(totals[Stat::Frames as usize], 18);
+    assert_eq!(totals[Stat::DropStatic as usize], 5);
+    assert_eq!(totals[Stat::Fragments as usize], 3);
+}
+
+#[test]
+fn counters_of_an_older_layout_are_replaced_not_refused() {
+    if !require_root("counters_of_an_older_layout_are_replaced_not_refused") {
+        return;
+    }
+    let dir = PinDir::new("old-stats");
+    std::fs::create_dir(dir.path()).expect("creating the pin directory");
+    // The layout before the counters moved to global data: a per-CPU array of one record.
+    let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
+    let pin = dir.path().join(map_name::STATS);
+    old.pin(&pin).expect("pinning it");
+    let _program = ScreenProgram::load(dir.path()).expect("loading over the old counters");
+    let info = MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.map_type().unwrap(), MapType::Array);
+    assert_eq!(info.value_size() as usize, size_of::<StatsRecord>());
+    assert_eq!(
+        Maps::from_pins(dir.path()).unwrap().counters().unwrap(),
+        [0; Stat::COUNT as usize],
+        "the counters restart"
+    );
+}
+
+#[test]
+fn bpftool_prints_the_counters_and_the_configuration_by_field_name() {
+    if !require_root("bpftool_prints_the_counters_and_the_configuration_by_field_name") {
+        return;
+    }
+    let dir = PinDir::new("btf");
+    let _program = ScreenProgram::load(dir.path()).expect("load");
+    let mut maps = Maps::from_pins(dir.path()).unwrap();
+    kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
+    let dump = |name: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(dir.path().join(name))
+            .output()
+            .expect("running bpftool");
+        assert!(out.status.success(), "bpftool map dump {name}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stats = dump(map_name::STATS);
+    for field in ["\"cpus\"", "\"frames\"", "\"drop_static\"", "\"fragments\""] {
+        assert!(stats.contains(field), "{field} missing from {stats:.400}");
+    }
+    let config = dump(map_name::CONFIG);
+    for field in [
+        "\"ports\"",
+        "\"action\"",
+        "\"deny_slot\"",
+        "\"v4_table_slot\"",
+    ] {
+        assert!(config.contains(field), "{field} missing from {config}");
+    }
 }
 
 #[test]

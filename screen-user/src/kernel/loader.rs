@@ -1,8 +1,9 @@
 //! Loading the program with pinned maps, attaching it through pinned XDP links, and removing
 //! it all again.
 //!
-//! Maps are pinned as `<pin_dir>/<map name>` (the program's global data, which holds its
-//! configuration, as `scr_config_live`) and each attachment as `<pin_dir>/link_<iface>`.
+//! Maps are pinned as `<pin_dir>/<map name>` (the program's global data: its configuration as
+//! `scr_config_live`, its counters in `scr_stats`, the BTF map that backs them) and each
+//! attachment as `<pin_dir>/link_<iface>`.
 //! Loading again reuses the pinned maps when their layout matches and refuses otherwise; an
 //! interface that already has a pinned link gets the new program swapped into that link, so an
 //! upgrade or restart leaves no moment without the filter.
@@ -22,14 +23,15 @@ use aya::{
     },
 };
 use screen_common::{
-    Counters, DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyEntry, DynKeyV4, DynKeyV6, PROGRAM_NAME,
-    PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, map_name, v4_table,
+    DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyEntry, DynKeyV4, DynKeyV6, PROGRAM_NAME,
+    PrefixEntry, STATIC_MAX_ENTRIES, STATS_MAX_CPUS, ScreenConfig, StatsRecord, map_name, v4_table,
 };
 
 use super::{
     OBJECT,
     bpffs::{self, BpffsError},
     netlink::{self, NetlinkError, XdpAttachMode},
+    stats::StatsMap,
 };
 
 /// How to attach: chosen by the operator, never guessed.
@@ -84,10 +86,26 @@ pub enum KernelError {
     )]
     Misaligned(#[source] ProgramError),
     #[error(
+        "this machine has {cpus} possible CPUs; the program counts for at most {STATS_MAX_CPUS}"
+    )]
+    TooManyCpus { cpus: usize },
+    #[error("cannot count the possible CPUs ({path}): {source}")]
+    Cpus {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "pinned map {path} does not match this version ({what}); \
          run `smtp-screen unload` to remove the old maps (their entries are lost)"
     )]
     IncompatiblePin { path: PathBuf, what: String },
+    #[error("cannot read the counters in {path}: {source}")]
+    ReadStats {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot inspect pinned map {path}: {source}")]
     InspectPin {
         path: PathBuf,
@@ -198,7 +216,7 @@ fn expected_layout(name: &str) -> (MapType, usize, usize, u32) {
         map_name::CONFIG | map_name::LIVE_CONFIG_PIN => {
             (MapType::Array, 4, size_of::<ScreenConfig>(), 1)
         }
-        map_name::STATS => (MapType::PerCpuArray, 4, size_of::<Counters>(), 1),
+        map_name::STATS => (MapType::Array, 4, size_of::<StatsRecord>(), 1),
         n if map_name::TABLE_V4.contains(&n) => (MapType::Array, 4, 8, v4_table::WORDS),
         other => unreachable!("no layout for map {other}"),
     }
@@ -271,6 +289,37 @@ fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
     config.get(&0, 0).map(Some).map_err(inspect)
 }
 
+/// The pinned counters, if a program of this layout was loaded under `pin_dir` before.
+fn pinned_stats(pin_dir: &Path) -> Result<Option<Box<StatsRecord>>, KernelError> {
+    let path = pin_dir.join(map_name::STATS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).map_err(|source| KernelError::InspectPin {
+        path: path.clone(),
+        source,
+    })?;
+    let read = StatsMap::new(data).and_then(|stats| stats.read());
+    read.map(Some)
+        .map_err(|source| KernelError::ReadStats { path, source })
+}
+
+/// Creates the counters' map from its BTF definition, pinned, before the load that backs the
+/// program's global data with it. Within one load the maps are created in no fixed order, and
+/// the global data's own map, which has no BTF, could take the pin first. The object's other
+/// maps are created too, at their smallest, and closed again.
+fn pin_stats_map(pin_dir: &Path) -> Result<(), KernelError> {
+    let mut loader = EbpfLoader::new();
+    loader.map_pin_path(map_name::STATS, pin_dir.join(map_name::STATS));
+    for name in map_name::ALL {
+        if name != map_name::STATS && name != map_name::CONFIG {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    loader.load(OBJECT).map_err(KernelError::Load)?;
+    Ok(())
+}
+
 /// The program loaded into the kernel, with its maps pinned.
 pub struct ScreenProgram {
     ebpf: Ebpf,
@@ -283,6 +332,11 @@ impl ScreenProgram {
     /// read here and written back by the load.
     pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
         bpffs::prepare_pin_dir(pin_dir)?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, source)| KernelError::Cpus { path, source })?;
+        if cpus > STATS_MAX_CPUS {
+            return Err(KernelError::TooManyCpus { cpus });
+        }
         for name in map_name::ALL.into_iter().chain([map_name::LIVE_CONFIG_PIN]) {
             let path = pin_dir.join(name);
             if !path.exists() {
@@ -292,12 +346,30 @@ impl ScreenProgram {
                 path: path.clone(),
                 source,
             })?;
-            check_layout(name, &info)
-                .map_err(|what| KernelError::IncompatiblePin { path, what })?;
+            match check_layout(name, &info) {
+                Ok(()) => {}
+                // Counters hold no state: an older layout's are replaced, not refused.
+                Err(what) if name == map_name::STATS => {
+                    tracing::info!(pin = %path.display(), what, "counters of an older layout replaced; they restart at zero");
+                    remove_pin(&path)?;
+                }
+                Err(what) => return Err(KernelError::IncompatiblePin { path, what }),
+            }
+        }
+        let stats = pinned_stats(pin_dir)?;
+        if stats.is_none() {
+            pin_stats_map(pin_dir)?;
         }
         let mut loader = EbpfLoader::new();
         for name in map_name::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
+        }
+        // The counters the program writes are its global data, backed by the pinned BTF map.
+        // The loader writes the object's initial data (zeros) into it, so it starts from the
+        // pinned counts; only what the previous program counts during the load is lost.
+        loader.map_pin_path(map_name::STATS_GLOBAL, pin_dir.join(map_name::STATS));
+        if let Some(stats) = &stats {
+            loader.override_global(map_name::STATS_SYMBOL, &**stats, true);
         }
         // The loader writes the object's initial global data into the live record, pinned or
         // new; starting from the pinned configuration, a reload changes nothing the program

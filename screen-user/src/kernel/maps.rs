@@ -14,16 +14,16 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use screen_common::{
-    Counters, DenyEntry, DynKeyV4, DynKeyV6, Origin, PrefixEntry, ScreenConfig, Stat, map_name,
-    mask_v6,
+    DenyEntry, DynKeyV4, DynKeyV6, Origin, PrefixEntry, ScreenConfig, Stat, map_name, mask_v6,
 };
 
 use crate::kernel::{
     clock,
+    stats::StatsMap,
     table::{MappedTable, V4Table},
 };
 
@@ -61,6 +61,12 @@ pub enum MapsError {
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
     NotListed { net: IpNet, list: &'static str },
+    /// Reading or writing the counters failed.
+    #[error("map {}: {source}", map_name::STATS)]
+    Stats {
+        #[source]
+        source: io::Error,
+    },
     /// The map is not an array.
     #[error("map {name} is not an array")]
     NotAnArray { name: &'static str },
@@ -162,8 +168,17 @@ pub struct Maps {
     /// The record the program reads, and so the one that says which slots are live (`None`:
     /// pins of an older program, which reads `config`).
     live_config: Option<Array<MapData, ScreenConfig>>,
-    stats: PerCpuArray<MapData, Counters>,
+    /// The counters the program writes: its global data, pinned as `scr_stats`.
+    stats: StatsMap,
     tables_v4: [MappedTable; 2],
+}
+
+/// The counters' map, `name` in the object or the pin directory.
+fn stats_map(name: &'static str, map: Map) -> Result<StatsMap> {
+    let Map::Array(data) = map else {
+        return Err(MapsError::NotAnArray { name });
+    };
+    StatsMap::new(data).map_err(|source| MapsError::Stats { source })
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -205,6 +220,14 @@ impl Maps {
                 name: map_name::LIVE_CONFIG_PIN,
             })?;
         maps.live_config = Some(typed(map_name::LIVE_CONFIG_PIN, live)?);
+        // Without pins the counters' BTF map and the global data the program writes are two
+        // maps; the second is the one to read.
+        let stats = ebpf
+            .take_map(map_name::STATS_GLOBAL)
+            .ok_or(MapsError::Missing {
+                name: map_name::STATS_GLOBAL,
+            })?;
+        maps.stats = stats_map(map_name::STATS_GLOBAL, stats)?;
         Ok(maps)
     }
 
@@ -231,7 +254,7 @@ impl Maps {
             dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
             config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
             live_config: None,
-            stats: typed(map_name::STATS, open(map_name::STATS)?)?,
+            stats: stats_map(map_name::STATS, open(map_name::STATS)?)?,
             tables_v4,
         })
     }
@@ -611,17 +634,11 @@ impl Maps {
 
     /// Counters summed over all CPUs, indexed by [`Stat`].
     pub fn counters(&self) -> Result<[u64; Stat::COUNT as usize]> {
-        let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map {
-            name: map_name::STATS,
-            source,
-        })?;
-        let mut out = [0; Stat::COUNT as usize];
-        for counters in per_cpu.iter() {
-            for stat in Stat::ALL {
-                out[stat as usize] += counters.get(stat);
-            }
-        }
-        Ok(out)
+        let record = self
+            .stats
+            .read()
+            .map_err(|source| MapsError::Stats { source })?;
+        Ok(record.totals())
     }
 
     /// Number of entries in each map, by map name (the live and idle slots both count).

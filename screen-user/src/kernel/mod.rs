@@ -14,6 +14,7 @@ pub mod loader;
 pub mod maps;
 pub mod netlink;
 pub mod relay;
+pub mod stats;
 pub mod table;
 
 pub use loader::{AttachMode, Attachment, KernelError, ScreenProgram};
