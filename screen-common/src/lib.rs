@@ -8,8 +8,9 @@
 #![no_std]
 
 /// Names of the BPF maps, at most 15 bytes each (`BPF_OBJ_NAME_LEN`), which are also the file
-/// names of their pins under the pin directory; the program's global data, named after its
-/// section, is pinned as [`LIVE_CONFIG_PIN`](map_name::LIVE_CONFIG_PIN).
+/// names of their pins under the pin directory. The program's global data (its configuration
+/// and its counters) lives in [`CONFIG`](map_name::CONFIG) and [`STATS`](map_name::STATS):
+/// the loader backs each object section with the pinned BTF map.
 pub mod map_name {
     /// Static allow list, IPv4, slot 0 and 1 (LPM trie).
     pub const ALLOW_V4: [&str; 2] = ["scr_allow_v4_0", "scr_allow_v4_1"];
@@ -23,7 +24,8 @@ pub mod map_name {
     pub const DYN_DENY_V4: &str = "scr_dyn_v4";
     /// Dynamic deny entries with an expiry, IPv6 prefix (LRU hash).
     pub const DYN_DENY_V6: &str = "scr_dyn_v6";
-    /// The single [`ScreenConfig`](super::ScreenConfig) record (array of one).
+    /// The single [`ScreenConfig`](super::ScreenConfig) record (array of one). The program
+    /// reads it as its global data [`CONFIG_GLOBAL`], which the loader backs with this map.
     pub const CONFIG: &str = "scr_config";
     /// The counters: one [`StatsRecord`](super::StatsRecord) holding a slot per CPU (array
     /// of one). The program writes it as its global data [`STATS_GLOBAL`], which the loader
@@ -34,15 +36,14 @@ pub mod map_name {
     pub const STATS_GLOBAL: &str = ".data.stats";
     /// The symbol of [`STATS_GLOBAL`]'s record in the object.
     pub const STATS_SYMBOL: &str = "SCREEN_STATS";
-    /// The copy of the configuration record that the XDP program reads: its global data, in
-    /// the object section of this name (an array of one without BTF, which the loader names
-    /// after the section), reached through a direct address instead of a map lookup. Written
-    /// after [`CONFIG`], which holds the same record with BTF for `bpftool`.
-    pub const LIVE_CONFIG: &str = ".data.config";
-    /// Where [`LIVE_CONFIG`] is pinned.
-    pub const LIVE_CONFIG_PIN: &str = "scr_config_live";
-    /// The symbol of [`LIVE_CONFIG`]'s record in the object.
-    pub const LIVE_CONFIG_SYMBOL: &str = "SCREEN_CONFIG";
+    /// The object section of the program's configuration record, which it reaches through a
+    /// direct address instead of a map lookup.
+    pub const CONFIG_GLOBAL: &str = ".data.config";
+    /// The symbol of [`CONFIG_GLOBAL`]'s record in the object.
+    pub const CONFIG_SYMBOL: &str = "SCREEN_CONFIG";
+    /// Where the previous layout pinned the section [`CONFIG_GLOBAL`], without BTF, beside a
+    /// copy in [`CONFIG`]. Loading takes the record from it and removes it.
+    pub const OLD_CONFIG_GLOBAL_PIN: &str = "scr_config_live";
     /// The IPv4 direct table of both static lists, slot 0 and 1 (mmap-able array of `u64`
     /// words, see [`v4_table`](super::v4_table)).
     pub const TABLE_V4: [&str; 2] = ["scr_table_v4_0", "scr_table_v4_1"];
@@ -53,8 +54,7 @@ pub mod map_name {
     /// Each relayed socket's peer and byte count, by socket cookie ([`RelayPeer`](super::RelayPeer)).
     pub const RELAY_PEERS: &str = "scr_relay_peers";
 
-    /// Every pinned BTF map of the XDP program, in a stable order (the live configuration,
-    /// global data, is pinned beside them as [`LIVE_CONFIG_PIN`]).
+    /// Every pinned map of the XDP program, in a stable order.
     pub const ALL: [&str; 14] = [
         ALLOW_V4[0],
         ALLOW_V4[1],
@@ -253,8 +253,8 @@ pub enum DenyAction {
     Rst = 1,
 }
 
-/// The program's configuration: its global data [`map_name::LIVE_CONFIG`], and the same record
-/// as element 0 of the [`map_name::CONFIG`] array for `bpftool`.
+/// The program's configuration: element 0 of the [`map_name::CONFIG`] array, which the program
+/// reads as its global data [`map_name::CONFIG_GLOBAL`].
 ///
 /// An all-zero record ([`ScreenConfig::UNCONFIGURED`], before the daemon writes one) protects
 /// no port, so the program passes everything until it is configured.

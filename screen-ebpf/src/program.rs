@@ -44,12 +44,12 @@ static DYN_V4: LruHashMap<DynKeyV4, DenyEntry, { DYN_V4_MAX_ENTRIES as usize }> 
 #[btf_map(name = "scr_dyn_v6")]
 static DYN_V6: LruHashMap<DynKeyV6, DenyEntry, { DYN_V6_MAX_ENTRIES as usize }> = LruHashMap::new();
 
-/// The configuration record `bpftool` shows with field names. The program reads
-/// [`SCREEN_CONFIG`], the same record in its global data; the daemon writes both.
+/// The configuration record with its BTF, for `bpftool`. The loader backs [`SCREEN_CONFIG`]
+/// with this map, pinned, so the program reads the record the daemon writes.
 #[btf_map(name = "scr_config")]
 static CONFIG: Array<ScreenConfig, 1> = Array::new();
 
-/// The live configuration (`map_name::LIVE_CONFIG`): global data, whose address the verifier
+/// The configuration (`map_name::CONFIG_GLOBAL`): global data, whose address the verifier
 /// puts straight into the instructions. An array lookup, though inlined, passes its key
 /// through the stack; on the deny path that was a tenth of the program's cost.
 ///

@@ -30,7 +30,7 @@ use screen_tests::{
 use screen_user::{
     config::KernelAction,
     kernel::{
-        self, KernelError, Maps, ScreenProgram, StaticList, loader,
+        self, KernelError, Maps, MapsError, ScreenProgram, StaticList, loader,
         stats::{self, StatsMap},
     },
 };
@@ -1197,9 +1197,15 @@ fn pinned_map_layouts_match_the_loader() {
         loader::check_layout(name, &info).unwrap_or_else(|what| panic!("{name}: {what}"));
         assert_eq!(info.name_as_str(), Some(name), "kernel name of {name}");
     }
-    let live = MapInfo::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN))
-        .expect("the live configuration is pinned");
-    loader::check_layout(map_name::LIVE_CONFIG_PIN, &live).unwrap();
+    let pinned: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        pinned.len(),
+        map_name::ALL.len(),
+        "nothing but the maps is pinned: {pinned:?}"
+    );
     drop(program);
     loader::unload(dir.path()).expect("unloading");
     assert!(!dir.path().exists(), "unload removes the pin directory");
@@ -1228,25 +1234,13 @@ fn reloading_reuses_the_pinned_maps() {
         "adding the prefix flipped the deny slot"
     );
     let first = ids();
-    let live_id = || {
-        MapInfo::from_pin(dir.path().join(map_name::LIVE_CONFIG_PIN))
-            .unwrap()
-            .id()
-    };
-    let first_live = live_id();
     let _program = ScreenProgram::load(dir.path()).expect("second load");
     assert_eq!(ids(), first, "the second load must reuse every pinned map");
-    assert_eq!(
-        live_id(),
-        first_live,
-        "the live configuration is reused too"
-    );
     let mut maps = Maps::from_pins(dir.path()).unwrap();
     assert!(maps.is_configured().unwrap(), "the configuration survives");
     // The load itself writes the object's initial data into the record the program reads; it
     // must write back what was there (the list change above flipped the slots), not the
     // unconfigured record, or the filter would pass everything until the daemon configures it.
-    assert_eq!(pinned_record(&dir, map_name::LIVE_CONFIG_PIN), before);
     assert_eq!(pinned_record(&dir, map_name::CONFIG), before);
     let statics = maps.static_entries(StaticList::Deny).unwrap();
     assert!(
@@ -1268,8 +1262,10 @@ fn pinned_record(dir: &PinDir, name: &str) -> ScreenConfig {
 }
 
 #[test]
-fn loading_over_pins_without_the_live_configuration_starts_it_from_scr_config() {
-    if !require_root("loading_over_pins_without_the_live_configuration_starts_it_from_scr_config") {
+fn loading_over_the_previous_layouts_pins_takes_its_configuration_and_removes_the_copy() {
+    if !require_root(
+        "loading_over_the_previous_layouts_pins_takes_its_configuration_and_removes_the_copy",
+    ) {
         return;
     }
     let dir = PinDir::new("upgrade");
@@ -1281,17 +1277,27 @@ fn loading_over_pins_without_the_live_configuration_starts_it_from_scr_config() 
             .unwrap();
         maps.config().unwrap()
     };
-    // As the pins of a version whose program read `scr_config`.
-    std::fs::remove_file(dir.path().join(map_name::LIVE_CONFIG_PIN)).unwrap();
-    let old = Maps::from_pins(dir.path()).expect("opening pins without the live record");
-    assert_eq!(
-        old.config().unwrap(),
-        before,
-        "scr_config answers without it"
-    );
+    // As the pins of the previous layout: its program read a copy of the record, pinned as
+    // `scr_config_live`, the one to trust; `scr_config` may lag behind it.
+    let mut lagging = before;
+    lagging.deny_slot ^= 1;
+    Maps::from_pins(dir.path())
+        .unwrap()
+        .set_config(&lagging)
+        .unwrap();
+    let mut copy = Array::<MapData, ScreenConfig>::create(1, 0).expect("an array of one");
+    copy.set(0, before, 0).unwrap();
+    let old_pin = dir.path().join(map_name::OLD_CONFIG_GLOBAL_PIN);
+    copy.pin(&old_pin).expect("pinning the copy");
+    match Maps::from_pins(dir.path()) {
+        Err(MapsError::OldLayout) => {}
+        Err(other) => panic!("expected OldLayout, got {other}"),
+        Ok(_) => panic!("opened pins whose program reads another record"),
+    }
 
-    let _program = ScreenProgram::load(dir.path()).expect("second load");
-    assert_eq!(pinned_record(&dir, map_name::LIVE_CONFIG_PIN), before);
+    let _program = ScreenProgram::load(dir.path()).expect("loading over them");
+    assert!(!old_pin.exists(), "the copy's pin is removed");
+    assert_eq!(pinned_record(&dir, map_name::CONFIG), before);
     let maps = Maps::from_pins(dir.path()).unwrap();
     assert_eq!(maps.config().unwrap(), before);
 }

@@ -1,9 +1,9 @@
 //! Loading the program with pinned maps, attaching it through pinned XDP links, and removing
 //! it all again.
 //!
-//! Maps are pinned as `<pin_dir>/<map name>` (the program's global data: its configuration as
-//! `scr_config_live`, its counters in `scr_stats`, the BTF map that backs them) and each
-//! attachment as `<pin_dir>/link_<iface>`.
+//! Maps are pinned as `<pin_dir>/<map name>` (the program's global data, its configuration and
+//! its counters, in the BTF maps `scr_config` and `scr_stats`) and each attachment as
+//! `<pin_dir>/link_<iface>`.
 //! Loading again reuses the pinned maps when their layout matches and refuses otherwise; an
 //! interface that already has a pinned link gets the new program swapped into that link, so an
 //! upgrade or restart leaves no moment without the filter.
@@ -213,7 +213,7 @@ fn expected_layout(name: &str) -> (MapType, usize, usize, u32) {
             size_of::<DenyEntry>(),
             DYN_V6_MAX_ENTRIES,
         ),
-        map_name::CONFIG | map_name::LIVE_CONFIG_PIN => {
+        map_name::CONFIG | map_name::OLD_CONFIG_GLOBAL_PIN => {
             (MapType::Array, 4, size_of::<ScreenConfig>(), 1)
         }
         map_name::STATS => (MapType::Array, 4, size_of::<StatsRecord>(), 1),
@@ -272,7 +272,7 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
 /// The pinned configuration record, if a program was loaded under `pin_dir` before: the one
 /// the program read, or the `bpftool` copy that an older version's program read.
 fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
-    let Some(path) = [map_name::LIVE_CONFIG_PIN, map_name::CONFIG]
+    let Some(path) = [map_name::OLD_CONFIG_GLOBAL_PIN, map_name::CONFIG]
         .into_iter()
         .map(|name| pin_dir.join(name))
         .find(|path| path.exists())
@@ -304,15 +304,17 @@ fn pinned_stats(pin_dir: &Path) -> Result<Option<Box<StatsRecord>>, KernelError>
         .map_err(|source| KernelError::ReadStats { path, source })
 }
 
-/// Creates the counters' map from its BTF definition, pinned, before the load that backs the
-/// program's global data with it. Within one load the maps are created in no fixed order, and
-/// the global data's own map, which has no BTF, could take the pin first. The object's other
-/// maps are created too, at their smallest, and closed again.
-fn pin_stats_map(pin_dir: &Path) -> Result<(), KernelError> {
+/// Creates the maps that back the program's global data (configuration and counters) from
+/// their BTF definitions, pinned, before the load that backs the global data with them. Within
+/// one load the maps are created in no fixed order, and the global data's own maps, which have
+/// no BTF, could take the pins first. The object's other maps are created too, at their
+/// smallest, and closed again.
+fn pin_global_data_maps(pin_dir: &Path) -> Result<(), KernelError> {
     let mut loader = EbpfLoader::new();
-    loader.map_pin_path(map_name::STATS, pin_dir.join(map_name::STATS));
     for name in map_name::ALL {
-        if name != map_name::STATS && name != map_name::CONFIG {
+        if name == map_name::STATS || name == map_name::CONFIG {
+            loader.map_pin_path(name, pin_dir.join(name));
+        } else {
             loader.map_max_entries(name, 1);
         }
     }
@@ -337,7 +339,10 @@ impl ScreenProgram {
         if cpus > STATS_MAX_CPUS {
             return Err(KernelError::TooManyCpus { cpus });
         }
-        for name in map_name::ALL.into_iter().chain([map_name::LIVE_CONFIG_PIN]) {
+        for name in map_name::ALL
+            .into_iter()
+            .chain([map_name::OLD_CONFIG_GLOBAL_PIN])
+        {
             let path = pin_dir.join(name);
             if !path.exists() {
                 continue;
@@ -357,31 +362,27 @@ impl ScreenProgram {
             }
         }
         let stats = pinned_stats(pin_dir)?;
-        if stats.is_none() {
-            pin_stats_map(pin_dir)?;
+        if stats.is_none() || !pin_dir.join(map_name::CONFIG).exists() {
+            pin_global_data_maps(pin_dir)?;
         }
         let mut loader = EbpfLoader::new();
         for name in map_name::ALL {
             loader.map_pin_path(name, pin_dir.join(name));
         }
-        // The counters the program writes are its global data, backed by the pinned BTF map.
-        // The loader writes the object's initial data (zeros) into it, so it starts from the
-        // pinned counts; only what the previous program counts during the load is lost.
+        // The program's global data, backed by the pinned BTF maps. The loader writes the
+        // object's initial data into them, so it starts from the pinned records: a reload
+        // changes nothing the program sees, and the counters carry over (but for what the
+        // previous program counts during the load). The pin directory lock keeps the
+        // configuration from changing meanwhile.
         loader.map_pin_path(map_name::STATS_GLOBAL, pin_dir.join(map_name::STATS));
         if let Some(stats) = &stats {
             loader.override_global(map_name::STATS_SYMBOL, &**stats, true);
         }
-        // The loader writes the object's initial global data into the live record, pinned or
-        // new; starting from the pinned configuration, a reload changes nothing the program
-        // sees. The pin directory lock keeps it from changing meanwhile.
+        loader.map_pin_path(map_name::CONFIG_GLOBAL, pin_dir.join(map_name::CONFIG));
         let current = pinned_config(pin_dir)?;
         if let Some(current) = &current {
-            loader.override_global(map_name::LIVE_CONFIG_SYMBOL, current, true);
+            loader.override_global(map_name::CONFIG_SYMBOL, current, true);
         }
-        loader.map_pin_path(
-            map_name::LIVE_CONFIG,
-            pin_dir.join(map_name::LIVE_CONFIG_PIN),
-        );
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -395,6 +396,8 @@ impl ScreenProgram {
                 KernelError::Verify(e)
             }
         })?;
+        // The previous layout's copy of the configuration: its record is in `scr_config` now.
+        remove_pin(&pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN))?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),

@@ -61,6 +61,13 @@ pub enum MapsError {
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
     NotListed { net: IpNet, list: &'static str },
+    /// The pins are those of the previous layout, whose program this version cannot steer.
+    #[error(
+        "the loaded program is of an older smtp-screen (it reads {}); run `smtp-screen load` \
+         (or restart the daemon) to upgrade it in place, keeping every entry",
+        map_name::OLD_CONFIG_GLOBAL_PIN
+    )]
+    OldLayout,
     /// Reading or writing the counters failed.
     #[error("map {}: {source}", map_name::STATS)]
     Stats {
@@ -164,10 +171,8 @@ pub struct Maps {
     deny_v6: [Trie6; 2],
     dyn_v4: HashMap<MapData, DynKeyV4, DenyEntry>,
     dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
+    /// The configuration the program reads: its global data, pinned as `scr_config`.
     config: Array<MapData, ScreenConfig>,
-    /// The record the program reads, and so the one that says which slots are live (`None`:
-    /// pins of an older program, which reads `config`).
-    live_config: Option<Array<MapData, ScreenConfig>>,
     /// The counters the program writes: its global data, pinned as `scr_stats`.
     stats: StatsMap,
     tables_v4: [MappedTable; 2],
@@ -202,26 +207,25 @@ impl Maps {
             })?;
             Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
         };
-        let mut maps = Self::build(|name| open(name, name))?;
-        // A program loaded by an older version reads `scr_config` and pinned no live record.
-        if pin_dir.join(map_name::LIVE_CONFIG_PIN).exists() {
-            let live = open(map_name::LIVE_CONFIG_PIN, map_name::LIVE_CONFIG_PIN)?;
-            maps.live_config = Some(typed(map_name::LIVE_CONFIG_PIN, live)?);
+        // The program of the previous layout reads its own copy of the configuration, which
+        // this version no longer writes: a list change would not reach it.
+        if pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN).exists() {
+            return Err(MapsError::OldLayout);
         }
-        Ok(maps)
+        Self::build(|name| open(name, name))
     }
 
     /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         let mut maps = Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))?;
-        let live = ebpf
-            .take_map(map_name::LIVE_CONFIG)
+        // Without pins the BTF maps and the global data the program uses are separate maps;
+        // the global data is the one to read and write.
+        let config = ebpf
+            .take_map(map_name::CONFIG_GLOBAL)
             .ok_or(MapsError::Missing {
-                name: map_name::LIVE_CONFIG_PIN,
+                name: map_name::CONFIG_GLOBAL,
             })?;
-        maps.live_config = Some(typed(map_name::LIVE_CONFIG_PIN, live)?);
-        // Without pins the counters' BTF map and the global data the program writes are two
-        // maps; the second is the one to read.
+        maps.config = typed(map_name::CONFIG_GLOBAL, config)?;
         let stats = ebpf
             .take_map(map_name::STATS_GLOBAL)
             .ok_or(MapsError::Missing {
@@ -253,31 +257,21 @@ impl Maps {
             dyn_v4: typed(map_name::DYN_DENY_V4, open(map_name::DYN_DENY_V4)?)?,
             dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
             config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
-            live_config: None,
             stats: stats_map(map_name::STATS, open(map_name::STATS)?)?,
             tables_v4,
         })
     }
 
-    /// The program's configuration record: the one it reads.
+    /// The program's configuration record.
     pub fn config(&self) -> Result<ScreenConfig> {
-        let (map, name) = match &self.live_config {
-            Some(live) => (live, map_name::LIVE_CONFIG_PIN),
-            None => (&self.config, map_name::CONFIG),
-        };
-        map.get(&0, 0)
-            .map_err(|source| MapsError::Map { name, source })
+        self.config.get(&0, 0).map_err(|source| MapsError::Map {
+            name: map_name::CONFIG,
+            source,
+        })
     }
 
-    /// Replaces the configuration record, each copy in one map update: the one the program
-    /// reads, which decides which slots are live, then the one `bpftool` shows.
+    /// Replaces the configuration record, in one map update.
     pub fn set_config(&mut self, config: &ScreenConfig) -> Result<()> {
-        if let Some(live) = &mut self.live_config {
-            live.set(0, config, 0).map_err(|source| MapsError::Map {
-                name: map_name::LIVE_CONFIG_PIN,
-                source,
-            })?;
-        }
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Map {

@@ -94,7 +94,10 @@ impl KernelRelay {
             loader.map_max_entries(name, 1);
         }
         let mut ebpf = loader.load(OBJECT).map_err(RelayError::Load)?;
-        for name in map_name::ALL.into_iter().chain([map_name::LIVE_CONFIG]) {
+        for name in map_name::ALL
+            .into_iter()
+            .chain([map_name::CONFIG_GLOBAL, map_name::STATS_GLOBAL])
+        {
             drop(ebpf.take_map(name));
         }
         let socks: SockHash<MapData, u64> = take_map(&mut ebpf, map_name::RELAY_SOCKS)?;
