@@ -217,21 +217,12 @@ impl Maps {
 
     /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut maps = Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))?;
+        let mut take = |name| ebpf.take_map(name).ok_or(MapsError::Missing { name });
+        let mut maps = Self::build(&mut take)?;
         // Without pins the BTF maps and the global data the program uses are separate maps;
         // the global data is the one to read and write.
-        let config = ebpf
-            .take_map(map_name::CONFIG_GLOBAL)
-            .ok_or(MapsError::Missing {
-                name: map_name::CONFIG_GLOBAL,
-            })?;
-        maps.config = typed(map_name::CONFIG_GLOBAL, config)?;
-        let stats = ebpf
-            .take_map(map_name::STATS_GLOBAL)
-            .ok_or(MapsError::Missing {
-                name: map_name::STATS_GLOBAL,
-            })?;
-        maps.stats = stats_map(map_name::STATS_GLOBAL, stats)?;
+        maps.config = typed(map_name::CONFIG_GLOBAL, take(map_name::CONFIG_GLOBAL)?)?;
+        maps.stats = stats_map(map_name::STATS_GLOBAL, take(map_name::STATS_GLOBAL)?)?;
         Ok(maps)
     }
 
