@@ -399,9 +399,9 @@ pub struct CpuCounters {
 }
 
 /// Every counter of the program, a slot per CPU, indexed by the CPU's number. The program finds
-/// its slot with the CPU number (an inlined helper) in its global data, whose address is in its
-/// instructions: a per-CPU array lookup passes its key through the stack and costs a tenth of
-/// the deny path.
+/// its slot with the CPU number (a helper the verifier inlines from Linux 6.10 on x86-64) in its
+/// global data, whose address is in its instructions: a per-CPU array lookup passes its key
+/// through the stack and costs a tenth of the deny path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatsRecord {

@@ -81,6 +81,7 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     for iface in &config.interfaces {
         program.attach(iface, config.xdp_mode, false)?;
     }
+    program.retire_old_layout()?;
     tracing::info!(
         prog_id = program.program_id()?,
         pin_dir = %pin_dir.display(),

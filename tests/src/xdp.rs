@@ -118,7 +118,8 @@ pub fn is_einval(error: &ProgramError) -> bool {
     syscall_errno(error) == Some(libc::EINVAL)
 }
 
-/// A snapshot (or a difference of two snapshots) of the per-CPU counters, indexed by [`Stat`].
+/// A snapshot (or a difference of two snapshots) of the counters summed over the CPU slots,
+/// indexed by [`Stat`].
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters(pub [u64; Stat::COUNT as usize]);
 

@@ -1190,12 +1190,31 @@ fn pinned_map_layouts_match_the_loader() {
         return;
     }
     let dir = PinDir::new("layout");
-    let program = ScreenProgram::load(dir.path()).expect("loading with pins");
+    let mut program = ScreenProgram::load(dir.path()).expect("loading with pins");
     for name in map_name::ALL {
         let info = MapInfo::from_pin(dir.path().join(name))
             .unwrap_or_else(|e| panic!("{name} is not pinned: {e}"));
         loader::check_layout(name, &info).unwrap_or_else(|what| panic!("{name}: {what}"));
         assert_eq!(info.name_as_str(), Some(name), "kernel name of {name}");
+    }
+    // The program uses the pinned records as its global data, not maps of its own.
+    let prog_id = program.program_id().unwrap();
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| info.id() == prog_id)
+        .expect("the loaded program is listed");
+    let used = info.map_ids().unwrap().expect("map ids are readable");
+    for name in [map_name::CONFIG, map_name::STATS] {
+        let id = MapInfo::from_pin(dir.path().join(name)).unwrap().id();
+        assert!(used.contains(&id), "{name} (id {id}) not among {used:?}");
+    }
+    for id in &used {
+        let map = MapInfo::from_id(*id).unwrap();
+        let name = map.name_as_str().unwrap_or("").to_string();
+        assert!(
+            map_name::ALL.contains(&name.as_str()),
+            "the program uses map {name} (id {id}), which is not pinned"
+        );
     }
     let pinned: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -1262,9 +1281,9 @@ fn pinned_record(dir: &PinDir, name: &str) -> ScreenConfig {
 }
 
 #[test]
-fn loading_over_the_previous_layouts_pins_takes_its_configuration_and_removes_the_copy() {
+fn loading_over_the_previous_layouts_pins_takes_its_configuration_and_retires_the_copy() {
     if !require_root(
-        "loading_over_the_previous_layouts_pins_takes_its_configuration_and_removes_the_copy",
+        "loading_over_the_previous_layouts_pins_takes_its_configuration_and_retires_the_copy",
     ) {
         return;
     }
@@ -1289,17 +1308,33 @@ fn loading_over_the_previous_layouts_pins_takes_its_configuration_and_removes_th
     copy.set(0, before, 0).unwrap();
     let old_pin = dir.path().join(map_name::OLD_CONFIG_GLOBAL_PIN);
     copy.pin(&old_pin).expect("pinning the copy");
-    match Maps::from_pins(dir.path()) {
-        Err(MapsError::OldLayout) => {}
-        Err(other) => panic!("expected OldLayout, got {other}"),
-        Ok(_) => panic!("opened pins whose program reads another record"),
-    }
+    assert_eq!(
+        Maps::from_pins(dir.path()).unwrap().config().unwrap(),
+        before,
+        "the copy is the record while it is pinned"
+    );
 
-    let _program = ScreenProgram::load(dir.path()).expect("loading over them");
-    assert!(!old_pin.exists(), "the copy's pin is removed");
+    let mut program = ScreenProgram::load(dir.path()).expect("loading over them");
     assert_eq!(pinned_record(&dir, map_name::CONFIG), before);
-    let maps = Maps::from_pins(dir.path()).unwrap();
-    assert_eq!(maps.config().unwrap(), before);
+    // Until the previous program is off every interface, a change reaches its copy too.
+    let mut changed = before;
+    changed.action ^= 1;
+    Maps::from_pins(dir.path())
+        .unwrap()
+        .set_config(&changed)
+        .unwrap();
+    assert_eq!(
+        pinned_record(&dir, map_name::OLD_CONFIG_GLOBAL_PIN),
+        changed
+    );
+    assert_eq!(pinned_record(&dir, map_name::CONFIG), changed);
+    // No interface runs the previous program here: the copy goes.
+    program.retire_old_layout().unwrap();
+    assert!(!old_pin.exists(), "the copy's pin is removed");
+    assert_eq!(
+        Maps::from_pins(dir.path()).unwrap().config().unwrap(),
+        changed
+    );
 }
 
 #[test]
@@ -1369,6 +1404,11 @@ fn counters_of_an_older_layout_are_replaced_not_refused() {
     let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
     let pin = dir.path().join(map_name::STATS);
     old.pin(&pin).expect("pinning it");
+    match Maps::from_pins(dir.path()) {
+        Err(MapsError::OldLayout { path }) => assert_eq!(path, pin),
+        Err(other) => panic!("expected OldLayout, got {other}"),
+        Ok(_) => panic!("opened pins of an older layout"),
+    }
     let _program = ScreenProgram::load(dir.path()).expect("loading over the old counters");
     let info = MapInfo::from_pin(&pin).unwrap();
     assert_eq!(info.map_type().unwrap(), MapType::Array);
@@ -1378,6 +1418,29 @@ fn counters_of_an_older_layout_are_replaced_not_refused() {
         [0; Stat::COUNT as usize],
         "the counters restart"
     );
+}
+
+#[test]
+fn counters_of_an_older_layout_stay_when_another_pin_is_refused() {
+    if !require_root("counters_of_an_older_layout_stay_when_another_pin_is_refused") {
+        return;
+    }
+    let dir = PinDir::new("old-stats-refused");
+    std::fs::create_dir(dir.path()).expect("creating the pin directory");
+    let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
+    let stats_pin = dir.path().join(map_name::STATS);
+    old.pin(&stats_pin).expect("pinning it");
+    // A table without BPF_F_MMAPABLE: refused.
+    let table = Array::<MapData, u64>::create(v4_table::WORDS, 0).expect("an array");
+    let table_pin = dir.path().join(map_name::TABLE_V4[0]);
+    table.pin(&table_pin).expect("pinning it");
+    match ScreenProgram::load(dir.path()) {
+        Err(KernelError::IncompatiblePin { path, .. }) => assert_eq!(path, table_pin),
+        Err(other) => panic!("expected IncompatiblePin, got {other}"),
+        Ok(_) => panic!("loaded over an incompatible table"),
+    }
+    let info = MapInfo::from_pin(&stats_pin).expect("the old counters are still pinned");
+    assert_eq!(info.map_type().unwrap(), MapType::PerCpuArray);
 }
 
 #[test]

@@ -56,5 +56,6 @@ fn load_and_attach(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
             args.action,
         );
     }
+    program.retire_old_layout()?;
     Ok(())
 }

@@ -4,9 +4,12 @@
 //! Maps are pinned as `<pin_dir>/<map name>` (the program's global data, its configuration and
 //! its counters, in the BTF maps `scr_config` and `scr_stats`) and each attachment as
 //! `<pin_dir>/link_<iface>`.
-//! Loading again reuses the pinned maps when their layout matches and refuses otherwise; an
-//! interface that already has a pinned link gets the new program swapped into that link, so an
-//! upgrade or restart leaves no moment without the filter.
+//! Loading again reuses the pinned maps when their layout matches and refuses otherwise, but
+//! for counters of an earlier layout, which are replaced, and the previous layout's copy of the
+//! configuration (`scr_config_live`), whose record the load takes and which goes once no
+//! interface runs that layout's program. An interface that already has a pinned link gets the
+//! new program swapped into that link, so an upgrade or restart leaves no moment without the
+//! filter.
 
 use std::{
     io,
@@ -86,9 +89,20 @@ pub enum KernelError {
     )]
     Misaligned(#[source] ProgramError),
     #[error(
-        "this machine has {cpus} possible CPUs; the program counts for at most {STATS_MAX_CPUS}"
+        "this machine numbers its possible CPUs up to {cpus}; the program has counters for \
+         {STATS_MAX_CPUS} and would pass every frame on the others (raise STATS_MAX_CPUS in \
+         screen-common, up to 32768)"
     )]
     TooManyCpus { cpus: usize },
+    #[error(
+        "creating the BTF maps scr_config and scr_stats under {dir}, which back the program's \
+         global data: {source}"
+    )]
+    PinGlobalData {
+        dir: PathBuf,
+        #[source]
+        source: Box<EbpfError>,
+    },
     #[error("cannot count the possible CPUs ({path}): {source}")]
     Cpus {
         path: &'static str,
@@ -269,8 +283,9 @@ pub fn check_layout(name: &str, info: &MapInfo) -> Result<(), String> {
     }
 }
 
-/// The pinned configuration record, if a program was loaded under `pin_dir` before: the one
-/// the program read, or the `bpftool` copy that an older version's program read.
+/// The pinned configuration record, if a program was loaded under `pin_dir` before:
+/// `scr_config_live` if the previous layout left it (its program read that copy), else
+/// `scr_config`.
 fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
     let Some(path) = [map_name::OLD_CONFIG_GLOBAL_PIN, map_name::CONFIG]
         .into_iter()
@@ -289,19 +304,53 @@ fn pinned_config(pin_dir: &Path) -> Result<Option<ScreenConfig>, KernelError> {
     config.get(&0, 0).map(Some).map_err(inspect)
 }
 
-/// The pinned counters, if a program of this layout was loaded under `pin_dir` before.
-fn pinned_stats(pin_dir: &Path) -> Result<Option<Box<StatsRecord>>, KernelError> {
+/// The pinned counters.
+fn pinned_stats(pin_dir: &Path) -> Result<Box<StatsRecord>, KernelError> {
     let path = pin_dir.join(map_name::STATS);
-    if !path.exists() {
-        return Ok(None);
-    }
     let data = MapData::from_pin(&path).map_err(|source| KernelError::InspectPin {
         path: path.clone(),
         source,
     })?;
-    let read = StatsMap::new(data).and_then(|stats| stats.read());
-    read.map(Some)
+    StatsMap::new(data)
+        .and_then(|stats| stats.read())
         .map_err(|source| KernelError::ReadStats { path, source })
+}
+
+/// How many CPU numbers the kernel may give out: the highest possible CPU's number plus one
+/// (the possible CPUs may have gaps, and the program indexes its counters by number).
+fn cpu_numbers() -> Result<usize, KernelError> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(POSSIBLE).map_err(|source| KernelError::Cpus {
+        path: POSSIBLE,
+        source,
+    })?;
+    highest_cpu(&text)
+        .map(|highest| highest + 1)
+        .ok_or_else(|| KernelError::Cpus {
+            path: POSSIBLE,
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a CPU list: {:?}", text.trim()),
+            ),
+        })
+}
+
+/// The highest CPU number in a kernel CPU list (`0-3,8,10-11`).
+fn highest_cpu(list: &str) -> Option<usize> {
+    list.trim()
+        .split(',')
+        .map(|range| {
+            let mut ends = range.splitn(2, '-').map(|n| n.trim().parse::<usize>().ok());
+            let first = ends.next().flatten()?;
+            match ends.next() {
+                None => Some(first),
+                Some(last) => last.filter(|&last| last >= first),
+            }
+        })
+        .try_fold(None, |highest: Option<usize>, last| {
+            Some(highest.max(Some(last?)))
+        })
+        .flatten()
 }
 
 /// Creates the maps that back the program's global data (configuration and counters) from
@@ -318,7 +367,12 @@ fn pin_global_data_maps(pin_dir: &Path) -> Result<(), KernelError> {
             loader.map_max_entries(name, 1);
         }
     }
-    loader.load(OBJECT).map_err(KernelError::Load)?;
+    loader
+        .load(OBJECT)
+        .map_err(|source| KernelError::PinGlobalData {
+            dir: pin_dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
     Ok(())
 }
 
@@ -334,11 +388,11 @@ impl ScreenProgram {
     /// read here and written back by the load.
     pub fn load(pin_dir: &Path) -> Result<Self, KernelError> {
         bpffs::prepare_pin_dir(pin_dir)?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, source)| KernelError::Cpus { path, source })?;
+        let cpus = cpu_numbers()?;
         if cpus > STATS_MAX_CPUS {
             return Err(KernelError::TooManyCpus { cpus });
         }
+        let mut old_stats = None;
         for name in map_name::ALL
             .into_iter()
             .chain([map_name::OLD_CONFIG_GLOBAL_PIN])
@@ -353,16 +407,24 @@ impl ScreenProgram {
             })?;
             match check_layout(name, &info) {
                 Ok(()) => {}
-                // Counters hold no state: an older layout's are replaced, not refused.
-                Err(what) if name == map_name::STATS => {
-                    tracing::info!(pin = %path.display(), what, "counters of an older layout replaced; they restart at zero");
-                    remove_pin(&path)?;
-                }
+                // Counters hold no state: an older layout's are replaced, not refused (once
+                // every other pin has passed).
+                Err(what) if name == map_name::STATS => old_stats = Some((path, what)),
                 Err(what) => return Err(KernelError::IncompatiblePin { path, what }),
             }
         }
-        let stats = pinned_stats(pin_dir)?;
-        if stats.is_none() || !pin_dir.join(map_name::CONFIG).exists() {
+        if let Some((path, what)) = old_stats {
+            tracing::warn!(
+                pin = %path.display(),
+                what,
+                "counters of an older layout replaced; they restart at zero"
+            );
+            remove_pin(&path)?;
+        }
+        if [map_name::STATS, map_name::CONFIG]
+            .iter()
+            .any(|name| !pin_dir.join(name).exists())
+        {
             pin_global_data_maps(pin_dir)?;
         }
         let mut loader = EbpfLoader::new();
@@ -372,17 +434,16 @@ impl ScreenProgram {
         // The program's global data, backed by the pinned BTF maps. The loader writes the
         // object's initial data into them, so it starts from the pinned records: a reload
         // changes nothing the program sees, and the counters carry over (but for what the
-        // previous program counts during the load). The pin directory lock keeps the
-        // configuration from changing meanwhile.
-        loader.map_pin_path(map_name::STATS_GLOBAL, pin_dir.join(map_name::STATS));
-        if let Some(stats) = &stats {
-            loader.override_global(map_name::STATS_SYMBOL, &**stats, true);
-        }
+        // previous program counts between this read and the write). The pin directory lock
+        // keeps the configuration from changing meanwhile.
         loader.map_pin_path(map_name::CONFIG_GLOBAL, pin_dir.join(map_name::CONFIG));
-        let current = pinned_config(pin_dir)?;
-        if let Some(current) = &current {
-            loader.override_global(map_name::CONFIG_SYMBOL, current, true);
+        let config = pinned_config(pin_dir)?;
+        if let Some(config) = &config {
+            loader.override_global(map_name::CONFIG_SYMBOL, config, true);
         }
+        loader.map_pin_path(map_name::STATS_GLOBAL, pin_dir.join(map_name::STATS));
+        let stats = pinned_stats(pin_dir)?;
+        loader.override_global(map_name::STATS_SYMBOL, &*stats, true);
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -396,12 +457,38 @@ impl ScreenProgram {
                 KernelError::Verify(e)
             }
         })?;
-        // The previous layout's copy of the configuration: its record is in `scr_config` now.
-        remove_pin(&pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN))?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
         })
+    }
+
+    /// Removes the previous layout's copy of the configuration (`scr_config_live`) once no
+    /// interface runs that layout's program any more: every pinned link runs this program.
+    /// Until then the maps keep writing the copy too ([`Maps`](super::Maps)), so a program
+    /// still attached elsewhere goes on following list changes. Call after attaching.
+    pub fn retire_old_layout(&mut self) -> Result<(), KernelError> {
+        let old = self.pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN);
+        if !old.exists() {
+            return Ok(());
+        }
+        let prog_id = self.program_id()?;
+        let behind: Vec<String> = attachments(&self.pin_dir)?
+            .into_iter()
+            .filter(|attachment| attachment.prog_id != prog_id)
+            .map(|attachment| attachment.iface)
+            .collect();
+        if behind.is_empty() {
+            remove_pin(&old)
+        } else {
+            tracing::warn!(
+                interfaces = ?behind,
+                pin = %old.display(),
+                "the previous version's program still runs here; its configuration copy is kept \
+                 and written until it is replaced"
+            );
+            Ok(())
+        }
     }
 
     /// The loaded program's kernel id.
@@ -623,4 +710,21 @@ pub fn unload(pin_dir: &Path) -> Result<Vec<String>, KernelError> {
     }
     detached.sort();
     Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highest_cpu;
+
+    #[test]
+    fn the_highest_cpu_number_is_read_from_any_kernel_cpu_list() {
+        assert_eq!(highest_cpu("0\n"), Some(0));
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        // Gaps: the count (5) is not what sizes the slots, the highest number (11) is.
+        assert_eq!(highest_cpu("0-3,11\n"), Some(11));
+        assert_eq!(highest_cpu("0,2-5,8-9"), Some(9));
+        for bad in ["", "\n", "x", "0-", "3-1", "0,,1", "0-1-2"] {
+            assert_eq!(highest_cpu(bad), None, "{bad:?}");
+        }
+    }
 }

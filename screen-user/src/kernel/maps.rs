@@ -8,13 +8,13 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, lpm_trie::Key},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use screen_common::{
@@ -22,7 +22,7 @@ use screen_common::{
 };
 
 use crate::kernel::{
-    clock,
+    clock, loader,
     stats::StatsMap,
     table::{MappedTable, V4Table},
 };
@@ -61,16 +61,16 @@ pub enum MapsError {
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
     NotListed { net: IpNet, list: &'static str },
-    /// The pins are those of the previous layout, whose program this version cannot steer.
+    /// The pins are of an earlier layout, whose program this version cannot steer.
     #[error(
-        "the loaded program is of an older smtp-screen (it reads {}); run `smtp-screen load` \
-         (or restart the daemon) to upgrade it in place, keeping every entry",
-        map_name::OLD_CONFIG_GLOBAL_PIN
+        "{path} is of an older smtp-screen's layout; run `smtp-screen load` (or restart the \
+         daemon) to upgrade the loaded program in place, keeping every entry"
     )]
-    OldLayout,
+    OldLayout { path: PathBuf },
     /// Reading or writing the counters failed.
-    #[error("map {}: {source}", map_name::STATS)]
+    #[error("map {name}: {source}")]
     Stats {
+        name: &'static str,
         #[source]
         source: io::Error,
     },
@@ -173,6 +173,10 @@ pub struct Maps {
     dyn_v6: HashMap<MapData, DynKeyV6, DenyEntry>,
     /// The configuration the program reads: its global data, pinned as `scr_config`.
     config: Array<MapData, ScreenConfig>,
+    /// The previous layout's copy of the configuration (`scr_config_live`), while its program
+    /// may still run on an interface: the record that program reads, so read and written
+    /// first.
+    old_config: Option<Array<MapData, ScreenConfig>>,
     /// The counters the program writes: its global data, pinned as `scr_stats`.
     stats: StatsMap,
     tables_v4: [MappedTable; 2],
@@ -183,7 +187,7 @@ fn stats_map(name: &'static str, map: Map) -> Result<StatsMap> {
     let Map::Array(data) = map else {
         return Err(MapsError::NotAnArray { name });
     };
-    StatsMap::new(data).map_err(|source| MapsError::Stats { source })
+    StatsMap::new(data).map_err(|source| MapsError::Stats { name, source })
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -196,8 +200,8 @@ where
 impl Maps {
     /// Opens the maps pinned under `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &'static str, file: &str| {
-            let path = pin_dir.join(file);
+        let open = |name: &'static str| {
+            let path = pin_dir.join(name);
             if !path.exists() {
                 return Err(MapsError::Missing { name });
             }
@@ -207,12 +211,22 @@ impl Maps {
             })?;
             Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
         };
-        // The program of the previous layout reads its own copy of the configuration, which
-        // this version no longer writes: a list change would not reach it.
-        if pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN).exists() {
-            return Err(MapsError::OldLayout);
+        // Pins of an earlier layout hold counters this version cannot read, and their program
+        // reads a configuration record this version would not write.
+        let stats = pin_dir.join(map_name::STATS);
+        if let Ok(info) = MapInfo::from_pin(&stats)
+            && loader::check_layout(map_name::STATS, &info).is_err()
+        {
+            return Err(MapsError::OldLayout { path: stats });
         }
-        Self::build(|name| open(name, name))
+        let mut maps = Self::build(open)?;
+        // Loaded over the previous layout, with its program still attached somewhere: that
+        // program reads the copy, so the copy is written too.
+        if pin_dir.join(map_name::OLD_CONFIG_GLOBAL_PIN).exists() {
+            let old = open(map_name::OLD_CONFIG_GLOBAL_PIN)?;
+            maps.old_config = Some(typed(map_name::OLD_CONFIG_GLOBAL_PIN, old)?);
+        }
+        Ok(maps)
     }
 
     /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
@@ -248,6 +262,7 @@ impl Maps {
             dyn_v4: typed(map_name::DYN_DENY_V4, open(map_name::DYN_DENY_V4)?)?,
             dyn_v6: typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
             config: typed(map_name::CONFIG, open(map_name::CONFIG)?)?,
+            old_config: None,
             stats: stats_map(map_name::STATS, open(map_name::STATS)?)?,
             tables_v4,
         })
@@ -255,14 +270,23 @@ impl Maps {
 
     /// The program's configuration record.
     pub fn config(&self) -> Result<ScreenConfig> {
-        self.config.get(&0, 0).map_err(|source| MapsError::Map {
-            name: map_name::CONFIG,
-            source,
-        })
+        let (map, name) = match &self.old_config {
+            Some(old) => (old, map_name::OLD_CONFIG_GLOBAL_PIN),
+            None => (&self.config, map_name::CONFIG),
+        };
+        map.get(&0, 0)
+            .map_err(|source| MapsError::Map { name, source })
     }
 
-    /// Replaces the configuration record, in one map update.
+    /// Replaces the configuration record, in one map update (two while the previous layout's
+    /// copy is pinned: the copy first).
     pub fn set_config(&mut self, config: &ScreenConfig) -> Result<()> {
+        if let Some(old) = &mut self.old_config {
+            old.set(0, config, 0).map_err(|source| MapsError::Map {
+                name: map_name::OLD_CONFIG_GLOBAL_PIN,
+                source,
+            })?;
+        }
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Map {
@@ -619,10 +643,10 @@ impl Maps {
 
     /// Counters summed over all CPUs, indexed by [`Stat`].
     pub fn counters(&self) -> Result<[u64; Stat::COUNT as usize]> {
-        let record = self
-            .stats
-            .read()
-            .map_err(|source| MapsError::Stats { source })?;
+        let record = self.stats.read().map_err(|source| MapsError::Stats {
+            name: map_name::STATS,
+            source,
+        })?;
         Ok(record.totals())
     }
 

@@ -15,7 +15,8 @@ use screen_common::StatsRecord;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
-/// The part of `union bpf_attr` that both commands read.
+/// The part of `union bpf_attr` that both commands read (`value` shares its place with
+/// `next_key`, which they do not use).
 #[repr(C)]
 struct ElemAttr {
     map_fd: u32,
@@ -24,6 +25,8 @@ struct ElemAttr {
     value: u64,
     flags: u64,
 }
+
+const _: () = assert!(size_of::<ElemAttr>() == 32);
 
 /// The counters' map: an array of one [`StatsRecord`].
 pub struct StatsMap {
