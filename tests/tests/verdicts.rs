@@ -1393,17 +1393,23 @@ fn reloading_carries_the_counters_over() {
     assert_eq!(totals[Stat::Fragments as usize], 3);
 }
 
+/// Creates the pin directory with counters of the layout before they moved to global data (a
+/// per-CPU array of one record) pinned in it; returns their pin.
+fn pin_old_counters(dir: &PinDir) -> PathBuf {
+    std::fs::create_dir(dir.path()).expect("creating the pin directory");
+    let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
+    let pin = dir.path().join(map_name::STATS);
+    old.pin(&pin).expect("pinning the old counters");
+    pin
+}
+
 #[test]
 fn counters_of_an_older_layout_are_replaced_not_refused() {
     if !require_root("counters_of_an_older_layout_are_replaced_not_refused") {
         return;
     }
     let dir = PinDir::new("old-stats");
-    std::fs::create_dir(dir.path()).expect("creating the pin directory");
-    // The layout before the counters moved to global data: a per-CPU array of one record.
-    let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
-    let pin = dir.path().join(map_name::STATS);
-    old.pin(&pin).expect("pinning it");
+    let pin = pin_old_counters(&dir);
     match Maps::from_pins(dir.path()) {
         Err(MapsError::OldLayout { path }) => assert_eq!(path, pin),
         Err(other) => panic!("expected OldLayout, got {other}"),
@@ -1426,10 +1432,7 @@ fn counters_of_an_older_layout_stay_when_another_pin_is_refused() {
         return;
     }
     let dir = PinDir::new("old-stats-refused");
-    std::fs::create_dir(dir.path()).expect("creating the pin directory");
-    let old = PerCpuArray::<MapData, CounterRecord>::create(1, 0).expect("a per-CPU array");
-    let stats_pin = dir.path().join(map_name::STATS);
-    old.pin(&stats_pin).expect("pinning it");
+    let stats_pin = pin_old_counters(&dir);
     // A table without BPF_F_MMAPABLE: refused.
     let table = Array::<MapData, u64>::create(v4_table::WORDS, 0).expect("an array");
     let table_pin = dir.path().join(map_name::TABLE_V4[0]);
