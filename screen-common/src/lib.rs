@@ -42,7 +42,8 @@ pub mod map_name {
     /// The symbol of [`CONFIG_GLOBAL`]'s record in the object.
     pub const CONFIG_SYMBOL: &str = "SCREEN_CONFIG";
     /// Where the previous layout pinned the section [`CONFIG_GLOBAL`], without BTF, beside a
-    /// copy in [`CONFIG`]. Loading takes the record from it and removes it.
+    /// copy in [`CONFIG`]. Loading takes the record from it; changes are written to it too
+    /// until every interface runs the new program, and then it is removed.
     pub const OLD_CONFIG_GLOBAL_PIN: &str = "scr_config_live";
     /// The IPv4 direct table of both static lists, slot 0 and 1 (mmap-able array of `u64`
     /// words, see [`v4_table`](super::v4_table)).
