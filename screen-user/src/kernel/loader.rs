@@ -89,7 +89,7 @@ pub enum KernelError {
     )]
     Misaligned(#[source] ProgramError),
     #[error(
-        "this machine numbers its possible CPUs up to {cpus}; the program has counters for \
+        "this machine's possible CPUs take {cpus} numbers; the program has counters for \
          {STATS_MAX_CPUS} and would pass every frame on the others (raise STATS_MAX_CPUS in \
          screen-common, up to 32768)"
     )]
