@@ -360,12 +360,9 @@ fn highest_cpu(list: &str) -> Option<usize> {
 /// smallest, and closed again.
 fn pin_global_data_maps(pin_dir: &Path) -> Result<(), KernelError> {
     let mut loader = EbpfLoader::new();
-    for name in map_name::ALL {
-        if name == map_name::STATS || name == map_name::CONFIG {
-            loader.map_pin_path(name, pin_dir.join(name));
-        } else {
-            loader.map_max_entries(name, 1);
-        }
+    super::xdp_maps_at_their_smallest(&mut loader);
+    for name in [map_name::STATS, map_name::CONFIG] {
+        loader.map_pin_path(name, pin_dir.join(name));
     }
     loader
         .load(OBJECT)

@@ -23,6 +23,15 @@ pub use maps::{DynamicEntry, ListChange, Maps, MapsError, StaticList};
 /// The XDP object built by `build.rs`, embedded so that the binary is all an operator installs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/screen-ebpf.o"));
 
+/// Has `loader` create every map of the XDP program as small as the kernel allows, for a load
+/// of the object that does not run that program (the relay's, and the one that pins the maps
+/// behind its global data) instead of at their pinned sizes.
+fn xdp_maps_at_their_smallest(loader: &mut aya::EbpfLoader<'_>) {
+    for name in screen_common::map_name::ALL {
+        loader.map_max_entries(name, 1);
+    }
+}
+
 use screen_common::{DenyAction, MAX_PORTS, ScreenConfig};
 
 use crate::config::KernelAction;

@@ -88,11 +88,8 @@ impl KernelRelay {
         loader
             .map_max_entries(map_name::RELAY_SOCKS, sockets)
             .map_max_entries(map_name::RELAY_PEERS, sockets);
-        // The XDP program's maps are in the same object; this process only relays, so they
-        // are created as small as the kernel allows instead of at their pinned sizes.
-        for name in map_name::ALL {
-            loader.map_max_entries(name, 1);
-        }
+        // The XDP program's maps are in the same object; this process only relays.
+        super::xdp_maps_at_their_smallest(&mut loader);
         let mut ebpf = loader.load(OBJECT).map_err(RelayError::Load)?;
         for name in map_name::ALL
             .into_iter()
