@@ -17,22 +17,30 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
-    cache::{AllowlistCache, CacheOptions, EnabledTests, TestTtls},
-    config::{Config, Handoff, RelayMode},
+    allowlist::{AllowlistCache, CacheOptions},
+    config::Config,
     dnsbl::{
         DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, HealthState, ReplyMap, Thresholds,
     },
-    engine::{DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle},
-    handoff::Backend,
+    handoff::{
+        Handoff,
+        proxy::Backend,
+        relay::{Relay, RelayMode},
+    },
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
     limits::{self, Limits},
     maillog::MailLog,
-    policy::DenyPolicy,
     privileges,
-    relay::Relay,
-    server::{self, Screen},
-    tls::{self, TlsAcceptor},
+    screen::{
+        self, Screen,
+        access::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
+        deny_policy::DenyPolicy,
+    },
+    smtpd::{
+        DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle,
+        tls::{self, TlsAcceptor},
+    },
+    test_state::{EnabledTests, TestTtls},
 };
 
 /// The file in `state_dir` where the daemon keeps each DNS list's health and hit counts for
@@ -357,7 +365,7 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
     let relay = start_relay(&config)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener = server::bind(*addr).with_context(|| format!("listen on {addr}"))?;
+        let listener = screen::bind(*addr).with_context(|| format!("listen on {addr}"))?;
         listeners.push(tokio::net::TcpListener::from_std(listener)?);
     }
     let log = MailLog::open(config.log_to, &config.syslog_name).context("opening the mail log")?;

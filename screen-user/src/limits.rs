@@ -11,7 +11,30 @@ use std::{
     io,
     net::IpAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+/// A time value that depends on stress, as `${stress?{2}:{6}}s` (postscreen evaluates it
+/// twice at start-up and switches between the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StressDuration {
+    pub normal: Duration,
+    pub stress: Duration,
+}
+
+impl StressDuration {
+    pub(crate) const fn fixed(value: Duration) -> Self {
+        Self {
+            normal: value,
+            stress: value,
+        }
+    }
+
+    /// The value in force.
+    pub fn get(&self, stressed: bool) -> Duration {
+        if stressed { self.stress } else { self.normal }
+    }
+}
 
 /// A change of stress mode, to be logged as postscreen logs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,15 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::config::LogTarget;
+use serde::Deserialize;
+
+/// Where the postscreen-style log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Stderr,
+    Syslog,
+}
 
 /// Where syslog listens on Linux.
 const SYSLOG_SOCKET: &str = "/dev/log";

@@ -6,7 +6,10 @@ use std::{
     process::{Command, Output},
 };
 
-use screen_user::cache::{AllowlistCache, CacheOptions, TestTimes};
+use screen_user::{
+    allowlist::{AllowlistCache, CacheOptions},
+    test_state::TestTimes,
+};
 
 struct Scratch(PathBuf);
 

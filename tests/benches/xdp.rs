@@ -58,10 +58,7 @@ use screen_tests::{
     },
     frames::{FrameSpec, TCP_ACK},
 };
-use screen_user::{
-    config::KernelAction,
-    kernel::{self, Maps, StaticList, clock},
-};
+use screen_user::kernel::{self, KernelAction, Maps, StaticList, clock};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -23,7 +23,7 @@ use screen_tests::{
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
     require_root,
 };
-use screen_user::postfix_pass::{
+use screen_user::handoff::postfix::{
     CONNECT_TIMEOUT, NOTIFY_TIMEOUT, PassError, PassFailure, pass_to_smtpd,
 };
 

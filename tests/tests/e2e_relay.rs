@@ -15,7 +15,7 @@ use screen_tests::{
     relay::RelayMaps,
     require_root,
 };
-use screen_user::{config::RelayMode, relay::Relay};
+use screen_user::handoff::relay::{Relay, RelayMode};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -61,7 +61,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Drives an SMTP-like exchange through a relay: the MTA's greeting is already queued when
 /// the relay starts (as it is in the daemon), then a mebibyte each way, then the MTA closes
 /// first and the client after it, as after QUIT.
-async fn exchange(relay: &Relay) -> (screen_user::relay::Relayed, Option<(usize, usize)>) {
+async fn exchange(relay: &Relay) -> (screen_user::handoff::relay::Relayed, Option<(usize, usize)>) {
     let Loopback {
         mut client,
         front,

@@ -28,10 +28,7 @@ use screen_tests::{
         Counters, ScreenUnderTest, XDP_DROP, XDP_PASS, XDP_TX, action_name, check_rst_reply, hex,
     },
 };
-use screen_user::{
-    config::KernelAction,
-    kernel::{self, StaticList},
-};
+use screen_user::kernel::{self, KernelAction, StaticList};
 
 /// Frames run with the drop action, then with the RST action.
 const DROP_PHASE_FRAMES: usize = 400_000;

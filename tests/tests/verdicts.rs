@@ -27,12 +27,9 @@ use screen_tests::{
         check_rst_reply, hex, is_einval,
     },
 };
-use screen_user::{
-    config::KernelAction,
-    kernel::{
-        self, KernelError, Maps, MapsError, ScreenProgram, StaticList, loader,
-        stats::{self, StatsMap},
-    },
+use screen_user::kernel::{
+    self, KernelAction, KernelError, Maps, MapsError, ScreenProgram, StaticList, loader,
+    stats::{self, StatsMap},
 };
 
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);

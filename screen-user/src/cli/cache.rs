@@ -5,8 +5,9 @@ use std::path::Path;
 
 use super::CacheCommand;
 use crate::{
-    cache::{AllowlistCache, CacheOptions, Test},
+    allowlist::{AllowlistCache, CacheOptions},
     config::Config,
+    test_state::Test,
 };
 
 pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {

@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    access::DiskFiles,
     config::Config,
     import_postfix::{self, MAX_INPUT_BYTES, MasterCf, Postconf},
+    screen::access::DiskFiles,
 };
 
 pub fn run(
@@ -189,7 +189,7 @@ mod tests {
         std::fs::write(&master, "smtp inet n - y - 1 postscreen\n").unwrap();
         run(Some(&input), Some(&output), Some(&master)).unwrap();
         let config = Config::load(&output).unwrap();
-        assert_eq!(config.greet_action, crate::config::TestAction::Enforce);
+        assert_eq!(config.greet_action, crate::test_state::TestAction::Enforce);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&output).unwrap().permissions(),
         );

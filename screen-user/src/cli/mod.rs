@@ -20,7 +20,11 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::{config::KernelAction, duration, kernel::AttachMode, paths, prefixes};
+use crate::{
+    duration,
+    kernel::{AttachMode, KernelAction},
+    paths, prefixes,
+};
 
 /// smtp-screen keeps spambots away from a mail server: postscreen's tests in a daemon, and the
 /// verdict on known-bad addresses in an XDP program that drops their SYNs.

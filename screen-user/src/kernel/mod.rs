@@ -17,8 +17,22 @@ pub mod relay;
 pub mod stats;
 pub mod table;
 
+use screen_common::{DenyAction, MAX_PORTS, ScreenConfig};
+use serde::Deserialize;
+
 pub use loader::{AttachMode, Attachment, KernelError, ScreenProgram};
 pub use maps::{DynamicEntry, ListChange, Maps, MapsError, StaticList};
+
+/// What XDP does with a SYN from a denied source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelAction {
+    /// Drop the SYN: the client times out.
+    #[default]
+    Drop,
+    /// Answer with TCP RST+ACK: the client sees "connection refused" at once.
+    Rst,
+}
 
 /// The XDP object built by `build.rs`, embedded so that the binary is all an operator installs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/screen-ebpf.o"));
@@ -31,10 +45,6 @@ fn xdp_maps_at_their_smallest(loader: &mut aya::EbpfLoader<'_>) {
         loader.map_max_entries(name, 1);
     }
 }
-
-use screen_common::{DenyAction, MAX_PORTS, ScreenConfig};
-
-use crate::config::KernelAction;
 
 /// The program's configuration record for these settings, keeping the list slots of
 /// `previous` (which slot is live is state, not configuration).

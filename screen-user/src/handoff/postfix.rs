@@ -99,8 +99,8 @@ use tokio::{
 };
 
 use crate::{
-    engine::Reply,
     escape::{LOG_TEXT_MAX, c_escape},
+    smtpd::Reply,
 };
 
 /// How long connecting to the pass service may take (`PSC_SEND_SOCK_CONNECT_TIMEOUT`).

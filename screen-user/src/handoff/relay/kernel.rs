@@ -1,30 +1,6 @@
-//! The byte path between a handed-off client and the backend MTA (`handoff = "proxy"`).
-//!
-//! With the kernel relay (`relay = "kernel"`, or `auto` where the kernel allows it) both
-//! sockets go into a sockhash whose stream verdict program sends each socket's input straight
-//! out of the other: the message never enters userspace and the daemon only watches for the
-//! end. Otherwise, or when the kernel relay is full, the daemon copies the bytes itself.
-//!
-//! The hand-off takes place between two SMTP turns: the client waits for the MTA's greeting
-//! and the MTA greets once and then waits. The daemon holds no bytes of either side in
-//! userspace at that point (the pregreet test only peeks; the teaser and the PROXY header are
-//! already written), but the MTA's greeting may be queued on its socket before that socket
-//! enters the map, and the kernel only redirects data that arrives afterwards. So after the
-//! insertion the daemon reads whatever either socket still holds and forwards it: in a
-//! lock-step protocol nothing newer can overtake it. A client that talked before the greeting
-//! breaks the lock step; it is relayed in userspace, where one reader keeps every byte in
-//! order.
-//!
-//! When one side ends its output, the other side's write half is shut only after every byte
-//! the kernel redirected to it has entered that socket: the program counts what it
-//! redirects, and the socket's sent-and-acknowledged plus queued bytes show what it took.
-//!
-//! While the kernel relays, the daemon sleeps: the pair's sockets are watched through an
-//! epoll instance of their own for their end (`EPOLLRDHUP`) and errors only. A watch for
-//! input would wake the daemon for every redirected segment, since the kernel signals the
-//! receiving socket's readers even when the program took the data away. Data the program
-//! leaves on a socket (its peer not yet in the sockhash during the insertion, or closed at the
-//! end) is read after the insertion or when that socket ends.
+//! The kernel relay: both sockets of a pair in the sockhash whose stream verdict program
+//! moves each one's input straight out of the other, while the daemon watches only for the
+//! end and drains what the kernel redirected before shutting a write half.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -38,11 +14,8 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{
-    config::RelayMode,
-    handoff,
-    kernel::relay::{KernelRelay, RelayError},
-};
+use super::{Relayed, userspace};
+use crate::kernel::relay::KernelRelay;
 
 /// How long the daemon waits for bytes the kernel redirected to reach a socket before it
 /// shuts that socket's write half anyway (a peer that stopped reading holds them back).
@@ -55,120 +28,6 @@ const DRAIN_YIELDS: u32 = 32;
 pub const HALF_CLOSE_LIMIT: Duration = Duration::from_secs(30);
 /// Bytes read at once from a socket that still holds data of its own.
 const FORWARD_CHUNK: usize = 16 * 1024;
-
-/// Which relay moves the bytes of handed-off connections.
-pub struct Relay {
-    kernel: Option<KernelRelay>,
-}
-
-/// Bytes relayed client → backend and backend → client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Relayed {
-    pub up: u64,
-    pub down: u64,
-    /// The kernel moved them (apart from what the sockets held at the hand-off).
-    pub in_kernel: bool,
-}
-
-impl Relay {
-    /// The userspace relay only.
-    pub fn userspace() -> Self {
-        Self { kernel: None }
-    }
-
-    /// Sets up the relay `mode` asks for, with room for `max_pairs` connections in the
-    /// kernel. Returns the relay and the line that says which one runs and why. `kernel`
-    /// fails when the kernel relay cannot be loaded; `auto` falls back to userspace.
-    pub fn start(mode: RelayMode, max_pairs: u32) -> Result<(Self, String), RelayError> {
-        match mode {
-            RelayMode::Userspace => Ok((
-                Self::userspace(),
-                "hand-off relay: userspace (relay = \"userspace\")".into(),
-            )),
-            RelayMode::Kernel => {
-                let kernel = KernelRelay::load(max_pairs)?;
-                Ok((Self::kernel(kernel), kernel_line(max_pairs)))
-            }
-            RelayMode::Auto => match KernelRelay::load(max_pairs) {
-                Ok(kernel) => Ok((Self::kernel(kernel), kernel_line(max_pairs))),
-                Err(e) => Ok((
-                    Self::userspace(),
-                    format!("hand-off relay: userspace (the kernel relay is unavailable: {e})"),
-                )),
-            },
-        }
-    }
-
-    fn kernel(kernel: KernelRelay) -> Self {
-        Self {
-            kernel: Some(kernel),
-        }
-    }
-
-    /// Whether connections go through the kernel relay (while it has room).
-    pub fn is_kernel(&self) -> bool {
-        self.kernel.is_some()
-    }
-
-    /// Relays until both directions are done or one side fails.
-    pub async fn run(&self, client: TcpStream, backend: TcpStream) -> io::Result<Relayed> {
-        let Some(kernel) = &self.kernel else {
-            return userspace(client, backend).await;
-        };
-        if input_pending(client.as_raw_fd()) {
-            return userspace(client, backend).await;
-        }
-        let Some(slot) = kernel.reserve() else {
-            // Full: this one is copied in userspace, the relay stays bounded.
-            return userspace(client, backend).await;
-        };
-        let (Some(client_id), Some(backend_id)) = (
-            SocketId::of(client.as_raw_fd()),
-            SocketId::of(backend.as_raw_fd()),
-        ) else {
-            // Not sockets the kernel can describe: nothing to relay in the kernel.
-            return userspace(client, backend).await;
-        };
-        if let Err(e) = kernel.insert_pair(
-            &slot,
-            (client_id.cookie, &client),
-            (backend_id.cookie, &backend),
-        ) {
-            tracing::debug!("kernel relay refused a connection, relaying in userspace: {e}");
-            return userspace(client, backend).await;
-        }
-        // Declared before the pair, so dropped after it: the sockets are closed by then.
-        let _in_maps = PairGuard {
-            kernel,
-            cookies: [client_id.cookie, backend_id.cookie],
-        };
-        let mut pair = KernelPair {
-            kernel,
-            client: Side::new(client, client_id)?,
-            backend: Side::new(backend, backend_id)?,
-        };
-        let watch = Watch::new(&pair.client, &pair.backend)?;
-        pair.relay(&watch).await?;
-        Ok(Relayed {
-            up: pair.client.forwarded + pair.client.redirected,
-            down: pair.backend.forwarded + pair.backend.redirected,
-            in_kernel: true,
-        })
-    }
-}
-
-fn kernel_line(max_pairs: u32) -> String {
-    format!("hand-off relay: kernel (sockhash stream verdict, up to {max_pairs} connections)")
-}
-
-async fn userspace(client: TcpStream, backend: TcpStream) -> io::Result<Relayed> {
-    let (up, down) = handoff::relay(client, backend).await?;
-    Ok(Relayed {
-        up,
-        down,
-        in_kernel: false,
-    })
-}
 
 /// What the relay needs to know of a socket when it enters the maps.
 #[derive(Clone, Copy)]
@@ -528,6 +387,53 @@ fn send_queue(fd: RawFd) -> Option<u64> {
     (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
 }
 
+/// Relays through the kernel: falls back to the userspace copy for a client that already
+/// sent something, when the relay is full, or when the kernel refuses the pair.
+pub async fn run(
+    kernel: &KernelRelay,
+    client: TcpStream,
+    backend: TcpStream,
+) -> io::Result<Relayed> {
+    if input_pending(client.as_raw_fd()) {
+        return userspace::run(client, backend).await;
+    }
+    let Some(slot) = kernel.reserve() else {
+        // Full: this one is copied in userspace, the relay stays bounded.
+        return userspace::run(client, backend).await;
+    };
+    let (Some(client_id), Some(backend_id)) = (
+        SocketId::of(client.as_raw_fd()),
+        SocketId::of(backend.as_raw_fd()),
+    ) else {
+        // Not sockets the kernel can describe: nothing to relay in the kernel.
+        return userspace::run(client, backend).await;
+    };
+    if let Err(e) = kernel.insert_pair(
+        &slot,
+        (client_id.cookie, &client),
+        (backend_id.cookie, &backend),
+    ) {
+        tracing::debug!("kernel relay refused a connection, relaying in userspace: {e}");
+        return userspace::run(client, backend).await;
+    }
+    // Declared before the pair, so dropped after it: the sockets are closed by then.
+    let _in_maps = PairGuard {
+        kernel,
+        cookies: [client_id.cookie, backend_id.cookie],
+    };
+    let mut pair = KernelPair {
+        kernel,
+        client: Side::new(client, client_id)?,
+        backend: Side::new(backend, backend_id)?,
+    };
+    let watch = Watch::new(&pair.client, &pair.backend)?;
+    pair.relay(&watch).await?;
+    Ok(Relayed {
+        up: pair.client.forwarded + pair.client.redirected,
+        down: pair.backend.forwarded + pair.backend.redirected,
+        in_kernel: true,
+    })
+}
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -569,12 +475,5 @@ mod tests {
         let mut got = [0u8; 12];
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"EHLO early\r\n");
-    }
-
-    #[test]
-    fn userspace_is_what_it_says() {
-        let (relay, line) = Relay::start(RelayMode::Userspace, 10).unwrap();
-        assert!(!relay.is_kernel());
-        assert_eq!(line, "hand-off relay: userspace (relay = \"userspace\")");
     }
 }

@@ -7,6 +7,11 @@
 //! Beyond postscreen, a client that fails again within `deny_window` (or a denylisted client
 //! whose action is `drop`) is denied in the kernel, so its next SYNs never get here.
 
+pub mod access;
+pub mod deny_policy;
+pub mod early;
+pub mod endpoint;
+
 use std::{
     io,
     net::{IpAddr, SocketAddr},
@@ -20,26 +25,32 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{
+use self::{
     access::{AccessList, AccessVerdict, AddressList, AllowlistInterfaces},
-    cache::{self, AllowlistCache, EnabledTests, Outcome, SessionResults, Start, Test, TestTtls},
-    config::{Config, Handoff, TestAction, UpstreamProxyProtocol},
+    deny_policy::{DenyPolicy, KernelDeny},
+    early::GreetOutcome,
+    endpoint::UpstreamProxyProtocol,
+};
+use crate::{
+    allowlist::AllowlistCache,
+    config::Config,
     dnsbl::{self, Dnsbl, DnsblQuery, Thresholds, Verdict},
-    early::{self, GreetOutcome},
-    engine::{
-        self, ClientAddr, DeepTest, DelayDisplay, Engine, EngineSettings, Reply, ReplyStyle,
-        StartTls,
-    },
     escape::{LOG_TEXT_MAX, c_escape},
-    handoff::Backend,
+    handoff::{
+        Handoff,
+        postfix::{self, PassFailure},
+        proxy::Backend,
+        relay::Relay,
+    },
     kernel::Maps,
     limits::{Limits, Refusal},
     maillog::MailLog,
-    policy::{DenyPolicy, KernelDeny},
-    postfix_pass::{self, PassFailure},
     proxy_protocol,
-    relay::Relay,
-    tls::TlsAcceptor,
+    smtpd::{
+        self, ClientAddr, DeepTest, DelayDisplay, Engine, EngineSettings, Reply, ReplyStyle,
+        StartTls, tls::TlsAcceptor,
+    },
+    test_state::{self, EnabledTests, Outcome, SessionResults, Start, Test, TestAction, TestTtls},
 };
 
 /// Everything the connections share, built once from the configuration.
@@ -224,7 +235,7 @@ impl Screen {
         }
 
         // The temporary allowlist; a client that already failed is tested in full.
-        let now = cache::unix_now();
+        let now = test_state::unix_now();
         let cached = if session.noforward {
             None
         } else {
@@ -233,7 +244,7 @@ impl Screen {
         // postscreen consults the cache only for a client's first concurrent session and
         // shares in-memory state between the others; here every session reads the same
         // record, which comes to the same thing.
-        let screening = match cache::start(cached.as_ref(), &self.enabled, now) {
+        let screening = match test_state::start(cached.as_ref(), &self.enabled, now) {
             Start::PassOld => {
                 self.log
                     .info(format_args!("PASS OLD {}", ClientAddr(client)));
@@ -415,7 +426,7 @@ impl Screen {
         }
 
         let conclusion =
-            cache::conclude(&screening, &session.results, &self.enabled, &self.ttls, now);
+            test_state::conclude(&screening, &session.results, &self.enabled, &self.ttls, now);
         if let Some(kind) = conclusion.pass {
             self.log
                 .info(format_args!("PASS {kind} {}", ClientAddr(client)));
@@ -481,7 +492,7 @@ impl Screen {
         mut stream: TcpStream,
         client: SocketAddr,
         session: &mut Session,
-        screening: &cache::Screening,
+        screening: &test_state::Screening,
         stressed: bool,
         now: u64,
     ) {
@@ -514,7 +525,7 @@ impl Screen {
             handshake_time_limit: self.config.command_time_limit.normal,
         });
         let limit = self.config.command_time_limit.get(stressed);
-        let outcome = engine::serve_with_tls(&mut stream, &mut engine, limit, starttls, |event| {
+        let outcome = smtpd::serve_with_tls(&mut stream, &mut engine, limit, starttls, |event| {
             self.log.info(event.line(client));
         })
         .await;
@@ -530,7 +541,7 @@ impl Screen {
         }
 
         let conclusion =
-            cache::conclude(screening, &session.results, &self.enabled, &self.ttls, now);
+            test_state::conclude(screening, &session.results, &self.enabled, &self.ttls, now);
         if let Some(kind) = conclusion.pass {
             self.log
                 .info(format_args!("PASS {kind} {}", ClientAddr(client)));
@@ -596,13 +607,13 @@ impl Screen {
                 }
             }
             Handoff::Postfix => {
-                let passed = postfix_pass::pass_to_smtpd(
+                let passed = postfix::pass_to_smtpd(
                     &self.config.postfix_pass_socket,
                     stream,
                     client,
                     server,
-                    postfix_pass::CONNECT_TIMEOUT,
-                    postfix_pass::NOTIFY_TIMEOUT,
+                    postfix::CONNECT_TIMEOUT,
+                    postfix::NOTIFY_TIMEOUT,
                 )
                 .await;
                 match passed {
@@ -656,7 +667,7 @@ impl Screen {
                 }
                 engine.set_final_reply(Reply::no_system_resources());
                 let limit = self.config.command_time_limit.normal;
-                engine::serve(&mut stream, &mut engine, limit, |event| {
+                smtpd::serve(&mut stream, &mut engine, limit, |event| {
                     self.log.info(event.line(client));
                 })
                 .await;

@@ -28,6 +28,9 @@
 //! Where this engine parts from postscreen, it says so next to the code: logged fields are
 //! bounded and escaped, and a run of CRs cannot stretch a line past the length limit.
 
+pub mod line;
+pub mod tls;
+
 use std::{
     fmt, io,
     net::{IpAddr, SocketAddr},
@@ -40,12 +43,13 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
+use self::{
+    line::{DEFAULT_LINE_LENGTH_LIMIT, Line, LineEnding, LineError, LineReader},
+    tls::TlsAcceptor,
+};
 use crate::{
-    cache::{Outcome as TestOutcome, SessionResults, Test},
-    config::TestAction,
     escape::c_escape,
-    smtp_line::{DEFAULT_LINE_LENGTH_LIMIT, Line, LineEnding, LineError, LineReader},
-    tls::{self, TlsAcceptor},
+    test_state::{Outcome as TestOutcome, SessionResults, Test, TestAction},
 };
 
 /// A reply, a setting or a footer that cannot be used.
@@ -1033,7 +1037,7 @@ impl DeepTests {
     }
 }
 
-/// What one session earned in each deep test (values of [`crate::cache::Outcome`]):
+/// What one session earned in each deep test (values of [`crate::test_state::Outcome`]):
 /// `NotCompleted` when the test did not run or the client never reached RCPT TO, `Passed`
 /// when it reached RCPT TO without violating the test, `Ignored` after a violation whose
 /// action is `ignore` (the caller counts it passed until the shortest TTL), `Failed` after
@@ -1054,7 +1058,7 @@ impl DeepTestResults {
         }
     }
 
-    /// Copies the results into the session's record for [`crate::cache::conclude`], leaving
+    /// Copies the results into the session's record for [`crate::test_state::conclude`], leaving
     /// a test that did not complete here as it was.
     pub fn record_into(&self, results: &mut SessionResults) {
         for test in DeepTest::ALL {
@@ -1220,7 +1224,7 @@ impl EngineSettings {
                 &format!("must be 1..={MAX_COMMAND_COUNT_LIMIT}"),
             ));
         }
-        let max_line = crate::smtp_line::MAX_LINE_LENGTH_LIMIT;
+        let max_line = crate::smtpd::line::MAX_LINE_LENGTH_LIMIT;
         if !(MIN_LINE_LENGTH_LIMIT..=max_line).contains(&self.line_length_limit) {
             return Err(err(
                 "line_length_limit",
@@ -2485,7 +2489,6 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::{config::TestAction, smtp_line::LineReader};
 
     const HOST: &str = "mx.example.test";
 
@@ -4837,8 +4840,8 @@ mod tests {
 
     /// An acceptor for `mx.example.test` and the PEM of the CA that signed it.
     fn test_tls() -> (TlsAcceptor, String) {
-        let (ca, cert, key) = crate::tls::tests::test_pki(HOST);
-        let acceptor = crate::tls::acceptor_from_pem(
+        let (ca, cert, key) = crate::smtpd::tls::tests::test_pki(HOST);
+        let acceptor = crate::smtpd::tls::acceptor_from_pem(
             cert.as_bytes(),
             Path::new("cert.pem"),
             key.as_bytes(),

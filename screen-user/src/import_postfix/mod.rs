@@ -29,11 +29,10 @@ use std::{
 };
 
 use crate::{
-    access::{self, TableFiles},
     cidr_table::{CidrTable, Pattern, PatternError},
-    config, dnsbl, duration,
-    engine::{ForbiddenCommand, ReplyFooter},
-    paths,
+    config, dnsbl, duration, paths,
+    screen::access::{self, TableFiles},
+    smtpd::{ForbiddenCommand, ReplyFooter},
 };
 
 /// The largest `postconf -n` output or master.cf accepted. Real ones are a few kilobytes.
@@ -2220,13 +2219,13 @@ impl Translation {
         }
         let mut kept = Vec::new();
         for entry in split_words(&expanded.text, true) {
-            if kept.len() == crate::engine::MAX_FORBIDDEN_COMMANDS {
+            if kept.len() == crate::smtpd::MAX_FORBIDDEN_COMMANDS {
                 self.skip(
                     value.parameter,
                     format!("{}: {}", value.parameter, shorten(entry)),
                     format!(
                         "smtp-screen takes at most {} entries",
-                        crate::engine::MAX_FORBIDDEN_COMMANDS
+                        crate::smtpd::MAX_FORBIDDEN_COMMANDS
                     ),
                 );
                 continue;
@@ -2907,8 +2906,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        cidr_table::CidrError,
-        config::{Config, Handoff, LogTarget, TestAction, UpstreamProxyProtocol},
+        cidr_table::CidrError, config::Config, handoff::Handoff, maillog::LogTarget,
+        screen::endpoint::UpstreamProxyProtocol, test_state::TestAction,
     };
 
     /// Table files held in memory.

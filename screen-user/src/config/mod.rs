@@ -15,7 +15,15 @@ use std::{
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::{duration, kernel::AttachMode};
+use crate::{
+    duration,
+    handoff::{Handoff, proxy::BackendProxyProtocol, relay::RelayMode},
+    kernel::{AttachMode, KernelAction},
+    limits::StressDuration,
+    maillog::LogTarget,
+    screen::endpoint::UpstreamProxyProtocol,
+    test_state::TestAction,
+};
 
 /// A configuration file that cannot be used, with the place of the mistake.
 #[derive(Debug, thiserror::Error)]
@@ -32,101 +40,6 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
-}
-
-/// What XDP does with a SYN from a denied source.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelAction {
-    /// Drop the SYN: the client times out.
-    #[default]
-    Drop,
-    /// Answer with TCP RST+ACK: the client sees "connection refused" at once.
-    Rst,
-}
-
-/// postscreen's action for a failed test (`postscreen_*_action`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestAction {
-    /// Log only; the other tests go on.
-    Ignore,
-    /// Let the other tests finish, then reject every RCPT with a 550.
-    Enforce,
-    /// Reply 521 at once and hang up.
-    Drop,
-}
-
-/// How passed clients reach the real MTA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Handoff {
-    /// smtp-screen connects to `backend` and relays the bytes both ways.
-    Proxy,
-    /// The client's socket is given to Postfix's smtpd `pass` service, as postscreen does:
-    /// smtpd talks to the client directly.
-    Postfix,
-}
-
-/// Which relay moves the bytes of a handed-off connection (`handoff = "proxy"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RelayMode {
-    /// The kernel relay when the kernel offers it (5.15 and root at start), userspace
-    /// otherwise; the daemon logs which one runs and why.
-    Auto,
-    /// The kernel relay or nothing: the daemon does not start without it.
-    Kernel,
-    /// The daemon copies every byte itself.
-    Userspace,
-}
-
-/// A PROXY protocol header sent to the backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendProxyProtocol {
-    None,
-    V1,
-    V2,
-}
-
-/// The PROXY protocol expected from a load balancer in front of smtp-screen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamProxyProtocol {
-    /// Clients connect directly (postscreen's empty value).
-    None,
-    /// Every connection starts with a PROXY v1 or v2 header (postscreen's `haproxy`).
-    Haproxy,
-}
-
-/// Where the postscreen-style log lines go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogTarget {
-    Stderr,
-    Syslog,
-}
-
-/// A time value that depends on stress, as `${stress?{2}:{6}}s` (postscreen evaluates it
-/// twice at start-up and switches between the two).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StressDuration {
-    pub normal: Duration,
-    pub stress: Duration,
-}
-
-impl StressDuration {
-    const fn fixed(value: Duration) -> Self {
-        Self {
-            normal: value,
-            stress: value,
-        }
-    }
-
-    /// The value in force.
-    pub fn get(&self, stressed: bool) -> Duration {
-        if stressed { self.stress } else { self.normal }
-    }
 }
 
 /// The most connections the kernel relay may be sized for: two sockets each, and each map

@@ -1,7 +1,6 @@
 //! Hand-off of a passed client to the real MTA (`handoff = "proxy"`): connect to the backend,
-//! optionally announce the client's real addresses with a PROXY header, then relay bytes both
-//! ways until either side closes (in the kernel where it can, see [`crate::relay`]; the
-//! userspace copy is here).
+//! optionally announce the client's real addresses with a PROXY header; the bytes then go
+//! both ways through a [`relay`](super::relay) until either side closes.
 //!
 //! When the client already saw the `220-` teaser, the backend's own `220` completes the
 //! multi-line greeting, so the client sees one ordinary greeting.
@@ -10,7 +9,18 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-use crate::{config::BackendProxyProtocol, proxy_protocol};
+use serde::Deserialize;
+
+use crate::proxy_protocol;
+
+/// A PROXY protocol header sent to the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProxyProtocol {
+    None,
+    V1,
+    V2,
+}
 
 /// How long connecting to the backend may take before the client is told the server is busy
 /// (postscreen allows one second to reach smtpd's pass service).
@@ -73,17 +83,12 @@ impl Backend {
     }
 }
 
-/// The userspace relay: copies bytes between client and backend until both directions are
-/// done. Returns the bytes sent client → backend and backend → client.
-pub async fn relay(mut client: TcpStream, mut backend: TcpStream) -> io::Result<(u64, u64)> {
-    tokio::io::copy_bidirectional(&mut client, &mut backend).await
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::{io::AsyncReadExt as _, net::TcpListener};
 
     use super::*;
+    use crate::handoff::relay::Relay;
 
     #[tokio::test]
     async fn sends_a_proxy_v2_header_then_relays() {
@@ -110,7 +115,7 @@ mod tests {
             .await
             .unwrap();
         let (accepted, _) = front.accept().await.unwrap();
-        let relay = tokio::spawn(relay(accepted, stream));
+        let relay = tokio::spawn(async move { Relay::userspace().run(accepted, stream).await });
         mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         let n = client.read(&mut buf).await.unwrap();
@@ -120,8 +125,8 @@ mod tests {
         assert_eq!(&buf[..n], b"QUIT\r\n");
         drop(client);
         drop(mta);
-        let (up, down) = relay.await.unwrap().unwrap();
-        assert_eq!((up, down), (6, 23));
+        let relayed = relay.await.unwrap().unwrap();
+        assert_eq!((relayed.up, relayed.down), (6, 23));
     }
 
     #[tokio::test]

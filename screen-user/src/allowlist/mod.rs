@@ -1,0 +1,33 @@
+//! The temporary allowlist: where clients' per-test pass times ([`TestTimes`]) are kept
+//! between connections.
+//!
+//! The connection path sees a store only through [`AllowlistStore`]: a lookup when a client
+//! connects and a record when its session ends, both without waiting on a disk or a network.
+//! [`redb::AllowlistCache`] is the store on local disk; the administrative side (listing,
+//! deleting, cleanup, closing) is the concrete store's own.
+
+pub mod redb;
+
+use std::net::IpAddr;
+
+use crate::test_state::TestTimes;
+
+pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats, FILE_NAME};
+
+/// What the screening stages need of a temporary allowlist.
+pub trait AllowlistStore: Send + Sync {
+    /// The client's record, if it has one.
+    fn get(&self, client: IpAddr) -> Option<TestTimes>;
+    /// Stores the client's record; never waits (a store that cannot keep up counts the loss).
+    fn record(&self, client: IpAddr, times: TestTimes);
+}
+
+impl AllowlistStore for AllowlistCache {
+    fn get(&self, client: IpAddr) -> Option<TestTimes> {
+        AllowlistCache::get(self, client)
+    }
+
+    fn record(&self, client: IpAddr, times: TestTimes) {
+        AllowlistCache::record(self, client, times);
+    }
+}

@@ -1,0 +1,1191 @@
+//! postscreen's per-test state (`postscreen_tests.c`): the five tests whose passes are
+//! remembered, what each one's action is, a client's record of pass expiries in postscreen's
+//! own text form, which tests are due when a client connects, and what a session's results
+//! make of the record when it ends.
+//!
+//! A record holds one expiry time per test (Unix seconds) in postscreen's text form,
+//! `pregreet;dnsbl;pipelining;non_smtp_command;bare_newline`, so a record reads the same here
+//! as in `postmap -s` of postscreen's cache. Two values are not times: `0`, the test never
+//! passed (the client is still "new"), and `1`, the test never passed and was disabled when
+//! the record was written.
+//!
+//! Everything here is pure: [`start`] decides at connect time whether a cached client is
+//! `PASS OLD` at once or which tests are due, [`conclude`] decides at the end of a session
+//! whether to log `PASS NEW` or `PASS OLD` and which record to write, and [`retain`] is the
+//! cleanup rule. Where records are kept is the allowlist's business.
+
+use std::{
+    fmt,
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Deserialize;
+
+/// The longest record text: five 20-digit numbers and four separators.
+pub const MAX_RECORD_LEN: usize = 5 * 20 + 4;
+
+/// Expiry value of a test the client never passed: it is still "new".
+pub const NEVER_PASSED: u64 = 0;
+
+/// Expiry value of a test the client never passed that was disabled when the record was
+/// written, so that enabling it later does not make every cached client "new" again.
+pub const DISABLED_WHEN_WRITTEN: u64 = 1;
+
+/// postscreen's action for a failed test (`postscreen_*_action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestAction {
+    /// Log only; the other tests go on.
+    Ignore,
+    /// Let the other tests finish, then reject every RCPT with a 550.
+    Enforce,
+    /// Reply 521 at once and hang up.
+    Drop,
+}
+
+/// A record text that is not postscreen's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("allowlist record is {len} bytes long; a record is at most {MAX_RECORD_LEN}")]
+    TooLong { len: usize },
+    #[error(
+        "allowlist record has {found} fields, not the 5 of \
+         pregreet;dnsbl;pipelining;non_smtp_command;bare_newline"
+    )]
+    FieldCount { found: usize },
+    #[error("allowlist record field {position} of 5 ({test}) is {value:?}: {why}")]
+    Field {
+        test: &'static str,
+        position: usize,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// One of the five tests whose passes are cached, in record order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Test {
+    Pregreet,
+    Dnsbl,
+    Pipelining,
+    NonSmtpCommand,
+    BareNewline,
+}
+
+impl Test {
+    /// Every test, in the order of the record's fields.
+    pub const ALL: [Test; 5] = [
+        Test::Pregreet,
+        Test::Dnsbl,
+        Test::Pipelining,
+        Test::NonSmtpCommand,
+        Test::BareNewline,
+    ];
+
+    /// The test's name in messages (its field name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::Pregreet => "pregreet",
+            Test::Dnsbl => "dnsbl",
+            Test::Pipelining => "pipelining",
+            Test::NonSmtpCommand => "non_smtp_command",
+            Test::BareNewline => "bare_newline",
+        }
+    }
+
+    /// Whether the test runs after the 220 greeting, in the dummy SMTP engine.
+    pub fn is_deep(self) -> bool {
+        matches!(
+            self,
+            Test::Pipelining | Test::NonSmtpCommand | Test::BareNewline
+        )
+    }
+}
+
+/// A client's cached pass times: when each test's pass expires, in Unix seconds, or
+/// [`NEVER_PASSED`] or [`DISABLED_WHEN_WRITTEN`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestTimes {
+    pub pregreet: u64,
+    pub dnsbl: u64,
+    pub pipelining: u64,
+    pub non_smtp_command: u64,
+    pub bare_newline: u64,
+}
+
+impl TestTimes {
+    /// A client seen for the first time: no test ever passed.
+    pub const NEW: TestTimes = TestTimes {
+        pregreet: NEVER_PASSED,
+        dnsbl: NEVER_PASSED,
+        pipelining: NEVER_PASSED,
+        non_smtp_command: NEVER_PASSED,
+        bare_newline: NEVER_PASSED,
+    };
+
+    pub fn get(&self, test: Test) -> u64 {
+        match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl,
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
+    }
+
+    pub fn set(&mut self, test: Test, value: u64) {
+        match test {
+            Test::Pregreet => self.pregreet = value,
+            Test::Dnsbl => self.dnsbl = value,
+            Test::Pipelining => self.pipelining = value,
+            Test::NonSmtpCommand => self.non_smtp_command = value,
+            Test::BareNewline => self.bare_newline = value,
+        }
+    }
+
+    /// The latest of the five values: until then some pass is still valid.
+    pub fn latest_expiry(&self) -> u64 {
+        Test::ALL.iter().map(|&t| self.get(t)).max().unwrap_or(0)
+    }
+
+    /// Parses postscreen's record text, `pregreet;dnsbl;pipelining;non_smtp_command;bare_newline`:
+    /// exactly five decimal numbers, nothing around them. (postscreen itself reads fewer
+    /// fields as disabled tests, for records of older versions; this parser does not guess.)
+    pub fn parse(text: &[u8]) -> Result<Self, RecordError> {
+        if text.len() > MAX_RECORD_LEN {
+            return Err(RecordError::TooLong { len: text.len() });
+        }
+        let found = text.iter().filter(|&&b| b == b';').count() + 1;
+        if found != Test::ALL.len() {
+            return Err(RecordError::FieldCount { found });
+        }
+        let mut times = TestTimes::NEW;
+        for (position, (test, field)) in
+            Test::ALL.iter().zip(text.split(|&b| b == b';')).enumerate()
+        {
+            times.set(*test, parse_field(*test, position + 1, field)?);
+        }
+        Ok(times)
+    }
+}
+
+fn parse_field(test: Test, position: usize, field: &[u8]) -> Result<u64, RecordError> {
+    let err = |why| RecordError::Field {
+        test: test.name(),
+        position,
+        value: String::from_utf8_lossy(field).into_owned(),
+        why,
+    };
+    if field.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if !field.iter().all(u8::is_ascii_digit) {
+        return Err(err("it is not a decimal number"));
+    }
+    // Only ASCII digits remain, so the text is valid UTF-8 and the one failure left is overflow.
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| err("it is larger than any time"))
+}
+
+impl FromStr for TestTimes {
+    type Err = RecordError;
+
+    fn from_str(text: &str) -> Result<Self, RecordError> {
+        Self::parse(text.as_bytes())
+    }
+}
+
+/// postscreen's record text.
+impl fmt::Display for TestTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{};{};{};{};{}",
+            self.pregreet, self.dnsbl, self.pipelining, self.non_smtp_command, self.bare_newline
+        )
+    }
+}
+
+/// Which tests the configuration turns on: pregreet when `greet_banner` is not empty, DNSBL
+/// when `dnsbl_sites` is not empty, each deep test by its `*_enable` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnabledTests {
+    pub pregreet: bool,
+    pub dnsbl: bool,
+    pub pipelining: bool,
+    pub non_smtp_command: bool,
+    pub bare_newline: bool,
+}
+
+impl EnabledTests {
+    pub fn get(&self, test: Test) -> bool {
+        match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl,
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
+    }
+}
+
+/// The tests a client must take in this session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DueTests {
+    pub pregreet: bool,
+    pub dnsbl: bool,
+    pub pipelining: bool,
+    pub non_smtp_command: bool,
+    pub bare_newline: bool,
+}
+
+impl DueTests {
+    pub fn get(&self, test: Test) -> bool {
+        match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl,
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
+    }
+
+    fn set(&mut self, test: Test) {
+        match test {
+            Test::Pregreet => self.pregreet = true,
+            Test::Dnsbl => self.dnsbl = true,
+            Test::Pipelining => self.pipelining = true,
+            Test::NonSmtpCommand => self.non_smtp_command = true,
+            Test::BareNewline => self.bare_newline = true,
+        }
+    }
+
+    /// No test is due.
+    pub fn is_empty(&self) -> bool {
+        !Test::ALL.iter().any(|&t| self.get(t))
+    }
+
+    /// Whether a deep test (after 220) is due, so the session goes to the dummy SMTP engine.
+    pub fn any_deep(&self) -> bool {
+        Test::ALL.iter().any(|&t| t.is_deep() && self.get(t))
+    }
+}
+
+/// How long a pass of each test is valid (postscreen's `*_ttl` options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestTtls {
+    /// `greet_ttl`.
+    pub pregreet: Duration,
+    /// `dnsbl_min_ttl`: the least a DNSBL pass lasts, whatever the DNS TTL.
+    pub dnsbl_min: Duration,
+    /// `dnsbl_max_ttl`: the most a DNSBL pass lasts.
+    pub dnsbl_max: Duration,
+    /// `pipelining_ttl`.
+    pub pipelining: Duration,
+    /// `non_smtp_command_ttl`.
+    pub non_smtp_command: Duration,
+    /// `bare_newline_ttl`.
+    pub bare_newline: Duration,
+}
+
+impl Default for TestTtls {
+    /// postscreen's defaults: 1d, 60s…1h, 30d, 30d, 30d.
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            pregreet: Duration::from_secs(DAY),
+            dnsbl_min: Duration::from_secs(60),
+            dnsbl_max: Duration::from_secs(3_600),
+            pipelining: Duration::from_secs(30 * DAY),
+            non_smtp_command: Duration::from_secs(30 * DAY),
+            bare_newline: Duration::from_secs(30 * DAY),
+        }
+    }
+}
+
+impl TestTtls {
+    /// The shortest configured TTL (postscreen's `psc_min_ttl`: `greet_ttl`, `dnsbl_min_ttl`
+    /// and the three deep-test TTLs, enabled or not). A deep test whose action is `ignore`
+    /// counts as passed until then, so it is tried again soon.
+    pub fn shortest(&self) -> Duration {
+        [
+            self.pregreet,
+            self.dnsbl_min,
+            self.pipelining,
+            self.non_smtp_command,
+            self.bare_newline,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::ZERO)
+    }
+
+    /// A DNS reply's TTL clamped to `dnsbl_min_ttl`…`dnsbl_max_ttl`; no TTL means the minimum
+    /// (postscreen_dnsbl.c).
+    pub fn dnsbl(&self, dns_ttl: Option<Duration>) -> Duration {
+        dns_ttl
+            .unwrap_or(self.dnsbl_min)
+            .max(self.dnsbl_min)
+            .min(self.dnsbl_max)
+    }
+
+    fn pass(&self, test: Test, dns_ttl: Option<Duration>) -> Duration {
+        match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl(dns_ttl),
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
+    }
+}
+
+/// How a client's eventual pass is logged: `PASS NEW` or `PASS OLD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassKind {
+    New,
+    Old,
+}
+
+impl fmt::Display for PassKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PassKind::New => "NEW",
+            PassKind::Old => "OLD",
+        })
+    }
+}
+
+/// The tests due for a client and the state they start from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Screening {
+    /// The record at connect time ([`TestTimes::NEW`] for an unknown client).
+    pub times: TestTimes,
+    pub due: DueTests,
+    /// How a pass of every due test will be logged.
+    pub pass_kind: PassKind,
+}
+
+/// What the cache says about a client at connect time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Every enabled test is unexpired: log `PASS OLD [a]:p` and hand the client off at once.
+    PassOld,
+    /// Screen the client.
+    Screen(Screening),
+}
+
+/// The tests whose pass of the record at `now` has expired, or that never passed, among the
+/// enabled ones (a disabled test is never due: nothing could make it go away).
+pub fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> DueTests {
+    let mut due = DueTests::default();
+    for test in Test::ALL {
+        if enabled.get(test) && now > times.get(test) {
+            due.set(test);
+        }
+    }
+    due
+}
+
+/// Whether a cached client passes at once: no enabled test is due.
+pub fn is_pass_old(times: &TestTimes, enabled: &EnabledTests, now: u64) -> bool {
+    due_tests(times, enabled, now).is_empty()
+}
+
+/// How a pass will be logged: `NEW` while some enabled test has never passed (`0`), `OLD`
+/// otherwise. A client that re-passes expired tests is `OLD`, and so is one that passes a test
+/// enabled since its record was written (`1`, not `0`).
+pub fn pass_kind(times: &TestTimes, enabled: &EnabledTests) -> PassKind {
+    let new = Test::ALL
+        .iter()
+        .any(|&t| enabled.get(t) && times.get(t) == NEVER_PASSED);
+    if new { PassKind::New } else { PassKind::Old }
+}
+
+/// Decides at connect time, from the cached record if there is one. The daemon looks the
+/// cache up only when nothing has failed yet and the client has no other session in progress
+/// (postscreen shares the other session's state instead).
+pub fn start(cached: Option<&TestTimes>, enabled: &EnabledTests, now: u64) -> Start {
+    match cached {
+        Some(times) => {
+            let due = due_tests(times, enabled, now);
+            if due.is_empty() {
+                Start::PassOld
+            } else {
+                Start::Screen(Screening {
+                    times: *times,
+                    due,
+                    pass_kind: pass_kind(times, enabled),
+                })
+            }
+        }
+        None => Start::Screen(Screening {
+            times: TestTimes::NEW,
+            due: due_tests(&TestTimes::NEW, enabled, now),
+            pass_kind: PassKind::New,
+        }),
+    }
+}
+
+/// What became of one test in a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not run, or not finished: a deep test passes only when the client reaches RCPT TO.
+    #[default]
+    NotCompleted,
+    Passed,
+    /// The client failed the test and the action is `ignore`. Before 220 this passes nothing
+    /// (the test is repeated next time); after 220 the test counts as passed until the
+    /// shortest TTL.
+    Ignored,
+    /// The client failed the test and the action is `enforce` or `drop`.
+    Failed,
+}
+
+/// Everything a session found out about a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionResults {
+    pub pregreet: Outcome,
+    pub dnsbl: Outcome,
+    pub pipelining: Outcome,
+    pub non_smtp_command: Outcome,
+    pub bare_newline: Outcome,
+    /// The TTL of the DNS replies that decided the DNSBL pass (the negative reply's SOA, or
+    /// the DNSWL record's); `None` when there was none. Clamped with [`TestTtls::dnsbl`].
+    pub dns_ttl: Option<Duration>,
+    /// The DNSBL score reached the allowlist threshold without failing anything: every other
+    /// test, pending or disabled, counts as passed until the DNS TTL.
+    pub dnswl_allowlisted: bool,
+    /// The permanent access list rejected the client and the denylist action is `enforce` or
+    /// `drop` (with `ignore` postscreen takes the failure back; leave this false).
+    pub denylisted: bool,
+    /// The client connected to an address outside `allowlist_interfaces` (`ALLOWLIST VETO`).
+    pub allowlist_veto: bool,
+}
+
+impl SessionResults {
+    pub fn set_outcome(&mut self, test: Test, outcome: Outcome) {
+        match test {
+            Test::Pregreet => self.pregreet = outcome,
+            Test::Dnsbl => self.dnsbl = outcome,
+            Test::Pipelining => self.pipelining = outcome,
+            Test::NonSmtpCommand => self.non_smtp_command = outcome,
+            Test::BareNewline => self.bare_newline = outcome,
+        }
+    }
+
+    pub fn outcome(&self, test: Test) -> Outcome {
+        match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl,
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
+    }
+
+    /// Any failure: no pass of this session counts, and nothing is cached.
+    pub fn failed(&self) -> bool {
+        self.denylisted
+            || self.allowlist_veto
+            || Test::ALL
+                .iter()
+                .any(|&t| self.outcome(t) == Outcome::Failed)
+    }
+}
+
+/// What to do when a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conclusion {
+    /// Log `PASS NEW [a]:p` or `PASS OLD [a]:p`: every due test passed.
+    pub pass: Option<PassKind>,
+    /// The record to store in the allowlist; `None`: store nothing.
+    pub update: Option<TestTimes>,
+}
+
+/// Decides at the end of a session, as postscreen's `psc_conclude` does:
+///
+/// - any failure: no pass counts, nothing is logged or cached (failures are never cached, so a
+///   listed client is tested again on every connection);
+/// - a passed test expires at `now` + its TTL; a deep test ignored at `now` + the shortest TTL;
+/// - a DNSWL allowlisting passes DNSBL until `now` + the DNS TTL and moves every other test,
+///   disabled ones too, to at least that time (an existing later expiry is kept);
+/// - the record is written when anything passed, even if some due test is still pending (a
+///   client may pass over several sessions); tests that are disabled and never passed are
+///   written as [`DISABLED_WHEN_WRITTEN`];
+/// - the pass is logged once every due test passed.
+pub fn conclude(
+    screening: &Screening,
+    results: &SessionResults,
+    enabled: &EnabledTests,
+    ttls: &TestTtls,
+    now: u64,
+) -> Conclusion {
+    const NOTHING: Conclusion = Conclusion {
+        pass: None,
+        update: None,
+    };
+    if results.failed() {
+        return NOTHING;
+    }
+    let mut times = screening.times;
+    let mut passed = DueTests::default();
+    for test in Test::ALL {
+        let ttl = match results.outcome(test) {
+            Outcome::Passed => ttls.pass(test, results.dns_ttl),
+            Outcome::Ignored if test.is_deep() => ttls.shortest(),
+            _ => continue,
+        };
+        times.set(test, now.saturating_add(ttl.as_secs()));
+        passed.set(test);
+    }
+    if results.dnswl_allowlisted {
+        let until = now.saturating_add(ttls.dnsbl(results.dns_ttl).as_secs());
+        for test in Test::ALL {
+            let expiry = match test {
+                Test::Dnsbl => until,
+                _ => times.get(test).max(until),
+            };
+            times.set(test, expiry);
+            passed.set(test);
+        }
+    }
+    if passed.is_empty() {
+        return NOTHING;
+    }
+    for test in Test::ALL {
+        if !enabled.get(test) && times.get(test) == NEVER_PASSED {
+            times.set(test, DISABLED_WHEN_WRITTEN);
+        }
+    }
+    let every_due_passed = Test::ALL
+        .iter()
+        .all(|&t| !screening.due.get(t) || passed.get(t));
+    Conclusion {
+        pass: every_due_passed.then_some(screening.pass_kind),
+        update: Some(times),
+    }
+}
+
+/// The cleanup rule: a record is kept until every one of its tests expired more than
+/// `retention` (`cache_retention_time`) ago, so a client that comes back soon is not logged
+/// `NEW` again.
+pub fn retain(times: &TestTimes, now: u64, retention: Duration) -> bool {
+    times.latest_expiry().saturating_add(retention.as_secs()) >= now
+}
+
+/// The current time in Unix seconds, the unit of [`TestTimes`].
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+    /// The lab's clock when 127.0.0.11 passed (reference §2.2).
+    const NOW: u64 = 1_795_313_732;
+
+    fn all_enabled() -> EnabledTests {
+        EnabledTests {
+            pregreet: true,
+            dnsbl: true,
+            pipelining: true,
+            non_smtp_command: true,
+            bare_newline: true,
+        }
+    }
+
+    fn early_only() -> EnabledTests {
+        EnabledTests {
+            pregreet: true,
+            dnsbl: true,
+            ..Default::default()
+        }
+    }
+
+    fn times(text: &str) -> TestTimes {
+        text.parse().unwrap()
+    }
+
+    fn screening(start: Start) -> Screening {
+        match start {
+            Start::Screen(s) => s,
+            Start::PassOld => panic!("expected tests to be due"),
+        }
+    }
+
+    // --- Record text ---
+
+    #[test]
+    fn record_text_round_trips_postscreen_format() {
+        let lab = "1795400132;1795313852;1797905732;1797905732;1797905732";
+        let t = times(lab);
+        assert_eq!(t.pregreet, 1_795_400_132);
+        assert_eq!(t.dnsbl, 1_795_313_852);
+        assert_eq!(t.bare_newline, 1_797_905_732);
+        assert_eq!(t.to_string(), lab);
+        assert_eq!(TestTimes::NEW.to_string(), "0;0;0;0;0");
+        assert_eq!(times("1;1;1;1;1").pipelining, DISABLED_WHEN_WRITTEN);
+        let max = format!("{0};{0};{0};{0};{0}", u64::MAX);
+        assert_eq!(max.len(), MAX_RECORD_LEN);
+        assert_eq!(times(&max).to_string(), max);
+    }
+
+    #[test]
+    fn record_with_wrong_field_count_is_rejected() {
+        for (text, found) in [
+            ("", 1),
+            ("1", 1),
+            ("1;2;3;4", 4),
+            ("1;2;3;4;5;6", 6),
+            ("1;2;3;4;5;", 6),
+            (";;;;;;;;", 9),
+        ] {
+            match TestTimes::parse(text.as_bytes()) {
+                Err(RecordError::FieldCount { found: f }) => assert_eq!(f, found, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn record_field_errors_name_the_field() {
+        for (text, test, position, why) in [
+            ("1;;3;4;5", "dnsbl", 2, "empty"),
+            (";2;3;4;5", "pregreet", 1, "empty"),
+            ("1;2;x;4;5", "pipelining", 3, "not a decimal"),
+            ("1;2;3;-4;5", "non_smtp_command", 4, "not a decimal"),
+            ("+1;2;3;4;5", "pregreet", 1, "not a decimal"),
+            (" 1;2;3;4;5", "pregreet", 1, "not a decimal"),
+            ("1;2;3;4;5\n", "bare_newline", 5, "not a decimal"),
+            ("1;2;3;4;5 ", "bare_newline", 5, "not a decimal"),
+            ("1;2;3;4;0x10", "bare_newline", 5, "not a decimal"),
+            ("1;2;3;4;18446744073709551616", "bare_newline", 5, "larger"),
+            ("1;2;3;4;99999999999999999999", "bare_newline", 5, "larger"),
+        ] {
+            let err = TestTimes::parse(text.as_bytes()).unwrap_err();
+            match &err {
+                RecordError::Field {
+                    test: t,
+                    position: p,
+                    ..
+                } => {
+                    assert_eq!((*t, *p), (test, position), "{text:?}");
+                    assert!(err.to_string().contains(why), "{text:?}: {err}");
+                    assert!(err.to_string().contains(test), "{err}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_utf8_record_is_rejected() {
+        let err = TestTimes::parse(b"1;2;\xff\xfe;4;5").unwrap_err();
+        assert!(
+            matches!(err, RecordError::Field { position: 3, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_record_is_rejected_before_parsing() {
+        let long = format!("{};2;3;4;5", "1".repeat(200));
+        assert!(matches!(
+            TestTimes::parse(long.as_bytes()),
+            Err(RecordError::TooLong { len: 208 })
+        ));
+        let huge = vec![b';'; 1 << 20];
+        assert!(matches!(
+            TestTimes::parse(&huge),
+            Err(RecordError::TooLong { .. })
+        ));
+        // One byte past the longest valid record.
+        let over = format!("{0};{0};{0};{0};1{0}", u64::MAX);
+        assert!(matches!(
+            TestTimes::parse(over.as_bytes()),
+            Err(RecordError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics_and_valid_parses_round_trip() {
+        // A small deterministic generator biased towards digits and separators.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"0123456789;;;; x-\xff\n";
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if let Ok(t) = TestTimes::parse(&text) {
+                parsed += 1;
+                assert_eq!(TestTimes::parse(t.to_string().as_bytes()).unwrap(), t);
+            }
+        }
+        assert!(parsed > 0, "the generator never made a valid record");
+    }
+
+    // --- Policy ---
+
+    #[test]
+    fn due_tests_are_the_enabled_expired_or_never_passed_ones() {
+        let record = TestTimes {
+            pregreet: NOW + 10,
+            dnsbl: NOW - 1,
+            pipelining: NEVER_PASSED,
+            non_smtp_command: DISABLED_WHEN_WRITTEN,
+            bare_newline: NOW,
+        };
+        let due = due_tests(&record, &all_enabled(), NOW);
+        assert_eq!(
+            due,
+            DueTests {
+                pregreet: false,
+                dnsbl: true,
+                pipelining: true,
+                non_smtp_command: true,
+                // Expiring this very second is still valid: due only when now > expiry.
+                bare_newline: false,
+            }
+        );
+        assert!(due.any_deep());
+        // Disabled tests are never due, whatever their time.
+        let due = due_tests(&record, &early_only(), NOW);
+        assert_eq!(
+            due,
+            DueTests {
+                dnsbl: true,
+                ..Default::default()
+            }
+        );
+        assert!(!due.any_deep());
+    }
+
+    #[test]
+    fn pass_old_at_once_when_every_enabled_test_is_unexpired() {
+        let record = TestTimes {
+            pregreet: NOW + DAY,
+            dnsbl: NOW + 60,
+            pipelining: NEVER_PASSED,
+            non_smtp_command: DISABLED_WHEN_WRITTEN,
+            bare_newline: NOW - DAY,
+        };
+        assert!(is_pass_old(&record, &early_only(), NOW));
+        assert_eq!(start(Some(&record), &early_only(), NOW), Start::PassOld);
+        // One second later DNSBL has expired: only it is due, and a pass will be OLD.
+        let s = screening(start(Some(&record), &early_only(), NOW + 61));
+        assert_eq!(
+            s.due,
+            DueTests {
+                dnsbl: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(s.pass_kind, PassKind::Old);
+        // With the deep tests enabled the same record is not a pass.
+        assert!(!is_pass_old(&record, &all_enabled(), NOW));
+    }
+
+    #[test]
+    fn unknown_client_is_new_with_every_enabled_test_due() {
+        let s = screening(start(None, &early_only(), NOW));
+        assert_eq!(s.times, TestTimes::NEW);
+        assert_eq!(s.pass_kind, PassKind::New);
+        assert_eq!(
+            s.due,
+            DueTests {
+                pregreet: true,
+                dnsbl: true,
+                ..Default::default()
+            }
+        );
+        // Nothing enabled: screened (not PASS OLD), nothing due; the session passes nothing.
+        let s = screening(start(None, &EnabledTests::default(), NOW));
+        assert!(s.due.is_empty());
+    }
+
+    #[test]
+    fn new_only_while_an_enabled_test_never_passed() {
+        let mut record = times("0;1795313852;1;1;1");
+        assert_eq!(pass_kind(&record, &early_only()), PassKind::New);
+        // A 0 of a test that is disabled now does not make the client new.
+        assert_eq!(
+            pass_kind(
+                &record,
+                &EnabledTests {
+                    dnsbl: true,
+                    ..Default::default()
+                }
+            ),
+            PassKind::Old
+        );
+        // A test disabled when the record was written (1) and enabled since is due, but a pass
+        // of it is OLD: the client is not new.
+        record.pregreet = NOW + DAY;
+        let s = screening(start(Some(&record), &all_enabled(), NOW));
+        assert!(s.due.pipelining && s.due.non_smtp_command && s.due.bare_newline);
+        assert_eq!(s.pass_kind, PassKind::Old);
+    }
+
+    #[test]
+    fn first_pass_writes_the_lab_record() {
+        // 127.0.0.11 in the lab: every test enabled, the early tests passed (negative SOA TTL
+        // 120 s), then the deep tests at RCPT; PASS NEW and this exact record.
+        let s = screening(start(None, &all_enabled(), NOW));
+        let results = SessionResults {
+            pregreet: Outcome::Passed,
+            dnsbl: Outcome::Passed,
+            pipelining: Outcome::Passed,
+            non_smtp_command: Outcome::Passed,
+            bare_newline: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &TestTtls::default(), NOW);
+        assert_eq!(c.pass, Some(PassKind::New));
+        assert_eq!(
+            c.update.unwrap().to_string(),
+            "1795400132;1795313852;1797905732;1797905732;1797905732"
+        );
+        // The second connection, 0.1 s later, is PASS OLD at once.
+        assert_eq!(
+            start(c.update.as_ref(), &all_enabled(), NOW + 1),
+            Start::PassOld
+        );
+    }
+
+    #[test]
+    fn disabled_tests_are_written_as_one() {
+        let s = screening(start(None, &early_only(), NOW));
+        let results = SessionResults {
+            pregreet: Outcome::Passed,
+            dnsbl: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &early_only(), &TestTtls::default(), NOW);
+        assert_eq!(c.pass, Some(PassKind::New));
+        assert_eq!(
+            c.update,
+            Some(TestTimes {
+                pregreet: NOW + DAY,
+                dnsbl: NOW + 120,
+                pipelining: DISABLED_WHEN_WRITTEN,
+                non_smtp_command: DISABLED_WHEN_WRITTEN,
+                bare_newline: DISABLED_WHEN_WRITTEN,
+            })
+        );
+    }
+
+    #[test]
+    fn partial_pass_is_cached_without_a_pass_line_and_completes_as_new() {
+        let ttls = TestTtls::default();
+        // Session 1: early tests pass, the client quits before RCPT.
+        let s = screening(start(None, &all_enabled(), NOW));
+        let results = SessionResults {
+            pregreet: Outcome::Passed,
+            dnsbl: Outcome::Passed,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &ttls, NOW);
+        assert_eq!(c.pass, None);
+        let record = c.update.unwrap();
+        // No DNS TTL: the minimum.
+        assert_eq!(record, times(&format!("{};{};0;0;0", NOW + DAY, NOW + 60)));
+        // Session 2: only the deep tests are due, and passing them is PASS NEW.
+        let s = screening(start(Some(&record), &all_enabled(), NOW + 5));
+        assert_eq!(s.pass_kind, PassKind::New);
+        assert!(!s.due.pregreet && !s.due.dnsbl && s.due.any_deep());
+        let results = SessionResults {
+            pipelining: Outcome::Passed,
+            non_smtp_command: Outcome::Passed,
+            bare_newline: Outcome::Passed,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &ttls, NOW + 5);
+        assert_eq!(c.pass, Some(PassKind::New));
+        let deep = NOW + 5 + 30 * DAY;
+        assert_eq!(
+            c.update.unwrap(),
+            times(&format!("{};{};{deep};{deep};{deep}", NOW + DAY, NOW + 60))
+        );
+    }
+
+    #[test]
+    fn expired_test_re_passed_is_old_and_only_it_moves() {
+        let record = times(&format!(
+            "{};{};{};{};{}",
+            NOW + 3_600,
+            NOW - 10,
+            NOW + DAY,
+            NOW + DAY,
+            NOW + DAY
+        ));
+        let s = screening(start(Some(&record), &all_enabled(), NOW));
+        assert_eq!(
+            s.due,
+            DueTests {
+                dnsbl: true,
+                ..Default::default()
+            }
+        );
+        let results = SessionResults {
+            dnsbl: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(300)),
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &TestTtls::default(), NOW);
+        assert_eq!(c.pass, Some(PassKind::Old));
+        let mut expected = record;
+        expected.dnsbl = NOW + 300;
+        assert_eq!(c.update, Some(expected));
+    }
+
+    #[test]
+    fn dns_ttl_is_clamped_to_min_and_max() {
+        let ttls = TestTtls::default();
+        assert_eq!(
+            ttls.dnsbl(Some(Duration::from_secs(5))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            ttls.dnsbl(Some(Duration::from_secs(7_200))),
+            Duration::from_secs(3_600)
+        );
+        assert_eq!(
+            ttls.dnsbl(Some(Duration::from_secs(300))),
+            Duration::from_secs(300)
+        );
+        assert_eq!(ttls.dnsbl(None), Duration::from_secs(60));
+        let s = screening(start(None, &early_only(), NOW));
+        let results = SessionResults {
+            dnsbl: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(86_400)),
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &early_only(), &ttls, NOW);
+        assert_eq!(c.update.unwrap().dnsbl, NOW + 3_600);
+        // Pregreet is still due: no pass line yet.
+        assert_eq!(c.pass, None);
+    }
+
+    #[test]
+    fn dnswl_marks_every_test_passed_disabled_ones_too() {
+        // 127.0.0.30 in the lab: all five fields set to now + 300 s (the DNSWL A TTL).
+        let s = screening(start(None, &early_only(), NOW));
+        let results = SessionResults {
+            dnsbl: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(300)),
+            dnswl_allowlisted: true,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &early_only(), &TestTtls::default(), NOW);
+        assert_eq!(c.pass, Some(PassKind::New));
+        let until = NOW + 300;
+        assert_eq!(
+            c.update.unwrap().to_string(),
+            format!("{until};{until};{until};{until};{until}")
+        );
+        // Deep tests enabled later are not due for this client until its DNSWL pass expires.
+        assert_eq!(
+            start(c.update.as_ref(), &all_enabled(), NOW + 300),
+            Start::PassOld
+        );
+        let s = screening(start(c.update.as_ref(), &all_enabled(), NOW + 301));
+        assert_eq!(s.pass_kind, PassKind::Old);
+        assert!(s.due.dnsbl && s.due.pregreet && s.due.any_deep());
+    }
+
+    #[test]
+    fn dnswl_never_shortens_a_later_expiry_and_skips_pending_deep_tests() {
+        let record = times(&format!("{};{};0;0;0", NOW + DAY, NOW - 1));
+        let s = screening(start(Some(&record), &all_enabled(), NOW));
+        assert_eq!(s.pass_kind, PassKind::New);
+        let results = SessionResults {
+            dnsbl: Outcome::Passed,
+            dns_ttl: None,
+            dnswl_allowlisted: true,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &TestTtls::default(), NOW);
+        // The deep tests were due and never ran: the allowlisting passes them.
+        assert_eq!(c.pass, Some(PassKind::New));
+        let until = NOW + 60;
+        assert_eq!(
+            c.update.unwrap(),
+            times(&format!("{};{until};{until};{until};{until}", NOW + DAY))
+        );
+    }
+
+    #[test]
+    fn ignored_deep_test_passes_until_the_shortest_ttl() {
+        let ttls = TestTtls::default();
+        assert_eq!(ttls.shortest(), Duration::from_secs(60));
+        let record = times(&format!("{};{};0;0;0", NOW + DAY, NOW + 3_600));
+        let s = screening(start(Some(&record), &all_enabled(), NOW));
+        let results = SessionResults {
+            pipelining: Outcome::Ignored,
+            non_smtp_command: Outcome::Passed,
+            bare_newline: Outcome::Ignored,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &all_enabled(), &ttls, NOW);
+        assert_eq!(c.pass, Some(PassKind::New));
+        let record = c.update.unwrap();
+        assert_eq!(record.pipelining, NOW + 60);
+        assert_eq!(record.non_smtp_command, NOW + 30 * DAY);
+        assert_eq!(record.bare_newline, NOW + 60);
+        // The shortest TTL counts every configured TTL, enabled or not.
+        let ttls = TestTtls {
+            pregreet: Duration::from_secs(7_200),
+            dnsbl_min: Duration::from_secs(600),
+            dnsbl_max: Duration::from_secs(900),
+            pipelining: Duration::from_secs(86_400),
+            non_smtp_command: Duration::from_secs(300),
+            bare_newline: Duration::from_secs(86_400),
+        };
+        assert_eq!(ttls.shortest(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn ignored_early_test_passes_nothing() {
+        let s = screening(start(None, &early_only(), NOW));
+        let results = SessionResults {
+            pregreet: Outcome::Ignored,
+            dnsbl: Outcome::Passed,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &early_only(), &TestTtls::default(), NOW);
+        // DNSBL is cached, pregreet stays "never passed" and is tested again next time.
+        assert_eq!(c.pass, None);
+        let record = c.update.unwrap();
+        assert_eq!(record.pregreet, NEVER_PASSED);
+        assert_eq!(record.dnsbl, NOW + 60);
+        // Only ignored early tests: nothing to write at all.
+        let results = SessionResults {
+            pregreet: Outcome::Ignored,
+            dnsbl: Outcome::Ignored,
+            ..Default::default()
+        };
+        let c = conclude(&s, &results, &early_only(), &TestTtls::default(), NOW);
+        assert_eq!(
+            c,
+            Conclusion {
+                pass: None,
+                update: None
+            }
+        );
+    }
+
+    #[test]
+    fn any_failure_caches_nothing() {
+        let record = times(&format!("{};{};0;0;0", NOW + DAY, NOW - 1));
+        let s = screening(start(Some(&record), &all_enabled(), NOW));
+        let passing = SessionResults {
+            pregreet: Outcome::Passed,
+            dnsbl: Outcome::Passed,
+            pipelining: Outcome::Passed,
+            non_smtp_command: Outcome::Passed,
+            bare_newline: Outcome::Passed,
+            dns_ttl: Some(Duration::from_secs(300)),
+            dnswl_allowlisted: true,
+            ..Default::default()
+        };
+        let nothing = Conclusion {
+            pass: None,
+            update: None,
+        };
+        // The passing session itself does update (so each case below is a real change).
+        assert!(
+            conclude(&s, &passing, &all_enabled(), &TestTtls::default(), NOW)
+                .update
+                .is_some()
+        );
+        let mut failures = Vec::new();
+        for test in Test::ALL {
+            let mut r = passing;
+            match test {
+                Test::Pregreet => r.pregreet = Outcome::Failed,
+                Test::Dnsbl => r.dnsbl = Outcome::Failed,
+                Test::Pipelining => r.pipelining = Outcome::Failed,
+                Test::NonSmtpCommand => r.non_smtp_command = Outcome::Failed,
+                Test::BareNewline => r.bare_newline = Outcome::Failed,
+            }
+            failures.push(r);
+        }
+        failures.push(SessionResults {
+            denylisted: true,
+            ..passing
+        });
+        failures.push(SessionResults {
+            allowlist_veto: true,
+            ..passing
+        });
+        for r in failures {
+            assert!(r.failed());
+            assert_eq!(
+                conclude(&s, &r, &all_enabled(), &TestTtls::default(), NOW),
+                nothing,
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_saturate_instead_of_wrapping() {
+        let s = screening(start(None, &early_only(), u64::MAX - 5));
+        let results = SessionResults {
+            pregreet: Outcome::Passed,
+            dnsbl: Outcome::Passed,
+            ..Default::default()
+        };
+        let c = conclude(
+            &s,
+            &results,
+            &early_only(),
+            &TestTtls::default(),
+            u64::MAX - 5,
+        );
+        assert_eq!(c.update.unwrap().pregreet, u64::MAX);
+        assert!(retain(
+            &c.update.unwrap(),
+            u64::MAX,
+            Duration::from_secs(u64::MAX)
+        ));
+    }
+
+    #[test]
+    fn retention_waits_until_every_test_expired_long_enough() {
+        let week = Duration::from_secs(7 * DAY);
+        let latest = NOW - 7 * DAY;
+        let record = times(&format!(
+            "{};{latest};0;1;{}",
+            NOW - 30 * DAY,
+            NOW - 8 * DAY
+        ));
+        assert!(retain(&record, NOW, week), "expired exactly a week ago");
+        assert!(!retain(&record, NOW + 1, week), "a week and a second ago");
+        // One unexpired test keeps the record, however old the others are.
+        let record = times(&format!("1;{};0;0;{}", NOW - 100 * DAY, NOW + 10));
+        assert!(retain(&record, NOW, week));
+        assert!(!retain(&record, NOW + 10 + 7 * DAY + 1, week));
+        // Nothing ever passed: nothing to keep.
+        assert!(!retain(&TestTimes::NEW, NOW, week));
+        assert!(retain(&record, NOW, Duration::ZERO));
+    }
+}
