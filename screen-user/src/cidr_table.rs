@@ -36,6 +36,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::address::canonical;
 use ipnet::{IpNet, Ipv4Net};
 
 /// The largest table file read (Postfix has no limit; a table this size is already slow to
@@ -146,7 +147,7 @@ impl Pattern {
 
     /// Whether `addr` matches. A pattern only ever matches addresses of its own family.
     pub fn matches(&self, addr: IpAddr) -> bool {
-        self.matches_canonical(addr.to_canonical())
+        self.matches_canonical(canonical(addr))
     }
 
     fn matches_canonical(&self, addr: IpAddr) -> bool {
@@ -420,7 +421,7 @@ impl<V> CidrTable<V> {
 
     /// The result of the first rule that matches `addr`, if any.
     pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
-        let addr = addr.to_canonical();
+        let addr = canonical(addr);
         let mut next = 0;
         while let Some(rule) = self.rules.get(next) {
             let hit = rule.pattern.matches_canonical(addr);

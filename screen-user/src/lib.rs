@@ -3,6 +3,7 @@
 //! The library holds everything the `smtp-screen` binary does, so that tests and benchmarks
 //! drive the same code.
 
+pub mod address;
 pub mod allowlist;
 pub mod cidr_table;
 pub mod cli;

@@ -6,6 +6,7 @@
 //! `pre_queue_limit` and left when it falls to 70% (`postscreen.c`, the hysteresis keeps it
 //! from flapping).
 
+use crate::address::canonical;
 use std::{
     collections::HashMap,
     io,
@@ -108,7 +109,7 @@ impl Limits {
     /// count including this one; the slot is held even when the count is over the limit,
     /// so that the refusal itself is accounted for until the connection closes.
     pub fn connect(self: &Arc<Self>, client: IpAddr) -> (ClientSlot, Result<u32, Refusal>) {
-        let client = client.to_canonical();
+        let client = canonical(client);
         let mut state = self.lock();
         let count = state.per_client.entry(client).or_insert(0);
         *count += 1;
@@ -177,7 +178,7 @@ impl Limits {
     pub fn from_client(&self, client: IpAddr) -> u32 {
         self.lock()
             .per_client
-            .get(&client.to_canonical())
+            .get(&canonical(client))
             .copied()
             .unwrap_or(0)
     }

@@ -31,6 +31,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::address::{canonical, canonical_endpoint};
 use crate::escape::c_escape;
 
 /// The longest version 1 header, CRLF included (the specification's limit).
@@ -97,7 +98,7 @@ impl ProxyHeader {
                 source,
                 destination,
             } => (source, destination),
-            ProxyHeader::Local => (canonical(peer), canonical(local)),
+            ProxyHeader::Local => (canonical_endpoint(peer), canonical_endpoint(local)),
         }
     }
 }
@@ -333,7 +334,7 @@ fn v1_address(field: &[u8], family: Family) -> Option<IpAddr> {
         Family::V6 => text
             .parse::<Ipv6Addr>()
             .ok()
-            .map(|v6| IpAddr::V6(v6).to_canonical()),
+            .map(|v6| canonical(IpAddr::V6(v6))),
     }
 }
 
@@ -453,7 +454,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, Fault> {
             let ip = |at: usize| {
                 let mut octets = [0u8; 16];
                 octets.copy_from_slice(&payload[at..at + 16]);
-                IpAddr::V6(Ipv6Addr::from(octets)).to_canonical()
+                canonical(IpAddr::V6(Ipv6Addr::from(octets)))
             };
             let port = |at: usize| u16::from_be_bytes([payload[at], payload[at + 1]]);
             ProxyHeader::Proxied {
@@ -601,7 +602,7 @@ enum FamilyPair {
 }
 
 fn same_family(source: SocketAddr, destination: SocketAddr) -> FamilyPair {
-    let (source, destination) = (canonical(source), canonical(destination));
+    let (source, destination) = (canonical_endpoint(source), canonical_endpoint(destination));
     match (source, destination) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => FamilyPair::V4(s, d),
         _ => {
@@ -612,10 +613,6 @@ fn same_family(source: SocketAddr, destination: SocketAddr) -> FamilyPair {
             FamilyPair::V6(v6(source), v6(destination))
         }
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// A v1 header for a connection from `source` to `destination`:

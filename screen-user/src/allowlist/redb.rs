@@ -36,6 +36,7 @@ use tokio::{
     time::Instant,
 };
 
+use crate::address::canonical;
 use crate::test_state::{RecordError, TestTimes, unix_now};
 
 /// The database file inside `state_dir`.
@@ -380,13 +381,13 @@ impl AllowlistCache {
 
     /// A client's record, from memory. IPv4-mapped IPv6 addresses are their IPv4 address.
     pub fn get(&self, addr: IpAddr) -> Option<TestTimes> {
-        self.read().map.get(&addr.to_canonical()).copied()
+        self.read().map.get(&canonical(addr)).copied()
     }
 
     /// Stores a client's record: in memory at once, on disk with the next batch. Never waits:
     /// when the writer's queue is full the update is counted and not written.
     pub fn record(&self, addr: IpAddr, times: TestTimes) {
-        let addr = addr.to_canonical();
+        let addr = canonical(addr);
         // Queued under the lock, so the file sees updates of one address in memory's order.
         let mut records = self.write();
         let evicted = records.insert(addr, times);
@@ -418,7 +419,7 @@ impl AllowlistCache {
     /// Removes a client's record and waits until the file no longer has it. Whether there was
     /// one.
     pub async fn delete(&self, addr: IpAddr) -> Result<bool, CacheError> {
-        let addr = addr.to_canonical();
+        let addr = canonical(addr);
         let existed = self.write().remove(&addr);
         self.send(WriteOp::Delete(addr)).await?;
         self.flush().await?;
@@ -732,7 +733,7 @@ fn parse_key(key: &[u8]) -> Result<IpAddr, CacheError> {
     }
     let text = std::str::from_utf8(key).map_err(|_| err("is not text"))?;
     let addr: IpAddr = text.parse().map_err(|_| err("is not an IP address"))?;
-    if addr.to_canonical() != addr || addr.to_string() != text {
+    if canonical(addr) != addr || addr.to_string() != text {
         return Err(err("is not in canonical form"));
     }
     Ok(addr)

@@ -39,6 +39,7 @@ use hickory_resolver::{
 };
 use tokio::{sync::watch, task::JoinSet};
 
+use crate::address::canonical;
 use crate::maillog::MailLog;
 
 /// Most entries `dnsbl_sites` may hold. Real configurations use a handful; every entry costs
@@ -655,14 +656,6 @@ pub fn query_name(client: IpAddr, domain: &str) -> String {
             name.push_str(domain);
             name
         }
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it stands for; others unchanged.
-fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

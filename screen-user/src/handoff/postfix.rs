@@ -98,6 +98,7 @@ use tokio::{
     time::timeout,
 };
 
+use crate::address::canonical;
 use crate::{
     escape::{LOG_TEXT_MAX, c_escape},
     smtpd::Reply,
@@ -271,7 +272,7 @@ impl PassEndpoints {
 
 /// An address as postscreen prints it: IPv4-mapped IPv6 as plain IPv4.
 fn host_addr(ip: IpAddr) -> String {
-    ip.to_canonical().to_string()
+    canonical(ip).to_string()
 }
 
 /// One attribute as received: name and value, without their NULs.

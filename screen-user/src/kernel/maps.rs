@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -726,10 +726,4 @@ fn remove_prefix(
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(MapsError::Map { name, source }),
     }
-}
-
-/// Canonical form of a client address for the maps: IPv4-mapped IPv6 becomes IPv4, as XDP
-/// only ever sees the IPv4 packet.
-pub fn canonical(addr: IpAddr) -> IpAddr {
-    addr.to_canonical()
 }

@@ -29,6 +29,7 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::address::canonical;
 use crate::cidr_table::{self, CidrError, CidrTable, CidrWarning, Pattern, PatternError};
 
 /// postscreen's default `postscreen_access_list`.
@@ -431,7 +432,7 @@ impl AccessList {
     /// Decides for `client`; `permit_mynetworks` consults `mynetworks`. IPv4-mapped IPv6
     /// addresses are evaluated as IPv4.
     pub fn evaluate<'a>(&'a self, client: IpAddr, mynetworks: &AddressList) -> AccessDecision<'a> {
-        let client = client.to_canonical();
+        let client = canonical(client);
         let mut warnings = Vec::new();
         let outcome = self
             .items
@@ -512,7 +513,7 @@ impl AddressList {
 
     /// Whether `addr` is in the list. IPv4-mapped IPv6 addresses are looked up as IPv4.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        self.contains_canonical(addr.to_canonical())
+        self.contains_canonical(canonical(addr))
     }
 
     fn contains_canonical(&self, addr: IpAddr) -> bool {

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::address::canonical;
 use ipnet::IpNet;
 
 /// How many clients with a recent failure are remembered. Past this, the oldest go first:
@@ -84,7 +85,7 @@ impl DenyPolicy {
 
     /// The key a client is tracked and denied under.
     pub fn key(&self, client: IpAddr) -> IpNet {
-        match client.to_canonical() {
+        match canonical(client) {
             IpAddr::V4(v4) => IpNet::from(ipnet::Ipv4Net::from(v4)),
             IpAddr::V6(v6) => IpNet::new(IpAddr::V6(v6), self.v6_prefix)
                 .expect("prefix within 128")

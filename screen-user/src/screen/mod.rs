@@ -31,6 +31,7 @@ use self::{
     early::GreetOutcome,
     endpoint::UpstreamProxyProtocol,
 };
+use crate::address::canonical_endpoint;
 use crate::{
     allowlist::AllowlistCache,
     config::Config,
@@ -143,7 +144,7 @@ impl Screen {
             return;
         };
         let (client, server) = match self.config.upstream_proxy_protocol {
-            UpstreamProxyProtocol::None => (canonical(peer), canonical(local)),
+            UpstreamProxyProtocol::None => (canonical_endpoint(peer), canonical_endpoint(local)),
             UpstreamProxyProtocol::Haproxy => {
                 match Box::pin(proxy_protocol::read_header_from_tcp(
                     &mut stream,
@@ -153,7 +154,7 @@ impl Screen {
                 {
                     Ok(header) => {
                         let (c, s) = header.endpoints(peer, local);
-                        (canonical(c), canonical(s))
+                        (canonical_endpoint(c), canonical_endpoint(s))
                     }
                     Err(e) => {
                         self.log.warning(&e);
@@ -731,10 +732,6 @@ async fn close(stream: &mut TcpStream) {
             _ => break,
         }
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Binds a listening socket; IPv6 sockets are IPv6-only so `0.0.0.0:25` and `[::]:25` can

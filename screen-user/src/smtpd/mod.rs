@@ -47,6 +47,7 @@ use self::{
     line::{DEFAULT_LINE_LENGTH_LIMIT, Line, LineEnding, LineError, LineReader},
     tls::TlsAcceptor,
 };
+use crate::address::canonical;
 use crate::{
     escape::c_escape,
     test_state::{Outcome as TestOutcome, SessionResults, Test, TestAction},
@@ -310,7 +311,7 @@ impl Reply {
             code,
             format!(
                 "5.7.1 Service unavailable; client [{}] blocked using {list}",
-                client.to_canonical()
+                canonical(client)
             ),
         )
     }
@@ -731,7 +732,7 @@ fn expand_footer_line(pieces: &[FooterPiece], client: SocketAddr, server_name: &
                 out.push_str(text);
                 continue;
             }
-            FooterPiece::ClientAddress => client.ip().to_canonical().to_string(),
+            FooterPiece::ClientAddress => canonical(client.ip()).to_string(),
             FooterPiece::ClientPort => client.port().to_string(),
             FooterPiece::ServerName => server_name.to_string(),
             FooterPiece::LocalTime => local_timestamp(),
@@ -1391,7 +1392,7 @@ pub struct ClientAddr(pub SocketAddr);
 
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]:{}", self.0.ip().to_canonical(), self.0.port())
+        write!(f, "[{}]:{}", canonical(self.0.ip()), self.0.port())
     }
 }
 
