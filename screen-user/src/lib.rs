@@ -24,5 +24,6 @@ pub mod prefixes;
 pub mod privileges;
 pub mod proxy_protocol;
 pub mod screen;
+pub mod settings;
 pub mod smtpd;
 pub mod test_state;

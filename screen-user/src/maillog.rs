@@ -13,6 +13,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::paths::SYSLOG_SOCKET;
+
 /// Where the postscreen-style log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,8 +23,6 @@ pub enum LogTarget {
     Syslog,
 }
 
-/// Where syslog listens on Linux.
-const SYSLOG_SOCKET: &str = "/dev/log";
 /// Facility `mail` (RFC 5424 §6.2.1).
 const FACILITY_MAIL: u8 = 2;
 const SEVERITY_WARNING: u8 = 4;

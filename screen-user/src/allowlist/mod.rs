@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use crate::test_state::TestTimes;
 
-pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats, FILE_NAME};
+pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats};
 
 /// What the screening stages need of a temporary allowlist.
 pub trait AllowlistStore: Send + Sync {

@@ -37,10 +37,10 @@ use tokio::{
 };
 
 use crate::address::canonical;
-use crate::test_state::{RecordError, TestTimes, unix_now};
-
-/// The database file inside `state_dir`.
-pub const FILE_NAME: &str = "allowlist.redb";
+use crate::{
+    paths::{self, ALLOWLIST_FILE},
+    test_state::{RecordError, TestTimes, unix_now},
+};
 
 /// The longest key: an address in text form (`INET6_ADDRSTRLEN` less the NUL).
 pub const MAX_KEY_LEN: usize = 45;
@@ -335,7 +335,7 @@ impl AllowlistCache {
     /// [`CacheError::InUse`] when another process (or another `AllowlistCache`) holds it.
     pub async fn open(state_dir: &Path, options: CacheOptions) -> Result<Self, CacheError> {
         let options = options.sane();
-        let path = state_dir.join(FILE_NAME);
+        let path = paths::allowlist_db(state_dir);
         let name = format!("redb:{}", path.display());
         let loaded = {
             let (file, log_name) = (path.clone(), name.clone());
@@ -632,7 +632,7 @@ fn open_file(path: &Path, name: &str) -> Result<Database, CacheError> {
     match open_db(path) {
         Ok(db) => Ok(db),
         Err(err) if is_unreadable(&err) => {
-            let aside = path.with_file_name(format!("{FILE_NAME}.corrupt-{}", unix_now()));
+            let aside = path.with_file_name(format!("{ALLOWLIST_FILE}.corrupt-{}", unix_now()));
             std::fs::rename(path, &aside).map_err(|source| CacheError::Io {
                 path: path.to_path_buf(),
                 action: "move the unreadable database aside",
@@ -1021,7 +1021,7 @@ mod tests {
 
     /// Writes raw entries into the file, as damage or another writer would leave them.
     fn put_raw(dir: &Path, entries: &[(&[u8], &[u8])]) {
-        let db = Database::create(dir.join(FILE_NAME)).unwrap();
+        let db = Database::create(dir.join(ALLOWLIST_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut table = txn.open_table(RECORDS).unwrap();
@@ -1231,7 +1231,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_file_is_moved_aside() {
         let dir = TempDir::new();
-        std::fs::write(dir.0.join(FILE_NAME), vec![0x5a; 10_000]).unwrap();
+        std::fs::write(dir.0.join(ALLOWLIST_FILE), vec![0x5a; 10_000]).unwrap();
         let cache = AllowlistCache::open(&dir.0, small(100)).await.unwrap();
         assert!(cache.is_empty());
         cache.record(ip("10.0.0.1"), passed_until(NOW));
@@ -1255,7 +1255,7 @@ mod tests {
         assert!(matches!(err, CacheError::InUse { .. }), "{err:?}");
         let message = err.to_string();
         assert!(
-            message.contains(FILE_NAME) && message.contains("in use"),
+            message.contains(ALLOWLIST_FILE) && message.contains("in use"),
             "{message}"
         );
         first.close().await.unwrap();
@@ -1268,13 +1268,13 @@ mod tests {
         let dir = TempDir::new();
         let nested = dir.0.join("a/b");
         let cache = AllowlistCache::open(&nested, small(10)).await.unwrap();
-        assert_eq!(cache.path(), nested.join(FILE_NAME));
+        assert_eq!(cache.path(), nested.join(ALLOWLIST_FILE));
         assert_eq!(
             cache.name(),
-            format!("redb:{}", nested.join(FILE_NAME).display())
+            format!("redb:{}", nested.join(ALLOWLIST_FILE).display())
         );
         cache.close().await.unwrap();
-        assert!(nested.join(FILE_NAME).is_file());
+        assert!(nested.join(ALLOWLIST_FILE).is_file());
     }
 
     #[tokio::test]

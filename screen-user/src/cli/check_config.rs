@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
-use crate::{config::Config, daemon::Prepared};
+use crate::{config::Config, settings::Settings};
 
 pub fn run(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     let dir = file.parent().unwrap_or(Path::new("/"));
-    let prepared = Prepared::new(&config, dir)?;
-    for warning in &prepared.warnings {
+    let settings = Settings::new(&config, dir)?;
+    for warning in &settings.warnings {
         eprintln!("smtp-screen: warning: {warning}");
     }
     println!("{}: ok", file.display());

@@ -8,9 +8,9 @@ use anyhow::bail;
 use super::ConfigArgs;
 use crate::{
     config::Config,
-    daemon::{self, Prepared},
-    dnsbl::{Dnsbl, DnsblConfig, DnsblLog, ListResult, Verdict, query_name},
+    dnsbl::{Dnsbl, DnsblLog, ListResult, Verdict, query_name},
     duration,
+    settings::Settings,
 };
 
 /// Prints the lookups' own log lines (listings, warnings) as the daemon would log them.
@@ -29,25 +29,16 @@ impl DnsblLog for Stderr {
 pub fn check(addr: IpAddr, args: &ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let dir = args.config.parent().unwrap_or(Path::new("/"));
-    let prepared = Prepared::new(&config, dir)?;
-    if prepared.sites.is_empty() {
+    let settings = Settings::new(&config, dir)?;
+    let Some(lists) = settings.dnsbl else {
         bail!("{}: dnsbl_sites names no list", args.config.display());
-    }
-    let servers = daemon::dns_servers(&config);
-    let thresholds = daemon::dnsbl_thresholds(&config);
+    };
+    let thresholds = settings.screen.early.thresholds;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let dnsbl = Dnsbl::new(
-            DnsblConfig {
-                reply_map: prepared.reply_map,
-                timeout: config.dnsbl_timeout,
-                servers,
-                ..DnsblConfig::new(prepared.sites)
-            },
-            Arc::new(Stderr),
-        )?;
+        let dnsbl = Dnsbl::new(lists, Arc::new(Stderr))?;
         let query = dnsbl.start(addr);
         let deadline = tokio::time::Instant::now() + config.dnsbl_timeout + Duration::from_secs(1);
         let score = query.wait_all(deadline).await;

@@ -6,8 +6,8 @@ use screen_common::{DenyAction, Stat, map_name};
 
 use crate::{
     config::Config,
-    daemon,
     kernel::{Maps, loader},
+    paths,
 };
 
 pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
@@ -104,7 +104,7 @@ fn live_marker(name: &str, allow_slot: u32, deny_slot: u32) -> &'static str {
 
 fn dnsbl_status(config: &Path) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let path = config.state_dir.join(daemon::DNSBL_STATUS_FILE);
+    let path = paths::dnsbl_status(&config.state_dir);
     println!("dns lists:");
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.is_empty() => {

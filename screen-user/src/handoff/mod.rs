@@ -1,12 +1,23 @@
 //! The hand-off of a passed client to the real MTA (postscreen's `postscreen_send.c`): over
 //! a proxied TCP connection ([`proxy`], with the bytes moved by a [`relay`]), or by passing
-//! the client's socket to Postfix's smtpd ([`postfix`]).
+//! the client's socket to Postfix's smtpd ([`postfix`]). When the MTA cannot take the client,
+//! it is told so in postscreen's words ([`HandOff::run`]).
 
 pub mod postfix;
 pub mod proxy;
 pub mod relay;
 
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
 use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use self::{postfix::PassFailure, proxy::Backend, relay::Relay};
+use crate::{
+    limits::Limits,
+    maillog::MailLog,
+    smtpd::{self, Engine, EngineSettings, Reply, ReplyStyle, close},
+};
 
 /// How passed clients reach the real MTA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -17,4 +28,146 @@ pub enum Handoff {
     /// The client's socket is given to Postfix's smtpd `pass` service, as postscreen does:
     /// smtpd talks to the client directly.
     Postfix,
+}
+
+/// The hand-off stage: how clients are handed off, and what answers them when the MTA
+/// cannot take them.
+pub struct HandOff {
+    pub method: Handoff,
+    pub backend: Backend,
+    /// Who moves the bytes of handed-off connections (`handoff = "proxy"`).
+    pub relay: Relay,
+    /// Postfix's smtpd `pass` service (`handoff = "postfix"`).
+    pub postfix_pass_socket: PathBuf,
+    pub limits: Arc<Limits>,
+    /// The dummy engine's settings and the reply style, for the 421 replies.
+    pub engine: Arc<EngineSettings>,
+    pub style: ReplyStyle,
+    /// `command_time_limit` when the 421 answers the client's next command.
+    pub command_time_limit: Duration,
+    pub log: Arc<MailLog>,
+}
+
+impl HandOff {
+    /// Connects the client to the MTA and relays until either side closes. `greeted` is
+    /// `Some(pregreeted)` when the client got the `220-` teaser. When the MTA cannot take the
+    /// client it is told so in postscreen's words: a bare 421 before any teaser; after a
+    /// teaser, the 421 answers its next command (X21 mode), so the greeting is never a
+    /// `220-` followed by a `421`. Returns whether the client was served by the dummy engine
+    /// that way, so the session ends with a `DISCONNECT` line.
+    pub async fn run(
+        &self,
+        stream: TcpStream,
+        client: SocketAddr,
+        server: SocketAddr,
+        greeted: Option<bool>,
+    ) -> bool {
+        let slot = match self.limits.hand_off() {
+            Ok(slot) => slot,
+            Err(_) => {
+                return self
+                    .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
+                    .await;
+            }
+        };
+        match self.method {
+            Handoff::Proxy => {
+                let backend = match self.backend.connect(client, server).await {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        drop(slot);
+                        self.log.warning(&e);
+                        return self
+                            .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
+                            .await;
+                    }
+                };
+                drop(slot);
+                match self.relay.run(stream, backend).await {
+                    Ok(relayed) => tracing::debug!(
+                        client = %client,
+                        up = relayed.up,
+                        down = relayed.down,
+                        in_kernel = relayed.in_kernel,
+                        "relay ended"
+                    ),
+                    Err(e) => tracing::debug!(client = %client, "relay ended: {e}"),
+                }
+                false
+            }
+            Handoff::Postfix => {
+                let passed = postfix::pass_to_smtpd(
+                    &self.postfix_pass_socket,
+                    stream,
+                    client,
+                    server,
+                    postfix::CONNECT_TIMEOUT,
+                    postfix::NOTIFY_TIMEOUT,
+                )
+                .await;
+                match passed {
+                    // postscreen keeps its copy of the socket, and the hand-off place, until
+                    // smtpd has taken the connection over.
+                    Ok(handle) => {
+                        if let Err(e) = handle.taken_over().await {
+                            self.log.warning(&e);
+                        }
+                        drop(slot);
+                        false
+                    }
+                    Err(PassFailure {
+                        error,
+                        client: stream,
+                    }) => {
+                        drop(slot);
+                        self.log.warning(&error);
+                        match error.client_reply(false) {
+                            Some(reply) => self.unavailable(stream, client, greeted, &reply).await,
+                            // smtpd may have the client already: say nothing more to it.
+                            None => false,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The MTA cannot take the client. Before any teaser, `reply` (postscreen's 421) and
+    /// close; after a teaser, the 421 `No system resources` answers the client's next command
+    /// (postscreen's X21 mode). Returns whether the dummy engine served the client.
+    async fn unavailable(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        greeted: Option<bool>,
+        reply: &Reply,
+    ) -> bool {
+        let Some(pregreeted) = greeted else {
+            // postscreen sends the reply and frees the session without a DISCONNECT line.
+            close::reply_and_close(
+                &mut stream,
+                reply,
+                &self.style,
+                client,
+                &self.engine.myhostname,
+            )
+            .await;
+            return false;
+        };
+        match Engine::new(Arc::clone(&self.engine), client) {
+            Ok(mut engine) => {
+                if pregreeted {
+                    engine.set_pregreeted();
+                }
+                engine.set_final_reply(Reply::no_system_resources());
+                smtpd::serve(&mut stream, &mut engine, self.command_time_limit, |event| {
+                    self.log.info(event.line(client));
+                })
+                .await;
+            }
+            Err(e) => self.log.warning(format_args!("dummy engine: {e}")),
+        }
+        close::close(&mut stream).await;
+        true
+    }
 }

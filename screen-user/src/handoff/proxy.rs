@@ -46,7 +46,7 @@ pub enum HandoffError {
 }
 
 /// Where passed clients go.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
     pub addr: SocketAddr,
     pub proxy_protocol: BackendProxyProtocol,

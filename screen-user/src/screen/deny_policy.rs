@@ -9,11 +9,14 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use crate::address::canonical;
 use ipnet::IpNet;
+use screen_common::Origin;
+
+use crate::{address::canonical, kernel::Maps, maillog::MailLog};
 
 /// How many clients with a recent failure are remembered. Past this, the oldest go first:
 /// memory stays bounded under a flood of distinct addresses.
@@ -183,6 +186,83 @@ impl DenyPolicy {
     /// Clients currently tracked (for status and tests).
     pub fn tracked(&self) -> usize {
         self.recent.len()
+    }
+}
+
+/// The policy at work: failures counted, denies installed in the kernel maps and logged.
+pub struct DenyEnforcer {
+    policy: Mutex<DenyPolicy>,
+    /// The kernel maps, when the XDP layer is attached somewhere.
+    kernel: Option<Arc<Mutex<Maps>>>,
+    log: Arc<MailLog>,
+}
+
+impl DenyEnforcer {
+    pub fn new(policy: DenyPolicy, kernel: Option<Arc<Mutex<Maps>>>, log: Arc<MailLog>) -> Self {
+        Self {
+            policy: Mutex::new(policy),
+            kernel,
+            log,
+        }
+    }
+
+    fn policy(&self) -> MutexGuard<'_, DenyPolicy> {
+        self.policy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A client failed a test: a repeat within the window is denied in the kernel.
+    pub fn failed(&self, client: IpAddr, reason: &str) {
+        let deny = self.policy().on_failure(client, Instant::now(), reason);
+        self.install(client, deny);
+    }
+
+    /// A failure conclusive on its own (a DNSBL score at `kernel_dnsbl_threshold`).
+    pub fn severe(&self, client: IpAddr, reason: &str) {
+        let deny = self.policy().on_severe(client, reason);
+        self.install(client, deny);
+    }
+
+    /// A denylisted client whose action is `drop`.
+    pub fn denylist_drop(&self, client: IpAddr) {
+        let deny = self.policy().on_denylist_drop(client);
+        self.install(client, deny);
+    }
+
+    /// A client that passed or is allowlisted: its earlier failure no longer counts.
+    pub fn forget(&self, client: IpAddr) {
+        self.policy().forget(client);
+    }
+
+    /// Drops remembered failures older than the deny window (called periodically).
+    pub fn expire(&self) {
+        self.policy().expire(Instant::now());
+    }
+
+    /// Removes expired dynamic deny entries from the kernel maps (called periodically; the
+    /// program ignores them already, this gives their room back).
+    pub fn sweep_kernel(&self, now_ns: u64) {
+        let Some(kernel) = &self.kernel else {
+            return;
+        };
+        let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        match maps.sweep_expired(now_ns) {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "expired dynamic deny entries removed"),
+            Err(e) => tracing::warn!("sweeping dynamic deny entries: {e}"),
+        }
+    }
+
+    fn install(&self, client: IpAddr, deny: Option<KernelDeny>) {
+        let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
+            return;
+        };
+        let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        match maps.add_dynamic(deny.net, deny.ttl, Origin::Policy, deny.failures) {
+            Ok(_) => self.log.info(deny.log_line(client)),
+            Err(e) => self
+                .log
+                .warning(format_args!("kernel deny of {}: {e}", deny.net)),
+        }
     }
 }
 

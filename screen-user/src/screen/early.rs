@@ -1,15 +1,29 @@
-//! The tests before the greeting (postscreen's `postscreen_early.c`): the pregreet test.
+//! The tests before the greeting (postscreen's `postscreen_early.c`): the `220-` teaser, the
+//! greet wait, the pregreet test and the DNSBL score, with their log lines (`PREGREET`,
+//! `DNSBL rank`, `HANGUP`) and their actions.
 //!
 //! smtp-screen sends the `220-` teaser and waits `greet_wait`. A client that talks before
 //! the final `220 ` is a pregreeter. Its input is only peeked at (at most 1023 bytes, as
-//! postscreen does), so the dummy engine or the real MTA still reads it.
+//! postscreen does), so the dummy engine or the real MTA still reads it. The DNSBL queries
+//! run beside the wait; the score is read when the wait ends (answers that come later do not
+//! count), and a DNSWL answer that allowlists the client ends the wait early.
 
 use std::{
     io,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use super::{Next, Screen, connection::Connection};
+use crate::{
+    dnsbl::{self, DnsblQuery, Thresholds, Verdict},
+    escape::{LOG_TEXT_MAX, c_escape},
+    limits::{ScreeningSlot, StressDuration},
+    smtpd::{ClientAddr, DelayDisplay, Reply},
+    test_state::{Outcome, Screening, Test, TestAction},
+};
 
 /// How much early input is looked at (postscreen's `PSC_READ_BUF_SIZE` minus one).
 pub const PEEK_LIMIT: usize = 1023;
@@ -27,6 +41,218 @@ pub enum GreetOutcome {
     },
     /// It hung up before the greeting.
     Hangup { after: Duration },
+}
+
+/// The settings of the tests before the greeting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlySettings {
+    /// The `220-` teaser's text; empty turns the pregreet test off (`postscreen_greet_banner`).
+    pub greet_banner: String,
+    /// `postscreen_greet_wait`.
+    pub greet_wait: StressDuration,
+    /// `postscreen_greet_action`.
+    pub greet_action: TestAction,
+    /// `postscreen_dnsbl_action`.
+    pub dnsbl_action: TestAction,
+    /// The DNSBL thresholds and pass lifetimes.
+    pub thresholds: Thresholds,
+    /// A DNSBL score at or above this denies the client in the kernel on first contact.
+    pub kernel_dnsbl_threshold: Option<i32>,
+}
+
+impl Screen {
+    /// Takes a place among the connections in screening (`postscreen_pre_queue_limit`);
+    /// `None` when they are all taken: the client got postscreen's 421.
+    pub(super) async fn screening_slot(&self, conn: &mut Connection) -> Option<ScreeningSlot> {
+        match self.limits.screen() {
+            Ok(slot) => {
+                self.stress_log();
+                Some(slot)
+            }
+            Err(_) => {
+                let client = conn.client;
+                self.log.info(format_args!(
+                    "reject: connect from {}: all screening ports busy",
+                    ClientAddr(client)
+                ));
+                self.reply_and_close(&mut conn.stream, &Reply::all_screening_ports_busy(), client)
+                    .await;
+                self.disconnect(client);
+                None
+            }
+        }
+    }
+
+    /// Before the greeting: the pregreet test and the DNSBL lookups, side by side, then each
+    /// verdict's action.
+    pub(super) async fn before_greeting(
+        &self,
+        conn: &mut Connection,
+        screening: &Screening,
+        stressed: bool,
+    ) -> Next {
+        let settings = &self.settings.early;
+        let client = conn.client;
+        let query = match (&self.dnsbl, screening.due.dnsbl) {
+            (Some(dnsbl), true) => Some(dnsbl.start(client.ip())),
+            _ => None,
+        };
+        let start = std::time::Instant::now();
+        let wait = settings.greet_wait.get(stressed);
+        let deadline = tokio::time::Instant::from_std(start + wait);
+        if screening.due.pregreet && !settings.greet_banner.is_empty() {
+            if send_teaser(&mut conn.stream, &settings.greet_banner)
+                .await
+                .is_err()
+            {
+                self.hangup_before_greeting(client, start.elapsed());
+                return Next::Done;
+            }
+            conn.session.teaser_sent = true;
+            let outcome = self
+                .greet_wait(&conn.stream, start, wait, query.as_ref())
+                .await;
+            match outcome {
+                Ok(GreetOutcome::Quiet) => conn.session.results.pregreet = Outcome::Passed,
+                Ok(GreetOutcome::Pregreet {
+                    bytes,
+                    after,
+                    input,
+                }) => {
+                    self.log.info(format_args!(
+                        "PREGREET {bytes} after {} from {}: {}",
+                        DelayDisplay(after),
+                        ClientAddr(client),
+                        c_escape(&input, LOG_TEXT_MAX)
+                    ));
+                    conn.session.pregreeted = true;
+                    match settings.greet_action {
+                        TestAction::Drop => {
+                            self.reply_and_close(
+                                &mut conn.stream,
+                                &Reply::protocol_error_drop(),
+                                client,
+                            )
+                            .await;
+                            self.disconnect(client);
+                            self.deny.failed(client.ip(), "PREGREET");
+                            return Next::Done;
+                        }
+                        TestAction::Enforce => conn.session.enforce(
+                            Some(Test::Pregreet),
+                            "PREGREET",
+                            Some(Reply::protocol_error_enforce()),
+                        ),
+                        TestAction::Ignore => conn.session.results.pregreet = Outcome::Ignored,
+                    }
+                    // postscreen goes on waiting for the DNS answers after a pregreet: a
+                    // listed pregreeter gets the DNSBL verdict too.
+                    if let Some(query) = &query {
+                        Box::pin(query.wait_all(deadline)).await;
+                    }
+                }
+                Ok(GreetOutcome::Hangup { after }) => {
+                    self.hangup_before_greeting(client, after);
+                    return Next::Done;
+                }
+                Err(_) => {
+                    self.hangup_before_greeting(client, start.elapsed());
+                    return Next::Done;
+                }
+            }
+        } else if let Some(query) = &query {
+            // Only the DNSBL test is due: wait no longer than the answers take.
+            Box::pin(query.wait_all(deadline)).await;
+        }
+        match query {
+            Some(query) => self.dnsbl_verdict(conn, &query).await,
+            None => Next::Continue,
+        }
+    }
+
+    /// The DNSBL score as it stands when the wait ends (later answers do not count), and the
+    /// action of a listed client.
+    async fn dnsbl_verdict(&self, conn: &mut Connection, query: &DnsblQuery) -> Next {
+        let settings = &self.settings.early;
+        let client = conn.client;
+        let score = query.score_now();
+        conn.session.dnswl_listed = score.rank < 0;
+        match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
+            Verdict::Listed { rank, name } => {
+                self.log.info(dnsbl::rank_log_line(rank, client));
+                if settings
+                    .kernel_dnsbl_threshold
+                    .is_some_and(|kernel| rank >= kernel)
+                {
+                    self.deny.severe(client.ip(), &format!("DNSBL rank {rank}"));
+                }
+                match settings.dnsbl_action {
+                    TestAction::Drop => {
+                        if let Ok(reply) = Reply::dnsbl_drop(client.ip(), &name) {
+                            self.reply_and_close(&mut conn.stream, &reply, client).await;
+                        }
+                        self.disconnect(client);
+                        self.deny.failed(client.ip(), "DNSBL");
+                        return Next::Done;
+                    }
+                    TestAction::Enforce => conn.session.enforce(
+                        Some(Test::Dnsbl),
+                        "DNSBL",
+                        Reply::dnsbl_enforce(client.ip(), &name).ok(),
+                    ),
+                    TestAction::Ignore => conn.session.results.dnsbl = Outcome::Ignored,
+                }
+            }
+            Verdict::Allowlisted { ttl } => {
+                conn.session.results.dnsbl = Outcome::Passed;
+                conn.session.results.dnswl_allowlisted = true;
+                conn.session.results.dns_ttl = Some(ttl);
+            }
+            Verdict::Clean { ttl } => {
+                conn.session.results.dnsbl = Outcome::Passed;
+                conn.session.results.dns_ttl = Some(ttl);
+            }
+        }
+        Next::Continue
+    }
+
+    /// Waits out the greet wait: ends early when the client talks or hangs up, or when a
+    /// DNSWL answer allowlists it (postscreen's `postscreen_dnsbl_allowlist_threshold`).
+    async fn greet_wait(
+        &self,
+        stream: &TcpStream,
+        start: Instant,
+        wait: Duration,
+        query: Option<&DnsblQuery>,
+    ) -> io::Result<GreetOutcome> {
+        let deadline = tokio::time::Instant::from_std(start + wait);
+        let allowlisted = async {
+            if let Some(query) = query {
+                // Boxed, as the later stages: only a screen with DNS lists waits for them.
+                let score = Box::pin(query.wait_all(deadline)).await;
+                if matches!(
+                    score.verdict(&self.settings.early.thresholds, false),
+                    Verdict::Allowlisted { .. }
+                ) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            outcome = watch(stream, start, wait) => outcome,
+            () = allowlisted => Ok(GreetOutcome::Quiet),
+        }
+    }
+
+    fn hangup_before_greeting(&self, client: SocketAddr, after: Duration) {
+        self.log.info(format_args!(
+            "HANGUP after {} from {} in tests before SMTP handshake",
+            DelayDisplay(after),
+            ClientAddr(client)
+        ));
+        self.disconnect(client);
+    }
 }
 
 /// Sends the `220-<banner>` teaser that starts the greet wait.

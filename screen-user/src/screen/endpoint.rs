@@ -1,6 +1,22 @@
-//! Where a connection starts: who the client is (the socket's peer, or the PROXY header a
-//! load balancer puts first), the `CONNECT` line, and the per-client and global connection
-//! limits.
+//! Where a connection starts (postscreen's `postscreen_endpt.c` and the start of
+//! `psc_endpt_lookup_done`): who the client is — the socket's peer, or the client a load
+//! balancer names in a PROXY header — the `CONNECT` line, and the per-client and global
+//! connection limits with postscreen's 421 replies.
+
+use std::time::Duration;
+
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use super::{
+    Screen,
+    connection::{Connection, Session},
+};
+use crate::{
+    address::canonical_endpoint,
+    limits::{ClientSlot, Refusal},
+    proxy_protocol,
+    smtpd::{ClientAddr, Reply},
+};
 
 /// The PROXY protocol expected from a load balancer in front of smtp-screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,4 +25,82 @@ pub enum UpstreamProxyProtocol {
     None,
     /// Every connection starts with a PROXY v1 or v2 header (postscreen's `haproxy`).
     Haproxy,
+}
+
+/// How clients reach the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSettings {
+    /// `postscreen_upstream_proxy_protocol`.
+    pub upstream_proxy_protocol: UpstreamProxyProtocol,
+    /// `postscreen_upstream_proxy_timeout`: time allowed for the PROXY header.
+    pub upstream_proxy_timeout: Duration,
+}
+
+impl Screen {
+    /// Learns the client's and the server's endpoints, logs `CONNECT` and takes the client's
+    /// place among its simultaneous connections. `None`: the connection was refused and is
+    /// done with.
+    pub(super) async fn connect(&self, mut stream: TcpStream) -> Option<(Connection, ClientSlot)> {
+        // Replies are single small writes; waiting to coalesce them only delays the client.
+        let _ = stream.set_nodelay(true);
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            let _ = stream
+                .write_all(&Reply::no_system_resources().to_bytes())
+                .await;
+            return None;
+        };
+        let settings = &self.settings.endpoint;
+        let (client, server) = match settings.upstream_proxy_protocol {
+            UpstreamProxyProtocol::None => (canonical_endpoint(peer), canonical_endpoint(local)),
+            UpstreamProxyProtocol::Haproxy => {
+                match Box::pin(proxy_protocol::read_header_from_tcp(
+                    &mut stream,
+                    settings.upstream_proxy_timeout,
+                ))
+                .await
+                {
+                    Ok(header) => {
+                        let (c, s) = header.endpoints(peer, local);
+                        (canonical_endpoint(c), canonical_endpoint(s))
+                    }
+                    Err(e) => {
+                        self.log.warning(&e);
+                        let _ = stream
+                            .write_all(&Reply::no_system_resources().to_bytes())
+                            .await;
+                        return None;
+                    }
+                }
+            }
+        };
+        self.log.info(format_args!(
+            "CONNECT from {} to {}",
+            ClientAddr(client),
+            ClientAddr(server)
+        ));
+
+        let (client_slot, admitted) = self.limits.connect(client.ip());
+        let (reason, reply) = match admitted {
+            Ok(_) => {
+                let conn = Connection {
+                    stream,
+                    client,
+                    server,
+                    session: Session::default(),
+                };
+                return Some((conn, client_slot));
+            }
+            Err(Refusal::TooManyFromClient) => {
+                ("too many connections", Reply::too_many_connections())
+            }
+            Err(_) => ("all server ports busy", Reply::all_server_ports_busy()),
+        };
+        self.log.info(format_args!(
+            "NOQUEUE: reject: CONNECT from {}: {reason}",
+            ClientAddr(client)
+        ));
+        self.reply_and_close(&mut stream, &reply, client).await;
+        self.disconnect(client);
+        None
+    }
 }

@@ -28,6 +28,7 @@
 //! Where this engine parts from postscreen, it says so next to the code: logged fields are
 //! bounded and escaped, and a run of CRs cannot stretch a line past the length limit.
 
+pub mod close;
 pub mod line;
 pub mod tls;
 
