@@ -16,6 +16,8 @@
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod program;
 #[cfg(target_arch = "bpf")]
 mod relay;

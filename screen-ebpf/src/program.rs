@@ -1,87 +1,25 @@
-//! Maps and the verdict: parse to the TCP header, screen SYNs to protected ports.
+//! The verdict: parse to the TCP header, screen SYNs to protected ports.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    btf_maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    btf_maps::lpm_trie::Key,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
-    macros::{btf_map, xdp},
+    macros::xdp,
     programs::XdpContext,
 };
 use screen_common::{
-    Counters, DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyAction, DenyEntry, DynKeyV4, DynKeyV6,
-    IPV6_EXT_MAX, PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, StatsRecord, VLAN_MAX, mask_v6,
-    v4_table,
+    Counters, DenyAction, DenyEntry, DynKeyV4, DynKeyV6, IPV6_EXT_MAX, ScreenConfig, VLAN_MAX,
+    mask_v6, v4_table,
 };
 
-use crate::{headers::*, rst};
-
-const STATIC_MAX: usize = STATIC_MAX_ENTRIES as usize;
-
-/// A static list's trie for addresses of `N` bytes.
-type StaticTrie<const N: usize> = LpmTrie<[u8; N], PrefixEntry, STATIC_MAX>;
-
-// Two slots per static list: `deny load` fills the idle slot and then flips
-// `ScreenConfig::deny_slot`, so a whole list is replaced in one step.
-#[btf_map(name = "scr_allow_v4_0")]
-static ALLOW_V4_0: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v4_1")]
-static ALLOW_V4_1: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v6_0")]
-static ALLOW_V6_0: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v6_1")]
-static ALLOW_V6_1: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v4_0")]
-static DENY_V4_0: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v4_1")]
-static DENY_V4_1: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v6_0")]
-static DENY_V6_0: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v6_1")]
-static DENY_V6_1: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-
-#[btf_map(name = "scr_dyn_v4")]
-static DYN_V4: LruHashMap<DynKeyV4, DenyEntry, { DYN_V4_MAX_ENTRIES as usize }> = LruHashMap::new();
-#[btf_map(name = "scr_dyn_v6")]
-static DYN_V6: LruHashMap<DynKeyV6, DenyEntry, { DYN_V6_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// The configuration record with its BTF, for `bpftool`. The loader backs [`SCREEN_CONFIG`]
-/// with this map, pinned, so the program reads the record the daemon writes.
-#[btf_map(name = "scr_config")]
-static CONFIG: Array<ScreenConfig, 1> = Array::new();
-
-/// The configuration (`map_name::CONFIG_GLOBAL`): global data, whose address the verifier
-/// puts straight into the instructions. An array lookup, though inlined, passes its key
-/// through the stack; on the deny path that was a tenth of the program's cost.
-///
-/// `no_mangle` does two jobs: the loader finds the record by this name to start it from the
-/// pinned configuration, and an exported symbol is one the linker cannot internalize. An
-/// internal static the program never writes would be folded into its initial value, and the
-/// program would protect nothing whatever userspace writes.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".data.config")]
-static mut SCREEN_CONFIG: ScreenConfig = ScreenConfig::UNCONFIGURED;
-
-/// The counters' map as `bpftool` shows it, with BTF. The loader backs [`SCREEN_STATS`] with
-/// this map, pinned, so the program writes the record `bpftool` reads.
-#[btf_map(name = "scr_stats")]
-static STATS: Array<StatsRecord, 1> = Array::new();
-
-/// The counters (`map_name::STATS_GLOBAL`): global data, a slot per CPU, like
-/// [`SCREEN_CONFIG`] reached through an address in the instructions. `no_mangle` for the same
-/// two reasons.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".data.stats")]
-static mut SCREEN_STATS: StatsRecord = StatsRecord::ZERO;
-
-// The IPv4 direct table of both static lists, two slots like the lists: a change builds the
-// idle one and flips `ScreenConfig::v4_table_slot` in the same write as the list's slot. Array
-// lookups are inlined by the verifier: one load and a bounds check.
-const TABLE_WORDS: usize = v4_table::WORDS as usize;
-const TABLE_FLAGS: usize = v4_table::MAP_FLAGS as usize;
-#[btf_map(name = "scr_table_v4_0")]
-static TABLE_V4_0: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
-#[btf_map(name = "scr_table_v4_1")]
-static TABLE_V4_1: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
+use crate::{
+    headers::*,
+    maps::{
+        ALLOW_V4_0, ALLOW_V4_1, ALLOW_V6_0, ALLOW_V6_1, DENY_V4_0, DENY_V4_1, DENY_V6_0, DENY_V6_1,
+        DYN_V4, DYN_V6, SCREEN_CONFIG, SCREEN_STATS, StaticTrie, TABLE_V4_0, TABLE_V4_1,
+    },
+    rst,
+};
 
 #[xdp]
 pub fn smtp_screen(ctx: XdpContext) -> u32 {
