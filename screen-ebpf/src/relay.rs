@@ -13,20 +13,11 @@
 //! `bpf_get_socket_cookie` in `sk_skb` programs.
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS,
-    btf_maps::{HashMap, SockHash},
-    helpers::bpf_get_socket_cookie,
-    macros::{btf_map, stream_verdict},
+    bindings::sk_action::SK_PASS, helpers::bpf_get_socket_cookie, macros::stream_verdict,
     programs::SkBuffContext,
 };
-use screen_common::{RELAY_DEFAULT_MAX_SOCKETS, RelayPeer};
 
-const MAX_SOCKETS: usize = RELAY_DEFAULT_MAX_SOCKETS as usize;
-
-#[btf_map(name = "scr_relay_socks")]
-static RELAY_SOCKS: SockHash<u64, MAX_SOCKETS> = SockHash::new();
-#[btf_map(name = "scr_relay_peers")]
-static RELAY_PEERS: HashMap<u64, RelayPeer, MAX_SOCKETS> = HashMap::new();
+use crate::maps::{RELAY_PEERS, RELAY_SOCKS};
 
 #[stream_verdict]
 pub fn smtp_screen_relay(ctx: SkBuffContext) -> u32 {

@@ -8,9 +8,9 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
-use crate::{
-    headers::*,
-    program::{Family, Syn},
+use crate::parse::{
+    EthHdr, Family, Frame, IPPROTO_TCP, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, Syn, TCP_ACK,
+    TCP_LEN, TCP_RST, TcpHdr, be16, be32,
 };
 
 /// An IP header directly followed by the TCP header: the part of the frame the reply rewrites,
@@ -35,8 +35,8 @@ pub fn reply(ctx: &XdpContext, Syn { family, l3, l4 }: Syn) -> bool {
     let Some(eth) = frame.ptr_at::<EthHdr>(0) else {
         return false;
     };
-    // SAFETY: `ptr_at` checked that the header lies inside the frame; nothing else refers to
-    // it. The same holds for every read and write of a `Segment` below.
+    // SAFETY: `frame.ptr_at` checked that the header lies inside the frame; nothing else
+    // refers to it (the screen keeps no reference across the reply).
     unsafe {
         let old = eth.read_unaligned();
         eth.write_unaligned(EthHdr {
@@ -64,6 +64,8 @@ fn reply_v4(frame: Frame, l3: usize) -> bool {
         return false;
     };
     // Copied before anything is rewritten.
+    // SAFETY: `frame.ptr_at` checked that both headers lie inside the frame; nothing else
+    // refers to them (the screen keeps no reference across the reply).
     let Segment { ip: hdr, tcp: syn } = unsafe { at.read_unaligned() };
     let payload = (be16(hdr.tot_len) as usize).saturating_sub(IPV4_LEN + header_len(&syn));
     let mut ip = Ipv4Hdr {
@@ -81,6 +83,7 @@ fn reply_v4(frame: Frame, l3: usize) -> bool {
     };
     ip.check = fold(sum_ipv4(&ip)).to_be_bytes();
     let tcp = rst_for(&syn, payload, pseudo_header(&ip.src, &ip.dst));
+    // SAFETY: as for the read: the same checked bytes, and still nothing else refers to them.
     unsafe { at.write_unaligned(Segment { ip, tcp }) };
     true
 }
@@ -91,6 +94,8 @@ fn reply_v6(frame: Frame, l3: usize) -> bool {
     let Some(at) = frame.ptr_at::<Segment<Ipv6Hdr>>(l3) else {
         return false;
     };
+    // SAFETY: `frame.ptr_at` checked that both headers lie inside the frame; nothing else
+    // refers to them (the screen keeps no reference across the reply).
     let Segment { ip: hdr, tcp: syn } = unsafe { at.read_unaligned() };
     let payload = (be16(hdr.payload_len) as usize).saturating_sub(header_len(&syn));
     let ip = Ipv6Hdr {
@@ -102,6 +107,7 @@ fn reply_v6(frame: Frame, l3: usize) -> bool {
         dst: hdr.src,
     };
     let tcp = rst_for(&syn, payload, pseudo_header(&ip.src, &ip.dst));
+    // SAFETY: as for the read: the same checked bytes, and still nothing else refers to them.
     unsafe { at.write_unaligned(Segment { ip, tcp }) };
     true
 }

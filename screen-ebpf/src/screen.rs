@@ -1,87 +1,34 @@
-//! Maps and the verdict: parse to the TCP header, screen SYNs to protected ports.
+//! The screen: the `#[xdp]` entry, the verdict on a SYN to a protected port (static lists,
+//! dynamic deny entries, the deny action) and the counters it keeps on the way. It drives the
+//! parser's cursor (`parse`), reads the maps (`maps`), and has a denied SYN answered by `rst`
+//! when the configured action is RST.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    btf_maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    btf_maps::lpm_trie::Key,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
-    macros::{btf_map, xdp},
+    macros::xdp,
     programs::XdpContext,
 };
 use screen_common::{
-    Counters, DYN_V4_MAX_ENTRIES, DYN_V6_MAX_ENTRIES, DenyAction, DenyEntry, DynKeyV4, DynKeyV6,
-    IPV6_EXT_MAX, PrefixEntry, STATIC_MAX_ENTRIES, ScreenConfig, StatsRecord, VLAN_MAX, mask_v6,
-    v4_table,
+    Counters, DenyAction, DenyEntry, DynKeyV4, DynKeyV6, IPV6_EXT_MAX, ScreenConfig, VLAN_MAX,
+    mask_v6, v4_table,
 };
 
-use crate::{headers::*, rst};
-
-const STATIC_MAX: usize = STATIC_MAX_ENTRIES as usize;
-
-/// A static list's trie for addresses of `N` bytes.
-type StaticTrie<const N: usize> = LpmTrie<[u8; N], PrefixEntry, STATIC_MAX>;
-
-// Two slots per static list: `deny load` fills the idle slot and then flips
-// `ScreenConfig::deny_slot`, so a whole list is replaced in one step.
-#[btf_map(name = "scr_allow_v4_0")]
-static ALLOW_V4_0: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v4_1")]
-static ALLOW_V4_1: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v6_0")]
-static ALLOW_V6_0: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_allow_v6_1")]
-static ALLOW_V6_1: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v4_0")]
-static DENY_V4_0: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v4_1")]
-static DENY_V4_1: LpmTrie<[u8; 4], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v6_0")]
-static DENY_V6_0: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-#[btf_map(name = "scr_deny_v6_1")]
-static DENY_V6_1: LpmTrie<[u8; 16], PrefixEntry, STATIC_MAX> = LpmTrie::new();
-
-#[btf_map(name = "scr_dyn_v4")]
-static DYN_V4: LruHashMap<DynKeyV4, DenyEntry, { DYN_V4_MAX_ENTRIES as usize }> = LruHashMap::new();
-#[btf_map(name = "scr_dyn_v6")]
-static DYN_V6: LruHashMap<DynKeyV6, DenyEntry, { DYN_V6_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// The configuration record with its BTF, for `bpftool`. The loader backs [`SCREEN_CONFIG`]
-/// with this map, pinned, so the program reads the record the daemon writes.
-#[btf_map(name = "scr_config")]
-static CONFIG: Array<ScreenConfig, 1> = Array::new();
-
-/// The configuration (`map_name::CONFIG_GLOBAL`): global data, whose address the verifier
-/// puts straight into the instructions. An array lookup, though inlined, passes its key
-/// through the stack; on the deny path that was a tenth of the program's cost.
-///
-/// `no_mangle` does two jobs: the loader finds the record by this name to start it from the
-/// pinned configuration, and an exported symbol is one the linker cannot internalize. An
-/// internal static the program never writes would be folded into its initial value, and the
-/// program would protect nothing whatever userspace writes.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".data.config")]
-static mut SCREEN_CONFIG: ScreenConfig = ScreenConfig::UNCONFIGURED;
-
-/// The counters' map as `bpftool` shows it, with BTF. The loader backs [`SCREEN_STATS`] with
-/// this map, pinned, so the program writes the record `bpftool` reads.
-#[btf_map(name = "scr_stats")]
-static STATS: Array<StatsRecord, 1> = Array::new();
-
-/// The counters (`map_name::STATS_GLOBAL`): global data, a slot per CPU, like
-/// [`SCREEN_CONFIG`] reached through an address in the instructions. `no_mangle` for the same
-/// two reasons.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".data.stats")]
-static mut SCREEN_STATS: StatsRecord = StatsRecord::ZERO;
-
-// The IPv4 direct table of both static lists, two slots like the lists: a change builds the
-// idle one and flips `ScreenConfig::v4_table_slot` in the same write as the list's slot. Array
-// lookups are inlined by the verifier: one load and a bounds check.
-const TABLE_WORDS: usize = v4_table::WORDS as usize;
-const TABLE_FLAGS: usize = v4_table::MAP_FLAGS as usize;
-#[btf_map(name = "scr_table_v4_0")]
-static TABLE_V4_0: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
-#[btf_map(name = "scr_table_v4_1")]
-static TABLE_V4_1: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
+use crate::{
+    maps::{
+        ALLOW_V4_0, ALLOW_V4_1, ALLOW_V6_0, ALLOW_V6_1, DENY_V4_0, DENY_V4_1, DENY_V6_0, DENY_V6_1,
+        DYN_V4, DYN_V6, SCREEN_CONFIG, SCREEN_STATS, StaticTrie, TABLE_V4_0, TABLE_V4_1,
+    },
+    parse::{
+        Cursor, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, Family, IPPROTO_TCP,
+        IPV6_AH, IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_FRAGMENT_LEN, IPV6_HOPOPTS, IPV6_ROUTING,
+        Ipv4Hdr, PLAIN_L4, PlainV4, Syn, TCP_ACK, TCP_SYN, TcpHdr, Unparsed, be16, parse_ethhdr,
+        parse_ip6exthdr, parse_ip6hdr, parse_iphdr, parse_plain_v4, parse_tcphdr, parse_vlanhdr,
+        tcp_hdr_len,
+    },
+    rst,
+};
 
 #[xdp]
 pub fn smtp_screen(ctx: XdpContext) -> u32 {
@@ -107,9 +54,6 @@ pub fn smtp_screen(ctx: XdpContext) -> u32 {
     }
 }
 
-/// A header was truncated or invalid: the frame passes.
-struct Unparsed;
-
 /// What the static lists say about a source.
 #[derive(Clone, Copy)]
 enum Listed {
@@ -125,36 +69,8 @@ enum DenyReason {
     Dynamic,
 }
 
-/// Where the headers of a screened SYN lie in the frame. Offsets only: the RST builder, the
-/// one user, finds the headers again, so the hot path keeps nothing alive for it.
-#[derive(Clone, Copy)]
-pub struct Syn {
-    pub family: Family,
-    /// Offset of the network header.
-    pub l3: usize,
-    /// Offset of the TCP header.
-    pub l4: usize,
-}
-
-/// The network layer of a screened SYN.
-#[derive(Clone, Copy)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-/// The first 54 bytes of the frame most SYNs arrive in: no VLAN tag, an IPv4 header without
-/// options, and the fixed part of the TCP header.
-#[repr(C)]
-struct PlainV4 {
-    eth: EthHdr,
-    ip: Ipv4Hdr,
-    tcp: TcpHdr,
-}
-
-/// Offset of the TCP header in a [`PlainV4`] frame.
-const PLAIN_L4: usize = ETH_LEN + IPV4_LEN;
-
+/// The action for one frame. The untagged IPv4 frame without options takes the fast path;
+/// every other frame is read header by header with the cursor.
 #[inline(always)]
 fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
     // SAFETY: the program only reads the record. Userspace rewrites it in place (an array
@@ -162,27 +78,20 @@ fn screen(ctx: &XdpContext, counters: &mut Counters) -> Result<u32, Unparsed> {
     // is valid on its own, and a list's previous slot stays intact until the next change.
     // Unconfigured, the record protects no port, and every frame passes.
     let config = unsafe { &*(&raw const SCREEN_CONFIG) };
-    if let Some(plain) = ptr_at::<PlainV4>(ctx, 0) {
-        // SAFETY: `ptr_at` checked that the 54 bytes lie inside the frame.
-        let (proto, version_ihl) = unsafe { ((*plain).eth.proto, (*plain).ip.version_ihl) };
-        if be16(proto) == ETH_P_IPV4 && version_ihl == 0x45 {
-            return screen_plain_v4(ctx, config, counters, plain);
-        }
+    if let Some(plain) = parse_plain_v4(ctx) {
+        return screen_plain_v4(ctx, config, counters, plain);
     }
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Unparsed)?;
-    let mut proto = be16(unsafe { (*eth).proto });
-    let mut off = ETH_LEN;
+    let mut nh = Cursor::START;
+    let mut proto = be16(parse_ethhdr(ctx, &mut nh)?);
     for _ in 0..VLAN_MAX {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
             break;
         }
-        let vlan = ptr_at::<VlanHdr>(ctx, off).ok_or(Unparsed)?;
-        proto = be16(unsafe { (*vlan).proto });
-        off += 4;
+        proto = be16(parse_vlanhdr(ctx, &mut nh)?);
     }
     match proto {
-        ETH_P_IPV4 => screen_v4(ctx, config, counters, off),
-        ETH_P_IPV6 => screen_v6(ctx, config, counters, off),
+        ETH_P_IPV4 => screen_v4(ctx, config, counters, nh),
+        ETH_P_IPV6 => screen_v6(ctx, config, counters, nh),
         // A third tag is more than the parser reads.
         ETH_P_8021Q | ETH_P_8021AD => Err(Unparsed),
         _ => Ok(XDP_PASS),
@@ -199,10 +108,15 @@ fn screen_plain_v4(
     counters: &mut Counters,
     plain: *const PlainV4,
 ) -> Result<u32, Unparsed> {
-    // SAFETY: the caller checked that the headers lie inside the frame; the references end
-    // before the verdict.
+    // SAFETY: `parse_plain_v4` checked that the headers lie inside the frame; the references
+    // end before the verdict.
     let (ip, tcp) = unsafe { (&(*plain).ip, &(*plain).tcp) };
-    if !carries_tcp_v4(ip, counters) || !syn_to_protected_port(ctx, config, tcp, PLAIN_L4)? {
+    if !carries_tcp_v4(ip, counters) {
+        return Ok(XDP_PASS);
+    }
+    // The options must lie inside the frame too.
+    tcp_hdr_len(ctx, tcp, PLAIN_L4)?;
+    if !syn_to_protected_port(config, tcp) {
         return Ok(XDP_PASS);
     }
     let src = ip.src;
@@ -220,29 +134,15 @@ fn screen_v4(
     ctx: &XdpContext,
     config: &ScreenConfig,
     counters: &mut Counters,
-    l3: usize,
+    mut nh: Cursor,
 ) -> Result<u32, Unparsed> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Unparsed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the frame.
-    let ip = unsafe { &*ip };
-    if ip.version_ihl >> 4 != 4 {
-        return Err(Unparsed);
-    }
-    let ihl = (ip.version_ihl & 0x0f) as usize;
-    if ihl < 5 {
-        return Err(Unparsed);
-    }
-    let hdr_len = ihl * 4;
-    if !has_bytes(ctx, l3, hdr_len) {
-        return Err(Unparsed);
-    }
+    let l3 = nh.off;
+    let ip = parse_iphdr(ctx, &mut nh)?;
     if !carries_tcp_v4(ip, counters) {
         return Ok(XDP_PASS);
     }
-    let l4 = l3 + hdr_len;
-    let tcp = ptr_at::<TcpHdr>(ctx, l4).ok_or(Unparsed)?;
-    // SAFETY: as above.
-    if !syn_to_protected_port(ctx, config, unsafe { &*tcp }, l4)? {
+    let l4 = nh.off;
+    if !syn_to_protected_port(config, parse_tcphdr(ctx, &mut nh)?) {
         return Ok(XDP_PASS);
     }
     let syn = Syn {
@@ -282,6 +182,8 @@ fn verdict_v4(
         }
         Listed::Deny => deny(ctx, config, counters, DenyReason::Static, syn),
         Listed::Unlisted => {
+            // SAFETY: the program never inserts or removes entries, and the entry is copied at
+            // once: no reference outlives the lookup.
             let entry = unsafe { DYN_V4.get(DynKeyV4 { addr: src }) };
             dynamic_verdict(ctx, config, counters, entry.copied(), syn)
         }
@@ -364,19 +266,18 @@ fn tries_verdict<const N: usize>(
     }
 }
 
+/// Any IPv6 frame: the extension headers are walked to the TCP header.
 #[inline(always)]
 fn screen_v6(
     ctx: &XdpContext,
     config: &ScreenConfig,
     counters: &mut Counters,
-    l3: usize,
+    mut nh: Cursor,
 ) -> Result<u32, Unparsed> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Unparsed)?;
-    if unsafe { (*ip).version_class_flow[0] } >> 4 != 6 {
-        return Err(Unparsed);
-    }
+    let l3 = nh.off;
+    let ip = parse_ip6hdr(ctx, &mut nh)?;
+    // SAFETY: `parse_ip6hdr` checked that the header lies inside the frame.
     let mut next = unsafe { (*ip).next_header };
-    let mut l4 = l3 + IPV6_LEN;
     for _ in 0..IPV6_EXT_MAX {
         if next == IPPROTO_TCP {
             break;
@@ -388,33 +289,31 @@ fn screen_v6(
             // Not TCP (or no next header): nothing to screen.
             return Ok(XDP_PASS);
         }
-        let ext = ptr_at::<Ipv6ExtHdr>(ctx, l4).ok_or(Unparsed)?;
-        let (ext_next, ext_len, frag_off) =
-            unsafe { ((*ext).next_header, (*ext).len as usize, (*ext).frag_off) };
+        let ext = parse_ip6exthdr(ctx, &nh)?;
         match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => l4 += (ext_len + 1) * 8,
-            IPV6_AH => l4 += (ext_len + 2) * 4,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => nh.off += ext.options_len(),
+            IPV6_AH => nh.off += ext.ah_len(),
             IPV6_FRAGMENT => {
-                if be16(frag_off) & 0xfff8 != 0 {
+                if ext.later_fragment() {
                     counters.fragments += 1;
                     return Ok(XDP_PASS);
                 }
-                l4 += 8;
+                nh.off += IPV6_FRAGMENT_LEN;
             }
             // Ruled out above.
             _ => return Ok(XDP_PASS),
         }
-        next = ext_next;
+        next = ext.next_header;
     }
     if next != IPPROTO_TCP {
         // More extension headers than the parser walks.
         return Err(Unparsed);
     }
-    let tcp = ptr_at::<TcpHdr>(ctx, l4).ok_or(Unparsed)?;
-    // SAFETY: `ptr_at` checked that the header lies inside the frame.
-    if !syn_to_protected_port(ctx, config, unsafe { &*tcp }, l4)? {
+    let l4 = nh.off;
+    if !syn_to_protected_port(config, parse_tcphdr(ctx, &mut nh)?) {
         return Ok(XDP_PASS);
     }
+    // SAFETY: as above; nothing has rewritten the frame since.
     let src = unsafe { (*ip).src };
     let syn = Syn {
         family: Family::V6,
@@ -444,26 +343,17 @@ fn verdict_v6(
             let dyn_key = DynKeyV6 {
                 addr: mask_v6(src, config.v6_prefix_len),
             };
+            // SAFETY: as for IPv4.
             let entry = unsafe { DYN_V6.get(dyn_key) };
             dynamic_verdict(ctx, config, counters, entry.copied(), syn)
         }
     }
 }
 
-/// Whether `tcp`, the header at `l4`, is a SYN without ACK to a protected port. Its options
-/// must lie inside the frame too.
+/// Whether `tcp` is a SYN without ACK to a protected port.
 #[inline(always)]
-fn syn_to_protected_port(
-    ctx: &XdpContext,
-    config: &ScreenConfig,
-    tcp: &TcpHdr,
-    l4: usize,
-) -> Result<bool, Unparsed> {
-    let doff = (tcp.doff >> 4) as usize;
-    if doff < 5 || !has_bytes(ctx, l4, doff * 4) {
-        return Err(Unparsed);
-    }
-    Ok(tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && config.protects(be16(tcp.dest)))
+fn syn_to_protected_port(config: &ScreenConfig, tcp: &TcpHdr) -> bool {
+    tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && config.protects(be16(tcp.dest))
 }
 
 #[inline(always)]
@@ -477,6 +367,7 @@ fn dynamic_verdict(
     match entry {
         // The coarse clock reads the time of the last tick (CLOCK_MONOTONIC_COARSE): a tenth of
         // the precise clock's cost, and an entry outlives its expiry by at most one tick.
+        // SAFETY: the helper takes no argument and only reads the clock.
         Some(entry) if unsafe { bpf_ktime_get_coarse_ns() } < entry.expires_ns => {
             deny(ctx, config, counters, DenyReason::Dynamic, syn)
         }
