@@ -1,5 +1,5 @@
 //! The screening of one connection, one stage after the other in postscreen's order
-//! (`postscreen.c`, `psc_endpt_lookup_done`); [`Screen::handle`] is that order, and each stage
+//! (`postscreen.c`, `psc_endpt_lookup_done`); `Screen::handle` is that order, and each stage
 //! lives in its own file with its replies and log lines:
 //!
 //! 1. [`endpoint`]: who the client is (the socket, or a load balancer's PROXY header), the
