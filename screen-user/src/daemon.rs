@@ -21,18 +21,18 @@ use crate::{
     config::Config,
     dnsbl::{Dnsbl, DnsblLog, HealthState},
     handoff::{
-        HandOff, Handoff,
+        HandOff, Handoff, HandoffSettings,
         relay::{Relay, RelayMode},
     },
     kernel::{self, Maps, ScreenProgram, bpffs, clock},
-    limits::{self, Limits},
+    limits::{self, LimitSettings, Limits},
     maillog::MailLog,
     paths, privileges,
     screen::{
         self, Screen,
         deny_policy::{DenyEnforcer, DenyPolicy},
     },
-    settings::{HandoffSettings, LimitSettings, Settings},
+    settings::Settings,
 };
 
 /// Rewrites the DNSBL status file in place (it was opened before the daemon dropped root).
@@ -162,10 +162,8 @@ pub(crate) async fn build_screen(
     );
     let engine = Arc::new(engine);
     let handoff = HandOff {
-        method: handoff.method,
-        backend: handoff.backend,
+        settings: handoff,
         relay,
-        postfix_pass_socket: handoff.postfix_pass_socket,
         limits: Arc::clone(&limits),
         engine: Arc::clone(&engine),
         style: style.clone(),

@@ -37,6 +37,14 @@ impl StressDuration {
     }
 }
 
+/// postscreen's connection limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub client_connection_count_limit: u32,
+    pub pre_queue_limit: u32,
+    pub post_queue_limit: u32,
+}
+
 /// A change of stress mode, to be logged as postscreen logs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StressChange {

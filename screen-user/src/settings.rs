@@ -4,17 +4,20 @@
 //! builds the screen from them. Only this module, the daemon and the CLI read the whole
 //! [`Config`]; the stages get their part of [`Settings`], which is what a reload swaps.
 
-use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context as _;
 
 use crate::{
+    allowlist::AllowlistSettings,
     config::Config,
     dnsbl::{DnsServers, DnsblConfig, DnsblSites, ReplyMap, Thresholds},
-    handoff::{Handoff, proxy::Backend, relay::RelayMode},
+    handoff::{HandoffSettings, proxy::Backend},
+    limits::LimitSettings,
     screen::{
         ScreenSettings,
         access::{Access, AccessList, AddressList, AllowlistInterfaces, DiskFiles},
+        deny_policy::DenySettings,
         early::EarlySettings,
         endpoint::EndpointSettings,
     },
@@ -41,40 +44,6 @@ pub struct Settings {
     pub allowlist: AllowlistSettings,
     /// Warnings to log (skipped table rules and the like).
     pub warnings: Vec<String>,
-}
-
-/// How passed clients reach the MTA.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HandoffSettings {
-    pub method: Handoff,
-    pub backend: Backend,
-    pub postfix_pass_socket: PathBuf,
-    pub relay: RelayMode,
-    pub relay_max_connections: u32,
-}
-
-/// postscreen's connection limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitSettings {
-    pub client_connection_count_limit: u32,
-    pub pre_queue_limit: u32,
-    pub post_queue_limit: u32,
-}
-
-/// The kernel deny policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DenySettings {
-    pub window: Duration,
-    pub ttl: Duration,
-    pub v6_prefix: u32,
-}
-
-/// Where the temporary allowlist lives and how it is cleaned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowlistSettings {
-    pub state_dir: PathBuf,
-    pub cleanup_interval: Duration,
-    pub retention: Duration,
 }
 
 impl Settings {

@@ -8,11 +8,19 @@
 
 pub mod redb;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::test_state::TestTimes;
 
 pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats};
+
+/// Where the temporary allowlist lives and how it is cleaned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowlistSettings {
+    pub state_dir: PathBuf,
+    pub cleanup_interval: Duration,
+    pub retention: Duration,
+}
 
 /// What the screening stages need of a temporary allowlist.
 pub trait AllowlistStore: Send + Sync {

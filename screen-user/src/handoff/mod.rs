@@ -12,7 +12,11 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use self::{postfix::PassFailure, proxy::Backend, relay::Relay};
+use self::{
+    postfix::PassFailure,
+    proxy::Backend,
+    relay::{Relay, RelayMode},
+};
 use crate::{
     limits::Limits,
     maillog::MailLog,
@@ -30,15 +34,24 @@ pub enum Handoff {
     Postfix,
 }
 
+/// How passed clients reach the MTA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandoffSettings {
+    pub method: Handoff,
+    pub backend: Backend,
+    /// Postfix's smtpd `pass` service (`handoff = "postfix"`).
+    pub postfix_pass_socket: PathBuf,
+    /// Which relay moves the bytes (`handoff = "proxy"`).
+    pub relay: RelayMode,
+    pub relay_max_connections: u32,
+}
+
 /// The hand-off stage: how clients are handed off, and what answers them when the MTA
 /// cannot take them.
 pub struct HandOff {
-    pub method: Handoff,
-    pub backend: Backend,
+    pub settings: HandoffSettings,
     /// Who moves the bytes of handed-off connections (`handoff = "proxy"`).
     pub relay: Relay,
-    /// Postfix's smtpd `pass` service (`handoff = "postfix"`).
-    pub postfix_pass_socket: PathBuf,
     pub limits: Arc<Limits>,
     /// The dummy engine's settings and the reply style, for the 421 replies.
     pub engine: Arc<EngineSettings>,
@@ -70,9 +83,9 @@ impl HandOff {
                     .await;
             }
         };
-        match self.method {
+        match self.settings.method {
             Handoff::Proxy => {
-                let backend = match self.backend.connect(client, server).await {
+                let backend = match self.settings.backend.connect(client, server).await {
                     Ok(backend) => backend,
                     Err(e) => {
                         drop(slot);
@@ -97,7 +110,7 @@ impl HandOff {
             }
             Handoff::Postfix => {
                 let passed = postfix::pass_to_smtpd(
-                    &self.postfix_pass_socket,
+                    &self.settings.postfix_pass_socket,
                     stream,
                     client,
                     server,

@@ -34,7 +34,6 @@ use crate::{
     address::canonical,
     cidr_table::{self, CidrError, CidrTable, CidrWarning, Pattern, PatternError},
     smtpd::{ClientAddr, Reply},
-    test_state::TestAction,
 };
 
 /// postscreen's default `postscreen_access_list`.
@@ -739,21 +738,15 @@ impl Screen {
             AccessVerdict::Reject => {
                 self.log
                     .info(format_args!("DENYLISTED {}", ClientAddr(client)));
-                match self.settings.denylist_action {
-                    TestAction::Drop => {
-                        self.reply_and_close(&mut conn.stream, &Reply::denylist_drop(), client)
-                            .await;
-                        self.disconnect(client);
-                        self.deny.denylist_drop(client.ip());
-                        Next::Done
-                    }
-                    TestAction::Enforce => {
-                        conn.session
-                            .enforce(None, "DENYLISTED", Some(Reply::denylist_enforce()));
-                        Next::Continue
-                    }
-                    TestAction::Ignore => Next::Continue,
-                }
+                self.fail(
+                    conn,
+                    None,
+                    "DENYLISTED",
+                    self.settings.denylist_action,
+                    Some(Reply::denylist_drop()),
+                    Some(Reply::denylist_enforce()),
+                )
+                .await
             }
             AccessVerdict::Dunno => Next::Continue,
         }

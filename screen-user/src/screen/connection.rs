@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::Screen;
+use super::{Next, Screen};
 use crate::{
     smtpd::{ClientAddr, Reply, close},
-    test_state::{Outcome, SessionResults, Test},
+    test_state::{Outcome, SessionResults, Test, TestAction},
 };
 
 /// A client's connection between the stages.
@@ -39,26 +39,6 @@ pub(crate) struct Session {
     pub(crate) dnswl_listed: bool,
 }
 
-impl Session {
-    /// A test failed with action `enforce` (postscreen's `PSC_FAIL_ACTION_ENFORCE`): the
-    /// other tests go on, every RCPT is refused with `rcpt_reply`, and the client is never
-    /// handed off. `test` is `None` for the access list, which has no test record.
-    pub(crate) fn enforce(
-        &mut self,
-        test: Option<Test>,
-        name: &'static str,
-        rcpt_reply: Option<Reply>,
-    ) {
-        match test {
-            Some(test) => self.results.set_outcome(test, Outcome::Failed),
-            None => self.results.denylisted = true,
-        }
-        self.rcpt_reply = rcpt_reply;
-        self.noforward = true;
-        self.failures.push(name);
-    }
-}
-
 impl Screen {
     /// Sends a final reply, as `soft_bounce` and `reject_footer` make it, and closes.
     pub(super) async fn reply_and_close(
@@ -68,6 +48,52 @@ impl Screen {
         client: SocketAddr,
     ) {
         close::reply_and_close(stream, reply, &self.style, client, &self.engine.myhostname).await;
+    }
+
+    /// A client failed `test` (`None`: the access list rejected it) and `action` applies, as
+    /// postscreen's actions do: `drop` sends `drop_reply` and hangs up, and the failure
+    /// counts toward a kernel deny (a denylisted client is denied at once); `enforce` lets the
+    /// other tests finish, then refuses every RCPT with `enforce_reply` and never hands the
+    /// client off; `ignore` only logs (postscreen takes the failure back).
+    pub(super) async fn fail(
+        &self,
+        conn: &mut Connection,
+        test: Option<Test>,
+        name: &'static str,
+        action: TestAction,
+        drop_reply: Option<Reply>,
+        enforce_reply: Option<Reply>,
+    ) -> Next {
+        let session = &mut conn.session;
+        match action {
+            TestAction::Drop => {
+                let client = conn.client;
+                if let Some(reply) = drop_reply {
+                    self.reply_and_close(&mut conn.stream, &reply, client).await;
+                }
+                self.disconnect(client);
+                match test {
+                    Some(_) => self.deny.failed(client.ip(), name),
+                    None => self.deny.denylist_drop(client.ip()),
+                }
+                return Next::Done;
+            }
+            TestAction::Enforce => {
+                match test {
+                    Some(test) => session.results.set_outcome(test, Outcome::Failed),
+                    None => session.results.denylisted = true,
+                }
+                session.rcpt_reply = enforce_reply;
+                session.noforward = true;
+                session.failures.push(name);
+            }
+            TestAction::Ignore => {
+                if let Some(test) = test {
+                    session.results.set_outcome(test, Outcome::Ignored);
+                }
+            }
+        }
+        Next::Continue
     }
 
     /// postscreen's `DISCONNECT [a]:p`, the last line of a screened session.

@@ -22,6 +22,14 @@ use crate::{address::canonical, kernel::Maps, maillog::MailLog};
 /// memory stays bounded under a flood of distinct addresses.
 pub const MAX_TRACKED: usize = 100_000;
 
+/// The kernel deny policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenySettings {
+    pub window: Duration,
+    pub ttl: Duration,
+    pub v6_prefix: u32,
+}
+
 /// A decision to deny a client in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelDeny {

@@ -126,24 +126,18 @@ impl Screen {
                         c_escape(&input, LOG_TEXT_MAX)
                     ));
                     conn.session.pregreeted = true;
-                    match settings.greet_action {
-                        TestAction::Drop => {
-                            self.reply_and_close(
-                                &mut conn.stream,
-                                &Reply::protocol_error_drop(),
-                                client,
-                            )
-                            .await;
-                            self.disconnect(client);
-                            self.deny.failed(client.ip(), "PREGREET");
-                            return Next::Done;
-                        }
-                        TestAction::Enforce => conn.session.enforce(
+                    let next = self
+                        .fail(
+                            conn,
                             Some(Test::Pregreet),
                             "PREGREET",
+                            settings.greet_action,
+                            Some(Reply::protocol_error_drop()),
                             Some(Reply::protocol_error_enforce()),
-                        ),
-                        TestAction::Ignore => conn.session.results.pregreet = Outcome::Ignored,
+                        )
+                        .await;
+                    if let Next::Done = next {
+                        return next;
                     }
                     // postscreen goes on waiting for the DNS answers after a pregreet: a
                     // listed pregreeter gets the DNSBL verdict too.
@@ -186,21 +180,18 @@ impl Screen {
                 {
                     self.deny.severe(client.ip(), &format!("DNSBL rank {rank}"));
                 }
-                match settings.dnsbl_action {
-                    TestAction::Drop => {
-                        if let Ok(reply) = Reply::dnsbl_drop(client.ip(), &name) {
-                            self.reply_and_close(&mut conn.stream, &reply, client).await;
-                        }
-                        self.disconnect(client);
-                        self.deny.failed(client.ip(), "DNSBL");
-                        return Next::Done;
-                    }
-                    TestAction::Enforce => conn.session.enforce(
+                let next = self
+                    .fail(
+                        conn,
                         Some(Test::Dnsbl),
                         "DNSBL",
+                        settings.dnsbl_action,
+                        Reply::dnsbl_drop(client.ip(), &name).ok(),
                         Reply::dnsbl_enforce(client.ip(), &name).ok(),
-                    ),
-                    TestAction::Ignore => conn.session.results.dnsbl = Outcome::Ignored,
+                    )
+                    .await;
+                if let Next::Done = next {
+                    return next;
                 }
             }
             Verdict::Allowlisted { ttl } => {
