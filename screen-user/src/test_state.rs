@@ -103,6 +103,40 @@ impl Test {
     }
 }
 
+/// `get` and `set` by [`Test`] for a struct with one field per test, named as the tests are.
+macro_rules! per_test_fields {
+    ($record:ty, $value:ty, $get:ident, $set:ident) => {
+        impl $record {
+            /// The value of `test`.
+            pub fn $get(&self, test: Test) -> $value {
+                match test {
+                    Test::Pregreet => self.pregreet,
+                    Test::Dnsbl => self.dnsbl,
+                    Test::Pipelining => self.pipelining,
+                    Test::NonSmtpCommand => self.non_smtp_command,
+                    Test::BareNewline => self.bare_newline,
+                }
+            }
+
+            /// Sets the value of `test`.
+            pub fn $set(&mut self, test: Test, value: $value) {
+                match test {
+                    Test::Pregreet => self.pregreet = value,
+                    Test::Dnsbl => self.dnsbl = value,
+                    Test::Pipelining => self.pipelining = value,
+                    Test::NonSmtpCommand => self.non_smtp_command = value,
+                    Test::BareNewline => self.bare_newline = value,
+                }
+            }
+        }
+    };
+}
+
+per_test_fields!(TestTimes, u64, get, set);
+per_test_fields!(EnabledTests, bool, get, set);
+per_test_fields!(DueTests, bool, get, set);
+per_test_fields!(SessionResults, Outcome, outcome, set_outcome);
+
 /// A client's cached pass times: when each test's pass expires, in Unix seconds, or
 /// [`NEVER_PASSED`] or [`DISABLED_WHEN_WRITTEN`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,26 +157,6 @@ impl TestTimes {
         non_smtp_command: NEVER_PASSED,
         bare_newline: NEVER_PASSED,
     };
-
-    pub fn get(&self, test: Test) -> u64 {
-        match test {
-            Test::Pregreet => self.pregreet,
-            Test::Dnsbl => self.dnsbl,
-            Test::Pipelining => self.pipelining,
-            Test::NonSmtpCommand => self.non_smtp_command,
-            Test::BareNewline => self.bare_newline,
-        }
-    }
-
-    pub fn set(&mut self, test: Test, value: u64) {
-        match test {
-            Test::Pregreet => self.pregreet = value,
-            Test::Dnsbl => self.dnsbl = value,
-            Test::Pipelining => self.pipelining = value,
-            Test::NonSmtpCommand => self.non_smtp_command = value,
-            Test::BareNewline => self.bare_newline = value,
-        }
-    }
 
     /// The latest of the five values: until then some pass is still valid.
     pub fn latest_expiry(&self) -> u64 {
@@ -220,18 +234,6 @@ pub struct EnabledTests {
     pub bare_newline: bool,
 }
 
-impl EnabledTests {
-    pub fn get(&self, test: Test) -> bool {
-        match test {
-            Test::Pregreet => self.pregreet,
-            Test::Dnsbl => self.dnsbl,
-            Test::Pipelining => self.pipelining,
-            Test::NonSmtpCommand => self.non_smtp_command,
-            Test::BareNewline => self.bare_newline,
-        }
-    }
-}
-
 /// The tests a client must take in this session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DueTests {
@@ -243,26 +245,6 @@ pub struct DueTests {
 }
 
 impl DueTests {
-    pub fn get(&self, test: Test) -> bool {
-        match test {
-            Test::Pregreet => self.pregreet,
-            Test::Dnsbl => self.dnsbl,
-            Test::Pipelining => self.pipelining,
-            Test::NonSmtpCommand => self.non_smtp_command,
-            Test::BareNewline => self.bare_newline,
-        }
-    }
-
-    fn set(&mut self, test: Test) {
-        match test {
-            Test::Pregreet => self.pregreet = true,
-            Test::Dnsbl => self.dnsbl = true,
-            Test::Pipelining => self.pipelining = true,
-            Test::NonSmtpCommand => self.non_smtp_command = true,
-            Test::BareNewline => self.bare_newline = true,
-        }
-    }
-
     /// No test is due.
     pub fn is_empty(&self) -> bool {
         !Test::ALL.iter().any(|&t| self.get(t))
@@ -384,7 +366,7 @@ pub fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> DueTest
     let mut due = DueTests::default();
     for test in Test::ALL {
         if enabled.get(test) && now > times.get(test) {
-            due.set(test);
+            due.set(test, true);
         }
     }
     due
@@ -467,26 +449,6 @@ pub struct SessionResults {
 }
 
 impl SessionResults {
-    pub fn set_outcome(&mut self, test: Test, outcome: Outcome) {
-        match test {
-            Test::Pregreet => self.pregreet = outcome,
-            Test::Dnsbl => self.dnsbl = outcome,
-            Test::Pipelining => self.pipelining = outcome,
-            Test::NonSmtpCommand => self.non_smtp_command = outcome,
-            Test::BareNewline => self.bare_newline = outcome,
-        }
-    }
-
-    pub fn outcome(&self, test: Test) -> Outcome {
-        match test {
-            Test::Pregreet => self.pregreet,
-            Test::Dnsbl => self.dnsbl,
-            Test::Pipelining => self.pipelining,
-            Test::NonSmtpCommand => self.non_smtp_command,
-            Test::BareNewline => self.bare_newline,
-        }
-    }
-
     /// Any failure: no pass of this session counts, and nothing is cached.
     pub fn failed(&self) -> bool {
         self.denylisted
@@ -540,7 +502,7 @@ pub fn conclude(
             _ => continue,
         };
         times.set(test, now.saturating_add(ttl.as_secs()));
-        passed.set(test);
+        passed.set(test, true);
     }
     if results.dnswl_allowlisted {
         let until = now.saturating_add(ttls.dnsbl(results.dns_ttl).as_secs());
@@ -550,7 +512,7 @@ pub fn conclude(
                 _ => times.get(test).max(until),
             };
             times.set(test, expiry);
-            passed.set(test);
+            passed.set(test, true);
         }
     }
     if passed.is_empty() {
