@@ -131,6 +131,31 @@ impl Dnsbl {
             .collect()
     }
 
+    /// The daemon's `dnsbl.status` file, which `smtp-screen status` shows: one line a list,
+    /// `<domain> lookups=N listed=N not_listed=N failures=N health=<state>`.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "daemon.rs still builds the same text itself; it is to call this instead"
+        )
+    )]
+    pub(crate) fn status_text(&self) -> String {
+        let mut text = String::new();
+        for list in self.stats() {
+            let health = match &list.health {
+                HealthState::Healthy => "healthy".to_string(),
+                HealthState::TestPointMissing => "in use, test point 127.0.0.2 not listed".into(),
+                HealthState::Suspended(why) => format!("suspended: {why}"),
+            };
+            text.push_str(&format!(
+                "{} lookups={} listed={} not_listed={} failures={} health={health}\n",
+                list.domain, list.lookups, list.listed, list.not_listed, list.failures
+            ));
+        }
+        text
+    }
+
     /// Asks every list for its test points, bypassing the cache: 127.0.0.2 must be listed,
     /// 127.0.0.1 must not (RFC 5782 §5). A list that lists 127.0.0.1, or answers for neither,
     /// is suspended; one that answers as it should is in use again. When only one of the two
@@ -240,7 +265,8 @@ mod tests {
 
     use super::{
         super::{
-            lab::{client, dnsbl, in_secs, lab},
+            DnsServers, DnsblConfig, DnsblSites,
+            lab::{Captured, client, dnsbl, in_secs, lab},
             testdns::Forwarder,
         },
         *,
@@ -296,6 +322,34 @@ mod tests {
         assert_eq!(assess(&Answer::TimedOut, &nx), None);
         assert_eq!(assess(&answer_listed("127.0.0.2"), &failed), None);
         assert_eq!(assess(&nx, &nx), Some(HealthState::TestPointMissing));
+    }
+
+    #[test]
+    fn the_status_has_a_line_a_list() {
+        let config = DnsblConfig {
+            servers: DnsServers::Explicit(vec!["127.0.0.1:53".parse().unwrap()]),
+            ..DnsblConfig::new(
+                DnsblSites::parse("bl.test*2 wl.test=127.0.10.1*-5 dead.test").unwrap(),
+            )
+        };
+        let dnsbl = Dnsbl::new(config, Arc::new(Captured::default())).unwrap();
+        dnsbl.inner.lists[0]
+            .counters
+            .lookups
+            .store(7, Ordering::Relaxed);
+        *lock(&dnsbl.inner.lists[1].health.state) = HealthState::TestPointMissing;
+        *lock(&dnsbl.inner.lists[2].health.state) =
+            HealthState::Suspended(SuspendReason::NotAnswering {
+                why: "timed out".into(),
+            });
+        assert_eq!(
+            dnsbl.status_text(),
+            "bl.test lookups=7 listed=0 not_listed=0 failures=0 health=healthy\n\
+             wl.test lookups=0 listed=0 not_listed=0 failures=0 \
+             health=in use, test point 127.0.0.2 not listed\n\
+             dead.test lookups=0 listed=0 not_listed=0 failures=0 \
+             health=suspended: no answer for its test points: timed out\n"
+        );
     }
 
     #[tokio::test]
