@@ -1,0 +1,471 @@
+//! List health, beyond postscreen: [`Dnsbl::health_check`] asks every list for its RFC 5782
+//! test points and suspends a list that lists the world or does not answer, until it
+//! recovers, so a dead or hijacked list cannot block every client ([`assess`] is the pure
+//! rule). The lookups skip a suspended list ([`HealthCell`]). [`Dnsbl::stats`] reports each
+//! list's counters and health for the daemon's status file.
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::task::JoinSet;
+
+use super::{
+    lookup::{Dnsbl, Inner, lock},
+    resolver::Answer,
+    site::query_name,
+};
+
+/// The test point every list must list (RFC 5782 §5).
+pub const TEST_POINT_LISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// The test point no list may list (RFC 5782 §5).
+pub const TEST_POINT_UNLISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+/// A list's health, as the last conclusive [`Dnsbl::health_check`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthState {
+    /// In use (also before the first check).
+    Healthy,
+    /// In use, but it does not list its test point 127.0.0.2.
+    TestPointMissing,
+    /// Not asked and its weight ignored, until a check finds it healthy again.
+    Suspended(SuspendReason),
+}
+
+impl HealthState {
+    pub fn is_suspended(&self) -> bool {
+        matches!(self, HealthState::Suspended(_))
+    }
+}
+
+/// Why a list is suspended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SuspendReason {
+    /// It lists 127.0.0.1, which no list may: it would list every client.
+    ListsTheWorld { answer: Ipv4Addr },
+    /// Neither test point got an answer.
+    NotAnswering { why: String },
+}
+
+impl fmt::Display for SuspendReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuspendReason::ListsTheWorld { answer } => write!(
+                f,
+                "it lists the test point {TEST_POINT_UNLISTED} (as {answer}), \
+                 so it would list every client"
+            ),
+            SuspendReason::NotAnswering { why } => {
+                write!(f, "no answer for its test points: {why}")
+            }
+        }
+    }
+}
+
+/// One list's health after a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListHealth {
+    pub domain: String,
+    pub state: HealthState,
+    /// Whether this check changed the state (and logged it).
+    pub changed: bool,
+}
+
+/// One list's counters, for a status command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListStats {
+    pub domain: String,
+    /// Lookups for clients (answered from hickory's cache or not).
+    pub lookups: u64,
+    /// Answers with at least one A record.
+    pub listed: u64,
+    /// Answers without one.
+    pub not_listed: u64,
+    /// Lookups that failed or timed out.
+    pub failures: u64,
+    pub health: HealthState,
+}
+
+/// One list's health: written by the check, read by every new client's lookups.
+pub(super) struct HealthCell {
+    /// Whether `state` is a suspension, read without the lock.
+    suspended: AtomicBool,
+    state: Mutex<HealthState>,
+}
+
+impl Default for HealthCell {
+    fn default() -> Self {
+        Self {
+            suspended: AtomicBool::new(false),
+            state: Mutex::new(HealthState::Healthy),
+        }
+    }
+}
+
+impl HealthCell {
+    /// Whether the list is suspended: not asked, its weight ignored.
+    pub(super) fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Relaxed)
+    }
+}
+
+impl Dnsbl {
+    /// Each list's counters and health.
+    pub fn stats(&self) -> Vec<ListStats> {
+        self.inner
+            .lists
+            .iter()
+            .map(|list| ListStats {
+                domain: list.domain.clone(),
+                lookups: list.counters.lookups.load(Ordering::Relaxed),
+                listed: list.counters.listed.load(Ordering::Relaxed),
+                not_listed: list.counters.not_listed.load(Ordering::Relaxed),
+                failures: list.counters.failures.load(Ordering::Relaxed),
+                health: lock(&list.health.state).clone(),
+            })
+            .collect()
+    }
+
+    /// The daemon's `dnsbl.status` file, which `smtp-screen status` shows: one line a list,
+    /// `<domain> lookups=N listed=N not_listed=N failures=N health=<state>`.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "daemon.rs still builds the same text itself; it is to call this instead"
+        )
+    )]
+    pub(crate) fn status_text(&self) -> String {
+        let mut text = String::new();
+        for list in self.stats() {
+            let health = match &list.health {
+                HealthState::Healthy => "healthy".to_string(),
+                HealthState::TestPointMissing => "in use, test point 127.0.0.2 not listed".into(),
+                HealthState::Suspended(why) => format!("suspended: {why}"),
+            };
+            text.push_str(&format!(
+                "{} lookups={} listed={} not_listed={} failures={} health={health}\n",
+                list.domain, list.lookups, list.listed, list.not_listed, list.failures
+            ));
+        }
+        text
+    }
+
+    /// Asks every list for its test points, bypassing the cache: 127.0.0.2 must be listed,
+    /// 127.0.0.1 must not (RFC 5782 §5). A list that lists 127.0.0.1, or answers for neither,
+    /// is suspended; one that answers as it should is in use again. When only one of the two
+    /// lookups fails, the check is inconclusive and the state stays. A change is logged once.
+    pub async fn health_check(&self) -> Vec<ListHealth> {
+        let mut probes = JoinSet::new();
+        for index in 0..self.inner.lists.len() {
+            let inner = Arc::clone(&self.inner);
+            probes.spawn(async move { (index, inner.probe(index).await) });
+        }
+        let mut out: Vec<Option<ListHealth>> = vec![None; self.inner.lists.len()];
+        while let Some(joined) = probes.join_next().await {
+            if let Ok((index, health)) = joined {
+                out[index] = Some(health);
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+}
+
+impl Inner {
+    /// One list's health check.
+    async fn probe(&self, index: usize) -> ListHealth {
+        let list = &self.lists[index];
+        let listed = query_name(TEST_POINT_LISTED.into(), &list.domain);
+        let unlisted = query_name(TEST_POINT_UNLISTED.into(), &list.domain);
+        for name in [&listed, &unlisted] {
+            self.resolver.forget(name);
+        }
+        let (listed, unlisted) = tokio::join!(
+            self.resolver.resolve(&listed),
+            self.resolver.resolve(&unlisted)
+        );
+        let observed = assess(&listed, &unlisted);
+        let mut state = lock(&list.health.state);
+        let Some(new) = observed else {
+            return ListHealth {
+                domain: list.domain.clone(),
+                state: state.clone(),
+                changed: false,
+            };
+        };
+        // Only a change of kind is news: a suspended list's reason is updated quietly.
+        if std::mem::discriminant(&new) == std::mem::discriminant(&*state) {
+            *state = new.clone();
+            return ListHealth {
+                domain: list.domain.clone(),
+                state: new,
+                changed: false,
+            };
+        }
+        let domain = &list.domain;
+        match &new {
+            HealthState::Suspended(reason) => self
+                .log
+                .warning(&format!("dnsbl {domain} suspended: {reason}")),
+            HealthState::TestPointMissing => self.log.warning(&format!(
+                "dnsbl {domain}: the test point {TEST_POINT_LISTED} is not listed; \
+                 the list stays in use"
+            )),
+            HealthState::Healthy => self.log.info(&format!(
+                "dnsbl {domain} in use again: its test points answer as they should"
+            )),
+        }
+        list.health
+            .suspended
+            .store(new.is_suspended(), Ordering::Relaxed);
+        *state = new.clone();
+        ListHealth {
+            domain: domain.clone(),
+            state: new,
+            changed: true,
+        }
+    }
+}
+
+/// A list's health from its two test points' answers; `None` when only one lookup failed.
+fn assess(listed: &Answer, unlisted: &Answer) -> Option<HealthState> {
+    if let Answer::Listed { addrs, .. } = unlisted {
+        return Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
+            answer: addrs.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        }));
+    }
+    match (listed.failed(), unlisted.failed()) {
+        (true, true) => Some(HealthState::Suspended(SuspendReason::NotAnswering {
+            why: describe_answer(listed),
+        })),
+        (true, false) | (false, true) => None,
+        (false, false) => match listed {
+            Answer::Listed { .. } => Some(HealthState::Healthy),
+            _ => Some(HealthState::TestPointMissing),
+        },
+    }
+}
+
+fn describe_answer(answer: &Answer) -> String {
+    match answer {
+        Answer::TimedOut => "timed out".into(),
+        Answer::Failed { why } => why.clone(),
+        Answer::Listed { .. } | Answer::NotListed { .. } => "answered".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{
+        super::{
+            DnsServers, DnsblConfig, DnsblSites,
+            lab::{Captured, client, dnsbl, in_secs, lab},
+            testdns::Forwarder,
+        },
+        *,
+    };
+
+    fn ip4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    // --- Health assessment ---
+
+    fn answer_listed(a: &str) -> Answer {
+        Answer::Listed {
+            addrs: vec![ip4(a)],
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn health_from_test_points() {
+        let nx = Answer::NotListed { ttl: None };
+        let failed = Answer::Failed {
+            why: "query refused (REFUSED)".into(),
+        };
+        assert_eq!(
+            assess(&answer_listed("127.0.0.2"), &nx),
+            Some(HealthState::Healthy)
+        );
+        assert_eq!(
+            assess(&answer_listed("127.0.0.2"), &answer_listed("127.0.0.2")),
+            Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
+                answer: ip4("127.0.0.2")
+            }))
+        );
+        assert_eq!(
+            assess(&failed, &answer_listed("127.255.255.254")),
+            Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
+                answer: ip4("127.255.255.254")
+            }))
+        );
+        assert_eq!(
+            assess(&Answer::TimedOut, &Answer::TimedOut),
+            Some(HealthState::Suspended(SuspendReason::NotAnswering {
+                why: "timed out".into()
+            }))
+        );
+        assert_eq!(
+            assess(&failed, &Answer::TimedOut),
+            Some(HealthState::Suspended(SuspendReason::NotAnswering {
+                why: "query refused (REFUSED)".into()
+            }))
+        );
+        assert_eq!(assess(&Answer::TimedOut, &nx), None);
+        assert_eq!(assess(&answer_listed("127.0.0.2"), &failed), None);
+        assert_eq!(assess(&nx, &nx), Some(HealthState::TestPointMissing));
+    }
+
+    #[test]
+    fn the_status_has_a_line_a_list() {
+        let config = DnsblConfig {
+            servers: DnsServers::Explicit(vec!["127.0.0.1:53".parse().unwrap()]),
+            ..DnsblConfig::new(
+                DnsblSites::parse("bl.test*2 wl.test=127.0.10.1*-5 dead.test").unwrap(),
+            )
+        };
+        let dnsbl = Dnsbl::new(config, Arc::new(Captured::default())).unwrap();
+        dnsbl.inner.lists[0]
+            .counters
+            .lookups
+            .store(7, Ordering::Relaxed);
+        *lock(&dnsbl.inner.lists[1].health.state) = HealthState::TestPointMissing;
+        *lock(&dnsbl.inner.lists[2].health.state) =
+            HealthState::Suspended(SuspendReason::NotAnswering {
+                why: "timed out".into(),
+            });
+        assert_eq!(
+            dnsbl.status_text(),
+            "bl.test lookups=7 listed=0 not_listed=0 failures=0 health=healthy\n\
+             wl.test lookups=0 listed=0 not_listed=0 failures=0 \
+             health=in use, test point 127.0.0.2 not listed\n\
+             dead.test lookups=0 listed=0 not_listed=0 failures=0 \
+             health=suspended: no answer for its test points: timed out\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_health_check_suspends_bad_lists_and_resumes_them() {
+        let server = lab();
+        let forwarder = Forwarder::start(server.addr, &["dead.test"]).await;
+        let (dnsbl, log) = dnsbl(
+            "bl.test world.test*5 dead.test*5 empty.test",
+            forwarder.addr,
+            Duration::from_millis(500),
+        );
+        let health = dnsbl.health_check().await;
+        let states: Vec<(&str, &HealthState, bool)> = health
+            .iter()
+            .map(|h| (h.domain.as_str(), &h.state, h.changed))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("bl.test", &HealthState::Healthy, false),
+                (
+                    "world.test",
+                    &HealthState::Suspended(SuspendReason::ListsTheWorld {
+                        answer: ip4("127.0.0.2")
+                    }),
+                    true
+                ),
+                (
+                    "dead.test",
+                    &HealthState::Suspended(SuspendReason::NotAnswering {
+                        why: "timed out".into()
+                    }),
+                    true
+                ),
+                ("empty.test", &HealthState::TestPointMissing, true),
+            ]
+        );
+        assert_eq!(
+            log.count(
+                "warning: dnsbl world.test suspended: it lists the test point 127.0.0.1 \
+                 (as 127.0.0.2), so it would list every client"
+            ),
+            1,
+            "{:?}",
+            log.lines()
+        );
+        assert_eq!(
+            log.count(
+                "warning: dnsbl dead.test suspended: no answer for its test points: timed out"
+            ),
+            1
+        );
+        assert_eq!(
+            log.count("warning: dnsbl empty.test: the test point 127.0.0.2 is not listed"),
+            1
+        );
+
+        // Suspended lists are not asked and their weight is ignored.
+        let sent = forwarder.total();
+        let score = dnsbl
+            .start(client("127.0.0.11"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert_eq!((score.rank, score.suspended, score.failed), (0, 2, 0));
+        assert_eq!(forwarder.total(), sent + 2);
+        assert_eq!(forwarder.count("11.0.0.127.world.test"), 0);
+
+        // No change, no new log line.
+        let lines = log.lines().len();
+        dnsbl.health_check().await;
+        assert_eq!(log.lines().len(), lines);
+
+        // A list that answers again but refuses stays suspended; the new reason is not news.
+        forwarder.blackhole.lock().unwrap().clear();
+        let health = dnsbl.health_check().await;
+        assert_eq!(
+            (health[2].state.clone(), health[2].changed),
+            (
+                HealthState::Suspended(SuspendReason::NotAnswering {
+                    why: "query refused (REFUSED)".into()
+                }),
+                false
+            )
+        );
+        assert_eq!(log.lines().len(), lines);
+        assert!(dnsbl.stats()[1].health.is_suspended());
+        assert!(!dnsbl.stats()[3].health.is_suspended());
+    }
+
+    #[tokio::test]
+    async fn a_list_that_recovers_is_used_again() {
+        let server = lab();
+        let forwarder = Forwarder::start(server.addr, &["bl.test"]).await;
+        let (dnsbl, log) = dnsbl("bl.test*3", forwarder.addr, Duration::from_millis(400));
+        let health = dnsbl.health_check().await;
+        assert!(health[0].state.is_suspended());
+        let score = dnsbl
+            .start(client("127.0.0.40"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert_eq!((score.rank, score.suspended), (0, 1));
+
+        forwarder.blackhole.lock().unwrap().clear();
+        let health = dnsbl.health_check().await;
+        assert_eq!(
+            (health[0].state.clone(), health[0].changed),
+            (HealthState::Healthy, true)
+        );
+        assert_eq!(
+            log.count("dnsbl bl.test in use again: its test points answer as they should"),
+            1
+        );
+        let score = dnsbl
+            .start(client("127.0.0.40"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert_eq!((score.rank, score.suspended), (3, 0));
+    }
+}
