@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     allowlist::{AllowlistCache, CacheOptions},
     config::Config,
-    dnsbl::{Dnsbl, DnsblLog, HealthState},
+    dnsbl::{Dnsbl, DnsblLog, HEALTH_CHECK_INTERVAL},
     handoff::{
         HandOff, Handoff, HandoffSettings,
         relay::{Relay, RelayMode},
@@ -34,33 +34,6 @@ use crate::{
     },
     settings::Settings,
 };
-
-/// Rewrites the DNSBL status file in place (it was opened before the daemon dropped root).
-fn write_dnsbl_status(file: &mut std::fs::File, dnsbl: &Dnsbl) {
-    use std::io::{Seek as _, Write as _};
-    let mut text = String::new();
-    for list in dnsbl.stats() {
-        let health = match &list.health {
-            HealthState::Healthy => "healthy".to_string(),
-            HealthState::TestPointMissing => "in use, test point 127.0.0.2 not listed".into(),
-            HealthState::Suspended(why) => format!("suspended: {why}"),
-        };
-        text.push_str(&format!(
-            "{} lookups={} listed={} not_listed={} failures={} health={health}\n",
-            list.domain, list.lookups, list.listed, list.not_listed, list.failures
-        ));
-    }
-    let result = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| file.write_all(text.as_bytes()));
-    if let Err(e) = result {
-        tracing::warn!("writing the DNSBL status: {e}");
-    }
-}
-
-/// How often the DNSBLs' test points are checked.
-const DNSBL_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Loads, configures and attaches the XDP program; returns its maps.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
@@ -250,7 +223,7 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
 
     // List health: at start and then every few minutes, each DNSBL is asked for its test
     // points, and a list that lists everything or stops answering is suspended.
-    let mut health = tokio::time::interval(DNSBL_HEALTH_INTERVAL);
+    let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     let mut sweep = tokio::time::interval(sweep_interval);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -260,7 +233,7 @@ pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::
                 screen.deny().sweep_kernel(clock::monotonic_ns());
                 screen.deny().expire();
                 if let (Some(dnsbl), Some(file)) = (screen.dnsbl(), dnsbl_status.as_mut()) {
-                    write_dnsbl_status(file, dnsbl);
+                    dnsbl.write_status(file);
                 }
             }
             _ = health.tick() => {

@@ -11,6 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::task::JoinSet;
@@ -20,6 +21,9 @@ use super::{
     resolver::Answer,
     site::query_name,
 };
+
+/// How often the daemon asks every list for its test points.
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The test point every list must list (RFC 5782 §5).
 pub const TEST_POINT_LISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -133,13 +137,6 @@ impl Dnsbl {
 
     /// The daemon's `dnsbl.status` file, which `smtp-screen status` shows: one line a list,
     /// `<domain> lookups=N listed=N not_listed=N failures=N health=<state>`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "daemon.rs still builds the same text itself; it is to call this instead"
-        )
-    )]
     pub(crate) fn status_text(&self) -> String {
         let mut text = String::new();
         for list in self.stats() {
@@ -154,6 +151,19 @@ impl Dnsbl {
             ));
         }
         text
+    }
+
+    /// Rewrites the `dnsbl.status` file in place (the daemon opens it before it drops root).
+    pub fn write_status(&self, file: &mut std::fs::File) {
+        use std::io::{Seek as _, Write as _};
+        let text = self.status_text();
+        let result = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(text.as_bytes()));
+        if let Err(e) = result {
+            tracing::warn!("writing the DNSBL status: {e}");
+        }
     }
 
     /// Asks every list for its test points, bypassing the cache: 127.0.0.2 must be listed,

@@ -34,7 +34,8 @@ mod testdns;
 
 pub use self::{
     health::{
-        HealthState, ListHealth, ListStats, SuspendReason, TEST_POINT_LISTED, TEST_POINT_UNLISTED,
+        HEALTH_CHECK_INTERVAL, HealthState, ListHealth, ListStats, SuspendReason,
+        TEST_POINT_LISTED, TEST_POINT_UNLISTED,
     },
     lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery, MAX_SHARED_CLIENTS},
     resolver::{DNS_CACHE_ENTRIES, DnsServers, MAX_ANSWERS, MAX_SERVERS},
