@@ -156,14 +156,9 @@ impl Reply {
     /// address): control characters become `?` and an over-long text is cut, so that even a
     /// mistake cannot put a line break into the reply.
     fn sanitized(code: u16, text: String) -> Self {
-        let mut text: String = text
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
-        truncate_at_char(&mut text, MAX_REPLY_TEXT);
         Self {
             code,
-            lines: vec![text],
+            lines: vec![sanitized_line(text)],
         }
     }
 
@@ -184,6 +179,21 @@ impl Reply {
     /// The text of the first line.
     pub fn text(&self) -> &str {
         &self.lines[0]
+    }
+
+    /// Adds `text` to the end of the last line (a footer's `\c` form), cut where the line
+    /// would grow past [`MAX_REPLY_TEXT`].
+    fn extend_last_line(&mut self, text: &str) {
+        if let Some(last) = self.lines.last_mut() {
+            last.push_str(text);
+            *last = sanitized_line(std::mem::take(last));
+        }
+    }
+
+    /// Adds a line after the last one (a footer line, an EHLO keyword), kept to the same
+    /// rules as the first.
+    fn push_line(&mut self, text: String) {
+        self.lines.push(sanitized_line(text));
     }
 
     /// The enhanced status code (RFC 3463) the first line starts with, such as `4.3.2`.
@@ -326,6 +336,16 @@ impl Reply {
     /// The reply to HELO: `250 $myhostname`.
     pub fn helo(myhostname: &str) -> Self {
         Self::sanitized(250, myhostname.to_string())
+    }
+
+    /// The reply to EHLO: `250-$myhostname`, then a line for each extension `keywords`
+    /// announces.
+    pub(crate) fn ehlo(myhostname: &str, keywords: impl IntoIterator<Item = String>) -> Self {
+        let mut reply = Self::sanitized(250, myhostname.to_string());
+        for keyword in keywords {
+            reply.push_line(keyword);
+        }
+        reply
     }
 
     pub fn helo_syntax() -> Self {
@@ -498,6 +518,19 @@ fn enhanced_status_len(text: &str) -> usize {
     }
 }
 
+/// `text` as a reply line: control characters become `?`, and a text over
+/// [`MAX_REPLY_TEXT`] bytes is cut, so that even a mistake cannot put a line break into a
+/// reply.
+fn sanitized_line(text: String) -> String {
+    let mut text: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    truncate_at_char(&mut text, MAX_REPLY_TEXT);
+    text
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
 fn truncate_at_char(text: &mut String, max: usize) {
     if text.len() > max {
         let mut cut = max;
@@ -630,25 +663,19 @@ impl ReplyFooter {
 
     fn apply(&self, reply: &Reply, client: SocketAddr, server_name: &str) -> Reply {
         let status = reply.enhanced_status().map(str::to_string);
-        let mut lines = reply.lines.clone();
+        let mut footed = reply.clone();
         for (i, pieces) in self.lines.iter().enumerate() {
             let text = expand_footer_line(pieces, client, server_name);
             if i == 0 && self.join_first {
-                if let Some(last) = lines.last_mut() {
-                    last.push_str(&text);
-                    truncate_at_char(last, MAX_REPLY_TEXT);
-                }
+                footed.extend_last_line(&text);
             } else {
-                lines.push(match &status {
+                footed.push_line(match &status {
                     Some(status) => format!("{status} {text}"),
                     None => text,
                 });
             }
         }
-        Reply {
-            code: reply.code,
-            lines,
-        }
+        footed
     }
 }
 
@@ -1036,6 +1063,17 @@ impl DeepTests {
             DeepTest::BareNewline => self.bare_newline,
         }
     }
+
+    /// The non-SMTP test's verdict on a command word the engine does not know: a header
+    /// line, invalid UTF-8 when SMTPUTF8 is on, or a forbidden command.
+    fn is_non_smtp(&self, command: &[u8], smtputf8: bool) -> bool {
+        is_header(command)
+            || (smtputf8 && std::str::from_utf8(command).is_err())
+            || self
+                .forbidden_commands
+                .iter()
+                .any(|rule| rule.matches(command))
+    }
 }
 
 /// What one session earned in each deep test (values of [`crate::test_state::Outcome`]):
@@ -1072,6 +1110,11 @@ impl DeepTestResults {
     }
 }
 
+/// The deep tests in one session: which run with what action, which the client violated,
+/// and what each earned so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct SessionDeepTests([DeepTestState; 3]);
+
 /// One deep test in one session.
 #[derive(Clone, Copy, Debug, Default)]
 struct DeepTestState {
@@ -1079,6 +1122,73 @@ struct DeepTestState {
     /// The client violated the test: it is not checked again this session.
     fired: bool,
     outcome: TestOutcome,
+}
+
+impl SessionDeepTests {
+    /// The tests as `tests` configures them.
+    fn new(tests: &DeepTests) -> Self {
+        let mut session = Self::default();
+        for test in DeepTest::ALL {
+            session.0[test.index()].action = tests.action(test);
+        }
+        session
+    }
+
+    /// Runs `test` with `action` from now on, or not at all with `None`. A test the client
+    /// already violated keeps its result.
+    fn set(&mut self, test: DeepTest, action: Option<TestAction>) {
+        let state = &mut self.0[test.index()];
+        if !state.fired {
+            state.action = action;
+        }
+    }
+
+    /// No test runs from now on; the results so far stay.
+    fn stop_all(&mut self) {
+        for state in &mut self.0 {
+            state.action = None;
+        }
+    }
+
+    /// Whether `test` runs and has not fired yet.
+    fn armed(&self, test: DeepTest) -> bool {
+        let state = &self.0[test.index()];
+        state.action.is_some() && !state.fired
+    }
+
+    /// Records that the client violated `test`: the test is not checked again this session,
+    /// and the client earns `Ignored` (action `ignore`) or `Failed`. Returns the action to
+    /// apply, or `None` when the test does not run.
+    fn violated(&mut self, test: DeepTest) -> Option<TestAction> {
+        let state = &mut self.0[test.index()];
+        let action = state.action?;
+        state.fired = true;
+        state.outcome = match action {
+            TestAction::Ignore => TestOutcome::Ignored,
+            TestAction::Enforce | TestAction::Drop => TestOutcome::Failed,
+        };
+        Some(action)
+    }
+
+    /// The client reached RCPT TO: every test that runs and has not fired passes. A later
+    /// violation can still fail it.
+    fn pass_at_rcpt(&mut self) {
+        for state in &mut self.0 {
+            if state.action.is_some() && !state.fired {
+                state.outcome = TestOutcome::Passed;
+            }
+        }
+    }
+
+    /// What the session earned in each test so far.
+    fn results(&self) -> DeepTestResults {
+        let outcome = |test: DeepTest| self.0[test.index()].outcome;
+        DeepTestResults {
+            pipelining: outcome(DeepTest::Pipelining),
+            non_smtp_command: outcome(DeepTest::NonSmtpCommand),
+            bare_newline: outcome(DeepTest::BareNewline),
+        }
+    }
 }
 
 /// Postfix's `is_header()`: a label of printable ASCII (no space, no colon), optional
@@ -1530,6 +1640,17 @@ const COMMANDS: [(&str, Command); 15] = [
     ("QUIT", Command::Quit),
 ];
 
+impl Command {
+    /// The command `word` names, without regard to case, with its name as log lines print
+    /// it; `None` for a command postscreen does not know.
+    fn lookup(word: &[u8]) -> Option<(&'static str, Command)> {
+        COMMANDS
+            .iter()
+            .find(|(known, _)| word.eq_ignore_ascii_case(known.as_bytes()))
+            .copied()
+    }
+}
+
 /// One client's session with the dummy SMTP engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -1551,8 +1672,8 @@ pub struct Engine {
     started: Option<Instant>,
     /// The driver sent the greeting (or decided not to): never twice in a session.
     greeting_done: bool,
-    /// Indexed by [`DeepTest::index`].
-    deep: [DeepTestState; 3],
+    /// Which deep tests run in this session, which fired, and what each earned.
+    deep: SessionDeepTests,
 }
 
 impl Engine {
@@ -1563,10 +1684,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let settings = settings.into();
         let style = settings.style()?;
-        let mut deep = [DeepTestState::default(); 3];
-        for test in DeepTest::ALL {
-            deep[test.index()].action = settings.deep_tests.action(test);
-        }
+        let deep = SessionDeepTests::new(&settings.deep_tests);
         Ok(Self {
             rcpt_reply: settings.rcpt_reply.clone(),
             settings,
@@ -1620,9 +1738,7 @@ impl Engine {
     /// `220-` followed by `421`. No deep test runs in this mode.
     pub fn set_final_reply(&mut self, reply: Reply) {
         self.final_reply = Some(reply);
-        for state in &mut self.deep {
-            state.action = None;
-        }
+        self.deep.stop_all();
     }
 
     /// Runs `test` with `action` in this session, or not at all with `None`, whatever the
@@ -1630,20 +1746,12 @@ impl Engine {
     /// test before the greeting, for better logging. A test the client already violated
     /// keeps its result.
     pub fn set_deep_test(&mut self, test: DeepTest, action: Option<TestAction>) {
-        let state = &mut self.deep[test.index()];
-        if !state.fired {
-            state.action = action;
-        }
+        self.deep.set(test, action);
     }
 
     /// What the session earned in each deep test so far.
     pub fn deep_test_results(&self) -> DeepTestResults {
-        let outcome = |test: DeepTest| self.deep[test.index()].outcome;
-        DeepTestResults {
-            pipelining: outcome(DeepTest::Pipelining),
-            non_smtp_command: outcome(DeepTest::NonSmtpCommand),
-            bare_newline: outcome(DeepTest::BareNewline),
-        }
+        self.deep.results()
     }
 
     /// The session runs over TLS.
@@ -1683,6 +1791,22 @@ impl Engine {
     /// The last command seen, as log lines name it (`CONNECT` before the first).
     pub fn last_command(&self) -> &'static str {
         self.last_command
+    }
+
+    /// When the driver first ran this session, recorded at its first call: the start of
+    /// "tests after SMTP handshake", which a `HANGUP` line counts from.
+    fn started_at(&mut self) -> Instant {
+        *self.started.get_or_insert_with(Instant::now)
+    }
+
+    /// The greeting for the driver to send, the first time it asks: a session is greeted
+    /// once, and not at all after a pregreet ([`Engine::greeting`]).
+    fn take_greeting(&mut self) -> Option<Reply> {
+        if self.greeting_done {
+            return None;
+        }
+        self.greeting_done = true;
+        self.greeting()
     }
 
     /// The reply that accepts STARTTLS, for the caller to send before its TLS handshake.
@@ -1740,7 +1864,7 @@ impl Engine {
             };
         }
         let mut events = Vec::new();
-        if line.ending == LineEnding::BareLf && self.armed(DeepTest::BareNewline) {
+        if line.ending == LineEnding::BareLf && self.deep.armed(DeepTest::BareNewline) {
             // The whole line, NUL and all, as postscreen escapes its buffer.
             events.push(Event::BareNewline {
                 line: escape_input(line.text),
@@ -1757,23 +1881,10 @@ impl Engine {
         step
     }
 
-    /// Whether `test` runs and has not fired yet.
-    fn armed(&self, test: DeepTest) -> bool {
-        let state = &self.deep[test.index()];
-        state.action.is_some() && !state.fired
-    }
-
     /// Records a violation of an armed `test` (its event is already in `events`) and applies
     /// its action: the step that ends the session for `drop`, `None` otherwise.
     fn violation(&mut self, test: DeepTest, events: &mut Vec<Event>) -> Option<Step> {
-        let state = &mut self.deep[test.index()];
-        let action = state.action?;
-        state.fired = true;
-        state.outcome = match action {
-            TestAction::Ignore => TestOutcome::Ignored,
-            TestAction::Enforce | TestAction::Drop => TestOutcome::Failed,
-        };
-        match action {
+        match self.deep.violated(test)? {
             TestAction::Ignore => None,
             // The last enforce action to set the RCPT reply wins, as in postscreen.
             TestAction::Enforce => {
@@ -1788,18 +1899,6 @@ impl Engine {
         }
     }
 
-    /// The non-SMTP test's verdict on an unknown command word.
-    fn is_non_smtp(&self, name: &[u8]) -> bool {
-        is_header(name)
-            || (self.settings.smtputf8 && std::str::from_utf8(name).is_err())
-            || self
-                .settings
-                .deep_tests
-                .forbidden_commands
-                .iter()
-                .any(|rule| rule.matches(name))
-    }
-
     /// Everything after the bare newline test: `events` holds what the deep tests found.
     fn command(&mut self, line: &[u8], following: &[u8], events: &mut Vec<Event>) -> Step {
         // The command line is a C string in postscreen: a NUL ends it.
@@ -1808,12 +1907,10 @@ impl Engine {
             None => line,
         };
         let (name, args) = split_command(line);
-        let command = COMMANDS
-            .iter()
-            .find(|(known, _)| name.eq_ignore_ascii_case(known.as_bytes()));
+        let command = Command::lookup(name);
         let previous = self.last_command;
         self.last_command = command.map_or(AFTER_UNKNOWN, |(known, _)| known);
-        let command = command.map(|&(_, command)| command);
+        let command = command.map(|(_, command)| command);
 
         if command != Some(Command::Quit)
             && let Some(reply) = self.final_reply.clone()
@@ -1821,7 +1918,13 @@ impl Engine {
             return self.stop(reply, std::mem::take(events), SessionEnd::FinalReply);
         }
         // AUTH, XCLIENT and XFORWARD are known commands: only unknown ones are tested.
-        if command.is_none() && self.armed(DeepTest::NonSmtpCommand) && self.is_non_smtp(name) {
+        if command.is_none()
+            && self.deep.armed(DeepTest::NonSmtpCommand)
+            && self
+                .settings
+                .deep_tests
+                .is_non_smtp(name, self.settings.smtputf8)
+        {
             events.push(Event::NonSmtpCommand {
                 after: previous,
                 command: printable_command(name, self.settings.smtputf8),
@@ -1834,7 +1937,7 @@ impl Engine {
         // BDAT is followed by its chunk, which is not a pipelined command.
         if command != Some(Command::Bdat)
             && !following.is_empty()
-            && self.armed(DeepTest::Pipelining)
+            && self.deep.armed(DeepTest::Pipelining)
         {
             events.push(Event::CommandPipelining {
                 command: printable_command(name, self.settings.smtputf8),
@@ -1848,11 +1951,7 @@ impl Engine {
         // violation can still fail them.
         if command == Some(Command::Rcpt) {
             self.rcpt_reached = true;
-            for state in &mut self.deep {
-                if state.action.is_some() && !state.fired {
-                    state.outcome = TestOutcome::Passed;
-                }
-            }
+            self.deep.pass_at_rcpt();
         }
         self.command_count = self.command_count.saturating_add(1);
         if self.command_count > self.settings.command_count_limit && command != Some(Command::Quit)
@@ -1955,28 +2054,27 @@ impl Engine {
     /// postscreen's EHLO reply: no PIPELINING (the pipelining test depends on that), no AUTH.
     fn ehlo_reply(&self) -> Reply {
         let s = &self.settings;
-        let mut lines = vec![s.myhostname.clone()];
-        lines.push(match s.message_size_limit {
+        let mut keywords = vec![match s.message_size_limit {
             0 => "SIZE".to_string(),
             limit => format!("SIZE {limit}"),
-        });
+        }];
         if !s.disable_vrfy {
-            lines.push("VRFY".into());
+            keywords.push("VRFY".into());
         }
-        lines.push("ETRN".into());
+        keywords.push("ETRN".into());
         if s.starttls_offered && !self.tls_active {
-            lines.push("STARTTLS".into());
+            keywords.push("STARTTLS".into());
         }
-        lines.extend([
+        keywords.extend([
             "ENHANCEDSTATUSCODES".into(),
             "8BITMIME".into(),
             "DSN".into(),
         ]);
         if s.smtputf8 {
-            lines.push("SMTPUTF8".into());
+            keywords.push("SMTPUTF8".into());
         }
-        lines.push("CHUNKING".into());
-        Reply { code: 250, lines }
+        keywords.push("CHUNKING".into());
+        Reply::ehlo(&s.myhostname, keywords)
     }
 
     fn starttls_command(&mut self, args: &[u8]) -> Step {
@@ -2194,13 +2292,14 @@ pub struct Outcome {
     pub deep_tests: DeepTestResults,
 }
 
-impl Engine {
-    fn outcome(&self, events: Vec<Event>, end: SessionEnd) -> Outcome {
-        Outcome {
+impl Outcome {
+    /// `engine`'s session as it stands after `events`, ended by `end`.
+    fn of(engine: &Engine, events: Vec<Event>, end: SessionEnd) -> Self {
+        Self {
             events,
-            rcpt_reached: self.rcpt_reached,
+            rcpt_reached: engine.rcpt_reached(),
             end,
-            deep_tests: self.deep_test_results(),
+            deep_tests: engine.deep_test_results(),
         }
     }
 }
@@ -2239,7 +2338,7 @@ where
         &mut events,
     )
     .await;
-    engine.outcome(events, end)
+    Outcome::of(engine, events, end)
 }
 
 /// What [`serve_with_tls`] needs for STARTTLS.
@@ -2291,7 +2390,7 @@ where
         .await
         {
             SessionEnd::StartTls => {}
-            end => return engine.outcome(events, end),
+            end => return Outcome::of(engine, events, end),
         }
         if let Some(tls) = starttls {
             break tls;
@@ -2334,7 +2433,7 @@ where
                             break hang_up(engine, events, &mut on_event);
                         }
                     }
-                    end => break engine.outcome(events, end),
+                    end => break Outcome::of(engine, events, end),
                 }
             };
             // close_notify; the client may be gone already.
@@ -2371,13 +2470,13 @@ fn hang_up(
     mut events: Vec<Event>,
     on_event: &mut impl FnMut(&Event),
 ) -> Outcome {
-    let started = *engine.started.get_or_insert_with(Instant::now);
+    let started = engine.started_at();
     let step = engine.on_hangup(started.elapsed());
     for event in &step.events {
         on_event(event);
     }
     events.extend(step.events);
-    engine.outcome(events, SessionEnd::Hangup)
+    Outcome::of(engine, events, SessionEnd::Hangup)
 }
 
 /// Answers commands from `stream` until the engine stops, and says why. `reader` holds input
@@ -2394,15 +2493,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Event),
 {
-    let started = *engine.started.get_or_insert_with(Instant::now);
-    if !engine.greeting_done {
-        engine.greeting_done = true;
-        if let Some(greeting) = engine.greeting()
-            && send(stream, &greeting, command_time_limit).await.is_err()
-        {
-            let step = engine.on_hangup(started.elapsed());
-            return conclude(events, step, on_event);
-        }
+    let started = engine.started_at();
+    if let Some(greeting) = engine.take_greeting()
+        && send(stream, &greeting, command_time_limit).await.is_err()
+    {
+        let step = engine.on_hangup(started.elapsed());
+        return conclude(events, step, on_event);
     }
     let mut deadline = Instant::now() + command_time_limit;
     loop {
