@@ -28,15 +28,19 @@
 //! Where this engine parts from postscreen, it says so next to the code: logged fields are
 //! bounded and escaped, and a run of CRs cannot stretch a line past the length limit.
 
+mod command;
+mod deep_tests;
+mod error;
+mod event;
 pub mod line;
+mod reply;
+mod reply_style;
+mod settings;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 
-use std::{
-    fmt, io,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -44,1505 +48,32 @@ use tokio::{
 };
 
 use self::{
-    line::{DEFAULT_LINE_LENGTH_LIMIT, Line, LineEnding, LineError, LineReader},
+    command::{Command, extract_address, next_token, split_command},
+    deep_tests::SessionDeepTests,
+    event::{escape_input, log_field, printable_command},
+    line::{Line, LineEnding, LineError, LineReader},
+    reply::truncate_at_char,
     tls::TlsAcceptor,
 };
-use crate::address::canonical;
-use crate::{
-    escape::c_escape,
-    test_state::{Outcome as TestOutcome, SessionResults, Test, TestAction},
+use crate::test_state::TestAction;
+
+pub use self::{
+    deep_tests::{
+        DEFAULT_FORBIDDEN_COMMANDS, DeepTest, DeepTestResults, DeepTests, ForbiddenCommand,
+        MAX_FORBIDDEN_COMMAND_LEN, MAX_FORBIDDEN_COMMANDS,
+    },
+    error::EngineError,
+    event::{
+        AFTER_CONNECT, AFTER_UNKNOWN, ClientAddr, DelayDisplay, Event, EventLine,
+        LOGGED_INPUT_BYTES, MAX_LOGGED_FIELD, Proto,
+    },
+    reply::{MAX_REPLY_TEXT, Reply},
+    reply_style::{ReplyFooter, ReplyStyle},
+    settings::{
+        DEFAULT_COMMAND_COUNT_LIMIT, DEFAULT_MESSAGE_SIZE_LIMIT, EngineSettings,
+        MAX_COMMAND_COUNT_LIMIT, MIN_LINE_LENGTH_LIMIT,
+    },
 };
-
-/// A reply, a setting or a footer that cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    #[error("reply code {code} is not an SMTP reply code (200..=599)")]
-    ReplyCode { code: u16 },
-    #[error("reply text {text:?}: {why}")]
-    ReplyText { text: String, why: String },
-    #[error("{setting} = {value:?}: {why}")]
-    Setting {
-        setting: &'static str,
-        value: String,
-        why: String,
-    },
-}
-
-/// The longest reply text after `NNN `: RFC 5321 limits a reply line to 512 bytes with its
-/// code and CRLF.
-pub const MAX_REPLY_TEXT: usize = 512 - 6;
-
-/// Postfix's `postscreen_command_count_limit` default.
-pub const DEFAULT_COMMAND_COUNT_LIMIT: u32 = 20;
-
-/// The largest command count limit accepted; it also bounds the events of one session.
-pub const MAX_COMMAND_COUNT_LIMIT: u32 = 10_000;
-
-/// The shortest `line_length_limit` accepted: RFC 5321 lets a command line be 512 bytes.
-pub const MIN_LINE_LENGTH_LIMIT: usize = 512;
-
-/// Postfix's `message_size_limit` default, announced in the EHLO reply.
-pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
-
-/// Helo names, senders and recipients are kept (and logged) up to this many bytes.
-pub const MAX_LOGGED_FIELD: usize = 512;
-
-/// The longest hostname accepted for `myhostname`.
-const MAX_HOSTNAME: usize = 255;
-
-/// The longest `reject_footer` template, and the most lines it may produce.
-const MAX_FOOTER_TEMPLATE: usize = 1024;
-const MAX_FOOTER_LINES: usize = 16;
-
-/// How many bytes of client input postscreen escapes into a deep test's log line (its
-/// `PSC_SMTPD_ESCAPE_TEXT(…, 100)`); escaped, they take at most four times as many.
-pub const LOGGED_INPUT_BYTES: usize = 100;
-
-/// postscreen prints at most this much of a command name (`%.100s`).
-const LOGGED_COMMAND_BYTES: usize = 100;
-
-/// `postscreen_forbidden_commands` as Postfix 3.7 and later ship it
-/// (`$smtpd_forbidden_commands`).
-pub const DEFAULT_FORBIDDEN_COMMANDS: &str = "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}";
-
-/// The most entries a forbidden command list may have, and the longest entry.
-pub const MAX_FORBIDDEN_COMMANDS: usize = 64;
-pub const MAX_FORBIDDEN_COMMAND_LEN: usize = 64;
-
-/// How long closing a TLS session (its close_notify) may take after the last reply.
-const TLS_CLOSE_TIME_LIMIT: Duration = Duration::from_secs(5);
-
-/// The longest handshake error text put in a log line.
-const MAX_TLS_ERROR_TEXT: usize = 200;
-
-// ---------------------------------------------------------------------------------------
-// Replies
-
-/// An SMTP reply: a code and one or more lines of text.
-///
-/// The text never holds CR, LF or another control character, and each line fits RFC 5321's
-/// 512 bytes, so a reply can be written to a client as it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    code: u16,
-    lines: Vec<String>,
-}
-
-impl Reply {
-    /// A one-line reply, checked: `code` in 200..=599, `text` without control characters and
-    /// at most [`MAX_REPLY_TEXT`] bytes.
-    pub fn new(code: u16, text: impl Into<String>) -> Result<Self, EngineError> {
-        if !(200..=599).contains(&code) {
-            return Err(EngineError::ReplyCode { code });
-        }
-        let text = text.into();
-        let why = if text.len() > MAX_REPLY_TEXT {
-            Some(format!("longer than {MAX_REPLY_TEXT} bytes"))
-        } else {
-            text.char_indices()
-                .find(|(_, c)| c.is_control())
-                .map(|(at, c)| format!("control character {c:?} at byte {at}"))
-        };
-        match why {
-            Some(why) => Err(EngineError::ReplyText { text, why }),
-            None => Ok(Self {
-                code,
-                lines: vec![text],
-            }),
-        }
-    }
-
-    /// A reply whose text is built from values checked elsewhere (a validated hostname, an
-    /// address): control characters become `?` and an over-long text is cut, so that even a
-    /// mistake cannot put a line break into the reply.
-    fn sanitized(code: u16, text: String) -> Self {
-        Self {
-            code,
-            lines: vec![sanitized_line(text)],
-        }
-    }
-
-    fn fixed(code: u16, text: &str) -> Self {
-        Self::sanitized(code, text.to_string())
-    }
-
-    /// The three-digit reply code.
-    pub fn code(&self) -> u16 {
-        self.code
-    }
-
-    /// The text of each line, without code and separator.
-    pub fn lines(&self) -> &[String] {
-        &self.lines
-    }
-
-    /// The text of the first line.
-    pub fn text(&self) -> &str {
-        &self.lines[0]
-    }
-
-    /// Adds `text` to the end of the last line (a footer's `\c` form), cut where the line
-    /// would grow past [`MAX_REPLY_TEXT`].
-    fn extend_last_line(&mut self, text: &str) {
-        if let Some(last) = self.lines.last_mut() {
-            last.push_str(text);
-            *last = sanitized_line(std::mem::take(last));
-        }
-    }
-
-    /// Adds a line after the last one (a footer line, an EHLO keyword), kept to the same
-    /// rules as the first.
-    fn push_line(&mut self, text: String) {
-        self.lines.push(sanitized_line(text));
-    }
-
-    /// The enhanced status code (RFC 3463) the first line starts with, such as `4.3.2`.
-    pub fn enhanced_status(&self) -> Option<&str> {
-        let len = enhanced_status_len(self.text());
-        (len > 0).then(|| &self.text()[..len])
-    }
-
-    /// A 4xx or 5xx reply: the ones `soft_bounce` and `reject_footer` change.
-    pub fn is_negative(&self) -> bool {
-        self.code >= 400
-    }
-
-    /// The reply as sent: `NNN-text` lines and a last `NNN text` line, each ending in CRLF.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 6).sum());
-        for (i, line) in self.lines.iter().enumerate() {
-            let separator = if i + 1 == self.lines.len() { ' ' } else { '-' };
-            out.extend_from_slice(format!("{}{separator}{line}\r\n", self.code).as_bytes());
-        }
-        out
-    }
-
-    /// The same reply with a 5xx code made 4xx and every enhanced status `5.x.y` made
-    /// `4.x.y` (postscreen's `soft_bounce`). Other replies come back unchanged.
-    pub fn soft_bounced(&self) -> Reply {
-        if !(500..600).contains(&self.code) {
-            return self.clone();
-        }
-        let lines = self
-            .lines
-            .iter()
-            .map(|line| {
-                if enhanced_status_len(line) > 0 && line.starts_with('5') {
-                    format!("4{}", &line[1..])
-                } else {
-                    line.clone()
-                }
-            })
-            .collect();
-        Reply {
-            code: self.code - 100,
-            lines,
-        }
-    }
-
-    // Connection-level replies (postscreen.c, postscreen_send.c).
-
-    /// More than `client_connection_count_limit` connections from one address.
-    pub fn too_many_connections() -> Self {
-        Self::fixed(421, "4.7.0 Error: too many connections")
-    }
-
-    /// The hand-off queue (`post_queue_limit`) is full, or the MTA cannot be reached.
-    pub fn all_server_ports_busy() -> Self {
-        Self::fixed(421, "4.3.2 All server ports are busy")
-    }
-
-    /// The screening queue (`pre_queue_limit`) is full.
-    pub fn all_screening_ports_busy() -> Self {
-        Self::fixed(421, "4.3.2 All screening ports are busy")
-    }
-
-    /// An internal failure: endpoint lookup, PROXY header, hand-off, and the X21 final reply.
-    pub fn no_system_resources() -> Self {
-        Self::fixed(421, "4.3.2 No system resources")
-    }
-
-    /// `postscreen_command_time_limit` expired.
-    pub fn timeout_exceeded(myhostname: &str) -> Self {
-        Self::sanitized(421, format!("4.4.2 {myhostname} Error: timeout exceeded"))
-    }
-
-    /// Command count or line length limit reached.
-    pub fn service_unavailable_421(myhostname: &str) -> Self {
-        Self::sanitized(
-            421,
-            format!("{myhostname} Service unavailable - try again later"),
-        )
-    }
-
-    /// The default `rcpt_reply`: come back later (the deep tests' reconnect).
-    pub fn service_unavailable_450() -> Self {
-        Self::fixed(450, "4.3.2 Service currently unavailable")
-    }
-
-    /// `postscreen_denylist_action = enforce`, at RCPT.
-    pub fn denylist_enforce() -> Self {
-        Self::fixed(550, "5.3.2 Service currently unavailable")
-    }
-
-    /// `postscreen_denylist_action = drop`, at once.
-    pub fn denylist_drop() -> Self {
-        Self::fixed(521, "5.3.2 Service currently unavailable")
-    }
-
-    /// Pregreet, pipelining, bare newline or non-SMTP command with action `enforce`, at RCPT.
-    pub fn protocol_error_enforce() -> Self {
-        Self::fixed(550, "5.5.1 Protocol error")
-    }
-
-    /// Pregreet, pipelining or bare newline with action `drop`, at once.
-    pub fn protocol_error_drop() -> Self {
-        Self::fixed(521, "5.5.1 Protocol error")
-    }
-
-    /// Non-SMTP command with action `drop` (the same words as smtpd's forbidden commands).
-    pub fn non_smtp_command_drop() -> Self {
-        Self::fixed(521, "5.7.0 Error: I can break rules, too. Goodbye.")
-    }
-
-    /// `postscreen_dnsbl_action = enforce`: `list` is the highest-weighted listing's name
-    /// after `dnsbl_reply_map`.
-    pub fn dnsbl_enforce(client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::dnsbl(550, client, list)
-    }
-
-    /// `postscreen_dnsbl_action = drop`.
-    pub fn dnsbl_drop(client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::dnsbl(521, client, list)
-    }
-
-    fn dnsbl(code: u16, client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::new(
-            code,
-            format!(
-                "5.7.1 Service unavailable; client [{}] blocked using {list}",
-                canonical(client)
-            ),
-        )
-    }
-
-    // The engine's replies (postscreen_smtpd.c).
-
-    /// `220 $smtpd_banner`.
-    pub fn greeting(smtpd_banner: &str) -> Self {
-        Self::sanitized(220, smtpd_banner.to_string())
-    }
-
-    /// The reply to HELO: `250 $myhostname`.
-    pub fn helo(myhostname: &str) -> Self {
-        Self::sanitized(250, myhostname.to_string())
-    }
-
-    /// The reply to EHLO: `250-$myhostname`, then a line for each extension `keywords`
-    /// announces.
-    pub(crate) fn ehlo(myhostname: &str, keywords: impl IntoIterator<Item = String>) -> Self {
-        let mut reply = Self::sanitized(250, myhostname.to_string());
-        for keyword in keywords {
-            reply.push_line(keyword);
-        }
-        reply
-    }
-
-    pub fn helo_syntax() -> Self {
-        Self::fixed(501, "Syntax: HELO hostname")
-    }
-
-    pub fn ehlo_syntax() -> Self {
-        Self::fixed(501, "Syntax: EHLO hostname")
-    }
-
-    /// RSET and NOOP.
-    pub fn ok() -> Self {
-        Self::fixed(250, "2.0.0 Ok")
-    }
-
-    /// MAIL accepted.
-    pub fn sender_ok() -> Self {
-        Self::fixed(250, "2.1.0 Ok")
-    }
-
-    /// MAIL or ETRN before HELO/EHLO with `helo_required`.
-    pub fn send_helo_first() -> Self {
-        Self::fixed(503, "5.5.1 Error: send HELO/EHLO first")
-    }
-
-    pub fn nested_mail() -> Self {
-        Self::fixed(503, "5.5.1 Error: nested MAIL command")
-    }
-
-    pub fn mail_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: MAIL FROM:<address>")
-    }
-
-    /// postscreen has this text but its address parser never fails, so it is never sent;
-    /// kept for completeness.
-    pub fn bad_sender_syntax() -> Self {
-        Self::fixed(501, "5.1.7 Bad sender address syntax")
-    }
-
-    /// RCPT before MAIL, and BDAT before MAIL.
-    pub fn need_mail() -> Self {
-        Self::fixed(503, "5.5.1 Error: need MAIL command")
-    }
-
-    pub fn rcpt_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: RCPT TO:<address>")
-    }
-
-    /// Never sent, like [`Reply::bad_sender_syntax`].
-    pub fn bad_recipient_syntax() -> Self {
-        Self::fixed(501, "5.1.3 Bad recipient address syntax")
-    }
-
-    /// DATA or BDAT after MAIL: every recipient was refused.
-    pub fn no_valid_recipients() -> Self {
-        Self::fixed(554, "5.5.1 Error: no valid recipients")
-    }
-
-    /// DATA before MAIL.
-    pub fn need_rcpt() -> Self {
-        Self::fixed(503, "5.5.1 Error: need RCPT command")
-    }
-
-    pub fn data_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: DATA")
-    }
-
-    /// BDAT before MAIL.
-    pub fn bdat_need_mail() -> Self {
-        Self::fixed(554, "5.5.1 Error: need MAIL command")
-    }
-
-    pub fn bdat_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: BDAT count [LAST]")
-    }
-
-    /// STARTTLS without TLS, and BDAT when CHUNKING is not announced.
-    pub fn not_implemented() -> Self {
-        Self::fixed(502, "5.5.1 Error: command not implemented")
-    }
-
-    /// AUTH, XCLIENT, XFORWARD and every unknown command.
-    pub fn not_recognized() -> Self {
-        Self::fixed(502, "5.5.2 Error: command not recognized")
-    }
-
-    pub fn vrfy_disabled() -> Self {
-        Self::fixed(502, "5.5.1 VRFY command is disabled")
-    }
-
-    pub fn vrfy_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: VRFY address")
-    }
-
-    pub fn etrn_refused() -> Self {
-        Self::fixed(458, "Unable to queue messages")
-    }
-
-    pub fn etrn_syntax() -> Self {
-        Self::fixed(500, "Syntax: ETRN domain")
-    }
-
-    /// STARTTLS accepted: the TLS handshake follows.
-    pub fn starttls_ready() -> Self {
-        Self::fixed(220, "2.0.0 Ready to start TLS")
-    }
-
-    /// STARTTLS accepted but TLS cannot be started.
-    pub fn tls_unavailable() -> Self {
-        Self::fixed(454, "4.7.0 TLS not available due to local problem")
-    }
-
-    pub fn tls_already_active() -> Self {
-        Self::fixed(554, "5.5.1 Error: TLS already active")
-    }
-
-    pub fn starttls_syntax() -> Self {
-        Self::fixed(501, "5.5.4 Syntax: STARTTLS")
-    }
-
-    /// Any command but HELO, EHLO, STARTTLS, NOOP and QUIT while TLS is mandatory.
-    pub fn starttls_first() -> Self {
-        Self::fixed(530, "5.7.0 Must issue a STARTTLS command first")
-    }
-
-    /// QUIT.
-    pub fn bye() -> Self {
-        Self::fixed(221, "2.0.0 Bye")
-    }
-}
-
-/// How a reply reads in a log line: its lines as sent, without CRLF, separated by a space.
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, line) in self.lines.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            let separator = if i + 1 == self.lines.len() { ' ' } else { '-' };
-            write!(f, "{}{separator}{line}", self.code)?;
-        }
-        Ok(())
-    }
-}
-
-/// The length of the RFC 3463 status code `c.sss.ddd` that `text` starts with (class 2, 4
-/// or 5, one to three digits in each other part, then a space or the end), or 0.
-fn enhanced_status_len(text: &str) -> usize {
-    let b = text.as_bytes();
-    if !matches!(b.first(), Some(b'2' | b'4' | b'5')) || b.get(1) != Some(&b'.') {
-        return 0;
-    }
-    let mut at = 2;
-    for part in 0..2 {
-        let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if !(1..=3).contains(&digits) {
-            return 0;
-        }
-        at += digits;
-        if part == 0 {
-            if b.get(at) != Some(&b'.') {
-                return 0;
-            }
-            at += 1;
-        }
-    }
-    match b.get(at) {
-        None | Some(b' ') => at,
-        _ => 0,
-    }
-}
-
-/// `text` as a reply line: control characters become `?`, and a text over
-/// [`MAX_REPLY_TEXT`] bytes is cut, so that even a mistake cannot put a line break into a
-/// reply.
-fn sanitized_line(text: String) -> String {
-    let mut text: String = text
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    truncate_at_char(&mut text, MAX_REPLY_TEXT);
-    text
-}
-
-/// Cuts `text` to at most `max` bytes, at a character boundary.
-fn truncate_at_char(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// soft_bounce and reject_footer
-
-/// What postscreen does to every reply on its way out: `soft_bounce` and `reject_footer`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplyStyle {
-    soft_bounce: bool,
-    footer: Option<ReplyFooter>,
-}
-
-impl ReplyStyle {
-    /// `reject_footer` is checked here; `None` or an empty text means no footer.
-    pub fn new(soft_bounce: bool, reject_footer: Option<&str>) -> Result<Self, EngineError> {
-        let footer = match reject_footer {
-            Some(template) => ReplyFooter::parse(template)?,
-            None => None,
-        };
-        Ok(Self {
-            soft_bounce,
-            footer,
-        })
-    }
-
-    /// The reply as the client gets it: soft-bounced when configured, then, if it is a 4xx
-    /// or 5xx reply, with the footer, its macros expanded for `client` and `server_name`.
-    pub fn apply(&self, reply: &Reply, client: SocketAddr, server_name: &str) -> Reply {
-        let reply = self.for_log(reply);
-        match &self.footer {
-            Some(footer) if reply.is_negative() => footer.apply(&reply, client, server_name),
-            _ => reply,
-        }
-    }
-
-    /// The reply as postscreen logs it: soft-bounced when configured, without the footer.
-    pub fn for_log(&self, reply: &Reply) -> Reply {
-        if self.soft_bounce {
-            reply.soft_bounced()
-        } else {
-            reply.clone()
-        }
-    }
-}
-
-/// A parsed `reject_footer` (postscreen's `$smtpd_reject_footer`, Postfix's
-/// `smtp_reply_footer()` rules).
-///
-/// The footer becomes extra lines of the reply, each with the reply's code and enhanced
-/// status: `550 5.7.1 blocked` with footer `Call 555-0101` is sent as `550-5.7.1 blocked` /
-/// `550 5.7.1 Call 555-0101`. The two characters `\n` (or a real newline, which a TOML
-/// string makes of `"\n"`) start another line. A template starting with the two characters
-/// `\c` appends its first line to the reply's last line instead. Macros: `$client_address`,
-/// `$client_port`, `$server_name` (= `myhostname`), `$localtime` (`Mmm dd HH:MM:SS`, local
-/// time), in `$name`, `${name}` or `$(name)` form; `$$` is a dollar sign.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplyFooter {
-    join_first: bool,
-    lines: Vec<Vec<FooterPiece>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum FooterPiece {
-    Text(String),
-    ClientAddress,
-    ClientPort,
-    ServerName,
-    LocalTime,
-}
-
-impl FooterPiece {
-    /// The most bytes this piece can expand to.
-    fn max_len(&self) -> usize {
-        match self {
-            FooterPiece::Text(text) => text.len(),
-            // "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
-            FooterPiece::ClientAddress => 45,
-            FooterPiece::ClientPort => 5,
-            FooterPiece::ServerName => MAX_HOSTNAME,
-            FooterPiece::LocalTime => 15,
-        }
-    }
-}
-
-impl ReplyFooter {
-    /// Parses a footer template; an empty one is no footer.
-    pub fn parse(template: &str) -> Result<Option<Self>, EngineError> {
-        let err = |why: String| EngineError::Setting {
-            setting: "reject_footer",
-            value: template.to_string(),
-            why,
-        };
-        if template.is_empty() {
-            return Ok(None);
-        }
-        if template.len() > MAX_FOOTER_TEMPLATE {
-            return Err(err(format!("longer than {MAX_FOOTER_TEMPLATE} bytes")));
-        }
-        let (join_first, body) = match template.strip_prefix("\\c") {
-            Some(rest) => (true, rest),
-            None => (false, template),
-        };
-        let mut lines = Vec::new();
-        for (number, segment) in body.split('\n').flat_map(|s| s.split("\\n")).enumerate() {
-            if number >= MAX_FOOTER_LINES {
-                return Err(err(format!("more than {MAX_FOOTER_LINES} lines")));
-            }
-            let pieces = parse_footer_line(segment).map_err(&err)?;
-            let max: usize = pieces.iter().map(FooterPiece::max_len).sum();
-            // Room for the copied enhanced status code and its space.
-            if max > MAX_REPLY_TEXT - 10 {
-                return Err(err(format!(
-                    "line {} can expand to {max} bytes; a reply line holds {}",
-                    number + 1,
-                    MAX_REPLY_TEXT - 10
-                )));
-            }
-            lines.push(pieces);
-        }
-        Ok(Some(Self { join_first, lines }))
-    }
-
-    fn apply(&self, reply: &Reply, client: SocketAddr, server_name: &str) -> Reply {
-        let status = reply.enhanced_status().map(str::to_string);
-        let mut footed = reply.clone();
-        for (i, pieces) in self.lines.iter().enumerate() {
-            let text = expand_footer_line(pieces, client, server_name);
-            if i == 0 && self.join_first {
-                footed.extend_last_line(&text);
-            } else {
-                footed.push_line(match &status {
-                    Some(status) => format!("{status} {text}"),
-                    None => text,
-                });
-            }
-        }
-        footed
-    }
-}
-
-fn parse_footer_line(segment: &str) -> Result<Vec<FooterPiece>, String> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
-    let mut chars = segment.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_control() {
-            return Err(format!("control character {c:?}"));
-        }
-        if c != '$' {
-            text.push(c);
-            continue;
-        }
-        let name: String = match chars.peek().copied() {
-            Some('$') => {
-                chars.next();
-                text.push('$');
-                continue;
-            }
-            Some(open @ ('{' | '(')) => {
-                chars.next();
-                let close = if open == '{' { '}' } else { ')' };
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some(c) if c == close => break,
-                        Some(c) if c.is_ascii_alphanumeric() || c == '_' => name.push(c),
-                        _ => {
-                            return Err(format!(
-                                "${open}…{close} must hold only a macro name (client_address, \
-                                 client_port, server_name, localtime)"
-                            ));
-                        }
-                    }
-                }
-                name
-            }
-            _ => {
-                let mut name = String::new();
-                while let Some(&c) = chars.peek() {
-                    if !(c.is_ascii_alphanumeric() || c == '_') {
-                        break;
-                    }
-                    name.push(c);
-                    chars.next();
-                }
-                name
-            }
-        };
-        let piece = match name.as_str() {
-            "client_address" => FooterPiece::ClientAddress,
-            "client_port" => FooterPiece::ClientPort,
-            "server_name" => FooterPiece::ServerName,
-            "localtime" => FooterPiece::LocalTime,
-            "" => return Err("a $ that starts no macro name (write $$ for a dollar sign)".into()),
-            other => {
-                return Err(format!(
-                    "unknown macro ${other} (known: $client_address, $client_port, \
-                     $server_name, $localtime)"
-                ));
-            }
-        };
-        if !text.is_empty() {
-            pieces.push(FooterPiece::Text(std::mem::take(&mut text)));
-        }
-        pieces.push(piece);
-    }
-    if !text.is_empty() {
-        pieces.push(FooterPiece::Text(text));
-    }
-    Ok(pieces)
-}
-
-fn expand_footer_line(pieces: &[FooterPiece], client: SocketAddr, server_name: &str) -> String {
-    let mut out = String::new();
-    for piece in pieces {
-        let value = match piece {
-            FooterPiece::Text(text) => {
-                out.push_str(text);
-                continue;
-            }
-            FooterPiece::ClientAddress => canonical(client.ip()).to_string(),
-            FooterPiece::ClientPort => client.port().to_string(),
-            FooterPiece::ServerName => server_name.to_string(),
-            FooterPiece::LocalTime => local_timestamp(),
-        };
-        // smtpd_expansion_filter's default: printable ASCII; anything else becomes '_'.
-        out.extend(value.chars().map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '_'
-            }
-        }));
-    }
-    out
-}
-
-/// Now in local time as `Mmm dd HH:MM:SS`, the form of postscreen's `$localtime`.
-fn local_timestamp() -> String {
-    // SAFETY: time(NULL) only reads the clock; localtime_r writes into the `tm` we own and
-    // returns NULL on failure, which is checked. A zeroed `tm` is a valid value (its one
-    // pointer field may be null).
-    let tm = unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            return "Jan 01 00:00:00".to_string();
-        }
-        tm
-    };
-    format_timestamp(tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
-}
-
-fn format_timestamp(month: i32, day: i32, hour: i32, minute: i32, second: i32) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = usize::try_from(month)
-        .ok()
-        .and_then(|m| MONTHS.get(m))
-        .unwrap_or(&"Jan");
-    format!("{month} {day:02} {hour:02}:{minute:02}:{second:02}")
-}
-
-// ---------------------------------------------------------------------------------------
-// Deep protocol tests
-
-/// One of postscreen's tests after the 220 greeting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DeepTest {
-    /// `postscreen_pipelining_enable`: the client sent a command before the reply to the
-    /// previous one (the engine never announces PIPELINING).
-    Pipelining,
-    /// `postscreen_non_smtp_command_enable`: a header line, invalid UTF-8, or a forbidden
-    /// command such as `GET` or `CONNECT`.
-    NonSmtpCommand,
-    /// `postscreen_bare_newline_enable`: a line ended in LF without CR.
-    BareNewline,
-}
-
-impl DeepTest {
-    pub const ALL: [DeepTest; 3] = [
-        DeepTest::Pipelining,
-        DeepTest::NonSmtpCommand,
-        DeepTest::BareNewline,
-    ];
-
-    fn index(self) -> usize {
-        match self {
-            DeepTest::Pipelining => 0,
-            DeepTest::NonSmtpCommand => 1,
-            DeepTest::BareNewline => 2,
-        }
-    }
-
-    /// The reply to a violation whose action is `drop`.
-    fn drop_reply(self) -> Reply {
-        match self {
-            DeepTest::NonSmtpCommand => Reply::non_smtp_command_drop(),
-            DeepTest::Pipelining | DeepTest::BareNewline => Reply::protocol_error_drop(),
-        }
-    }
-}
-
-impl From<DeepTest> for Test {
-    fn from(test: DeepTest) -> Self {
-        match test {
-            DeepTest::Pipelining => Test::Pipelining,
-            DeepTest::NonSmtpCommand => Test::NonSmtpCommand,
-            DeepTest::BareNewline => Test::BareNewline,
-        }
-    }
-}
-
-/// One entry of `postscreen_forbidden_commands`: a command word, or postscreen 3.7's
-/// `regexp:{{/^[^A-Z]/ Bogus}}` (a command that does not start with a letter), which the
-/// engine knows as a built-in rule instead of running a regular expression.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ForbiddenCommand(ForbiddenRule);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum ForbiddenRule {
-    /// Compared without regard to case, as Postfix's string lists compare.
-    Name(String),
-    NotStartingWithLetter,
-}
-
-impl ForbiddenCommand {
-    /// postscreen's default list, [`DEFAULT_FORBIDDEN_COMMANDS`].
-    pub fn defaults() -> Vec<Self> {
-        vec![
-            Self(ForbiddenRule::Name("CONNECT".into())),
-            Self(ForbiddenRule::Name("GET".into())),
-            Self(ForbiddenRule::Name("POST".into())),
-            Self(ForbiddenRule::NotStartingWithLetter),
-        ]
-    }
-
-    /// A command that does not start with an ASCII letter (such as a TLS ClientHello sent
-    /// without STARTTLS).
-    pub fn not_starting_with_letter() -> Self {
-        Self(ForbiddenRule::NotStartingWithLetter)
-    }
-
-    /// Parses a list in Postfix syntax (entries separated by spaces or commas), such as
-    /// [`DEFAULT_FORBIDDEN_COMMANDS`]. An empty list forbids nothing. Besides command words,
-    /// the one table accepted is an inline `regexp:` or `pcre:` table holding only the rule
-    /// `/^[^A-Z]/` (its result text does not matter).
-    pub fn parse_list(text: &str) -> Result<Vec<Self>, EngineError> {
-        let err = |why: String| forbidden_error(text, why);
-        if text.len() > MAX_FORBIDDEN_COMMANDS * (MAX_FORBIDDEN_COMMAND_LEN + 1) {
-            return Err(err("the list is too long".into()));
-        }
-        let entries = split_postfix_list(text).map_err(&err)?;
-        if entries.len() > MAX_FORBIDDEN_COMMANDS {
-            return Err(err(format!("more than {MAX_FORBIDDEN_COMMANDS} entries")));
-        }
-        entries
-            .into_iter()
-            .map(|entry| Self::parse_entry(entry).map_err(|why| err(format!("{entry:?}: {why}"))))
-            .collect()
-    }
-
-    /// One entry of the list, for a configuration that gives the entries one by one: a
-    /// command word, or the inline table described at [`parse_list`](Self::parse_list).
-    pub fn parse(entry: &str) -> Result<Self, EngineError> {
-        Self::parse_entry(entry.trim()).map_err(|why| forbidden_error(entry, why))
-    }
-
-    fn parse_entry(entry: &str) -> Result<Self, String> {
-        if let Some((kind, body)) = split_table(entry) {
-            if kind != "regexp" && kind != "pcre" {
-                return Err(format!(
-                    "{kind}: tables are not supported; list command names, or \
-                     regexp:{{{{/^[^A-Z]/ Bogus}}}}"
-                ));
-            }
-            return parse_inline_rule(body).map(|()| Self(ForbiddenRule::NotStartingWithLetter));
-        }
-        if entry.is_empty() {
-            return Err("an empty entry".into());
-        }
-        if entry.starts_with('!') {
-            return Err("negated entries are not supported".into());
-        }
-        if entry.len() > MAX_FORBIDDEN_COMMAND_LEN {
-            return Err(format!("longer than {MAX_FORBIDDEN_COMMAND_LEN} bytes"));
-        }
-        if !entry.bytes().all(|b| b.is_ascii_graphic()) || entry.contains(['{', '}']) {
-            return Err("a command name is printable ASCII without braces".into());
-        }
-        Ok(Self(ForbiddenRule::Name(entry.to_string())))
-    }
-
-    /// Whether the command word `command` (as the client sent it) is forbidden.
-    pub fn matches(&self, command: &[u8]) -> bool {
-        match &self.0 {
-            ForbiddenRule::Name(name) => command.eq_ignore_ascii_case(name.as_bytes()),
-            ForbiddenRule::NotStartingWithLetter => {
-                command.first().is_some_and(|b| !b.is_ascii_alphabetic())
-            }
-        }
-    }
-}
-
-/// The entry as it is written in the configuration.
-impl fmt::Display for ForbiddenCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            ForbiddenRule::Name(name) => f.write_str(name),
-            ForbiddenRule::NotStartingWithLetter => f.write_str("regexp:{{/^[^A-Z]/ Bogus}}"),
-        }
-    }
-}
-
-fn forbidden_error(value: &str, why: String) -> EngineError {
-    EngineError::Setting {
-        setting: "forbidden_commands",
-        value: value.to_string(),
-        why,
-    }
-}
-
-/// Splits a Postfix list at spaces and commas outside braces.
-fn split_postfix_list(text: &str) -> Result<Vec<&str>, String> {
-    let mut entries = Vec::new();
-    let mut depth = 0usize;
-    let mut start = None;
-    for (at, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| format!("a '}}' without '{{' at byte {at}"))?;
-            }
-            c if depth == 0 && (c == ',' || c.is_whitespace()) => {
-                if let Some(begin) = start.take() {
-                    entries.push(&text[begin..at]);
-                }
-                continue;
-            }
-            _ => {}
-        }
-        start.get_or_insert(at);
-    }
-    if depth > 0 {
-        return Err("a '{' without '}'".into());
-    }
-    if let Some(begin) = start {
-        entries.push(&text[begin..]);
-    }
-    Ok(entries)
-}
-
-/// `type:rest` when `entry` names a table (a type of letters and digits before a colon).
-fn split_table(entry: &str) -> Option<(&str, &str)> {
-    let (kind, body) = entry.split_once(':')?;
-    (!kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((kind, body))
-}
-
-/// Accepts an inline table body `{{/^[^A-Z]/ result}}` (spaces allowed inside the braces).
-fn parse_inline_rule(body: &str) -> Result<(), String> {
-    let unsupported = || {
-        "only the inline table {{/^[^A-Z]/ Bogus}} (a command that does not start with a \
-         letter) is supported"
-            .to_string()
-    };
-    let inner = body
-        .strip_prefix('{')
-        .and_then(|b| b.strip_suffix('}'))
-        .ok_or_else(unsupported)?
-        .trim();
-    let rule = inner
-        .strip_prefix('{')
-        .and_then(|b| b.strip_suffix('}'))
-        .ok_or_else(unsupported)?
-        .trim();
-    // One rule: another would be in braces of its own.
-    if rule.contains(['{', '}']) {
-        return Err(unsupported());
-    }
-    let result = rule.strip_prefix("/^[^A-Z]/").ok_or_else(unsupported)?;
-    // A flag after the pattern (`/^[^A-Z]/i`) would change what it matches.
-    if !(result.is_empty() || result.starts_with(char::is_whitespace)) {
-        return Err(unsupported());
-    }
-    Ok(())
-}
-
-/// Which deep tests run, with what action, and postscreen's forbidden command list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeepTests {
-    /// `postscreen_pipelining_enable` and `…_action`; `None`: the test does not run.
-    pub pipelining: Option<TestAction>,
-    /// `postscreen_non_smtp_command_enable` and `…_action`.
-    pub non_smtp_command: Option<TestAction>,
-    /// `postscreen_bare_newline_enable` and `…_action`.
-    pub bare_newline: Option<TestAction>,
-    /// `postscreen_forbidden_commands`: commands the non-SMTP test refuses besides header
-    /// lines and invalid UTF-8 (see [`ForbiddenCommand::parse_list`]).
-    pub forbidden_commands: Vec<ForbiddenCommand>,
-}
-
-impl Default for DeepTests {
-    /// postscreen's defaults: no deep test runs; the 3.7 forbidden command list.
-    fn default() -> Self {
-        Self {
-            pipelining: None,
-            non_smtp_command: None,
-            bare_newline: None,
-            forbidden_commands: ForbiddenCommand::defaults(),
-        }
-    }
-}
-
-impl DeepTests {
-    pub fn action(&self, test: DeepTest) -> Option<TestAction> {
-        match test {
-            DeepTest::Pipelining => self.pipelining,
-            DeepTest::NonSmtpCommand => self.non_smtp_command,
-            DeepTest::BareNewline => self.bare_newline,
-        }
-    }
-
-    /// The non-SMTP test's verdict on a command word the engine does not know: a header
-    /// line, invalid UTF-8 when SMTPUTF8 is on, or a forbidden command.
-    fn is_non_smtp(&self, command: &[u8], smtputf8: bool) -> bool {
-        is_header(command)
-            || (smtputf8 && std::str::from_utf8(command).is_err())
-            || self
-                .forbidden_commands
-                .iter()
-                .any(|rule| rule.matches(command))
-    }
-}
-
-/// What one session earned in each deep test (values of [`crate::test_state::Outcome`]):
-/// `NotCompleted` when the test did not run or the client never reached RCPT TO, `Passed`
-/// when it reached RCPT TO without violating the test, `Ignored` after a violation whose
-/// action is `ignore` (the caller counts it passed until the shortest TTL), `Failed` after
-/// one whose action is `enforce` or `drop`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeepTestResults {
-    pub pipelining: TestOutcome,
-    pub non_smtp_command: TestOutcome,
-    pub bare_newline: TestOutcome,
-}
-
-impl DeepTestResults {
-    pub fn get(&self, test: DeepTest) -> TestOutcome {
-        match test {
-            DeepTest::Pipelining => self.pipelining,
-            DeepTest::NonSmtpCommand => self.non_smtp_command,
-            DeepTest::BareNewline => self.bare_newline,
-        }
-    }
-
-    /// Copies the results into the session's record for [`crate::test_state::conclude`], leaving
-    /// a test that did not complete here as it was.
-    pub fn record_into(&self, results: &mut SessionResults) {
-        for test in DeepTest::ALL {
-            let outcome = self.get(test);
-            if outcome == TestOutcome::NotCompleted {
-                continue;
-            }
-            results.set_outcome(test.into(), outcome);
-        }
-    }
-}
-
-/// The deep tests in one session: which run with what action, which the client violated,
-/// and what each earned so far.
-#[derive(Clone, Copy, Debug, Default)]
-struct SessionDeepTests([DeepTestState; 3]);
-
-/// One deep test in one session.
-#[derive(Clone, Copy, Debug, Default)]
-struct DeepTestState {
-    action: Option<TestAction>,
-    /// The client violated the test: it is not checked again this session.
-    fired: bool,
-    outcome: TestOutcome,
-}
-
-impl SessionDeepTests {
-    /// The tests as `tests` configures them.
-    fn new(tests: &DeepTests) -> Self {
-        let mut session = Self::default();
-        for test in DeepTest::ALL {
-            session.0[test.index()].action = tests.action(test);
-        }
-        session
-    }
-
-    /// Runs `test` with `action` from now on, or not at all with `None`. A test the client
-    /// already violated keeps its result.
-    fn set(&mut self, test: DeepTest, action: Option<TestAction>) {
-        let state = &mut self.0[test.index()];
-        if !state.fired {
-            state.action = action;
-        }
-    }
-
-    /// No test runs from now on; the results so far stay.
-    fn stop_all(&mut self) {
-        for state in &mut self.0 {
-            state.action = None;
-        }
-    }
-
-    /// Whether `test` runs and has not fired yet.
-    fn armed(&self, test: DeepTest) -> bool {
-        let state = &self.0[test.index()];
-        state.action.is_some() && !state.fired
-    }
-
-    /// Records that the client violated `test`: the test is not checked again this session,
-    /// and the client earns `Ignored` (action `ignore`) or `Failed`. Returns the action to
-    /// apply, or `None` when the test does not run.
-    fn violated(&mut self, test: DeepTest) -> Option<TestAction> {
-        let state = &mut self.0[test.index()];
-        let action = state.action?;
-        state.fired = true;
-        state.outcome = match action {
-            TestAction::Ignore => TestOutcome::Ignored,
-            TestAction::Enforce | TestAction::Drop => TestOutcome::Failed,
-        };
-        Some(action)
-    }
-
-    /// The client reached RCPT TO: every test that runs and has not fired passes. A later
-    /// violation can still fail it.
-    fn pass_at_rcpt(&mut self) {
-        for state in &mut self.0 {
-            if state.action.is_some() && !state.fired {
-                state.outcome = TestOutcome::Passed;
-            }
-        }
-    }
-
-    /// What the session earned in each test so far.
-    fn results(&self) -> DeepTestResults {
-        let outcome = |test: DeepTest| self.0[test.index()].outcome;
-        DeepTestResults {
-            pipelining: outcome(DeepTest::Pipelining),
-            non_smtp_command: outcome(DeepTest::NonSmtpCommand),
-            bare_newline: outcome(DeepTest::BareNewline),
-        }
-    }
-}
-
-/// Postfix's `is_header()`: a label of printable ASCII (no space, no colon), optional
-/// spaces or tabs, then a colon.
-fn is_header(command: &[u8]) -> bool {
-    let label = command
-        .iter()
-        .take_while(|&&b| b.is_ascii_graphic() && b != b':')
-        .count();
-    if label == 0 {
-        return false;
-    }
-    let rest = &command[label..];
-    let blanks = rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    rest.get(blanks) == Some(&b':')
-}
-
-/// A command word as postscreen prints it (`printable(command, '?')`, `%.100s`): printable
-/// ASCII kept, other printable characters kept when SMTPUTF8 is on, every other byte `?`.
-fn printable_command(command: &[u8], utf8: bool) -> String {
-    // Every byte yields at least one byte of output, so the first 100 are all that show.
-    let command = &command[..command.len().min(LOGGED_COMMAND_BYTES)];
-    let mut out = String::new();
-    for chunk in command.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == ' ' || c.is_ascii_graphic() || (utf8 && !c.is_ascii() && !c.is_control()) {
-                out.push(c);
-            } else {
-                out.extend(std::iter::repeat_n('?', c.len_utf8()));
-            }
-        }
-        out.extend(std::iter::repeat_n('?', chunk.invalid().len()));
-    }
-    truncate_at_char(&mut out, LOGGED_COMMAND_BYTES);
-    out
-}
-
-/// Client input as a deep test logs it: its first [`LOGGED_INPUT_BYTES`] bytes, C-escaped.
-fn escape_input(bytes: &[u8]) -> String {
-    let bytes = &bytes[..bytes.len().min(LOGGED_INPUT_BYTES)];
-    c_escape(bytes, 4 * LOGGED_INPUT_BYTES)
-}
-
-// ---------------------------------------------------------------------------------------
-// Settings
-
-/// The engine's configuration, with postscreen's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EngineSettings {
-    /// `myhostname`: the HELO reply, the first EHLO line and the 421 replies.
-    pub myhostname: String,
-    /// `smtpd_banner`: the text of the `220` greeting.
-    pub smtpd_banner: String,
-    /// How RCPT (and VRFY) are refused until the caller says otherwise
-    /// ([`Engine::set_rcpt_reply`]). Must be 4xx or 5xx.
-    pub rcpt_reply: Reply,
-    /// `postscreen_command_count_limit`: commands per session, QUIT not counted.
-    pub command_count_limit: u32,
-    /// `line_length_limit`: a command line must be shorter than this many bytes.
-    pub line_length_limit: usize,
-    /// `postscreen_helo_required`: MAIL and ETRN need HELO or EHLO first.
-    pub helo_required: bool,
-    /// `postscreen_disable_vrfy_command`: VRFY is refused with 502 and not announced.
-    pub disable_vrfy: bool,
-    /// `soft_bounce`: every 5xx reply is sent, and logged, as 4xx.
-    pub soft_bounce: bool,
-    /// `postscreen_reject_footer`: text added to 4xx and 5xx replies (see [`ReplyFooter`]).
-    pub reject_footer: Option<String>,
-    /// `smtputf8_enable`: announce SMTPUTF8.
-    pub smtputf8: bool,
-    /// `message_size_limit`, announced as `SIZE`; 0 announces `SIZE` without a number.
-    pub message_size_limit: u64,
-    /// STARTTLS is announced and accepted (`postscreen_tls_security_level` may/encrypt).
-    pub starttls_offered: bool,
-    /// The deep protocol tests: none by default, as in postscreen.
-    pub deep_tests: DeepTests,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self::new("localhost")
-    }
-}
-
-impl EngineSettings {
-    /// postscreen's defaults for a host named `myhostname`, with the banner
-    /// `<myhostname> ESMTP`.
-    pub fn new(myhostname: &str) -> Self {
-        Self {
-            myhostname: myhostname.to_string(),
-            smtpd_banner: format!("{myhostname} ESMTP"),
-            rcpt_reply: Reply::service_unavailable_450(),
-            command_count_limit: DEFAULT_COMMAND_COUNT_LIMIT,
-            line_length_limit: DEFAULT_LINE_LENGTH_LIMIT,
-            helo_required: false,
-            disable_vrfy: false,
-            soft_bounce: false,
-            reject_footer: None,
-            smtputf8: true,
-            message_size_limit: DEFAULT_MESSAGE_SIZE_LIMIT,
-            starttls_offered: false,
-            deep_tests: DeepTests::default(),
-        }
-    }
-
-    /// Checks every value; [`Engine::new`] does the same.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        self.style().map(|_| ())
-    }
-
-    fn style(&self) -> Result<ReplyStyle, EngineError> {
-        let err = |setting, value: &dyn fmt::Display, why: &str| EngineError::Setting {
-            setting,
-            value: value.to_string(),
-            why: why.to_string(),
-        };
-        let host = &self.myhostname;
-        if host.is_empty() || host.len() > MAX_HOSTNAME {
-            return Err(err("myhostname", host, "must be 1 to 255 characters long"));
-        }
-        if !host.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(err(
-                "myhostname",
-                host,
-                "must be printable ASCII without spaces",
-            ));
-        }
-        Reply::new(220, self.smtpd_banner.as_str())
-            .map_err(|e| err("smtpd_banner", &self.smtpd_banner, &e.to_string()))?;
-        if !self.rcpt_reply.is_negative() {
-            return Err(err(
-                "rcpt_reply",
-                &self.rcpt_reply,
-                "must be a 4xx or 5xx reply: the engine never accepts mail",
-            ));
-        }
-        if !(1..=MAX_COMMAND_COUNT_LIMIT).contains(&self.command_count_limit) {
-            return Err(err(
-                "command_count_limit",
-                &self.command_count_limit,
-                &format!("must be 1..={MAX_COMMAND_COUNT_LIMIT}"),
-            ));
-        }
-        let max_line = crate::smtpd::line::MAX_LINE_LENGTH_LIMIT;
-        if !(MIN_LINE_LENGTH_LIMIT..=max_line).contains(&self.line_length_limit) {
-            return Err(err(
-                "line_length_limit",
-                &self.line_length_limit,
-                &format!("must be {MIN_LINE_LENGTH_LIMIT}..={max_line}"),
-            ));
-        }
-        if self.deep_tests.forbidden_commands.len() > MAX_FORBIDDEN_COMMANDS {
-            return Err(err(
-                "forbidden_commands",
-                &self.deep_tests.forbidden_commands.len(),
-                &format!("more than {MAX_FORBIDDEN_COMMANDS} entries"),
-            ));
-        }
-        ReplyStyle::new(self.soft_bounce, self.reject_footer.as_deref())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Events
-
-/// The protocol a client spoke: ESMTP once it sent EHLO.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Smtp,
-    Esmtp,
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Smtp => "SMTP",
-            Proto::Esmtp => "ESMTP",
-        })
-    }
-}
-
-/// What happened before the first command (postscreen's `where` before any command).
-pub const AFTER_CONNECT: &str = "CONNECT";
-/// The `where` of a command postscreen does not know (its `PSC_SMTPD_CMD_UNIMPL`).
-pub const AFTER_UNKNOWN: &str = "UNIMPL";
-
-/// Something postscreen logs. [`Event::line`] renders the text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A recipient was refused: `NOQUEUE: reject: RCPT from [a]:p: <reply>; from=<…>,
-    /// to=<…>, proto=ESMTP, helo=<…>`. `reply` is as logged (soft-bounced, no footer).
-    RcptRejected {
-        reply: Reply,
-        from: String,
-        to: String,
-        proto: Proto,
-        helo: String,
-    },
-    /// `DATA without valid RCPT from [a]:p`
-    DataWithoutRcpt,
-    /// `BDAT without valid RCPT from [a]:p`
-    BdatWithoutRcpt,
-    /// `COMMAND COUNT LIMIT from [a]:p after <previous command>`
-    CommandCountLimit { after: &'static str },
-    /// `COMMAND LENGTH LIMIT from [a]:p after <last command>`
-    CommandLengthLimit { after: &'static str },
-    /// `COMMAND TIME LIMIT from [a]:p after <last command or CONNECT>`
-    CommandTimeLimit { after: &'static str },
-    /// `HANGUP after <secs> from [a]:p in tests after SMTP handshake`: the client went away
-    /// (or could not be written to) `after` the engine started.
-    Hangup { after: Duration },
-    /// `COMMAND PIPELINING from [a]:p after <command>: <pending input>`: the command word as
-    /// the client sent it (printable), and up to [`LOGGED_INPUT_BYTES`] of the input that
-    /// followed it, C-escaped (the lab's `after EHLO: MAIL FROM:<p@example.org>\r\n`).
-    CommandPipelining { command: String, pending: String },
-    /// `NON-SMTP COMMAND from [a]:p after <previous command or CONNECT>: <command> <rest>`:
-    /// the command word (printable) and the rest of its line, C-escaped.
-    NonSmtpCommand {
-        after: &'static str,
-        command: String,
-        rest: String,
-    },
-    /// `BARE NEWLINE from [a]:p after <line>`: the offending line's text, C-escaped (the
-    /// lab's `after EHLO b.example`).
-    BareNewline { line: String },
-    /// `Anonymous TLS connection established from [a]:p: TLSv1.3 with cipher … (256/256
-    /// bits)`, tlsproxy's line after STARTTLS.
-    TlsEstablished { summary: tls::Summary },
-    /// `SSL_accept error from [a]:p: <reason>`, tlsproxy's line for a failed handshake
-    /// (`lost connection` when the client went away).
-    TlsHandshakeFailed { reason: String },
-}
-
-impl Event {
-    /// The log line for a client at `client`.
-    pub fn line(&self, client: SocketAddr) -> EventLine<'_> {
-        EventLine {
-            event: self,
-            client,
-        }
-    }
-}
-
-/// An [`Event`] with its client: `Display` gives postscreen's log text.
-pub struct EventLine<'a> {
-    event: &'a Event,
-    client: SocketAddr,
-}
-
-impl fmt::Display for EventLine<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client = ClientAddr(self.client);
-        match self.event {
-            Event::RcptRejected {
-                reply,
-                from,
-                to,
-                proto,
-                helo,
-            } => write!(
-                f,
-                "NOQUEUE: reject: RCPT from {client}: {reply}; from=<{from}>, to=<{to}>, \
-                 proto={proto}, helo=<{helo}>"
-            ),
-            Event::DataWithoutRcpt => write!(f, "DATA without valid RCPT from {client}"),
-            Event::BdatWithoutRcpt => write!(f, "BDAT without valid RCPT from {client}"),
-            Event::CommandCountLimit { after } => {
-                write!(f, "COMMAND COUNT LIMIT from {client} after {after}")
-            }
-            Event::CommandLengthLimit { after } => {
-                write!(f, "COMMAND LENGTH LIMIT from {client} after {after}")
-            }
-            Event::CommandTimeLimit { after } => {
-                write!(f, "COMMAND TIME LIMIT from {client} after {after}")
-            }
-            Event::Hangup { after } => write!(
-                f,
-                "HANGUP after {} from {client} in tests after SMTP handshake",
-                DelayDisplay(*after)
-            ),
-            Event::CommandPipelining { command, pending } => write!(
-                f,
-                "COMMAND PIPELINING from {client} after {command}: {pending}"
-            ),
-            Event::NonSmtpCommand {
-                after,
-                command,
-                rest,
-            } => write!(
-                f,
-                "NON-SMTP COMMAND from {client} after {after}: {command} {rest}"
-            ),
-            Event::BareNewline { line } => write!(f, "BARE NEWLINE from {client} after {line}"),
-            Event::TlsEstablished { summary } => write!(
-                f,
-                "Anonymous TLS connection established from {client}: {summary}"
-            ),
-            Event::TlsHandshakeFailed { reason } => {
-                write!(f, "SSL_accept error from {client}: {reason}")
-            }
-        }
-    }
-}
-
-/// `[address]:port`, as postscreen writes a client; an IPv4-mapped IPv6 address is shown
-/// as IPv4, as Postfix does.
-pub struct ClientAddr(pub SocketAddr);
-
-impl fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]:{}", canonical(self.0.ip()), self.0.port())
-    }
-}
-
-/// An elapsed time as Postfix logs delays (`format_tv` with two significant digits and at
-/// most two decimals): `0.24`, `1.2`, `3`, `17`.
-pub struct DelayDisplay(pub Duration);
-
-impl fmt::Display for DelayDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MILLION: u64 = 1_000_000;
-        const SIGNIFICANT: u64 = 100; // 10^2 significant digits
-        let mut sec = self.0.as_secs();
-        let mut usec = u64::from(self.0.subsec_micros());
-        // Resolution in microseconds: 0.01 s below one second, fewer decimals above.
-        let mut resolution = MILLION / 100;
-        if sec > 0 {
-            let mut n = 1;
-            while sec >= n && n <= SIGNIFICANT / 10 {
-                n *= 10;
-            }
-            resolution = (MILLION / SIGNIFICANT) * n;
-        }
-        usec += resolution / 2;
-        if usec >= MILLION {
-            sec += 1;
-            usec -= MILLION;
-        }
-        write!(f, "{sec}")?;
-        if usec >= resolution {
-            f.write_str(".")?;
-            let (mut rem, mut n) = (usec, MILLION / 10);
-            while rem >= resolution && n > 0 {
-                write!(f, "{}", rem / n)?;
-                rem %= n;
-                n /= 10;
-            }
-        }
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The engine
@@ -1573,8 +104,9 @@ pub enum SessionEnd {
     Hangup,
     /// STARTTLS was accepted and nothing was sent: the caller sends [`Engine::tls_ready`],
     /// does the handshake and calls [`Engine::tls_established`], or sends
-    /// [`Engine::tls_unavailable`]; then it runs [`serve`] again. [`serve_with_tls`] does
-    /// all of this itself and never returns this.
+    /// [`Engine::tls_unavailable`]; then it runs [`serve`] again.
+    /// [`serve_with_tls`] does all of this itself and never returns
+    /// this.
     StartTls,
     /// A deep test failed with action `drop`: its `521` reply was sent.
     Dropped(DeepTest),
@@ -1599,55 +131,6 @@ impl Step {
     /// The connection is to be closed once the reply is sent.
     pub fn closes(&self) -> bool {
         matches!(self.next, Next::Stop(end) if end != SessionEnd::StartTls)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Command {
-    Helo,
-    Ehlo,
-    StartTls,
-    Xclient,
-    Xforward,
-    Auth,
-    Mail,
-    Rcpt,
-    Data,
-    Bdat,
-    Rset,
-    Noop,
-    Vrfy,
-    Etrn,
-    Quit,
-}
-
-/// postscreen's command table. AUTH, XCLIENT and XFORWARD are known but disabled.
-const COMMANDS: [(&str, Command); 15] = [
-    ("HELO", Command::Helo),
-    ("EHLO", Command::Ehlo),
-    ("STARTTLS", Command::StartTls),
-    ("XCLIENT", Command::Xclient),
-    ("XFORWARD", Command::Xforward),
-    ("AUTH", Command::Auth),
-    ("MAIL", Command::Mail),
-    ("RCPT", Command::Rcpt),
-    ("DATA", Command::Data),
-    ("BDAT", Command::Bdat),
-    ("RSET", Command::Rset),
-    ("NOOP", Command::Noop),
-    ("VRFY", Command::Vrfy),
-    ("ETRN", Command::Etrn),
-    ("QUIT", Command::Quit),
-];
-
-impl Command {
-    /// The command `word` names, without regard to case, with its name as log lines print
-    /// it; `None` for a command postscreen does not know.
-    fn lookup(word: &[u8]) -> Option<(&'static str, Command)> {
-        COMMANDS
-            .iter()
-            .find(|(known, _)| word.eq_ignore_ascii_case(known.as_bytes()))
-            .copied()
     }
 }
 
@@ -1848,8 +331,9 @@ impl Engine {
         })
     }
 
-    /// Handles one command line from the [`LineReader`], with the deep tests: its ending
-    /// for the bare newline test, and the input that followed it for the pipelining test.
+    /// Handles one command line from the [`LineReader`], with the
+    /// deep tests: its ending for the bare newline test, and the input that followed it for
+    /// the pipelining test.
     ///
     /// In postscreen's order: the bare newline test when the line is read, then the
     /// non-SMTP and pipelining tests, then the pass at RCPT, the command count, and the
@@ -2177,108 +661,14 @@ impl Engine {
     }
 }
 
-/// Splits a command line into the command word and the rest, as postscreen's `mystrtok`
-/// with a space separator: leading spaces are skipped, one space after the word is eaten.
-fn split_command(line: &[u8]) -> (&[u8], &[u8]) {
-    let line = skip_spaces(line);
-    match line.iter().position(|&b| b == b' ') {
-        Some(space) => (&line[..space], &line[space + 1..]),
-        None => (line, &[]),
-    }
-}
-
-/// The first space-separated word of `args`, if any.
-fn next_token(args: &[u8]) -> Option<&[u8]> {
-    let args = skip_spaces(args);
-    let end = args.iter().position(|&b| b == b' ').unwrap_or(args.len());
-    (end > 0).then(|| &args[..end])
-}
-
-fn skip_spaces(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
-    &bytes[start..]
-}
-
-/// The address of a MAIL FROM or RCPT TO argument, as postscreen reads it: `<...>` up to
-/// `>`, or a bare word up to a space; quotes are dropped, a backslash takes the next byte
-/// literally, and a source route (`@a,@b:user@c`) is cut off.
-fn extract_address(arg: &[u8]) -> Vec<u8> {
-    let arg = skip_spaces(arg);
-    let (stop, arg) = match arg.strip_prefix(b"<") {
-        Some(rest) => (b'>', rest),
-        None => (b' ', arg),
-    };
-    let mut address = Vec::new();
-    let mut in_quotes = false;
-    let mut bytes = arg.iter();
-    while let Some(&b) = bytes.next() {
-        if !in_quotes && b == stop {
-            break;
-        }
-        match b {
-            b'"' => in_quotes = !in_quotes,
-            b'\\' => match bytes.next() {
-                Some(&escaped) => address.push(escaped),
-                None => break,
-            },
-            _ => address.push(b),
-        }
-    }
-    if address.first() == Some(&b'@')
-        && let Some(colon) = address.iter().position(|&b| b == b':')
-    {
-        address.drain(..=colon);
-    }
-    address
-}
-
-/// Client text made safe for a log line and bounded: valid UTF-8 is kept, control
-/// characters and invalid bytes become C-style escapes (`\r`, `\n`, `\t`, `\ooo`), and the
-/// result stops before [`MAX_LOGGED_FIELD`] bytes. postscreen logs these fields raw.
-fn log_field(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    let mut push = |piece: &str| {
-        if out.len() + piece.len() > MAX_LOGGED_FIELD {
-            return false;
-        }
-        out.push_str(piece);
-        true
-    };
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            let escaped;
-            let piece = match c {
-                '\r' => "\\r",
-                '\n' => "\\n",
-                '\t' => "\\t",
-                c if c.is_control() && c.is_ascii() => {
-                    escaped = format!("\\{:03o}", c as u32);
-                    &escaped
-                }
-                c if c.is_control() => {
-                    escaped = format!("\\u{{{:x}}}", c as u32);
-                    &escaped
-                }
-                c => {
-                    escaped = c.to_string();
-                    &escaped
-                }
-            };
-            if !push(piece) {
-                return out;
-            }
-        }
-        for &b in chunk.invalid() {
-            if !push(&format!("\\{b:03o}")) {
-                return out;
-            }
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // The driver
+
+/// How long closing a TLS session (its close_notify) may take after the last reply.
+const TLS_CLOSE_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest handshake error text put in a log line.
+const MAX_TLS_ERROR_TEXT: usize = 200;
 
 /// How a [`serve`] run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -2327,7 +717,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Event),
 {
-    let mut reader = LineReader::new(engine.settings.line_length_limit);
+    let mut reader = LineReader::new(engine.settings().line_length_limit);
     let mut events = Vec::new();
     let end = run(
         stream,
@@ -2376,7 +766,7 @@ where
     F: FnMut(&Event),
 {
     let limit = command_time_limit;
-    let mut reader = LineReader::new(engine.settings.line_length_limit);
+    let mut reader = LineReader::new(engine.settings().line_length_limit);
     let mut events = Vec::new();
     let tls = loop {
         match run(
@@ -2573,42 +963,24 @@ async fn send<S: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{Ipv4Addr, Ipv6Addr},
-        path::Path,
-    };
+    use std::{path::Path, sync::Arc};
 
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex},
+        io::{DuplexStream, duplex},
         net::{TcpListener, TcpStream},
     };
     use tokio_rustls::TlsConnector;
 
     use super::*;
-
-    const HOST: &str = "mx.example.test";
-
-    fn client() -> SocketAddr {
-        "127.0.0.11:58529".parse().unwrap()
-    }
-
-    fn settings() -> EngineSettings {
-        EngineSettings {
-            smtpd_banner: format!("{HOST} ESMTP Postfix"),
-            ..EngineSettings::new(HOST)
-        }
-    }
-
-    fn engine_with(change: impl FnOnce(&mut EngineSettings)) -> Engine {
-        let mut s = settings();
-        change(&mut s);
-        Engine::new(s, client()).unwrap()
-    }
-
-    fn engine() -> Engine {
-        engine_with(|_| {})
-    }
+    use crate::{
+        escape::c_escape,
+        smtpd::{
+            event::MAX_LOGGED_FIELD,
+            test_support::{HOST, PIPELINED, client, deep_engine, engine, engine_with, lines},
+        },
+        test_state::Outcome as TestOutcome,
+    };
 
     /// The reply bytes to `line`, which must leave the session open and log nothing.
     fn reply(engine: &mut Engine, line: &str) -> String {
@@ -2616,473 +988,6 @@ mod tests {
         assert_eq!(step.next, Next::Continue, "{line:?} ended the session");
         assert!(step.events.is_empty(), "{line:?} logged {:?}", step.events);
         String::from_utf8(step.bytes()).unwrap()
-    }
-
-    fn lines(events: &[Event]) -> Vec<String> {
-        events
-            .iter()
-            .map(|e| e.line(client()).to_string())
-            .collect()
-    }
-
-    // Replies
-
-    #[test]
-    fn named_replies_have_postscreens_exact_text() {
-        let cases: [(Reply, &str); 44] = [
-            (
-                Reply::too_many_connections(),
-                "421 4.7.0 Error: too many connections",
-            ),
-            (
-                Reply::all_server_ports_busy(),
-                "421 4.3.2 All server ports are busy",
-            ),
-            (
-                Reply::all_screening_ports_busy(),
-                "421 4.3.2 All screening ports are busy",
-            ),
-            (
-                Reply::no_system_resources(),
-                "421 4.3.2 No system resources",
-            ),
-            (
-                Reply::timeout_exceeded(HOST),
-                "421 4.4.2 mx.example.test Error: timeout exceeded",
-            ),
-            (
-                Reply::service_unavailable_421(HOST),
-                "421 mx.example.test Service unavailable - try again later",
-            ),
-            (
-                Reply::service_unavailable_450(),
-                "450 4.3.2 Service currently unavailable",
-            ),
-            (
-                Reply::denylist_enforce(),
-                "550 5.3.2 Service currently unavailable",
-            ),
-            (
-                Reply::denylist_drop(),
-                "521 5.3.2 Service currently unavailable",
-            ),
-            (Reply::protocol_error_enforce(), "550 5.5.1 Protocol error"),
-            (Reply::protocol_error_drop(), "521 5.5.1 Protocol error"),
-            (
-                Reply::non_smtp_command_drop(),
-                "521 5.7.0 Error: I can break rules, too. Goodbye.",
-            ),
-            (
-                Reply::dnsbl_enforce("127.0.0.40".parse().unwrap(), "public-bl.example").unwrap(),
-                "550 5.7.1 Service unavailable; client [127.0.0.40] blocked using \
-                 public-bl.example",
-            ),
-            (
-                Reply::dnsbl_drop("2001:db8::1".parse().unwrap(), "zen.example").unwrap(),
-                "521 5.7.1 Service unavailable; client [2001:db8::1] blocked using zen.example",
-            ),
-            (
-                Reply::greeting("mx.example.test ESMTP Postfix"),
-                "220 mx.example.test ESMTP Postfix",
-            ),
-            (Reply::helo(HOST), "250 mx.example.test"),
-            (Reply::helo_syntax(), "501 Syntax: HELO hostname"),
-            (Reply::ehlo_syntax(), "501 Syntax: EHLO hostname"),
-            (Reply::ok(), "250 2.0.0 Ok"),
-            (Reply::sender_ok(), "250 2.1.0 Ok"),
-            (
-                Reply::send_helo_first(),
-                "503 5.5.1 Error: send HELO/EHLO first",
-            ),
-            (Reply::nested_mail(), "503 5.5.1 Error: nested MAIL command"),
-            (
-                Reply::mail_syntax(),
-                "501 5.5.4 Syntax: MAIL FROM:<address>",
-            ),
-            (
-                Reply::bad_sender_syntax(),
-                "501 5.1.7 Bad sender address syntax",
-            ),
-            (Reply::need_mail(), "503 5.5.1 Error: need MAIL command"),
-            (Reply::rcpt_syntax(), "501 5.5.4 Syntax: RCPT TO:<address>"),
-            (
-                Reply::bad_recipient_syntax(),
-                "501 5.1.3 Bad recipient address syntax",
-            ),
-            (
-                Reply::no_valid_recipients(),
-                "554 5.5.1 Error: no valid recipients",
-            ),
-            (Reply::need_rcpt(), "503 5.5.1 Error: need RCPT command"),
-            (Reply::data_syntax(), "501 5.5.4 Syntax: DATA"),
-            (
-                Reply::bdat_need_mail(),
-                "554 5.5.1 Error: need MAIL command",
-            ),
-            (Reply::bdat_syntax(), "501 5.5.4 Syntax: BDAT count [LAST]"),
-            (
-                Reply::not_implemented(),
-                "502 5.5.1 Error: command not implemented",
-            ),
-            (
-                Reply::not_recognized(),
-                "502 5.5.2 Error: command not recognized",
-            ),
-            (Reply::vrfy_disabled(), "502 5.5.1 VRFY command is disabled"),
-            (Reply::vrfy_syntax(), "501 5.5.4 Syntax: VRFY address"),
-            (Reply::etrn_refused(), "458 Unable to queue messages"),
-            (Reply::etrn_syntax(), "500 Syntax: ETRN domain"),
-            (Reply::starttls_ready(), "220 2.0.0 Ready to start TLS"),
-            (
-                Reply::tls_unavailable(),
-                "454 4.7.0 TLS not available due to local problem",
-            ),
-            (
-                Reply::tls_already_active(),
-                "554 5.5.1 Error: TLS already active",
-            ),
-            (Reply::starttls_syntax(), "501 5.5.4 Syntax: STARTTLS"),
-            (
-                Reply::starttls_first(),
-                "530 5.7.0 Must issue a STARTTLS command first",
-            ),
-            (Reply::bye(), "221 2.0.0 Bye"),
-        ];
-        for (reply, text) in cases {
-            assert_eq!(reply.to_bytes(), format!("{text}\r\n").into_bytes());
-            assert_eq!(reply.to_string(), text);
-        }
-    }
-
-    #[test]
-    fn new_replies_are_checked() {
-        let ok = Reply::new(550, "5.7.1 Go away").unwrap();
-        assert_eq!(ok.code(), 550);
-        assert_eq!(ok.text(), "5.7.1 Go away");
-        assert_eq!(ok.lines(), ["5.7.1 Go away"]);
-        assert_eq!(ok.enhanced_status(), Some("5.7.1"));
-        assert!(Reply::new(450, "4.7.1 Grüße").is_ok());
-        assert!(Reply::new(450, "x".repeat(MAX_REPLY_TEXT)).is_ok());
-        for code in [0, 199, 600, 999] {
-            assert_eq!(
-                Reply::new(code, "x"),
-                Err(EngineError::ReplyCode { code }),
-                "{code}"
-            );
-        }
-        for bad in [
-            "a\r\n250 injected",
-            "a\nb",
-            "a\rb",
-            "nul\0",
-            "tab\there",
-            "esc\x1b",
-            "del\x7f",
-        ] {
-            let err = Reply::new(550, bad).unwrap_err();
-            assert!(err.to_string().contains("control character"), "{err}");
-        }
-        let err = Reply::new(550, "x".repeat(MAX_REPLY_TEXT + 1)).unwrap_err();
-        assert!(err.to_string().contains("longer than 506 bytes"), "{err}");
-    }
-
-    #[test]
-    fn texts_from_elsewhere_cannot_break_a_reply() {
-        let reply = Reply::timeout_exceeded("evil\r\n250 ok");
-        assert_eq!(
-            reply.to_bytes(),
-            b"421 4.4.2 evil??250 ok Error: timeout exceeded\r\n"
-        );
-        let reply = Reply::greeting(&"é".repeat(400));
-        assert!(reply.text().len() <= MAX_REPLY_TEXT);
-        assert!(reply.text().chars().all(|c| c == 'é'));
-        assert!(Reply::dnsbl_enforce("192.0.2.1".parse().unwrap(), "bl\r\nx").is_err());
-    }
-
-    #[test]
-    fn dnsbl_replies_show_mapped_addresses_as_ipv4() {
-        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
-        let reply = Reply::dnsbl_enforce(mapped, "bl.example").unwrap();
-        assert_eq!(
-            reply.text(),
-            "5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.example"
-        );
-    }
-
-    #[test]
-    fn enhanced_status_codes_are_recognised_strictly() {
-        for (text, status) in [
-            ("4.3.2 Service", Some("4.3.2")),
-            ("5.1.7", Some("5.1.7")),
-            ("2.0.0 Ok", Some("2.0.0")),
-            ("5.123.456 x", Some("5.123.456")),
-            ("Syntax: ETRN domain", None),
-            ("mx.example.test Service", None),
-            ("6.1.1 x", None),
-            ("5.1234.1 x", None),
-            ("5..1 x", None),
-            ("5.1. x", None),
-            ("5.1.1x", None),
-            ("5.1", None),
-            ("5", None),
-            ("", None),
-        ] {
-            let reply = Reply::sanitized(550, text.to_string());
-            assert_eq!(reply.enhanced_status(), status, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn soft_bounce_turns_5xx_into_4xx() {
-        let cases = [
-            (
-                Reply::denylist_enforce(),
-                "450 4.3.2 Service currently unavailable",
-            ),
-            (Reply::protocol_error_drop(), "421 4.5.1 Protocol error"),
-            (
-                Reply::not_recognized(),
-                "402 4.5.2 Error: command not recognized",
-            ),
-            (Reply::helo_syntax(), "401 Syntax: HELO hostname"),
-            (Reply::etrn_syntax(), "400 Syntax: ETRN domain"),
-            (
-                Reply::no_valid_recipients(),
-                "454 4.5.1 Error: no valid recipients",
-            ),
-            // 4xx, 2xx and a 5xx whose text only looks like a status are left alone
-            (
-                Reply::service_unavailable_450(),
-                "450 4.3.2 Service currently unavailable",
-            ),
-            (Reply::ok(), "250 2.0.0 Ok"),
-            (
-                Reply::sanitized(554, "5.example.test down".into()),
-                "454 5.example.test down",
-            ),
-        ];
-        for (reply, text) in cases {
-            assert_eq!(reply.soft_bounced().to_string(), text);
-        }
-    }
-
-    #[test]
-    fn delays_are_formatted_like_postfix() {
-        for (millis, text) in [
-            (0, "0"),
-            (4, "0"),
-            (5, "0.01"),
-            (240, "0.24"),
-            (105, "0.11"),
-            (100, "0.1"),
-            (999, "1"),
-            (1_200, "1.2"),
-            (1_000, "1"),
-            (3_000, "3"),
-            (5_040, "5"),
-            (9_960, "10"),
-            (12_600, "13"),
-            (300_000, "300"),
-        ] {
-            assert_eq!(
-                DelayDisplay(Duration::from_millis(millis)).to_string(),
-                text,
-                "{millis} ms"
-            );
-        }
-    }
-
-    #[test]
-    fn clients_are_written_as_postscreen_writes_them() {
-        let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 25);
-        assert_eq!(ClientAddr(v6).to_string(), "[::1]:25");
-        let mapped = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 9).to_ipv6_mapped().into(), 7);
-        assert_eq!(ClientAddr(mapped).to_string(), "[198.51.100.9]:7");
-        assert_eq!(ClientAddr(client()).to_string(), "[127.0.0.11]:58529");
-    }
-
-    // Footers
-
-    fn footed(template: &str, reply: &Reply) -> String {
-        let style = ReplyStyle::new(false, Some(template)).unwrap();
-        String::from_utf8(style.apply(reply, client(), HOST).to_bytes()).unwrap()
-    }
-
-    #[test]
-    fn a_footer_is_a_last_line_with_the_code_and_status() {
-        assert_eq!(
-            footed("For help call 555-0101", &Reply::service_unavailable_450()),
-            "450-4.3.2 Service currently unavailable\r\n\
-             450 4.3.2 For help call 555-0101\r\n"
-        );
-        // Without an enhanced status code only the code is repeated.
-        assert_eq!(
-            footed("Call us", &Reply::etrn_refused()),
-            "458-Unable to queue messages\r\n458 Call us\r\n"
-        );
-    }
-
-    #[test]
-    fn footer_newlines_make_more_lines() {
-        let expected = "550-5.5.1 Protocol error\r\n\
-                        550-5.5.1 one\r\n\
-                        550-5.5.1 two\r\n\
-                        550 5.5.1 three\r\n";
-        let reply = Reply::protocol_error_enforce();
-        assert_eq!(footed("one\\ntwo\\nthree", &reply), expected);
-        assert_eq!(footed("one\ntwo\nthree", &reply), expected);
-        assert_eq!(footed("one\\ntwo\nthree", &reply), expected);
-        // An empty piece is an empty line, as in Postfix.
-        assert_eq!(
-            footed("\\nx", &Reply::etrn_refused()),
-            "458-Unable to queue messages\r\n458-\r\n458 x\r\n"
-        );
-    }
-
-    #[test]
-    fn a_backslash_c_footer_joins_the_last_line() {
-        assert_eq!(
-            footed("\\c (see https://help.example)", &Reply::denylist_enforce()),
-            "550 5.3.2 Service currently unavailable (see https://help.example)\r\n"
-        );
-        assert_eq!(
-            footed("\\c; call\\nus", &Reply::denylist_enforce()),
-            "550-5.3.2 Service currently unavailable; call\r\n550 5.3.2 us\r\n"
-        );
-    }
-
-    #[test]
-    fn footer_macros_expand_for_the_client() {
-        assert_eq!(
-            footed(
-                "client $client_address port ${client_port} on $(server_name) costs $$5",
-                &Reply::not_recognized()
-            ),
-            "502-5.5.2 Error: command not recognized\r\n\
-             502 5.5.2 client 127.0.0.11 port 58529 on mx.example.test costs $5\r\n"
-        );
-        let style = ReplyStyle::new(false, Some("[$client_address]:$client_port")).unwrap();
-        let v6 = SocketAddr::new("2001:db8::5".parse().unwrap(), 4000);
-        assert_eq!(
-            style.apply(&Reply::denylist_drop(), v6, HOST).lines()[1],
-            "5.3.2 [2001:db8::5]:4000"
-        );
-    }
-
-    #[test]
-    fn localtime_expands_to_a_timestamp() {
-        let style = ReplyStyle::new(false, Some("at $localtime")).unwrap();
-        let reply = style.apply(&Reply::etrn_refused(), client(), HOST);
-        let stamp = reply.lines()[1].strip_prefix("at ").unwrap();
-        // Mmm dd HH:MM:SS
-        let b = stamp.as_bytes();
-        assert_eq!(b.len(), 15, "{stamp}");
-        assert!(b[..3].iter().all(u8::is_ascii_alphabetic), "{stamp}");
-        for (i, &c) in b.iter().enumerate().skip(3) {
-            let want_digit = ![3, 6, 9, 12].contains(&i);
-            assert_eq!(c.is_ascii_digit(), want_digit, "{stamp}");
-        }
-        assert_eq!(format_timestamp(0, 2, 3, 4, 5), "Jan 02 03:04:05");
-        assert_eq!(format_timestamp(11, 31, 23, 59, 60), "Dec 31 23:59:60");
-        assert_eq!(format_timestamp(12, 1, 0, 0, 0), "Jan 01 00:00:00");
-        assert_eq!(format_timestamp(-1, 1, 0, 0, 0), "Jan 01 00:00:00");
-    }
-
-    #[test]
-    fn footers_leave_positive_replies_alone() {
-        for reply in [
-            Reply::ok(),
-            Reply::greeting("x"),
-            Reply::bye(),
-            Reply::starttls_ready(),
-        ] {
-            assert_eq!(footed("footer", &reply).lines().count(), 1, "{reply}");
-        }
-        assert_eq!(
-            footed("footer", &Reply::no_system_resources()),
-            "421-4.3.2 No system resources\r\n421 4.3.2 footer\r\n"
-        );
-    }
-
-    #[test]
-    fn soft_bounce_applies_before_the_footer() {
-        let style = ReplyStyle::new(true, Some("help")).unwrap();
-        let reply = style.apply(&Reply::denylist_enforce(), client(), HOST);
-        assert_eq!(
-            reply.to_bytes(),
-            b"450-4.3.2 Service currently unavailable\r\n450 4.3.2 help\r\n"
-        );
-        assert_eq!(
-            style.for_log(&Reply::denylist_enforce()).to_string(),
-            "450 4.3.2 Service currently unavailable"
-        );
-    }
-
-    #[test]
-    fn bad_footers_are_refused_with_the_reason() {
-        for (template, why) in [
-            ("$nosuch", "unknown macro $nosuch"),
-            ("${client_address?x}", "must hold only a macro name"),
-            ("${client_address", "must hold only a macro name"),
-            ("cost $5", "unknown macro $5"),
-            ("cost $ 5", "a $ that starts no macro"),
-            ("trailing $", "a $ that starts no macro"),
-            ("a\rb", "control character"),
-            ("a\tb", "control character"),
-            ("nul\0", "control character"),
-        ] {
-            let err = ReplyFooter::parse(template).unwrap_err();
-            let text = err.to_string();
-            assert!(text.starts_with("reject_footer = "), "{text}");
-            assert!(text.contains(why), "{template:?}: {text}");
-        }
-        let err = ReplyFooter::parse(&"x".repeat(MAX_FOOTER_TEMPLATE + 1)).unwrap_err();
-        assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
-        let err = ReplyFooter::parse(&"x\\n".repeat(MAX_FOOTER_LINES)).unwrap_err();
-        assert!(err.to_string().contains("more than 16 lines"), "{err}");
-        let err = ReplyFooter::parse(&"x".repeat(497)).unwrap_err();
-        assert!(
-            err.to_string().contains("line 1 can expand to 497 bytes"),
-            "{err}"
-        );
-        let err = ReplyFooter::parse(&format!("{}$server_name", "x".repeat(300))).unwrap_err();
-        assert!(err.to_string().contains("can expand to 555 bytes"), "{err}");
-        assert!(ReplyFooter::parse(&"x".repeat(496)).unwrap().is_some());
-        assert_eq!(ReplyFooter::parse(""), Ok(None));
-        assert_eq!(ReplyStyle::new(false, Some("")), Ok(ReplyStyle::default()));
-    }
-
-    // Settings
-
-    #[test]
-    fn settings_are_checked() {
-        type Change = fn(&mut EngineSettings);
-        let cases: [(Change, &str); 11] = [
-            (|s| s.myhostname = String::new(), "myhostname"),
-            (|s| s.myhostname = "mx example".into(), "myhostname"),
-            (|s| s.myhostname = "mx\r\n250".into(), "myhostname"),
-            (|s| s.myhostname = "a".repeat(256), "myhostname"),
-            (|s| s.smtpd_banner = "mx\r\n250 ok".into(), "smtpd_banner"),
-            (|s| s.rcpt_reply = Reply::ok(), "rcpt_reply"),
-            (|s| s.command_count_limit = 0, "command_count_limit"),
-            (
-                |s| s.command_count_limit = MAX_COMMAND_COUNT_LIMIT + 1,
-                "command_count_limit",
-            ),
-            (|s| s.line_length_limit = 511, "line_length_limit"),
-            (|s| s.line_length_limit = 1 << 20, "line_length_limit"),
-            (|s| s.reject_footer = Some("$bogus".into()), "reject_footer"),
-        ];
-        for (change, setting) in cases {
-            let mut s = settings();
-            change(&mut s);
-            let err = s.validate().unwrap_err();
-            assert!(matches!(&err, EngineError::Setting { setting: got, .. } if *got == setting));
-            assert!(err.to_string().starts_with(setting), "{err}");
-            assert_eq!(Engine::new(s, client()).unwrap_err(), err);
-        }
-        assert!(EngineSettings::default().validate().is_ok());
-        assert_eq!(EngineSettings::default().smtpd_banner, "localhost ESMTP");
     }
 
     // Commands
@@ -3733,290 +1638,7 @@ mod tests {
         }
     }
 
-    // The driver
-
-    const LIMIT: Duration = Duration::from_secs(5);
-
-    /// Runs `serve` in a task that closes its end when done.
-    fn spawn_serve(
-        mut engine: Engine,
-        limit: Duration,
-    ) -> (DuplexStream, tokio::task::JoinHandle<(Outcome, Vec<Event>)>) {
-        let (client, mut server) = duplex(64 * 1024);
-        let task = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let outcome = serve(&mut server, &mut engine, limit, |e| seen.push(e.clone())).await;
-            drop(server);
-            (outcome, seen)
-        });
-        (client, task)
-    }
-
-    /// Reads one complete reply (up to a line with a space after the code).
-    async fn read_reply<S: AsyncRead + Unpin>(client: &mut S) -> String {
-        let mut text = Vec::new();
-        loop {
-            let mut byte = [0u8; 1];
-            if client.read(&mut byte).await.unwrap() == 0 {
-                break;
-            }
-            text.push(byte[0]);
-            if text.ends_with(b"\r\n") {
-                let line_start = text[..text.len() - 2]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                if text.get(line_start + 3) == Some(&b' ') {
-                    break;
-                }
-            }
-        }
-        String::from_utf8(text).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_full_session_over_a_stream() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        assert_eq!(
-            read_reply(&mut client).await,
-            "220 mx.example.test ESMTP Postfix\r\n"
-        );
-        client.write_all(b"EHLO h.example\r\n").await.unwrap();
-        assert!(read_reply(&mut client).await.ends_with("250 CHUNKING\r\n"));
-        client
-            .write_all(b"MAIL FROM:<s@example.org>\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_reply(&mut client).await, "250 2.1.0 Ok\r\n");
-        // A command split across writes is still one command.
-        client.write_all(b"RCPT TO:<r@exa").await.unwrap();
-        tokio::task::yield_now().await;
-        client.write_all(b"mple.test>\r\n").await.unwrap();
-        assert_eq!(
-            read_reply(&mut client).await,
-            "450 4.3.2 Service currently unavailable\r\n"
-        );
-        client.write_all(b"QUIT\n").await.unwrap();
-        assert_eq!(read_reply(&mut client).await, "221 2.0.0 Bye\r\n");
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
-
-        let (outcome, seen) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::Quit);
-        assert!(outcome.rcpt_reached);
-        assert_eq!(
-            lines(&outcome.events),
-            [
-                "NOQUEUE: reject: RCPT from [127.0.0.11]:58529: 450 4.3.2 Service currently \
-              unavailable; from=<s@example.org>, to=<r@example.test>, proto=ESMTP, \
-              helo=<h.example>"
-            ]
-        );
-        assert_eq!(seen, outcome.events);
-    }
-
-    #[tokio::test]
-    async fn a_session_sent_in_one_write_ends_at_data() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        client
-            .write_all(b"HELO h\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nNOOP\r\n")
-            .await
-            .unwrap();
-        let mut transcript = Vec::new();
-        client.read_to_end(&mut transcript).await.unwrap();
-        assert_eq!(
-            String::from_utf8(transcript).unwrap(),
-            "220 mx.example.test ESMTP Postfix\r\n\
-             250 mx.example.test\r\n\
-             250 2.1.0 Ok\r\n\
-             450 4.3.2 Service currently unavailable\r\n\
-             554 5.5.1 Error: no valid recipients\r\n"
-        );
-        let (outcome, _) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::DataRefused);
-        assert_eq!(outcome.events.len(), 2);
-        assert_eq!(outcome.events[1], Event::DataWithoutRcpt);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_time_limit_covers_the_whole_line_against_a_trickling_client() {
-        let started = Instant::now();
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        assert_eq!(
-            read_reply(&mut client).await,
-            "220 mx.example.test ESMTP Postfix\r\n"
-        );
-        let writer = tokio::spawn(async move {
-            // One byte a second, never a full line.
-            for b in b"NOOP NOOP NOOP" {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if client.write_all(&[*b]).await.is_err() {
-                    break;
-                }
-            }
-            client
-        });
-        let (outcome, _) = task.await.unwrap();
-        let elapsed = started.elapsed();
-        assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
-        assert!(
-            elapsed >= LIMIT && elapsed < LIMIT + Duration::from_secs(1),
-            "{elapsed:?}"
-        );
-        assert_eq!(
-            lines(&outcome.events),
-            ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after CONNECT"]
-        );
-        let mut client = writer.await.unwrap();
-        assert_eq!(
-            read_reply(&mut client).await,
-            "421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_client_times_out_after_the_last_command() {
-        let started = Instant::now();
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        read_reply(&mut client).await;
-        // Commands every four seconds keep the session alive...
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            client.write_all(b"NOOP\r\n").await.unwrap();
-            assert_eq!(read_reply(&mut client).await, "250 2.0.0 Ok\r\n");
-        }
-        // ...then silence ends it five seconds after the last one.
-        let (outcome, _) = task.await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_secs(17));
-        assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
-        assert_eq!(
-            lines(&outcome.events),
-            ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after NOOP"]
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn end_of_input_is_a_hangup() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        read_reply(&mut client).await;
-        tokio::time::sleep(Duration::from_millis(1_200)).await;
-        // Half a command, then gone.
-        client.write_all(b"EHLO ha").await.unwrap();
-        drop(client);
-        let (outcome, seen) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::Hangup);
-        assert!(!outcome.rcpt_reached);
-        assert_eq!(
-            lines(&outcome.events),
-            ["HANGUP after 1.2 from [127.0.0.11]:58529 in tests after SMTP handshake"]
-        );
-        assert_eq!(seen, outcome.events);
-    }
-
-    #[tokio::test]
-    async fn a_hangup_after_rcpt_still_reached_rcpt() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        client
-            .write_all(b"EHLO h\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
-            .await
-            .unwrap();
-        let mut transcript = Vec::new();
-        // Read the four replies, then hang up.
-        while !String::from_utf8_lossy(&transcript).contains("450 4.3.2") {
-            let mut buf = [0u8; 1024];
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            transcript.extend_from_slice(&buf[..n]);
-        }
-        drop(client);
-        let (outcome, _) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::Hangup);
-        assert!(outcome.rcpt_reached);
-        assert!(matches!(outcome.events[1], Event::Hangup { .. }));
-    }
-
-    #[tokio::test]
-    async fn an_overlong_line_gets_421_without_being_buffered() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        read_reply(&mut client).await;
-        client.write_all(b"EHLO h\r\n").await.unwrap();
-        read_reply(&mut client).await;
-        let writer = tokio::spawn(async move {
-            let junk = vec![b'A'; 1 << 20];
-            // The server stops reading long before the end; the write then fails.
-            let _ = client.write_all(&junk).await;
-            client
-        });
-        let (outcome, _) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::CommandLengthLimit);
-        assert_eq!(
-            lines(&outcome.events),
-            ["COMMAND LENGTH LIMIT from [127.0.0.11]:58529 after EHLO"]
-        );
-        let mut client = writer.await.unwrap();
-        assert_eq!(
-            read_reply(&mut client).await,
-            "421 mx.example.test Service unavailable - try again later\r\n"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_pregreeter_gets_no_greeting() {
-        let mut engine = engine();
-        engine.set_pregreeted();
-        let (mut client, task) = spawn_serve(engine, LIMIT);
-        client.write_all(b"QUIT\r\n").await.unwrap();
-        let mut transcript = Vec::new();
-        client.read_to_end(&mut transcript).await.unwrap();
-        assert_eq!(transcript, b"221 2.0.0 Bye\r\n");
-        assert_eq!(task.await.unwrap().0.end, SessionEnd::Quit);
-    }
-
-    #[tokio::test]
-    async fn starttls_hands_the_stream_back_and_drops_buffered_input() {
-        let (mut client, mut server) = duplex(4096);
-        let mut engine = engine_with(|s| s.starttls_offered = true);
-        // A command injected behind STARTTLS must not be answered.
-        client
-            .write_all(b"EHLO h\r\nSTARTTLS\r\nMAIL FROM:<injected@x>\r\n")
-            .await
-            .unwrap();
-        let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
-        assert_eq!(outcome.end, SessionEnd::StartTls);
-        assert_eq!(engine.sender(), None);
-        // Here the caller would send Reply::starttls_ready() and do the handshake.
-        engine.tls_established();
-        client.write_all(b"QUIT\r\n").await.unwrap();
-        let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
-        assert_eq!(outcome.end, SessionEnd::Quit);
-        drop(server);
-        let mut transcript = Vec::new();
-        client.read_to_end(&mut transcript).await.unwrap();
-        let transcript = String::from_utf8(transcript).unwrap();
-        assert!(transcript.starts_with("220 mx.example.test ESMTP Postfix\r\n250-"));
-        // No second greeting, no reply to the injected MAIL.
-        assert!(
-            transcript.ends_with("250 CHUNKING\r\n221 2.0.0 Bye\r\n"),
-            "{transcript}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_client_that_is_gone_before_the_reply_is_a_hangup() {
-        let (mut client, task) = spawn_serve(engine(), LIMIT);
-        client.write_all(b"NOOP\r\n").await.unwrap();
-        drop(client);
-        let (outcome, _) = task.await.unwrap();
-        assert_eq!(outcome.end, SessionEnd::Hangup);
-        assert!(matches!(outcome.events[..], [Event::Hangup { .. }]));
-    }
-
     // Deep protocol tests
-
-    fn deep_engine(change: impl FnOnce(&mut DeepTests)) -> Engine {
-        engine_with(|s| change(&mut s.deep_tests))
-    }
 
     /// What the driver would see feeding `chunks` as successive reads.
     #[derive(Debug, Default)]
@@ -4044,8 +1666,6 @@ mod tests {
         }
         fed
     }
-
-    const PIPELINED: &[u8] = b"EHLO h.example\r\nMAIL FROM:<p@example.org>\r\n";
 
     #[test]
     fn the_labs_pipelining_line() {
@@ -4643,132 +2263,6 @@ mod tests {
     }
 
     #[test]
-    fn results_go_into_the_session_record() {
-        let results = DeepTestResults {
-            pipelining: TestOutcome::Passed,
-            non_smtp_command: TestOutcome::NotCompleted,
-            bare_newline: TestOutcome::Ignored,
-        };
-        let mut record = SessionResults {
-            pregreet: TestOutcome::Passed,
-            non_smtp_command: TestOutcome::Failed,
-            ..SessionResults::default()
-        };
-        results.record_into(&mut record);
-        assert_eq!(record.pipelining, TestOutcome::Passed);
-        assert_eq!(record.non_smtp_command, TestOutcome::Failed);
-        assert_eq!(record.bare_newline, TestOutcome::Ignored);
-        assert_eq!(record.pregreet, TestOutcome::Passed);
-        for test in DeepTest::ALL {
-            assert!(Test::from(test).is_deep());
-        }
-    }
-
-    #[test]
-    fn forbidden_command_lists() {
-        let defaults = ForbiddenCommand::parse_list(DEFAULT_FORBIDDEN_COMMANDS).unwrap();
-        assert_eq!(defaults, ForbiddenCommand::defaults());
-        assert_eq!(
-            defaults.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["CONNECT", "GET", "POST", "regexp:{{/^[^A-Z]/ Bogus}}"]
-        );
-        assert_eq!(DeepTests::default().forbidden_commands, defaults);
-        for text in [
-            "CONNECT, GET,POST\tregexp:{ { /^[^A-Z]/ Bogus } }",
-            "  CONNECT GET POST pcre:{{/^[^A-Z]/}}  ",
-            "CONNECT\nGET\n POST, regexp:{{/^[^A-Z]/   whatever it says}}",
-        ] {
-            assert_eq!(
-                ForbiddenCommand::parse_list(text).unwrap(),
-                defaults,
-                "{text:?}"
-            );
-        }
-        assert_eq!(ForbiddenCommand::parse_list("").unwrap(), []);
-        assert_eq!(ForbiddenCommand::parse_list(" , ").unwrap(), []);
-        let only = ForbiddenCommand::parse_list("EXPN").unwrap();
-        assert!(only[0].matches(b"expn") && !only[0].matches(b"EXPN2"));
-        // Entries one by one.
-        assert_eq!(
-            ForbiddenCommand::parse("regexp:{{/^[^A-Z]/ Bogus}}").unwrap(),
-            ForbiddenCommand::not_starting_with_letter()
-        );
-        assert_eq!(ForbiddenCommand::parse(" GET ").unwrap(), defaults[1]);
-        for bad in ["", "GET POST", "hash:/x"] {
-            let err = ForbiddenCommand::parse(bad).unwrap_err().to_string();
-            assert!(err.starts_with("forbidden_commands = "), "{err}");
-        }
-        let rule = ForbiddenCommand::not_starting_with_letter();
-        for (command, matches) in [
-            (&b"1"[..], true),
-            (b"\x16", true),
-            (b"\xc3\x89", true),
-            (b"_x", true),
-            (b"a", false),
-            (b"Z9", false),
-            (b"", false),
-        ] {
-            assert_eq!(rule.matches(command), matches, "{command:?}");
-        }
-    }
-
-    #[test]
-    fn bad_forbidden_command_lists_say_why() {
-        for (text, why) in [
-            (
-                "GET hash:/etc/postfix/forbidden",
-                "hash: tables are not supported",
-            ),
-            ("cidr:{{1.2.3.4 x}}", "cidr: tables are not supported"),
-            ("regexp:/etc/postfix/forbidden.re", "only the inline table"),
-            ("regexp:{{/^[^a-z]/ Bogus}}", "only the inline table"),
-            ("regexp:{{/^[^A-Z]/i Bogus}}", "only the inline table"),
-            ("regexp:{{/^[^A-Z]/ x} {/^X/ y}}", "only the inline table"),
-            ("!GET", "negated entries"),
-            ("GET {POST}", "without braces"),
-            ("GET }", "a '}' without '{' at byte 4"),
-            ("regexp:{{/^[^A-Z]/ x}", "a '{' without '}'"),
-            ("G\u{e9}T", "printable ASCII"),
-        ] {
-            let err = ForbiddenCommand::parse_list(text).unwrap_err().to_string();
-            assert!(err.starts_with("forbidden_commands = "), "{err}");
-            assert!(err.contains(why), "{text:?}: {err}");
-        }
-        let long = "X".repeat(MAX_FORBIDDEN_COMMAND_LEN + 1);
-        let err = ForbiddenCommand::parse_list(&long).unwrap_err().to_string();
-        assert!(err.contains("longer than 64 bytes"), "{err}");
-        let many = "GET ".repeat(MAX_FORBIDDEN_COMMANDS + 1);
-        let err = ForbiddenCommand::parse_list(&many).unwrap_err().to_string();
-        assert!(err.contains("more than 64 entries"), "{err}");
-        let huge = " ".repeat(1 << 20);
-        assert!(ForbiddenCommand::parse_list(&huge).is_err());
-        // Built by hand, the list is still checked.
-        let mut s = settings();
-        s.deep_tests.forbidden_commands = vec![ForbiddenCommand::not_starting_with_letter(); 65];
-        let err = s.validate().unwrap_err();
-        assert!(err.to_string().starts_with("forbidden_commands"), "{err}");
-    }
-
-    #[test]
-    fn headers_are_recognised_like_postfix() {
-        for (command, header) in [
-            (&b"Subject:"[..], true),
-            (b"Subject:x", true),
-            (b"X-A \t :", true),
-            (b"a:", true),
-            (b":", false),
-            (b" a:", false),
-            (b"a b:", false),
-            (b"a\x7f:", false),
-            (b"a\xc3\x89:", false),
-            (b"Subject", false),
-            (b"", false),
-        ] {
-            assert_eq!(is_header(command), header, "{command:?}");
-        }
-    }
-
-    #[test]
     fn nothing_panics_on_random_streams_with_every_test_on() {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
@@ -4831,6 +2325,285 @@ mod tests {
                 }
             }
         }
+    }
+
+    // The driver
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// Runs `serve` in a task that closes its end when done.
+    fn spawn_serve(
+        mut engine: Engine,
+        limit: Duration,
+    ) -> (DuplexStream, tokio::task::JoinHandle<(Outcome, Vec<Event>)>) {
+        let (client, mut server) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let outcome = serve(&mut server, &mut engine, limit, |e| seen.push(e.clone())).await;
+            drop(server);
+            (outcome, seen)
+        });
+        (client, task)
+    }
+
+    /// Reads one complete reply (up to a line with a space after the code).
+    async fn read_reply<S: AsyncRead + Unpin>(client: &mut S) -> String {
+        let mut text = Vec::new();
+        loop {
+            let mut byte = [0u8; 1];
+            if client.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            text.push(byte[0]);
+            if text.ends_with(b"\r\n") {
+                let line_start = text[..text.len() - 2]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+                if text.get(line_start + 3) == Some(&b' ') {
+                    break;
+                }
+            }
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_session_over_a_stream() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        assert_eq!(
+            read_reply(&mut client).await,
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        client.write_all(b"EHLO h.example\r\n").await.unwrap();
+        assert!(read_reply(&mut client).await.ends_with("250 CHUNKING\r\n"));
+        client
+            .write_all(b"MAIL FROM:<s@example.org>\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_reply(&mut client).await, "250 2.1.0 Ok\r\n");
+        // A command split across writes is still one command.
+        client.write_all(b"RCPT TO:<r@exa").await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(b"mple.test>\r\n").await.unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "450 4.3.2 Service currently unavailable\r\n"
+        );
+        client.write_all(b"QUIT\n").await.unwrap();
+        assert_eq!(read_reply(&mut client).await, "221 2.0.0 Bye\r\n");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+
+        let (outcome, seen) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Quit);
+        assert!(outcome.rcpt_reached);
+        assert_eq!(
+            lines(&outcome.events),
+            [
+                "NOQUEUE: reject: RCPT from [127.0.0.11]:58529: 450 4.3.2 Service currently \
+              unavailable; from=<s@example.org>, to=<r@example.test>, proto=ESMTP, \
+              helo=<h.example>"
+            ]
+        );
+        assert_eq!(seen, outcome.events);
+    }
+
+    #[tokio::test]
+    async fn a_session_sent_in_one_write_ends_at_data() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        client
+            .write_all(b"HELO h\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nNOOP\r\n")
+            .await
+            .unwrap();
+        let mut transcript = Vec::new();
+        client.read_to_end(&mut transcript).await.unwrap();
+        assert_eq!(
+            String::from_utf8(transcript).unwrap(),
+            "220 mx.example.test ESMTP Postfix\r\n\
+             250 mx.example.test\r\n\
+             250 2.1.0 Ok\r\n\
+             450 4.3.2 Service currently unavailable\r\n\
+             554 5.5.1 Error: no valid recipients\r\n"
+        );
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::DataRefused);
+        assert_eq!(outcome.events.len(), 2);
+        assert_eq!(outcome.events[1], Event::DataWithoutRcpt);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_limit_covers_the_whole_line_against_a_trickling_client() {
+        let started = Instant::now();
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        assert_eq!(
+            read_reply(&mut client).await,
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        let writer = tokio::spawn(async move {
+            // One byte a second, never a full line.
+            for b in b"NOOP NOOP NOOP" {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let (outcome, _) = task.await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
+        assert!(
+            elapsed >= LIMIT && elapsed < LIMIT + Duration::from_secs(1),
+            "{elapsed:?}"
+        );
+        assert_eq!(
+            lines(&outcome.events),
+            ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after CONNECT"]
+        );
+        let mut client = writer.await.unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_times_out_after_the_last_command() {
+        let started = Instant::now();
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        read_reply(&mut client).await;
+        // Commands every four seconds keep the session alive...
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            client.write_all(b"NOOP\r\n").await.unwrap();
+            assert_eq!(read_reply(&mut client).await, "250 2.0.0 Ok\r\n");
+        }
+        // ...then silence ends it five seconds after the last one.
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(17));
+        assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
+        assert_eq!(
+            lines(&outcome.events),
+            ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after NOOP"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn end_of_input_is_a_hangup() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        read_reply(&mut client).await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        // Half a command, then gone.
+        client.write_all(b"EHLO ha").await.unwrap();
+        drop(client);
+        let (outcome, seen) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        assert!(!outcome.rcpt_reached);
+        assert_eq!(
+            lines(&outcome.events),
+            ["HANGUP after 1.2 from [127.0.0.11]:58529 in tests after SMTP handshake"]
+        );
+        assert_eq!(seen, outcome.events);
+    }
+
+    #[tokio::test]
+    async fn a_hangup_after_rcpt_still_reached_rcpt() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        client
+            .write_all(b"EHLO h\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+            .await
+            .unwrap();
+        let mut transcript = Vec::new();
+        // Read the four replies, then hang up.
+        while !String::from_utf8_lossy(&transcript).contains("450 4.3.2") {
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            transcript.extend_from_slice(&buf[..n]);
+        }
+        drop(client);
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        assert!(outcome.rcpt_reached);
+        assert!(matches!(outcome.events[1], Event::Hangup { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_gets_421_without_being_buffered() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        read_reply(&mut client).await;
+        client.write_all(b"EHLO h\r\n").await.unwrap();
+        read_reply(&mut client).await;
+        let writer = tokio::spawn(async move {
+            let junk = vec![b'A'; 1 << 20];
+            // The server stops reading long before the end; the write then fails.
+            let _ = client.write_all(&junk).await;
+            client
+        });
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::CommandLengthLimit);
+        assert_eq!(
+            lines(&outcome.events),
+            ["COMMAND LENGTH LIMIT from [127.0.0.11]:58529 after EHLO"]
+        );
+        let mut client = writer.await.unwrap();
+        assert_eq!(
+            read_reply(&mut client).await,
+            "421 mx.example.test Service unavailable - try again later\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pregreeter_gets_no_greeting() {
+        let mut engine = engine();
+        engine.set_pregreeted();
+        let (mut client, task) = spawn_serve(engine, LIMIT);
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        let mut transcript = Vec::new();
+        client.read_to_end(&mut transcript).await.unwrap();
+        assert_eq!(transcript, b"221 2.0.0 Bye\r\n");
+        assert_eq!(task.await.unwrap().0.end, SessionEnd::Quit);
+    }
+
+    #[tokio::test]
+    async fn starttls_hands_the_stream_back_and_drops_buffered_input() {
+        let (mut client, mut server) = duplex(4096);
+        let mut engine = engine_with(|s| s.starttls_offered = true);
+        // A command injected behind STARTTLS must not be answered.
+        client
+            .write_all(b"EHLO h\r\nSTARTTLS\r\nMAIL FROM:<injected@x>\r\n")
+            .await
+            .unwrap();
+        let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
+        assert_eq!(outcome.end, SessionEnd::StartTls);
+        assert_eq!(engine.sender(), None);
+        // Here the caller would send Reply::starttls_ready() and do the handshake.
+        engine.tls_established();
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
+        assert_eq!(outcome.end, SessionEnd::Quit);
+        drop(server);
+        let mut transcript = Vec::new();
+        client.read_to_end(&mut transcript).await.unwrap();
+        let transcript = String::from_utf8(transcript).unwrap();
+        assert!(transcript.starts_with("220 mx.example.test ESMTP Postfix\r\n250-"));
+        // No second greeting, no reply to the injected MAIL.
+        assert!(
+            transcript.ends_with("250 CHUNKING\r\n221 2.0.0 Bye\r\n"),
+            "{transcript}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_is_gone_before_the_reply_is_a_hangup() {
+        let (mut client, task) = spawn_serve(engine(), LIMIT);
+        client.write_all(b"NOOP\r\n").await.unwrap();
+        drop(client);
+        let (outcome, _) = task.await.unwrap();
+        assert_eq!(outcome.end, SessionEnd::Hangup);
+        assert!(matches!(outcome.events[..], [Event::Hangup { .. }]));
     }
 
     // Deep tests over a stream
