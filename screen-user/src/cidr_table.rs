@@ -36,8 +36,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::address::canonical;
 use ipnet::{IpNet, Ipv4Net};
+
+use crate::{address::canonical, escape::shorten};
 
 /// The largest table file read (Postfix has no limit; a table this size is already slow to
 /// search, since every connection walks the rules in order).
@@ -197,13 +198,6 @@ fn unmap(net: IpNet) -> IpNet {
 /// At most [`MAX_QUOTED`] characters of `text`, for messages.
 fn quote(text: &str) -> String {
     shorten(text, MAX_QUOTED)
-}
-
-fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// Postfix's `ISSPACE`: the C locale's white space.

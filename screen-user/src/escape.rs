@@ -4,6 +4,9 @@
 //!
 //! postscreen logs client input this way in `PREGREET`, `COMMAND PIPELINING`, `BARE NEWLINE`
 //! and the haproxy warnings, so log parsers that read those lines see the same text from us.
+//!
+//! Text that goes into a line of bounded length is cut here too, always at a character
+//! boundary ([`truncate_at_char`], [`shorten`]).
 
 use std::fmt::Write as _;
 
@@ -38,6 +41,26 @@ pub fn c_escape(bytes: &[u8], max: usize) -> String {
     // Every character pushed is ASCII, so any length is a character boundary.
     out.truncate(max);
     out
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+pub fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}
+
+/// `text` cut after `max_chars` characters, with `...` to show the cut: how an error message
+/// quotes a value that may be long.
+pub fn shorten(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! `pre_queue_limit` and left when it falls to 70% (`postscreen.c`, the hysteresis keeps it
 //! from flapping).
 
-use crate::address::canonical;
 use std::{
     collections::HashMap,
     io,
@@ -14,6 +13,8 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use crate::address::canonical;
 
 /// A time value that depends on stress, as `${stress?{2}:{6}}s` (postscreen evaluates it
 /// twice at start-up and switches between the two).

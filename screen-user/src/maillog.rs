@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::paths::SYSLOG_SOCKET;
+use crate::{escape::truncate_at_char, paths::SYSLOG_SOCKET};
 
 /// Where the postscreen-style log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -107,7 +107,7 @@ impl MailLog {
         let text_start = line.len();
         line.push_str(prefix);
         let _ = write!(line, "{message}");
-        truncate_on_char(&mut line, text_start + MAX_LINE);
+        truncate_at_char(&mut line, text_start + MAX_LINE);
         match &self.sink {
             Sink::Stderr => {
                 line.push('\n');
@@ -119,16 +119,6 @@ impl MailLog {
                 }
             }
         }
-    }
-}
-
-fn truncate_on_char(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
 
@@ -206,7 +196,7 @@ mod tests {
     #[test]
     fn long_lines_are_cut_on_a_character_boundary() {
         let mut text = "é".repeat(2000);
-        truncate_on_char(&mut text, MAX_LINE);
+        truncate_at_char(&mut text, MAX_LINE);
         assert!(text.len() <= MAX_LINE);
         assert!(text.chars().all(|c| c == 'é'));
     }

@@ -31,8 +31,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::address::{canonical, canonical_endpoint};
-use crate::escape::c_escape;
+use crate::{
+    address::{canonical, canonical_endpoint},
+    escape::c_escape,
+};
 
 /// The longest version 1 header, CRLF included (the specification's limit).
 pub const V1_MAX_LEN: usize = 107;

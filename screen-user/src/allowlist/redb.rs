@@ -36,8 +36,8 @@ use tokio::{
     time::Instant,
 };
 
-use crate::address::canonical;
 use crate::{
+    address::canonical,
     paths::{self, ALLOWLIST_FILE},
     test_state::{RecordError, TestTimes, unix_now},
 };

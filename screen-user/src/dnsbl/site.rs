@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::DnsblError;
-use crate::address::canonical;
+use crate::{address::canonical, escape::truncate_at_char};
 
 /// Most entries `dnsbl_sites` may hold. Real configurations use a handful; every entry costs
 /// a query per new client.
@@ -335,11 +335,10 @@ fn shorten(text: &str) -> String {
     if text.len() <= QUOTED_MAX {
         return text.to_string();
     }
-    let mut end = QUOTED_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    let mut quoted = text.to_string();
+    truncate_at_char(&mut quoted, QUOTED_MAX);
+    quoted.push('…');
+    quoted
 }
 
 fn parse_weight(text: &str) -> Result<i32, SiteProblem> {

@@ -98,8 +98,8 @@ use tokio::{
     time::timeout,
 };
 
-use crate::address::canonical;
 use crate::{
+    address::canonical,
     escape::{LOG_TEXT_MAX, c_escape},
     smtpd::Reply,
 };

@@ -18,10 +18,11 @@ use super::{
     deep_tests::DeepTestResults,
     event::Event,
     line::{LineError, LineReader},
-    reply::{Reply, truncate_at_char},
+    reply::Reply,
     session::{Engine, Next, SessionEnd, Step},
     tls::{self, TlsAcceptor},
 };
+use crate::escape::truncate_at_char;
 
 /// How long closing a TLS session (its close_notify) may take after the last reply.
 const TLS_CLOSE_TIME_LIMIT: Duration = Duration::from_secs(5);

@@ -9,11 +9,11 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use super::{
-    reply::{Reply, truncate_at_char},
-    tls,
+use super::{reply::Reply, tls};
+use crate::{
+    address::canonical,
+    escape::{c_escape, truncate_at_char},
 };
-use crate::{address::canonical, escape::c_escape};
 
 /// Helo names, senders and recipients are kept (and logged) up to this many bytes.
 pub const MAX_LOGGED_FIELD: usize = 512;

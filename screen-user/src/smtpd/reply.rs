@@ -8,7 +8,7 @@
 use std::{fmt, net::IpAddr};
 
 use super::error::EngineError;
-use crate::address::canonical;
+use crate::{address::canonical, escape::truncate_at_char};
 
 /// The longest reply text after `NNN `: RFC 5321 limits a reply line to 512 bytes with its
 /// code and CRLF.
@@ -428,17 +428,6 @@ fn sanitized_line(text: String) -> String {
         .collect();
     truncate_at_char(&mut text, MAX_REPLY_TEXT);
     text
-}
-
-/// Cuts `text` to at most `max` bytes, at a character boundary.
-pub(super) fn truncate_at_char(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use super::*;
 use crate::test_state::{DISABLED_WHEN_WRITTEN, PassKind};
-
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 const DAY: u64 = 86_400;
 /// The lab's clock when 127.0.0.11 passed (reference §2.2).
