@@ -39,7 +39,7 @@ pub use self::{
     },
     lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery, MAX_SHARED_CLIENTS},
     resolver::{DNS_CACHE_ENTRIES, DnsServers, MAX_ANSWERS, MAX_SERVERS},
-    score::{ListResult, NO_LIST_NAME, Score, Thresholds, Verdict, rank_log_line},
+    score::{ListResult, NO_LIST_NAME, Score, Thresholds, Verdict},
     site::{
         DnsblSite, DnsblSites, MAX_DOMAIN_LEN, MAX_ENTRY_LEN, MAX_REPLY_MAP, MAX_SHOWN_LEN,
         MAX_SITES, MAX_WEIGHT, ReplyMap, ScoreFilter, SiteProblem, query_name,

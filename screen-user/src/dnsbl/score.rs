@@ -1,17 +1,13 @@
 //! Scoring, as `postscreen_dnsbl.c`'s `psc_dnsbl_receive` adds up the weights, and the verdict
 //! `postscreen_early.c` draws from the score: [`DnsblSites::score`] turns each list's
 //! [`ListResult`] into a [`Score`], [`Score::verdict`] compares it with the [`Thresholds`] and
-//! clamps the pass's TTL, and [`rank_log_line`] is postscreen's `DNSBL rank` line.
+//! clamps the pass's TTL.
 //!
 //! Pure: the lookups fill in the results, this file only reads them.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use super::site::{DnsblSites, ReplyMap};
-use crate::address::canonical;
 
 /// What one list said about a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,15 +170,6 @@ fn min_ttl(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// postscreen's log line for a failed client: `DNSBL rank 4 for [192.0.2.1]:4000`.
-pub fn rank_log_line(rank: i32, client: SocketAddr) -> String {
-    format!(
-        "DNSBL rank {rank} for [{}]:{}",
-        canonical(client.ip()),
-        client.port()
-    )
 }
 
 #[cfg(test)]
@@ -457,21 +444,5 @@ mod tests {
             Duration::from_secs(60)
         );
         assert_eq!(backwards.clamp_ttl(None), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn rank_log_line_is_postscreens() {
-        assert_eq!(
-            rank_log_line(4, "127.0.0.40:59139".parse().unwrap()),
-            "DNSBL rank 4 for [127.0.0.40]:59139"
-        );
-        assert_eq!(
-            rank_log_line(2, "[2001:db8::1]:25".parse().unwrap()),
-            "DNSBL rank 2 for [2001:db8::1]:25"
-        );
-        assert_eq!(
-            rank_log_line(3, "[::ffff:192.0.2.1]:4000".parse().unwrap()),
-            "DNSBL rank 3 for [192.0.2.1]:4000"
-        );
     }
 }

@@ -18,7 +18,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{Next, Screen, connection::Connection};
 use crate::{
-    dnsbl::{self, DnsblQuery, Thresholds, Verdict},
+    dnsbl::{DnsblQuery, Thresholds, Verdict},
     escape::{LOG_TEXT_MAX, c_escape},
     limits::{ScreeningSlot, StressDuration},
     smtpd::{ClientAddr, DelayDisplay, Reply},
@@ -173,7 +173,7 @@ impl Screen {
         conn.session.dnswl_listed = score.rank < 0;
         match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
             Verdict::Listed { rank, name } => {
-                self.log.info(dnsbl::rank_log_line(rank, client));
+                self.log.info(rank_log_line(rank, client));
                 if settings
                     .kernel_dnsbl_threshold
                     .is_some_and(|kernel| rank >= kernel)
@@ -244,6 +244,11 @@ impl Screen {
         ));
         self.disconnect(client);
     }
+}
+
+/// postscreen's log line for a listed client: `DNSBL rank 4 for [192.0.2.1]:4000`.
+fn rank_log_line(rank: i32, client: SocketAddr) -> String {
+    format!("DNSBL rank {rank} for {}", ClientAddr(client))
 }
 
 /// Sends the `220-<banner>` teaser that starts the greet wait.
@@ -376,5 +381,21 @@ mod tests {
             panic!("{outcome:?}");
         };
         assert!(bytes <= PEEK_LIMIT);
+    }
+
+    #[test]
+    fn rank_log_line_is_postscreens() {
+        assert_eq!(
+            rank_log_line(4, "127.0.0.40:59139".parse().unwrap()),
+            "DNSBL rank 4 for [127.0.0.40]:59139"
+        );
+        assert_eq!(
+            rank_log_line(2, "[2001:db8::1]:25".parse().unwrap()),
+            "DNSBL rank 2 for [2001:db8::1]:25"
+        );
+        assert_eq!(
+            rank_log_line(3, "[::ffff:192.0.2.1]:4000".parse().unwrap()),
+            "DNSBL rank 3 for [192.0.2.1]:4000"
+        );
     }
 }
