@@ -4,8 +4,12 @@
 //! and value syntax: time values such as `6s` or `1d`, `yes`/`no` as well as `true`/`false`,
 //! `$name` references to other options, and the `${stress?{a}:{b}}` form for `greet_wait` and
 //! `command_time_limit`. smtp-screen's own options (listening, hand-off, the kernel layer) sit
-//! beside them. Each option is documented once, here, next to its field;
-//! `smtp-screen.example.toml` is checked against these defaults by the tests.
+//! beside them. Each option is documented once, here, next to its field. Its default, and
+//! the Postfix parameter postscreen reads for it, are in the table of [`parameters`]:
+//! `Config::default()` is checked against that table, `smtp-screen.example.toml` against
+//! `Config::default()`, and `import-postfix` takes its names and Postfix's defaults from it.
+
+pub(crate) mod parameters;
 
 use std::{
     net::SocketAddr,
@@ -225,6 +229,7 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// Typed values here; the tests hold them to the defaults of [`parameters::OPTIONS`].
     fn default() -> Self {
         Self {
             listen: vec![

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::{postconf::Postconf, shorten};
+use crate::config::parameters;
 
 /// The most bytes one value may expand to (a chain of `$a$a` references grows fast).
 const MAX_EXPANDED_BYTES: usize = 1 << 20;
@@ -13,57 +14,6 @@ const MAX_EXPANSION_DEPTH: usize = 20;
 /// How many references one value may take to expand (`a = $b$b$b…`, `b = $c$c$c…` fans out
 /// even when nothing is written).
 const MAX_EXPANSION_STEPS: usize = 100_000;
-
-/// Postfix 3.7's defaults (`postconf -d` on Debian 12) of the parameters postscreen's
-/// defaults and this importer refer to. `myhostname` and `mydomain` are not here: Postfix
-/// computes them from the host name.
-const POSTFIX_DEFAULTS: &[(&str, &str)] = &[
-    ("compatibility_level", "0"),
-    ("config_directory", "/etc/postfix"),
-    ("daemon_directory", "/usr/lib/postfix/sbin"),
-    ("data_directory", "/var/lib/postfix"),
-    ("default_process_limit", "100"),
-    ("disable_vrfy_command", "no"),
-    ("dnsblog_service_name", "dnsblog"),
-    ("inet_interfaces", "all"),
-    ("inet_protocols", "all"),
-    ("line_length_limit", "2048"),
-    ("mail_name", "Postfix"),
-    ("mail_owner", "postfix"),
-    ("maillog_file", ""),
-    ("multi_instance_name", ""),
-    ("queue_directory", "/var/spool/postfix"),
-    ("smtp_tls_connection_reuse", "no"),
-    ("smtpd_banner", "$myhostname ESMTP $mail_name"),
-    ("smtpd_client_connection_count_limit", "50"),
-    ("smtpd_command_filter", ""),
-    ("smtpd_discard_ehlo_keyword_address_maps", ""),
-    ("smtpd_discard_ehlo_keywords", ""),
-    ("smtpd_enforce_tls", "no"),
-    (
-        "smtpd_forbidden_commands",
-        "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}",
-    ),
-    ("smtpd_helo_required", "no"),
-    ("smtpd_reject_footer", ""),
-    ("smtpd_reject_footer_maps", ""),
-    ("smtpd_service_name", "smtpd"),
-    ("smtpd_tls_cert_file", ""),
-    ("smtpd_tls_chain_files", ""),
-    ("smtpd_tls_dcert_file", ""),
-    ("smtpd_tls_eccert_file", ""),
-    ("smtpd_tls_key_file", ""),
-    ("smtpd_tls_security_level", ""),
-    ("smtpd_use_tls", "no"),
-    ("soft_bounce", "no"),
-    // Set only while postscreen is under stress; the importer reads the normal case.
-    ("stress", ""),
-    (
-        "syslog_name",
-        "${multi_instance_name?{$multi_instance_name}:{postfix}}",
-    ),
-    ("tlsproxy_service_name", "tlsproxy"),
-];
 
 /// Why a value could not be expanded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,10 +221,14 @@ impl<'a> Context<'a> {
                 _ => Source::Unknown,
             };
         }
-        POSTFIX_DEFAULTS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(Source::Unknown, |(_, v)| Source::Default(v))
+        // Postfix's general parameters only: a `$postscreen_…` reference to a parameter the
+        // input does not set is not given its default, and is reported as unknown.
+        if name.starts_with("postscreen_") {
+            return Source::Unknown;
+        }
+        parameters::postfix_parameter(name)
+            .and_then(|parameter| parameter.default)
+            .map_or(Source::Unknown, Source::Default)
     }
 
     pub(super) fn expand(&self, text: &str, how: Expansion) -> Result<Expanded, ExpandProblem> {

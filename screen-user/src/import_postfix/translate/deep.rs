@@ -1,7 +1,7 @@
 //! postscreen's deep protocol tests after the greeting: pipelining, non-SMTP commands and
 //! the forbidden command list, bare newlines; STARTTLS follows in [`super::tls`].
 
-use super::{Kind, Section, Translation, names};
+use super::{Kind, Section, Translation, parameter_for};
 use crate::{
     import_postfix::{expand::Expansion, lines::split_words, render::toml_array, shorten},
     smtpd::ForbiddenCommand,
@@ -9,77 +9,29 @@ use crate::{
 
 impl Translation {
     pub(super) fn deep_settings(&mut self) {
-        for (parameter, key, default, kind) in [
-            (
-                "postscreen_pipelining_enable",
-                "pipelining_enable",
-                "no",
-                Kind::YesNo,
-            ),
-            (
-                "postscreen_pipelining_action",
-                "pipelining_action",
-                "enforce",
-                Kind::Action,
-            ),
-            (
-                "postscreen_pipelining_ttl",
-                "pipelining_ttl",
-                "30d",
-                Kind::Time,
-            ),
-            (
-                "postscreen_non_smtp_command_enable",
-                "non_smtp_command_enable",
-                "no",
-                Kind::YesNo,
-            ),
-            (
-                "postscreen_non_smtp_command_action",
-                "non_smtp_command_action",
-                "drop",
-                Kind::Action,
-            ),
-            (
-                "postscreen_non_smtp_command_ttl",
-                "non_smtp_command_ttl",
-                "30d",
-                Kind::Time,
-            ),
+        for (key, kind) in [
+            ("pipelining_enable", Kind::YesNo),
+            ("pipelining_action", Kind::Action),
+            ("pipelining_ttl", Kind::Time),
+            ("non_smtp_command_enable", Kind::YesNo),
+            ("non_smtp_command_action", Kind::Action),
+            ("non_smtp_command_ttl", Kind::Time),
         ] {
-            self.plain(Section::Deep, names(parameter, default), key, kind);
+            self.plain(Section::Deep, key, kind);
         }
         self.forbidden_commands();
-        for (parameter, key, default, kind) in [
-            (
-                "postscreen_bare_newline_enable",
-                "bare_newline_enable",
-                "no",
-                Kind::YesNo,
-            ),
-            (
-                "postscreen_bare_newline_action",
-                "bare_newline_action",
-                "ignore",
-                Kind::Action,
-            ),
-            (
-                "postscreen_bare_newline_ttl",
-                "bare_newline_ttl",
-                "30d",
-                Kind::Time,
-            ),
+        for (key, kind) in [
+            ("bare_newline_enable", Kind::YesNo),
+            ("bare_newline_action", Kind::Action),
+            ("bare_newline_ttl", Kind::Time),
         ] {
-            self.plain(Section::Deep, names(parameter, default), key, kind);
+            self.plain(Section::Deep, key, kind);
         }
         self.starttls();
     }
 
     fn forbidden_commands(&mut self) {
-        let value = self.effective(&names(
-            "postscreen_forbidden_commands",
-            "$smtpd_forbidden_commands",
-        ));
+        let value = self.effective(parameter_for("forbidden_commands"));
         let Some(expanded) = self.expand(&value, Expansion::default()) else {
             return;
         };

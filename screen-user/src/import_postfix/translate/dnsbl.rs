@@ -4,8 +4,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::{Kind, Section, Translation, names, renamed, table_spec};
+use super::{Kind, Section, Translation, parameter_for, table_spec};
 use crate::{
+    config::Config,
     dnsbl, duration,
     import_postfix::{render::toml_string, shorten, texthash::parse_texthash},
     screen::access::TableFiles,
@@ -14,50 +15,22 @@ use crate::{
 impl Translation {
     pub(super) fn dnsbl_settings(&mut self, files: &dyn TableFiles) {
         self.dnsbl_sites();
-        for (names, key, kind) in [
-            (
-                names("postscreen_dnsbl_threshold", "1"),
-                "dnsbl_threshold",
-                Kind::Score,
-            ),
-            (
-                names("postscreen_dnsbl_action", "ignore"),
-                "dnsbl_action",
-                Kind::Action,
-            ),
-            (
-                renamed(
-                    "postscreen_dnsbl_allowlist_threshold",
-                    "postscreen_dnsbl_whitelist_threshold",
-                    "0",
-                ),
-                "dnsbl_allowlist_threshold",
-                Kind::Score,
-            ),
-            (
-                names("postscreen_dnsbl_timeout", "10s"),
-                "dnsbl_timeout",
-                Kind::Time,
-            ),
-            (
-                names("postscreen_dnsbl_min_ttl", "60s"),
-                "dnsbl_min_ttl",
-                Kind::Time,
-            ),
-            (
-                renamed("postscreen_dnsbl_max_ttl", "postscreen_dnsbl_ttl", "1h"),
-                "dnsbl_max_ttl",
-                Kind::Time,
-            ),
+        for (key, kind) in [
+            ("dnsbl_threshold", Kind::Score),
+            ("dnsbl_action", Kind::Action),
+            ("dnsbl_allowlist_threshold", Kind::Score),
+            ("dnsbl_timeout", Kind::Time),
+            ("dnsbl_min_ttl", Kind::Time),
+            ("dnsbl_max_ttl", Kind::Time),
         ] {
-            self.plain(Section::Dnsbl, names, key, kind);
+            self.plain(Section::Dnsbl, key, kind);
         }
         self.check_ttl_order();
         self.reply_map(files);
     }
 
     fn dnsbl_sites(&mut self) {
-        let value = self.effective(&names("postscreen_dnsbl_sites", ""));
+        let value = self.effective(parameter_for("dnsbl_sites"));
         if !value.explicit {
             return;
         }
@@ -66,10 +39,10 @@ impl Translation {
         };
         let mut kept: Vec<String> = Vec::new();
         for entry in entries {
-            let subject = format!("postscreen_dnsbl_sites: {}", shorten(&entry));
+            let subject = format!("{}: {}", value.parameter, shorten(&entry));
             if kept.len() == dnsbl::MAX_SITES {
                 self.skip(
-                    "postscreen_dnsbl_sites",
+                    value.parameter,
                     subject,
                     format!("smtp-screen takes at most {} entries", dnsbl::MAX_SITES),
                 );
@@ -77,7 +50,7 @@ impl Translation {
             }
             match dnsbl::DnsblSite::parse(&entry) {
                 Ok(_) => kept.push(entry),
-                Err(err) => self.skip("postscreen_dnsbl_sites", subject, err.to_string()),
+                Err(err) => self.skip(value.parameter, subject, err.to_string()),
             }
         }
         self.set(
@@ -91,13 +64,14 @@ impl Translation {
     /// smtp-screen refuses dnsbl_min_ttl > dnsbl_max_ttl; so does postscreen's clamp make
     /// no sense then.
     fn check_ttl_order(&mut self) {
-        let time = |this: &Self, key: &str, default: u64| {
+        let defaults = Config::default();
+        let time = |this: &Self, key: &str, default: Duration| {
             this.get_entry(key)
                 .and_then(|e| duration::parse(e.value.trim_matches('"')).ok())
-                .unwrap_or(Duration::from_secs(default))
+                .unwrap_or(default)
         };
-        let min = time(self, "dnsbl_min_ttl", 60);
-        let max = time(self, "dnsbl_max_ttl", 3_600);
+        let min = time(self, "dnsbl_min_ttl", defaults.dnsbl_min_ttl);
+        let max = time(self, "dnsbl_max_ttl", defaults.dnsbl_max_ttl);
         if min > max {
             let key = if self.get_entry("dnsbl_min_ttl").is_some() {
                 "dnsbl_min_ttl"
@@ -109,18 +83,15 @@ impl Translation {
                 .map(|e| e.value.clone())
                 .unwrap_or_default();
             self.entries.retain(|e| e.key != key);
-            let parameter = if key == "dnsbl_min_ttl" {
-                "postscreen_dnsbl_min_ttl"
-            } else {
-                "postscreen_dnsbl_max_ttl"
-            };
+            let parameter = parameter_for(key).name;
             self.skip(
                 parameter,
                 format!("{parameter} = {}", entry.trim_matches('"')),
                 format!(
-                    "postscreen_dnsbl_min_ttl ({}) is longer than postscreen_dnsbl_max_ttl ({}), \
-                     which smtp-screen refuses",
+                    "{} ({}) is longer than {} ({}), which smtp-screen refuses",
+                    parameter_for("dnsbl_min_ttl").name,
                     duration::Display(min),
+                    parameter_for("dnsbl_max_ttl").name,
                     duration::Display(max)
                 ),
             );
@@ -128,7 +99,7 @@ impl Translation {
     }
 
     fn reply_map(&mut self, files: &dyn TableFiles) {
-        let value = self.effective(&names("postscreen_dnsbl_reply_map", ""));
+        let value = self.effective(parameter_for("dnsbl_reply_map"));
         if !value.explicit {
             return;
         }
@@ -137,13 +108,9 @@ impl Translation {
         };
         let mut map: BTreeMap<String, (String, String)> = BTreeMap::new();
         for spec in entries {
-            let subject = format!("postscreen_dnsbl_reply_map: {}", shorten(&spec));
+            let subject = format!("{}: {}", value.parameter, shorten(&spec));
             let Some((kind, path)) = table_spec(&spec) else {
-                self.skip(
-                    "postscreen_dnsbl_reply_map",
-                    subject,
-                    "not a type:name table",
-                );
+                self.skip(value.parameter, subject, "not a type:name table");
                 continue;
             };
             if kind != "texthash" {
@@ -156,7 +123,7 @@ impl Translation {
                         ", or import its postmap source file as texthash:{path}"
                     ));
                 }
-                self.skip("postscreen_dnsbl_reply_map", subject, reason);
+                self.skip(value.parameter, subject, reason);
                 continue;
             }
             let table = files
@@ -166,7 +133,7 @@ impl Translation {
             let table = match table {
                 Ok(table) => table,
                 Err(reason) => {
-                    self.skip("postscreen_dnsbl_reply_map", subject, reason);
+                    self.skip(value.parameter, subject, reason);
                     continue;
                 }
             };
@@ -175,13 +142,13 @@ impl Translation {
                 let single =
                     std::collections::HashMap::from([(entry.key.clone(), entry.value.clone())]);
                 if let Err(err) = dnsbl::ReplyMap::new(single) {
-                    self.skip("postscreen_dnsbl_reply_map", subject, err.to_string());
+                    self.skip(value.parameter, subject, err.to_string());
                     continue;
                 }
                 let folded = entry.key.to_ascii_lowercase();
                 if map.contains_key(&folded) {
                     self.caveat(
-                        "postscreen_dnsbl_reply_map",
+                        value.parameter,
                         subject,
                         "a duplicate: the first entry wins, as in Postfix",
                     );
@@ -189,7 +156,7 @@ impl Translation {
                 }
                 if map.len() == dnsbl::MAX_REPLY_MAP {
                     self.skip(
-                        "postscreen_dnsbl_reply_map",
+                        value.parameter,
                         subject,
                         format!("more than {} entries", dnsbl::MAX_REPLY_MAP),
                     );

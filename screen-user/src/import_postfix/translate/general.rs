@@ -2,8 +2,11 @@
 //! `mynetworks`, `soft_bounce`, `line_length_limit`, and the HELO and VRFY settings of
 //! postscreen's dummy engine.
 
-use super::{Effective, Kind, Section, Translation, names};
-use crate::import_postfix::{expand::Expansion, render::toml_string, shorten};
+use super::{Effective, Kind, Section, Translation, parameter_for};
+use crate::{
+    config::Config,
+    import_postfix::{expand::Expansion, render::toml_string, shorten},
+};
 
 impl Translation {
     pub(super) fn main_settings(&mut self) {
@@ -31,9 +34,9 @@ impl Translation {
                 }
             }
         }
-        // smtp-screen's own default names itself; Postfix's names Postfix, and smtpd says
-        // the same after the hand-off, so the two greetings agree.
-        let value = self.effective(&names("smtpd_banner", "$myhostname ESMTP $mail_name"));
+        // smtp-screen's default names no program; Postfix's names Postfix, and smtpd says the
+        // same after the hand-off, so the banner is always written and the two greetings agree.
+        let value = self.effective(parameter_for("smtpd_banner"));
         let keep = [("myhostname", "$myhostname")];
         if let Some(expanded) = self.expand(
             &value,
@@ -50,30 +53,14 @@ impl Translation {
             );
         }
         self.mynetworks();
-        self.plain(
-            Section::Main,
-            names("soft_bounce", "no"),
-            "soft_bounce",
-            Kind::YesNo,
-        );
-        self.plain(
-            Section::Main,
-            names("line_length_limit", "2048"),
-            "line_length_limit",
-            Kind::Count(512),
-        );
-        self.plain(
-            Section::Main,
-            names("postscreen_helo_required", "$smtpd_helo_required"),
-            "helo_required",
-            Kind::YesNo,
-        );
-        self.plain(
-            Section::Main,
-            names("postscreen_disable_vrfy_command", "$disable_vrfy_command"),
-            "disable_vrfy_command",
-            Kind::YesNo,
-        );
+        for (key, kind) in [
+            ("soft_bounce", Kind::YesNo),
+            ("line_length_limit", Kind::Count(512)),
+            ("helo_required", Kind::YesNo),
+            ("disable_vrfy_command", Kind::YesNo),
+        ] {
+            self.plain(Section::Main, key, kind);
+        }
     }
 
     fn mynetworks(&mut self) {
@@ -87,9 +74,12 @@ impl Translation {
             self.caveat(
                 "mynetworks",
                 format!("mynetworks_style = {}", shorten(&style)),
-                "mynetworks is not set, so Postfix derives it from the server's own addresses \
-                 (mynetworks_style); smtp-screen's default is 127.0.0.0/8 [::1]/128: write \
-                 mynetworks out if permit_mynetworks must match more",
+                format!(
+                    "mynetworks is not set, so Postfix derives it from the server's own \
+                     addresses (mynetworks_style); smtp-screen's default is {}: write mynetworks \
+                     out if permit_mynetworks must match more",
+                    Config::default().mynetworks
+                ),
             );
             return;
         };

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use super::{Effective, Section, Translation};
+use super::{Effective, Section, Translation, postfix_default};
 use crate::{
     import_postfix::{
         expand::Expansion,
@@ -70,7 +70,7 @@ impl Translation {
                 "screened once more after the switch.".into(),
             ],
         );
-        let owner = self.context_value("mail_owner", "postfix");
+        let owner = self.context_value("mail_owner");
         self.set(
             Section::Smtp,
             "user",
@@ -80,7 +80,9 @@ impl Translation {
                     .into(),
             ],
         );
-        let syslog_name = self.context_value("syslog_name", "postfix");
+        // Postfix's default, `${multi_instance_name?{$multi_instance_name}:{postfix}}`, without an
+        // instance name.
+        let syslog_name = self.context_value_or("syslog_name", "postfix");
         self.set(
             Section::Smtp,
             "log_to",
@@ -106,8 +108,14 @@ impl Translation {
         }
     }
 
-    /// A parameter's expanded value, or `fallback` when it cannot be expanded.
-    fn context_value(&mut self, name: &'static str, fallback: &str) -> String {
+    /// A parameter's expanded value, or Postfix's default when it cannot be expanded or is
+    /// empty.
+    fn context_value(&mut self, name: &'static str) -> String {
+        self.context_value_or(name, postfix_default(name))
+    }
+
+    /// A parameter's expanded value, or `fallback` when it cannot be expanded or is empty.
+    fn context_value_or(&mut self, name: &'static str, fallback: &str) -> String {
         let value = match self.context_postconf.get(name) {
             Some(raw) => Effective {
                 parameter: name,
@@ -127,8 +135,8 @@ impl Translation {
     }
 
     fn pass_socket(&mut self) -> String {
-        let queue = self.context_value("queue_directory", "/var/spool/postfix");
-        let service = self.context_value("smtpd_service_name", "smtpd");
+        let queue = self.context_value("queue_directory");
+        let service = self.context_value("smtpd_service_name");
         let queue = queue.trim_end_matches('/');
         if queue.is_empty() {
             return paths::DEFAULT_POSTFIX_PASS_SOCKET.to_string();
@@ -172,14 +180,11 @@ impl Translation {
                 .into_iter()
                 .map(|h| SocketAddr::new(h, 25))
                 .collect();
-            let interfaces = self
-                .context_postconf
-                .get("inet_interfaces")
-                .unwrap_or("all (Postfix's default)");
-            origins.push(format!(
-                "inet_interfaces = {}, port 25",
-                shorten(interfaces)
-            ));
+            let interfaces = match self.context_postconf.get("inet_interfaces") {
+                Some(value) => shorten(value),
+                None => format!("{} (Postfix's default)", postfix_default("inet_interfaces")),
+            };
+            origins.push(format!("inet_interfaces = {interfaces}, port 25"));
         }
         let mut seen = BTreeSet::new();
         listen.retain(|a| seen.insert(*a));
@@ -201,7 +206,7 @@ impl Translation {
 
     /// `inet_protocols`: (IPv4, IPv6).
     fn families(&mut self) -> (bool, bool) {
-        let value = self.context_value("inet_protocols", "all");
+        let value = self.context_value("inet_protocols");
         let (mut v4, mut v6) = (false, false);
         for word in split_words(&value, true) {
             match word.to_ascii_lowercase().as_str() {
@@ -223,7 +228,7 @@ impl Translation {
 
     /// The addresses of `inet_interfaces`.
     fn interfaces(&mut self, &(v4, v6): &(bool, bool)) -> Vec<IpAddr> {
-        let value = self.context_value("inet_interfaces", "all");
+        let value = self.context_value("inet_interfaces");
         let mut out = Vec::new();
         for word in split_words(&value, true) {
             let lower = word.to_ascii_lowercase();
@@ -272,12 +277,13 @@ impl Translation {
         if !respectful {
             let subject = match self.context_postconf.get("respectful_logging") {
                 Some(value) => format!("respectful_logging = {}", shorten(value)),
-                None => format!(
-                    "compatibility_level = {}",
-                    self.context_postconf
-                        .get("compatibility_level")
-                        .unwrap_or("0 (Postfix's default)")
-                ),
+                None => match self.context_postconf.get("compatibility_level") {
+                    Some(level) => format!("compatibility_level = {level}"),
+                    None => format!(
+                        "compatibility_level = {} (Postfix's default)",
+                        postfix_default("compatibility_level")
+                    ),
+                },
             };
             self.caveat(
                 "respectful_logging",

@@ -26,7 +26,14 @@ use super::{
     render::toml_string,
     shorten,
 };
-use crate::{config, duration, screen::access::TableFiles};
+use crate::{
+    config::{
+        self,
+        parameters::{self, PostfixParameter},
+    },
+    duration,
+    screen::access::TableFiles,
+};
 
 /// The smtp-screen option a value goes to, in the order they are written.
 pub(super) struct Entry {
@@ -114,28 +121,23 @@ impl Effective {
     }
 }
 
-/// The Postfix parameter (with its old name before Postfix 3.6, if any) that feeds an option.
-struct Names {
-    parameter: &'static str,
-    old: Option<&'static str>,
-    /// Postfix 3.7's default for it (§2.14 of the reference).
-    default: &'static str,
+/// The Postfix parameter (with its name before Postfix 3.6, if any) that feeds option `key`,
+/// from the configuration's table.
+fn parameter_for(key: &str) -> &'static PostfixParameter {
+    parameters::option(key)
+        .and_then(|option| option.postfix.as_ref())
+        .unwrap_or_else(|| panic!("option {key} has no Postfix parameter in config::parameters"))
 }
 
-const fn names(parameter: &'static str, default: &'static str) -> Names {
-    Names {
-        parameter,
-        old: None,
-        default,
-    }
+/// A Postfix parameter smtp-screen has no option for, from the configuration's table.
+fn parameter(name: &str) -> &'static PostfixParameter {
+    parameters::postfix_parameter(name)
+        .unwrap_or_else(|| panic!("{name} is not in config::parameters"))
 }
 
-const fn renamed(parameter: &'static str, old: &'static str, default: &'static str) -> Names {
-    Names {
-        parameter,
-        old: Some(old),
-        default,
-    }
+/// Postfix's default of a parameter smtp-screen has no option for.
+fn postfix_default(name: &str) -> &'static str {
+    parameter(name).default.unwrap_or_default()
 }
 
 pub(super) struct Translation {
@@ -238,14 +240,16 @@ impl Translation {
     }
 
     /// The value of `names`: the input's (new name first), else Postfix's default.
-    fn effective(&mut self, names: &Names) -> Effective {
-        self.handled.insert(names.parameter);
-        if let Some(old) = names.old {
+    fn effective(&mut self, names: &PostfixParameter) -> Effective {
+        self.handled.insert(names.name);
+        if let Some(old) = names.old_name {
             self.handled.insert(old);
         }
         let get = |name: &str| self.context_postconf.get(name).map(str::to_string);
-        let current = get(names.parameter);
-        let old = names.old.and_then(|old| get(old).map(|value| (old, value)));
+        let current = get(names.name);
+        let old = names
+            .old_name
+            .and_then(|old| get(old).map(|value| (old, value)));
         match (current, old) {
             (Some(value), old) => {
                 if let Some((old, old_value)) = old {
@@ -254,12 +258,12 @@ impl Translation {
                         format!("{old} = {}", shorten(&old_value)),
                         format!(
                             "the name before Postfix 3.6; {} is set too and wins",
-                            names.parameter
+                            names.name
                         ),
                     );
                 }
                 Effective {
-                    parameter: names.parameter,
+                    parameter: names.name,
                     raw: value,
                     explicit: true,
                 }
@@ -270,8 +274,8 @@ impl Translation {
                 explicit: true,
             },
             (None, None) => Effective {
-                parameter: names.parameter,
-                raw: names.default.to_string(),
+                parameter: names.name,
+                raw: names.default.unwrap_or_default().to_string(),
                 explicit: false,
             },
         }
@@ -303,8 +307,9 @@ impl Translation {
     }
 
     /// A plain value: written when the input sets it, in the option's syntax.
-    fn plain(&mut self, section: Section, names: Names, key: &'static str, kind: Kind) {
-        let value = self.effective(&names);
+    fn plain(&mut self, section: Section, key: &'static str, kind: Kind) {
+        let names = parameter_for(key);
+        let value = self.effective(names);
         let how = Expansion {
             keep_stress: matches!(kind, Kind::StressTime),
             ..Expansion::default()
@@ -318,10 +323,10 @@ impl Translation {
         match plain_value(&expanded.text, kind) {
             Ok(toml) => {
                 let mut comments = vec![value.described(&expanded.text)];
-                if value.parameter != names.parameter {
+                if value.parameter != names.name {
                     comments.push(format!(
                         "({} is the name before Postfix 3.6 of {})",
-                        value.parameter, names.parameter
+                        value.parameter, names.name
                     ));
                 }
                 self.set(section, key, toml, comments);

@@ -2,7 +2,7 @@
 //! action, the allowlist interfaces, the pregreet test, the cache times, the limits of the
 //! dummy engine and of the queues, the upstream proxy and the reply footer.
 
-use super::{Kind, Section, Translation, names, renamed, table_spec};
+use super::{Kind, Section, Translation, parameter_for, table_spec};
 use crate::{
     cidr_table::CidrTable,
     import_postfix::{expand::Expansion, render::toml_string, shorten},
@@ -13,29 +13,17 @@ use crate::{
 impl Translation {
     pub(super) fn postscreen_settings(&mut self, files: &dyn TableFiles) {
         self.access_list(files);
-        self.plain(
-            Section::Postscreen,
-            renamed(
-                "postscreen_denylist_action",
-                "postscreen_blacklist_action",
-                "ignore",
-            ),
-            "denylist_action",
-            Kind::Action,
-        );
-        let value = self.effective(&renamed(
-            "postscreen_allowlist_interfaces",
-            "postscreen_whitelist_interfaces",
-            "static:all",
-        ));
+        self.plain(Section::Postscreen, "denylist_action", Kind::Action);
+        let names = parameter_for("allowlist_interfaces");
+        let value = self.effective(names);
         if value.explicit
             && let Some(list) = self.address_list(&value)
         {
             let mut comments = vec![value.origin()];
-            if value.parameter != "postscreen_allowlist_interfaces" {
+            if value.parameter != names.name {
                 comments.push(format!(
-                    "({} is the name before Postfix 3.6 of postscreen_allowlist_interfaces)",
-                    value.parameter
+                    "({} is the name before Postfix 3.6 of {})",
+                    value.parameter, names.name
                 ));
             }
             self.set(
@@ -46,77 +34,27 @@ impl Translation {
             );
         }
         self.greet_banner();
-        self.plain(
-            Section::Postscreen,
-            names("postscreen_greet_wait", "${stress?{2}:{6}}s"),
-            "greet_wait",
-            Kind::StressTime,
-        );
-        for (parameter, key, default, kind) in [
-            (
-                "postscreen_greet_action",
-                "greet_action",
-                "ignore",
-                Kind::Action,
-            ),
-            ("postscreen_greet_ttl", "greet_ttl", "1d", Kind::Time),
-            (
-                "postscreen_cache_retention_time",
-                "cache_retention_time",
-                "7d",
-                Kind::Time,
-            ),
-            (
-                "postscreen_cache_cleanup_interval",
-                "cache_cleanup_interval",
-                "12h",
-                Kind::Time,
-            ),
-            (
-                "postscreen_command_count_limit",
-                "command_count_limit",
-                "20",
-                Kind::Count(1),
-            ),
-            (
-                "postscreen_command_time_limit",
-                "command_time_limit",
-                "${stress?{10}:{300}}s",
-                Kind::StressTime,
-            ),
-            (
-                "postscreen_client_connection_count_limit",
-                "client_connection_count_limit",
-                "$smtpd_client_connection_count_limit",
-                Kind::Count(0),
-            ),
-            (
-                "postscreen_pre_queue_limit",
-                "pre_queue_limit",
-                "$default_process_limit",
-                Kind::Count(10),
-            ),
-            (
-                "postscreen_post_queue_limit",
-                "post_queue_limit",
-                "$default_process_limit",
-                Kind::Count(5),
-            ),
+        self.plain(Section::Postscreen, "greet_wait", Kind::StressTime);
+        for (key, kind) in [
+            ("greet_action", Kind::Action),
+            ("greet_ttl", Kind::Time),
+            ("cache_retention_time", Kind::Time),
+            ("cache_cleanup_interval", Kind::Time),
+            ("command_count_limit", Kind::Count(1)),
+            ("command_time_limit", Kind::StressTime),
+            ("client_connection_count_limit", Kind::Count(0)),
+            ("pre_queue_limit", Kind::Count(10)),
+            ("post_queue_limit", Kind::Count(5)),
         ] {
-            self.plain(Section::Postscreen, names(parameter, default), key, kind);
+            self.plain(Section::Postscreen, key, kind);
         }
         self.upstream_proxy();
-        self.plain(
-            Section::Postscreen,
-            names("postscreen_upstream_proxy_timeout", "5s"),
-            "upstream_proxy_timeout",
-            Kind::Time,
-        );
+        self.plain(Section::Postscreen, "upstream_proxy_timeout", Kind::Time);
         self.reject_footer();
     }
 
     fn access_list(&mut self, files: &dyn TableFiles) {
-        let value = self.effective(&names("postscreen_access_list", "permit_mynetworks"));
+        let value = self.effective(parameter_for("access_list"));
         if !value.explicit {
             return;
         }
@@ -131,17 +69,17 @@ impl Translation {
                 kept.push(entry);
                 continue;
             }
-            let subject = format!("postscreen_access_list: {}", shorten(&entry));
+            let subject = format!("{}: {}", value.parameter, shorten(&entry));
             match table_spec(&entry) {
                 Some(("cidr", path)) => {
                     if let Err(reason) = check_cidr(files, path) {
-                        self.caveat("postscreen_access_list", subject, reason);
+                        self.caveat(value.parameter, subject, reason);
                     }
                     kept.push(entry);
                 }
                 Some(("static", _)) => kept.push(entry),
                 Some((kind, _)) => self.skip(
-                    "postscreen_access_list",
+                    value.parameter,
                     subject,
                     format!(
                         "smtp-screen reads cidr: tables only; turn this {kind}: table into a \
@@ -158,7 +96,7 @@ impl Translation {
                     if !rest.is_empty() {
                         reason.push_str(&format!(" (also left out: {})", shorten(&rest.join(" "))));
                     }
-                    self.skip("postscreen_access_list", subject, reason);
+                    self.skip(value.parameter, subject, reason);
                 }
             }
         }
@@ -171,7 +109,7 @@ impl Translation {
     }
 
     fn greet_banner(&mut self) {
-        let value = self.effective(&names("postscreen_greet_banner", "$smtpd_banner"));
+        let value = self.effective(parameter_for("greet_banner"));
         if !value.explicit {
             return;
         }
@@ -198,7 +136,7 @@ impl Translation {
     }
 
     fn upstream_proxy(&mut self) {
-        let value = self.effective(&names("postscreen_upstream_proxy_protocol", ""));
+        let value = self.effective(parameter_for("upstream_proxy_protocol"));
         if !value.explicit {
             return;
         }
@@ -221,7 +159,7 @@ impl Translation {
     }
 
     fn reject_footer(&mut self) {
-        let value = self.effective(&names("postscreen_reject_footer", "$smtpd_reject_footer"));
+        let value = self.effective(parameter_for("reject_footer"));
         let server_name = if self.context_postconf.get("myhostname").is_some() {
             None
         } else {

@@ -1,7 +1,10 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
-    config::Config,
+    config::{
+        Config,
+        parameters::{OPTIONS, POSTFIX_ONLY},
+    },
     handoff::Handoff,
     import_postfix::fixtures::{
         EVERY_PARAMETER, Files, caveat, import_text, import_with, secs, skipped,
@@ -495,4 +498,63 @@ postscreen_dnsbl_reply_map = texthash:$LAB/etc/dnsbl_reply     # bl.test -> publ
             .iter()
             .any(|f| f.reason.contains("$LAB"))
     );
+}
+
+/// Every option's Postfix parameter written out with Postfix's default, as `postconf -n`
+/// shows a site that set them so: the import comes to smtp-screen's defaults, which are
+/// postscreen's.
+#[test]
+fn postscreen_defaults_import_to_smtp_screen_defaults() {
+    let input: String = OPTIONS
+        .iter()
+        .filter_map(|option| option.postfix)
+        .filter_map(|parameter| Some(format!("{} = {}\n", parameter.name, parameter.default?)))
+        .collect();
+    assert!(input.lines().count() > 40, "{input}");
+    let (import, c) = import_text(&input);
+    assert!(import.untranslated.is_empty(), "{:?}", import.untranslated);
+    let expected = Config {
+        // smtp-screen's own options, which the import always sets.
+        listen: c.listen.clone(),
+        handoff: c.handoff,
+        backend: c.backend,
+        postfix_pass_socket: c.postfix_pass_socket.clone(),
+        state_dir: c.state_dir.clone(),
+        log_to: c.log_to,
+        syslog_name: c.syslog_name.clone(),
+        user: c.user.clone(),
+        // Postfix's banner names Postfix.
+        smtpd_banner: c.smtpd_banner.clone(),
+        ..Config::default()
+    };
+    assert_eq!(c, expected, "{}", import.toml);
+    assert_eq!(c.smtpd_banner, "$myhostname ESMTP Postfix");
+}
+
+/// No postscreen parameter of the configuration's table, under its current or its old
+/// name, is reported as one the importer does not know.
+#[test]
+fn every_postscreen_parameter_of_the_table_is_known() {
+    let parameters = OPTIONS
+        .iter()
+        .filter_map(|option| option.postfix.as_ref())
+        .chain(POSTFIX_ONLY);
+    let mut names = Vec::new();
+    for parameter in parameters {
+        names.push(parameter.name);
+        names.extend(parameter.old_name);
+    }
+    names.retain(|name| name.starts_with("postscreen_"));
+    assert!(names.len() > 50, "{names:?}");
+    for name in names {
+        let (import, _) = import_text(&format!("{name} = 1\n"));
+        assert!(
+            import
+                .untranslated
+                .iter()
+                .all(|f| !f.reason.contains("smtp-screen knows")),
+            "{name}: {:?}",
+            import.untranslated
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! older `use_tls`/`enforce_tls`) says so, with smtpd's certificate and key, or Postfix
 //! 3.12's `postscreen_tls_cert_file` and key file.
 
-use super::{Effective, Section, Translation, names};
+use super::{Effective, Section, Translation, parameter, parameter_for};
 use crate::import_postfix::{expand::Expansion, render::toml_string, shorten};
 
 /// Handled through the STARTTLS translation.
@@ -21,10 +21,7 @@ impl Translation {
         for &name in TLS_PARAMETERS {
             self.handled.insert(name);
         }
-        let level_value = self.effective(&names(
-            "postscreen_tls_security_level",
-            "$smtpd_tls_security_level",
-        ));
+        let level_value = self.effective(parameter("postscreen_tls_security_level"));
         let Some(level) = self.expand(&level_value, Expansion::default()) else {
             return;
         };
@@ -32,11 +29,11 @@ impl Translation {
         let mut level_origin = level_value.described(&level.text);
         if level_text.is_empty() {
             // The settings the security level replaced.
-            let enforce = self.effective(&names("postscreen_enforce_tls", "$smtpd_enforce_tls"));
+            let enforce = self.effective(parameter("postscreen_enforce_tls"));
             let enforce_on = self
                 .expand(&enforce, Expansion::default())
                 .is_some_and(|e| e.text.trim().eq_ignore_ascii_case("yes"));
-            let use_tls = self.effective(&names("postscreen_use_tls", "$smtpd_use_tls"));
+            let use_tls = self.effective(parameter("postscreen_use_tls"));
             let use_on = self
                 .expand(&use_tls, Expansion::default())
                 .is_some_and(|e| e.text.trim().eq_ignore_ascii_case("yes"));
@@ -48,8 +45,8 @@ impl Translation {
                 level_origin = use_tls.described("yes");
             }
         }
-        let cert = self.tls_file("postscreen_tls_cert_file", "$smtpd_tls_cert_file");
-        let key = self.tls_file("postscreen_tls_key_file", "$smtpd_tls_key_file");
+        let cert = self.tls_file("tls_cert_file");
+        let key = self.tls_file("tls_key_file");
         match level_text.as_str() {
             "" | "none" => {
                 if let Some((cert, _)) = &cert {
@@ -139,12 +136,9 @@ impl Translation {
     }
 
     /// A certificate or key file: the 3.12 postscreen_tls_* name first, else smtpd's.
-    fn tls_file(
-        &mut self,
-        parameter: &'static str,
-        default: &'static str,
-    ) -> Option<(Effective, String)> {
-        let value = self.effective(&names(parameter, default));
+    fn tls_file(&mut self, key: &'static str) -> Option<(Effective, String)> {
+        let names = parameter_for(key);
+        let value = self.effective(names);
         let expanded = self.expand(&value, Expansion::default())?;
         let path = expanded.text.trim().to_string();
         if path.is_empty() {
@@ -153,13 +147,11 @@ impl Translation {
         let value = if value.explicit {
             value
         } else {
-            let smtpd = &default[1..];
+            // Postfix's default names smtpd's parameter (`$smtpd_tls_cert_file`): that is
+            // where the file comes from.
+            let smtpd = names.default.unwrap_or_default().trim_start_matches('$');
             Effective {
-                parameter: if smtpd == "smtpd_tls_cert_file" {
-                    "smtpd_tls_cert_file"
-                } else {
-                    "smtpd_tls_key_file"
-                },
+                parameter: smtpd,
                 raw: self.context_postconf.get(smtpd).unwrap_or("").to_string(),
                 explicit: true,
             }

@@ -2,7 +2,7 @@
 //! it matters (set, or set to something else than what smtp-screen does anyway), and
 //! `postscreen_` parameters the importer does not know.
 
-use super::{Translation, names};
+use super::{Translation, parameter};
 use crate::import_postfix::{
     expand::{Expanded, Expansion},
     shorten,
@@ -19,56 +19,48 @@ enum ReportWhen {
     NotEmpty,
 }
 
-/// postscreen parameters smtp-screen has no option for: name, Postfix 3.7's default, when to
-/// report it, and why it is left out.
-const UNSUPPORTED: &[(&str, &str, ReportWhen, &str)] = &[
+/// postscreen parameters smtp-screen has no option for: name, when to report it, and why it
+/// is left out. Their defaults are in the configuration's table.
+const UNSUPPORTED: &[(&str, ReportWhen, &str)] = &[
     (
         "postscreen_cache_map",
-        "btree:$data_directory/postscreen_cache",
         ReportWhen::Explicit,
         "smtp-screen keeps its temporary allowlist in its own database under state_dir; \
          postscreen's records are not carried over, so each client is screened once more",
     ),
     (
         "postscreen_command_filter",
-        "",
         ReportWhen::NotEmpty,
         "smtp-screen does not rewrite client commands",
     ),
     (
         "postscreen_discard_ehlo_keyword_address_maps",
-        "$smtpd_discard_ehlo_keyword_address_maps",
         ReportWhen::NotEmpty,
         "smtp-screen's engine always announces the same EHLO keywords",
     ),
     (
         "postscreen_discard_ehlo_keywords",
-        "$smtpd_discard_ehlo_keywords",
         ReportWhen::NotEmpty,
         "smtp-screen's engine always announces the same EHLO keywords",
     ),
     (
         "postscreen_expansion_filter",
-        "$smtpd_expansion_filter",
         ReportWhen::Set,
         "smtp-screen's footer macros expand to addresses, ports, the host name and the time, \
          which need no filter",
     ),
     (
         "postscreen_reject_footer_maps",
-        "$smtpd_reject_footer_maps",
         ReportWhen::NotEmpty,
         "smtp-screen has one footer for all clients (reject_footer), no per-client tables",
     ),
     (
         "postscreen_watchdog_timeout",
-        "10s",
         ReportWhen::Set,
         "smtp-screen has no watchdog: each step of a session has its own time limit",
     ),
     (
         "postscreen_starttls_timeout",
-        "",
         ReportWhen::Set,
         "the STARTTLS handshake in smtp-screen runs under command_time_limit",
     ),
@@ -77,8 +69,8 @@ const UNSUPPORTED: &[(&str, &str, ReportWhen, &str)] = &[
 impl Translation {
     /// postscreen parameters smtp-screen has no option for.
     pub(super) fn unsupported(&mut self) {
-        for &(parameter, default, when, reason) in UNSUPPORTED {
-            let value = self.effective(&names(parameter, default));
+        for &(name, when, reason) in UNSUPPORTED {
+            let value = self.effective(parameter(name));
             let expanded = match self.context().expand(&value.raw, Expansion::default()) {
                 Ok(mut expanded) => {
                     expanded.from_input |= value.explicit;
@@ -101,9 +93,9 @@ impl Translation {
                 let subject = if value.explicit {
                     value.subject()
                 } else {
-                    format!("{} = {} (= {})", parameter, value.raw, shorten(text))
+                    format!("{} = {} (= {})", name, value.raw, shorten(text))
                 };
-                self.skip(parameter, subject, reason);
+                self.skip(name, subject, reason);
             } else if value.explicit {
                 self.matched.push((
                     value.subject(),
