@@ -5,7 +5,7 @@
 //! `$name` references to other options, and the `${stress?{a}:{b}}` form for `greet_wait` and
 //! `command_time_limit`. smtp-screen's own options (listening, hand-off, the kernel layer) sit
 //! beside them. Each option is documented once, here, next to its field. Its default, and
-//! the Postfix parameter postscreen reads for it, are in the table of [`parameters`]:
+//! the Postfix parameter postscreen reads for it, are in the table of `parameters.rs`:
 //! `Config::default()` is checked against that table, `smtp-screen.example.toml` against
 //! `Config::default()`, and `import-postfix` takes its names and Postfix's defaults from it.
 
@@ -229,7 +229,7 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Typed values here; the tests hold them to the defaults of [`parameters::OPTIONS`].
+    /// Typed values here; the tests hold them to the table of defaults in `parameters.rs`.
     fn default() -> Self {
         Self {
             listen: vec![

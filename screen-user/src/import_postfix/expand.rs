@@ -1,5 +1,6 @@
 //! `$name`, `${name}`, `$(name)` and `${name?{a}:{b}}` references, followed as Postfix
-//! follows them (`mac_expand.c`): a parameter the input does not set has Postfix's default.
+//! follows them (`mac_expand.c`): a parameter the input does not set has Postfix's default,
+//! from the configuration's table ([`crate::config::parameters`]).
 //! Every expansion is bounded in depth, size and the references it takes.
 
 use std::fmt;

@@ -21,11 +21,11 @@
 //! with [`Config::parse`](crate::config::Config::parse): a value it would refuse is left out
 //! and reported instead.
 //!
-//! The parsers read text into values: [`postconf`] (`postconf -n` output), [`master_cf`] and
-//! [`texthash`], each over the bounded lines of [`lines`]. [`expand`] follows `$name`
-//! references with Postfix's defaults; [`translate`] makes smtp-screen's options section by
-//! section; [`render`] writes the configuration file with its comment block, and [`advice`]
-//! the master.cf edits.
+//! The parsers read text into values: `postconf.rs` (`postconf -n` output), `master_cf.rs` and
+//! `texthash.rs`, each over the bounded lines of `lines.rs`. `expand.rs` follows `$name`
+//! references with Postfix's defaults; `translate/` makes smtp-screen's options section by
+//! section; `render.rs` writes the configuration file with its comment block, and
+//! `advice.rs` the master.cf edits.
 
 mod advice;
 mod expand;

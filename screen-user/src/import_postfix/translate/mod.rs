@@ -1,9 +1,12 @@
 //! The translation of Postfix's settings into smtp-screen's options, one file per section
 //! of the configuration: [`listen`] (smtp-screen's own options), [`general`] (Postfix's
 //! general settings), [`postscreen`], [`dnsbl`], [`deep`] and [`tls`], and [`unsupported`]
-//! parameters. Here: the value of a parameter (the input's, under its current or its old
-//! name, else Postfix's default), plain values checked as smtp-screen checks them, and the
-//! options made so far with the findings.
+//! parameters; [`lists`] takes list values entry by entry. Here: the value of a parameter
+//! (the input's, under its current or its old name, else Postfix's default), plain values
+//! checked as smtp-screen checks them, and the options made so far with the findings.
+//!
+//! Which Postfix parameter stands for which option, and Postfix's defaults, come from the
+//! configuration's table ([`crate::config::parameters`]).
 
 mod deep;
 mod dnsbl;
@@ -121,8 +124,8 @@ impl Effective {
     }
 }
 
-/// The Postfix parameter (with its name before Postfix 3.6, if any) that feeds option `key`,
-/// from the configuration's table.
+/// The Postfix parameter (with its older name, if any) that feeds option `key`, from the
+/// configuration's table.
 fn parameter_for(key: &str) -> &'static PostfixParameter {
     parameters::option(key)
         .and_then(|option| option.postfix.as_ref())
