@@ -87,7 +87,7 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
         config.deny_v6_prefix,
     )?;
     for iface in &config.interfaces {
-        program.attach(iface, config.xdp_mode, false)?;
+        kernel::link::attach(program.xdp()?, pin_dir, iface, config.xdp_mode, false)?;
     }
     program.retire_old_layout()?;
     tracing::info!(

@@ -10,7 +10,7 @@ use crate::{
     kernel::{
         self, Maps, ScreenProgram,
         bpffs::{self, PinDirLock},
-        loader,
+        link,
     },
 };
 
@@ -31,7 +31,7 @@ pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     if result.is_err() && fresh {
         // Nothing was there before: leave nothing behind.
         drop(lock);
-        let _ = loader::unload(pin_dir);
+        let _ = link::unload(pin_dir);
     }
     result
 }
@@ -42,8 +42,7 @@ fn load_and_attach(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     let settings = kernel::configure(&mut maps, &args.ports, args.action, args.v6_prefix)?;
     let prog_id = program.program_id()?;
     for iface in &args.ifaces {
-        program
-            .attach(iface, args.mode, args.force)
+        link::attach(program.xdp()?, pin_dir, iface, args.mode, args.force)
             .with_context(|| format!("loading on {iface}"))?;
         println!(
             "{iface}: attached in {} mode (program id {prog_id}), ports {:?}, action {:?}",
