@@ -1,8 +1,9 @@
 //! The kernel side of smtp-screen, one file per kernel object: the XDP program ([`program`])
-//! and its links ([`link`]), the maps it reads (static lists in [`lists`], dynamic deny
-//! entries in [`dynamic`], the IPv4 table in [`v4_table`], the configuration record in
-//! [`settings`]) and writes ([`stats`]), grouped open in [`Maps`], their pins checked against
-//! the shared layout ([`layout`]); and the hand-off relay's sockhash program ([`relay`]).
+//! and its links ([`link`]), put in place by one load sequence ([`attach`]); the maps it reads
+//! (static lists in [`lists`], dynamic deny entries in [`dynamic`], the IPv4 table in
+//! [`v4_table`], the configuration record in [`settings`]) and writes ([`stats`]), grouped open
+//! in [`Maps`], their pins checked against the shared layout ([`layout`]); and the hand-off
+//! relay's sockhash program ([`relay`]).
 //!
 //! # Minimum kernel version
 //!
@@ -11,6 +12,7 @@
 //! packet fields at any alignment, which the verifier checks only where such access is slow
 //! (see `build.rs`).
 
+pub mod attach;
 pub mod bpffs;
 pub mod clock;
 pub mod dynamic;
@@ -25,6 +27,7 @@ pub mod settings;
 pub mod stats;
 pub mod v4_table;
 
+pub use attach::{KernelError, LoadRequest, Loaded, load_and_attach};
 pub use dynamic::{DynamicEntry, DynamicError};
 pub use layout::LayoutError;
 pub use link::{AttachMode, Attachment, LinkError};
