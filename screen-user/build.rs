@@ -20,7 +20,7 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 /// a byte at a time and shifts the bytes together. The verifier allows misaligned packet and
 /// map value access on architectures with efficient unaligned access (x86-64 and arm64 among
 /// them) and refuses it elsewhere; stack access must be aligned everywhere, which the compiler
-/// keeps (its stack slots are aligned). Loading tells which (`KernelError::Misaligned`).
+/// keeps (its stack slots are aligned). Loading tells which (`LoadError::Misaligned`).
 const BPF_RUSTFLAGS: &[&str] = &[
     "-Cdebuginfo=2",
     "-Clink-arg=--btf",

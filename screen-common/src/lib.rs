@@ -7,6 +7,8 @@
 //! same field names that the code uses. Addresses are kept in network byte order.
 #![no_std]
 
+pub mod map_layout;
+
 /// Names of the BPF maps, at most 15 bytes each (`BPF_OBJ_NAME_LEN`), which are also the file
 /// names of their pins under the pin directory. The program's global data (its configuration
 /// and its counters) lives in [`CONFIG`](map_name::CONFIG) and [`STATS`](map_name::STATS):

@@ -24,7 +24,7 @@ use crate::{
         HandOff, Handoff, HandoffSettings,
         relay::{Relay, RelayMode},
     },
-    kernel::{self, Maps, ScreenProgram, bpffs, clock},
+    kernel::{self, Maps, clock},
     limits::{self, LimitSettings, Limits},
     maillog::MailLog,
     paths, privileges,
@@ -37,22 +37,17 @@ use crate::{
 
 /// Loads, configures and attaches the XDP program; returns its maps.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
-    bpffs::prepare_pin_dir(pin_dir)?;
-    let _lock = bpffs::PinDirLock::acquire(pin_dir)?;
-    let mut program = ScreenProgram::load(pin_dir)?;
-    let mut maps = Maps::from_pins(pin_dir)?;
-    kernel::configure(
-        &mut maps,
-        &config.protected_ports,
-        config.kernel_action,
-        config.deny_v6_prefix,
-    )?;
-    for iface in &config.interfaces {
-        program.attach(iface, config.xdp_mode, false)?;
-    }
-    program.retire_old_layout()?;
+    let request = kernel::LoadRequest {
+        ifaces: &config.interfaces,
+        mode: config.xdp_mode,
+        force: false,
+        ports: &config.protected_ports,
+        action: config.kernel_action,
+        v6_prefix_len: config.deny_v6_prefix,
+    };
+    let loaded = kernel::load_and_attach(pin_dir, &request, |_, _| {})?;
     tracing::info!(
-        prog_id = program.program_id()?,
+        prog_id = loaded.prog_id,
         pin_dir = %pin_dir.display(),
         interfaces = ?config.interfaces,
         mode = config.xdp_mode.as_str(),
@@ -61,7 +56,7 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
         "XDP SYN screen attached"
     );
     // The program itself stays loaded through its pinned links.
-    Ok(maps)
+    Ok(loaded.maps)
 }
 
 /// Sets up the relay for `handoff = "proxy"` while the daemon can still create BPF objects,

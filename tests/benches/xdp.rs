@@ -1243,7 +1243,7 @@ mod netns {
                 }
             }
         }
-        if let Ok(entries) = fs::read_dir(kernel::bpffs::BPFFS_ROOT) {
+        if let Ok(entries) = fs::read_dir(screen_user::paths::BPFFS_ROOT) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if stale(&name) && entry.path().is_dir() {
@@ -1741,7 +1741,7 @@ mod flood {
         let bed = ctx.bed;
         match config.receiver {
             Receiver::ScreenNative | Receiver::ScreenGeneric => {
-                let pin_dir = Path::new(kernel::bpffs::BPFFS_ROOT).join(format!(
+                let pin_dir = Path::new(screen_user::paths::BPFFS_ROOT).join(format!(
                     "{}{}-{run}",
                     netns::PREFIX,
                     std::process::id()

@@ -562,7 +562,7 @@ impl Drop for PinDir {
         if !self.path.exists() {
             return;
         }
-        if let Err(e) = screen_user::kernel::loader::unload(&self.path) {
+        if let Err(e) = screen_user::kernel::link::unload(&self.path) {
             eprintln!(
                 "warning: removing pin directory {}: {e}",
                 self.path.display()

@@ -28,7 +28,8 @@ use screen_tests::{
     },
 };
 use screen_user::kernel::{
-    self, KernelAction, KernelError, Maps, MapsError, ScreenProgram, StaticList, loader,
+    self, KernelAction, LayoutError, LoadError, Maps, MapsError, ScreenProgram, StaticList, layout,
+    link,
     stats::{self, StatsMap},
 };
 
@@ -1164,7 +1165,7 @@ impl PinDir {
     fn new(purpose: &str) -> Self {
         let dir = PathBuf::from(format!("/sys/fs/bpf/sst-{purpose}-{}", std::process::id()));
         // Left over from a crashed run of a process with the same id.
-        let _ = loader::unload(&dir);
+        let _ = link::unload(&dir);
         Self(dir)
     }
 
@@ -1175,7 +1176,7 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(e) = loader::unload(&self.0) {
+        if let Err(e) = link::unload(&self.0) {
             eprintln!("cleaning up {}: {e}", self.0.display());
         }
     }
@@ -1191,7 +1192,7 @@ fn pinned_map_layouts_match_the_loader() {
     for name in map_name::ALL {
         let info = MapInfo::from_pin(dir.path().join(name))
             .unwrap_or_else(|e| panic!("{name} is not pinned: {e}"));
-        loader::check_layout(name, &info).unwrap_or_else(|what| panic!("{name}: {what}"));
+        layout::check(name, &info).unwrap_or_else(|what| panic!("{name}: {what}"));
         assert_eq!(info.name_as_str(), Some(name), "kernel name of {name}");
     }
     // The program uses the pinned records as its global data, not maps of its own.
@@ -1223,7 +1224,7 @@ fn pinned_map_layouts_match_the_loader() {
         "nothing but the maps is pinned: {pinned:?}"
     );
     drop(program);
-    loader::unload(dir.path()).expect("unloading");
+    link::unload(dir.path()).expect("unloading");
     assert!(!dir.path().exists(), "unload removes the pin directory");
 }
 
@@ -1435,7 +1436,9 @@ fn counters_of_an_older_layout_stay_when_another_pin_is_refused() {
     let table_pin = dir.path().join(map_name::TABLE_V4[0]);
     table.pin(&table_pin).expect("pinning it");
     match ScreenProgram::load(dir.path()) {
-        Err(KernelError::IncompatiblePin { path, .. }) => assert_eq!(path, table_pin),
+        Err(LoadError::Layout(LayoutError::IncompatiblePin { path, .. })) => {
+            assert_eq!(path, table_pin)
+        }
         Err(other) => panic!("expected IncompatiblePin, got {other}"),
         Ok(_) => panic!("loaded over an incompatible table"),
     }
@@ -1489,7 +1492,7 @@ fn incompatible_pin_is_refused() {
     let pin = dir.path().join(map_name::DYN_DENY_V4);
     impostor.pin(&pin).expect("pinning the hash map");
     match ScreenProgram::load(dir.path()) {
-        Err(KernelError::IncompatiblePin { path, what }) => {
+        Err(LoadError::Layout(LayoutError::IncompatiblePin { path, what })) => {
             assert_eq!(path, pin);
             assert!(what.contains("type"), "{what}");
         }

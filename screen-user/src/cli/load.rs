@@ -1,17 +1,13 @@
-//! `smtp-screen load`: load the program, pin it, attach it, configure it.
+//! `smtp-screen load`: load the program, pin it, configure it, attach it.
 
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use super::LoadArgs;
 use crate::{
     config,
-    kernel::{
-        self, Maps, ScreenProgram,
-        bpffs::{self, PinDirLock},
-        loader,
-    },
+    kernel::{self, KernelError, LoadRequest},
 };
 
 pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
@@ -21,41 +17,33 @@ pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     if let Err(why) = config::check_v6_prefix(args.v6_prefix) {
         bail!("--v6-prefix: {why}");
     }
-    for iface in &args.ifaces {
-        kernel::netlink::if_index(iface)?;
-    }
-    let fresh = std::fs::metadata(pin_dir).is_err();
-    bpffs::prepare_pin_dir(pin_dir)?;
-    let lock = PinDirLock::acquire(pin_dir)?;
-    let result = load_and_attach(pin_dir, args);
-    if result.is_err() && fresh {
-        // Nothing was there before: leave nothing behind.
-        drop(lock);
-        let _ = loader::unload(pin_dir);
-    }
-    result
-}
-
-fn load_and_attach(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
-    let mut program = ScreenProgram::load(pin_dir)?;
-    let mut maps = Maps::from_pins(pin_dir)?;
-    let settings = kernel::configure(&mut maps, &args.ports, args.action, args.v6_prefix)?;
-    let prog_id = program.program_id()?;
-    for iface in &args.ifaces {
-        program
-            .attach(iface, args.mode, args.force)
-            .with_context(|| format!("loading on {iface}"))?;
+    let request = LoadRequest {
+        ifaces: &args.ifaces,
+        mode: args.mode,
+        force: args.force,
+        ports: &args.ports,
+        action: args.action,
+        v6_prefix_len: args.v6_prefix,
+    };
+    let loaded = kernel::load_and_attach(pin_dir, &request, |iface, loaded| {
         println!(
-            "{iface}: attached in {} mode (program id {prog_id}), ports {:?}, action {:?}",
+            "{iface}: attached in {} mode (program id {}), ports {:?}, action {:?}",
             args.mode.as_str(),
-            settings
+            loaded.prog_id,
+            loaded
+                .config
                 .ports
                 .iter()
                 .filter(|&&p| p != 0)
                 .collect::<Vec<_>>(),
             args.action,
         );
+    });
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(KernelError::Attach { iface, source }) => {
+            Err(anyhow::Error::new(*source).context(format!("loading on {iface}")))
+        }
+        Err(other) => Err(other.into()),
     }
-    program.retire_old_layout()?;
-    Ok(())
 }

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use screen_common::{DenyAction, Stat, map_name};
+use screen_common::{DenyAction, Stat, map_layout, map_name};
 
 use crate::{
     config::Config,
-    kernel::{Maps, loader},
+    kernel::{Maps, link},
     paths,
 };
 
@@ -27,7 +27,7 @@ pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     println!("pin directory: {}", pin_dir.display());
 
     println!("interfaces:");
-    let attachments = loader::attachments(pin_dir)?;
+    let attachments = link::attachments(pin_dir)?;
     if attachments.is_empty() {
         println!("  (none)");
     }
@@ -72,11 +72,7 @@ pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
 
     println!("maps:");
     for (name, count) in maps.fill_levels() {
-        let capacity = match name {
-            map_name::DYN_DENY_V4 => screen_common::DYN_V4_MAX_ENTRIES,
-            map_name::DYN_DENY_V6 => screen_common::DYN_V6_MAX_ENTRIES,
-            _ => screen_common::STATIC_MAX_ENTRIES,
-        };
+        let capacity = map_layout::of(name).map_or(0, |layout| layout.max_entries);
         let live = live_marker(name, config.allow_slot, config.deny_slot);
         println!("  {name:<16} {count:>8} / {capacity:<8}{live}");
     }

@@ -2,14 +2,14 @@
 
 use std::path::Path;
 
-use crate::kernel::loader;
+use crate::kernel::link;
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
     if std::fs::metadata(pin_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         println!("nothing loaded ({} does not exist)", pin_dir.display());
         return Ok(());
     }
-    let detached = loader::unload(pin_dir)?;
+    let detached = link::unload(pin_dir)?;
     for iface in &detached {
         println!("{iface}: detached");
     }

@@ -9,11 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::paths::BPFFS_ROOT;
+
 /// `statfs` magic of the BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Where bpffs is mounted by convention.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// An error with the BPF filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -114,5 +113,38 @@ impl PinDirLock {
             return Err(err(io::Error::last_os_error()));
         }
         Ok(Self { _dir: dir })
+    }
+}
+
+/// Removes the pin at `path`; one that is gone already is fine.
+pub fn remove_pin(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_a_pin_that_is_gone_is_fine() {
+        let path = std::env::temp_dir().join(format!("smtp-screen-pin-{}", std::process::id()));
+        std::fs::write(&path, b"").expect("a scratch file");
+        remove_pin(&path).expect("removing it");
+        assert!(!path.exists());
+        remove_pin(&path).expect("removing it again");
+        assert!(remove_pin(Path::new("/proc/version")).is_err());
+    }
+
+    #[test]
+    fn a_pin_directory_outside_bpffs_is_refused() {
+        let pin_dir = std::env::temp_dir().join("smtp-screen-pins");
+        assert!(matches!(
+            prepare_pin_dir(&pin_dir),
+            Err(BpffsError::NotBpffs { .. })
+        ));
+        assert!(!pin_dir.exists());
     }
 }

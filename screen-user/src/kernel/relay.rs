@@ -26,7 +26,7 @@ use aya::{
 };
 use screen_common::{RELAY_PROGRAM_NAME, RelayPeer, map_name};
 
-use super::OBJECT;
+use super::program::{OBJECT, xdp_maps_at_their_smallest};
 
 /// The kernel relay could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ impl KernelRelay {
             .map_max_entries(map_name::RELAY_SOCKS, sockets)
             .map_max_entries(map_name::RELAY_PEERS, sockets);
         // The XDP program's maps are in the same object; this process only relays.
-        super::xdp_maps_at_their_smallest(&mut loader);
+        xdp_maps_at_their_smallest(&mut loader);
         let mut ebpf = loader.load(OBJECT).map_err(RelayError::Load)?;
         for name in map_name::ALL
             .into_iter()

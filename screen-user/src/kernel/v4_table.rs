@@ -1,7 +1,9 @@
-//! The IPv4 direct table ([`screen_common::v4_table`]): built in memory from the IPv4 prefixes
-//! of both static lists and written into an idle table map through a shared mapping, one store
-//! per word that differs, so that replacing a list of 100,000 prefixes costs a pass over 4 MiB
-//! rather than a syscall per word.
+//! The IPv4 direct table ([`screen_common::v4_table`]), two slots like the static lists
+//! (`scr_table_v4_0`, `scr_table_v4_1`): built in memory from the IPv4 prefixes of both static
+//! lists and written into the idle table map through a shared mapping, one store per word that
+//! differs, so that replacing a list of 100,000 prefixes costs a pass over 4 MiB rather than a
+//! syscall per word. Each change makes the table live in the same write of the configuration
+//! record that makes the lists live.
 //!
 //! # Minimum kernel version
 //!
@@ -17,8 +19,9 @@ use std::{
 
 use aya::maps::MapData;
 use ipnet::Ipv4Net;
-use screen_common::v4_table::{
-    ASK_TRIES, BUCKETS_PER_WORD, WORDS, bucket, shift, state, word_index,
+use screen_common::{
+    ScreenConfig,
+    v4_table::{ASK_TRIES, BUCKETS_PER_WORD, WORDS, bucket, shift, state, word_index},
 };
 
 /// Every bucket of a word in state `DENY`.
@@ -28,15 +31,27 @@ const ALLOW_WORD: u64 = 0xaaaa_aaaa_aaaa_aaaa;
 /// Size of a table map's value area.
 const TABLE_BYTES: usize = WORDS as usize * size_of::<u64>();
 
+/// An error with a table map.
+#[derive(Debug, thiserror::Error)]
+pub enum V4TableError {
+    /// Mapping a table into memory failed.
+    #[error("cannot map {name} into memory (it must be created with BPF_F_MMAPABLE): {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// The table as the program must see it for one content of the lists.
-pub struct V4Table {
+pub(crate) struct V4Table {
     words: Box<[u64]>,
 }
 
 impl V4Table {
     /// The table for these IPv4 lists. A prefix of /24 or shorter sets the buckets it covers
     /// (allow over deny); a longer one sends its bucket to the tries.
-    pub fn build<'a>(
+    pub(crate) fn build<'a>(
         allow: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
         deny: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
     ) -> Self {
@@ -58,7 +73,8 @@ impl V4Table {
     }
 
     /// The state of the bucket `addr` falls in.
-    pub fn state(&self, addr: Ipv4Addr) -> u64 {
+    #[cfg(test)]
+    fn state(&self, addr: Ipv4Addr) -> u64 {
         let bucket = bucket(addr.octets());
         state(self.words[word_index(bucket) as usize], bucket)
     }
@@ -92,8 +108,45 @@ impl V4Table {
     }
 }
 
+/// Both table maps, mapped into this process.
+pub(crate) struct V4Tables {
+    tables: [MappedTable; 2],
+}
+
+impl V4Tables {
+    /// Maps the table maps of slot 0 and 1, each given with its name.
+    pub(crate) fn new(maps: [(&'static str, MapData); 2]) -> Result<Self, V4TableError> {
+        let [(name_0, map_0), (name_1, map_1)] = maps;
+        let mapped =
+            |name, map| MappedTable::new(map).map_err(|source| V4TableError::Mmap { name, source });
+        Ok(Self {
+            tables: [mapped(name_0, map_0)?, mapped(name_1, map_1)?],
+        })
+    }
+
+    /// Writes the table of these lists into the table slot `config` does not use, and points
+    /// `config` at it for the caller to write. Returns how many words changed.
+    pub(crate) fn stage<'a>(
+        &mut self,
+        config: &mut ScreenConfig,
+        allow: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
+        deny: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
+    ) -> usize {
+        let table = V4Table::build(allow, deny);
+        let idle = 1 - (config.v4_table_slot & 1) as usize;
+        let changed = self.tables[idle].write(&table);
+        config.v4_table_slot = idle as u32;
+        changed
+    }
+
+    /// The state of `addr`'s bucket in the table `config` makes live.
+    pub(crate) fn state(&mut self, config: &ScreenConfig, addr: Ipv4Addr) -> u64 {
+        self.tables[(config.v4_table_slot & 1) as usize].state(addr)
+    }
+}
+
 /// A table map mapped into this process, read and written as memory.
-pub struct MappedTable {
+pub(crate) struct MappedTable {
     words: NonNull<u64>,
     /// Kept open: a program loaded after the maps were taken out of its object refers to them
     /// by descriptor.
@@ -105,7 +158,7 @@ unsafe impl Send for MappedTable {}
 
 impl MappedTable {
     /// Maps the value area of a table map (an array created with `BPF_F_MMAPABLE`).
-    pub fn new(map: MapData) -> io::Result<Self> {
+    pub(crate) fn new(map: MapData) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping of a BPF array, sized as the array's value area.
         let addr = unsafe {
             libc::mmap(
@@ -132,7 +185,7 @@ impl MappedTable {
 
     /// Makes the mapped table equal to `table`, storing only the words that differ; returns
     /// how many did.
-    pub fn write(&mut self, table: &V4Table) -> usize {
+    pub(crate) fn write(&mut self, table: &V4Table) -> usize {
         let mut changed = 0;
         for (word, &wanted) in self.words().iter_mut().zip(table.words.iter()) {
             if *word != wanted {
@@ -144,7 +197,7 @@ impl MappedTable {
     }
 
     /// The state of the bucket `addr` falls in, as the map holds it.
-    pub fn state(&mut self, addr: Ipv4Addr) -> u64 {
+    pub(crate) fn state(&mut self, addr: Ipv4Addr) -> u64 {
         let bucket = bucket(addr.octets());
         state(self.words()[word_index(bucket) as usize], bucket)
     }
