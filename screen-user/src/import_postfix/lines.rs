@@ -79,6 +79,55 @@ pub(super) fn text_lines<'a>(
     Ok(lines)
 }
 
+/// One logical line of main.cf, master.cf or a postmap source file: a line and the lines
+/// after it that start with white space (its continuation), joined with a space.
+pub(super) struct LogicalLine {
+    /// Where it starts and ends in the input.
+    pub first: usize,
+    pub last: usize,
+    pub text: String,
+}
+
+/// Reads `bytes` as Postfix reads its configuration files: empty and `#` comment lines are
+/// skipped (also between continuation lines), a line that starts with white space continues
+/// the one before, and there are at most `max` logical lines.
+pub(super) fn logical_lines(
+    input: &str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<Vec<LogicalLine>, ImportError> {
+    let mut logical: Vec<LogicalLine> = Vec::new();
+    for (number, line) in text_lines(input, bytes)? {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            let continued = logical.last_mut().ok_or(ImportError::Line {
+                input: input.to_string(),
+                line: number,
+                problem: LineProblem::OrphanContinuation,
+            })?;
+            continued.last = number;
+            continued.text.push(' ');
+            continued.text.push_str(trimmed);
+            continue;
+        }
+        if logical.len() == max {
+            return Err(ImportError::TooManyEntries {
+                input: input.to_string(),
+                max,
+            });
+        }
+        logical.push(LogicalLine {
+            first: number,
+            last: number,
+            text: trimmed.to_string(),
+        });
+    }
+    Ok(logical)
+}
+
 /// Splits at white space (and commas when `commas`), keeping `{…}` groups whole, as
 /// Postfix splits lists and master.cf fields. An unbalanced `{` takes the rest.
 pub(super) fn split_words(text: &str, commas: bool) -> Vec<&str> {

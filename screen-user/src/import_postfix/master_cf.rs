@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
-    lines::{ImportError, LineProblem, MAX_ENTRIES, split_words, text_lines},
+    lines::{ImportError, LineProblem, LogicalLine, MAX_ENTRIES, logical_lines, split_words},
     shorten,
 };
 
@@ -66,33 +66,14 @@ impl MasterCf {
     /// Parses master.cf: a service per logical line (lines that start with white space
     /// continue it; comment and empty lines are skipped, also between continuation lines).
     pub fn parse(input: &str, bytes: &[u8]) -> Result<Self, ImportError> {
-        let mut logical: Vec<(usize, usize, String)> = Vec::new();
-        for (number, line) in text_lines(input, bytes)? {
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            if line.starts_with(char::is_whitespace) {
-                let (_, last, text) = logical.last_mut().ok_or(ImportError::Line {
-                    input: input.to_string(),
-                    line: number,
-                    problem: LineProblem::OrphanContinuation,
-                })?;
-                *last = number;
-                text.push(' ');
-                text.push_str(trimmed);
-                continue;
-            }
-            if logical.len() == MAX_ENTRIES {
-                return Err(ImportError::TooManyEntries {
-                    input: input.to_string(),
-                    max: MAX_ENTRIES,
-                });
-            }
-            logical.push((number, number, trimmed.to_string()));
-        }
+        let logical = logical_lines(input, bytes, MAX_ENTRIES)?;
         let mut services = Vec::with_capacity(logical.len());
-        for (first_line, last_line, text) in logical {
+        for LogicalLine {
+            first: first_line,
+            last: last_line,
+            text,
+        } in logical
+        {
             let fields = split_words(&text, false);
             if fields.len() < 8 {
                 return Err(ImportError::Line {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    lines::{ImportError, LineProblem, MAX_ENTRIES, text_lines},
+    lines::{ImportError, LineProblem, MAX_ENTRIES, MAX_INPUT_BYTES, logical_lines},
     shorten,
 };
 
@@ -38,37 +38,19 @@ impl Postconf {
             input: input.to_string(),
             ..Self::default()
         };
-        let mut current: Option<String> = None;
-        for (number, line) in text_lines(input, bytes)? {
+        for line in logical_lines(input, bytes, MAX_INPUT_BYTES)? {
+            let number = line.first;
             let error = |problem| ImportError::Line {
                 input: input.to_string(),
                 line: number,
                 problem,
             };
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            if line.starts_with(char::is_whitespace) {
-                let name = current
-                    .as_ref()
-                    .ok_or_else(|| error(LineProblem::OrphanContinuation))?;
-                let parameter = postconf
-                    .parameters
-                    .get_mut(name)
-                    .expect("the current parameter was inserted");
-                if !parameter.value.is_empty() {
-                    parameter.value.push(' ');
-                }
-                parameter.value.push_str(trimmed);
-                continue;
-            }
-            if let Some(warning) = trimmed.strip_prefix("postconf: ") {
+            if let Some(warning) = line.text.strip_prefix("postconf: ") {
                 postconf.warnings.push((number, warning.to_string()));
-                current = None;
                 continue;
             }
-            let (name, value) = trimmed
+            let (name, value) = line
+                .text
                 .split_once('=')
                 .ok_or_else(|| error(LineProblem::NoEquals))?;
             let name = name.trim();
@@ -88,7 +70,6 @@ impl Postconf {
                     line: number,
                 },
             );
-            current = Some(name.to_string());
         }
         Ok(postconf)
     }

@@ -1,7 +1,7 @@
 //! `texthash:` tables (postmap source files), which the importer reads for
 //! `postscreen_dnsbl_reply_map`.
 
-use super::lines::{ImportError, LineProblem, text_lines};
+use super::lines::{ImportError, LineProblem, logical_lines};
 use crate::dnsbl;
 
 /// The largest `texthash:` file read.
@@ -26,36 +26,18 @@ pub(super) fn parse_texthash(input: &str, text: &str) -> Result<Vec<TexthashEntr
             max: MAX_TEXTHASH_BYTES,
         });
     }
-    let mut entries: Vec<TexthashEntry> = Vec::new();
-    for (number, line) in text_lines(input, text.as_bytes())? {
-        let error = |problem| ImportError::Line {
-            input: input.to_string(),
-            line: number,
-            problem,
-        };
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if line.starts_with(char::is_whitespace) {
-            let entry = entries
-                .last_mut()
-                .ok_or_else(|| error(LineProblem::OrphanContinuation))?;
-            entry.value.push(' ');
-            entry.value.push_str(trimmed);
-            continue;
-        }
-        let (key, value) = trimmed
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| error(LineProblem::NoValue))?;
-        if entries.len() == dnsbl::MAX_REPLY_MAP {
-            return Err(ImportError::TooManyEntries {
-                input: input.to_string(),
-                max: dnsbl::MAX_REPLY_MAP,
-            });
-        }
+    let mut entries = Vec::new();
+    for line in logical_lines(input, text.as_bytes(), dnsbl::MAX_REPLY_MAP)? {
+        let (key, value) =
+            line.text
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| ImportError::Line {
+                    input: input.to_string(),
+                    line: line.first,
+                    problem: LineProblem::NoValue,
+                })?;
         entries.push(TexthashEntry {
-            line: number,
+            line: line.first,
             key: key.to_string(),
             value: value.trim().to_string(),
         });
