@@ -6,11 +6,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 /// The canonical form of a client or server address.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
 /// The canonical form of an endpoint: its address canonical, its port kept.
-pub fn canonical_endpoint(endpoint: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical_endpoint(endpoint: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical(endpoint.ip()), endpoint.port())
 }

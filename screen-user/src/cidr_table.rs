@@ -42,11 +42,11 @@ use crate::{address::canonical, escape::shorten};
 
 /// The largest table file read (Postfix has no limit; a table this size is already slow to
 /// search, since every connection walks the rules in order).
-pub const MAX_TABLE_BYTES: usize = 16 << 20;
+pub(crate) const MAX_TABLE_BYTES: usize = 16 << 20;
 /// The longest physical or logical line.
-pub const MAX_LINE_BYTES: usize = 64 << 10;
+pub(crate) const MAX_LINE_BYTES: usize = 64 << 10;
 /// The most rules (`if` lines included) one table may hold.
-pub const MAX_RULES: usize = 1_000_000;
+pub(crate) const MAX_RULES: usize = 1_000_000;
 
 /// How many bad lines an error names before it summarises.
 const MAX_REPORTED_ERRORS: usize = 10;
@@ -59,7 +59,7 @@ const MAX_QUOTED_CONTINUATION: usize = 30;
 
 /// A pattern that does not parse. The texts are Postfix's (`cidr_match.c`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
+pub(crate) enum PatternError {
     #[error("no address pattern")]
     Empty,
     #[error("missing ']' character after \"[{0}\"")]
@@ -78,16 +78,16 @@ pub enum PatternError {
 
 /// One address pattern: a network or a host, possibly negated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pattern {
-    pub net: IpNet,
-    pub negated: bool,
+pub(crate) struct Pattern {
+    pub(crate) net: IpNet,
+    pub(crate) negated: bool,
 }
 
 impl Pattern {
     /// Parses `192.0.2.0/24`, `2001:db8::1`, `[2001:db8::]/32`, `[192.0.2.0/24]`, each
     /// optionally preceded by `!` (every `!` flips the sense, as in Postfix). A bare address
     /// is a host. Host bits must be zero.
-    pub fn parse(text: &str) -> Result<Self, PatternError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, PatternError> {
         let mut negated = false;
         let mut rest = text;
         while let Some(after) = rest.strip_prefix('!') {
@@ -147,7 +147,7 @@ impl Pattern {
     }
 
     /// Whether `addr` matches. A pattern only ever matches addresses of its own family.
-    pub fn matches(&self, addr: IpAddr) -> bool {
+    pub(crate) fn matches(&self, addr: IpAddr) -> bool {
         self.matches_canonical(canonical(addr))
     }
 
@@ -207,7 +207,7 @@ fn is_space(c: char) -> bool {
 
 /// A table that cannot be used; nothing of it is.
 #[derive(Debug, thiserror::Error)]
-pub enum CidrError {
+pub(crate) enum CidrError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -245,7 +245,7 @@ fn render_lines(table: &str, errors: &[(usize, String)], more: usize) -> String 
 
 /// A rule that was skipped; the table is used without it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CidrWarning {
+pub(crate) enum CidrWarning {
     /// `cidr map /etc/postfix/x.cidr, line 5: non-null host address bits in "…", perhaps
     /// you should use "…" instead: skipping this rule` (Postfix's text).
     HostBits {
@@ -301,7 +301,7 @@ struct Rule {
 /// A parsed CIDR table. `V` is what a match yields: the result text as written, or what the
 /// user of the table made of it with [`CidrTable::map_results`].
 #[derive(Clone, Debug)]
-pub struct CidrTable<V = Box<str>> {
+pub(crate) struct CidrTable<V = Box<str>> {
     name: Box<str>,
     rules: Vec<Rule>,
     /// Each distinct result once; rules refer to them by index.
@@ -311,7 +311,7 @@ pub struct CidrTable<V = Box<str>> {
 impl CidrTable {
     /// Reads and parses the table file at `path`. The file must be a regular file of at most
     /// [`MAX_TABLE_BYTES`] bytes of UTF-8 text.
-    pub fn load(path: &Path) -> Result<(Self, Vec<CidrWarning>), CidrError> {
+    pub(crate) fn load(path: &Path) -> Result<(Self, Vec<CidrWarning>), CidrError> {
         let text = read_table_file(path)?;
         Self::parse(&path.display().to_string(), &text)
     }
@@ -321,7 +321,7 @@ impl CidrTable {
     ///
     /// An error means the table must not be used (the daemon refuses to start with it);
     /// warnings name rules that were skipped and should be logged.
-    pub fn parse(name: &str, text: &str) -> Result<(Self, Vec<CidrWarning>), CidrError> {
+    pub(crate) fn parse(name: &str, text: &str) -> Result<(Self, Vec<CidrWarning>), CidrError> {
         Self::parse_with_limit(name, text, MAX_RULES)
     }
 
@@ -400,21 +400,21 @@ impl CidrTable {
 
 impl<V> CidrTable<V> {
     /// The table's name as given to [`CidrTable::parse`].
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The number of rules (`if` lines included).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rules.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
     /// The result of the first rule that matches `addr`, if any.
-    pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
+    pub(crate) fn lookup(&self, addr: IpAddr) -> Option<&V> {
         let addr = canonical(addr);
         let mut next = 0;
         while let Some(rule) = self.rules.get(next) {
@@ -432,7 +432,7 @@ impl<V> CidrTable<V> {
 
     /// The same table with every distinct result turned into `f(result)`, so that results
     /// are parsed once, at load time.
-    pub fn map_results<W>(self, f: impl FnMut(V) -> W) -> CidrTable<W> {
+    pub(crate) fn map_results<W>(self, f: impl FnMut(V) -> W) -> CidrTable<W> {
         CidrTable {
             name: self.name,
             rules: self.rules,
@@ -608,7 +608,7 @@ impl<'a> Builder<'a> {
 
 /// Reads a table file: a regular file (so a FIFO cannot stall start-up) of at most
 /// [`MAX_TABLE_BYTES`] bytes of UTF-8 text.
-pub fn read_table_file(path: &Path) -> Result<String, CidrError> {
+pub(crate) fn read_table_file(path: &Path) -> Result<String, CidrError> {
     let read_error = |source| CidrError::Read {
         path: path.to_path_buf(),
         source,

@@ -178,7 +178,7 @@ fn check_open_files(limits: &LimitSettings) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
     let config_dir = config_path.parent().unwrap_or(Path::new("/"));
     let settings = Settings::new(&config, config_dir)?;
     check_open_files(&settings.limits)?;

@@ -6,7 +6,7 @@ use std::{fmt, time::Duration};
 /// A time value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid time value {value:?}: {why} (examples: 30s, 10m, 1h, 7d)")]
-pub struct DurationError {
+pub(crate) struct DurationError {
     value: String,
     why: &'static str,
 }
@@ -15,7 +15,7 @@ pub struct DurationError {
 const MAX_SECONDS: u64 = 10 * 365 * 86_400;
 
 /// Parses `6s`, `10m`, `1h`, `1d`, `2w` or a bare number of seconds.
-pub fn parse(value: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse(value: &str) -> Result<Duration, DurationError> {
     let err = |why| DurationError {
         value: value.to_string(),
         why,
@@ -45,7 +45,7 @@ pub fn parse(value: &str) -> Result<Duration, DurationError> {
 }
 
 /// Shows a duration the way Postfix writes one: the largest unit that divides it.
-pub struct Display(pub Duration);
+pub(crate) struct Display(pub Duration);
 
 impl fmt::Display for Display {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

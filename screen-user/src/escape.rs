@@ -12,12 +12,12 @@ use std::fmt::Write as _;
 
 /// How much escaped text postscreen puts in a log line for client input (`%.100s` in its
 /// format strings).
-pub const LOG_TEXT_MAX: usize = 100;
+pub(crate) const LOG_TEXT_MAX: usize = 100;
 
 /// Escapes `bytes` and keeps the first `max` characters of the result, as printf's `%.*s`
 /// keeps them: the cut may fall inside an escape sequence. Work stops at `max`, so a huge
 /// input costs no more than a short one.
-pub fn c_escape(bytes: &[u8], max: usize) -> String {
+pub(crate) fn c_escape(bytes: &[u8], max: usize) -> String {
     let mut out = String::with_capacity(max.min(bytes.len().saturating_mul(4)));
     for &byte in bytes {
         if out.len() >= max {
@@ -44,7 +44,7 @@ pub fn c_escape(bytes: &[u8], max: usize) -> String {
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
-pub fn truncate_at_char(text: &mut String, max: usize) {
+pub(crate) fn truncate_at_char(text: &mut String, max: usize) {
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {
@@ -56,7 +56,7 @@ pub fn truncate_at_char(text: &mut String, max: usize) {
 
 /// `text` cut after `max_chars` characters, with `...` to show the cut: how an error message
 /// quotes a value that may be long.
-pub fn shorten(text: &str, max_chars: usize) -> String {
+pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => format!("{}...", &text[..end]),
         None => text.to_string(),

@@ -27,27 +27,27 @@
 //!   path); [`cli`] (one file per `smtp-screen` verb) and [`import_postfix`] (a postscreen
 //!   configuration turned into this one).
 
-pub mod address;
+pub(crate) mod address;
 pub mod allowlist;
-pub mod cidr_table;
+pub(crate) mod cidr_table;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod dnsbl;
-pub mod duration;
-pub mod escape;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod dnsbl;
+pub(crate) mod duration;
+pub(crate) mod escape;
 pub mod handoff;
-pub mod import_postfix;
+pub(crate) mod import_postfix;
 pub mod kernel;
-pub mod limits;
+pub(crate) mod limits;
 #[cfg(test)]
 mod loopback;
-pub mod maillog;
+pub(crate) mod maillog;
 pub mod paths;
-pub mod prefixes;
+pub(crate) mod prefixes;
 pub mod privileges;
-pub mod proxy_protocol;
-pub mod screen;
-pub mod settings;
-pub mod smtpd;
+pub(crate) mod proxy_protocol;
+pub(crate) mod screen;
+pub(crate) mod settings;
+pub(crate) mod smtpd;
 pub mod test_state;

@@ -19,9 +19,9 @@ use crate::address::canonical;
 /// A time value that depends on stress, as `${stress?{2}:{6}}s` (postscreen evaluates it
 /// twice at start-up and switches between the two).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StressDuration {
-    pub normal: Duration,
-    pub stress: Duration,
+pub(crate) struct StressDuration {
+    pub(crate) normal: Duration,
+    pub(crate) stress: Duration,
 }
 
 impl StressDuration {
@@ -33,22 +33,22 @@ impl StressDuration {
     }
 
     /// The value in force.
-    pub fn get(&self, stressed: bool) -> Duration {
+    pub(crate) fn get(&self, stressed: bool) -> Duration {
         if stressed { self.stress } else { self.normal }
     }
 }
 
 /// postscreen's connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitSettings {
-    pub client_connection_count_limit: u32,
-    pub pre_queue_limit: u32,
-    pub post_queue_limit: u32,
+pub(crate) struct LimitSettings {
+    pub(crate) client_connection_count_limit: u32,
+    pub(crate) pre_queue_limit: u32,
+    pub(crate) post_queue_limit: u32,
 }
 
 /// A change of stress mode, to be logged as postscreen logs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StressChange {
+pub(crate) enum StressChange {
     /// `entering STRESS mode with N connections`
     Entered(u32),
     /// `leaving STRESS mode with N connections`
@@ -76,7 +76,7 @@ struct State {
 
 /// The limits, shared by every connection.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     per_client_limit: u32,
     pre_queue_limit: u32,
     post_queue_limit: u32,
@@ -87,7 +87,7 @@ pub struct Limits {
 
 /// What a new connection is told when a limit is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `421 4.7.0 Error: too many connections`
     TooManyFromClient,
     /// `421 4.3.2 All server ports are busy`
@@ -98,7 +98,7 @@ pub enum Refusal {
 
 impl Limits {
     /// `per_client_limit` 0 means no limit (Postfix's convention).
-    pub fn new(per_client_limit: u32, pre_queue_limit: u32, post_queue_limit: u32) -> Arc<Self> {
+    pub(crate) fn new(per_client_limit: u32, pre_queue_limit: u32, post_queue_limit: u32) -> Arc<Self> {
         Arc::new(Self {
             per_client_limit,
             pre_queue_limit,
@@ -117,7 +117,7 @@ impl Limits {
     /// Counts a new connection from `client`. Returns the slot and the client's connection
     /// count including this one; the slot is held even when the count is over the limit,
     /// so that the refusal itself is accounted for until the connection closes.
-    pub fn connect(self: &Arc<Self>, client: IpAddr) -> (ClientSlot, Result<u32, Refusal>) {
+    pub(crate) fn connect(self: &Arc<Self>, client: IpAddr) -> (ClientSlot, Result<u32, Refusal>) {
         let client = canonical(client);
         let mut state = self.lock();
         let count = state.per_client.entry(client).or_insert(0);
@@ -140,7 +140,7 @@ impl Limits {
     }
 
     /// Takes a screening place, or refuses when `pre_queue_limit` are taken.
-    pub fn screen(self: &Arc<Self>) -> Result<ScreeningSlot, Refusal> {
+    pub(crate) fn screen(self: &Arc<Self>) -> Result<ScreeningSlot, Refusal> {
         let mut state = self.lock();
         if state.screening >= self.pre_queue_limit {
             return Err(Refusal::ScreeningFull);
@@ -157,7 +157,7 @@ impl Limits {
     }
 
     /// Takes a hand-off place while a passed client is being connected to the backend.
-    pub fn hand_off(self: &Arc<Self>) -> Result<HandoffSlot, Refusal> {
+    pub(crate) fn hand_off(self: &Arc<Self>) -> Result<HandoffSlot, Refusal> {
         let mut state = self.lock();
         if state.handoff >= self.post_queue_limit {
             return Err(Refusal::HandoffFull);
@@ -169,22 +169,22 @@ impl Limits {
     }
 
     /// Whether stress mode is on (each new connection reads it once, as postscreen does).
-    pub fn stressed(&self) -> bool {
+    pub(crate) fn stressed(&self) -> bool {
         self.lock().stressed
     }
 
     /// Stress changes since the last call, oldest first.
-    pub fn take_stress_changes(&self) -> Vec<StressChange> {
+    pub(crate) fn take_stress_changes(&self) -> Vec<StressChange> {
         std::mem::take(&mut self.lock().changes)
     }
 
     /// Connections in screening now.
-    pub fn screening(&self) -> u32 {
+    pub(crate) fn screening(&self) -> u32 {
         self.lock().screening
     }
 
     /// Connections from `client` now.
-    pub fn from_client(&self, client: IpAddr) -> u32 {
+    pub(crate) fn from_client(&self, client: IpAddr) -> u32 {
         self.lock()
             .per_client
             .get(&canonical(client))
@@ -200,7 +200,7 @@ const RESERVED_DESCRIPTORS: u64 = 256;
 /// The descriptors the connection limits let the daemon hold at once: one per client in
 /// screening, two per client being handed off (the client's and the backend's), and the
 /// daemon's own. Relayed connections come on top, two each.
-pub fn descriptors_needed(pre_queue_limit: u32, post_queue_limit: u32) -> u64 {
+pub(crate) fn descriptors_needed(pre_queue_limit: u32, post_queue_limit: u32) -> u64 {
     u64::from(pre_queue_limit) + 2 * u64::from(post_queue_limit) + RESERVED_DESCRIPTORS
 }
 
@@ -208,7 +208,7 @@ pub fn descriptors_needed(pre_queue_limit: u32, post_queue_limit: u32) -> u64 {
 /// Postfix's servers do when they start (`open_limit`): every client held in the greet wait
 /// is a descriptor, and init systems start services with a soft limit of 1024 whatever the
 /// hard one allows.
-pub fn raise_open_files() -> io::Result<u64> {
+pub(crate) fn raise_open_files() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -230,7 +230,7 @@ pub fn raise_open_files() -> io::Result<u64> {
 
 /// One connection of one client.
 #[derive(Debug)]
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     limits: Arc<Limits>,
     client: IpAddr,
 }
@@ -249,7 +249,7 @@ impl Drop for ClientSlot {
 
 /// A place in screening.
 #[derive(Debug)]
-pub struct ScreeningSlot {
+pub(crate) struct ScreeningSlot {
     limits: Arc<Limits>,
 }
 
@@ -268,7 +268,7 @@ impl Drop for ScreeningSlot {
 
 /// A place in the hand-off queue.
 #[derive(Debug)]
-pub struct HandoffSlot {
+pub(crate) struct HandoffSlot {
     limits: Arc<Limits>,
 }
 

@@ -18,7 +18,7 @@ use crate::{escape::truncate_at_char, paths::SYSLOG_SOCKET};
 /// Where the postscreen-style log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     Stderr,
     Syslog,
 }
@@ -40,7 +40,7 @@ enum Sink {
 }
 
 /// The mail log.
-pub struct MailLog {
+pub(crate) struct MailLog {
     ident: String,
     pid: u32,
     sink: Sink,
@@ -50,7 +50,7 @@ pub struct MailLog {
 impl MailLog {
     /// Opens the log. The syslog socket is connected now, so the log keeps working after the
     /// daemon drops privileges.
-    pub fn open(target: LogTarget, ident: &str) -> io::Result<Self> {
+    pub(crate) fn open(target: LogTarget, ident: &str) -> io::Result<Self> {
         let sink = match target {
             LogTarget::Stderr => Sink::Stderr,
             LogTarget::Syslog => {
@@ -70,7 +70,7 @@ impl MailLog {
     }
 
     /// A log that writes to stderr under `ident` (tests, foreground runs).
-    pub fn stderr(ident: &str) -> Self {
+    pub(crate) fn stderr(ident: &str) -> Self {
         Self {
             ident: ident.to_string(),
             pid: std::process::id(),
@@ -80,17 +80,17 @@ impl MailLog {
     }
 
     /// An informational line, such as `CONNECT from [a]:p to [b]:q`.
-    pub fn info(&self, message: impl fmt::Display) {
+    pub(crate) fn info(&self, message: impl fmt::Display) {
         self.write(SEVERITY_INFO, "", message);
     }
 
     /// A warning, prefixed `warning: ` as Postfix does.
-    pub fn warning(&self, message: impl fmt::Display) {
+    pub(crate) fn warning(&self, message: impl fmt::Display) {
         self.write(SEVERITY_WARNING, "warning: ", message);
     }
 
     /// Lines lost because syslog could not take them.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 

@@ -7,39 +7,39 @@ use std::path::{Path, PathBuf};
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// Where the maps and links are pinned, unless `--pin-dir` says otherwise.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-screen";
+pub(crate) const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-screen";
 
 /// Environment variable that overrides the pin directory (as `--pin-dir` does).
-pub const PIN_DIR_ENV: &str = "SMTP_SCREEN_PIN_DIR";
+pub(crate) const PIN_DIR_ENV: &str = "SMTP_SCREEN_PIN_DIR";
 
 /// The name of an interface's XDP link pin in the pin directory is this and the interface.
-pub const LINK_PIN_PREFIX: &str = "link_";
+pub(crate) const LINK_PIN_PREFIX: &str = "link_";
 
 /// The configuration file of a packaged install.
-pub const DEFAULT_CONFIG: &str = "/etc/smtp-screen/smtp-screen.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/smtp-screen/smtp-screen.toml";
 
 /// Where the temporary allowlist database lives, unless `state_dir` says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/smtp-screen";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/smtp-screen";
 
 /// The temporary allowlist's database file inside `state_dir`.
-pub const ALLOWLIST_FILE: &str = "allowlist.redb";
+pub(crate) const ALLOWLIST_FILE: &str = "allowlist.redb";
 
 /// The file in `state_dir` where the daemon keeps each DNS list's health and hit counts for
 /// `smtp-screen status --config FILE`.
-pub const DNSBL_STATUS_FILE: &str = "dnsbl.status";
+pub(crate) const DNSBL_STATUS_FILE: &str = "dnsbl.status";
 
 /// Postfix's smtpd `pass` service, where `handoff = "postfix"` sends passed clients.
-pub const DEFAULT_POSTFIX_PASS_SOCKET: &str = "/var/spool/postfix/private/smtpd";
+pub(crate) const DEFAULT_POSTFIX_PASS_SOCKET: &str = "/var/spool/postfix/private/smtpd";
 
 /// Where syslog listens on Linux.
-pub const SYSLOG_SOCKET: &str = "/dev/log";
+pub(crate) const SYSLOG_SOCKET: &str = "/dev/log";
 
 /// The DNSBL status file of a state directory.
-pub fn dnsbl_status(state_dir: &Path) -> PathBuf {
+pub(crate) fn dnsbl_status(state_dir: &Path) -> PathBuf {
     state_dir.join(DNSBL_STATUS_FILE)
 }
 
 /// The temporary allowlist's database of a state directory.
-pub fn allowlist_db(state_dir: &Path) -> PathBuf {
+pub(crate) fn allowlist_db(state_dir: &Path) -> PathBuf {
     state_dir.join(ALLOWLIST_FILE)
 }

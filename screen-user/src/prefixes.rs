@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// A prefix that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PrefixError {
+pub(crate) enum PrefixError {
     #[error("invalid address or prefix {0:?}")]
     Invalid(String),
     #[error("invalid prefix length in {0:?}")]
@@ -22,7 +22,7 @@ pub enum PrefixError {
 /// Parses `192.0.2.1`, `192.0.2.0/24`, `2001:db8::/32` or `[2001:db8::1]`. A bare address is
 /// a host prefix. Host bits must be zero. IPv4-mapped IPv6 (`::ffff:a.b.c.d/96+n`) becomes
 /// the IPv4 prefix it stands for, since XDP only sees such clients as IPv4.
-pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixError> {
+pub(crate) fn parse_prefix(text: &str) -> Result<IpNet, PrefixError> {
     let text = text.trim();
     let (addr, len) = match text.split_once('/') {
         Some((addr, len)) => (addr, Some(len)),
@@ -62,7 +62,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixError> {
 
 /// A list file that does not parse; nothing from it is used.
 #[derive(Debug, thiserror::Error)]
-pub enum ListError {
+pub(crate) enum ListError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -105,7 +105,7 @@ fn render_lines(path: &Path, errors: &[(usize, String)]) -> String {
 
 /// Parses list text: one prefix per line; `#` and `;` start comments; blank lines are skipped.
 /// Every bad line is reported with its number, and a list with any bad line is refused.
-pub fn parse_list(path: &Path, text: &str, max: usize) -> Result<Vec<IpNet>, ListError> {
+pub(crate) fn parse_list(path: &Path, text: &str, max: usize) -> Result<Vec<IpNet>, ListError> {
     let mut nets = Vec::new();
     let mut errors = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -146,7 +146,7 @@ pub fn parse_list(path: &Path, text: &str, max: usize) -> Result<Vec<IpNet>, Lis
 }
 
 /// Reads and parses a list file.
-pub fn read_list(path: &Path, max: usize) -> Result<Vec<IpNet>, ListError> {
+pub(crate) fn read_list(path: &Path, max: usize) -> Result<Vec<IpNet>, ListError> {
     let text = std::fs::read_to_string(path).map_err(|source| ListError::Read {
         path: path.to_path_buf(),
         source,

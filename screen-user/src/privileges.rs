@@ -56,7 +56,7 @@ pub fn lookup(user: &str) -> Result<Account, PrivilegeError> {
 }
 
 /// Becomes `user` for good when running as root; does nothing otherwise.
-pub fn drop_to(user: &str) -> Result<(), PrivilegeError> {
+pub(crate) fn drop_to(user: &str) -> Result<(), PrivilegeError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// The longest version 1 header, CRLF included (the specification's limit).
-pub const V1_MAX_LEN: usize = 107;
+pub(crate) const V1_MAX_LEN: usize = 107;
 
 /// The longest address block plus TLVs accepted after the 16 fixed bytes of a version 2
 /// header. The largest address block is 216 bytes (UNIX sockets; TCP over IPv6 needs 36), and
@@ -46,10 +46,10 @@ pub const V1_MAX_LEN: usize = 107;
 /// a little more so a balancer that adds TLVs still works. The bound is what each connection
 /// may make us buffer before it has said who it is: a 64 KiB length field is either an attack
 /// or a broken balancer.
-pub const V2_MAX_PAYLOAD: usize = 1024;
+pub(crate) const V2_MAX_PAYLOAD: usize = 1024;
 
 /// The longest header of either version; the readers never hold more than this.
-pub const MAX_HEADER_LEN: usize = V2_FIXED_LEN + V2_MAX_PAYLOAD;
+pub(crate) const MAX_HEADER_LEN: usize = V2_FIXED_LEN + V2_MAX_PAYLOAD;
 
 /// How much of the offending input a warning shows, after escaping. postscreen shows all it
 /// peeked (up to 535 bytes); this keeps every v1 line whole even when each byte needs a
@@ -73,7 +73,7 @@ const V2_ADDR_LEN_TCP6: usize = 16 + 16 + 2 + 2;
 
 /// What a PROXY header says about the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyHeader {
+pub(crate) enum ProxyHeader {
     /// The balancer relayed a client: `source` is the client, `destination` the address the
     /// client connected to.
     Proxied {
@@ -94,7 +94,7 @@ impl ProxyHeader {
     /// the socket's own `peer` and `local` addresses. Both are in canonical form.
     ///
     /// [`Local`]: ProxyHeader::Local
-    pub fn endpoints(self, peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    pub(crate) fn endpoints(self, peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
         match self {
             ProxyHeader::Proxied {
                 source,
@@ -107,7 +107,7 @@ impl ProxyHeader {
 
 /// The result of looking at the bytes received so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// The bytes are a valid beginning of a header; more are needed.
     Incomplete,
     /// A whole header. It took the first `len` bytes; the rest belong to SMTP.
@@ -118,7 +118,7 @@ pub enum Parsed {
 /// `haproxy_srvr.c`) where it has one, with the offending input C-escaped; log them as
 /// `warning: {error}`.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Neither a v1 line nor a v2 signature, and fewer than 16 bytes: too short to be a v2
     /// header (the lab's `EHLO notproxy\r\n`). Also a header cut short by EOF before 16 bytes.
     #[error("haproxy read: short protocol header: {0}")]
@@ -183,7 +183,7 @@ fn malformed(fault: Fault, input: &[u8]) -> ProxyError {
 
 /// Looks at the bytes received so far. [`Parsed::Incomplete`] only while they can still become
 /// a valid header; anything that cannot is an error at once, whatever follows.
-pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
     classify(buf).map_err(|fault| malformed(fault, buf))
 }
 
@@ -517,7 +517,7 @@ fn safe_read_len(buf: &[u8]) -> usize {
 /// exactly its announced length; a v1 line a lower bound of what it still lacks at a time).
 /// An error's input is what was read, which may be less than postscreen would show; prefer
 /// [`read_header_from_tcp`] on a TCP socket.
-pub async fn read_header<S: AsyncRead + Unpin>(
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: Duration,
 ) -> Result<ProxyHeader, ProxyError> {
@@ -553,7 +553,7 @@ async fn read_stepwise<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ProxyHead
 /// has arrived, parses it, and then reads exactly the header, so what follows stays queued in
 /// the socket. A header split across segments is read in parts (postscreen would refuse it).
 /// An error shows all the input peeked, as postscreen's warning does.
-pub async fn read_header_from_tcp(
+pub(crate) async fn read_header_from_tcp(
     stream: &mut TcpStream,
     limit: Duration,
 ) -> Result<ProxyHeader, ProxyError> {
@@ -619,7 +619,7 @@ fn same_family(source: SocketAddr, destination: SocketAddr) -> FamilyPair {
 
 /// A v1 header for a connection from `source` to `destination`:
 /// `PROXY TCP4 192.0.2.1 198.51.100.25 40000 25\r\n` (at most 104 bytes).
-pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+pub(crate) fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     let line = match same_family(source, destination) {
         FamilyPair::V4(s, d) => format!(
             "PROXY TCP4 {} {} {} {}\r\n",
@@ -641,7 +641,7 @@ pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
 
 /// A v2 `PROXY` header for a TCP connection from `source` to `destination`, without TLVs
 /// (28 bytes for IPv4, 52 for IPv6).
-pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+pub(crate) fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(V2_FIXED_LEN + V2_ADDR_LEN_TCP6);
     out.extend_from_slice(&V2_SIGNATURE);
     out.push((V2_VERSION << 4) | V2_CMD_PROXY);

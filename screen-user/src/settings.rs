@@ -29,27 +29,27 @@ use crate::{
 };
 
 /// Everything the daemon is built from.
-pub struct Settings {
-    pub screen: ScreenSettings,
-    pub access: Access,
-    pub engine: EngineSettings,
-    pub style: ReplyStyle,
+pub(crate) struct Settings {
+    pub(crate) screen: ScreenSettings,
+    pub(crate) access: Access,
+    pub(crate) engine: EngineSettings,
+    pub(crate) style: ReplyStyle,
     /// STARTTLS for the dummy engine, when a certificate is configured.
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     /// The DNSBL/DNSWL lists, when `dnsbl_sites` names any.
-    pub dnsbl: Option<DnsblConfig>,
-    pub handoff: HandoffSettings,
-    pub limits: LimitSettings,
-    pub deny: DenySettings,
-    pub allowlist: AllowlistSettings,
+    pub(crate) dnsbl: Option<DnsblConfig>,
+    pub(crate) handoff: HandoffSettings,
+    pub(crate) limits: LimitSettings,
+    pub(crate) deny: DenySettings,
+    pub(crate) allowlist: AllowlistSettings,
     /// Warnings to log (skipped table rules and the like).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Settings {
     /// Reads every table the configuration names and checks the reply settings. Relative
     /// table paths are taken from `config_dir`.
-    pub fn new(config: &Config, config_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config, config_dir: &Path) -> anyhow::Result<Self> {
         let files = DiskFiles::new(config_dir);
         let (mynetworks, w1) = AddressList::parse("mynetworks", &config.mynetworks, &files)?;
         let (list, w2) = AccessList::parse(&config.access_list, &files)?;

@@ -23,19 +23,19 @@ use std::{
 use serde::Deserialize;
 
 /// The longest record text: five 20-digit numbers and four separators.
-pub const MAX_RECORD_LEN: usize = 5 * 20 + 4;
+pub(crate) const MAX_RECORD_LEN: usize = 5 * 20 + 4;
 
 /// Expiry value of a test the client never passed: it is still "new".
-pub const NEVER_PASSED: u64 = 0;
+pub(crate) const NEVER_PASSED: u64 = 0;
 
 /// Expiry value of a test the client never passed that was disabled when the record was
 /// written, so that enabling it later does not make every cached client "new" again.
-pub const DISABLED_WHEN_WRITTEN: u64 = 1;
+pub(crate) const DISABLED_WHEN_WRITTEN: u64 = 1;
 
 /// postscreen's action for a failed test (`postscreen_*_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TestAction {
+pub(crate) enum TestAction {
     /// Log only; the other tests go on.
     Ignore,
     /// Let the other tests finish, then reject every RCPT with a 550.
@@ -65,7 +65,7 @@ pub enum RecordError {
 
 /// One of the five tests whose passes are cached, in record order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Test {
+pub(crate) enum Test {
     Pregreet,
     Dnsbl,
     Pipelining,
@@ -75,7 +75,7 @@ pub enum Test {
 
 impl Test {
     /// Every test, in the order of the record's fields.
-    pub const ALL: [Test; 5] = [
+    pub(crate) const ALL: [Test; 5] = [
         Test::Pregreet,
         Test::Dnsbl,
         Test::Pipelining,
@@ -84,7 +84,7 @@ impl Test {
     ];
 
     /// The test's name in messages (its field name).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Test::Pregreet => "pregreet",
             Test::Dnsbl => "dnsbl",
@@ -95,7 +95,7 @@ impl Test {
     }
 
     /// Whether the test runs after the 220 greeting, in the dummy SMTP engine.
-    pub fn is_deep(self) -> bool {
+    pub(crate) fn is_deep(self) -> bool {
         matches!(
             self,
             Test::Pipelining | Test::NonSmtpCommand | Test::BareNewline
@@ -108,7 +108,7 @@ macro_rules! per_test_fields {
     ($record:ty, $value:ty, $get:ident, $set:ident) => {
         impl $record {
             /// The value of `test`.
-            pub fn $get(&self, test: Test) -> $value {
+            pub(crate) fn $get(&self, test: Test) -> $value {
                 match test {
                     Test::Pregreet => self.pregreet,
                     Test::Dnsbl => self.dnsbl,
@@ -119,7 +119,7 @@ macro_rules! per_test_fields {
             }
 
             /// Sets the value of `test`.
-            pub fn $set(&mut self, test: Test, value: $value) {
+            pub(crate) fn $set(&mut self, test: Test, value: $value) {
                 match test {
                     Test::Pregreet => self.pregreet = value,
                     Test::Dnsbl => self.dnsbl = value,
@@ -141,16 +141,16 @@ per_test_fields!(SessionResults, Outcome, outcome, set_outcome);
 /// [`NEVER_PASSED`] or [`DISABLED_WHEN_WRITTEN`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestTimes {
-    pub pregreet: u64,
-    pub dnsbl: u64,
-    pub pipelining: u64,
-    pub non_smtp_command: u64,
-    pub bare_newline: u64,
+    pub(crate) pregreet: u64,
+    pub(crate) dnsbl: u64,
+    pub(crate) pipelining: u64,
+    pub(crate) non_smtp_command: u64,
+    pub(crate) bare_newline: u64,
 }
 
 impl TestTimes {
     /// A client seen for the first time: no test ever passed.
-    pub const NEW: TestTimes = TestTimes {
+    pub(crate) const NEW: TestTimes = TestTimes {
         pregreet: NEVER_PASSED,
         dnsbl: NEVER_PASSED,
         pipelining: NEVER_PASSED,
@@ -159,14 +159,14 @@ impl TestTimes {
     };
 
     /// The latest of the five values: until then some pass is still valid.
-    pub fn latest_expiry(&self) -> u64 {
+    pub(crate) fn latest_expiry(&self) -> u64 {
         Test::ALL.iter().map(|&t| self.get(t)).max().unwrap_or(0)
     }
 
     /// Parses postscreen's record text, `pregreet;dnsbl;pipelining;non_smtp_command;bare_newline`:
     /// exactly five decimal numbers, nothing around them. (postscreen itself reads fewer
     /// fields as disabled tests, for records of older versions; this parser does not guess.)
-    pub fn parse(text: &[u8]) -> Result<Self, RecordError> {
+    pub(crate) fn parse(text: &[u8]) -> Result<Self, RecordError> {
         if text.len() > MAX_RECORD_LEN {
             return Err(RecordError::TooLong { len: text.len() });
         }
@@ -226,51 +226,51 @@ impl fmt::Display for TestTimes {
 /// Which tests the configuration turns on: pregreet when `greet_banner` is not empty, DNSBL
 /// when `dnsbl_sites` is not empty, each deep test by its `*_enable` option.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EnabledTests {
-    pub pregreet: bool,
-    pub dnsbl: bool,
-    pub pipelining: bool,
-    pub non_smtp_command: bool,
-    pub bare_newline: bool,
+pub(crate) struct EnabledTests {
+    pub(crate) pregreet: bool,
+    pub(crate) dnsbl: bool,
+    pub(crate) pipelining: bool,
+    pub(crate) non_smtp_command: bool,
+    pub(crate) bare_newline: bool,
 }
 
 /// The tests a client must take in this session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DueTests {
-    pub pregreet: bool,
-    pub dnsbl: bool,
-    pub pipelining: bool,
-    pub non_smtp_command: bool,
-    pub bare_newline: bool,
+pub(crate) struct DueTests {
+    pub(crate) pregreet: bool,
+    pub(crate) dnsbl: bool,
+    pub(crate) pipelining: bool,
+    pub(crate) non_smtp_command: bool,
+    pub(crate) bare_newline: bool,
 }
 
 impl DueTests {
     /// No test is due.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !Test::ALL.iter().any(|&t| self.get(t))
     }
 
     /// Whether a deep test (after 220) is due, so the session goes to the dummy SMTP engine.
-    pub fn any_deep(&self) -> bool {
+    pub(crate) fn any_deep(&self) -> bool {
         Test::ALL.iter().any(|&t| t.is_deep() && self.get(t))
     }
 }
 
 /// How long a pass of each test is valid (postscreen's `*_ttl` options).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TestTtls {
+pub(crate) struct TestTtls {
     /// `greet_ttl`.
-    pub pregreet: Duration,
+    pub(crate) pregreet: Duration,
     /// `dnsbl_min_ttl`: the least a DNSBL pass lasts, whatever the DNS TTL.
-    pub dnsbl_min: Duration,
+    pub(crate) dnsbl_min: Duration,
     /// `dnsbl_max_ttl`: the most a DNSBL pass lasts.
-    pub dnsbl_max: Duration,
+    pub(crate) dnsbl_max: Duration,
     /// `pipelining_ttl`.
-    pub pipelining: Duration,
+    pub(crate) pipelining: Duration,
     /// `non_smtp_command_ttl`.
-    pub non_smtp_command: Duration,
+    pub(crate) non_smtp_command: Duration,
     /// `bare_newline_ttl`.
-    pub bare_newline: Duration,
+    pub(crate) bare_newline: Duration,
 }
 
 impl Default for TestTtls {
@@ -292,7 +292,7 @@ impl TestTtls {
     /// The shortest configured TTL (postscreen's `psc_min_ttl`: `greet_ttl`, `dnsbl_min_ttl`
     /// and the three deep-test TTLs, enabled or not). A deep test whose action is `ignore`
     /// counts as passed until then, so it is tried again soon.
-    pub fn shortest(&self) -> Duration {
+    pub(crate) fn shortest(&self) -> Duration {
         [
             self.pregreet,
             self.dnsbl_min,
@@ -307,7 +307,7 @@ impl TestTtls {
 
     /// A DNS reply's TTL clamped to `dnsbl_min_ttl`…`dnsbl_max_ttl`; no TTL means the minimum
     /// (postscreen_dnsbl.c).
-    pub fn dnsbl(&self, dns_ttl: Option<Duration>) -> Duration {
+    pub(crate) fn dnsbl(&self, dns_ttl: Option<Duration>) -> Duration {
         dns_ttl
             .unwrap_or(self.dnsbl_min)
             .max(self.dnsbl_min)
@@ -327,7 +327,7 @@ impl TestTtls {
 
 /// How a client's eventual pass is logged: `PASS NEW` or `PASS OLD`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PassKind {
+pub(crate) enum PassKind {
     New,
     Old,
 }
@@ -343,17 +343,17 @@ impl fmt::Display for PassKind {
 
 /// The tests due for a client and the state they start from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Screening {
+pub(crate) struct Screening {
     /// The record at connect time ([`TestTimes::NEW`] for an unknown client).
-    pub times: TestTimes,
-    pub due: DueTests,
+    pub(crate) times: TestTimes,
+    pub(crate) due: DueTests,
     /// How a pass of every due test will be logged.
-    pub pass_kind: PassKind,
+    pub(crate) pass_kind: PassKind,
 }
 
 /// What the cache says about a client at connect time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// Every enabled test is unexpired: log `PASS OLD [a]:p` and hand the client off at once.
     PassOld,
     /// Screen the client.
@@ -362,7 +362,7 @@ pub enum Start {
 
 /// The tests whose pass of the record at `now` has expired, or that never passed, among the
 /// enabled ones (a disabled test is never due: nothing could make it go away).
-pub fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> DueTests {
+pub(crate) fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> DueTests {
     let mut due = DueTests::default();
     for test in Test::ALL {
         if enabled.get(test) && now > times.get(test) {
@@ -373,14 +373,14 @@ pub fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> DueTest
 }
 
 /// Whether a cached client passes at once: no enabled test is due.
-pub fn is_pass_old(times: &TestTimes, enabled: &EnabledTests, now: u64) -> bool {
+pub(crate) fn is_pass_old(times: &TestTimes, enabled: &EnabledTests, now: u64) -> bool {
     due_tests(times, enabled, now).is_empty()
 }
 
 /// How a pass will be logged: `NEW` while some enabled test has never passed (`0`), `OLD`
 /// otherwise. A client that re-passes expired tests is `OLD`, and so is one that passes a test
 /// enabled since its record was written (`1`, not `0`).
-pub fn pass_kind(times: &TestTimes, enabled: &EnabledTests) -> PassKind {
+pub(crate) fn pass_kind(times: &TestTimes, enabled: &EnabledTests) -> PassKind {
     let new = Test::ALL
         .iter()
         .any(|&t| enabled.get(t) && times.get(t) == NEVER_PASSED);
@@ -390,7 +390,7 @@ pub fn pass_kind(times: &TestTimes, enabled: &EnabledTests) -> PassKind {
 /// Decides at connect time, from the cached record if there is one. The daemon looks the
 /// cache up only when nothing has failed yet and the client has no other session in progress
 /// (postscreen shares the other session's state instead).
-pub fn start(cached: Option<&TestTimes>, enabled: &EnabledTests, now: u64) -> Start {
+pub(crate) fn start(cached: Option<&TestTimes>, enabled: &EnabledTests, now: u64) -> Start {
     match cached {
         Some(times) => {
             let due = due_tests(times, enabled, now);
@@ -414,7 +414,7 @@ pub fn start(cached: Option<&TestTimes>, enabled: &EnabledTests, now: u64) -> St
 
 /// What became of one test in a session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Not run, or not finished: a deep test passes only when the client reaches RCPT TO.
     #[default]
     NotCompleted,
@@ -429,28 +429,28 @@ pub enum Outcome {
 
 /// Everything a session found out about a client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SessionResults {
-    pub pregreet: Outcome,
-    pub dnsbl: Outcome,
-    pub pipelining: Outcome,
-    pub non_smtp_command: Outcome,
-    pub bare_newline: Outcome,
+pub(crate) struct SessionResults {
+    pub(crate) pregreet: Outcome,
+    pub(crate) dnsbl: Outcome,
+    pub(crate) pipelining: Outcome,
+    pub(crate) non_smtp_command: Outcome,
+    pub(crate) bare_newline: Outcome,
     /// The TTL of the DNS replies that decided the DNSBL pass (the negative reply's SOA, or
     /// the DNSWL record's); `None` when there was none. Clamped with [`TestTtls::dnsbl`].
-    pub dns_ttl: Option<Duration>,
+    pub(crate) dns_ttl: Option<Duration>,
     /// The DNSBL score reached the allowlist threshold without failing anything: every other
     /// test, pending or disabled, counts as passed until the DNS TTL.
-    pub dnswl_allowlisted: bool,
+    pub(crate) dnswl_allowlisted: bool,
     /// The permanent access list rejected the client and the denylist action is `enforce` or
     /// `drop` (with `ignore` postscreen takes the failure back; leave this false).
-    pub denylisted: bool,
+    pub(crate) denylisted: bool,
     /// The client connected to an address outside `allowlist_interfaces` (`ALLOWLIST VETO`).
-    pub allowlist_veto: bool,
+    pub(crate) allowlist_veto: bool,
 }
 
 impl SessionResults {
     /// Any failure: no pass of this session counts, and nothing is cached.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.denylisted
             || self.allowlist_veto
             || Test::ALL
@@ -461,11 +461,11 @@ impl SessionResults {
 
 /// What to do when a session ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conclusion {
+pub(crate) struct Conclusion {
     /// Log `PASS NEW [a]:p` or `PASS OLD [a]:p`: every due test passed.
-    pub pass: Option<PassKind>,
+    pub(crate) pass: Option<PassKind>,
     /// The record to store in the allowlist; `None`: store nothing.
-    pub update: Option<TestTimes>,
+    pub(crate) update: Option<TestTimes>,
 }
 
 /// Decides at the end of a session, as postscreen's `psc_conclude` does:
@@ -479,7 +479,7 @@ pub struct Conclusion {
 ///   client may pass over several sessions); tests that are disabled and never passed are
 ///   written as [`DISABLED_WHEN_WRITTEN`];
 /// - the pass is logged once every due test passed.
-pub fn conclude(
+pub(crate) fn conclude(
     screening: &Screening,
     results: &SessionResults,
     enabled: &EnabledTests,
@@ -535,12 +535,12 @@ pub fn conclude(
 /// The cleanup rule: a record is kept until every one of its tests expired more than
 /// `retention` (`cache_retention_time`) ago, so a client that comes back soon is not logged
 /// `NEW` again.
-pub fn retain(times: &TestTimes, now: u64, retention: Duration) -> bool {
+pub(crate) fn retain(times: &TestTimes, now: u64, retention: Duration) -> bool {
     times.latest_expiry().saturating_add(retention.as_secs()) >= now
 }
 
 /// The current time in Unix seconds, the unit of [`TestTimes`].
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -6,7 +6,7 @@
 //! [`redb::AllowlistCache`] is the store on local disk; the administrative side (listing,
 //! deleting, cleanup, closing) is the concrete store's own.
 
-pub mod redb;
+pub(crate) mod redb;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -16,14 +16,14 @@ pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats};
 
 /// Where the temporary allowlist lives and how it is cleaned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowlistSettings {
-    pub state_dir: PathBuf,
-    pub cleanup_interval: Duration,
-    pub retention: Duration,
+pub(crate) struct AllowlistSettings {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) cleanup_interval: Duration,
+    pub(crate) retention: Duration,
 }
 
 /// What the screening stages need of a temporary allowlist.
-pub trait AllowlistStore: Send + Sync {
+pub(crate) trait AllowlistStore: Send + Sync {
     /// The client's record, if it has one.
     fn get(&self, client: IpAddr) -> Option<TestTimes>;
     /// Stores the client's record; never waits (a store that cannot keep up counts the loss).

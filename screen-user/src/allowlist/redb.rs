@@ -43,7 +43,7 @@ use crate::{
 };
 
 /// The longest key: an address in text form (`INET6_ADDRSTRLEN` less the NUL).
-pub const MAX_KEY_LEN: usize = 45;
+pub(crate) const MAX_KEY_LEN: usize = 45;
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allowlist");
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("meta");
@@ -95,7 +95,7 @@ pub enum CacheError {
 
 /// How long until the next cleanup, given when the last one finished: at once if it never
 /// ran or is overdue, never later than `interval`. `None`: `interval` 0 disables the cleanup.
-pub fn next_cleanup_in(
+pub(crate) fn next_cleanup_in(
     last_completed: Option<u64>,
     interval: Duration,
     now: u64,
@@ -116,13 +116,13 @@ pub struct CacheOptions {
     /// Most records kept. Past it, the record whose latest expiry is earliest goes first, from
     /// memory and from the file: it is the one whose client would be tested again soonest
     /// anyway. About 150 bytes of memory each.
-    pub max_entries: usize,
+    pub(crate) max_entries: usize,
     /// Updates waiting for the writer. A full queue drops updates (kept in memory, counted).
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// A batch is committed once it holds this many changes…
-    pub batch_max_entries: usize,
+    pub(crate) batch_max_entries: usize,
     /// …or this long after its first change.
-    pub batch_interval: Duration,
+    pub(crate) batch_interval: Duration,
 }
 
 impl Default for CacheOptions {
@@ -149,14 +149,14 @@ impl CacheOptions {
 
 /// The result of one cleanup scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CleanupCounts {
-    pub retained: usize,
-    pub dropped: usize,
+pub(crate) struct CleanupCounts {
+    pub(crate) retained: usize,
+    pub(crate) dropped: usize,
 }
 
 impl CleanupCounts {
     /// postscreen's line: `cache <name> full cleanup: retained=N dropped=M entries`.
-    pub fn log_line(&self, cache_name: &str) -> String {
+    pub(crate) fn log_line(&self, cache_name: &str) -> String {
         format!(
             "cache {cache_name} full cleanup: retained={} dropped={} entries",
             self.retained, self.dropped
@@ -168,17 +168,17 @@ impl CleanupCounts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Records in memory.
-    pub entries: usize,
+    pub(crate) entries: usize,
     /// Updates not written because the queue was full or the writer had stopped.
-    pub dropped_writes: u64,
+    pub(crate) dropped_writes: u64,
     /// Batches that failed to commit (their changes are lost from the file).
-    pub write_errors: u64,
+    pub(crate) write_errors: u64,
     /// Records evicted by `max_entries`.
-    pub evictions: u64,
+    pub(crate) evictions: u64,
     /// Batches committed.
-    pub batches_committed: u64,
+    pub(crate) batches_committed: u64,
     /// Corrupt records found in the file at open (skipped and removed).
-    pub corrupt_records: u64,
+    pub(crate) corrupt_records: u64,
 }
 
 #[derive(Debug, Default)]
@@ -371,16 +371,16 @@ impl AllowlistCache {
     }
 
     /// The cache's name in log lines, `redb:<path>` (postscreen logs `btree:<path>`).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A client's record, from memory. IPv4-mapped IPv6 addresses are their IPv4 address.
-    pub fn get(&self, addr: IpAddr) -> Option<TestTimes> {
+    pub(crate) fn get(&self, addr: IpAddr) -> Option<TestTimes> {
         self.read().map.get(&canonical(addr)).copied()
     }
 
@@ -401,24 +401,24 @@ impl AllowlistCache {
     }
 
     /// Every record, ordered by address (for `smtp-screen cache list`).
-    pub fn list(&self) -> Vec<(IpAddr, TestTimes)> {
+    pub(crate) fn list(&self) -> Vec<(IpAddr, TestTimes)> {
         let mut all: Vec<_> = self.read().map.iter().map(|(a, t)| (*a, *t)).collect();
         all.sort_unstable_by_key(|(addr, _)| *addr);
         all
     }
 
     /// Records in memory.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Removes a client's record and waits until the file no longer has it. Whether there was
     /// one.
-    pub async fn delete(&self, addr: IpAddr) -> Result<bool, CacheError> {
+    pub(crate) async fn delete(&self, addr: IpAddr) -> Result<bool, CacheError> {
         let addr = canonical(addr);
         let existed = self.write().remove(&addr);
         self.send(WriteOp::Delete(addr)).await?;
@@ -427,7 +427,7 @@ impl AllowlistCache {
     }
 
     /// Empties the cache, memory and file. How many records there were.
-    pub async fn flush_all(&self) -> Result<usize, CacheError> {
+    pub(crate) async fn flush_all(&self) -> Result<usize, CacheError> {
         let count = self.write().clear();
         self.send(WriteOp::Clear).await?;
         self.flush().await?;
@@ -464,7 +464,7 @@ impl AllowlistCache {
 
     /// One cleanup scan (`cache_cleanup_interval`): drops the records [`retain`](crate::test_state::retain) lets go, from
     /// memory at once and from the file with the next batch, and remembers when it ran.
-    pub async fn cleanup(
+    pub(crate) async fn cleanup(
         &self,
         now: u64,
         retention: Duration,
@@ -490,7 +490,7 @@ impl AllowlistCache {
     }
 
     /// When the last cleanup finished, in Unix seconds, kept across restarts.
-    pub fn last_cleanup(&self) -> Option<u64> {
+    pub(crate) fn last_cleanup(&self) -> Option<u64> {
         *self
             .last_cleanup
             .lock()
@@ -500,7 +500,7 @@ impl AllowlistCache {
     /// Runs [`cleanup`](Self::cleanup) every `interval` and logs postscreen's line. The first
     /// run comes `interval` after the last one finished, at once if that is past (or never
     /// was). `None` when `interval` is 0 (disabled). Stops when the writer has stopped.
-    pub fn spawn_cleanup(
+    pub(crate) fn spawn_cleanup(
         self: &Arc<Self>,
         interval: Duration,
         retention: Duration,
@@ -525,7 +525,7 @@ impl AllowlistCache {
         }))
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         let c = &self.counters;
         CacheStats {
             entries: self.len(),

@@ -10,7 +10,7 @@ use crate::{
     test_state::Test,
 };
 
-pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: CacheCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::{config::Config, settings::Settings};
 
-pub fn run(file: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     let dir = file.parent().unwrap_or(Path::new("/"));
     let settings = Settings::new(&config, dir)?;

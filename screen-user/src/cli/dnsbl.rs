@@ -26,7 +26,7 @@ impl DnsblLog for Stderr {
     }
 }
 
-pub fn check(addr: IpAddr, args: &ConfigArgs) -> anyhow::Result<()> {
+pub(crate) fn check(addr: IpAddr, args: &ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let dir = args.config.parent().unwrap_or(Path::new("/"));
     let settings = Settings::new(&config, dir)?;

@@ -18,7 +18,7 @@ use crate::{
     screen::access::DiskFiles,
 };
 
-pub fn run(
+pub(crate) fn run(
     postconf_output: Option<&Path>,
     output: Option<&Path>,
     master_cf: Option<&Path>,

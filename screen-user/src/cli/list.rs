@@ -23,7 +23,7 @@ fn origin_name(value: u32) -> &'static str {
     Origin::from_u32(value).map_or("unknown", Origin::as_str)
 }
 
-pub fn deny(pin_dir: &Path, cmd: DenyCommand) -> anyhow::Result<()> {
+pub(crate) fn deny(pin_dir: &Path, cmd: DenyCommand) -> anyhow::Result<()> {
     let mut maps = open(pin_dir)?;
     match cmd {
         DenyCommand::Add { prefix, ttl: None } => {
@@ -79,7 +79,7 @@ fn remove_deny(maps: &mut Maps, prefix: IpNet) -> anyhow::Result<()> {
     }
 }
 
-pub fn allow(pin_dir: &Path, cmd: AllowCommand) -> anyhow::Result<()> {
+pub(crate) fn allow(pin_dir: &Path, cmd: AllowCommand) -> anyhow::Result<()> {
     let mut maps = open(pin_dir)?;
     match cmd {
         AllowCommand::Add { prefix } => {

@@ -10,7 +10,7 @@ use crate::{
     kernel::{self, KernelError, LoadRequest},
 };
 
-pub fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
+pub(crate) fn run(pin_dir: &Path, args: &LoadArgs) -> anyhow::Result<()> {
     if let Err(why) = config::check_ports(&args.ports) {
         bail!("--port: {why}");
     }

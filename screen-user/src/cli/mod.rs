@@ -33,14 +33,14 @@ use crate::{
 pub struct Cli {
     /// Directory on the BPF filesystem that holds the pinned maps and links.
     #[arg(long, global = true, env = paths::PIN_DIR_ENV, default_value = paths::DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Load the XDP program and attach it to interfaces (maps and links are pinned).
     Load(LoadArgs),
     /// Detach the program from every interface and remove every pin.
@@ -87,7 +87,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DnsblCommand {
+pub(crate) enum DnsblCommand {
     /// Ask every configured list about ADDR: each answer, the matching filters and
     /// weights, and the final score and verdict.
     Check {
@@ -98,7 +98,7 @@ pub enum DnsblCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CacheCommand {
+pub(crate) enum CacheCommand {
     /// List every record: address, then each test's expiry.
     List(ConfigArgs),
     /// Delete the record of one address.
@@ -112,36 +112,36 @@ pub enum CacheCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// The configuration file.
     #[arg(long, default_value = paths::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// Interface to attach to (repeat for several).
     #[arg(long = "iface", required = true, value_name = "IF")]
-    pub ifaces: Vec<String>,
+    pub(crate) ifaces: Vec<String>,
     /// Attach mode; logged, never guessed.
     #[arg(long, value_enum, default_value = "native")]
-    pub mode: AttachMode,
+    pub(crate) mode: AttachMode,
     /// Replace an XDP program that another tool attached.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
     /// Destination port to screen (repeat for several, at most 8).
     #[arg(long = "port", value_name = "PORT", default_value = "25", value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// What XDP does with a SYN from a denied source.
     #[arg(long, value_enum, default_value = "drop")]
-    pub action: KernelAction,
+    pub(crate) action: KernelAction,
     /// Prefix length that IPv6 dynamic deny entries cover.
     #[arg(long, default_value_t = screen_common::ScreenConfig::DEFAULT_V6_PREFIX_LEN)]
-    pub v6_prefix: u32,
+    pub(crate) v6_prefix: u32,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DenyCommand {
+pub(crate) enum DenyCommand {
     /// Deny an address or prefix: static without --ttl, dynamic (expiring) with it.
     Add {
         #[arg(value_parser = prefixes::parse_prefix)]
@@ -162,7 +162,7 @@ pub enum DenyCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AllowCommand {
+pub(crate) enum AllowCommand {
     /// Allow an address or prefix.
     Add {
         #[arg(value_parser = prefixes::parse_prefix)]
@@ -180,10 +180,10 @@ pub enum AllowCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The configuration file.
     #[arg(long, default_value = paths::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 /// Runs one command.

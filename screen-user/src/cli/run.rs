@@ -5,7 +5,7 @@ use std::path::Path;
 use super::RunArgs;
 use crate::{config::Config, daemon};
 
-pub fn run(pin_dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run(pin_dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,7 +10,7 @@ use crate::{
     paths,
 };
 
-pub fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn run(pin_dir: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     if let Some(config) = config {
         dnsbl_status(config)?;
         if std::fs::metadata(pin_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {

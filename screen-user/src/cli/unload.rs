@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::kernel::link;
 
-pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(pin_dir: &Path) -> anyhow::Result<()> {
     if std::fs::metadata(pin_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         println!("nothing loaded ({} does not exist)", pin_dir.display());
         return Ok(());

@@ -31,7 +31,7 @@ use crate::{
 
 /// A configuration file that cannot be used, with the place of the mistake.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -48,184 +48,184 @@ pub enum ConfigError {
 
 /// The most connections the kernel relay may be sized for: two sockets each, and each map
 /// entry is kernel memory.
-pub const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+pub(crate) const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
 
 /// The daemon's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     // --- Listening, hand-off, logging (smtp-screen's own) ---
     /// Addresses the daemon accepts SMTP connections on (IPv6 sockets are IPv6-only).
-    pub listen: Vec<SocketAddr>,
+    pub(crate) listen: Vec<SocketAddr>,
     /// How passed clients reach the real MTA: `proxy`.
-    pub handoff: Handoff,
+    pub(crate) handoff: Handoff,
     /// Address of the real MTA that passed clients are relayed to (`handoff = "proxy"`).
-    pub backend: SocketAddr,
+    pub(crate) backend: SocketAddr,
     /// Postfix's smtpd `pass` service socket (`handoff = "postfix"`).
-    pub postfix_pass_socket: PathBuf,
+    pub(crate) postfix_pass_socket: PathBuf,
     /// PROXY protocol header sent to the backend first, so it sees the client's real
     /// address: `none`, `v1` or `v2`.
-    pub backend_proxy_protocol: BackendProxyProtocol,
+    pub(crate) backend_proxy_protocol: BackendProxyProtocol,
     /// Who relays the bytes between a handed-off client and the backend: `auto` (the kernel
     /// when it can, else userspace), `kernel` or `userspace`.
-    pub relay: RelayMode,
+    pub(crate) relay: RelayMode,
     /// How many connections the kernel relay holds at once; more are relayed in userspace.
     #[serde(deserialize_with = "positive")]
-    pub relay_max_connections: u32,
+    pub(crate) relay_max_connections: u32,
     /// Directory for the temporary allowlist database.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Where log lines go: `stderr` or `syslog`.
-    pub log_to: LogTarget,
+    pub(crate) log_to: LogTarget,
     /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
-    pub syslog_name: String,
+    pub(crate) syslog_name: String,
     /// After the sockets and BPF objects are open, the daemon runs as this user.
-    pub user: String,
+    pub(crate) user: String,
 
     // --- postscreen's options ---
     /// The server's host name, used in replies (`$myhostname`).
     #[serde(deserialize_with = "non_empty")]
-    pub myhostname: String,
+    pub(crate) myhostname: String,
     /// The text of the `220` greeting (`$smtpd_banner`).
-    pub smtpd_banner: String,
+    pub(crate) smtpd_banner: String,
     /// Networks `permit_mynetworks` allows, in Postfix syntax.
-    pub mynetworks: String,
+    pub(crate) mynetworks: String,
     /// Permanent allow/deny list: `permit_mynetworks`, `permit`, `reject`, `dunno`,
     /// `cidr:/path` (postscreen_access_list).
-    pub access_list: String,
+    pub(crate) access_list: String,
     /// What happens to a client the access list rejects: `ignore`, `enforce`, `drop`.
-    pub denylist_action: TestAction,
+    pub(crate) denylist_action: TestAction,
     /// Text of the `220-` teaser sent before the greet wait; empty disables the pregreet test.
-    pub greet_banner: String,
+    pub(crate) greet_banner: String,
     /// How long to wait for a client that talks before its turn.
     #[serde(deserialize_with = "stress_time_value")]
-    pub greet_wait: StressDuration,
+    pub(crate) greet_wait: StressDuration,
     /// What happens to a client that talks before its turn.
-    pub greet_action: TestAction,
+    pub(crate) greet_action: TestAction,
     /// How long a passed pregreet test is remembered.
     #[serde(deserialize_with = "time_value")]
-    pub greet_ttl: Duration,
+    pub(crate) greet_ttl: Duration,
     /// How long an expired allowlist record is kept so a returning client is not "new".
     #[serde(deserialize_with = "time_value")]
-    pub cache_retention_time: Duration,
+    pub(crate) cache_retention_time: Duration,
     /// How often expired allowlist records are removed; 0 disables the cleanup.
     #[serde(deserialize_with = "time_value")]
-    pub cache_cleanup_interval: Duration,
+    pub(crate) cache_cleanup_interval: Duration,
     /// Commands allowed per session in the dummy SMTP engine.
     #[serde(deserialize_with = "positive")]
-    pub command_count_limit: u32,
+    pub(crate) command_count_limit: u32,
     /// Time allowed to send one whole command line.
     #[serde(deserialize_with = "stress_time_value")]
-    pub command_time_limit: StressDuration,
+    pub(crate) command_time_limit: StressDuration,
     /// Simultaneous connections allowed from one client address; 0 means no limit.
-    pub client_connection_count_limit: u32,
+    pub(crate) client_connection_count_limit: u32,
     /// Connections allowed in screening at once (also sets the stress thresholds).
     #[serde(deserialize_with = "at_least_10")]
-    pub pre_queue_limit: u32,
+    pub(crate) pre_queue_limit: u32,
     /// Connections allowed between passing and being taken over by the backend.
     #[serde(deserialize_with = "at_least_5")]
-    pub post_queue_limit: u32,
+    pub(crate) post_queue_limit: u32,
     /// `haproxy` when a load balancer sends a PROXY header first; empty otherwise.
     #[serde(deserialize_with = "upstream_proxy")]
-    pub upstream_proxy_protocol: UpstreamProxyProtocol,
+    pub(crate) upstream_proxy_protocol: UpstreamProxyProtocol,
     /// Time allowed for that header.
     #[serde(deserialize_with = "time_value")]
-    pub upstream_proxy_timeout: Duration,
+    pub(crate) upstream_proxy_timeout: Duration,
     /// Local addresses where clients may earn the temporary allowlist (`static:all`: all).
-    pub allowlist_interfaces: String,
+    pub(crate) allowlist_interfaces: String,
     /// Text appended to 4xx and 5xx replies.
-    pub reject_footer: String,
+    pub(crate) reject_footer: String,
     /// Longest command line accepted, in bytes.
     #[serde(deserialize_with = "at_least_512")]
-    pub line_length_limit: u32,
+    pub(crate) line_length_limit: u32,
     /// Turn every 5xx reply into 4xx, for testing a new configuration safely.
     #[serde(deserialize_with = "yes_no")]
-    pub soft_bounce: bool,
+    pub(crate) soft_bounce: bool,
     /// The dummy engine requires HELO or EHLO before MAIL and ETRN.
     #[serde(deserialize_with = "yes_no")]
-    pub helo_required: bool,
+    pub(crate) helo_required: bool,
     /// The dummy engine refuses VRFY with 502 and does not announce it.
     #[serde(deserialize_with = "yes_no")]
-    pub disable_vrfy_command: bool,
+    pub(crate) disable_vrfy_command: bool,
 
     // --- DNSBL and DNSWL scoring ---
     /// `domain[=filter][*weight]` entries, comma or space separated; empty disables the test.
-    pub dnsbl_sites: String,
+    pub(crate) dnsbl_sites: String,
     /// A client whose score reaches this fails the DNSBL test.
-    pub dnsbl_threshold: i32,
+    pub(crate) dnsbl_threshold: i32,
     /// What happens to a client that fails the DNSBL test.
-    pub dnsbl_action: TestAction,
+    pub(crate) dnsbl_action: TestAction,
     /// A client at or below this score (when negative) is allowlisted by DNSWL: it skips the
     /// greet wait and every other test until the DNS TTL.
-    pub dnsbl_allowlist_threshold: i32,
+    pub(crate) dnsbl_allowlist_threshold: i32,
     /// Time allowed for the DNSBL answers.
     #[serde(deserialize_with = "time_value")]
-    pub dnsbl_timeout: Duration,
+    pub(crate) dnsbl_timeout: Duration,
     /// Shortest time a DNSBL pass is remembered, whatever the DNS TTL.
     #[serde(deserialize_with = "time_value")]
-    pub dnsbl_min_ttl: Duration,
+    pub(crate) dnsbl_min_ttl: Duration,
     /// Longest time a DNSBL pass is remembered.
     #[serde(deserialize_with = "time_value")]
-    pub dnsbl_max_ttl: Duration,
+    pub(crate) dnsbl_max_ttl: Duration,
     /// The name shown in replies for each list domain (hides keyed query domains).
-    pub dnsbl_reply_map: std::collections::BTreeMap<String, String>,
+    pub(crate) dnsbl_reply_map: std::collections::BTreeMap<String, String>,
     /// DNS servers to ask instead of the host's resolver configuration.
-    pub dns_servers: Vec<SocketAddr>,
+    pub(crate) dns_servers: Vec<SocketAddr>,
     /// A DNSBL score at or above this denies the client in the kernel on first contact
     /// (beyond postscreen; unset: never).
-    pub kernel_dnsbl_threshold: Option<i32>,
+    pub(crate) kernel_dnsbl_threshold: Option<i32>,
 
     // --- Deep protocol tests (after the greeting) ---
     /// Fail clients that send commands before the reply to the previous one.
     #[serde(deserialize_with = "yes_no")]
-    pub pipelining_enable: bool,
-    pub pipelining_action: TestAction,
+    pub(crate) pipelining_enable: bool,
+    pub(crate) pipelining_action: TestAction,
     #[serde(deserialize_with = "time_value")]
-    pub pipelining_ttl: Duration,
+    pub(crate) pipelining_ttl: Duration,
     /// Fail clients that send header lines, HTTP or other non-SMTP commands.
     #[serde(deserialize_with = "yes_no")]
-    pub non_smtp_command_enable: bool,
-    pub non_smtp_command_action: TestAction,
+    pub(crate) non_smtp_command_enable: bool,
+    pub(crate) non_smtp_command_action: TestAction,
     #[serde(deserialize_with = "time_value")]
-    pub non_smtp_command_ttl: Duration,
+    pub(crate) non_smtp_command_ttl: Duration,
     /// Commands that count as non-SMTP besides `Word:` header labels: command words, and
     /// postscreen's `regexp:{{/^[^A-Z]/ Bogus}}` for commands that do not start with a letter.
-    pub forbidden_commands: Vec<String>,
+    pub(crate) forbidden_commands: Vec<String>,
     /// Fail clients that end lines with a bare LF.
     #[serde(deserialize_with = "yes_no")]
-    pub bare_newline_enable: bool,
-    pub bare_newline_action: TestAction,
+    pub(crate) bare_newline_enable: bool,
+    pub(crate) bare_newline_action: TestAction,
     #[serde(deserialize_with = "time_value")]
-    pub bare_newline_ttl: Duration,
+    pub(crate) bare_newline_ttl: Duration,
     /// Clients allowlisted by DNSWL score skip the deep tests (and their 450 at RCPT).
     #[serde(deserialize_with = "yes_no")]
-    pub deep_tests_skip_dnswl: bool,
+    pub(crate) deep_tests_skip_dnswl: bool,
     /// Certificate (PEM, with its chain) for STARTTLS in the dummy engine; empty: no STARTTLS.
-    pub tls_cert_file: String,
+    pub(crate) tls_cert_file: String,
     /// Private key (PEM) for `tls_cert_file`.
-    pub tls_key_file: String,
+    pub(crate) tls_key_file: String,
 
     // --- The kernel layer (smtp-screen's own) ---
     /// Interfaces the XDP SYN screen is attached to. Empty: no kernel screening.
-    pub interfaces: Vec<String>,
+    pub(crate) interfaces: Vec<String>,
     /// `native` (in the driver, fastest) or `generic` (any interface). Never guessed.
-    pub xdp_mode: AttachMode,
+    pub(crate) xdp_mode: AttachMode,
     /// Destination ports whose SYNs XDP screens (at most 8).
     #[serde(deserialize_with = "ports")]
-    pub protected_ports: Vec<u16>,
+    pub(crate) protected_ports: Vec<u16>,
     /// `drop` (silent) or `rst` (refuse at once) for SYNs from denied sources.
-    pub kernel_action: KernelAction,
+    pub(crate) kernel_action: KernelAction,
     /// Prefix length that IPv6 dynamic deny entries cover (one customer is usually a /64).
     #[serde(deserialize_with = "v6_prefix")]
-    pub deny_v6_prefix: u32,
+    pub(crate) deny_v6_prefix: u32,
     /// How often expired dynamic deny entries are removed from the kernel maps.
     #[serde(deserialize_with = "time_value")]
-    pub deny_sweep_interval: Duration,
+    pub(crate) deny_sweep_interval: Duration,
     /// A client that fails again within this window is denied in the kernel.
     #[serde(deserialize_with = "time_value")]
-    pub deny_window: Duration,
+    pub(crate) deny_window: Duration,
     /// How long a kernel deny entry lasts; 0 turns the kernel deny policy off.
     #[serde(deserialize_with = "time_value")]
-    pub deny_ttl: Duration,
+    pub(crate) deny_ttl: Duration,
 }
 
 impl Default for Config {
@@ -355,7 +355,7 @@ fn stress_time_value<'de, D: Deserializer<'de>>(d: D) -> Result<StressDuration, 
 
 /// Parses `6s`, or `${stress?{2}:{6}}s` / `${stress?2:6}s` (stress value first, then the
 /// normal one, then an optional unit that applies to both).
-pub fn parse_stress_duration(text: &str) -> Result<StressDuration, String> {
+pub(crate) fn parse_stress_duration(text: &str) -> Result<StressDuration, String> {
     let text = text.trim();
     let Some(rest) = text.strip_prefix("${stress?") else {
         return duration::parse(text)
@@ -454,7 +454,7 @@ fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
 }
 
 /// Ports must be 1..=65535, at most [`screen_common::MAX_PORTS`], at least one.
-pub fn check_ports(ports: &[u16]) -> Result<(), String> {
+pub(crate) fn check_ports(ports: &[u16]) -> Result<(), String> {
     if ports.is_empty() {
         return Err("at least one port must be protected".into());
     }
@@ -478,7 +478,7 @@ fn v6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// IPv6 dynamic deny prefixes from /16 (a whole provider) to /128 (one address).
-pub fn check_v6_prefix(len: u32) -> Result<(), String> {
+pub(crate) fn check_v6_prefix(len: u32) -> Result<(), String> {
     if !(16..=128).contains(&len) {
         return Err(format!("IPv6 deny prefix /{len} is outside /16../128"));
     }
@@ -487,7 +487,7 @@ pub fn check_v6_prefix(len: u32) -> Result<(), String> {
 
 /// Replaces `$name` and `${name}` references to the string options Postfix admins refer to
 /// in banners and footers. Unknown names are left as they are.
-pub fn expand(text: &str, config: &Config) -> String {
+pub(crate) fn expand(text: &str, config: &Config) -> String {
     let lookup = |name: &str| -> Option<String> {
         match name {
             "myhostname" => Some(config.myhostname.clone()),
@@ -541,7 +541,7 @@ fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
 
 impl Config {
     /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -550,7 +550,7 @@ impl Config {
     }
 
     /// Parses configuration text; `path` only names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|span| line_at(text, span.start)).unwrap_or(1);
             ConfigError::Invalid {
@@ -612,12 +612,12 @@ impl Config {
     }
 
     /// The `220-` teaser text; empty when the pregreet test is off.
-    pub fn greet_banner(&self) -> String {
+    pub(crate) fn greet_banner(&self) -> String {
         expand(&self.greet_banner, self)
     }
 
     /// The `220` greeting text of the dummy engine.
-    pub fn smtpd_banner(&self) -> String {
+    pub(crate) fn smtpd_banner(&self) -> String {
         expand(&self.smtpd_banner, self)
     }
 }

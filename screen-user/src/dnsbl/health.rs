@@ -23,16 +23,16 @@ use super::{
 };
 
 /// How often the daemon asks every list for its test points.
-pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+pub(crate) const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The test point every list must list (RFC 5782 §5).
-pub const TEST_POINT_LISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+pub(crate) const TEST_POINT_LISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// The test point no list may list (RFC 5782 §5).
-pub const TEST_POINT_UNLISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+pub(crate) const TEST_POINT_UNLISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
 /// A list's health, as the last conclusive [`Dnsbl::health_check`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HealthState {
+pub(crate) enum HealthState {
     /// In use (also before the first check).
     Healthy,
     /// In use, but it does not list its test point 127.0.0.2.
@@ -42,14 +42,14 @@ pub enum HealthState {
 }
 
 impl HealthState {
-    pub fn is_suspended(&self) -> bool {
+    pub(crate) fn is_suspended(&self) -> bool {
         matches!(self, HealthState::Suspended(_))
     }
 }
 
 /// Why a list is suspended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SuspendReason {
+pub(crate) enum SuspendReason {
     /// It lists 127.0.0.1, which no list may: it would list every client.
     ListsTheWorld { answer: Ipv4Addr },
     /// Neither test point got an answer.
@@ -73,26 +73,26 @@ impl fmt::Display for SuspendReason {
 
 /// One list's health after a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListHealth {
-    pub domain: String,
-    pub state: HealthState,
+pub(crate) struct ListHealth {
+    pub(crate) domain: String,
+    pub(crate) state: HealthState,
     /// Whether this check changed the state (and logged it).
-    pub changed: bool,
+    pub(crate) changed: bool,
 }
 
 /// One list's counters, for a status command.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListStats {
-    pub domain: String,
+pub(crate) struct ListStats {
+    pub(crate) domain: String,
     /// Lookups for clients (answered from hickory's cache or not).
-    pub lookups: u64,
+    pub(crate) lookups: u64,
     /// Answers with at least one A record.
-    pub listed: u64,
+    pub(crate) listed: u64,
     /// Answers without one.
-    pub not_listed: u64,
+    pub(crate) not_listed: u64,
     /// Lookups that failed or timed out.
-    pub failures: u64,
-    pub health: HealthState,
+    pub(crate) failures: u64,
+    pub(crate) health: HealthState,
 }
 
 /// One list's health: written by the check, read by every new client's lookups.
@@ -120,7 +120,7 @@ impl HealthCell {
 
 impl Dnsbl {
     /// Each list's counters and health.
-    pub fn stats(&self) -> Vec<ListStats> {
+    pub(crate) fn stats(&self) -> Vec<ListStats> {
         self.inner
             .lists
             .iter()
@@ -154,7 +154,7 @@ impl Dnsbl {
     }
 
     /// Rewrites the `dnsbl.status` file in place (the daemon opens it before it drops root).
-    pub fn write_status(&self, file: &mut std::fs::File) {
+    pub(crate) fn write_status(&self, file: &mut std::fs::File) {
         use std::io::{Seek as _, Write as _};
         let text = self.status_text();
         let result = file
@@ -170,7 +170,7 @@ impl Dnsbl {
     /// 127.0.0.1 must not (RFC 5782 §5). A list that lists 127.0.0.1, or answers for neither,
     /// is suspended; one that answers as it should is in use again. When only one of the two
     /// lookups fails, the check is inconclusive and the state stays. A change is logged once.
-    pub async fn health_check(&self) -> Vec<ListHealth> {
+    pub(crate) async fn health_check(&self) -> Vec<ListHealth> {
         let mut probes = JoinSet::new();
         for index in 0..self.inner.lists.len() {
             let inner = Arc::clone(&self.inner);

@@ -32,14 +32,14 @@ use crate::{address::canonical, maillog::MailLog};
 
 /// Most client addresses whose lookups are shared at once; past this, a new client's lookups
 /// are not shared (the daemon's connection limits still bound them).
-pub const MAX_SHARED_CLIENTS: usize = 10_000;
+pub(crate) const MAX_SHARED_CLIENTS: usize = 10_000;
 /// `dnsbl_timeout`'s default (postscreen: 10s).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the log lines of [`Dnsbl`] go: dnsblog's `addr … listed by domain …` lines, lookup
 /// warnings, health changes. The daemon hands it the mail log; `smtp-screen dnsbl check`
 /// prints the lines on stderr, and tests keep them.
-pub trait DnsblLog: Send + Sync {
+pub(crate) trait DnsblLog: Send + Sync {
     /// An informational line.
     fn info(&self, line: &str);
     /// A warning; the log adds Postfix's `warning: ` prefix.
@@ -58,17 +58,17 @@ impl DnsblLog for MailLog {
 
 /// Everything [`Dnsbl`] is built from.
 #[derive(Clone, Debug)]
-pub struct DnsblConfig {
-    pub sites: DnsblSites,
-    pub reply_map: ReplyMap,
+pub(crate) struct DnsblConfig {
+    pub(crate) sites: DnsblSites,
+    pub(crate) reply_map: ReplyMap,
     /// `dnsbl_timeout`: the most one list's lookup may take.
-    pub timeout: Duration,
-    pub servers: DnsServers,
+    pub(crate) timeout: Duration,
+    pub(crate) servers: DnsServers,
 }
 
 impl DnsblConfig {
     /// The lists, with no reply map, the default timeout and the host's resolver.
-    pub fn new(sites: DnsblSites) -> Self {
+    pub(crate) fn new(sites: DnsblSites) -> Self {
         Self {
             sites,
             reply_map: ReplyMap::default(),
@@ -110,7 +110,7 @@ pub(super) struct Inner {
 /// The DNSBL/DNSWL lookups. Cheap to clone; clones share the resolver, its cache, the shared
 /// lookups and the counters.
 #[derive(Clone)]
-pub struct Dnsbl {
+pub(crate) struct Dnsbl {
     pub(super) inner: Arc<Inner>,
 }
 
@@ -126,7 +126,7 @@ impl fmt::Debug for Dnsbl {
 impl Dnsbl {
     /// Sets up the resolver. Nothing is sent until the first [`start`](Self::start) or
     /// [`health_check`](Self::health_check); both must run inside a tokio runtime.
-    pub fn new(config: DnsblConfig, log: Arc<dyn DnsblLog>) -> Result<Self, DnsblError> {
+    pub(crate) fn new(config: DnsblConfig, log: Arc<dyn DnsblLog>) -> Result<Self, DnsblError> {
         let resolver = Resolver::new(&config.servers, config.timeout)?;
         let lists = config
             .sites
@@ -152,13 +152,13 @@ impl Dnsbl {
     }
 
     /// The configured lists.
-    pub fn sites(&self) -> &DnsblSites {
+    pub(crate) fn sites(&self) -> &DnsblSites {
         &self.inner.sites
     }
 
     /// Starts every list's query for `client` at once, or joins the queries already running
     /// for that address. Suspended lists are not asked.
-    pub fn start(&self, client: IpAddr) -> DnsblQuery {
+    pub(crate) fn start(&self, client: IpAddr) -> DnsblQuery {
         let client = canonical(client);
         let mut shared = lock(&self.inner.shared);
         if let Some(share) = shared.get(&client).and_then(Weak::upgrade) {
@@ -320,7 +320,7 @@ impl Drop for QueryShare {
 }
 
 /// A connection's view of its client's lookups.
-pub struct DnsblQuery {
+pub(crate) struct DnsblQuery {
     share: Arc<QueryShare>,
 }
 
@@ -334,17 +334,17 @@ impl fmt::Debug for DnsblQuery {
 
 impl DnsblQuery {
     /// The client the lookups are for (an IPv4-mapped address as IPv4).
-    pub fn client(&self) -> IpAddr {
+    pub(crate) fn client(&self) -> IpAddr {
         self.share.client
     }
 
     /// Each list's result so far, indexed like [`DnsblSites::domains`].
-    pub fn results(&self) -> Vec<ListResult> {
+    pub(crate) fn results(&self) -> Vec<ListResult> {
         lock(&self.share.lookups.results).clone()
     }
 
     /// The score from the answers in so far (postscreen reads it when the greet wait ends).
-    pub fn score_now(&self) -> Score {
+    pub(crate) fn score_now(&self) -> Score {
         let inner = &self.share.inner;
         let results = lock(&self.share.lookups.results);
         inner.sites.score(&results, &inner.reply_map)
@@ -352,7 +352,7 @@ impl DnsblQuery {
 
     /// Waits until every list has answered, failed or timed out, or until `deadline`, and
     /// returns the score then.
-    pub async fn wait_all(&self, deadline: tokio::time::Instant) -> Score {
+    pub(crate) async fn wait_all(&self, deadline: tokio::time::Instant) -> Score {
         let total = self.share.inner.lists.len();
         let mut done = self.share.lookups.done.subscribe();
         let _ = tokio::time::timeout_at(deadline, done.wait_for(|&n| n >= total)).await;

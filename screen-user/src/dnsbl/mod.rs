@@ -32,7 +32,7 @@ mod lab;
 #[cfg(test)]
 mod testdns;
 
-pub use self::{
+pub(crate) use self::{
     health::{
         HEALTH_CHECK_INTERVAL, HealthState, ListHealth, ListStats, SuspendReason,
         TEST_POINT_LISTED, TEST_POINT_UNLISTED,
@@ -48,7 +48,7 @@ pub use self::{
 
 /// A DNSBL setting or resolver that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DnsblError {
+pub(crate) enum DnsblError {
     #[error("bad dnsbl_sites entry {entry:?}: {problem}")]
     Site { entry: String, problem: SiteProblem },
     #[error("dnsbl_sites has {count} entries, more than the {max} allowed")]

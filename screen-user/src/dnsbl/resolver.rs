@@ -21,18 +21,18 @@ use hickory_resolver::{
 use super::DnsblError;
 
 /// Most A records of one answer that are looked at.
-pub const MAX_ANSWERS: usize = 32;
+pub(crate) const MAX_ANSWERS: usize = 32;
 /// Most explicit DNS servers.
-pub const MAX_SERVERS: usize = 16;
+pub(crate) const MAX_SERVERS: usize = 16;
 /// Answers hickory keeps in its cache.
-pub const DNS_CACHE_ENTRIES: u64 = 8_192;
+pub(crate) const DNS_CACHE_ENTRIES: u64 = 8_192;
 /// The shortest time the resolver waits for one server's answer, however short
 /// `dnsbl_timeout` is (which still bounds the lookup as a whole).
 const MIN_RESOLVER_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Which servers answer the queries.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DnsServers {
+pub(crate) enum DnsServers {
     /// The host's resolver configuration (`/etc/resolv.conf`): a local caching resolver is the
     /// norm on MX hosts.
     System,

@@ -11,7 +11,7 @@ use super::site::{DnsblSites, ReplyMap};
 
 /// What one list said about a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListResult {
+pub(crate) enum ListResult {
     /// No answer yet.
     Pending,
     /// Not asked: the list is suspended by the health check.
@@ -26,35 +26,35 @@ pub enum ListResult {
 
 /// A client's DNSBL score.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Score {
+pub(crate) struct Score {
     /// The sum of the matching entries' weights (postscreen's "rank").
-    pub rank: i32,
+    pub(crate) rank: i32,
     /// The name the reply shows: the matching entry with the largest weight, through the reply
     /// map. `None` when no entry matched.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// The shortest TTL of the answers a pass rests on: negative answers' SOA TTLs and the A
     /// TTLs of matching allowlist (negative-weight) entries.
-    pub pass_ttl: Option<Duration>,
+    pub(crate) pass_ttl: Option<Duration>,
     /// Lists that had not answered when the score was read.
-    pub pending: usize,
+    pub(crate) pending: usize,
     /// Lists whose lookup failed.
-    pub failed: usize,
+    pub(crate) failed: usize,
     /// Lists not asked because they are suspended.
-    pub suspended: usize,
+    pub(crate) suspended: usize,
 }
 
 /// The DNSBL options that turn a score into a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// `dnsbl_threshold`: a client fails at this rank or above (default 1).
-    pub threshold: i32,
+    pub(crate) threshold: i32,
     /// `dnsbl_allowlist_threshold`: when negative, a client at or below it that failed
     /// nothing is allowlisted (default 0: off).
-    pub allowlist_threshold: i32,
+    pub(crate) allowlist_threshold: i32,
     /// `dnsbl_min_ttl`: the shortest DNSBL pass (default 60s).
-    pub min_ttl: Duration,
+    pub(crate) min_ttl: Duration,
     /// `dnsbl_max_ttl`: the longest DNSBL pass (default 1h).
-    pub max_ttl: Duration,
+    pub(crate) max_ttl: Duration,
 }
 
 impl Default for Thresholds {
@@ -71,7 +71,7 @@ impl Default for Thresholds {
 impl Thresholds {
     /// A DNS TTL clamped to `min_ttl`…`max_ttl`; no TTL gives the minimum. Never panics, even
     /// when the two are the wrong way round (the maximum wins).
-    pub fn clamp_ttl(&self, ttl: Option<Duration>) -> Duration {
+    pub(crate) fn clamp_ttl(&self, ttl: Option<Duration>) -> Duration {
         ttl.unwrap_or(self.min_ttl)
             .max(self.min_ttl)
             .min(self.max_ttl)
@@ -80,7 +80,7 @@ impl Thresholds {
 
 /// The outcome of the DNSBL test.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The rank reached `dnsbl_threshold`: log `DNSBL rank N for [a]:p` and apply
     /// `dnsbl_action`; `name` goes into the reply.
     Listed { rank: i32, name: String },
@@ -93,14 +93,14 @@ pub enum Verdict {
 
 /// What a listed client's reply names when no entry matched, which only a `dnsbl_threshold`
 /// of 0 or less allows: postscreen prints a null name, which the C library shows thus.
-pub const NO_LIST_NAME: &str = "(null)";
+pub(crate) const NO_LIST_NAME: &str = "(null)";
 
 impl Score {
     /// The verdict (`postscreen_early.c`): listed when `rank >= threshold`; allowlisted when
     /// the allowlist threshold is negative, `rank <= allowlist_threshold` and
     /// `other_test_failed` is false; clean otherwise. Pass TTLs are clamped to
     /// `min_ttl`…`max_ttl`.
-    pub fn verdict(&self, thresholds: &Thresholds, other_test_failed: bool) -> Verdict {
+    pub(crate) fn verdict(&self, thresholds: &Thresholds, other_test_failed: bool) -> Verdict {
         if self.rank >= thresholds.threshold {
             return Verdict::Listed {
                 rank: self.rank,
@@ -119,7 +119,7 @@ impl Score {
     }
 
     /// Whether every list has answered (or failed, or was skipped).
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.pending == 0
     }
 }
@@ -130,7 +130,7 @@ impl DnsblSites {
     /// address of its domain's answer passes its filter. The name shown is the matching entry's
     /// with the largest weight (the first in configuration order among equals), through the
     /// reply map.
-    pub fn score(&self, results: &[ListResult], reply_map: &ReplyMap) -> Score {
+    pub(crate) fn score(&self, results: &[ListResult], reply_map: &ReplyMap) -> Score {
         let mut score = Score::default();
         let mut top: Option<(i32, usize)> = None;
         let mut dnswl_ttl: Option<Duration> = None;

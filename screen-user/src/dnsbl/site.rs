@@ -18,22 +18,22 @@ use crate::{address::canonical, escape::truncate_at_char};
 
 /// Most entries `dnsbl_sites` may hold. Real configurations use a handful; every entry costs
 /// a query per new client.
-pub const MAX_SITES: usize = 100;
+pub(crate) const MAX_SITES: usize = 100;
 /// Longest entry, in bytes.
-pub const MAX_ENTRY_LEN: usize = 512;
+pub(crate) const MAX_ENTRY_LEN: usize = 512;
 /// Longest list domain: a query name is at most 253 characters, and an IPv6 client's reversed
 /// nibbles take 64 of them.
-pub const MAX_DOMAIN_LEN: usize = 253 - 64;
+pub(crate) const MAX_DOMAIN_LEN: usize = 253 - 64;
 /// Largest weight, either sign. Keeps every possible score far inside an `i32`.
-pub const MAX_WEIGHT: i32 = 1_000_000;
+pub(crate) const MAX_WEIGHT: i32 = 1_000_000;
 /// Most `dnsbl_reply_map` entries.
-pub const MAX_REPLY_MAP: usize = 1_000;
+pub(crate) const MAX_REPLY_MAP: usize = 1_000;
 /// Longest name shown in a reply.
-pub const MAX_SHOWN_LEN: usize = 255;
+pub(crate) const MAX_SHOWN_LEN: usize = 255;
 
 /// What is wrong with one `dnsbl_sites` entry or `dnsbl_reply_map` value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SiteProblem {
+pub(crate) enum SiteProblem {
     #[error("it is {len} bytes long, more than {max}")]
     EntryTooLong { len: usize, max: usize },
     #[error("the domain is empty")]
@@ -110,7 +110,7 @@ impl OctetSet {
 /// and `n..m` ranges (Postfix's `ip_match` syntax): `127.0.0.2`, `127.0.0.[2..11]`,
 /// `127.0.[0..255].[1..3]`, `127.0.0.[2;4;6..8]`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ScoreFilter {
+pub(crate) struct ScoreFilter {
     octets: [OctetSet; 4],
     text: String,
 }
@@ -118,7 +118,7 @@ pub struct ScoreFilter {
 impl ScoreFilter {
     /// Parses a filter. The text must already be bounded (entries are at most
     /// [`MAX_ENTRY_LEN`] bytes).
-    pub fn parse(text: &str) -> Result<Self, SiteProblem> {
+    pub(crate) fn parse(text: &str) -> Result<Self, SiteProblem> {
         if text.is_empty() {
             return Err(SiteProblem::EmptyFilter);
         }
@@ -137,7 +137,7 @@ impl ScoreFilter {
     }
 
     /// Whether a reply address passes the filter.
-    pub fn matches(&self, addr: Ipv4Addr) -> bool {
+    pub(crate) fn matches(&self, addr: Ipv4Addr) -> bool {
         addr.octets()
             .iter()
             .zip(&self.octets)
@@ -259,19 +259,19 @@ fn parse_byte(octet: usize, text: &str) -> Result<u8, SiteProblem> {
 
 /// One `dnsbl_sites` entry: `domain[=filter][*weight]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsblSite {
+pub(crate) struct DnsblSite {
     /// The list's zone, lower case, without a trailing dot.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Which answers count; `None`: any A answer.
-    pub filter: Option<ScoreFilter>,
+    pub(crate) filter: Option<ScoreFilter>,
     /// What a matching answer adds to the score; negative for an allowlist (default 1).
-    pub weight: i32,
+    pub(crate) weight: i32,
 }
 
 impl DnsblSite {
     /// Parses one entry. As postscreen does, the weight is split off at the first `*`, then the
     /// filter at the first `=`.
-    pub fn parse(entry: &str) -> Result<Self, DnsblError> {
+    pub(crate) fn parse(entry: &str) -> Result<Self, DnsblError> {
         let err = |problem| DnsblError::Site {
             entry: shorten(entry),
             problem,
@@ -299,7 +299,7 @@ impl DnsblSite {
     }
 
     /// Whether any of the answer's addresses passes this entry's filter.
-    pub fn matches(&self, answers: &[Ipv4Addr]) -> bool {
+    pub(crate) fn matches(&self, answers: &[Ipv4Addr]) -> bool {
         match &self.filter {
             None => !answers.is_empty(),
             Some(filter) => answers.iter().any(|&a| filter.matches(a)),
@@ -403,7 +403,7 @@ fn parse_domain(text: &str) -> Result<String, SiteProblem> {
 /// The parsed `dnsbl_sites`: every entry in order, and the distinct domains, each queried once
 /// per client however many entries name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DnsblSites {
+pub(crate) struct DnsblSites {
     sites: Vec<DnsblSite>,
     /// For each site, the index of its domain in `domains`.
     site_domain: Vec<usize>,
@@ -413,7 +413,7 @@ pub struct DnsblSites {
 impl DnsblSites {
     /// Parses `dnsbl_sites`: entries separated by commas and/or whitespace. Empty text: no
     /// lists, the test is off.
-    pub fn parse(text: &str) -> Result<Self, DnsblError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, DnsblError> {
         let entries = text
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|e| !e.is_empty());
@@ -444,17 +444,17 @@ impl DnsblSites {
     }
 
     /// The entries, in configuration order.
-    pub fn sites(&self) -> &[DnsblSite] {
+    pub(crate) fn sites(&self) -> &[DnsblSite] {
         &self.sites
     }
 
     /// The distinct domains, in order of first appearance: one query each per client.
-    pub fn domains(&self) -> &[String] {
+    pub(crate) fn domains(&self) -> &[String] {
         &self.domains
     }
 
     /// Whether no list is configured (the DNSBL test is off).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sites.is_empty()
     }
 
@@ -476,12 +476,12 @@ impl FromStr for DnsblSites {
 /// A plain name map, unlike smtpd's `rbl_reply_maps` templates. Domains match without regard
 /// to case or a trailing dot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplyMap(HashMap<String, String>);
+pub(crate) struct ReplyMap(HashMap<String, String>);
 
 impl ReplyMap {
     /// Checks the shown names: printable ASCII, at most [`MAX_SHOWN_LEN`] bytes, since they go
     /// into SMTP replies.
-    pub fn new(map: HashMap<String, String>) -> Result<Self, DnsblError> {
+    pub(crate) fn new(map: HashMap<String, String>) -> Result<Self, DnsblError> {
         if map.len() > MAX_REPLY_MAP {
             return Err(DnsblError::TooManyReplyNames {
                 count: map.len(),
@@ -510,7 +510,7 @@ impl ReplyMap {
     }
 
     /// The name shown for `domain`: its mapped name, or the domain itself.
-    pub fn shown<'a>(&'a self, domain: &'a str) -> &'a str {
+    pub(crate) fn shown<'a>(&'a self, domain: &'a str) -> &'a str {
         if self.0.is_empty() {
             return domain;
         }
@@ -531,7 +531,7 @@ fn map_key(domain: &str) -> String {
 
 /// The query name for a client in a list's zone: IPv4 octets reversed, IPv6 nibbles reversed,
 /// then the zone (`dnsblog.c`). An IPv4-mapped IPv6 client is queried as the IPv4 address it is.
-pub fn query_name(client: IpAddr, domain: &str) -> String {
+pub(crate) fn query_name(client: IpAddr, domain: &str) -> String {
     match canonical(client) {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();

@@ -19,14 +19,14 @@ use tokio::net::UdpSocket;
 const RBLDNSD: &str = "/usr/sbin/rbldnsd";
 
 /// rbldnsd on 127.0.0.1 with the given zones: `(zone, dataset type, file contents)`.
-pub struct Rbldnsd {
+pub(crate) struct Rbldnsd {
     child: Child,
     dir: PathBuf,
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Rbldnsd {
-    pub fn start(zones: &[(&str, &str, &str)]) -> Self {
+    pub(crate) fn start(zones: &[(&str, &str, &str)]) -> Self {
         assert!(
             std::path::Path::new(RBLDNSD).exists(),
             "{RBLDNSD} is missing: apt-get install rbldnsd"
@@ -111,7 +111,7 @@ impl Drop for Rbldnsd {
 }
 
 /// A DNS query packet for `name`, type A.
-pub fn build_query(id: u16, name: &str) -> Vec<u8> {
+pub(crate) fn build_query(id: u16, name: &str) -> Vec<u8> {
     let mut packet = Vec::new();
     packet.extend_from_slice(&id.to_be_bytes());
     packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -124,7 +124,7 @@ pub fn build_query(id: u16, name: &str) -> Vec<u8> {
 }
 
 /// The question name of a DNS packet, lower case; `None` when it does not parse.
-pub fn question_name(packet: &[u8]) -> Option<String> {
+pub(crate) fn question_name(packet: &[u8]) -> Option<String> {
     let mut at = 12;
     let mut labels = Vec::new();
     for _ in 0..128 {
@@ -144,15 +144,15 @@ pub fn question_name(packet: &[u8]) -> Option<String> {
 
 /// A UDP forwarder on 127.0.0.1 that counts queries by name and drops those for the
 /// zones in `blackhole`.
-pub struct Forwarder {
-    pub addr: SocketAddr,
+pub(crate) struct Forwarder {
+    pub(crate) addr: SocketAddr,
     counts: Arc<Mutex<HashMap<String, usize>>>,
-    pub blackhole: Arc<Mutex<HashSet<String>>>,
+    pub(crate) blackhole: Arc<Mutex<HashSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Forwarder {
-    pub async fn start(upstream: SocketAddr, blackhole: &[&str]) -> Self {
+    pub(crate) async fn start(upstream: SocketAddr, blackhole: &[&str]) -> Self {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
         let counts = Arc::new(Mutex::new(HashMap::new()));
@@ -208,12 +208,12 @@ impl Forwarder {
     }
 
     /// Queries seen for `name`.
-    pub fn count(&self, name: &str) -> usize {
+    pub(crate) fn count(&self, name: &str) -> usize {
         self.counts.lock().unwrap().get(name).copied().unwrap_or(0)
     }
 
     /// Queries seen in all.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.counts.lock().unwrap().values().sum()
     }
 }

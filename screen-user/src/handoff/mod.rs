@@ -4,7 +4,7 @@
 //! it is told so in postscreen's words ([`HandOff::run`]).
 
 pub mod postfix;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod relay;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -26,7 +26,7 @@ use crate::{
 /// How passed clients reach the real MTA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Handoff {
+pub(crate) enum Handoff {
     /// smtp-screen connects to `backend` and relays the bytes both ways.
     Proxy,
     /// The client's socket is given to Postfix's smtpd `pass` service, as postscreen does:
@@ -36,29 +36,29 @@ pub enum Handoff {
 
 /// How passed clients reach the MTA.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HandoffSettings {
-    pub method: Handoff,
-    pub backend: Backend,
+pub(crate) struct HandoffSettings {
+    pub(crate) method: Handoff,
+    pub(crate) backend: Backend,
     /// Postfix's smtpd `pass` service (`handoff = "postfix"`).
-    pub postfix_pass_socket: PathBuf,
+    pub(crate) postfix_pass_socket: PathBuf,
     /// Which relay moves the bytes (`handoff = "proxy"`).
-    pub relay: RelayMode,
-    pub relay_max_connections: u32,
+    pub(crate) relay: RelayMode,
+    pub(crate) relay_max_connections: u32,
 }
 
 /// The hand-off stage: how clients are handed off, and what answers them when the MTA
 /// cannot take them.
-pub struct HandOff {
-    pub settings: HandoffSettings,
+pub(crate) struct HandOff {
+    pub(crate) settings: HandoffSettings,
     /// Who moves the bytes of handed-off connections (`handoff = "proxy"`).
-    pub relay: Relay,
-    pub limits: Arc<Limits>,
+    pub(crate) relay: Relay,
+    pub(crate) limits: Arc<Limits>,
     /// The dummy engine's settings and the reply style, for the 421 replies.
-    pub engine: Arc<EngineSettings>,
-    pub style: ReplyStyle,
+    pub(crate) engine: Arc<EngineSettings>,
+    pub(crate) style: ReplyStyle,
     /// `command_time_limit` when the 421 answers the client's next command.
-    pub command_time_limit: Duration,
-    pub log: Arc<MailLog>,
+    pub(crate) command_time_limit: Duration,
+    pub(crate) log: Arc<MailLog>,
 }
 
 impl HandOff {
@@ -68,7 +68,7 @@ impl HandOff {
     /// teaser, the 421 answers its next command (X21 mode), so the greeting is never a
     /// `220-` followed by a `421`. Returns whether the client was served by the dummy engine
     /// that way, so the session ends with a `DISCONNECT` line.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         stream: TcpStream,
         client: SocketAddr,

@@ -118,11 +118,11 @@ const SERVER_ADDRESS: &str = "server_address";
 const SERVER_PORT: &str = "server_port";
 
 /// Most attributes one list may hold (`ATTR_HASH_LIMIT`, `util/attr.h`).
-pub const MAX_ATTRIBUTES: usize = 1024;
+pub(crate) const MAX_ATTRIBUTES: usize = 1024;
 
 /// Longest attribute name or value, its terminating NUL included: `4 * var_line_limit` with
 /// Postfix's default `line_length_limit` of 2048 (`util/attr_scan0.c`).
-pub const MAX_STRING: usize = 4 * 2048;
+pub(crate) const MAX_STRING: usize = 4 * 2048;
 
 /// The hand-off did not happen, or smtpd did not confirm it in time; or an attribute stream
 /// does not hold what smtpd needs.
@@ -208,14 +208,14 @@ impl fmt::Display for Strerror<'_> {
 /// The endpoints smtpd takes from the pass attributes instead of asking the socket: with a
 /// PROXY header in front, the ones the header named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PassEndpoints {
-    pub client: SocketAddr,
-    pub server: SocketAddr,
+pub(crate) struct PassEndpoints {
+    pub(crate) client: SocketAddr,
+    pub(crate) server: SocketAddr,
 }
 
 impl PassEndpoints {
     /// The attribute stream postscreen writes after the descriptor (see the module docs).
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let client_addr = host_addr(self.client.ip());
         let client_port = self.client.port().to_string();
         let server_addr = host_addr(self.server.ip());
@@ -245,7 +245,7 @@ impl PassEndpoints {
     /// refused rather than cut short, and an empty list is refused (smtpd would fall back to
     /// the socket's own addresses). [`PassError::Truncated`] means the list has not ended yet:
     /// a reader may read more and try again.
-    pub fn decode(stream: &[u8]) -> Result<(Self, usize), PassError> {
+    pub(crate) fn decode(stream: &[u8]) -> Result<(Self, usize), PassError> {
         let (attributes, used) = scan_attributes(stream)?;
         let find = |name: &str, what: &'static str| {
             attributes
@@ -400,7 +400,7 @@ impl<C> PassHandle<C> {
 
     /// The client socket that was sent. Reading or writing it would race smtpd: it is here to
     /// be held, and for its addresses.
-    pub fn client(&self) -> &C {
+    pub(crate) fn client(&self) -> &C {
         &self.client
     }
 }

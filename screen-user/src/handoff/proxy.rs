@@ -16,7 +16,7 @@ use crate::proxy_protocol;
 /// A PROXY protocol header sent to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendProxyProtocol {
+pub(crate) enum BackendProxyProtocol {
     None,
     V1,
     V2,
@@ -24,11 +24,11 @@ pub enum BackendProxyProtocol {
 
 /// How long connecting to the backend may take before the client is told the server is busy
 /// (postscreen allows one second to reach smtpd's pass service).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The backend could not take the client.
 #[derive(Debug, thiserror::Error)]
-pub enum HandoffError {
+pub(crate) enum HandoffError {
     #[error("cannot connect to backend {backend}: {source}")]
     Connect {
         backend: SocketAddr,
@@ -47,15 +47,15 @@ pub enum HandoffError {
 
 /// Where passed clients go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backend {
-    pub addr: SocketAddr,
-    pub proxy_protocol: BackendProxyProtocol,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) proxy_protocol: BackendProxyProtocol,
 }
 
 impl Backend {
     /// Connects for one client and sends the PROXY header, if configured, carrying the
     /// client's address and the address it connected to.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         client: SocketAddr,
         server: SocketAddr,

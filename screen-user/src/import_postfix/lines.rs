@@ -3,13 +3,13 @@
 //! fields, and the errors that name the input and the line.
 
 /// The largest `postconf -n` output or master.cf accepted. Real ones are a few kilobytes.
-pub const MAX_INPUT_BYTES: usize = 1 << 20;
+pub(crate) const MAX_INPUT_BYTES: usize = 1 << 20;
 /// The most parameters (or master.cf services) accepted from one input.
 pub(super) const MAX_ENTRIES: usize = 10_000;
 
 /// Input that cannot be read as `postconf -n` output, master.cf or a `texthash:` table.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ImportError {
+pub(crate) enum ImportError {
     #[error("{input}: {len} bytes, more than the {max} accepted")]
     TooLarge {
         input: String,
@@ -28,7 +28,7 @@ pub enum ImportError {
 
 /// What is wrong with one line.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LineProblem {
+pub(crate) enum LineProblem {
     #[error("not UTF-8 text")]
     NotUtf8,
     #[error("control character {0:?}")]
@@ -83,9 +83,9 @@ pub(super) fn text_lines<'a>(
 /// after it that start with white space (its continuation), joined with a space.
 pub(super) struct LogicalLine {
     /// Where it starts and ends in the input.
-    pub first: usize,
-    pub last: usize,
-    pub text: String,
+    pub(crate) first: usize,
+    pub(crate) last: usize,
+    pub(crate) text: String,
 }
 
 /// Reads `bytes` as Postfix reads its configuration files: empty and `#` comment lines are

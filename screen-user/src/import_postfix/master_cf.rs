@@ -10,28 +10,28 @@ use super::{
 
 /// One service of master.cf: a logical line, continuation lines included.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MasterService {
+pub(crate) struct MasterService {
     /// The first and last physical lines it spans.
-    pub first_line: usize,
-    pub last_line: usize,
+    pub(crate) first_line: usize,
+    pub(crate) last_line: usize,
     /// `smtp`, `127.0.0.1:10025`, `smtpd`, …
-    pub service: String,
+    pub(crate) service: String,
     /// `inet`, `unix`, `unix-dgram`, `fifo` or `pass`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// The private, unpriv, chroot, wakeup and maxproc fields, as written.
-    pub flags: [String; 5],
+    pub(crate) flags: [String; 5],
     /// The program: `postscreen`, `smtpd`, `dnsblog`, …
-    pub command: String,
+    pub(crate) command: String,
     /// Its arguments, `{ … }` groups kept whole.
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// The fields as they read on one line, for messages.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl MasterService {
     /// The `-o name=value` settings of its arguments (also `-o { name = value }` and
     /// `-oname=value`), in order.
-    pub fn overrides(&self) -> Vec<(String, String)> {
+    pub(crate) fn overrides(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut args = self.args.iter();
         while let Some(arg) = args.next() {
@@ -57,7 +57,7 @@ impl MasterService {
 
 /// The services of a master.cf file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MasterCf {
+pub(crate) struct MasterCf {
     pub(super) input: String,
     pub(super) services: Vec<MasterService>,
 }
@@ -65,7 +65,7 @@ pub struct MasterCf {
 impl MasterCf {
     /// Parses master.cf: a service per logical line (lines that start with white space
     /// continue it; comment and empty lines are skipped, also between continuation lines).
-    pub fn parse(input: &str, bytes: &[u8]) -> Result<Self, ImportError> {
+    pub(crate) fn parse(input: &str, bytes: &[u8]) -> Result<Self, ImportError> {
         let logical = logical_lines(input, bytes, MAX_ENTRIES)?;
         let mut services = Vec::with_capacity(logical.len());
         for LogicalLine {
@@ -101,12 +101,12 @@ impl MasterCf {
     }
 
     /// The services, in file order.
-    pub fn services(&self) -> &[MasterService] {
+    pub(crate) fn services(&self) -> &[MasterService] {
         &self.services
     }
 
     /// What the file is called in messages.
-    pub fn input(&self) -> &str {
+    pub(crate) fn input(&self) -> &str {
         &self.input
     }
 

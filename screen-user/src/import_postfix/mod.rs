@@ -40,9 +40,9 @@ mod translate;
 
 use std::fmt;
 
-pub use lines::{ImportError, LineProblem, MAX_INPUT_BYTES};
-pub use master_cf::{MasterCf, MasterService};
-pub use postconf::{Parameter, Postconf};
+pub(crate) use lines::{ImportError, LineProblem, MAX_INPUT_BYTES};
+pub(crate) use master_cf::{MasterCf, MasterService};
+pub(crate) use postconf::{Parameter, Postconf};
 
 use crate::screen::access::TableFiles;
 use translate::Translation;
@@ -52,13 +52,13 @@ const SHOWN_VALUE_CHARS: usize = 300;
 
 /// A setting, or one entry of a list setting, that the operator must look at.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// The Postfix parameter.
-    pub parameter: String,
+    pub(crate) parameter: String,
     /// What is meant: `name = value`, or `name: entry` for one entry of a list.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Why it is reported.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for Finding {
@@ -69,22 +69,22 @@ impl fmt::Display for Finding {
 
 /// What [`import`] makes of a Postfix configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Import {
+pub(crate) struct Import {
     /// The smtp-screen configuration file (TOML); it loads with `Config::parse`.
-    pub toml: String,
+    pub(crate) toml: String,
     /// Settings (or list entries) left out, each with the reason.
-    pub untranslated: Vec<Finding>,
+    pub(crate) untranslated: Vec<Finding>,
     /// Settings translated with a difference the operator should know about.
-    pub caveats: Vec<Finding>,
+    pub(crate) caveats: Vec<Finding>,
     /// The master.cf edits that hand port 25 from postscreen to smtp-screen, and how to
     /// roll back.
-    pub master_cf_advice: String,
+    pub(crate) master_cf_advice: String,
 }
 
 /// Translates `postconf` (with the `-o` settings of master.cf's postscreen service, when
 /// `master_cf` is given) into an smtp-screen configuration. `files` reads `texthash:` reply
 /// maps and the `cidr:` tables that are checked.
-pub fn import(postconf: &Postconf, master_cf: Option<&MasterCf>, files: &dyn TableFiles) -> Import {
+pub(crate) fn import(postconf: &Postconf, master_cf: Option<&MasterCf>, files: &dyn TableFiles) -> Import {
     let mut merged = postconf.clone();
     let mut translation = Translation::new();
     for (line, warning) in &postconf.warnings {

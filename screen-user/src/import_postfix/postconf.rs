@@ -13,15 +13,15 @@ const MAX_NAME_BYTES: usize = 256;
 
 /// One parameter as the input sets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Parameter {
-    pub value: String,
+pub(crate) struct Parameter {
+    pub(crate) value: String,
     /// The line it starts on (or where a master.cf `-o` set it).
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 /// The parameters of `postconf -n` output (or of main.cf itself).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Postconf {
+pub(crate) struct Postconf {
     input: String,
     pub(super) parameters: BTreeMap<String, Parameter>,
     /// `postconf: warning: …` lines found among the parameters (2>&1 captures), with
@@ -33,7 +33,7 @@ impl Postconf {
     /// Parses `name = value` lines. Lines that start with white space continue the previous
     /// value, as in main.cf; empty lines and `#` comments are skipped; a name set twice
     /// keeps its last value, as Postfix does. `input` names the text in errors.
-    pub fn parse(input: &str, bytes: &[u8]) -> Result<Self, ImportError> {
+    pub(crate) fn parse(input: &str, bytes: &[u8]) -> Result<Self, ImportError> {
         let mut postconf = Self {
             input: input.to_string(),
             ..Self::default()
@@ -75,17 +75,17 @@ impl Postconf {
     }
 
     /// The value the input gives `name`, if it sets it.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.parameters.get(name).map(|p| p.value.as_str())
     }
 
     /// Every parameter the input sets, by name.
-    pub fn parameters(&self) -> &BTreeMap<String, Parameter> {
+    pub(crate) fn parameters(&self) -> &BTreeMap<String, Parameter> {
         &self.parameters
     }
 
     /// What the input is called in messages.
-    pub fn input(&self) -> &str {
+    pub(crate) fn input(&self) -> &str {
         &self.input
     }
 }

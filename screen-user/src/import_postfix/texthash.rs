@@ -10,9 +10,9 @@ const MAX_TEXTHASH_BYTES: usize = 1 << 20;
 /// One entry of a `texthash:` table, with the line it is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct TexthashEntry {
-    pub line: usize,
-    pub key: String,
-    pub value: String,
+    pub(crate) line: usize,
+    pub(crate) key: String,
+    pub(crate) value: String,
 }
 
 /// Parses a `texthash:` (postmap source) file: `key value` lines, `#` comments, lines that

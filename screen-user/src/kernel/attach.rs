@@ -19,7 +19,7 @@ use super::{
 
 /// An error in the load sequence.
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -40,32 +40,32 @@ pub enum KernelError {
 
 /// What to load where: the interfaces, how to attach, and the settings to configure.
 #[derive(Clone, Copy, Debug)]
-pub struct LoadRequest<'a> {
-    pub ifaces: &'a [String],
-    pub mode: AttachMode,
+pub(crate) struct LoadRequest<'a> {
+    pub(crate) ifaces: &'a [String],
+    pub(crate) mode: AttachMode,
     /// Replace a program another owner attached through netlink.
-    pub force: bool,
+    pub(crate) force: bool,
     /// Protected destination ports.
-    pub ports: &'a [u16],
-    pub action: KernelAction,
+    pub(crate) ports: &'a [u16],
+    pub(crate) action: KernelAction,
     /// Prefix length IPv6 dynamic deny entries are keyed by.
-    pub v6_prefix_len: u32,
+    pub(crate) v6_prefix_len: u32,
 }
 
 /// The program loaded, configured and attached.
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The program's maps, open.
-    pub maps: Maps,
+    pub(crate) maps: Maps,
     /// The configuration record as written.
-    pub config: ScreenConfig,
+    pub(crate) config: ScreenConfig,
     /// The program's kernel id.
-    pub prog_id: u32,
+    pub(crate) prog_id: u32,
 }
 
 /// Loads the program under `pin_dir`, configures it and attaches it to every interface of
 /// `request`, calling `attached` after each. The program itself stays loaded through its
 /// pinned links.
-pub fn load_and_attach(
+pub(crate) fn load_and_attach(
     pin_dir: &Path,
     request: &LoadRequest<'_>,
     attached: impl FnMut(&str, &Loaded),

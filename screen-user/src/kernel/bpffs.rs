@@ -16,7 +16,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// An error with the BPF filesystem.
 #[derive(Debug, thiserror::Error)]
-pub enum BpffsError {
+pub(crate) enum BpffsError {
     #[error("{path} is not on a BPF filesystem (pin directories must live under a bpffs mount)")]
     NotBpffs { path: PathBuf },
     #[error("cannot mount the BPF filesystem on {BPFFS_ROOT}: {source}")]
@@ -50,7 +50,7 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Makes sure `pin_dir` exists on a bpffs, mounting bpffs on `/sys/fs/bpf` when nothing is
 /// mounted there yet.
-pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
+pub(crate) fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) {
         if parent != Path::new(BPFFS_ROOT) {
@@ -97,12 +97,12 @@ fn mount_bpffs() -> Result<(), BpffsError> {
 
 /// An exclusive `flock` on the pin directory, held while a command changes pinned state, so
 /// that two operators (or the daemon and an operator) never interleave a list replacement.
-pub struct PinDirLock {
+pub(crate) struct PinDirLock {
     _dir: File,
 }
 
 impl PinDirLock {
-    pub fn acquire(pin_dir: &Path) -> Result<Self, BpffsError> {
+    pub(crate) fn acquire(pin_dir: &Path) -> Result<Self, BpffsError> {
         let err = |source| BpffsError::Lock {
             path: pin_dir.to_path_buf(),
             source,
@@ -117,7 +117,7 @@ impl PinDirLock {
 }
 
 /// Removes the pin at `path`; one that is gone already is fine.
-pub fn remove_pin(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_pin(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         result => result,

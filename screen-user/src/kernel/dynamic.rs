@@ -16,7 +16,7 @@ use super::clock;
 
 /// An error with a dynamic deny entry.
 #[derive(Debug, thiserror::Error)]
-pub enum DynamicError {
+pub(crate) enum DynamicError {
     /// A map operation failed.
     #[error("map {name}: {source}")]
     Map {
@@ -47,12 +47,12 @@ type Result<T> = std::result::Result<T, DynamicError>;
 pub struct DynamicEntry {
     /// `/32` for IPv4, the configured prefix for IPv6.
     pub net: IpNet,
-    pub entry: DenyEntry,
+    pub(crate) entry: DenyEntry,
 }
 
 impl DynamicEntry {
     /// Time left before the program ignores the entry; `None` once expired.
-    pub fn remaining(&self, now_ns: u64) -> Option<Duration> {
+    pub(crate) fn remaining(&self, now_ns: u64) -> Option<Duration> {
         self.entry
             .expires_ns
             .checked_sub(now_ns)

@@ -103,9 +103,9 @@ pub fn check(name: &str, info: &MapInfo) -> Result<(), String> {
 /// A pin of an earlier layout that holds no state, which a load replaces.
 #[derive(Debug)]
 pub(crate) struct Outdated {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// How it differs.
-    pub what: String,
+    pub(crate) what: String,
 }
 
 /// Checks every pin of the program under `pin_dir`, the previous layout's configuration copy

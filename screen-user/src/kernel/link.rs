@@ -37,7 +37,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Generic => "generic",
@@ -129,13 +129,13 @@ pub enum LinkError {
 /// One interface the program is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
-    pub iface: String,
+    pub(crate) iface: String,
     /// `None` when the interface is gone.
-    pub ifindex: Option<u32>,
+    pub(crate) ifindex: Option<u32>,
     /// How the kernel reports the attachment now (`None`: nothing attached).
-    pub mode: Option<XdpAttachMode>,
-    pub link_id: u32,
-    pub prog_id: u32,
+    pub(crate) mode: Option<XdpAttachMode>,
+    pub(crate) link_id: u32,
+    pub(crate) prog_id: u32,
 }
 
 /// Where the link for `iface` is pinned.
@@ -275,7 +275,7 @@ fn pin_entries(pin_dir: &Path) -> Result<Vec<std::fs::DirEntry>, LinkError> {
 }
 
 /// The interfaces with a pinned link, and what the kernel says about each.
-pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, LinkError> {
+pub(crate) fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, LinkError> {
     let mut out = Vec::new();
     for entry in pin_entries(pin_dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();

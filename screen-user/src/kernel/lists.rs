@@ -50,7 +50,7 @@ pub enum StaticList {
 
 impl StaticList {
     /// `allow` or `deny`, as on the command line.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Allow => "allow",
             Self::Deny => "deny",

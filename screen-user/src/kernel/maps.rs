@@ -289,12 +289,12 @@ impl Maps {
 
     /// The network a dynamic entry for `net` covers: IPv4 /32, IPv6 masked to the configured
     /// prefix. Rejects prefixes wider than that.
-    pub fn dynamic_key_net(&self, net: IpNet) -> Result<IpNet> {
+    pub(crate) fn dynamic_key_net(&self, net: IpNet) -> Result<IpNet> {
         Ok(dynamic::key_net(net, self.v6_prefix_len()?)?)
     }
 
     /// Removes the dynamic deny entry covering `net`.
-    pub fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
+    pub(crate) fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
         let v6_prefix_len = self.v6_prefix_len()?;
         Ok(self.dynamic.remove(net, v6_prefix_len)?)
     }
@@ -305,7 +305,7 @@ impl Maps {
     }
 
     /// Deletes the dynamic entries that expired before `now_ns`; returns how many went.
-    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<usize> {
+    pub(crate) fn sweep_expired(&mut self, now_ns: u64) -> Result<usize> {
         Ok(self.dynamic.sweep_expired(now_ns))
     }
 

@@ -12,23 +12,23 @@
 //! packet fields at any alignment, which the verifier checks only where such access is slow
 //! (see `build.rs`).
 
-pub mod attach;
-pub mod bpffs;
+pub(crate) mod attach;
+pub(crate) mod bpffs;
 pub mod clock;
-pub mod dynamic;
+pub(crate) mod dynamic;
 pub mod layout;
 pub mod link;
-pub mod lists;
-pub mod maps;
-pub mod netlink;
-pub mod program;
-pub mod relay;
-pub mod settings;
+pub(crate) mod lists;
+pub(crate) mod maps;
+pub(crate) mod netlink;
+pub(crate) mod program;
+pub(crate) mod relay;
+pub(crate) mod settings;
 pub mod stats;
-pub mod v4_table;
+pub(crate) mod v4_table;
 
-pub use attach::{KernelError, LoadRequest, Loaded, load_and_attach};
-pub use dynamic::{DynamicEntry, DynamicError};
+pub(crate) use attach::{KernelError, LoadRequest, Loaded, load_and_attach};
+pub(crate) use dynamic::{DynamicEntry, DynamicError};
 pub use layout::LayoutError;
 pub use link::{AttachMode, Attachment, LinkError};
 pub use lists::{ListChange, ListsError, StaticList};

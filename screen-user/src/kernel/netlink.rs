@@ -5,7 +5,7 @@ use std::{ffi::CString, io, mem::size_of};
 
 /// How a program is attached to an interface, as the kernel reports it (`IFLA_XDP_ATTACHED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpAttachMode {
+pub(crate) enum XdpAttachMode {
     Native,
     Generic,
     Offload,
@@ -14,7 +14,7 @@ pub enum XdpAttachMode {
 }
 
 impl XdpAttachMode {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Generic => "generic",
@@ -36,14 +36,14 @@ impl XdpAttachMode {
 
 /// The XDP program attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XdpAttachment {
-    pub mode: XdpAttachMode,
-    pub prog_id: u32,
+pub(crate) struct XdpAttachment {
+    pub(crate) mode: XdpAttachMode,
+    pub(crate) prog_id: u32,
 }
 
 /// An error talking rtnetlink.
 #[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
+pub(crate) enum NetlinkError {
     #[error("no such network interface: {0}")]
     UnknownInterface(String),
     #[error("rtnetlink {what}: {source}")]
@@ -65,7 +65,7 @@ const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
 
 /// The interface index of `name`.
-pub fn if_index(name: &str) -> Result<u32, NetlinkError> {
+pub(crate) fn if_index(name: &str) -> Result<u32, NetlinkError> {
     let c_name =
         CString::new(name).map_err(|_| NetlinkError::UnknownInterface(name.to_string()))?;
     // SAFETY: a valid NUL-terminated string.
@@ -215,7 +215,7 @@ fn reply_payload<'a>(what: &'static str, reply: &'a [u8]) -> Result<(u16, &'a [u
 }
 
 /// The XDP program attached to interface `index`, if any.
-pub fn xdp_attachment(index: u32) -> Result<Option<XdpAttachment>, NetlinkError> {
+pub(crate) fn xdp_attachment(index: u32) -> Result<Option<XdpAttachment>, NetlinkError> {
     const WHAT: &str = "RTM_GETLINK";
     let socket = Socket::open()?;
     let msg = link_message(libc::RTM_GETLINK, libc::NLM_F_REQUEST as u16, index, &[]);
@@ -249,7 +249,7 @@ pub fn xdp_attachment(index: u32) -> Result<Option<XdpAttachment>, NetlinkError>
 
 /// Detaches whatever program is attached in `mode` to interface `index` (the legacy netlink
 /// way; a program held by another tool's BPF link cannot be removed like this).
-pub fn detach_xdp(index: u32, mode: XdpAttachMode) -> Result<(), NetlinkError> {
+pub(crate) fn detach_xdp(index: u32, mode: XdpAttachMode) -> Result<(), NetlinkError> {
     const WHAT: &str = "RTM_SETLINK (detach XDP)";
     let socket = Socket::open()?;
     let mut nested = attr(IFLA_XDP_FD, &(-1i32).to_ne_bytes());

@@ -58,7 +58,7 @@ pub enum RelayError {
 }
 
 /// The loaded relay: its maps, its program, and how many pairs it holds.
-pub struct KernelRelay {
+pub(crate) struct KernelRelay {
     /// Owns the program and its attachment to the sockhash.
     _ebpf: Ebpf,
     socks: Mutex<SockHash<MapData, u64>>,
@@ -68,7 +68,7 @@ pub struct KernelRelay {
 }
 
 /// A pair's place in the relay, taken with [`KernelRelay::reserve`]; dropping it frees it.
-pub struct PairSlot<'a> {
+pub(crate) struct PairSlot<'a> {
     relay: &'a KernelRelay,
 }
 
@@ -80,7 +80,7 @@ impl Drop for PairSlot<'_> {
 
 impl KernelRelay {
     /// Loads the program and creates its maps, sized for `max_pairs` relayed connections.
-    pub fn load(max_pairs: u32) -> Result<Self, RelayError> {
+    pub(crate) fn load(max_pairs: u32) -> Result<Self, RelayError> {
         let sockets = max_pairs
             .checked_mul(2)
             .ok_or(RelayError::TooLarge(max_pairs))?;
@@ -118,7 +118,7 @@ impl KernelRelay {
     }
 
     /// Takes a place for one pair, or `None` when every place is taken.
-    pub fn reserve(&self) -> Option<PairSlot<'_>> {
+    pub(crate) fn reserve(&self) -> Option<PairSlot<'_>> {
         self.pairs
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
@@ -130,7 +130,7 @@ impl KernelRelay {
     /// Puts both sockets of a pair in the maps: the peer entries first, so the program never
     /// sees a socket of the pair without knowing where its data goes. On failure nothing of
     /// the pair is left in the maps.
-    pub fn insert_pair(
+    pub(crate) fn insert_pair(
         &self,
         _slot: &PairSlot<'_>,
         a: (u64, &impl AsRawFd),
@@ -172,7 +172,7 @@ impl KernelRelay {
     }
 
     /// Takes both sockets of a pair out of the maps (those that are there).
-    pub fn remove_pair(&self, a: u64, b: u64) {
+    pub(crate) fn remove_pair(&self, a: u64, b: u64) {
         {
             let mut socks = lock(&self.socks);
             let _ = socks.remove(&a);
@@ -185,14 +185,14 @@ impl KernelRelay {
 
     /// Takes the peer entries of a pair whose sockets are closed out of the map: closing a
     /// socket takes it out of the sockhash, so only the peer entries are left.
-    pub fn forget_pair(&self, a: u64, b: u64) {
+    pub(crate) fn forget_pair(&self, a: u64, b: u64) {
         let mut peers = lock(&self.peers);
         let _ = peers.remove(&a);
         let _ = peers.remove(&b);
     }
 
     /// The bytes the program has redirected from the socket with `cookie` to its peer.
-    pub fn redirected(&self, cookie: u64) -> u64 {
+    pub(crate) fn redirected(&self, cookie: u64) -> u64 {
         lock(&self.peers)
             .get(&cookie, 0)
             .map_or(0, |entry| entry.redirected)

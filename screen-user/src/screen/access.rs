@@ -37,23 +37,23 @@ use crate::{
 };
 
 /// postscreen's default `postscreen_access_list`.
-pub const DEFAULT_ACCESS_LIST: &str = "permit_mynetworks";
+pub(crate) const DEFAULT_ACCESS_LIST: &str = "permit_mynetworks";
 /// postscreen's default `postscreen_allowlist_interfaces`: every local address.
-pub const DEFAULT_ALLOWLIST_INTERFACES: &str = "static:all";
+pub(crate) const DEFAULT_ALLOWLIST_INTERFACES: &str = "static:all";
 
 /// The longest list value accepted.
-pub const MAX_LIST_BYTES: usize = 1 << 20;
+pub(crate) const MAX_LIST_BYTES: usize = 1 << 20;
 /// The most entries in one list, `/file/name` contents included.
-pub const MAX_LIST_ITEMS: usize = 10_000;
+pub(crate) const MAX_LIST_ITEMS: usize = 10_000;
 /// The most tables one list may name (each may hold up to [`cidr_table::MAX_TABLE_BYTES`]).
-pub const MAX_LIST_TABLES: usize = 32;
+pub(crate) const MAX_LIST_TABLES: usize = 32;
 
 const ACCESS_LIST: &str = "access_list";
 const ALLOWLIST_INTERFACES: &str = "allowlist_interfaces";
 
 /// A list that cannot be used; the option's name comes first in every message.
 #[derive(Debug, thiserror::Error)]
-pub enum AccessError {
+pub(crate) enum AccessError {
     #[error("{list}: the value is {len} bytes long, more than the {max} allowed")]
     TooLong {
         list: String,
@@ -106,7 +106,7 @@ pub enum AccessError {
 
 /// Something skipped while a list was loaded; the list is used without it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LoadWarning {
+pub(crate) enum LoadWarning {
     /// A rule skipped in a CIDR table.
     Table(CidrWarning),
     /// A network with host bits set in an address list, skipped. `place` is the option,
@@ -124,7 +124,7 @@ impl fmt::Display for LoadWarning {
 }
 
 /// Where table and pattern files come from: the file system in the daemon, text in tests.
-pub trait TableFiles {
+pub(crate) trait TableFiles {
     /// The text of the file `path`, as written in the list. Implementations bound the size.
     fn read(&self, path: &str) -> Result<String, CidrError>;
 }
@@ -132,12 +132,12 @@ pub trait TableFiles {
 /// Files on disk; relative paths are taken relative to `base` (the configuration file's
 /// directory, typically).
 #[derive(Clone, Debug)]
-pub struct DiskFiles {
+pub(crate) struct DiskFiles {
     base: PathBuf,
 }
 
 impl DiskFiles {
-    pub fn new(base: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(base: impl Into<PathBuf>) -> Self {
         Self { base: base.into() }
     }
 }
@@ -150,7 +150,7 @@ impl TableFiles for DiskFiles {
 
 /// What the access list decided for a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessVerdict {
+pub(crate) enum AccessVerdict {
     /// Log `ALLOWLISTED [addr]:port` and hand the client to the MTA at once, untested.
     Permit,
     /// Log `DENYLISTED [addr]:port` and apply `denylist_action`.
@@ -162,7 +162,7 @@ pub enum AccessVerdict {
 /// A problem met while a table result was evaluated, worded as Postfix's `server_acl.c`
 /// words it (the daemon logs it as a warning).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EvalWarning<'a> {
+pub(crate) enum EvalWarning<'a> {
     /// A table result names another table; the rest of that result is ignored and the
     /// table counts as `dunno`.
     NestedTable { table: &'a str, item: &'a str },
@@ -189,9 +189,9 @@ impl fmt::Display for EvalWarning<'_> {
 
 /// The verdict for one client, and what to log about how it was reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessDecision<'a> {
-    pub verdict: AccessVerdict,
-    pub warnings: Vec<EvalWarning<'a>>,
+pub(crate) struct AccessDecision<'a> {
+    pub(crate) verdict: AccessVerdict,
+    pub(crate) warnings: Vec<EvalWarning<'a>>,
 }
 
 /// The commands of an access list.
@@ -373,7 +373,7 @@ enum AccessItem {
 /// reject, or say `dunno`, which goes on with the next entry of the outer list. `dunno` in
 /// the outer list ends the search; so does its end (an implicit `dunno`).
 #[derive(Clone, Debug)]
-pub struct AccessList {
+pub(crate) struct AccessList {
     items: Vec<AccessItem>,
 }
 
@@ -392,7 +392,7 @@ impl AccessList {
     /// An error (an unknown command, an unsupported table type, a table that cannot be read
     /// or has a bad line) means the daemon must refuse to start with this value. The
     /// warnings name table rules that were skipped and should be logged.
-    pub fn parse(
+    pub(crate) fn parse(
         spec: &str,
         files: &dyn TableFiles,
     ) -> Result<(Self, Vec<LoadWarning>), AccessError> {
@@ -435,7 +435,7 @@ impl AccessList {
 
     /// Decides for `client`; `permit_mynetworks` consults `mynetworks`. IPv4-mapped IPv6
     /// addresses are evaluated as IPv4.
-    pub fn evaluate<'a>(&'a self, client: IpAddr, mynetworks: &AddressList) -> AccessDecision<'a> {
+    pub(crate) fn evaluate<'a>(&'a self, client: IpAddr, mynetworks: &AddressList) -> AccessDecision<'a> {
         let client = canonical(client);
         let mut warnings = Vec::new();
         let outcome = self
@@ -478,7 +478,7 @@ struct AddressItem {
 /// before a pattern or table excludes what it matches. The first entry that matches decides;
 /// an address no entry matches is not in the list.
 #[derive(Clone, Debug, Default)]
-pub struct AddressList {
+pub(crate) struct AddressList {
     items: Vec<AddressItem>,
 }
 
@@ -488,7 +488,7 @@ impl AddressList {
     /// An error (a pattern that is not an address, network or supported table, a file that
     /// cannot be read) means the daemon must refuse to start with this value. Networks with
     /// host bits set are skipped with a warning.
-    pub fn parse(
+    pub(crate) fn parse(
         list: &str,
         spec: &str,
         files: &dyn TableFiles,
@@ -516,7 +516,7 @@ impl AddressList {
     }
 
     /// Whether `addr` is in the list. IPv4-mapped IPv6 addresses are looked up as IPv4.
-    pub fn contains(&self, addr: IpAddr) -> bool {
+    pub(crate) fn contains(&self, addr: IpAddr) -> bool {
         self.contains_canonical(canonical(addr))
     }
 
@@ -633,7 +633,7 @@ impl AddressListParser<'_> {
 /// connects to any other address (a backup MX, say) is tested as usual but never passes
 /// (postscreen logs `ALLOWLIST VETO [addr]:port`).
 #[derive(Clone, Debug)]
-pub struct AllowlistInterfaces {
+pub(crate) struct AllowlistInterfaces {
     addresses: AddressList,
 }
 
@@ -655,7 +655,7 @@ impl AllowlistInterfaces {
     /// Parses the option's value: an address list of local addresses, `!addr` to exclude
     /// one, IPv6 in `[]`; `static:all` for all. An empty value permits no address, as in
     /// Postfix.
-    pub fn parse(
+    pub(crate) fn parse(
         spec: &str,
         files: &dyn TableFiles,
     ) -> Result<(Self, Vec<LoadWarning>), AccessError> {
@@ -664,7 +664,7 @@ impl AllowlistInterfaces {
     }
 
     /// Whether clients connected to the local address `local` may earn the allowlist.
-    pub fn permits(&self, local: IpAddr) -> bool {
+    pub(crate) fn permits(&self, local: IpAddr) -> bool {
         self.addresses.contains(local)
     }
 }
@@ -709,10 +709,10 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 
 /// The permanent lists, parsed: the access list and the two address lists it goes with.
 #[derive(Debug)]
-pub struct Access {
-    pub list: AccessList,
-    pub mynetworks: AddressList,
-    pub allowlist_interfaces: AllowlistInterfaces,
+pub(crate) struct Access {
+    pub(crate) list: AccessList,
+    pub(crate) mynetworks: AddressList,
+    pub(crate) allowlist_interfaces: AllowlistInterfaces,
 }
 
 impl Screen {

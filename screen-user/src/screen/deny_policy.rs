@@ -20,30 +20,30 @@ use crate::{address::canonical, kernel::Maps, maillog::MailLog};
 
 /// How many clients with a recent failure are remembered. Past this, the oldest go first:
 /// memory stays bounded under a flood of distinct addresses.
-pub const MAX_TRACKED: usize = 100_000;
+pub(crate) const MAX_TRACKED: usize = 100_000;
 
 /// The kernel deny policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DenySettings {
-    pub window: Duration,
-    pub ttl: Duration,
-    pub v6_prefix: u32,
+pub(crate) struct DenySettings {
+    pub(crate) window: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) v6_prefix: u32,
 }
 
 /// A decision to deny a client in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelDeny {
+pub(crate) struct KernelDeny {
     /// The address or IPv6 prefix the entry covers.
-    pub net: IpNet,
-    pub ttl: Duration,
+    pub(crate) net: IpNet,
+    pub(crate) ttl: Duration,
     /// Failures seen within the window, this one included.
-    pub failures: u32,
-    pub reason: String,
+    pub(crate) failures: u32,
+    pub(crate) reason: String,
 }
 
 impl KernelDeny {
     /// The log line: `KERNEL DENY [a] for 3600s after N failures: reason`.
-    pub fn log_line(&self, client: IpAddr) -> String {
+    pub(crate) fn log_line(&self, client: IpAddr) -> String {
         format!(
             "KERNEL DENY [{client}] for {}s after {} failure{}: {}",
             self.ttl.as_secs(),
@@ -63,7 +63,7 @@ struct Failures {
 
 /// Tracks failures per client and decides kernel denies.
 #[derive(Debug)]
-pub struct DenyPolicy {
+pub(crate) struct DenyPolicy {
     window: Duration,
     ttl: Duration,
     v6_prefix: u8,
@@ -73,7 +73,7 @@ pub struct DenyPolicy {
 
 impl DenyPolicy {
     /// `ttl` zero turns the policy off.
-    pub fn new(window: Duration, ttl: Duration, v6_prefix: u32) -> Self {
+    pub(crate) fn new(window: Duration, ttl: Duration, v6_prefix: u32) -> Self {
         Self {
             window,
             ttl,
@@ -90,12 +90,12 @@ impl DenyPolicy {
     }
 
     /// Whether the policy denies anything at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.ttl.is_zero()
     }
 
     /// The key a client is tracked and denied under.
-    pub fn key(&self, client: IpAddr) -> IpNet {
+    pub(crate) fn key(&self, client: IpAddr) -> IpNet {
         match canonical(client) {
             IpAddr::V4(v4) => IpNet::from(ipnet::Ipv4Net::from(v4)),
             IpAddr::V6(v6) => IpNet::new(IpAddr::V6(v6), self.v6_prefix)
@@ -105,7 +105,7 @@ impl DenyPolicy {
     }
 
     /// Records a failed test; returns a deny decision when this is a repeat within the window.
-    pub fn on_failure(&mut self, client: IpAddr, now: Instant, reason: &str) -> Option<KernelDeny> {
+    pub(crate) fn on_failure(&mut self, client: IpAddr, now: Instant, reason: &str) -> Option<KernelDeny> {
         if !self.enabled() {
             return None;
         }
@@ -142,7 +142,7 @@ impl DenyPolicy {
 
     /// A client whose first failure is already conclusive (a DNSBL score at or above
     /// `kernel_dnsbl_threshold`) is denied on first contact.
-    pub fn on_severe(&mut self, client: IpAddr, reason: &str) -> Option<KernelDeny> {
+    pub(crate) fn on_severe(&mut self, client: IpAddr, reason: &str) -> Option<KernelDeny> {
         if !self.enabled() {
             return None;
         }
@@ -157,18 +157,18 @@ impl DenyPolicy {
     }
 
     /// A permanently denylisted client whose action is `drop` is denied on first contact.
-    pub fn on_denylist_drop(&mut self, client: IpAddr) -> Option<KernelDeny> {
+    pub(crate) fn on_denylist_drop(&mut self, client: IpAddr) -> Option<KernelDeny> {
         self.on_severe(client, "denylisted")
     }
 
     /// Forgets a client that passed or was allowlisted: its earlier failure no longer counts.
-    pub fn forget(&mut self, client: IpAddr) {
+    pub(crate) fn forget(&mut self, client: IpAddr) {
         let key = self.key(client);
         self.recent.remove(&key);
     }
 
     /// Drops failures older than the window; called before inserting and periodically.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         let window = self.window;
         self.recent
             .retain(|_, f| now.saturating_duration_since(f.last) <= window);
@@ -192,13 +192,13 @@ impl DenyPolicy {
     }
 
     /// Clients currently tracked (for status and tests).
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.recent.len()
     }
 }
 
 /// The policy at work: failures counted, denies installed in the kernel maps and logged.
-pub struct DenyEnforcer {
+pub(crate) struct DenyEnforcer {
     policy: Mutex<DenyPolicy>,
     /// The kernel maps, when the XDP layer is attached somewhere.
     kernel: Option<Arc<Mutex<Maps>>>,
@@ -206,7 +206,7 @@ pub struct DenyEnforcer {
 }
 
 impl DenyEnforcer {
-    pub fn new(policy: DenyPolicy, kernel: Option<Arc<Mutex<Maps>>>, log: Arc<MailLog>) -> Self {
+    pub(crate) fn new(policy: DenyPolicy, kernel: Option<Arc<Mutex<Maps>>>, log: Arc<MailLog>) -> Self {
         Self {
             policy: Mutex::new(policy),
             kernel,
@@ -219,36 +219,36 @@ impl DenyEnforcer {
     }
 
     /// A client failed a test: a repeat within the window is denied in the kernel.
-    pub fn failed(&self, client: IpAddr, reason: &str) {
+    pub(crate) fn failed(&self, client: IpAddr, reason: &str) {
         let deny = self.policy().on_failure(client, Instant::now(), reason);
         self.install(client, deny);
     }
 
     /// A failure conclusive on its own (a DNSBL score at `kernel_dnsbl_threshold`).
-    pub fn severe(&self, client: IpAddr, reason: &str) {
+    pub(crate) fn severe(&self, client: IpAddr, reason: &str) {
         let deny = self.policy().on_severe(client, reason);
         self.install(client, deny);
     }
 
     /// A denylisted client whose action is `drop`.
-    pub fn denylist_drop(&self, client: IpAddr) {
+    pub(crate) fn denylist_drop(&self, client: IpAddr) {
         let deny = self.policy().on_denylist_drop(client);
         self.install(client, deny);
     }
 
     /// A client that passed or is allowlisted: its earlier failure no longer counts.
-    pub fn forget(&self, client: IpAddr) {
+    pub(crate) fn forget(&self, client: IpAddr) {
         self.policy().forget(client);
     }
 
     /// Drops remembered failures older than the deny window (called periodically).
-    pub fn expire(&self) {
+    pub(crate) fn expire(&self) {
         self.policy().expire(Instant::now());
     }
 
     /// Removes expired dynamic deny entries from the kernel maps (called periodically; the
     /// program ignores them already, this gives their room back).
-    pub fn sweep_kernel(&self, now_ns: u64) {
+    pub(crate) fn sweep_kernel(&self, now_ns: u64) {
         let Some(kernel) = &self.kernel else {
             return;
         };

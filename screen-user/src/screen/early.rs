@@ -26,11 +26,11 @@ use crate::{
 };
 
 /// How much early input is looked at (postscreen's `PSC_READ_BUF_SIZE` minus one).
-pub const PEEK_LIMIT: usize = 1023;
+pub(crate) const PEEK_LIMIT: usize = 1023;
 
 /// What the client did during the greet wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GreetOutcome {
+pub(crate) enum GreetOutcome {
     /// Nothing: the client waited for its turn.
     Quiet,
     /// It talked first: `bytes` were waiting `after` the teaser went out.
@@ -45,19 +45,19 @@ pub enum GreetOutcome {
 
 /// The settings of the tests before the greeting.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EarlySettings {
+pub(crate) struct EarlySettings {
     /// The `220-` teaser's text; empty turns the pregreet test off (`postscreen_greet_banner`).
-    pub greet_banner: String,
+    pub(crate) greet_banner: String,
     /// `postscreen_greet_wait`.
-    pub greet_wait: StressDuration,
+    pub(crate) greet_wait: StressDuration,
     /// `postscreen_greet_action`.
-    pub greet_action: TestAction,
+    pub(crate) greet_action: TestAction,
     /// `postscreen_dnsbl_action`.
-    pub dnsbl_action: TestAction,
+    pub(crate) dnsbl_action: TestAction,
     /// The DNSBL thresholds and pass lifetimes.
-    pub thresholds: Thresholds,
+    pub(crate) thresholds: Thresholds,
     /// A DNSBL score at or above this denies the client in the kernel on first contact.
-    pub kernel_dnsbl_threshold: Option<i32>,
+    pub(crate) kernel_dnsbl_threshold: Option<i32>,
 }
 
 impl Screen {
@@ -252,7 +252,7 @@ fn rank_log_line(rank: i32, client: SocketAddr) -> String {
 }
 
 /// Sends the `220-<banner>` teaser that starts the greet wait.
-pub async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Result<()> {
+pub(crate) async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Result<()> {
     stream
         .write_all(format!("220-{banner}\r\n").as_bytes())
         .await
@@ -261,7 +261,7 @@ pub async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Result<()>
 /// Waits until `start + wait` for input or a hang-up without consuming anything. The peek
 /// buffer is taken only once the socket has something to read: a client that stays quiet,
 /// as most do, holds none for the whole wait.
-pub async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Result<GreetOutcome> {
+pub(crate) async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Result<GreetOutcome> {
     let deadline = tokio::time::Instant::from_std(start + wait);
     let peeked = tokio::time::timeout_at(deadline, async {
         stream.readable().await?;

@@ -20,7 +20,7 @@ use crate::{
 
 /// The PROXY protocol expected from a load balancer in front of smtp-screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamProxyProtocol {
+pub(crate) enum UpstreamProxyProtocol {
     /// Clients connect directly (postscreen's empty value).
     None,
     /// Every connection starts with a PROXY v1 or v2 header (postscreen's `haproxy`).
@@ -29,11 +29,11 @@ pub enum UpstreamProxyProtocol {
 
 /// How clients reach the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EndpointSettings {
+pub(crate) struct EndpointSettings {
     /// `postscreen_upstream_proxy_protocol`.
-    pub upstream_proxy_protocol: UpstreamProxyProtocol,
+    pub(crate) upstream_proxy_protocol: UpstreamProxyProtocol,
     /// `postscreen_upstream_proxy_timeout`: time allowed for the PROXY header.
-    pub upstream_proxy_timeout: Duration,
+    pub(crate) upstream_proxy_timeout: Duration,
 }
 
 impl Screen {

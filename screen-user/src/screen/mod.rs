@@ -18,13 +18,13 @@
 //! here. [`connection`] is what the stages hand on: the stream, the endpoints and the session's
 //! flags. A connection's settings come from [`ScreenSettings`], built from the configuration.
 
-pub mod access;
-pub mod connection;
-pub mod deep;
-pub mod deny_policy;
-pub mod early;
-pub mod endpoint;
-pub mod pass;
+pub(crate) mod access;
+pub(crate) mod connection;
+pub(crate) mod deep;
+pub(crate) mod deny_policy;
+pub(crate) mod early;
+pub(crate) mod endpoint;
+pub(crate) mod pass;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -46,22 +46,22 @@ use crate::{
 
 /// The settings of the screening stages: what a reload swaps.
 #[derive(Clone, Debug)]
-pub struct ScreenSettings {
-    pub endpoint: EndpointSettings,
+pub(crate) struct ScreenSettings {
+    pub(crate) endpoint: EndpointSettings,
     /// What happens to a client the access list rejects (`postscreen_denylist_action`).
-    pub denylist_action: TestAction,
-    pub early: EarlySettings,
+    pub(crate) denylist_action: TestAction,
+    pub(crate) early: EarlySettings,
     /// Which tests are on, and how long each one's pass lasts.
-    pub enabled: EnabledTests,
-    pub ttls: TestTtls,
+    pub(crate) enabled: EnabledTests,
+    pub(crate) ttls: TestTtls,
     /// Clients a DNSWL vouches for skip the deep tests (`deep_tests_skip_dnswl`).
-    pub deep_tests_skip_dnswl: bool,
+    pub(crate) deep_tests_skip_dnswl: bool,
     /// `postscreen_command_time_limit`.
-    pub command_time_limit: StressDuration,
+    pub(crate) command_time_limit: StressDuration,
 }
 
 /// Everything the connections share.
-pub struct Screen {
+pub(crate) struct Screen {
     pub(crate) settings: ScreenSettings,
     pub(crate) access: Access,
     pub(crate) limits: Arc<Limits>,
@@ -89,7 +89,7 @@ pub(crate) enum Next {
 
 impl Screen {
     /// Accepts connections on `listener` until the task is dropped.
-    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
@@ -106,12 +106,12 @@ impl Screen {
     }
 
     /// The DNSBL lists, for the daemon's health checks and status.
-    pub fn dnsbl(&self) -> Option<&Dnsbl> {
+    pub(crate) fn dnsbl(&self) -> Option<&Dnsbl> {
         self.dnsbl.as_ref()
     }
 
     /// The kernel deny policy, for the daemon's periodic sweep.
-    pub fn deny(&self) -> &DenyEnforcer {
+    pub(crate) fn deny(&self) -> &DenyEnforcer {
         &self.deny
     }
 
@@ -181,7 +181,7 @@ impl Screen {
 
 /// Binds a listening socket; IPv6 sockets are IPv6-only so `0.0.0.0:25` and `[::]:25` can
 /// both be bound.
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
         Domain::IPV4

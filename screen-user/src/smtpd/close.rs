@@ -17,7 +17,7 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Sends `reply` as `style` makes it for `client` (soft_bounce, the footer with its macros
 /// expanded for `server_name`), then closes.
-pub async fn reply_and_close(
+pub(crate) async fn reply_and_close(
     stream: &mut TcpStream,
     reply: &Reply,
     style: &ReplyStyle,
@@ -34,7 +34,7 @@ pub async fn reply_and_close(
 /// first, then input still arriving is read and discarded for a moment (bounded), because
 /// closing a socket with unread input makes the kernel reset the connection and the client
 /// may lose the reply.
-pub async fn close(stream: &mut TcpStream) {
+pub(crate) async fn close(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER;
     // On the heap: a buffer here would be part of every connection's task for its whole life.

@@ -33,7 +33,7 @@ pub enum DeepTest {
 }
 
 impl DeepTest {
-    pub const ALL: [DeepTest; 3] = [
+    pub(crate) const ALL: [DeepTest; 3] = [
         DeepTest::Pipelining,
         DeepTest::NonSmtpCommand,
         DeepTest::BareNewline,
@@ -81,7 +81,7 @@ enum ForbiddenRule {
 
 impl ForbiddenCommand {
     /// postscreen's default list, [`DEFAULT_FORBIDDEN_COMMANDS`].
-    pub fn defaults() -> Vec<Self> {
+    pub(crate) fn defaults() -> Vec<Self> {
         vec![
             Self(ForbiddenRule::Name("CONNECT".into())),
             Self(ForbiddenRule::Name("GET".into())),
@@ -92,7 +92,7 @@ impl ForbiddenCommand {
 
     /// A command that does not start with an ASCII letter (such as a TLS ClientHello sent
     /// without STARTTLS).
-    pub fn not_starting_with_letter() -> Self {
+    pub(crate) fn not_starting_with_letter() -> Self {
         Self(ForbiddenRule::NotStartingWithLetter)
     }
 
@@ -100,7 +100,7 @@ impl ForbiddenCommand {
     /// [`DEFAULT_FORBIDDEN_COMMANDS`]. An empty list forbids nothing. Besides command words,
     /// the one table accepted is an inline `regexp:` or `pcre:` table holding only the rule
     /// `/^[^A-Z]/` (its result text does not matter).
-    pub fn parse_list(text: &str) -> Result<Vec<Self>, EngineError> {
+    pub(crate) fn parse_list(text: &str) -> Result<Vec<Self>, EngineError> {
         let err = |why: String| forbidden_error(text, why);
         if text.len() > MAX_FORBIDDEN_COMMANDS * (MAX_FORBIDDEN_COMMAND_LEN + 1) {
             return Err(err("the list is too long".into()));
@@ -117,7 +117,7 @@ impl ForbiddenCommand {
 
     /// One entry of the list, for a configuration that gives the entries one by one: a
     /// command word, or the inline table described at [`parse_list`](Self::parse_list).
-    pub fn parse(entry: &str) -> Result<Self, EngineError> {
+    pub(crate) fn parse(entry: &str) -> Result<Self, EngineError> {
         Self::parse_entry(entry.trim()).map_err(|why| forbidden_error(entry, why))
     }
 
@@ -147,7 +147,7 @@ impl ForbiddenCommand {
     }
 
     /// Whether the command word `command` (as the client sent it) is forbidden.
-    pub fn matches(&self, command: &[u8]) -> bool {
+    pub(crate) fn matches(&self, command: &[u8]) -> bool {
         match &self.0 {
             ForbiddenRule::Name(name) => command.eq_ignore_ascii_case(name.as_bytes()),
             ForbiddenRule::NotStartingWithLetter => {
@@ -246,14 +246,14 @@ fn parse_inline_rule(body: &str) -> Result<(), String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeepTests {
     /// `postscreen_pipelining_enable` and `…_action`; `None`: the test does not run.
-    pub pipelining: Option<TestAction>,
+    pub(crate) pipelining: Option<TestAction>,
     /// `postscreen_non_smtp_command_enable` and `…_action`.
-    pub non_smtp_command: Option<TestAction>,
+    pub(crate) non_smtp_command: Option<TestAction>,
     /// `postscreen_bare_newline_enable` and `…_action`.
-    pub bare_newline: Option<TestAction>,
+    pub(crate) bare_newline: Option<TestAction>,
     /// `postscreen_forbidden_commands`: commands the non-SMTP test refuses besides header
     /// lines and invalid UTF-8 (see [`ForbiddenCommand::parse_list`]).
-    pub forbidden_commands: Vec<ForbiddenCommand>,
+    pub(crate) forbidden_commands: Vec<ForbiddenCommand>,
 }
 
 impl Default for DeepTests {
@@ -269,7 +269,7 @@ impl Default for DeepTests {
 }
 
 impl DeepTests {
-    pub fn action(&self, test: DeepTest) -> Option<TestAction> {
+    pub(crate) fn action(&self, test: DeepTest) -> Option<TestAction> {
         match test {
             DeepTest::Pipelining => self.pipelining,
             DeepTest::NonSmtpCommand => self.non_smtp_command,
@@ -296,13 +296,13 @@ impl DeepTests {
 /// one whose action is `enforce` or `drop`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeepTestResults {
-    pub pipelining: TestOutcome,
-    pub non_smtp_command: TestOutcome,
-    pub bare_newline: TestOutcome,
+    pub(crate) pipelining: TestOutcome,
+    pub(crate) non_smtp_command: TestOutcome,
+    pub(crate) bare_newline: TestOutcome,
 }
 
 impl DeepTestResults {
-    pub fn get(&self, test: DeepTest) -> TestOutcome {
+    pub(crate) fn get(&self, test: DeepTest) -> TestOutcome {
         match test {
             DeepTest::Pipelining => self.pipelining,
             DeepTest::NonSmtpCommand => self.non_smtp_command,
@@ -312,7 +312,7 @@ impl DeepTestResults {
 
     /// Copies the results into the session's record for [`crate::test_state::conclude`], leaving
     /// a test that did not complete here as it was.
-    pub fn record_into(&self, results: &mut SessionResults) {
+    pub(crate) fn record_into(&self, results: &mut SessionResults) {
         for test in DeepTest::ALL {
             let outcome = self.get(test);
             if outcome == TestOutcome::NotCompleted {

@@ -34,12 +34,12 @@ const MAX_TLS_ERROR_TEXT: usize = 200;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// Every event of the run, in order (also passed to the caller's sink as they happen).
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// The client reached RCPT: the deep tests pass.
-    pub rcpt_reached: bool,
-    pub end: SessionEnd,
+    pub(crate) rcpt_reached: bool,
+    pub(crate) end: SessionEnd,
     /// What the session earned in each deep test ([`Engine::deep_test_results`]).
-    pub deep_tests: DeepTestResults,
+    pub(crate) deep_tests: DeepTestResults,
 }
 
 impl Outcome {
@@ -95,10 +95,10 @@ where
 #[derive(Clone, Copy)]
 pub struct StartTls<'a> {
     /// The server's certificate and settings ([`tls::load_acceptor`]).
-    pub acceptor: &'a TlsAcceptor,
+    pub(crate) acceptor: &'a TlsAcceptor,
     /// How long the handshake may take. postscreen gives tlsproxy the normal command time
     /// limit, never the shorter one of stress mode.
-    pub handshake_time_limit: Duration,
+    pub(crate) handshake_time_limit: Duration,
 }
 
 /// [`serve`] with STARTTLS handled: the whole session, over `stream` and then, once the

@@ -95,7 +95,7 @@ pub enum Event {
 
 impl Event {
     /// The log line for a client at `client`.
-    pub fn line(&self, client: SocketAddr) -> EventLine<'_> {
+    pub(crate) fn line(&self, client: SocketAddr) -> EventLine<'_> {
         EventLine {
             event: self,
             client,

@@ -17,15 +17,15 @@
 //! [`LineReader::extend`].
 
 /// Postfix's `line_length_limit` default.
-pub const DEFAULT_LINE_LENGTH_LIMIT: usize = 2048;
+pub(crate) const DEFAULT_LINE_LENGTH_LIMIT: usize = 2048;
 
 /// The largest limit a reader accepts; larger values are clamped to it. Each connection
 /// holds one buffer of `limit + 1` bytes.
-pub const MAX_LINE_LENGTH_LIMIT: usize = 65_536;
+pub(crate) const MAX_LINE_LENGTH_LIMIT: usize = 65_536;
 
 /// How a command line was terminated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LineEnding {
+pub(crate) enum LineEnding {
     /// `\r\n`, as RFC 5321 requires.
     CrLf,
     /// `\n` alone; accepted, but a deep protocol test may hold it against the client.
@@ -34,21 +34,21 @@ pub enum LineEnding {
 
 /// One command line, borrowed from the reader until the next call that changes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     /// The line without its terminator. May contain any byte except the final LF.
-    pub text: &'a [u8],
+    pub(crate) text: &'a [u8],
     /// How the line ended.
-    pub ending: LineEnding,
+    pub(crate) ending: LineEnding,
     /// More client input was already buffered after this line: the client sent it without
     /// waiting for the reply to this one.
-    pub pending: bool,
+    pub(crate) pending: bool,
     /// That input (empty when `pending` is false): the pipelining test logs its start.
-    pub following: &'a [u8],
+    pub(crate) following: &'a [u8],
 }
 
 /// Input that cannot be a command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
+pub(crate) enum LineError {
     /// The line's text reached the limit (postscreen: `COMMAND LENGTH LIMIT`).
     #[error("command line of {limit} bytes or more (line_length_limit is {limit})")]
     TooLong { limit: usize },
@@ -56,7 +56,7 @@ pub enum LineError {
 
 /// A fixed-size buffer that yields command lines.
 #[derive(Debug)]
-pub struct LineReader {
+pub(crate) struct LineReader {
     buf: Box<[u8]>,
     /// First byte not yet handed out as part of a line.
     start: usize,
@@ -67,7 +67,7 @@ pub struct LineReader {
 
 impl LineReader {
     /// A reader for lines shorter than `limit` bytes (clamped to 1..=[`MAX_LINE_LENGTH_LIMIT`]).
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         let limit = limit.clamp(1, MAX_LINE_LENGTH_LIMIT);
         Self {
             // The longest acceptable line is `limit - 1` bytes of text, CR and LF.
@@ -79,34 +79,34 @@ impl LineReader {
     }
 
     /// The line length limit in force.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// The buffer's size: the most input it ever holds.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.buf.len()
     }
 
     /// Input received but not yet returned as a line.
-    pub fn buffered(&self) -> &[u8] {
+    pub(crate) fn buffered(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
     /// Room for the next read. Never empty after [`next_line`](Self::next_line) returned
     /// `Ok(None)`; reading into an empty slice would look like end of input.
-    pub fn spare(&mut self) -> &mut [u8] {
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
         self.compact();
         &mut self.buf[self.end..]
     }
 
     /// Records that `n` bytes were read into [`spare`](Self::spare) (at most its length).
-    pub fn commit(&mut self, n: usize) {
+    pub(crate) fn commit(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
     }
 
     /// Copies as much of `bytes` as fits and returns how many bytes were taken.
-    pub fn extend(&mut self, bytes: &[u8]) -> usize {
+    pub(crate) fn extend(&mut self, bytes: &[u8]) -> usize {
         let spare = self.spare();
         let n = bytes.len().min(spare.len());
         spare[..n].copy_from_slice(&bytes[..n]);
@@ -116,7 +116,7 @@ impl LineReader {
 
     /// The next complete line, `Ok(None)` when more input is needed, or the error that ends
     /// the session. After an error the reader stays in that state.
-    pub fn next_line(&mut self) -> Result<Option<Line<'_>>, LineError> {
+    pub(crate) fn next_line(&mut self) -> Result<Option<Line<'_>>, LineError> {
         let data = &self.buf[self.start..self.end];
         // A LF beyond the first `limit + 1` bytes cannot end an acceptable line.
         let window = &data[..data.len().min(self.limit + 1)];
@@ -149,7 +149,7 @@ impl LineReader {
     /// Forgets all buffered input, and with it an over-long line. After STARTTLS this is what
     /// keeps plaintext that the client (or someone in the middle) sent behind the command
     /// from being read as if it had come over TLS.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
     }

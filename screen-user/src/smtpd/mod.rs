@@ -44,20 +44,20 @@
 //! Where this engine parts from postscreen, it says so next to the code: logged fields are
 //! bounded and escaped, and a run of CRs cannot stretch a line past the length limit.
 
-pub mod close;
+pub(crate) mod close;
 mod command;
 mod deep_tests;
 mod driver;
 mod error;
 mod event;
-pub mod line;
+pub(crate) mod line;
 mod reply;
 mod reply_style;
 mod session;
 mod settings;
 #[cfg(test)]
 mod test_support;
-pub mod tls;
+pub(crate) mod tls;
 
 pub use self::{
     deep_tests::{

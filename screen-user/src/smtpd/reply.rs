@@ -31,7 +31,7 @@ pub struct Reply {
 impl Reply {
     /// A one-line reply, checked: `code` in 200..=599, `text` without control characters and
     /// at most [`MAX_REPLY_TEXT`] bytes.
-    pub fn new(code: u16, text: impl Into<String>) -> Result<Self, EngineError> {
+    pub(crate) fn new(code: u16, text: impl Into<String>) -> Result<Self, EngineError> {
         if !(200..=599).contains(&code) {
             return Err(EngineError::ReplyCode { code });
         }
@@ -67,17 +67,17 @@ impl Reply {
     }
 
     /// The three-digit reply code.
-    pub fn code(&self) -> u16 {
+    pub(crate) fn code(&self) -> u16 {
         self.code
     }
 
     /// The text of each line, without code and separator.
-    pub fn lines(&self) -> &[String] {
+    pub(crate) fn lines(&self) -> &[String] {
         &self.lines
     }
 
     /// The text of the first line.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         &self.lines[0]
     }
 
@@ -97,13 +97,13 @@ impl Reply {
     }
 
     /// The enhanced status code (RFC 3463) the first line starts with, such as `4.3.2`.
-    pub fn enhanced_status(&self) -> Option<&str> {
+    pub(crate) fn enhanced_status(&self) -> Option<&str> {
         let len = enhanced_status_len(self.text());
         (len > 0).then(|| &self.text()[..len])
     }
 
     /// A 4xx or 5xx reply: the ones `soft_bounce` and `reject_footer` change.
-    pub fn is_negative(&self) -> bool {
+    pub(crate) fn is_negative(&self) -> bool {
         self.code >= 400
     }
 
@@ -119,7 +119,7 @@ impl Reply {
 
     /// The same reply with a 5xx code made 4xx and every enhanced status `5.x.y` made
     /// `4.x.y` (postscreen's `soft_bounce`). Other replies come back unchanged.
-    pub fn soft_bounced(&self) -> Reply {
+    pub(crate) fn soft_bounced(&self) -> Reply {
         if !(500..600).contains(&self.code) {
             return self.clone();
         }
@@ -143,32 +143,32 @@ impl Reply {
     // Connection-level replies (postscreen.c, postscreen_send.c).
 
     /// More than `client_connection_count_limit` connections from one address.
-    pub fn too_many_connections() -> Self {
+    pub(crate) fn too_many_connections() -> Self {
         Self::fixed(421, "4.7.0 Error: too many connections")
     }
 
     /// The hand-off queue (`post_queue_limit`) is full, or the MTA cannot be reached.
-    pub fn all_server_ports_busy() -> Self {
+    pub(crate) fn all_server_ports_busy() -> Self {
         Self::fixed(421, "4.3.2 All server ports are busy")
     }
 
     /// The screening queue (`pre_queue_limit`) is full.
-    pub fn all_screening_ports_busy() -> Self {
+    pub(crate) fn all_screening_ports_busy() -> Self {
         Self::fixed(421, "4.3.2 All screening ports are busy")
     }
 
     /// An internal failure: endpoint lookup, PROXY header, hand-off, and the X21 final reply.
-    pub fn no_system_resources() -> Self {
+    pub(crate) fn no_system_resources() -> Self {
         Self::fixed(421, "4.3.2 No system resources")
     }
 
     /// `postscreen_command_time_limit` expired.
-    pub fn timeout_exceeded(myhostname: &str) -> Self {
+    pub(crate) fn timeout_exceeded(myhostname: &str) -> Self {
         Self::sanitized(421, format!("4.4.2 {myhostname} Error: timeout exceeded"))
     }
 
     /// Command count or line length limit reached.
-    pub fn service_unavailable_421(myhostname: &str) -> Self {
+    pub(crate) fn service_unavailable_421(myhostname: &str) -> Self {
         Self::sanitized(
             421,
             format!("{myhostname} Service unavailable - try again later"),
@@ -176,43 +176,43 @@ impl Reply {
     }
 
     /// The default `rcpt_reply`: come back later (the deep tests' reconnect).
-    pub fn service_unavailable_450() -> Self {
+    pub(crate) fn service_unavailable_450() -> Self {
         Self::fixed(450, "4.3.2 Service currently unavailable")
     }
 
     /// `postscreen_denylist_action = enforce`, at RCPT.
-    pub fn denylist_enforce() -> Self {
+    pub(crate) fn denylist_enforce() -> Self {
         Self::fixed(550, "5.3.2 Service currently unavailable")
     }
 
     /// `postscreen_denylist_action = drop`, at once.
-    pub fn denylist_drop() -> Self {
+    pub(crate) fn denylist_drop() -> Self {
         Self::fixed(521, "5.3.2 Service currently unavailable")
     }
 
     /// Pregreet, pipelining, bare newline or non-SMTP command with action `enforce`, at RCPT.
-    pub fn protocol_error_enforce() -> Self {
+    pub(crate) fn protocol_error_enforce() -> Self {
         Self::fixed(550, "5.5.1 Protocol error")
     }
 
     /// Pregreet, pipelining or bare newline with action `drop`, at once.
-    pub fn protocol_error_drop() -> Self {
+    pub(crate) fn protocol_error_drop() -> Self {
         Self::fixed(521, "5.5.1 Protocol error")
     }
 
     /// Non-SMTP command with action `drop` (the same words as smtpd's forbidden commands).
-    pub fn non_smtp_command_drop() -> Self {
+    pub(crate) fn non_smtp_command_drop() -> Self {
         Self::fixed(521, "5.7.0 Error: I can break rules, too. Goodbye.")
     }
 
     /// `postscreen_dnsbl_action = enforce`: `list` is the highest-weighted listing's name
     /// after `dnsbl_reply_map`.
-    pub fn dnsbl_enforce(client: IpAddr, list: &str) -> Result<Self, EngineError> {
+    pub(crate) fn dnsbl_enforce(client: IpAddr, list: &str) -> Result<Self, EngineError> {
         Self::dnsbl(550, client, list)
     }
 
     /// `postscreen_dnsbl_action = drop`.
-    pub fn dnsbl_drop(client: IpAddr, list: &str) -> Result<Self, EngineError> {
+    pub(crate) fn dnsbl_drop(client: IpAddr, list: &str) -> Result<Self, EngineError> {
         Self::dnsbl(521, client, list)
     }
 
@@ -229,12 +229,12 @@ impl Reply {
     // The engine's replies (postscreen_smtpd.c).
 
     /// `220 $smtpd_banner`.
-    pub fn greeting(smtpd_banner: &str) -> Self {
+    pub(crate) fn greeting(smtpd_banner: &str) -> Self {
         Self::sanitized(220, smtpd_banner.to_string())
     }
 
     /// The reply to HELO: `250 $myhostname`.
-    pub fn helo(myhostname: &str) -> Self {
+    pub(crate) fn helo(myhostname: &str) -> Self {
         Self::sanitized(250, myhostname.to_string())
     }
 
@@ -248,131 +248,131 @@ impl Reply {
         reply
     }
 
-    pub fn helo_syntax() -> Self {
+    pub(crate) fn helo_syntax() -> Self {
         Self::fixed(501, "Syntax: HELO hostname")
     }
 
-    pub fn ehlo_syntax() -> Self {
+    pub(crate) fn ehlo_syntax() -> Self {
         Self::fixed(501, "Syntax: EHLO hostname")
     }
 
     /// RSET and NOOP.
-    pub fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self::fixed(250, "2.0.0 Ok")
     }
 
     /// MAIL accepted.
-    pub fn sender_ok() -> Self {
+    pub(crate) fn sender_ok() -> Self {
         Self::fixed(250, "2.1.0 Ok")
     }
 
     /// MAIL or ETRN before HELO/EHLO with `helo_required`.
-    pub fn send_helo_first() -> Self {
+    pub(crate) fn send_helo_first() -> Self {
         Self::fixed(503, "5.5.1 Error: send HELO/EHLO first")
     }
 
-    pub fn nested_mail() -> Self {
+    pub(crate) fn nested_mail() -> Self {
         Self::fixed(503, "5.5.1 Error: nested MAIL command")
     }
 
-    pub fn mail_syntax() -> Self {
+    pub(crate) fn mail_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: MAIL FROM:<address>")
     }
 
     /// postscreen has this text but its address parser never fails, so it is never sent;
     /// kept for completeness.
-    pub fn bad_sender_syntax() -> Self {
+    pub(crate) fn bad_sender_syntax() -> Self {
         Self::fixed(501, "5.1.7 Bad sender address syntax")
     }
 
     /// RCPT before MAIL, and BDAT before MAIL.
-    pub fn need_mail() -> Self {
+    pub(crate) fn need_mail() -> Self {
         Self::fixed(503, "5.5.1 Error: need MAIL command")
     }
 
-    pub fn rcpt_syntax() -> Self {
+    pub(crate) fn rcpt_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: RCPT TO:<address>")
     }
 
     /// Never sent, like [`Reply::bad_sender_syntax`].
-    pub fn bad_recipient_syntax() -> Self {
+    pub(crate) fn bad_recipient_syntax() -> Self {
         Self::fixed(501, "5.1.3 Bad recipient address syntax")
     }
 
     /// DATA or BDAT after MAIL: every recipient was refused.
-    pub fn no_valid_recipients() -> Self {
+    pub(crate) fn no_valid_recipients() -> Self {
         Self::fixed(554, "5.5.1 Error: no valid recipients")
     }
 
     /// DATA before MAIL.
-    pub fn need_rcpt() -> Self {
+    pub(crate) fn need_rcpt() -> Self {
         Self::fixed(503, "5.5.1 Error: need RCPT command")
     }
 
-    pub fn data_syntax() -> Self {
+    pub(crate) fn data_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: DATA")
     }
 
     /// BDAT before MAIL.
-    pub fn bdat_need_mail() -> Self {
+    pub(crate) fn bdat_need_mail() -> Self {
         Self::fixed(554, "5.5.1 Error: need MAIL command")
     }
 
-    pub fn bdat_syntax() -> Self {
+    pub(crate) fn bdat_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: BDAT count [LAST]")
     }
 
     /// STARTTLS without TLS, and BDAT when CHUNKING is not announced.
-    pub fn not_implemented() -> Self {
+    pub(crate) fn not_implemented() -> Self {
         Self::fixed(502, "5.5.1 Error: command not implemented")
     }
 
     /// AUTH, XCLIENT, XFORWARD and every unknown command.
-    pub fn not_recognized() -> Self {
+    pub(crate) fn not_recognized() -> Self {
         Self::fixed(502, "5.5.2 Error: command not recognized")
     }
 
-    pub fn vrfy_disabled() -> Self {
+    pub(crate) fn vrfy_disabled() -> Self {
         Self::fixed(502, "5.5.1 VRFY command is disabled")
     }
 
-    pub fn vrfy_syntax() -> Self {
+    pub(crate) fn vrfy_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: VRFY address")
     }
 
-    pub fn etrn_refused() -> Self {
+    pub(crate) fn etrn_refused() -> Self {
         Self::fixed(458, "Unable to queue messages")
     }
 
-    pub fn etrn_syntax() -> Self {
+    pub(crate) fn etrn_syntax() -> Self {
         Self::fixed(500, "Syntax: ETRN domain")
     }
 
     /// STARTTLS accepted: the TLS handshake follows.
-    pub fn starttls_ready() -> Self {
+    pub(crate) fn starttls_ready() -> Self {
         Self::fixed(220, "2.0.0 Ready to start TLS")
     }
 
     /// STARTTLS accepted but TLS cannot be started.
-    pub fn tls_unavailable() -> Self {
+    pub(crate) fn tls_unavailable() -> Self {
         Self::fixed(454, "4.7.0 TLS not available due to local problem")
     }
 
-    pub fn tls_already_active() -> Self {
+    pub(crate) fn tls_already_active() -> Self {
         Self::fixed(554, "5.5.1 Error: TLS already active")
     }
 
-    pub fn starttls_syntax() -> Self {
+    pub(crate) fn starttls_syntax() -> Self {
         Self::fixed(501, "5.5.4 Syntax: STARTTLS")
     }
 
     /// Any command but HELO, EHLO, STARTTLS, NOOP and QUIT while TLS is mandatory.
-    pub fn starttls_first() -> Self {
+    pub(crate) fn starttls_first() -> Self {
         Self::fixed(530, "5.7.0 Must issue a STARTTLS command first")
     }
 
     /// QUIT.
-    pub fn bye() -> Self {
+    pub(crate) fn bye() -> Self {
         Self::fixed(221, "2.0.0 Bye")
     }
 }

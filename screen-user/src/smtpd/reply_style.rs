@@ -24,7 +24,7 @@ pub struct ReplyStyle {
 
 impl ReplyStyle {
     /// `reject_footer` is checked here; `None` or an empty text means no footer.
-    pub fn new(soft_bounce: bool, reject_footer: Option<&str>) -> Result<Self, EngineError> {
+    pub(crate) fn new(soft_bounce: bool, reject_footer: Option<&str>) -> Result<Self, EngineError> {
         let footer = match reject_footer {
             Some(template) => ReplyFooter::parse(template)?,
             None => None,
@@ -37,7 +37,7 @@ impl ReplyStyle {
 
     /// The reply as the client gets it: soft-bounced when configured, then, if it is a 4xx
     /// or 5xx reply, with the footer, its macros expanded for `client` and `server_name`.
-    pub fn apply(&self, reply: &Reply, client: SocketAddr, server_name: &str) -> Reply {
+    pub(crate) fn apply(&self, reply: &Reply, client: SocketAddr, server_name: &str) -> Reply {
         let reply = self.for_log(reply);
         match &self.footer {
             Some(footer) if reply.is_negative() => footer.apply(&reply, client, server_name),
@@ -46,7 +46,7 @@ impl ReplyStyle {
     }
 
     /// The reply as postscreen logs it: soft-bounced when configured, without the footer.
-    pub fn for_log(&self, reply: &Reply) -> Reply {
+    pub(crate) fn for_log(&self, reply: &Reply) -> Reply {
         if self.soft_bounce {
             reply.soft_bounced()
         } else {
@@ -96,7 +96,7 @@ impl FooterPiece {
 
 impl ReplyFooter {
     /// Parses a footer template; an empty one is no footer.
-    pub fn parse(template: &str) -> Result<Option<Self>, EngineError> {
+    pub(crate) fn parse(template: &str) -> Result<Option<Self>, EngineError> {
         let err = |why: String| EngineError::Setting {
             setting: "reject_footer",
             value: template.to_string(),

@@ -66,20 +66,20 @@ pub enum SessionEnd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     /// The reply to send, soft-bounce and footer applied.
-    pub reply: Option<Reply>,
+    pub(crate) reply: Option<Reply>,
     /// What to log, in order.
-    pub events: Vec<Event>,
-    pub next: Next,
+    pub(crate) events: Vec<Event>,
+    pub(crate) next: Next,
 }
 
 impl Step {
     /// The bytes to write to the client (empty when there is no reply).
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         self.reply.as_ref().map(Reply::to_bytes).unwrap_or_default()
     }
 
     /// The connection is to be closed once the reply is sent.
-    pub fn closes(&self) -> bool {
+    pub(crate) fn closes(&self) -> bool {
         matches!(self.next, Next::Stop(end) if end != SessionEnd::StartTls)
     }
 }
@@ -111,7 +111,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine for one client, or the first setting that is wrong.
-    pub fn new(
+    pub(crate) fn new(
         settings: impl Into<Arc<EngineSettings>>,
         client: SocketAddr,
     ) -> Result<Self, EngineError> {
@@ -139,22 +139,22 @@ impl Engine {
         })
     }
 
-    pub fn settings(&self) -> &EngineSettings {
+    pub(crate) fn settings(&self) -> &EngineSettings {
         &self.settings
     }
 
-    pub fn client(&self) -> SocketAddr {
+    pub(crate) fn client(&self) -> SocketAddr {
         self.client
     }
 
     /// The client talked before the greeting: it gets no `220` from the engine
     /// (postscreen: fewer NON-SMTP COMMAND events, better sender and recipient logging).
-    pub fn set_pregreeted(&mut self) {
+    pub(crate) fn set_pregreeted(&mut self) {
         self.pregreeted = true;
     }
 
     /// Refuse recipients with `reply` from now on (an enforce action; the last one set wins).
-    pub fn set_rcpt_reply(&mut self, reply: Reply) -> Result<(), EngineError> {
+    pub(crate) fn set_rcpt_reply(&mut self, reply: Reply) -> Result<(), EngineError> {
         if !reply.is_negative() {
             return Err(EngineError::Setting {
                 setting: "rcpt_reply",
@@ -169,7 +169,7 @@ impl Engine {
     /// postscreen's X21 mode: answer the next command but QUIT with `reply` and hang up.
     /// Used when a hand-off fails after the `220-` teaser, so that the client never sees
     /// `220-` followed by `421`. No deep test runs in this mode.
-    pub fn set_final_reply(&mut self, reply: Reply) {
+    pub(crate) fn set_final_reply(&mut self, reply: Reply) {
         self.final_reply = Some(reply);
         self.deep.stop_all();
     }
@@ -178,51 +178,51 @@ impl Engine {
     /// settings say. postscreen turns every deep test on for a client that already failed a
     /// test before the greeting, for better logging. A test the client already violated
     /// keeps its result.
-    pub fn set_deep_test(&mut self, test: DeepTest, action: Option<TestAction>) {
+    pub(crate) fn set_deep_test(&mut self, test: DeepTest, action: Option<TestAction>) {
         self.deep.set(test, action);
     }
 
     /// What the session earned in each deep test so far.
-    pub fn deep_test_results(&self) -> DeepTestResults {
+    pub(crate) fn deep_test_results(&self) -> DeepTestResults {
         self.deep.results()
     }
 
     /// The session runs over TLS.
-    pub fn tls_active(&self) -> bool {
+    pub(crate) fn tls_active(&self) -> bool {
         self.tls_active
     }
 
     /// The `220` greeting, or `None` for a client that pregreeted or after STARTTLS.
-    pub fn greeting(&self) -> Option<Reply> {
+    pub(crate) fn greeting(&self) -> Option<Reply> {
         (!self.pregreeted && !self.tls_active).then(|| Reply::greeting(&self.settings.smtpd_banner))
     }
 
     /// The client reached RCPT (whatever the reply): the deep tests pass only then.
-    pub fn rcpt_reached(&self) -> bool {
+    pub(crate) fn rcpt_reached(&self) -> bool {
         self.rcpt_reached
     }
 
     /// The last HELO/EHLO name.
-    pub fn helo(&self) -> Option<&str> {
+    pub(crate) fn helo(&self) -> Option<&str> {
         self.helo.as_deref()
     }
 
     /// The sender of the current transaction.
-    pub fn sender(&self) -> Option<&str> {
+    pub(crate) fn sender(&self) -> Option<&str> {
         self.sender.as_deref()
     }
 
-    pub fn proto(&self) -> Proto {
+    pub(crate) fn proto(&self) -> Proto {
         self.proto
     }
 
     /// Commands counted so far (QUIT included, as postscreen counts it).
-    pub fn command_count(&self) -> u32 {
+    pub(crate) fn command_count(&self) -> u32 {
         self.command_count
     }
 
     /// The last command seen, as log lines name it (`CONNECT` before the first).
-    pub fn last_command(&self) -> &'static str {
+    pub(crate) fn last_command(&self) -> &'static str {
         self.last_command
     }
 
@@ -243,13 +243,13 @@ impl Engine {
     }
 
     /// The reply that accepts STARTTLS, for the caller to send before its TLS handshake.
-    pub fn tls_ready(&self) -> Reply {
+    pub(crate) fn tls_ready(&self) -> Reply {
         self.finish(&Reply::starttls_ready())
     }
 
     /// TLS is up: reset the session as postscreen does after STARTTLS (helo and sender are
     /// forgotten; EHLO no longer offers STARTTLS) and take commands again.
-    pub fn tls_established(&mut self) {
+    pub(crate) fn tls_established(&mut self) {
         self.tls_active = true;
         self.helo = None;
         self.sender = None;
@@ -258,21 +258,21 @@ impl Engine {
 
     /// TLS could not be started after all: take plaintext commands again, and return the
     /// `454` for the caller to send.
-    pub fn tls_unavailable(&mut self) -> Reply {
+    pub(crate) fn tls_unavailable(&mut self) -> Reply {
         self.stopped = None;
         self.finish(&Reply::tls_unavailable())
     }
 
     /// `reply` as this client gets it (soft bounce, footer): for replies the caller sends
     /// itself, such as [`Reply::starttls_ready`].
-    pub fn finish(&self, reply: &Reply) -> Reply {
+    pub(crate) fn finish(&self, reply: &Reply) -> Reply {
         self.style
             .apply(reply, self.client, &self.settings.myhostname)
     }
 
     /// Handles one command line (without its line ending) that ended in CRLF with nothing
     /// sent after it: the bare newline and pipelining tests see nothing wrong.
-    pub fn on_command(&mut self, line: &[u8]) -> Step {
+    pub(crate) fn on_command(&mut self, line: &[u8]) -> Step {
         self.on_line(Line {
             text: line,
             ending: LineEnding::CrLf,
@@ -289,7 +289,7 @@ impl Engine {
     /// non-SMTP and pipelining tests, then the pass at RCPT, the command count, and the
     /// command itself. A test whose action is `drop` ends the session with its `521` before
     /// the command runs.
-    pub fn on_line(&mut self, line: Line<'_>) -> Step {
+    pub(crate) fn on_line(&mut self, line: Line<'_>) -> Step {
         if let Some(end) = self.stopped {
             return Step {
                 reply: None,
@@ -420,7 +420,7 @@ impl Engine {
     }
 
     /// The line reader refused an over-long line: `421` and close.
-    pub fn on_line_too_long(&mut self) -> Step {
+    pub(crate) fn on_line_too_long(&mut self) -> Step {
         let after = self.last_command;
         self.stop(
             Reply::service_unavailable_421(&self.settings.myhostname),
@@ -430,7 +430,7 @@ impl Engine {
     }
 
     /// No complete command within the command time limit: `421 4.4.2` and close.
-    pub fn on_time_limit(&mut self) -> Step {
+    pub(crate) fn on_time_limit(&mut self) -> Step {
         let after = self.last_command;
         self.stop(
             Reply::timeout_exceeded(&self.settings.myhostname),
@@ -440,7 +440,7 @@ impl Engine {
     }
 
     /// The client went away `elapsed` after the engine started. Not a test failure.
-    pub fn on_hangup(&mut self, elapsed: Duration) -> Step {
+    pub(crate) fn on_hangup(&mut self, elapsed: Duration) -> Step {
         self.stopped = Some(SessionEnd::Hangup);
         Step {
             reply: None,

@@ -28,33 +28,33 @@ pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineSettings {
     /// `myhostname`: the HELO reply, the first EHLO line and the 421 replies.
-    pub myhostname: String,
+    pub(crate) myhostname: String,
     /// `smtpd_banner`: the text of the `220` greeting.
-    pub smtpd_banner: String,
+    pub(crate) smtpd_banner: String,
     /// How RCPT (and VRFY) are refused until the caller says otherwise
     /// ([`Engine::set_rcpt_reply`](super::Engine::set_rcpt_reply)). Must be 4xx or 5xx.
-    pub rcpt_reply: Reply,
+    pub(crate) rcpt_reply: Reply,
     /// `postscreen_command_count_limit`: commands per session, QUIT not counted.
-    pub command_count_limit: u32,
+    pub(crate) command_count_limit: u32,
     /// `line_length_limit`: a command line must be shorter than this many bytes.
-    pub line_length_limit: usize,
+    pub(crate) line_length_limit: usize,
     /// `postscreen_helo_required`: MAIL and ETRN need HELO or EHLO first.
-    pub helo_required: bool,
+    pub(crate) helo_required: bool,
     /// `postscreen_disable_vrfy_command`: VRFY is refused with 502 and not announced.
-    pub disable_vrfy: bool,
+    pub(crate) disable_vrfy: bool,
     /// `soft_bounce`: every 5xx reply is sent, and logged, as 4xx.
-    pub soft_bounce: bool,
+    pub(crate) soft_bounce: bool,
     /// `postscreen_reject_footer`: text added to 4xx and 5xx replies (see
     /// [`ReplyFooter`](super::ReplyFooter)).
-    pub reject_footer: Option<String>,
+    pub(crate) reject_footer: Option<String>,
     /// `smtputf8_enable`: announce SMTPUTF8.
-    pub smtputf8: bool,
+    pub(crate) smtputf8: bool,
     /// `message_size_limit`, announced as `SIZE`; 0 announces `SIZE` without a number.
-    pub message_size_limit: u64,
+    pub(crate) message_size_limit: u64,
     /// STARTTLS is announced and accepted (`postscreen_tls_security_level` may/encrypt).
-    pub starttls_offered: bool,
+    pub(crate) starttls_offered: bool,
     /// The deep protocol tests: none by default, as in postscreen.
-    pub deep_tests: DeepTests,
+    pub(crate) deep_tests: DeepTests,
 }
 
 impl Default for EngineSettings {
@@ -66,7 +66,7 @@ impl Default for EngineSettings {
 impl EngineSettings {
     /// postscreen's defaults for a host named `myhostname`, with the banner
     /// `<myhostname> ESMTP`.
-    pub fn new(myhostname: &str) -> Self {
+    pub(crate) fn new(myhostname: &str) -> Self {
         Self {
             myhostname: myhostname.to_string(),
             smtpd_banner: format!("{myhostname} ESMTP"),
@@ -85,7 +85,7 @@ impl EngineSettings {
     }
 
     /// Checks every value; [`Engine::new`](super::Engine::new) does the same.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub(crate) fn validate(&self) -> Result<(), EngineError> {
         self.style().map(|_| ())
     }
 

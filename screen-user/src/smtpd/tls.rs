@@ -21,17 +21,17 @@ use rustls::{
     CipherSuite, ProtocolVersion, ServerConfig, ServerConnection,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-pub use tokio_rustls::TlsAcceptor;
+pub(crate) use tokio_rustls::TlsAcceptor;
 
 /// The largest certificate or key file read. A certificate chain is a few kilobytes.
-pub const MAX_PEM_FILE: u64 = 1 << 20;
+pub(crate) const MAX_PEM_FILE: u64 = 1 << 20;
 
 /// The most certificates taken from the certificate file (the server's and its chain).
-pub const MAX_CHAIN: usize = 16;
+pub(crate) const MAX_CHAIN: usize = 16;
 
 /// A certificate or key that cannot be used. Each message names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("{path}: cannot read: {source}")]
     Read {
         path: PathBuf,
@@ -70,14 +70,14 @@ pub enum TlsError {
 
 /// Reads the PEM certificate chain (server certificate first) and private key and builds the
 /// acceptor that every STARTTLS session shares. The key may be in the certificate file.
-pub fn load_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn load_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let cert_pem = read_pem_file(cert_file)?;
     let key_pem = read_pem_file(key_file)?;
     acceptor_from_pem(&cert_pem, cert_file, &key_pem, key_file)
 }
 
 /// [`load_acceptor`] on the files' contents; the paths only name them in errors.
-pub fn acceptor_from_pem(
+pub(crate) fn acceptor_from_pem(
     cert_pem: &[u8],
     cert_file: &Path,
     key_pem: &[u8],
@@ -178,19 +178,19 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError
 
 /// An established TLS session as tlsproxy describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// `TLSv1.3` or `TLSv1.2`.
-    pub protocol: &'static str,
+    pub(crate) protocol: &'static str,
     /// The cipher's OpenSSL name, as Postfix logs it (`TLS_AES_256_GCM_SHA384`,
     /// `ECDHE-RSA-AES256-GCM-SHA384`).
-    pub cipher: &'static str,
+    pub(crate) cipher: &'static str,
     /// The cipher's key size.
-    pub bits: u16,
+    pub(crate) bits: u16,
 }
 
 impl Summary {
     /// The session's protocol and cipher, once the handshake is done.
-    pub fn of(connection: &ServerConnection) -> Self {
+    pub(crate) fn of(connection: &ServerConnection) -> Self {
         let protocol = match connection.protocol_version() {
             Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",

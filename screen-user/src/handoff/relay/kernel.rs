@@ -19,13 +19,13 @@ use crate::kernel::relay::KernelRelay;
 
 /// How long the daemon waits for bytes the kernel redirected to reach a socket before it
 /// shuts that socket's write half anyway (a peer that stopped reading holds them back).
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How often the daemon yields its CPU to the kernel's sending thread before it waits for
 /// bytes in steps of a millisecond (each yield is a few microseconds when nobody else runs).
 const DRAIN_YIELDS: u32 = 32;
 /// How long one direction may go on after the other ended (an SMTP session ends with the
 /// MTA's close after QUIT, and the client closes at once).
-pub const HALF_CLOSE_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const HALF_CLOSE_LIMIT: Duration = Duration::from_secs(30);
 /// Bytes read at once from a socket that still holds data of its own.
 const FORWARD_CHUNK: usize = 16 * 1024;
 
@@ -318,7 +318,7 @@ fn input_pending(fd: RawFd) -> bool {
 const SO_COOKIE: libc::c_int = 57;
 
 /// The socket's cookie, the key the program finds it by.
-pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: the option value is a u64 and `len` says so.
@@ -340,7 +340,7 @@ pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
 
 /// Every byte a TCP socket has taken for sending so far: acknowledged by the peer, or still
 /// in its send queue. `None` when the socket is closed or cannot be asked.
-pub fn taken(fd: RawFd) -> Option<u64> {
+pub(crate) fn taken(fd: RawFd) -> Option<u64> {
     // An acknowledgement between the two calls would make the sum wrong; the count of
     // acknowledged bytes read before and after tells.
     for _ in 0..16 {
@@ -389,7 +389,7 @@ fn send_queue(fd: RawFd) -> Option<u64> {
 
 /// Relays through the kernel: falls back to the userspace copy for a client that already
 /// sent something, when the relay is full, or when the kernel refuses the pair.
-pub async fn run(
+pub(crate) async fn run(
     kernel: &KernelRelay,
     client: TcpStream,
     backend: TcpStream,

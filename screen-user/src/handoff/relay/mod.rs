@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 
 use crate::kernel::relay::{KernelRelay, RelayError};
 
-pub use kernel::{DRAIN_LIMIT, HALF_CLOSE_LIMIT};
+pub(crate) use kernel::{DRAIN_LIMIT, HALF_CLOSE_LIMIT};
 
 /// Which relay moves the bytes of a handed-off connection (`handoff = "proxy"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -101,7 +101,7 @@ impl Relay {
     }
 
     /// Whether connections go through the kernel relay (while it has room).
-    pub fn is_kernel(&self) -> bool {
+    pub(crate) fn is_kernel(&self) -> bool {
         self.kernel.is_some()
     }
     /// Relays until both directions are done or one side fails.

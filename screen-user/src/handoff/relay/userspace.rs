@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use super::Relayed;
 
 /// Copies bytes between client and backend until both directions are done.
-pub async fn run(mut client: TcpStream, mut backend: TcpStream) -> io::Result<Relayed> {
+pub(crate) async fn run(mut client: TcpStream, mut backend: TcpStream) -> io::Result<Relayed> {
     let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
     Ok(Relayed {
         up,
