@@ -146,11 +146,6 @@ impl Pattern {
         })
     }
 
-    /// Whether `addr` matches. A pattern only ever matches addresses of its own family.
-    pub(crate) fn matches(&self, addr: IpAddr) -> bool {
-        self.matches_canonical(canonical(addr))
-    }
-
     fn matches_canonical(&self, addr: IpAddr) -> bool {
         match (self.net, addr) {
             (IpNet::V4(net), IpAddr::V4(a)) => net.contains(&a) != self.negated,
@@ -311,6 +306,7 @@ pub(crate) struct CidrTable<V = Box<str>> {
 impl CidrTable {
     /// Reads and parses the table file at `path`. The file must be a regular file of at most
     /// [`MAX_TABLE_BYTES`] bytes of UTF-8 text.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path) -> Result<(Self, Vec<CidrWarning>), CidrError> {
         let text = read_table_file(path)?;
         Self::parse(&path.display().to_string(), &text)
@@ -400,15 +396,18 @@ impl CidrTable {
 
 impl<V> CidrTable<V> {
     /// The table's name as given to [`CidrTable::parse`].
+    #[cfg(test)]
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The number of rules (`if` lines included).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.rules.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

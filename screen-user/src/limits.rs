@@ -98,7 +98,11 @@ pub(crate) enum Refusal {
 
 impl Limits {
     /// `per_client_limit` 0 means no limit (Postfix's convention).
-    pub(crate) fn new(per_client_limit: u32, pre_queue_limit: u32, post_queue_limit: u32) -> Arc<Self> {
+    pub(crate) fn new(
+        per_client_limit: u32,
+        pre_queue_limit: u32,
+        post_queue_limit: u32,
+    ) -> Arc<Self> {
         Arc::new(Self {
             per_client_limit,
             pre_queue_limit,
@@ -178,13 +182,9 @@ impl Limits {
         std::mem::take(&mut self.lock().changes)
     }
 
-    /// Connections in screening now.
-    pub(crate) fn screening(&self) -> u32 {
-        self.lock().screening
-    }
-
     /// Connections from `client` now.
-    pub(crate) fn from_client(&self, client: IpAddr) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn connections_of(&self, client: IpAddr) -> u32 {
         self.lock()
             .per_client
             .get(&canonical(client))
@@ -302,7 +302,7 @@ mod tests {
         let (_d, rd) = limits.connect(ip("192.0.2.1"));
         assert_eq!(rd, Ok(2));
         drop(b);
-        assert_eq!(limits.from_client(ip("192.0.2.1")), 1);
+        assert_eq!(limits.connections_of(ip("192.0.2.1")), 1);
     }
 
     #[test]

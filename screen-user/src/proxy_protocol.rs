@@ -26,10 +26,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt},
-    net::TcpStream,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::{
     address::{canonical, canonical_endpoint},
@@ -58,6 +55,7 @@ const LOGGED_INPUT_MAX: usize = 512;
 
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// `PROXY UNKNOWN\r\n`: no header of either version is shorter (a v2 header has 16 bytes).
+#[cfg(test)]
 const SHORTEST_HEADER: usize = 15;
 
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -473,6 +471,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, Fault> {
 
 /// How many more bytes can be read without passing the end of any header that `buf` (a valid
 /// beginning) may turn into: a lower bound on what is still missing, at least 1.
+#[cfg(test)]
 fn safe_read_len(buf: &[u8]) -> usize {
     let have = buf.len();
     if have < SHORTEST_HEADER {
@@ -517,7 +516,8 @@ fn safe_read_len(buf: &[u8]) -> usize {
 /// exactly its announced length; a v1 line a lower bound of what it still lacks at a time).
 /// An error's input is what was read, which may be less than postscreen would show; prefer
 /// [`read_header_from_tcp`] on a TCP socket.
-pub(crate) async fn read_header<S: AsyncRead + Unpin>(
+#[cfg(test)]
+pub(crate) async fn read_header<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     limit: Duration,
 ) -> Result<ProxyHeader, ProxyError> {
@@ -526,7 +526,10 @@ pub(crate) async fn read_header<S: AsyncRead + Unpin>(
         .unwrap_or(Err(ProxyError::TimeLimit))
 }
 
-async fn read_stepwise<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ProxyHeader, ProxyError> {
+#[cfg(test)]
+async fn read_stepwise<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<ProxyHeader, ProxyError> {
     let mut buf = [0u8; MAX_HEADER_LEN];
     let mut have = 0;
     loop {

@@ -103,9 +103,9 @@ impl Test {
     }
 }
 
-/// `get` and `set` by [`Test`] for a struct with one field per test, named as the tests are.
+/// `get` (and `set`) by [`Test`] for a struct with one field per test, named as the tests are.
 macro_rules! per_test_fields {
-    ($record:ty, $value:ty, $get:ident, $set:ident) => {
+    ($record:ty, $value:ty, $get:ident) => {
         impl $record {
             /// The value of `test`.
             pub(crate) fn $get(&self, test: Test) -> $value {
@@ -117,7 +117,12 @@ macro_rules! per_test_fields {
                     Test::BareNewline => self.bare_newline,
                 }
             }
+        }
+    };
+    ($record:ty, $value:ty, $get:ident, $set:ident) => {
+        per_test_fields!($record, $value, $get);
 
+        impl $record {
             /// Sets the value of `test`.
             pub(crate) fn $set(&mut self, test: Test, value: $value) {
                 match test {
@@ -133,7 +138,7 @@ macro_rules! per_test_fields {
 }
 
 per_test_fields!(TestTimes, u64, get, set);
-per_test_fields!(EnabledTests, bool, get, set);
+per_test_fields!(EnabledTests, bool, get);
 per_test_fields!(DueTests, bool, get, set);
 per_test_fields!(SessionResults, Outcome, outcome, set_outcome);
 
@@ -373,6 +378,7 @@ pub(crate) fn due_tests(times: &TestTimes, enabled: &EnabledTests, now: u64) -> 
 }
 
 /// Whether a cached client passes at once: no enabled test is due.
+#[cfg(test)]
 pub(crate) fn is_pass_old(times: &TestTimes, enabled: &EnabledTests, now: u64) -> bool {
     due_tests(times, enabled, now).is_empty()
 }

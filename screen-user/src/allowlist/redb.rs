@@ -39,7 +39,7 @@ use tokio::{
 use crate::{
     address::canonical,
     paths::{self, ALLOWLIST_FILE},
-    test_state::{RecordError, TestTimes, unix_now},
+    test_state::{RecordError, TestTimes, retain, unix_now},
 };
 
 /// The longest key: an address in text form (`INET6_ADDRSTRLEN` less the NUL).
@@ -229,11 +229,15 @@ impl Records {
         }
     }
 
-    /// Removes every record [`retain`](crate::test_state::retain) lets go: a prefix of the expiry index.
+    /// Removes every record [`retain`] lets go: a prefix of the expiry index.
     fn remove_expired(&mut self, now: u64, retention: Duration) -> Vec<IpAddr> {
         let mut dropped = Vec::new();
-        while let Some(&(latest, addr)) = self.by_expiry.first() {
-            if latest.saturating_add(retention.as_secs()) >= now {
+        while let Some(&(_, addr)) = self.by_expiry.first() {
+            if self
+                .map
+                .get(&addr)
+                .is_some_and(|times| retain(times, now, retention))
+            {
                 break;
             }
             self.by_expiry.pop_first();
@@ -302,16 +306,12 @@ impl Batch {
 /// The persistent temporary allowlist. Share it between connections behind an `Arc`.
 ///
 /// ```no_run
-/// # async fn example(state_dir: &std::path::Path, client: std::net::IpAddr) -> Result<(), screen_user::allowlist::CacheError> {
+/// # async fn example(state_dir: &std::path::Path, client: std::net::IpAddr, passed: screen_user::test_state::TestTimes) -> Result<(), screen_user::allowlist::CacheError> {
 /// use screen_user::allowlist::{AllowlistCache, CacheOptions};
-/// use screen_user::test_state::{self, EnabledTests, Start};
 ///
 /// let cache = AllowlistCache::open(state_dir, CacheOptions::default()).await?;
-/// let enabled = EnabledTests { pregreet: true, dnsbl: true, ..Default::default() };
-/// match test_state::start(cache.get(client).as_ref(), &enabled, test_state::unix_now()) {
-///     Start::PassOld => { /* log PASS OLD, hand off */ }
-///     Start::Screen(screening) => { /* run screening.due, then test_state::conclude(…) */ }
-/// }
+/// // A session ended: its record goes into memory at once, to the file in the next batch.
+/// cache.record(client, passed);
 /// cache.close().await
 /// # }
 /// ```
@@ -375,6 +375,7 @@ impl AllowlistCache {
         &self.name
     }
 
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
@@ -408,10 +409,12 @@ impl AllowlistCache {
     }
 
     /// Records in memory.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.read().map.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -462,7 +465,7 @@ impl AllowlistCache {
         committed
     }
 
-    /// One cleanup scan (`cache_cleanup_interval`): drops the records [`retain`](crate::test_state::retain) lets go, from
+    /// One cleanup scan (`cache_cleanup_interval`): drops the records [`retain`] lets go, from
     /// memory at once and from the file with the next batch, and remembers when it ran.
     pub(crate) async fn cleanup(
         &self,
@@ -525,6 +528,7 @@ impl AllowlistCache {
         }))
     }
 
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> CacheStats {
         let c = &self.counters;
         CacheStats {

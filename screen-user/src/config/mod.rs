@@ -20,12 +20,14 @@ use std::{
 use serde::{Deserialize, Deserializer, de};
 
 use crate::{
+    dnsbl::DEFAULT_TIMEOUT as DNSBL_TIMEOUT,
     duration,
     handoff::{Handoff, proxy::BackendProxyProtocol, relay::RelayMode},
     kernel::{AttachMode, KernelAction},
     limits::StressDuration,
     maillog::LogTarget,
-    screen::endpoint::UpstreamProxyProtocol,
+    screen::{access, endpoint::UpstreamProxyProtocol},
+    smtpd::{DEFAULT_COMMAND_COUNT_LIMIT, ForbiddenCommand, line::DEFAULT_LINE_LENGTH_LIMIT},
     test_state::TestAction,
 };
 
@@ -249,7 +251,7 @@ impl Default for Config {
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
             mynetworks: "127.0.0.0/8 [::1]/128".into(),
-            access_list: "permit_mynetworks".into(),
+            access_list: access::DEFAULT_ACCESS_LIST.into(),
             denylist_action: TestAction::Ignore,
             greet_banner: "$smtpd_banner".into(),
             greet_wait: StressDuration {
@@ -260,7 +262,7 @@ impl Default for Config {
             greet_ttl: Duration::from_secs(86_400),
             cache_retention_time: Duration::from_secs(7 * 86_400),
             cache_cleanup_interval: Duration::from_secs(12 * 3_600),
-            command_count_limit: 20,
+            command_count_limit: DEFAULT_COMMAND_COUNT_LIMIT,
             command_time_limit: StressDuration {
                 normal: Duration::from_secs(300),
                 stress: Duration::from_secs(10),
@@ -270,9 +272,9 @@ impl Default for Config {
             post_queue_limit: 100,
             upstream_proxy_protocol: UpstreamProxyProtocol::None,
             upstream_proxy_timeout: Duration::from_secs(5),
-            allowlist_interfaces: "static:all".into(),
+            allowlist_interfaces: access::DEFAULT_ALLOWLIST_INTERFACES.into(),
             reject_footer: String::new(),
-            line_length_limit: 2048,
+            line_length_limit: DEFAULT_LINE_LENGTH_LIMIT as u32,
             soft_bounce: false,
             helo_required: false,
             disable_vrfy_command: false,
@@ -280,7 +282,7 @@ impl Default for Config {
             dnsbl_threshold: 1,
             dnsbl_action: TestAction::Ignore,
             dnsbl_allowlist_threshold: 0,
-            dnsbl_timeout: Duration::from_secs(10),
+            dnsbl_timeout: DNSBL_TIMEOUT,
             dnsbl_min_ttl: Duration::from_secs(60),
             dnsbl_max_ttl: Duration::from_secs(3_600),
             dnsbl_reply_map: Default::default(),
@@ -292,9 +294,10 @@ impl Default for Config {
             non_smtp_command_enable: false,
             non_smtp_command_action: TestAction::Drop,
             non_smtp_command_ttl: Duration::from_secs(30 * 86_400),
-            forbidden_commands: ["CONNECT", "GET", "POST", "regexp:{{/^[^A-Z]/ Bogus}}"]
-                .map(String::from)
-                .to_vec(),
+            forbidden_commands: ForbiddenCommand::defaults()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             bare_newline_enable: false,
             bare_newline_action: TestAction::Ignore,
             bare_newline_ttl: Duration::from_secs(30 * 86_400),

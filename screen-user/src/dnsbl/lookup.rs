@@ -333,11 +333,6 @@ impl fmt::Debug for DnsblQuery {
 }
 
 impl DnsblQuery {
-    /// The client the lookups are for (an IPv4-mapped address as IPv4).
-    pub(crate) fn client(&self) -> IpAddr {
-        self.share.client
-    }
-
     /// Each list's result so far, indexed like [`DnsblSites::domains`].
     pub(crate) fn results(&self) -> Vec<ListResult> {
         lock(&self.share.lookups.results).clone()
@@ -366,8 +361,10 @@ mod tests {
 
     use super::{
         super::{
-            HealthState, MAX_SERVERS, Thresholds, Verdict,
+            Thresholds, Verdict,
+            health::HealthState,
             lab::{Captured, LAB_SITES, client, dnsbl, in_secs, lab},
+            resolver::MAX_SERVERS,
             testdns::Forwarder,
         },
         *,

@@ -33,17 +33,11 @@ mod lab;
 mod testdns;
 
 pub(crate) use self::{
-    health::{
-        HEALTH_CHECK_INTERVAL, HealthState, ListHealth, ListStats, SuspendReason,
-        TEST_POINT_LISTED, TEST_POINT_UNLISTED,
-    },
-    lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery, MAX_SHARED_CLIENTS},
-    resolver::{DNS_CACHE_ENTRIES, DnsServers, MAX_ANSWERS, MAX_SERVERS},
-    score::{ListResult, NO_LIST_NAME, Score, Thresholds, Verdict},
-    site::{
-        DnsblSite, DnsblSites, MAX_DOMAIN_LEN, MAX_ENTRY_LEN, MAX_REPLY_MAP, MAX_SHOWN_LEN,
-        MAX_SITES, MAX_WEIGHT, ReplyMap, ScoreFilter, SiteProblem, query_name,
-    },
+    health::HEALTH_CHECK_INTERVAL,
+    lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery},
+    resolver::DnsServers,
+    score::{ListResult, Thresholds, Verdict},
+    site::{DnsblSite, DnsblSites, MAX_REPLY_MAP, MAX_SITES, ReplyMap, SiteProblem, query_name},
 };
 
 /// A DNSBL setting or resolver that cannot be used.

@@ -119,6 +119,7 @@ impl Score {
     }
 
     /// Whether every list has answered (or failed, or was skipped).
+    #[cfg(test)]
     pub(crate) fn is_complete(&self) -> bool {
         self.pending == 0
     }

@@ -101,6 +101,7 @@ impl MasterCf {
     }
 
     /// The services, in file order.
+    #[cfg(test)]
     pub(crate) fn services(&self) -> &[MasterService] {
         &self.services
     }

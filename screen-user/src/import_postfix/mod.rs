@@ -40,9 +40,9 @@ mod translate;
 
 use std::fmt;
 
-pub(crate) use lines::{ImportError, LineProblem, MAX_INPUT_BYTES};
-pub(crate) use master_cf::{MasterCf, MasterService};
-pub(crate) use postconf::{Parameter, Postconf};
+pub(crate) use lines::MAX_INPUT_BYTES;
+pub(crate) use master_cf::MasterCf;
+pub(crate) use postconf::Postconf;
 
 use crate::screen::access::TableFiles;
 use translate::Translation;
@@ -84,7 +84,11 @@ pub(crate) struct Import {
 /// Translates `postconf` (with the `-o` settings of master.cf's postscreen service, when
 /// `master_cf` is given) into an smtp-screen configuration. `files` reads `texthash:` reply
 /// maps and the `cidr:` tables that are checked.
-pub(crate) fn import(postconf: &Postconf, master_cf: Option<&MasterCf>, files: &dyn TableFiles) -> Import {
+pub(crate) fn import(
+    postconf: &Postconf,
+    master_cf: Option<&MasterCf>,
+    files: &dyn TableFiles,
+) -> Import {
     let mut merged = postconf.clone();
     let mut translation = Translation::new();
     for (line, warning) in &postconf.warnings {

@@ -80,6 +80,7 @@ impl Postconf {
     }
 
     /// Every parameter the input sets, by name.
+    #[cfg(test)]
     pub(crate) fn parameters(&self) -> &BTreeMap<String, Parameter> {
         &self.parameters
     }

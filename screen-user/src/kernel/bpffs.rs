@@ -16,7 +16,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// An error with the BPF filesystem.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum BpffsError {
+pub enum BpffsError {
     #[error("{path} is not on a BPF filesystem (pin directories must live under a bpffs mount)")]
     NotBpffs { path: PathBuf },
     #[error("cannot mount the BPF filesystem on {BPFFS_ROOT}: {source}")]

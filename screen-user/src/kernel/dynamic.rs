@@ -16,7 +16,7 @@ use super::clock;
 
 /// An error with a dynamic deny entry.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DynamicError {
+pub enum DynamicError {
     /// A map operation failed.
     #[error("map {name}: {source}")]
     Map {

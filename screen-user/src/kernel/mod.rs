@@ -13,22 +13,21 @@
 //! (see `build.rs`).
 
 pub(crate) mod attach;
-pub(crate) mod bpffs;
+pub mod bpffs;
 pub mod clock;
-pub(crate) mod dynamic;
+pub mod dynamic;
 pub mod layout;
 pub mod link;
 pub(crate) mod lists;
 pub(crate) mod maps;
-pub(crate) mod netlink;
+pub mod netlink;
 pub(crate) mod program;
 pub(crate) mod relay;
 pub(crate) mod settings;
 pub mod stats;
-pub(crate) mod v4_table;
+pub mod v4_table;
 
-pub(crate) use attach::{KernelError, LoadRequest, Loaded, load_and_attach};
-pub(crate) use dynamic::{DynamicEntry, DynamicError};
+pub(crate) use attach::{KernelError, LoadRequest, load_and_attach};
 pub use layout::LayoutError;
 pub use link::{AttachMode, Attachment, LinkError};
 pub use lists::{ListChange, ListsError, StaticList};

@@ -43,7 +43,7 @@ pub(crate) struct XdpAttachment {
 
 /// An error talking rtnetlink.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum NetlinkError {
+pub enum NetlinkError {
     #[error("no such network interface: {0}")]
     UnknownInterface(String),
     #[error("rtnetlink {what}: {source}")]

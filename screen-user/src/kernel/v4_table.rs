@@ -33,7 +33,7 @@ const TABLE_BYTES: usize = WORDS as usize * size_of::<u64>();
 
 /// An error with a table map.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum V4TableError {
+pub enum V4TableError {
     /// Mapping a table into memory failed.
     #[error("cannot map {name} into memory (it must be created with BPF_F_MMAPABLE): {source}")]
     Mmap {

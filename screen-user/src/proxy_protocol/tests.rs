@@ -2,6 +2,8 @@ use std::time::Instant;
 
 use tokio::io::{AsyncWriteExt, duplex};
 
+use tokio::io::AsyncRead;
+
 use super::*;
 
 fn sa(text: &str) -> SocketAddr {

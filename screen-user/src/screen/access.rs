@@ -435,7 +435,11 @@ impl AccessList {
 
     /// Decides for `client`; `permit_mynetworks` consults `mynetworks`. IPv4-mapped IPv6
     /// addresses are evaluated as IPv4.
-    pub(crate) fn evaluate<'a>(&'a self, client: IpAddr, mynetworks: &AddressList) -> AccessDecision<'a> {
+    pub(crate) fn evaluate<'a>(
+        &'a self,
+        client: IpAddr,
+        mynetworks: &AddressList,
+    ) -> AccessDecision<'a> {
         let client = canonical(client);
         let mut warnings = Vec::new();
         let outcome = self

@@ -105,7 +105,12 @@ impl DenyPolicy {
     }
 
     /// Records a failed test; returns a deny decision when this is a repeat within the window.
-    pub(crate) fn on_failure(&mut self, client: IpAddr, now: Instant, reason: &str) -> Option<KernelDeny> {
+    pub(crate) fn on_failure(
+        &mut self,
+        client: IpAddr,
+        now: Instant,
+        reason: &str,
+    ) -> Option<KernelDeny> {
         if !self.enabled() {
             return None;
         }
@@ -192,6 +197,7 @@ impl DenyPolicy {
     }
 
     /// Clients currently tracked (for status and tests).
+    #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {
         self.recent.len()
     }
@@ -206,7 +212,11 @@ pub(crate) struct DenyEnforcer {
 }
 
 impl DenyEnforcer {
-    pub(crate) fn new(policy: DenyPolicy, kernel: Option<Arc<Mutex<Maps>>>, log: Arc<MailLog>) -> Self {
+    pub(crate) fn new(
+        policy: DenyPolicy,
+        kernel: Option<Arc<Mutex<Maps>>>,
+        log: Arc<MailLog>,
+    ) -> Self {
         Self {
             policy: Mutex::new(policy),
             kernel,

@@ -261,7 +261,11 @@ pub(crate) async fn send_teaser(stream: &mut TcpStream, banner: &str) -> io::Res
 /// Waits until `start + wait` for input or a hang-up without consuming anything. The peek
 /// buffer is taken only once the socket has something to read: a client that stays quiet,
 /// as most do, holds none for the whole wait.
-pub(crate) async fn watch(stream: &TcpStream, start: Instant, wait: Duration) -> io::Result<GreetOutcome> {
+pub(crate) async fn watch(
+    stream: &TcpStream,
+    start: Instant,
+    wait: Duration,
+) -> io::Result<GreetOutcome> {
     let deadline = tokio::time::Instant::from_std(start + wait);
     let peeked = tokio::time::timeout_at(deadline, async {
         stream.readable().await?;

@@ -13,6 +13,7 @@ use crate::test_state::{Outcome as TestOutcome, SessionResults, Test, TestAction
 
 /// `postscreen_forbidden_commands` as Postfix 3.7 and later ship it
 /// (`$smtpd_forbidden_commands`).
+#[cfg(test)]
 pub const DEFAULT_FORBIDDEN_COMMANDS: &str = "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}";
 
 /// The most entries a forbidden command list may have, and the longest entry.
@@ -92,6 +93,7 @@ impl ForbiddenCommand {
 
     /// A command that does not start with an ASCII letter (such as a TLS ClientHello sent
     /// without STARTTLS).
+    #[cfg(test)]
     pub(crate) fn not_starting_with_letter() -> Self {
         Self(ForbiddenRule::NotStartingWithLetter)
     }
@@ -100,6 +102,7 @@ impl ForbiddenCommand {
     /// [`DEFAULT_FORBIDDEN_COMMANDS`]. An empty list forbids nothing. Besides command words,
     /// the one table accepted is an inline `regexp:` or `pcre:` table holding only the rule
     /// `/^[^A-Z]/` (its result text does not matter).
+    #[cfg(test)]
     pub(crate) fn parse_list(text: &str) -> Result<Vec<Self>, EngineError> {
         let err = |why: String| forbidden_error(text, why);
         if text.len() > MAX_FORBIDDEN_COMMANDS * (MAX_FORBIDDEN_COMMAND_LEN + 1) {
@@ -176,6 +179,7 @@ fn forbidden_error(value: &str, why: String) -> EngineError {
 }
 
 /// Splits a Postfix list at spaces and commas outside braces.
+#[cfg(test)]
 fn split_postfix_list(text: &str) -> Result<Vec<&str>, String> {
     let mut entries = Vec::new();
     let mut depth = 0usize;

@@ -79,16 +79,19 @@ impl LineReader {
     }
 
     /// The line length limit in force.
+    #[cfg(test)]
     pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// The buffer's size: the most input it ever holds.
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.buf.len()
     }
 
     /// Input received but not yet returned as a line.
+    #[cfg(test)]
     pub(crate) fn buffered(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
@@ -106,6 +109,7 @@ impl LineReader {
     }
 
     /// Copies as much of `bytes` as fits and returns how many bytes were taken.
+    #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) -> usize {
         let spare = self.spare();
         let n = bytes.len().min(spare.len());

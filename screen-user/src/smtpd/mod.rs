@@ -59,22 +59,12 @@ mod settings;
 mod test_support;
 pub(crate) mod tls;
 
-pub use self::{
-    deep_tests::{
-        DEFAULT_FORBIDDEN_COMMANDS, DeepTest, DeepTestResults, DeepTests, ForbiddenCommand,
-        MAX_FORBIDDEN_COMMAND_LEN, MAX_FORBIDDEN_COMMANDS,
-    },
-    driver::{Outcome, StartTls, serve, serve_with_tls},
-    error::EngineError,
-    event::{
-        AFTER_CONNECT, AFTER_UNKNOWN, ClientAddr, DelayDisplay, Event, EventLine,
-        LOGGED_INPUT_BYTES, MAX_LOGGED_FIELD, Proto,
-    },
-    reply::{MAX_REPLY_TEXT, Reply},
+pub(crate) use self::{
+    deep_tests::{DeepTest, DeepTests, ForbiddenCommand, MAX_FORBIDDEN_COMMANDS},
+    driver::{StartTls, serve, serve_with_tls},
+    event::{ClientAddr, DelayDisplay},
+    reply::Reply,
     reply_style::{ReplyFooter, ReplyStyle},
-    session::{Engine, Next, SessionEnd, Step},
-    settings::{
-        DEFAULT_COMMAND_COUNT_LIMIT, DEFAULT_MESSAGE_SIZE_LIMIT, EngineSettings,
-        MAX_COMMAND_COUNT_LIMIT, MIN_LINE_LENGTH_LIMIT,
-    },
+    session::Engine,
+    settings::{DEFAULT_COMMAND_COUNT_LIMIT, EngineSettings},
 };

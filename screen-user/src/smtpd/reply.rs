@@ -67,11 +67,13 @@ impl Reply {
     }
 
     /// The three-digit reply code.
+    #[cfg(test)]
     pub(crate) fn code(&self) -> u16 {
         self.code
     }
 
     /// The text of each line, without code and separator.
+    #[cfg(test)]
     pub(crate) fn lines(&self) -> &[String] {
         &self.lines
     }
@@ -281,6 +283,7 @@ impl Reply {
 
     /// postscreen has this text but its address parser never fails, so it is never sent;
     /// kept for completeness.
+    #[cfg(test)]
     pub(crate) fn bad_sender_syntax() -> Self {
         Self::fixed(501, "5.1.7 Bad sender address syntax")
     }
@@ -295,6 +298,7 @@ impl Reply {
     }
 
     /// Never sent, like [`Reply::bad_sender_syntax`].
+    #[cfg(test)]
     pub(crate) fn bad_recipient_syntax() -> Self {
         Self::fixed(501, "5.1.3 Bad recipient address syntax")
     }
@@ -367,6 +371,7 @@ impl Reply {
     }
 
     /// Any command but HELO, EHLO, STARTTLS, NOOP and QUIT while TLS is mandatory.
+    #[cfg(test)]
     pub(crate) fn starttls_first() -> Self {
         Self::fixed(530, "5.7.0 Must issue a STARTTLS command first")
     }

@@ -74,11 +74,13 @@ pub struct Step {
 
 impl Step {
     /// The bytes to write to the client (empty when there is no reply).
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> Vec<u8> {
         self.reply.as_ref().map(Reply::to_bytes).unwrap_or_default()
     }
 
     /// The connection is to be closed once the reply is sent.
+    #[cfg(test)]
     pub(crate) fn closes(&self) -> bool {
         matches!(self.next, Next::Stop(end) if end != SessionEnd::StartTls)
     }
@@ -143,10 +145,6 @@ impl Engine {
         &self.settings
     }
 
-    pub(crate) fn client(&self) -> SocketAddr {
-        self.client
-    }
-
     /// The client talked before the greeting: it gets no `220` from the engine
     /// (postscreen: fewer NON-SMTP COMMAND events, better sender and recipient logging).
     pub(crate) fn set_pregreeted(&mut self) {
@@ -187,11 +185,6 @@ impl Engine {
         self.deep.results()
     }
 
-    /// The session runs over TLS.
-    pub(crate) fn tls_active(&self) -> bool {
-        self.tls_active
-    }
-
     /// The `220` greeting, or `None` for a client that pregreeted or after STARTTLS.
     pub(crate) fn greeting(&self) -> Option<Reply> {
         (!self.pregreeted && !self.tls_active).then(|| Reply::greeting(&self.settings.smtpd_banner))
@@ -203,25 +196,30 @@ impl Engine {
     }
 
     /// The last HELO/EHLO name.
+    #[cfg(test)]
     pub(crate) fn helo(&self) -> Option<&str> {
         self.helo.as_deref()
     }
 
     /// The sender of the current transaction.
+    #[cfg(test)]
     pub(crate) fn sender(&self) -> Option<&str> {
         self.sender.as_deref()
     }
 
+    #[cfg(test)]
     pub(crate) fn proto(&self) -> Proto {
         self.proto
     }
 
     /// Commands counted so far (QUIT included, as postscreen counts it).
+    #[cfg(test)]
     pub(crate) fn command_count(&self) -> u32 {
         self.command_count
     }
 
     /// The last command seen, as log lines name it (`CONNECT` before the first).
+    #[cfg(test)]
     pub(crate) fn last_command(&self) -> &'static str {
         self.last_command
     }
@@ -272,6 +270,7 @@ impl Engine {
 
     /// Handles one command line (without its line ending) that ended in CRLF with nothing
     /// sent after it: the bare newline and pipelining tests see nothing wrong.
+    #[cfg(test)]
     pub(crate) fn on_command(&mut self, line: &[u8]) -> Step {
         self.on_line(Line {
             text: line,

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{DeepTests, Engine, EngineSettings, Event};
+use super::{DeepTests, Engine, EngineSettings, event::Event};
 
 pub(super) const HOST: &str = "mx.example.test";
 

@@ -36,8 +36,6 @@ use tokio::net::TcpStream;
 
 use crate::kernel::relay::{KernelRelay, RelayError};
 
-pub(crate) use kernel::{DRAIN_LIMIT, HALF_CLOSE_LIMIT};
-
 /// Which relay moves the bytes of a handed-off connection (`handoff = "proxy"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
