@@ -5,7 +5,7 @@
 //! client's real address.
 //!
 //! [`parse`] is pure: it says whether some bytes are a complete header, a valid beginning of
-//! one, or never can be. [`read_header`] and [`read_header_from_tcp`] read a header off a
+//! one, or never can be. `read_header` and [`read_header_from_tcp`] read a header off a
 //! connection without taking a byte past it, since what follows belongs to SMTP (and the
 //! pregreet test looks at it). Failures render as postscreen's warnings, for the daemon to log
 //! as `warning: {error}` before it answers `421 4.3.2 No system resources`:

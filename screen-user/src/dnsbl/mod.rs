@@ -1,9 +1,9 @@
 //! DNS allow/deny lists: postscreen's DNSBL/DNSWL test (`postscreen_dnsbl.c`, and the
 //! `dnsblog(8)` lookups it hands out), one file per concern:
 //!
-//! - `site.rs`: the `dnsbl_sites` syntax ([`DnsblSites`], [`DnsblSite`], [`ScoreFilter`]),
+//! - `site.rs`: the `dnsbl_sites` syntax ([`DnsblSites`], [`DnsblSite`], [`ScoreFilter`](site::ScoreFilter)),
 //!   `dnsbl_reply_map` ([`ReplyMap`]) and query names ([`query_name`]). Pure.
-//! - `score.rs`: scoring ([`DnsblSites::score`]), the verdict ([`Score::verdict`], with the
+//! - `score.rs`: scoring ([`DnsblSites::score`]), the verdict ([`Score::verdict`](score::Score::verdict), with the
 //!   [`Thresholds`] that clamp a pass's TTL) and postscreen's `DNSBL rank` line. Pure.
 //! - `resolver.rs`: hickory-resolver against the host's resolver or explicit servers
 //!   ([`DnsServers`]); its cache keeps answers for their TTL (negative ones for the SOA's).

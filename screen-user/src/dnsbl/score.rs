@@ -16,7 +16,7 @@ pub(crate) enum ListResult {
     Pending,
     /// Not asked: the list is suspended by the health check.
     Suspended,
-    /// A records (at most [`MAX_ANSWERS`](super::MAX_ANSWERS)) and their smallest TTL.
+    /// A records (at most [`MAX_ANSWERS`](super::resolver::MAX_ANSWERS)) and their smallest TTL.
     Listed { addrs: Vec<Ipv4Addr>, ttl: Duration },
     /// No A record; the TTL of the negative answer (from its SOA), when it had one.
     NotListed { ttl: Option<Duration> },

@@ -1,6 +1,6 @@
 //! The program's maps, opened together from their pins or taken out of a freshly loaded object:
 //! the static lists ([`lists`](super::lists)), the dynamic deny entries
-//! ([`dynamic`](super::dynamic)), the configuration record ([`settings`](super::settings)), the
+//! ([`dynamic`]), the configuration record ([`settings`](super::settings)), the
 //! counters ([`stats`](super::stats)) and the IPv4 tables ([`v4_table`](super::v4_table)). Each
 //! behaviour lives with its object; what is here opens them and hands each the configuration
 //! record where it needs it.

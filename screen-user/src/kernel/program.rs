@@ -3,7 +3,7 @@
 //! and its counters, the BTF maps `scr_config` and `scr_stats`) and every other map.
 //!
 //! Loading again reuses the pinned maps when their layout matches and refuses otherwise
-//! ([`layout`](super::layout)), but for counters of an earlier layout, which are replaced, and
+//! ([`layout`]), but for counters of an earlier layout, which are replaced, and
 //! the previous layout's copy of the configuration (`scr_config_live`), whose record the load
 //! takes and which goes once no interface runs that layout's program.
 

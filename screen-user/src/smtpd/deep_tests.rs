@@ -81,7 +81,7 @@ enum ForbiddenRule {
 }
 
 impl ForbiddenCommand {
-    /// postscreen's default list, [`DEFAULT_FORBIDDEN_COMMANDS`].
+    /// postscreen's default list, `DEFAULT_FORBIDDEN_COMMANDS`.
     pub(crate) fn defaults() -> Vec<Self> {
         vec![
             Self(ForbiddenRule::Name("CONNECT".into())),
@@ -119,7 +119,7 @@ impl ForbiddenCommand {
     }
 
     /// One entry of the list, for a configuration that gives the entries one by one: a
-    /// command word, or the inline table described at [`parse_list`](Self::parse_list).
+    /// command word, or the inline table described at `parse_list`.
     pub(crate) fn parse(entry: &str) -> Result<Self, EngineError> {
         Self::parse_entry(entry.trim()).map_err(|why| forbidden_error(entry, why))
     }
@@ -256,7 +256,7 @@ pub struct DeepTests {
     /// `postscreen_bare_newline_enable` and `…_action`.
     pub(crate) bare_newline: Option<TestAction>,
     /// `postscreen_forbidden_commands`: commands the non-SMTP test refuses besides header
-    /// lines and invalid UTF-8 (see [`ForbiddenCommand::parse_list`]).
+    /// lines and invalid UTF-8 (see `ForbiddenCommand::parse_list`).
     pub(crate) forbidden_commands: Vec<ForbiddenCommand>,
 }
 

@@ -14,7 +14,7 @@
 //!
 //! The reader does no I/O. The caller reads from its socket into [`LineReader::spare`] and
 //! reports the count with [`LineReader::commit`], or hands bytes over with
-//! [`LineReader::extend`].
+//! `LineReader::extend`.
 
 /// Postfix's `line_length_limit` default.
 pub(crate) const DEFAULT_LINE_LENGTH_LIMIT: usize = 2048;

@@ -6,7 +6,7 @@
 //!
 //! One file per concern, each using only those listed before it:
 //!
-//! - `error.rs`: [`EngineError`], a reply, a setting or a footer that cannot be used.
+//! - `error.rs`: [`EngineError`](error::EngineError), a reply, a setting or a footer that cannot be used.
 //! - `reply.rs`: [`Reply`] and every reply text postscreen sends as a named constructor, the
 //!   connection-level ones included, so the whole daemon answers with the same words;
 //!   `soft_bounce` of one reply; the reply limits.
@@ -16,18 +16,18 @@
 //!   bare newlines): [`DeepTests`], each with its own
 //!   [`TestAction`](crate::test_state::TestAction); [`ForbiddenCommand`] and its Postfix
 //!   list syntax; a session's state of the tests and what it earned in each
-//!   ([`DeepTestResults`]), for `test_state`.
+//!   ([`DeepTestResults`](deep_tests::DeepTestResults)), for `test_state`.
 //! - `line.rs`: [`LineReader`](line::LineReader), command lines from a bounded buffer, with
 //!   the evidence the bare newline and pipelining tests need.
 //! - `settings.rs`: [`EngineSettings`], postscreen's defaults and the checks of every value.
 //! - `tls.rs`: the STARTTLS certificate and key, and tlsproxy's words for a TLS session.
-//! - `event.rs`: [`Event`], what a session logs, with postscreen's exact log text
-//!   ([`Event::line`]); [`ClientAddr`] and [`DelayDisplay`]; how client text is bounded
+//! - `event.rs`: [`Event`](event::Event), what a session logs, with postscreen's exact log text
+//!   ([`Event::line`](event::Event::line)); [`ClientAddr`] and [`DelayDisplay`]; how client text is bounded
 //!   and escaped for a log line.
 //! - `command.rs`: postscreen's command table, and how a command line is split and an
 //!   address read.
 //! - `session.rs`: [`Engine`], one session as a state machine without I/O: a command line
-//!   in, a [`Step`] out (the reply, the events, whether the session goes on).
+//!   in, a [`Step`](session::Step) out (the reply, the events, whether the session goes on).
 //! - `driver.rs`: [`serve`] and [`serve_with_tls`], the engine over a tokio stream: the
 //!   greeting, the per-command time limit, end of input, and STARTTLS with its handshake.
 //! - `close.rs`: the end of a connection after a final reply, so that the reply reaches the
@@ -37,7 +37,7 @@
 //! (`test_support.rs`).
 //!
 //! Logging is the caller's: each event renders postscreen's exact log text through
-//! [`Event::line`]. A deep test's violation is an [`Event`]; its action `drop` answers at
+//! [`Event::line`](event::Event::line). A deep test's violation is an [`Event`](event::Event); its action `drop` answers at
 //! once, `enforce` refuses every later RCPT, and a test passes only when the client reaches
 //! RCPT TO cleanly.
 //!

@@ -1,6 +1,6 @@
 //! One client's session with the dummy SMTP engine (`postscreen_smtpd.c`), as a state
 //! machine without I/O: [`Engine::on_line`] takes one command line as the
-//! [`LineReader`](super::line::LineReader) yields it ([`Engine::on_command`] takes bare text)
+//! [`LineReader`](super::line::LineReader) yields it (`Engine::on_command` takes bare text)
 //! and returns a [`Step`]: the reply to send, soft-bounce and footer applied, the [`Event`]s
 //! to log, and whether the session goes on ([`Next`]) or why it ended ([`SessionEnd`]).
 //!
