@@ -57,6 +57,7 @@ use screen_tests::{
         self, ProcStat, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time,
     },
     frames::{FrameSpec, TCP_ACK},
+    rng::SplitMix64,
 };
 use screen_user::{
     config::KernelAction,
@@ -151,19 +152,6 @@ fn min_max(values: &[f64]) -> (f64, f64) {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         })
-}
-
-/// Deterministic pseudo-random numbers (SplitMix64), so that every run fills the maps alike.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// The raw `bpf(2)` calls the benchmark needs beyond aya: the do-nothing reference programs and
@@ -930,10 +918,11 @@ mod per_packet {
     /// Replaces the static deny list with `count` random prefixes (/16 to /32) outside the test
     /// sources' /8, plus the test sources' own, the way `smtp-screen deny load` does.
     fn fill_static(screen: &mut Screen, count: usize) -> Result<String> {
-        let mut rng = SplitMix64(0x5eed_0000_0000_0001);
+        // Seeded, so that every run fills the maps alike.
+        let mut rng = SplitMix64::seeded(0x5eed_0000_0000_0001);
         let mut seen = HashSet::new();
         while seen.len() < count {
-            let r = rng.next();
+            let r = rng.next_u64();
             let len = match r % 10 {
                 0..=5 => 24,
                 6 | 7 => 16 + ((r >> 8) % 8) as u8,

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod postfix;
 pub mod rbldnsd;
 pub mod relay;
+pub mod rng;
 pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns
