@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod bench;
+pub mod bpf_sys;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
