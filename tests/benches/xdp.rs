@@ -32,15 +32,13 @@
 use std::{
     collections::{HashMap, HashSet},
     env,
-    ffi::CString,
     fmt::Write as _,
-    fs::{self, File},
-    io,
+    fs, io,
     mem::size_of,
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     thread,
     time::{Duration, Instant},
 };
@@ -53,11 +51,10 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net};
 use screen_common::{DenyEntry, DynKeyV4, Origin, PROGRAM_NAME, Stat, map_name};
 use screen_tests::{
-    bench::{
-        self, ProcStat, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time,
-    },
+    bench::{self, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time},
     bpf_sys::{self, RawProgram},
     frames::{FrameSpec, TCP_ACK},
+    netns::{self, NetCounters, Netns, PinDir, VethPair, if_index, run_within},
     rng::SplitMix64,
     xdp::{XDP_DROP, XDP_PASS},
 };
@@ -756,193 +753,6 @@ mod per_packet {
     }
 }
 
-/// Network namespaces, commands run inside them and the counters they keep.
-mod netns {
-    use super::*;
-
-    pub const NETNS_DIR: &str = "/run/netns";
-    pub const PREFIX: &str = "ssb";
-
-    /// How long one `ip`, `nft` or `smtp-screen` invocation may take.
-    const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-
-    /// Runs `cmd` and returns its stdout; a failure carries the command and its stderr.
-    pub fn run(cmd: &mut Command) -> Result<String> {
-        run_within(cmd, COMMAND_LIMIT)
-    }
-
-    /// As [`run`], killing the command if it is still running after `limit`.
-    pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<String> {
-        Ok(screen_tests::netns::run_within(cmd, limit)?)
-    }
-
-    /// `nsenter --net=/run/netns/NS PROGRAM`: joins only the network namespace, so the BPF
-    /// filesystem and its pins stay the ones this process sees.
-    pub fn nsenter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
-            .arg("--")
-            .arg(program);
-        cmd
-    }
-
-    /// Runs `f` on a thread that has joined network namespace `ns`.
-    pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let file = File::open(format!("{NETNS_DIR}/{ns}"))?;
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    enter(&file)?;
-                    f()
-                })
-                .join()
-                .map_err(|_| "a thread inside the network namespace panicked")?
-        })
-    }
-
-    /// Moves the calling thread into the network namespace behind `file`.
-    pub fn enter(file: &File) -> Result<()> {
-        // SAFETY: a valid namespace descriptor; only the calling thread changes namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", io::Error::last_os_error()).into());
-        }
-        Ok(())
-    }
-
-    pub fn if_index(name: &str) -> Result<u32> {
-        let c_name = CString::new(name)?;
-        // SAFETY: a valid NUL-terminated name.
-        match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-            0 => Err(format!("no interface {name}: {}", io::Error::last_os_error()).into()),
-            index => Ok(index),
-        }
-    }
-
-    /// Packet counters of one interface, from `/proc/net/dev`.
-    #[derive(Clone, Copy, Debug, Default)]
-    pub struct DevCounters {
-        pub rx_packets: u64,
-        pub rx_dropped: u64,
-        pub tx_packets: u64,
-        pub tx_dropped: u64,
-    }
-
-    /// The counters of one namespace that tell where a frame ended.
-    #[derive(Clone, Debug, Default)]
-    pub struct NetCounters {
-        pub devices: HashMap<String, DevCounters>,
-        /// `/proc/net/snmp`, keyed `Ip.InReceives`, `Tcp.InSegs` and so on.
-        pub snmp: HashMap<String, u64>,
-    }
-
-    impl NetCounters {
-        /// Reads the counters of namespace `ns`.
-        pub fn read(ns: &str) -> Result<Self> {
-            within(ns, || {
-                // `thread-self`: `/proc/self/net` would show the main thread's namespace.
-                let dev = fs::read_to_string("/proc/thread-self/net/dev")?;
-                let snmp = fs::read_to_string("/proc/thread-self/net/snmp")?;
-                Ok(Self {
-                    devices: parse_dev(&dev),
-                    snmp: parse_snmp(&snmp),
-                })
-            })
-        }
-
-        pub fn device(&self, name: &str) -> DevCounters {
-            self.devices.get(name).copied().unwrap_or_default()
-        }
-
-        pub fn snmp(&self, key: &str) -> u64 {
-            self.snmp.get(key).copied().unwrap_or(0)
-        }
-    }
-
-    fn parse_dev(text: &str) -> HashMap<String, DevCounters> {
-        text.lines()
-            .skip(2)
-            .filter_map(|line| {
-                let (name, rest) = line.split_once(':')?;
-                let fields: Vec<u64> = rest
-                    .split_whitespace()
-                    .map(|f| f.parse().unwrap_or(0))
-                    .collect();
-                (fields.len() >= 16).then(|| {
-                    (
-                        name.trim().to_string(),
-                        DevCounters {
-                            rx_packets: fields[1],
-                            rx_dropped: fields[3],
-                            tx_packets: fields[9],
-                            tx_dropped: fields[11],
-                        },
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn parse_snmp(text: &str) -> HashMap<String, u64> {
-        let mut out = HashMap::new();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [names, values] = pair else { continue };
-            let (Some((group, names)), Some((_, values))) =
-                (names.split_once(':'), values.split_once(':'))
-            else {
-                continue;
-            };
-            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-                if let Ok(value) = value.parse() {
-                    out.insert(format!("{group}.{name}"), value);
-                }
-            }
-        }
-        out
-    }
-
-    /// Whether `pid` is a running process; a zombie has already let go of everything.
-    fn pid_alive(pid: u32) -> bool {
-        ProcStat::read(pid).is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
-    }
-
-    /// The pid in a name made by this benchmark (`ssb<pid>...`), if any.
-    fn owner_pid(name: &str) -> Option<u32> {
-        let digits: String = name
-            .strip_prefix(PREFIX)?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    }
-
-    /// Removes namespaces and pin directories that an earlier run killed before it could clean
-    /// up (its pid is gone); those of live processes are left alone.
-    pub fn remove_stale() {
-        let stale = |name: &str| owner_pid(name).is_some_and(|pid| !pid_alive(pid));
-        if let Ok(entries) = fs::read_dir(NETNS_DIR) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if stale(&name) {
-                    eprintln!("removing network namespace {name} left by an earlier run");
-                    let _ = run(Command::new("ip").args(["netns", "del", &name]));
-                }
-            }
-        }
-        if let Ok(entries) = fs::read_dir(kernel::bpffs::BPFFS_ROOT) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if stale(&name) && entry.path().is_dir() {
-                    eprintln!("removing pin directory {name} left by an earlier run");
-                    let _ = fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-    }
-}
-
-use netns::{NetCounters, nsenter};
-
 /// Part 2: SYN floods over veth, CPU per SYN for each receive-side configuration, with the SYNs
 /// fed as a NIC delivers them (xdp_frames) and as a local socket sends them (skbs).
 mod flood {
@@ -969,6 +779,8 @@ mod flood {
     /// which then schedules the receiver's NAPI: a NAPI budget, as a driver delivers them.
     pub const LIVE_BATCH: u32 = 64;
     const NFT_TABLE: &str = "ssb_bench";
+    /// How long one `nft`, `ethtool` or `smtp-screen` invocation may take.
+    const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
     /// How the SYNs reach the server veth.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1093,141 +905,64 @@ mod flood {
 
     /// The two namespaces, the veth pair between them, and the sender-only sinks in the client
     /// namespace: a device that frees skbs, and a veth pair whose far end is down, which
-    /// refuses xdp_frames. Dropping it deletes the namespaces, and with them everything inside.
+    /// refuses xdp_frames. Fields drop in order: the pairs, then the namespaces, and with them
+    /// everything inside.
     pub struct Testbed {
-        pub client: String,
-        pub server: String,
-        pub client_veth: String,
-        pub server_veth: String,
+        /// The client's end, then the server's.
+        link: VethPair,
+        /// The first end is up, so that it takes redirects; its peer is down, so it refuses
+        /// them one by one.
+        refusing: VethPair,
         pub sink: String,
         pub sink_kind: &'static str,
-        /// Up, so that it takes redirects; its peer is down, so it refuses them one by one.
-        pub xdp_sink: String,
-        pub xdp_sink_peer: String,
-        namespaces: Vec<String>,
+        pub client: Netns,
+        pub server: Netns,
     }
 
     impl Testbed {
         pub fn create() -> Result<Self> {
-            let pid = std::process::id();
-            let p = netns::PREFIX;
-            let mut bed = Self {
-                client: format!("{p}{pid}c"),
-                server: format!("{p}{pid}s"),
-                client_veth: format!("{p}{pid}c0"),
-                server_veth: format!("{p}{pid}s0"),
-                sink: format!("{p}{pid}k0"),
-                sink_kind: "dummy",
-                xdp_sink: format!("{p}{pid}x0"),
-                xdp_sink_peer: format!("{p}{pid}x1"),
-                namespaces: Vec::new(),
-            };
-            for ns in [bed.client.clone(), bed.server.clone()] {
-                netns::run(Command::new("ip").args(["netns", "add", &ns]))?;
-                bed.namespaces.push(ns.clone());
-                // No IPv6 autoconfiguration traffic in the counters.
-                netns::within(&ns, || {
-                    for conf in ["all", "default"] {
-                        fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
-                    }
-                    Ok(())
-                })?;
-            }
-            let mac = |m: [u8; 6]| {
-                m.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            };
-            netns::run(Command::new("ip").args([
-                "link",
-                "add",
-                &bed.client_veth,
-                "address",
-                &mac(CLIENT_MAC),
-                "netns",
-                &bed.client,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bed.server_veth,
-                "address",
-                &mac(SERVER_MAC),
-                "netns",
-                &bed.server,
-            ]))?;
-            for (ns, dev, addr) in [
-                (&bed.client, &bed.client_veth, CLIENT_ADDR),
-                (&bed.server, &bed.server_veth, SERVER_ADDR),
-            ] {
-                netns::run(Command::new("ip").args([
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{addr}/24"),
-                    "dev",
-                    dev,
-                ]))?;
-                netns::run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]))?;
-            }
+            let client = Netns::create("c")?;
+            let server = Netns::create("s")?;
+            // No IPv6 autoconfiguration traffic in the counters.
+            client.disable_ipv6()?;
+            server.disable_ipv6()?;
+            let link =
+                VethPair::create_with_macs(&client, &server, Some([CLIENT_MAC, SERVER_MAC]))?;
+            client.add_address(link.a(), CLIENT_ADDR.into(), 24)?;
+            server.add_address(link.b(), SERVER_ADDR.into(), 24)?;
             // `dummy` frees a frame in its transmit routine; kernels built without it still
             // have `ifb`, which frees every frame that tc did not redirect to it just as fast.
-            let add_sink = |kind: &str| {
-                netns::run(Command::new("ip").args([
-                    "-n",
-                    &bed.client,
-                    "link",
-                    "add",
-                    &bed.sink,
-                    "type",
-                    kind,
-                ]))
+            let (sink, sink_kind) = match client.add_device("dummy") {
+                Ok(sink) => (sink, "dummy"),
+                Err(_) => (client.add_device("ifb")?, "ifb"),
             };
-            if add_sink("dummy").is_err() {
-                add_sink("ifb")?;
-                bed.sink_kind = "ifb";
-            }
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "set",
-                &bed.sink,
-                "up",
-            ]))?;
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "add",
-                &bed.xdp_sink,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bed.xdp_sink_peer,
-            ]))?;
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "set",
-                &bed.xdp_sink,
-                "up",
-            ]))?;
-            Ok(bed)
+            let refusing = VethPair::create(&client, &client)?;
+            client.ip(["link", "set", refusing.b(), "down"])?;
+            Ok(Self {
+                link,
+                refusing,
+                sink,
+                sink_kind,
+                client,
+                server,
+            })
         }
-    }
 
-    impl Drop for Testbed {
-        fn drop(&mut self) {
-            for ns in self.namespaces.drain(..).rev() {
-                if let Err(e) = netns::run(Command::new("ip").args(["netns", "del", &ns])) {
-                    eprintln!("cleanup: {e}");
-                }
-            }
+        pub fn client_veth(&self) -> &str {
+            self.link.a()
+        }
+
+        pub fn server_veth(&self) -> &str {
+            self.link.b()
+        }
+
+        /// Where the sender-only xdp_frames go: up, its peer down.
+        pub fn xdp_sink(&self) -> &str {
+            self.refusing.a()
+        }
+
+        pub fn xdp_sink_peer(&self) -> &str {
+            self.refusing.b()
         }
     }
 
@@ -1294,14 +1029,14 @@ mod flood {
     }
 
     /// What a configuration leaves behind to undo.
-    enum Armed {
+    enum Armed<'a> {
+        /// Dropping the pin directory detaches the program and removes every pin, as
+        /// `smtp-screen unload` does.
         Screen {
-            pin_dir: PathBuf,
-            ns: String,
-            bin: PathBuf,
+            pins: PinDir,
         },
         Nft {
-            ns: String,
+            netns: &'a Netns,
             family: &'static str,
             /// The do-nothing `XDP_PASS` program in front of nftables, held attached.
             _xdp_pass: Option<OwnedFd>,
@@ -1313,27 +1048,14 @@ mod flood {
         Nothing,
     }
 
-    impl Drop for Armed {
+    impl Drop for Armed<'_> {
         fn drop(&mut self) {
-            match self {
-                Armed::Screen { pin_dir, ns, bin } => {
-                    let mut cmd = nsenter(ns, &*bin);
-                    cmd.arg("--pin-dir").arg(&*pin_dir).arg("unload");
-                    if let Err(e) = netns::run(&mut cmd) {
-                        eprintln!("cleanup: {e}");
-                    }
-                    if pin_dir.exists() {
-                        let _ = fs::remove_dir_all(&*pin_dir);
-                    }
+            if let Armed::Nft { netns, family, .. } = self {
+                let mut cmd = netns.command("nft");
+                cmd.args(["delete", "table", family, NFT_TABLE]);
+                if let Err(e) = run_within(&mut cmd, COMMAND_LIMIT) {
+                    eprintln!("cleanup: {e}");
                 }
-                Armed::Nft { ns, family, .. } => {
-                    let mut cmd = nsenter(ns, "nft");
-                    cmd.args(["delete", "table", family, NFT_TABLE]);
-                    if let Err(e) = netns::run(&mut cmd) {
-                        eprintln!("cleanup: {e}");
-                    }
-                }
-                Armed::Link { .. } | Armed::Nothing => {}
             }
         }
     }
@@ -1365,10 +1087,10 @@ mod flood {
         }
     }
 
-    fn nft_counter(ns: &str, family: &str) -> Result<u64> {
-        let mut cmd = nsenter(ns, "nft");
+    fn nft_counter(netns: &Netns, family: &str) -> Result<u64> {
+        let mut cmd = netns.command("nft");
         cmd.args(["list", "table", family, NFT_TABLE]);
-        let listing = netns::run(&mut cmd)?;
+        let listing = run_within(&mut cmd, COMMAND_LIMIT)?;
         let packets = listing
             .split("counter packets ")
             .nth(1)
@@ -1378,11 +1100,11 @@ mod flood {
         Ok(packets)
     }
 
-    /// `ethtool -S` of `iface` in namespace `ns`: veth's per-queue XDP counters.
-    fn ethtool_stats(ns: &str, iface: &str) -> Result<HashMap<String, u64>> {
-        let mut cmd = nsenter(ns, "ethtool");
+    /// `ethtool -S` of `iface` in `netns`: veth's per-queue XDP counters.
+    fn ethtool_stats(netns: &Netns, iface: &str) -> Result<HashMap<String, u64>> {
+        let mut cmd = netns.command("ethtool");
         cmd.args(["-S", iface]);
-        let listing = netns::run(&mut cmd)?;
+        let listing = run_within(&mut cmd, COMMAND_LIMIT)?;
         Ok(listing
             .lines()
             .filter_map(|line| {
@@ -1417,55 +1139,44 @@ mod flood {
 
     /// Attaches `program` natively to the server veth; dropping the descriptor detaches it.
     fn attach_to_server(ctx: &Context<'_>, program: &RawProgram) -> Result<OwnedFd> {
-        netns::within(&ctx.bed.server, || {
-            let index = netns::if_index(&ctx.bed.server_veth)?;
-            Ok(program.attach_native(index)?)
-        })
+        let server = &ctx.bed.server;
+        Ok(server.run(|| program.attach_native(if_index(ctx.bed.server_veth())?))??)
     }
 
-    fn arm(ctx: &Context<'_>, config: Config, run: usize) -> Result<Armed> {
+    fn arm<'a>(ctx: &Context<'a>, config: Config) -> Result<Armed<'a>> {
         let bed = ctx.bed;
         match config.receiver {
             Receiver::ScreenNative | Receiver::ScreenGeneric => {
-                let pin_dir = Path::new(kernel::bpffs::BPFFS_ROOT).join(format!(
-                    "{}{}-{run}",
-                    netns::PREFIX,
-                    std::process::id()
-                ));
-                let armed = Armed::Screen {
-                    pin_dir: pin_dir.clone(),
-                    ns: bed.server.clone(),
-                    bin: ctx.bin.to_path_buf(),
-                };
+                let pins = PinDir::new("xdp-bench");
                 let mode = if config.receiver == Receiver::ScreenNative {
                     "native"
                 } else {
                     "generic"
                 };
                 let cli = |args: &[&str]| {
-                    let mut cmd = nsenter(&bed.server, ctx.bin);
-                    cmd.arg("--pin-dir").arg(&pin_dir).args(args);
-                    netns::run(&mut cmd)
+                    let mut cmd = bed.server.command(ctx.bin);
+                    cmd.arg("--pin-dir").arg(pins.path()).args(args);
+                    run_within(&mut cmd, COMMAND_LIMIT)
                 };
-                cli(&["load", "--iface", &bed.server_veth, "--mode", mode])?;
+                cli(&["load", "--iface", bed.server_veth(), "--mode", mode])?;
                 for prefix in DENIED {
                     cli(&["deny", "add", prefix])?;
                 }
-                Ok(armed)
+                Ok(Armed::Screen { pins })
             }
             Receiver::NftNetdev | Receiver::NftNetdevAll | Receiver::NftInet => {
-                let (family, ruleset) = nft_ruleset(config.receiver, &bed.server_veth);
+                let (family, ruleset) = nft_ruleset(config.receiver, bed.server_veth());
                 // On the command line rather than in a file, so that a killed run leaves no
                 // scratch file behind.
                 let xdp_pass = config
                     .behind_xdp_pass()
                     .then(|| attach_to_server(ctx, ctx.pass))
                     .transpose()?;
-                let mut cmd = nsenter(&bed.server, "nft");
+                let mut cmd = bed.server.command("nft");
                 cmd.arg(ruleset);
-                let loaded = netns::run(&mut cmd);
+                let loaded = run_within(&mut cmd, COMMAND_LIMIT);
                 let armed = Armed::Nft {
-                    ns: bed.server.clone(),
+                    netns: &bed.server,
                     family,
                     _xdp_pass: xdp_pass,
                 };
@@ -1492,20 +1203,20 @@ mod flood {
     }
 
     impl Evidence {
-        fn read(ctx: &Context<'_>, armed: &Armed) -> Result<Self> {
+        fn read(ctx: &Context<'_>, armed: &Armed<'_>) -> Result<Self> {
             let bed = ctx.bed;
             let dropped = match armed {
-                Armed::Screen { pin_dir, .. } => {
-                    Maps::from_pins(pin_dir)?.counters()?[Stat::DropStatic as usize]
+                Armed::Screen { pins } => {
+                    Maps::from_pins(pins.path())?.counters()?[Stat::DropStatic as usize]
                 }
-                Armed::Nft { ns, family, .. } => nft_counter(ns, family)?,
+                Armed::Nft { netns, family, .. } => nft_counter(netns, family)?,
                 _ => 0,
             };
             Ok(Self {
-                client: NetCounters::read(&bed.client)?,
-                server: NetCounters::read(&bed.server)?,
-                client_veth: ethtool_stats(&bed.client, &bed.client_veth)?,
-                server_veth: ethtool_stats(&bed.server, &bed.server_veth)?,
+                client: bed.client.counters()?,
+                server: bed.server.counters()?,
+                client_veth: ethtool_stats(&bed.client, bed.client_veth())?,
+                server_veth: ethtool_stats(&bed.server, bed.server_veth())?,
                 dropped,
             })
         }
@@ -1523,16 +1234,16 @@ mod flood {
         let dev = |n: &NetCounters, d: &str| n.device(d);
         let delta = |a: u64, b: u64| a.wrapping_sub(b);
         let client_tx = delta(
-            dev(&after.client, &bed.client_veth).tx_packets,
-            dev(&before.client, &bed.client_veth).tx_packets,
+            dev(&after.client, bed.client_veth()).tx_packets,
+            dev(&before.client, bed.client_veth()).tx_packets,
         );
         let server_tx = delta(
-            dev(&after.server, &bed.server_veth).tx_packets,
-            dev(&before.server, &bed.server_veth).tx_packets,
+            dev(&after.server, bed.server_veth()).tx_packets,
+            dev(&before.server, bed.server_veth()).tx_packets,
         );
         let server_rx = delta(
-            dev(&after.server, &bed.server_veth).rx_packets,
-            dev(&before.server, &bed.server_veth).rx_packets,
+            dev(&after.server, bed.server_veth()).rx_packets,
+            dev(&before.server, bed.server_veth()).rx_packets,
         );
         let ip_in = delta(
             after.server.snmp("Ip.InReceives"),
@@ -1575,11 +1286,11 @@ mod flood {
             (Feed::XdpFrames, Receiver::SenderOnly) => {
                 // veth counts an xdp_frame its peer cannot take as a transmit drop.
                 let refused = delta(
-                    dev(&after.client, &bed.xdp_sink).tx_dropped,
-                    dev(&before.client, &bed.xdp_sink).tx_dropped,
+                    dev(&after.client, bed.xdp_sink()).tx_dropped,
+                    dev(&before.client, bed.xdp_sink()).tx_dropped,
                 );
                 expect(
-                    format!("{} refused {}", bed.xdp_sink, grouped(refused)),
+                    format!("{} refused {}", bed.xdp_sink(), grouped(refused)),
                     refused == sent,
                 );
                 expect(
@@ -1852,7 +1563,7 @@ mod flood {
             cpu,
             meters,
         } = flood;
-        netns::within(&bed.client, || {
+        bed.client.run(|| {
             pin_to_cpu(cpu)?;
             // SAFETY: plain socket creation.
             let fd =
@@ -1881,7 +1592,7 @@ mod flood {
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-            addr.sll_ifindex = netns::if_index(iface)? as i32;
+            addr.sll_ifindex = if_index(iface)? as i32;
             addr.sll_halen = 6;
             addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
             let mut iovecs: Vec<libc::iovec> = pool
@@ -1936,7 +1647,7 @@ mod flood {
                 }
                 Ok(sent)
             })
-        })
+        })?
     }
 
     /// Sends the flood as xdp_frames: live-frames test runs of `sender` (a redirect program) on
@@ -1955,9 +1666,9 @@ mod flood {
             cpu,
             meters,
         } = flood;
-        netns::within(&bed.client, || {
+        bed.client.run(|| {
             pin_to_cpu(cpu)?;
-            let ingress = netns::if_index(&bed.client_veth)?;
+            let ingress = if_index(bed.client_veth())?;
             metered(meters, cpu, |started| {
                 let mut sent = 0u64;
                 while sent < count {
@@ -1980,7 +1691,7 @@ mod flood {
                 }
                 Ok(sent)
             })
-        })
+        })?
     }
 
     /// One configuration's runs, in round order.
@@ -2054,56 +1765,21 @@ mod flood {
             .collect()
     }
 
-    fn tool_available(tool: &str) -> bool {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// A missing tool comes from Debian's `package`, as `cargo xtask` installs it.
-    fn ensure_tool(tool: &str, package: &str) -> Result<()> {
-        if tool_available(tool) {
-            return Ok(());
-        }
-        eprintln!("  {tool} is missing; installing Debian's {package} package");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", package])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get").args(["update", "-q"]).status();
-            install();
-        }
-        if tool_available(tool) {
-            Ok(())
-        } else {
-            Err(format!("{tool} is not available and could not be installed").into())
-        }
-    }
-
     pub fn measure(budget: &Budget, reference: &RawProgram) -> Result<FloodResults> {
         let bin = smtp_screen_bin()?;
-        ensure_tool("nft", "nftables")?;
-        ensure_tool("ethtool", "ethtool")?;
+        screen_tests::ensure_packages(&["nftables", "ethtool"])?;
         let bed = Testbed::create()?;
         let pass = RawProgram::xdp_pass()?;
-        let (to_server, to_sink, _refusing_sink) = netns::within(&bed.client, || {
-            let to_server = RawProgram::redirect(netns::if_index(&bed.client_veth)?)?;
-            let to_sink = RawProgram::redirect(netns::if_index(&bed.xdp_sink)?)?;
+        let (to_server, to_sink, _refusing_sink) = bed.client.run(|| -> Result<_> {
+            let to_server = RawProgram::redirect(if_index(bed.client_veth())?)?;
+            let to_sink = RawProgram::redirect(if_index(bed.xdp_sink())?)?;
             // A veth advertises ndo_xdp_xmit once its peer has an XDP program; with the peer
             // down, it then refuses every frame in veth_xdp_xmit, before the receive ring.
             let link = reference
-                .attach_native(netns::if_index(&bed.xdp_sink_peer)?)
-                .map_err(|e| format!("XDP on {}: {e}", bed.xdp_sink_peer))?;
+                .attach_native(if_index(bed.xdp_sink_peer())?)
+                .map_err(|e| format!("XDP on {}: {e}", bed.xdp_sink_peer()))?;
             Ok((to_server, to_sink, link))
-        })?;
+        })??;
         let meters = CpuMeters::discover()?;
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         // The last CPU: the first one tends to take the machine's housekeeping interrupts.
@@ -2125,7 +1801,6 @@ mod flood {
             })
             .collect();
         let mut next_frame = 0;
-        let mut run_seq = 0;
         let started = Instant::now();
         let mut rounds = 0;
         for round in 0..budget.flood_rounds {
@@ -2141,8 +1816,7 @@ mod flood {
                 check_interrupted()?;
                 let index = (round + i) % configs.len();
                 let config = configs[index];
-                run_seq += 1;
-                let armed = arm(&ctx, config, run_seq)?;
+                let armed = arm(&ctx, config)?;
                 let mut flood = |count| {
                     let flood = Flood {
                         bed: &bed,
@@ -2154,7 +1828,7 @@ mod flood {
                     };
                     match (config.feed, config.receiver) {
                         (Feed::Skbs, Receiver::SenderOnly) => send_skbs(flood, &bed.sink),
-                        (Feed::Skbs, _) => send_skbs(flood, &bed.client_veth),
+                        (Feed::Skbs, _) => send_skbs(flood, bed.client_veth()),
                         (Feed::XdpFrames, Receiver::SenderOnly) => {
                             send_xdp_frames(flood, &to_sink, &mut next_frame)
                         }
