@@ -65,9 +65,9 @@ use std::{
 
 use screen_tests::{
     bench::{
-        self, CLIENT_NETWORK, POOL_SIZE, ProcStat, Result, check_interrupted, client_addr,
-        clock_ticks_per_second, connect_from, median, read_to_close, take_client_network,
-        ticks_to_seconds,
+        self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, check_interrupted,
+        client_addr, clock_ticks_per_second, connect_from, median, quantile, read_to_close,
+        take_client_network, ticks_to_seconds,
     },
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     netns::{ChildGuard, PinDir, output_within, smtp_screen_bin, stream_from, with_resolv_conf},
@@ -755,22 +755,12 @@ struct Latencies {
 }
 
 impl Latencies {
-    fn quantile(&self, q: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1]
-    }
-
     fn p50(&self) -> Duration {
-        self.quantile(0.5)
+        quantile(&self.samples, 0.5)
     }
 
     fn p99(&self) -> Duration {
-        self.quantile(0.99)
+        quantile(&self.samples, 0.99)
     }
 }
 
@@ -946,33 +936,6 @@ mod cpu {
         pub by_name: Vec<(String, f64)>,
     }
 
-    /// The machine's CPU times from the first line of /proc/stat, in ticks: user (with nice),
-    /// and kernel (system, irq, softirq).
-    #[derive(Clone, Copy, Debug)]
-    pub struct Machine {
-        user: u64,
-        kernel: u64,
-    }
-
-    impl Machine {
-        pub fn now() -> Result<Self> {
-            let stat = fs::read_to_string("/proc/stat")?;
-            let line = stat.lines().next().unwrap_or_default();
-            let fields: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .map(str::parse)
-                .collect::<std::result::Result<_, _>>()?;
-            let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
-                return Err(format!("unexpected /proc/stat line: {line}").into());
-            };
-            Ok(Self {
-                user: user + nice,
-                kernel: system + irq + softirq,
-            })
-        }
-    }
-
     /// This process's user and system time, in ticks: the load generator's own.
     #[derive(Clone, Copy, Debug)]
     pub struct Generator {
@@ -1011,7 +974,7 @@ mod cpu {
     /// A snapshot at the start of an interval.
     pub struct Meter {
         processes: Processes,
-        machine: Machine,
+        machine: MachineCpu,
         generator: Generator,
     }
 
@@ -1019,14 +982,14 @@ mod cpu {
         pub fn start(site: &Site) -> Result<Self> {
             Ok(Self {
                 generator: Generator::now()?,
-                machine: Machine::now()?,
+                machine: MachineCpu::now()?,
                 processes: site.processes()?,
             })
         }
 
         pub fn stop(&self, site: &Site) -> Result<Cost> {
             let processes = site.processes()?;
-            let machine = Machine::now()?;
+            let machine = MachineCpu::now()?;
             let generator = Generator::now()?;
             Ok(Cost {
                 screening: processes.since(&self.processes),

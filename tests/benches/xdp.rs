@@ -36,7 +36,7 @@ use std::{
     fs, io,
     mem::size_of,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     thread,
@@ -44,19 +44,21 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader, TestRun, TestRunOptions,
+    TestRun, TestRunOptions,
     maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::Xdp,
 };
 use ipnet::{IpNet, Ipv4Net};
-use screen_common::{DenyEntry, DynKeyV4, Origin, PROGRAM_NAME, Stat, map_name};
+use screen_common::{DenyEntry, DynKeyV4, Origin, Stat, map_name};
 use screen_tests::{
-    bench::{self, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time},
+    bench::{
+        self, MachineCpu, Result, check_interrupted, clock_ticks_per_second, grouped, median,
+        min_max, thread_cpu_time,
+    },
     bpf_sys::{self, RawProgram},
     frames::{FrameSpec, TCP_ACK},
     netns::{self, NetCounters, Netns, PinDir, VethPair, if_index, run_within},
     rng::SplitMix64,
-    xdp::{XDP_DROP, XDP_PASS},
+    xdp::{ScreenUnderTest, XDP_DROP, XDP_PASS},
 };
 use screen_user::{
     config::KernelAction,
@@ -140,14 +142,6 @@ fn run(budget: Budget) -> Result<PathBuf> {
 
     let report = report::render(&budget, &per_packet, &flood, started.elapsed());
     bench::write_report("xdp", &report)
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 /// Part 1: nanoseconds per packet through `BPF_PROG_TEST_RUN`.
@@ -357,46 +351,16 @@ mod per_packet {
     }
 
     /// The program with its own unpinned maps, configured for port 25 and `drop`.
-    struct Screen {
-        ebpf: aya::Ebpf,
-        maps: Maps,
-        /// A second descriptor of the IPv4 dynamic deny map, for batched filling.
-        dyn_v4: OwnedFd,
+    fn load_screen() -> Result<ScreenUnderTest> {
+        let mut screen = ScreenUnderTest::load().map_err(|e| e.to_string())?;
+        kernel::configure(&mut screen.maps, &[25], KernelAction::Drop, 64)?;
+        Ok(screen)
     }
 
-    impl Screen {
-        fn load() -> Result<Self> {
-            let mut ebpf = EbpfLoader::new().load(kernel::OBJECT)?;
-            let dyn_v4 = match ebpf.map(map_name::DYN_DENY_V4) {
-                Some(Map::LruHashMap(data)) => data.fd().as_fd().try_clone_to_owned()?,
-                other => {
-                    return Err(
-                        format!("{} is {other:?}, not an LRU hash", map_name::DYN_DENY_V4).into(),
-                    );
-                }
-            };
-            let mut maps = Maps::from_ebpf(&mut ebpf)?;
-            let program: &mut Xdp = ebpf
-                .program_mut(PROGRAM_NAME)
-                .ok_or("the object has no XDP program")?
-                .try_into()?;
-            program.load()?;
-            kernel::configure(&mut maps, &[25], KernelAction::Drop, 64)?;
-            Ok(Self { ebpf, maps, dyn_v4 })
-        }
-
-        fn program(&self) -> &Xdp {
-            self.ebpf
-                .program(PROGRAM_NAME)
-                .expect("loaded above")
-                .try_into()
-                .expect("an XDP program")
-        }
-
-        fn dynamic_map(&self) -> Result<BpfHashMap<MapData, DynKeyV4, DenyEntry>> {
-            let data = MapData::from_fd(self.dyn_v4.try_clone()?)?;
-            Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
-        }
+    /// The IPv4 dynamic deny map of `screen`, through its second descriptor.
+    fn dynamic_map(screen: &ScreenUnderTest) -> Result<BpfHashMap<MapData, DynKeyV4, DenyEntry>> {
+        let data = MapData::from_fd(screen.dynamic_v4_fd().try_clone_to_owned()?)?;
+        Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
     }
 
     fn timed(
@@ -425,7 +389,7 @@ mod per_packet {
 
     /// Runs one subject once and checks the verdict and, for the program, the counters.
     fn sample(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         subject: Subject,
         frame: &[u8],
@@ -483,7 +447,7 @@ mod per_packet {
     }
 
     fn measure_state(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         budget: &Budget,
         label: String,
@@ -500,7 +464,7 @@ mod per_packet {
 
     /// `subjects` in `rounds` interleaved rounds of `repeat` runs each, after a warm-up run.
     fn measure_subjects(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         repeat: u32,
         rounds: usize,
@@ -541,7 +505,7 @@ mod per_packet {
     }
 
     /// Adds `count` random /32 dynamic entries outside the test sources' /8.
-    fn fill_dynamic(screen: &mut Screen, count: usize) -> Result<String> {
+    fn fill_dynamic(screen: &mut ScreenUnderTest, count: usize) -> Result<String> {
         let started = Instant::now();
         let entry = DenyEntry {
             expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
@@ -561,12 +525,12 @@ mod per_packet {
         let mut method = "BPF_MAP_UPDATE_BATCH";
         let mut written = 0usize;
         for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-            match bpf_sys::update_batch(screen.dyn_v4.as_fd(), k, v) {
+            match bpf_sys::update_batch(screen.dynamic_v4_fd(), k, v) {
                 Ok(n) => written += n as usize,
                 // Older kernels have no batch operations for hash maps: one update per entry.
                 Err(e) if written == 0 && matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
                     method = "one BPF_MAP_UPDATE_ELEM per entry";
-                    let mut map = screen.dynamic_map()?;
+                    let mut map = dynamic_map(screen)?;
                     for key in &keys {
                         map.insert(key, entry, 0)?;
                     }
@@ -576,7 +540,7 @@ mod per_packet {
                 Err(e) => return Err(format!("BPF_MAP_UPDATE_BATCH: {e}").into()),
             }
         }
-        let map = screen.dynamic_map()?;
+        let map = dynamic_map(screen)?;
         let present = map.keys().count();
         let test_key = DynKeyV4 {
             addr: DYNAMIC_DENIED.octets(),
@@ -608,7 +572,7 @@ mod per_packet {
 
     /// Replaces the static deny list with `count` random prefixes (/16 to /32) outside the test
     /// sources' /8, plus the test sources' own, the way `smtp-screen deny load` does.
-    fn fill_static(screen: &mut Screen, count: usize) -> Result<String> {
+    fn fill_static(screen: &mut ScreenUnderTest, count: usize) -> Result<String> {
         // Seeded, so that every run fills the maps alike.
         let mut rng = SplitMix64::seeded(0x5eed_0000_0000_0001);
         let mut seen = HashSet::new();
@@ -671,7 +635,7 @@ mod per_packet {
                 ETH_HLEN - 1
             ),
         };
-        let mut screen = Screen::load()?;
+        let mut screen = load_screen()?;
         let references = References {
             noop: reference,
             clock: RawProgram::calling(bpf_sys::BPF_FUNC_KTIME_GET_NS, "ssb_ktime")?,
@@ -680,7 +644,7 @@ mod per_packet {
                 "ssb_ktime_coarse",
             )?,
             lookup: RawProgram::looking_up(
-                screen.dyn_v4.as_fd(),
+                screen.dynamic_v4_fd(),
                 DYNAMIC_DENIED.octets(),
                 "ssb_lookup",
             )?,
@@ -690,7 +654,7 @@ mod per_packet {
 
         let mut placements = Vec::new();
         for load in 1..=budget.placement_loads {
-            let mut placed = Screen::load()?;
+            let mut placed = load_screen()?;
             add_test_entries(&mut placed)?;
             placements.push(measure_subjects(
                 &placed,
@@ -737,7 +701,7 @@ mod per_packet {
     }
 
     /// The test sources' static deny prefixes and dynamic entry.
-    fn add_test_entries(screen: &mut Screen) -> Result<()> {
+    fn add_test_entries(screen: &mut ScreenUnderTest) -> Result<()> {
         for net in test_static_deny()? {
             screen
                 .maps
@@ -1417,20 +1381,7 @@ mod flood {
                 .filter_map(|p| fs::read_to_string(p).ok())
                 .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
                 .sum();
-            let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-            let ticks: u64 = stat
-                .lines()
-                .find(|l| l.starts_with("cpu "))
-                .map(|l| {
-                    let f: Vec<u64> = l
-                        .split_whitespace()
-                        .skip(1)
-                        .map(|v| v.parse().unwrap_or(0))
-                        .collect();
-                    // user + nice + system + irq + softirq
-                    [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
-                })
-                .unwrap_or(0);
+            let ticks = MachineCpu::now().map_or(0, |cpu| cpu.user + cpu.kernel);
             let softirqs = fs::read_to_string("/proc/softirqs").unwrap_or_default();
             let net_rx = softirqs
                 .lines()
@@ -1553,18 +1504,30 @@ mod flood {
         meters: &'a CpuMeters,
     }
 
+    impl Flood<'_> {
+        /// Runs `send` on a thread in the client namespace, pinned to the flood's CPU.
+        fn in_client(self, send: impl FnOnce() -> Result<FloodRun> + Send) -> Result<FloodRun> {
+            self.bed.client.run(|| {
+                pin_to_cpu(self.cpu)?;
+                send()
+            })?
+        }
+
+        /// [`metered`] on the flood's CPU.
+        fn metered(self, send: impl FnOnce(Instant) -> Result<u64>) -> Result<FloodRun> {
+            metered(self.meters, self.cpu, send)
+        }
+
+        /// Whether a flood that began at `started` must end: its time is up, or the benchmark
+        /// was interrupted.
+        fn over(self, started: Instant) -> bool {
+            started.elapsed() > self.limit || bench::interrupted()
+        }
+    }
+
     /// Sends the flood out of `iface` in the client namespace through an AF_PACKET socket.
     fn send_skbs(flood: Flood<'_>, iface: &str) -> Result<FloodRun> {
-        let Flood {
-            bed,
-            pool,
-            count,
-            limit,
-            cpu,
-            meters,
-        } = flood;
-        bed.client.run(|| {
-            pin_to_cpu(cpu)?;
+        flood.in_client(|| {
             // SAFETY: plain socket creation.
             let fd =
                 unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -1595,7 +1558,8 @@ mod flood {
             addr.sll_ifindex = if_index(iface)? as i32;
             addr.sll_halen = 6;
             addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
-            let mut iovecs: Vec<libc::iovec> = pool
+            let mut iovecs: Vec<libc::iovec> = flood
+                .pool
                 .iter()
                 .map(|f| libc::iovec {
                     iov_base: f.as_ptr() as *mut libc::c_void,
@@ -1615,14 +1579,11 @@ mod flood {
                 })
                 .collect();
 
-            metered(meters, cpu, |started| {
+            flood.metered(|started| {
                 let mut sent = 0u64;
                 let mut next = 0usize;
-                while sent < count {
-                    if started.elapsed() > limit || bench::interrupted() {
-                        break;
-                    }
-                    let n = (count - sent).min(BATCH as u64) as usize;
+                while sent < flood.count && !flood.over(started) {
+                    let n = (flood.count - sent).min(BATCH as u64) as usize;
                     let n = n.min(messages.len() - next);
                     // SAFETY: `n` initialised messages starting at `next`, all pointing at live
                     // frames and at `addr`.
@@ -1647,7 +1608,7 @@ mod flood {
                 }
                 Ok(sent)
             })
-        })?
+        })
     }
 
     /// Sends the flood as xdp_frames: live-frames test runs of `sender` (a redirect program) on
@@ -1658,25 +1619,13 @@ mod flood {
         sender: &RawProgram,
         next: &mut usize,
     ) -> Result<FloodRun> {
-        let Flood {
-            bed,
-            pool,
-            count,
-            limit,
-            cpu,
-            meters,
-        } = flood;
-        bed.client.run(|| {
-            pin_to_cpu(cpu)?;
-            let ingress = if_index(bed.client_veth())?;
-            metered(meters, cpu, |started| {
+        flood.in_client(|| {
+            let ingress = if_index(flood.bed.client_veth())?;
+            flood.metered(|started| {
                 let mut sent = 0u64;
-                while sent < count {
-                    if started.elapsed() > limit || bench::interrupted() {
-                        break;
-                    }
-                    let n = (count - sent).min(LIVE_CHUNK);
-                    let frame = &pool[*next % pool.len()];
+                while sent < flood.count && !flood.over(started) {
+                    let n = (flood.count - sent).min(LIVE_CHUNK);
+                    let frame = &flood.pool[*next % flood.pool.len()];
                     *next += 1;
                     match sender.test_run_live(frame, ingress, n as u32, LIVE_BATCH) {
                         Ok(()) => sent += n,
@@ -1691,7 +1640,7 @@ mod flood {
                 }
                 Ok(sent)
             })
-        })?
+        })
     }
 
     /// One configuration's runs, in round order.
@@ -1870,19 +1819,6 @@ mod flood {
             results,
         })
     }
-}
-
-/// `n` with thousands separators.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 mod report {

@@ -1,6 +1,6 @@
 //! What every benchmark binary shares: its command line (`--quick`), the root check, Ctrl-C
-//! handling that lets every guard clean up, the report's header, place and writing, the
-//! clients' address pool and their connections, small statistics, and CPU times.
+//! handling that lets every guard clean up, the report's header, place, number format and
+//! writing, the clients' address pool and their connections, small statistics, and CPU times.
 
 use std::{
     error::Error,
@@ -90,6 +90,15 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The smallest and the largest of `values` (infinities for none).
+pub fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
 /// The `q`-quantile (0..=1) of `values`, nearest rank (zero for none).
 pub fn quantile(values: &[Duration], q: f64) -> Duration {
     let mut sorted = values.to_vec();
@@ -153,6 +162,33 @@ impl ProcStat {
             system,
             children_user,
             children_system,
+        })
+    }
+}
+
+/// The whole machine's CPU time from the first line of /proc/stat, in ticks of
+/// [`clock_ticks_per_second`]: user (with nice), and kernel (system, irq, softirq).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    pub user: u64,
+    pub kernel: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Result<Self> {
+        let stat = fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().unwrap_or_default();
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<std::result::Result<_, _>>()?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+            return Err(format!("unexpected /proc/stat line: {line}").into());
+        };
+        Ok(Self {
+            user: user + nice,
+            kernel: system + irq + softirq,
         })
     }
 }
@@ -237,6 +273,19 @@ fn target_dir() -> PathBuf {
         .ok()
         .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// `n` with thousands separators, as the reports write counts: `1,000,000`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The machine the figures come from.
