@@ -37,10 +37,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -51,6 +47,7 @@ use screen_tests::{
         clock_ticks_per_second, connect_from, median, process_cpu, quantile, read_to_close,
         take_client_network,
     },
+    client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, quoted},
     netns::{PinDir, TcpAcceptor},
     rbldnsd::{Dataset, Rbldnsd, Zone},
@@ -279,59 +276,21 @@ struct Batch {
 /// time, each checked against its address's role.
 fn run_jobs(lab: &Lab, jobs: &[usize], concurrency: usize, limit: Duration) -> Result<Batch> {
     let dst = lab.smtp_addr();
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let latencies = Mutex::new(Vec::with_capacity(jobs.len()));
-    let started = Instant::now();
-    let deadline = started + limit;
-    let worker = || {
-        while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !bench::interrupted()
-            && Instant::now() < deadline
-        {
-            let Some(&index) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                return;
-            };
-            let src = client_addr(index);
-            let problem = match connect_once(src, dst) {
-                Ok((outcome, latency)) if outcome == Outcome::expected(index) => {
-                    latencies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(latency);
-                    continue;
-                }
-                Ok((outcome, _)) => format!(
-                    "{src} ({:?}) got {outcome:?}, expected {:?}",
-                    Role::of(index),
-                    Outcome::expected(index)
-                ),
-                Err(e) => format!("{src}: {e}"),
-            };
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(problem);
+    let finished = ClientPool::new(&lab.bed.client, concurrency, limit).run(jobs.len(), |job| {
+        let index = jobs[job];
+        let src = client_addr(index);
+        match connect_once(src, dst) {
+            Ok((outcome, latency)) if outcome == Outcome::expected(index) => Ok(latency),
+            Ok((outcome, _)) => Err(format!(
+                "{src} ({:?}) got {outcome:?}, expected {:?}",
+                Role::of(index),
+                Outcome::expected(index)
+            )),
+            Err(e) => Err(format!("{src}: {e}")),
         }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| lab.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
     })?;
-    let wall = started.elapsed();
-    check_interrupted()?;
-    if let Some(problem) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(problem.into());
-    }
-    let latencies = latencies.into_inner().unwrap_or_else(|e| e.into_inner());
+    let wall = finished.wall();
+    let latencies = finished.results;
     if latencies.len() < jobs.len() {
         return Err(format!(
             "only {} of {} connections finished within {limit:?}",

@@ -42,18 +42,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
-    bench::{
-        self, Result, check_interrupted, clock_ticks_per_second, median, process_cpu, quantile,
-    },
+    bench::{self, Result, clock_ticks_per_second, median, process_cpu, quantile},
+    client_pool::ClientPool,
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     ensure_packages,
     netns::PinDir,
@@ -512,57 +507,16 @@ fn run_batch(
 ) -> Result<Measured> {
     let (dst, screener) = lab.target(path);
     let cpu_before = screener.cpu()?;
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let latencies = Mutex::new(Vec::with_capacity(sessions));
-    let started = Instant::now();
-    let deadline = started + budget.batch_limit;
-    let worker = || {
-        while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !bench::interrupted()
-            && Instant::now() < deadline
-        {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= sessions {
-                return;
-            }
+    let finished = ClientPool::new(&lab.bed.client, budget.concurrency, budget.batch_limit).run(
+        sessions,
+        |index| {
             let src = client_addr(index);
-            match session(src, dst, message) {
-                Ok(latency) => latencies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(latency),
-                Err(e) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(format!("{} from {src}: {e}", path.name()));
-                }
-            }
-        }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..budget.concurrency)
-            .map(|_| scope.spawn(|| lab.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
-    })?;
-    let wall = started.elapsed();
-    check_interrupted()?;
-    if let Some(problem) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(problem.into());
-    }
-    let (latencies, sessions_taken): (Vec<Duration>, Vec<Duration>) = latencies
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .unzip();
+            session(src, dst, message).map_err(|e| format!("{} from {src}: {e}", path.name()))
+        },
+    )?;
+    let wall = finished.wall();
+    let (latencies, sessions_taken): (Vec<Duration>, Vec<Duration>) =
+        finished.results.into_iter().unzip();
     if latencies.len() < sessions {
         return Err(format!(
             "{}: only {} of {sessions} sessions finished within {:?}",

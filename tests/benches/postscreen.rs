@@ -55,10 +55,7 @@ use std::{
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -69,6 +66,7 @@ use screen_tests::{
         client_addr, clock_ticks_per_second, connect_from, median, quantile, read_to_close,
         take_client_network, ticks_to_seconds,
     },
+    client_pool::{ClientPool, JobFailed},
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     netns::{ChildGuard, PinDir, output_within, smtp_screen_bin, stream_from, with_resolv_conf},
     postfix::{
@@ -614,60 +612,27 @@ fn flood(
     limit: Duration,
 ) -> Result<Flood> {
     let dst = site.smtp_addr();
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
-    let started = Instant::now();
-    let deadline = started + limit;
-    let failed = || failure.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-    let worker = || {
-        while !failed() && !stop.load(Ordering::Relaxed) && !bench::interrupted() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= count {
-                return;
-            }
-            if let Pace::Rate(rate) = pace {
-                let slot = started + Duration::from_secs_f64(i as f64 / rate);
-                thread::sleep(slot.saturating_duration_since(Instant::now()));
-            }
-            if Instant::now() >= deadline {
-                return;
-            }
-            let job = job(i);
-            match job.play(dst) {
-                Ok(()) => {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(problem) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert((job.index, format!("{}: {problem}", site.kind)));
-                }
-            }
-        }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| site.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
-    })?;
-    let ended = Instant::now();
-    check_interrupted()?;
-    if let Some((index, problem)) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(format!("{problem}\n{}", site.about(client_addr(index))).into());
+    let mut pool = ClientPool::new(&site.bed.client, concurrency, limit).until(stop);
+    if let Pace::Rate(rate) = pace {
+        pool = pool.paced(rate);
     }
+    let finished = pool
+        .run(count, |i| {
+            job(i)
+                .play(dst)
+                .map_err(|problem| format!("{}: {problem}", site.kind))
+        })
+        .map_err(|e| match e.downcast::<JobFailed>() {
+            Ok(failed) => {
+                let client = client_addr(job(failed.job).index);
+                format!("{failed}\n{}", site.about(client)).into()
+            }
+            Err(e) => e,
+        })?;
     Ok(Flood {
-        connections: done.into_inner(),
-        wall: ended - started,
-        ended,
+        connections: finished.results.len(),
+        wall: finished.wall(),
+        ended: finished.ended,
     })
 }
 

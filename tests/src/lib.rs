@@ -14,6 +14,7 @@ use std::{
 
 pub mod bench;
 pub mod bpf_sys;
+pub mod client_pool;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
