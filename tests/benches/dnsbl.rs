@@ -34,7 +34,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     thread,
@@ -50,14 +50,12 @@ use screen_tests::{
     client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, quoted},
     netns::{PinDir, TcpAcceptor},
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{
+        BL_ANSWER, BL2_ANSWER, Dataset, LAB_SITES, LOCAL_DNS, Rbldnsd, WL_ANSWER, Zone, query_name,
+    },
 };
 
-/// The lab's lists.
-const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
 const ZONES: [&str; 3] = ["bl.test", "bl2.test", "wl.test"];
-/// rbldnsd, on loopback of the server namespace.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
 /// Part 2: addresses, connections from each, and how many of those arrive at once.
 const QUERY_ADDRESSES: usize = 100;
@@ -185,14 +183,14 @@ impl Lab {
             let addr = client_addr(index);
             match Role::of(index) {
                 Role::Listed => {
-                    bl = bl.list(addr, Ipv4Addr::new(127, 0, 0, 2));
-                    bl2 = bl2.list(addr, Ipv4Addr::new(127, 0, 0, 4));
+                    bl = bl.list(addr, BL_ANSWER);
+                    bl2 = bl2.list(addr, BL2_ANSWER);
                 }
-                Role::Vouched => wl = wl.list(addr, Ipv4Addr::new(127, 0, 1, 2)),
+                Role::Vouched => wl = wl.list(addr, WL_ANSWER),
                 Role::Clean => {}
             }
         }
-        let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &[bl, bl2, wl])?;
+        let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &[bl, bl2, wl])?;
         let backend = TcpAcceptor::start(&bed.server, bed.backend_addr())?;
         Ok(Self {
             _backend: backend,
@@ -209,11 +207,11 @@ impl Lab {
             .set("state_dir", quoted(state.display()))
             .set("backend_proxy_protocol", quoted("none"))
             .set("greet_banner", quoted(""))
-            .set("dnsbl_sites", quoted(SITES))
+            .set("dnsbl_sites", quoted(LAB_SITES))
             .set("dnsbl_threshold", "3")
             .set("dnsbl_allowlist_threshold", "-1")
             .set("dnsbl_action", quoted("drop"))
-            .set("dns_servers", format!("[{}]", quoted(DNS_SERVER)))
+            .set("dns_servers", format!("[{}]", quoted(LOCAL_DNS)))
             .set("pre_queue_limit", "1000")
             .set("post_queue_limit", "1000")
             .set("deny_sweep_interval", quoted("1s"))
@@ -457,8 +455,7 @@ mod queries {
         let names: HashMap<String, &'static str> = addresses
             .iter()
             .flat_map(|&index| {
-                let [a, b, c, d] = client_addr(index).octets();
-                ZONES.map(|zone| (format!("{d}.{c}.{b}.{a}.{zone}"), zone))
+                ZONES.map(|zone| (query_name(client_addr(index).into(), zone), zone))
             })
             .collect();
         let already = lab.rbldnsd.queries().len();
@@ -585,7 +582,7 @@ mod report {
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(
             out,
-            "- Lists: `{SITES}`, threshold 3, allowlist threshold -1, action `drop`, served by \
+            "- Lists: `{LAB_SITES}`, threshold 3, allowlist threshold -1, action `drop`, served by \
              rbldnsd on loopback of the server namespace; pregreet test off, so each decision \
              waits for the three answers.\n"
         );

@@ -73,17 +73,13 @@ use screen_tests::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
         postfix_version,
     },
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{BL_ANSWER, BL2_ANSWER, Dataset, LOCAL_DNS, Rbldnsd, Zone},
 };
 
 const SMTP_PORT: u16 = 25;
 /// The lists and the rank that fails a client: a listed bot is in both (rank 4).
 const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1";
 const THRESHOLD: &str = "3";
-const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-/// rbldnsd, on loopback of each server namespace.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 /// The greet wait of both screeners: short, so that a listed bot's decision comes quickly, yet
 /// long enough that a pregreet is seen before it ends on a machine the clients keep busy.
 const GREET_WAIT: &str = "2s";
@@ -287,7 +283,7 @@ impl Site {
         };
         let bed = Bed::new(tag, &[LEGIT_HOST]);
         take_client_network(&bed, CLIENT_NETWORK, LEGIT_HOST)?;
-        let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &zones(budget))?;
+        let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &zones(budget))?;
         let table = bed.write_table("access.cidr", &[(bed.v4(LEGIT_HOST), "permit")]);
         let access_list = format!("permit_mynetworks, cidr:{}", table.display());
         let pin = PinDir::new(tag);
@@ -314,7 +310,7 @@ impl Site {
                     .set("dnsbl_sites", quoted(SITES))
                     .set("dnsbl_threshold", THRESHOLD)
                     .set("dnsbl_action", quoted("drop"))
-                    .set("dns_servers", format!("[{}]", quoted(DNS_SERVER)))
+                    .set("dns_servers", format!("[{}]", quoted(LOCAL_DNS)))
                     .set("pre_queue_limit", PRE_QUEUE_LIMIT)
                     .write(&bed, "smtp-screen.toml");
                 let daemon = Daemon::start_binary(&bed, &pin, bin, &config, "daemon.log");
@@ -359,7 +355,7 @@ impl Site {
         );
         let resolv_conf = bed
             .scratch
-            .write("resolv.conf", format!("nameserver {}\n", DNS_SERVER.ip()))?;
+            .write("resolv.conf", format!("nameserver {}\n", LOCAL_DNS.ip()))?;
         Ok(with_resolv_conf(&resolv_conf, || {
             Postfix::start(&bed.server, &config)
         })?)

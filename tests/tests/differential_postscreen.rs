@@ -49,7 +49,10 @@ use screen_tests::{
     postfix::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
     },
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{
+        BL_ANSWER, BL_MISS_ANSWER, BL_SHOWN, BL2_ANSWER, Dataset, LAB_SITES, LOCAL_DNS, Rbldnsd,
+        WL_ANSWER, Zone,
+    },
     require_root,
 };
 
@@ -65,17 +68,6 @@ const IDLE_INET_COMMAND: &str = "discard";
 const GREET_WAIT_SETTING: &str = "${stress?{1}:{2}}s";
 const GREET_WAIT: Duration = Duration::from_secs(2);
 const COMMAND_TIME_LIMIT_SETTING: &str = "${stress?{2}:{5}}s";
-
-/// The lab's DNS lists, weights and thresholds.
-const LAB_SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
-/// The name replies show for `bl.test` (`postscreen_dnsbl_reply_map`).
-const BL_SHOWN: &str = "public-bl.example";
-const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const BL_MISS_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 99);
-const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-const WL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 2);
-/// rbldnsd's address in each server namespace, the one its resolv.conf names.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
 // Client host numbers, one per role, as in the lab.
 const PREGREETER: u8 = 10;
@@ -221,7 +213,7 @@ impl LabFiles {
             .write("dnsbl_reply", format!("bl.test {BL_SHOWN}\n"))
             .expect("reply map");
         let resolv_conf = dir
-            .write("resolv.conf", format!("nameserver {}\n", DNS_SERVER.ip()))
+            .write("resolv.conf", format!("nameserver {}\n", LOCAL_DNS.ip()))
             .expect("resolv.conf");
         Self {
             dir,
@@ -309,7 +301,7 @@ impl Site {
                 .add_address(veth.a(), Ipv4Addr::new(10, 251, n, host).into(), 24)
                 .expect("client address");
         }
-        let rbldnsd = Rbldnsd::start(&server, DNS_SERVER, &lab_zones(n)).expect("rbldnsd");
+        let rbldnsd = Rbldnsd::start(&server, LOCAL_DNS, &lab_zones(n)).expect("rbldnsd");
         let postfix = with_resolv_conf(&files.resolv_conf, || {
             Postfix::start(&server, &postfix).expect("starting Postfix")
         });
