@@ -31,19 +31,19 @@
 
 use std::{
     fmt,
-    fs::File,
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
+    daemon::{Daemon, quoted},
     ensure_packages,
     netns::{
-        ChildGuard, Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
+        Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
         subnet_index, with_resolv_conf,
     },
     postfix::{
@@ -164,10 +164,10 @@ impl fmt::Display for Kind {
     }
 }
 
-/// `smtp-screen run` in a site's server namespace, its stderr in a file.
+/// `smtp-screen run` in a site's server namespace and its pins. Fields drop in order: the
+/// daemon, then the pins.
 struct ScreenDaemon {
-    process: ChildGuard,
-    log: PathBuf,
+    run: Daemon,
     _pin: PinDir,
 }
 
@@ -360,7 +360,7 @@ impl Site {
     /// The screener's log lines, without syslog's time, host and `postfix/postscreen[pid]: `.
     fn screener_lines(&self) -> Vec<String> {
         let log = match &self.daemon {
-            Some(daemon) => std::fs::read_to_string(&daemon.log).unwrap_or_default(),
+            Some(daemon) => daemon.run.log(),
             None => self.postfix.log(),
         };
         log.lines()
@@ -394,7 +394,7 @@ impl Site {
     fn warnings(&self) -> Vec<String> {
         let mut log = self.postfix.log();
         if let Some(daemon) = &self.daemon {
-            log.push_str(&std::fs::read_to_string(&daemon.log).unwrap_or_default());
+            log.push_str(&daemon.run.log());
         }
         log.lines()
             .filter(|line| line.contains("warning: ") || line.contains("fatal: "))
@@ -408,28 +408,23 @@ impl Site {
 fn site_adjustments(files: &LabFiles, pass_socket: &Path) -> Vec<(&'static str, String)> {
     vec![
         // The Postfix instance behind smtp-screen is this site's, not postscreen's.
-        ("postfix_pass_socket", toml_string(pass_socket.display())),
+        ("postfix_pass_socket", quoted(pass_socket.display())),
         // The import names the machine's state directory.
         (
             "state_dir",
-            toml_string(files.dir.path().join("state").display()),
+            quoted(files.dir.path().join("state").display()),
         ),
         // postscreen logs to the instance's maillog through postlogd; smtp-screen has no log
         // file of its own, and there is no syslog daemon here: stderr, which the test reads.
-        ("log_to", toml_string("stderr")),
+        ("log_to", quoted("stderr")),
         // smtp-screen's kernel deny policy goes beyond postscreen. The import attaches no XDP
         // program, so it could not act anyway; this says so.
-        ("deny_ttl", toml_string("0")),
+        ("deny_ttl", quoted("0")),
     ]
 }
 
 fn server_v4(n: u8) -> IpAddr {
     Ipv4Addr::new(10, 251, n, 1).into()
-}
-
-/// A TOML basic string.
-fn toml_string(value: impl fmt::Display) -> String {
-    format!("{:?}", value.to_string())
 }
 
 /// `postconf -c DIR -n` of `reference`'s instance into a file, then `smtp-screen
@@ -488,38 +483,10 @@ impl ScreenDaemon {
     /// Starts `smtp-screen run` in `server` and waits until it accepts connections.
     fn start(server: &Netns, config: &Path, log: &Path) -> Self {
         let pin = PinDir::new("diff");
-        let log_file = File::create(log).expect("daemon log file");
-        let mut cmd = server.command(smtp_screen_bin().expect("the smtp-screen binary"));
-        cmd.arg("--pin-dir")
-            .arg(pin.path())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let mut process = ChildGuard::spawn(&mut cmd).expect("starting smtp-screen run");
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("smtp-screen screening connections") {
-                break;
-            }
-            if let Some(status) = process.try_wait().expect("daemon state") {
-                panic!("smtp-screen run exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "smtp-screen is not accepting connections after {START_WAIT:?}:\n{text}"
-            );
-            thread::sleep(POLL);
-        }
-        Self {
-            process,
-            log: log.to_path_buf(),
-            _pin: pin,
-        }
+        let bin = smtp_screen_bin().expect("the smtp-screen binary");
+        let mut run = Daemon::spawn(server, &bin, pin.path(), config, log.to_path_buf());
+        run.wait_screening();
+        Self { run, _pin: pin }
     }
 }
 
@@ -560,10 +527,8 @@ impl Lab {
                     .unwrap_or_else(|p| std::panic::resume_unwind(p)),
             )
         });
-        if let Some(daemon) = &mut self.smtp_screen.daemon
-            && let Some(status) = daemon.process.try_wait().expect("daemon state")
-        {
-            panic!("smtp-screen exited during the scenarios ({status})");
+        if let Some(daemon) = &mut self.smtp_screen.daemon {
+            daemon.run.assert_running();
         }
         let mut problems = Vec::new();
         for ((scenario, expected), actual) in scenarios.iter().zip(&reference).zip(&candidate) {
@@ -1288,8 +1253,8 @@ fn adjustments_keep_the_imported_configuration_and_land_before_its_tables() {
     let adjusted = adjust(
         imported,
         &[
-            ("state_dir", toml_string("/tmp/state")),
-            ("log_to", toml_string("stderr")),
+            ("state_dir", quoted("/tmp/state")),
+            ("log_to", quoted("stderr")),
         ],
     );
     assert_eq!(
