@@ -49,7 +49,7 @@ use std::{
 use screen_tests::{
     bench::{self, Result, clock_ticks_per_second, median, process_cpu, quantile},
     client_pool::ClientPool,
-    daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
+    daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted, take_line},
     ensure_packages,
     netns::PinDir,
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig, postfix_version},
@@ -580,9 +580,7 @@ impl Smtp {
     /// Reads one whole reply (continuation lines included) and checks its code.
     fn expect(&mut self, after: &str, code: u16) -> Result<()> {
         loop {
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            while let Some(text) = take_line(&mut self.pending) {
                 if text.as_bytes().get(3) == Some(&b'-') {
                     continue;
                 }

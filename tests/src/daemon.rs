@@ -540,6 +540,18 @@ pub fn rcpt_rejected(tag: &str, reply: &str, from: &str, helo: &str) -> String {
     )
 }
 
+/// The first whole line of what a client has received, taken out of `pending` and returned
+/// without its line ending (CRLF or a bare LF); `None` until a line is complete.
+pub fn take_line(pending: &mut Vec<u8>) -> Option<String> {
+    let end = pending.iter().position(|&b| b == b'\n')?;
+    let mut line: Vec<u8> = pending.drain(..=end).collect();
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
 /// How reading from the server ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
@@ -592,13 +604,7 @@ impl Client {
     pub fn next(&mut self, limit: Duration) -> Received {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8_lossy(&line).into_owned();
+            if let Some(line) = take_line(&mut self.pending) {
                 self.transcript.push(format!("<- {line}"));
                 return Received::Line(line);
             }

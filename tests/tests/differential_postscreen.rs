@@ -40,7 +40,7 @@ use std::{
 };
 
 use screen_tests::{
-    daemon::{Daemon, quoted},
+    daemon::{Daemon, quoted, tag_of, take_line},
     ensure_packages,
     netns::{
         Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
@@ -737,8 +737,7 @@ impl Session {
 
     /// The client as screeners log it: `[address]:port`.
     fn tag(&self) -> String {
-        let local = self.stream.local_addr().expect("local address");
-        format!("[{}]:{}", local.ip(), local.port())
+        tag_of(self.stream.local_addr().expect("local address"))
     }
 
     /// The next line (without its line ending), or `None` when the server closed the
@@ -746,13 +745,7 @@ impl Session {
     fn line(&mut self, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8_lossy(&line).into_owned();
+            if let Some(line) = take_line(&mut self.pending) {
                 let waited = if self.last.elapsed() >= WAITED {
                     "  [after a wait]"
                 } else {
