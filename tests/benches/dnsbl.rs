@@ -44,8 +44,8 @@ use std::{
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr,
-        clock_ticks_per_second, connect_from, median, process_cpu, quantile, read_to_close,
-        take_client_network,
+        clock_ticks_per_second, connect_from, count_prefixed, median, process_cpu, quantile,
+        read_to_close, take_client_network, wait_for_counts,
     },
     client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, quoted},
@@ -302,30 +302,18 @@ fn run_jobs(lab: &Lab, jobs: &[usize], concurrency: usize, limit: Duration) -> R
 
 /// How many of the daemon's log lines start with each of `prefixes`.
 fn count_lines(daemon: &Daemon, prefixes: &[&str]) -> Vec<usize> {
-    let lines = daemon.lines();
-    prefixes
-        .iter()
-        .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
-        .collect()
+    count_prefixed(&daemon.lines(), prefixes)
 }
 
 /// Waits until the daemon has logged `expected` lines starting with each prefix.
 fn wait_for_lines(daemon: &Daemon, prefixes: &[&str], expected: &[usize]) -> Result<()> {
-    let deadline = Instant::now() + LOG_WAIT;
-    loop {
-        let counted = count_lines(daemon, prefixes);
-        if counted == expected {
-            return Ok(());
-        }
-        if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
-            return Err(format!(
-                "the daemon logged {counted:?} lines starting with {prefixes:?}, expected \
-                 {expected:?}"
-            )
-            .into());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_counts(
+        "the daemon",
+        || daemon.lines(),
+        prefixes,
+        expected,
+        LOG_WAIT,
+    )
 }
 
 /// Part 1: first-contact decisions.

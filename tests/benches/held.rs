@@ -54,7 +54,7 @@ use std::{
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr, connect_from,
-        rss_kib, take_client_network,
+        count_prefixed, rss_kib, take_client_network,
     },
     client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, MYHOSTNAME, SMTP_PORT, quoted},
@@ -412,10 +412,7 @@ impl Site {
 
     /// Log lines starting with `prefix`.
     fn count_lines(&self, prefix: &str) -> usize {
-        self.log_lines()
-            .iter()
-            .filter(|line| line.starts_with(prefix))
-            .count()
+        count_prefixed(&self.log_lines(), &[prefix])[0]
     }
 
     /// The warnings and fatal errors the screener (or Postfix around it) logged.

@@ -63,8 +63,8 @@ use std::{
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, check_interrupted,
-        client_addr, clock_ticks_per_second, connect_from, median, quantile, read_to_close,
-        take_client_network, ticks_to_seconds,
+        client_addr, clock_ticks_per_second, connect_from, count_prefixed, median, quantile,
+        read_to_close, take_client_network, ticks_to_seconds,
     },
     client_pool::{ClientPool, JobFailed},
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
@@ -380,30 +380,13 @@ impl Site {
 
     /// How many screener lines start with each of `prefixes`.
     fn count(&self, prefixes: &[&str]) -> Vec<usize> {
-        let lines = self.lines();
-        prefixes
-            .iter()
-            .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
-            .collect()
+        count_prefixed(&self.lines(), prefixes)
     }
 
     /// Waits until the screener has logged `expected` lines starting with each prefix.
     fn wait_for_counts(&self, prefixes: &[&str], expected: &[usize]) -> Result<()> {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            let counted = self.count(prefixes);
-            if counted == expected {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
-                return Err(format!(
-                    "{} logged {counted:?} lines starting with {prefixes:?}, expected {expected:?}",
-                    self.kind
-                )
-                .into());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let screener = self.kind.to_string();
+        bench::wait_for_counts(&screener, || self.lines(), prefixes, expected, LOG_WAIT)
     }
 
     /// What the screener logged about `client`, for a failure message.

@@ -1,6 +1,7 @@
 //! What every benchmark binary shares: its command line (`--quick`), the root check, Ctrl-C
 //! handling that lets every guard clean up, the report's header, place, number format and
-//! writing, the clients' address pool and their connections, small statistics, and CPU times.
+//! writing, the clients' address pool and their connections, counts of the screeners' log
+//! lines, small statistics, and CPU times.
 
 use std::{
     error::Error,
@@ -11,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -391,6 +392,41 @@ pub fn read_to_close(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> 
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// How many of a screener's log `lines` start with each of `prefixes`.
+pub fn count_prefixed(lines: &[String], prefixes: &[&str]) -> Vec<usize> {
+    prefixes
+        .iter()
+        .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
+        .collect()
+}
+
+/// Waits up to `limit` until `screener`'s log `lines` hold `expected` lines starting with each
+/// of `prefixes`, which the screener's clients have already seen the outcome of; more lines
+/// than expected fail at once.
+pub fn wait_for_counts(
+    screener: &str,
+    lines: impl Fn() -> Vec<String>,
+    prefixes: &[&str],
+    expected: &[usize],
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counted = count_prefixed(&lines(), prefixes);
+        if counted == expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
+            return Err(format!(
+                "{screener} logged {counted:?} lines starting with {prefixes:?}, expected \
+                 {expected:?}"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
