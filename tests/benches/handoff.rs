@@ -38,7 +38,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{ErrorKind, Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
@@ -47,9 +47,9 @@ use std::{
 };
 
 use screen_tests::{
-    bench::{self, Result, clock_ticks_per_second, median, process_cpu, quantile},
+    bench::{self, Result, SmtpSession, clock_ticks_per_second, median, process_cpu, quantile},
     client_pool::ClientPool,
-    daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted, take_line},
+    daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     ensure_packages,
     netns::PinDir,
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig, postfix_version},
@@ -75,8 +75,6 @@ const MESSAGE_BYTES: usize = 16 * 1024;
 const WARM_UP: usize = 50;
 /// One step of a session (connect, or a reply) may take this long.
 const STEP_LIMIT: Duration = Duration::from_secs(10);
-/// The longest reply a session reads before it gives up on the server.
-const REPLY_MAX: usize = 16 * 1024;
 /// How long Postfix may take to log the last discarded delivery, and a screener its last
 /// `ALLOWLISTED` line.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -546,67 +544,34 @@ fn session(src: Ipv4Addr, dst: SocketAddr, message: &[u8]) -> Result<(Duration, 
     let started = Instant::now();
     let stream = bench::connect_from(src, dst, STEP_LIMIT)?;
     stream.set_nodelay(true)?;
-    let mut smtp = Smtp {
-        stream,
-        pending: Vec::new(),
-    };
-    smtp.stream.set_read_timeout(Some(STEP_LIMIT))?;
-    smtp.expect("greeting", 220)?;
-    smtp.command(&format!("EHLO {CLIENT_HELO}"), 250)?;
-    smtp.command(&format!("MAIL FROM:<{SENDER}>"), 250)?;
-    smtp.command(&format!("RCPT TO:<user@{MAIL_DOMAIN}>"), 250)?;
-    smtp.command("DATA", 354)?;
+    stream.set_read_timeout(Some(STEP_LIMIT))?;
+    let mut smtp = SmtpSession::new(stream);
+    expect(smtp.reply(), "greeting", 220)?;
+    for (command, code) in [
+        (format!("EHLO {CLIENT_HELO}"), 250),
+        (format!("MAIL FROM:<{SENDER}>"), 250),
+        (format!("RCPT TO:<user@{MAIL_DOMAIN}>"), 250),
+        ("DATA".to_string(), 354),
+    ] {
+        expect(smtp.command(&command), &command, code)?;
+    }
     smtp.stream.write_all(message)?;
     smtp.stream.write_all(b".\r\n")?;
-    smtp.expect("end of data", 250)?;
+    expect(smtp.reply(), "end of data", 250)?;
     let latency = started.elapsed();
-    smtp.command("QUIT", 221)?;
-    smtp.until_closed()?;
+    expect(smtp.command("QUIT"), "QUIT", 221)?;
+    // The server closes after `221`.
+    bench::read_to_close(&mut smtp.stream, 0)
+        .map_err(|e| format!("waiting for the close after 221: {e}"))?;
     Ok((latency, started.elapsed()))
 }
 
-/// A client's side of an SMTP session.
-struct Smtp {
-    stream: std::net::TcpStream,
-    pending: Vec<u8>,
-}
-
-impl Smtp {
-    fn command(&mut self, line: &str, code: u16) -> Result<()> {
-        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(line, code)
-    }
-
-    /// Reads one whole reply (continuation lines included) and checks its code.
-    fn expect(&mut self, after: &str, code: u16) -> Result<()> {
-        loop {
-            while let Some(text) = take_line(&mut self.pending) {
-                if text.as_bytes().get(3) == Some(&b'-') {
-                    continue;
-                }
-                return match text.get(..3).and_then(|c| c.parse::<u16>().ok()) {
-                    Some(got) if got == code => Ok(()),
-                    _ => Err(format!("after {after}: expected {code}, got {text:?}").into()),
-                };
-            }
-            if self.pending.len() > REPLY_MAX {
-                return Err(format!("after {after}: a reply longer than {REPLY_MAX} bytes").into());
-            }
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(format!("after {after}: the server closed").into()),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("after {after}: {e}").into()),
-            }
-        }
-    }
-
-    /// Reads until the server closes, which it does after `221`.
-    fn until_closed(&mut self) -> Result<()> {
-        bench::read_to_close(&mut self.stream, 0)
-            .map_err(|e| format!("waiting for the close after 221: {e}"))?;
-        Ok(())
+/// Checks that `reply`, the last line of the reply to `after`, has the code `code`.
+fn expect(reply: std::io::Result<String>, after: &str, code: u16) -> Result<()> {
+    let text = reply.map_err(|e| format!("after {after}: {e}"))?;
+    match text.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+        Some(got) if got == code => Ok(()),
+        _ => Err(format!("after {after}: expected {code}, got {text:?}").into()),
     }
 }
 

@@ -50,8 +50,8 @@ use std::{
     env,
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    io::{ErrorKind, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
@@ -62,9 +62,9 @@ use std::{
 
 use screen_tests::{
     bench::{
-        self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, check_interrupted,
-        client_addr, clock_ticks_per_second, connect_from, count_prefixed, median, quantile,
-        read_to_close, take_client_network, ticks_to_seconds,
+        self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, SmtpSession,
+        check_interrupted, client_addr, clock_ticks_per_second, connect_from, count_prefixed,
+        median, quantile, read_to_close, take_client_network, ticks_to_seconds,
     },
     client_pool::{ClientPool, JobFailed},
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
@@ -113,9 +113,6 @@ const PERF_ATTACH: Duration = Duration::from_millis(500);
 const PERF_STOP: Duration = Duration::from_secs(30);
 /// Upper bound for one `smtp-screen status`.
 const TOOL_LIMIT: Duration = Duration::from_secs(30);
-/// The longest reply line or reply the clients read.
-const LINE_LIMIT: u64 = 1024;
-const REPLY_LINES_LIMIT: usize = 32;
 /// The most a bot reads before the screener's close.
 const BOT_REPLY_MAX: usize = 4096;
 
@@ -646,13 +643,12 @@ fn transaction(site: &Site) -> Result<Duration> {
         CONNECT_LIMIT,
     )?;
     stream.set_read_timeout(Some(REPLY_WAIT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    let mut smtp = SmtpSession::new(stream);
     let mut step = |command: &str, want: &str| -> Result<String> {
         if !command.is_empty() {
-            writer.write_all(command.as_bytes())?;
+            smtp.stream.write_all(command.as_bytes())?;
         }
-        let reply = read_reply(&mut reader)?;
+        let reply = smtp.reply()?;
         if !reply.starts_with(want) {
             return Err(format!(
                 "{}: the legitimate client got {reply:?} after {:?}, expected {want}",
@@ -675,21 +671,6 @@ fn transaction(site: &Site) -> Result<Duration> {
     let latency = started.elapsed();
     step("QUIT\r\n", "221 ")?;
     Ok(latency)
-}
-
-/// The last line of one SMTP reply, continuation lines read and dropped.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<String> {
-    for _ in 0..REPLY_LINES_LIMIT {
-        let mut line = String::new();
-        let n = reader.by_ref().take(LINE_LIMIT).read_line(&mut line)?;
-        if n == 0 {
-            return Err("the server closed the connection".into());
-        }
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(line.trim_end().to_string());
-        }
-    }
-    Err(format!("a reply of more than {REPLY_LINES_LIMIT} lines").into())
 }
 
 /// Latencies of the legitimate client.

@@ -1,13 +1,13 @@
 //! What every benchmark binary shares: its command line (`--quick`), the root check, Ctrl-C
 //! handling that lets every guard clean up, the report's header, place, number format and
-//! writing, the clients' address pool and their connections, counts of the screeners' log
-//! lines, small statistics, and CPU times.
+//! writing, the clients' address pool, their connections and SMTP sessions, counts of the
+//! screeners' log lines, small statistics, and CPU times.
 
 use std::{
     error::Error,
     fmt::{self, Write as _},
     fs,
-    io::{self, ErrorKind, Read},
+    io::{self, ErrorKind, Read, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -17,7 +17,10 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::{daemon::Bed, netns::smtp_screen_bin};
+use crate::{
+    daemon::{Bed, take_line},
+    netns::smtp_screen_bin,
+};
 
 /// The error type of the benchmarks.
 pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -392,6 +395,60 @@ pub fn read_to_close(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> 
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The client's side of a benchmark's SMTP session: whole replies read off the connection,
+/// with errors as values, so that a benchmark stops with what went wrong.
+pub struct SmtpSession {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl SmtpSession {
+    /// The most one reply may take, continuation lines included.
+    const REPLY_MAX: usize = 16 * 1024;
+
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The last line of the next whole reply, its continuation lines read and dropped.
+    pub fn reply(&mut self) -> io::Result<String> {
+        loop {
+            while let Some(line) = take_line(&mut self.pending) {
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(line);
+                }
+            }
+            if self.pending.len() > Self::REPLY_MAX {
+                return Err(io::Error::other(format!(
+                    "a reply longer than {} bytes",
+                    Self::REPLY_MAX
+                )));
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    ));
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `command` and CRLF; returns the last line of the reply.
+    pub fn command(&mut self, command: &str) -> io::Result<String> {
+        self.stream.write_all(format!("{command}\r\n").as_bytes())?;
+        self.reply()
     }
 }
 
