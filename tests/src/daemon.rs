@@ -552,6 +552,48 @@ pub fn take_line(pending: &mut Vec<u8>) -> Option<String> {
     Some(String::from_utf8_lossy(&line).into_owned())
 }
 
+/// Whether the server kept the connection open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    Open,
+    /// The server closed the connection, or reset it.
+    Closed,
+}
+
+/// Waits up to `limit` for what the server sends on `stream` and adds it to `pending`, which
+/// is unchanged when nothing came in time.
+pub fn receive(mut stream: &TcpStream, pending: &mut Vec<u8>, limit: Duration) -> Connection {
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => Connection::Closed,
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Connection::Open
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            Connection::Open
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Connection::Closed
+        }
+        Err(e) => {
+            let local = stream.local_addr().map_or_else(|_| "?".into(), tag_of);
+            panic!("reading from the server at {local}: {e}")
+        }
+    }
+}
+
 /// How reading from the server ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
@@ -612,24 +654,8 @@ impl Client {
             if left.is_zero() {
                 return Received::Silent;
             }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Received::Closed,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    return Received::Closed;
-                }
-                Err(e) => panic!("reading from {}: {e}", self.tag()),
+            if receive(&self.stream, &mut self.pending, left) == Connection::Closed {
+                return Received::Closed;
             }
         }
     }

@@ -31,7 +31,7 @@
 
 use std::{
     fmt,
-    io::{ErrorKind, Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -40,7 +40,7 @@ use std::{
 };
 
 use screen_tests::{
-    daemon::{Daemon, quoted, tag_of, take_line},
+    daemon::{Connection, Daemon, quoted, receive, tag_of, take_line},
     ensure_packages,
     netns::{
         Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
@@ -764,24 +764,8 @@ impl Session {
                     .push(format!("<- (nothing more within {limit:?})"));
                 return None;
             }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => self.close_seen(),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    self.close_seen();
-                }
-                Err(e) => panic!("reading from the server: {e}"),
+            if receive(&self.stream, &mut self.pending, left) == Connection::Closed {
+                self.close_seen();
             }
         }
     }
