@@ -34,13 +34,9 @@ use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -48,19 +44,18 @@ use std::{
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr,
-        clock_ticks_per_second, connect_from, median, process_cpu, quantile, read_to_close,
-        take_client_network,
+        clock_ticks_per_second, connect_from, count_prefixed, median, process_cpu, quantile,
+        read_to_close, take_client_network, wait_for_counts,
     },
+    client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, quoted},
     netns::{PinDir, TcpAcceptor},
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{
+        BL_ANSWER, BL2_ANSWER, Dataset, LAB_SITES, LOCAL_DNS, Rbldnsd, WL_ANSWER, Zone, query_name,
+    },
 };
 
-/// The lab's lists.
-const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
 const ZONES: [&str; 3] = ["bl.test", "bl2.test", "wl.test"];
-/// rbldnsd, on loopback of the server namespace.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
 /// Part 2: addresses, connections from each, and how many of those arrive at once.
 const QUERY_ADDRESSES: usize = 100;
@@ -188,14 +183,14 @@ impl Lab {
             let addr = client_addr(index);
             match Role::of(index) {
                 Role::Listed => {
-                    bl = bl.list(addr, Ipv4Addr::new(127, 0, 0, 2));
-                    bl2 = bl2.list(addr, Ipv4Addr::new(127, 0, 0, 4));
+                    bl = bl.list(addr, BL_ANSWER);
+                    bl2 = bl2.list(addr, BL2_ANSWER);
                 }
-                Role::Vouched => wl = wl.list(addr, Ipv4Addr::new(127, 0, 1, 2)),
+                Role::Vouched => wl = wl.list(addr, WL_ANSWER),
                 Role::Clean => {}
             }
         }
-        let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &[bl, bl2, wl])?;
+        let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &[bl, bl2, wl])?;
         let backend = TcpAcceptor::start(&bed.server, bed.backend_addr())?;
         Ok(Self {
             _backend: backend,
@@ -212,11 +207,11 @@ impl Lab {
             .set("state_dir", quoted(state.display()))
             .set("backend_proxy_protocol", quoted("none"))
             .set("greet_banner", quoted(""))
-            .set("dnsbl_sites", quoted(SITES))
+            .set("dnsbl_sites", quoted(LAB_SITES))
             .set("dnsbl_threshold", "3")
             .set("dnsbl_allowlist_threshold", "-1")
             .set("dnsbl_action", quoted("drop"))
-            .set("dns_servers", format!("[{}]", quoted(DNS_SERVER)))
+            .set("dns_servers", format!("[{}]", quoted(LOCAL_DNS)))
             .set("pre_queue_limit", "1000")
             .set("post_queue_limit", "1000")
             .set("deny_sweep_interval", quoted("1s"))
@@ -279,59 +274,21 @@ struct Batch {
 /// time, each checked against its address's role.
 fn run_jobs(lab: &Lab, jobs: &[usize], concurrency: usize, limit: Duration) -> Result<Batch> {
     let dst = lab.smtp_addr();
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let latencies = Mutex::new(Vec::with_capacity(jobs.len()));
-    let started = Instant::now();
-    let deadline = started + limit;
-    let worker = || {
-        while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !bench::interrupted()
-            && Instant::now() < deadline
-        {
-            let Some(&index) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                return;
-            };
-            let src = client_addr(index);
-            let problem = match connect_once(src, dst) {
-                Ok((outcome, latency)) if outcome == Outcome::expected(index) => {
-                    latencies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(latency);
-                    continue;
-                }
-                Ok((outcome, _)) => format!(
-                    "{src} ({:?}) got {outcome:?}, expected {:?}",
-                    Role::of(index),
-                    Outcome::expected(index)
-                ),
-                Err(e) => format!("{src}: {e}"),
-            };
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(problem);
+    let finished = ClientPool::new(&lab.bed.client, concurrency, limit).run(jobs.len(), |job| {
+        let index = jobs[job];
+        let src = client_addr(index);
+        match connect_once(src, dst) {
+            Ok((outcome, latency)) if outcome == Outcome::expected(index) => Ok(latency),
+            Ok((outcome, _)) => Err(format!(
+                "{src} ({:?}) got {outcome:?}, expected {:?}",
+                Role::of(index),
+                Outcome::expected(index)
+            )),
+            Err(e) => Err(format!("{src}: {e}")),
         }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| lab.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
     })?;
-    let wall = started.elapsed();
-    check_interrupted()?;
-    if let Some(problem) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(problem.into());
-    }
-    let latencies = latencies.into_inner().unwrap_or_else(|e| e.into_inner());
+    let wall = finished.wall();
+    let latencies = finished.results;
     if latencies.len() < jobs.len() {
         return Err(format!(
             "only {} of {} connections finished within {limit:?}",
@@ -345,30 +302,18 @@ fn run_jobs(lab: &Lab, jobs: &[usize], concurrency: usize, limit: Duration) -> R
 
 /// How many of the daemon's log lines start with each of `prefixes`.
 fn count_lines(daemon: &Daemon, prefixes: &[&str]) -> Vec<usize> {
-    let lines = daemon.lines();
-    prefixes
-        .iter()
-        .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
-        .collect()
+    count_prefixed(&daemon.lines(), prefixes)
 }
 
 /// Waits until the daemon has logged `expected` lines starting with each prefix.
 fn wait_for_lines(daemon: &Daemon, prefixes: &[&str], expected: &[usize]) -> Result<()> {
-    let deadline = Instant::now() + LOG_WAIT;
-    loop {
-        let counted = count_lines(daemon, prefixes);
-        if counted == expected {
-            return Ok(());
-        }
-        if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
-            return Err(format!(
-                "the daemon logged {counted:?} lines starting with {prefixes:?}, expected \
-                 {expected:?}"
-            )
-            .into());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_counts(
+        "the daemon",
+        || daemon.lines(),
+        prefixes,
+        expected,
+        LOG_WAIT,
+    )
 }
 
 /// Part 1: first-contact decisions.
@@ -498,8 +443,7 @@ mod queries {
         let names: HashMap<String, &'static str> = addresses
             .iter()
             .flat_map(|&index| {
-                let [a, b, c, d] = client_addr(index).octets();
-                ZONES.map(|zone| (format!("{d}.{c}.{b}.{a}.{zone}"), zone))
+                ZONES.map(|zone| (query_name(client_addr(index).into(), zone), zone))
             })
             .collect();
         let already = lab.rbldnsd.queries().len();
@@ -626,7 +570,7 @@ mod report {
         let _ = writeln!(out, "- Duration: {:.0} s", elapsed.as_secs_f64());
         let _ = writeln!(
             out,
-            "- Lists: `{SITES}`, threshold 3, allowlist threshold -1, action `drop`, served by \
+            "- Lists: `{LAB_SITES}`, threshold 3, allowlist threshold -1, action `drop`, served by \
              rbldnsd on loopback of the server namespace; pregreet test off, so each decision \
              waits for the three answers.\n"
         );

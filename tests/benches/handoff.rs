@@ -38,22 +38,17 @@
 
 use std::{
     fmt::Write as _,
-    io::{ErrorKind, Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
-    bench::{
-        self, Result, check_interrupted, clock_ticks_per_second, median, process_cpu, quantile,
-    },
+    bench::{self, Result, SmtpSession, clock_ticks_per_second, median, process_cpu, quantile},
+    client_pool::ClientPool,
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     ensure_packages,
     netns::PinDir,
@@ -80,8 +75,6 @@ const MESSAGE_BYTES: usize = 16 * 1024;
 const WARM_UP: usize = 50;
 /// One step of a session (connect, or a reply) may take this long.
 const STEP_LIMIT: Duration = Duration::from_secs(10);
-/// The longest reply a session reads before it gives up on the server.
-const REPLY_MAX: usize = 16 * 1024;
 /// How long Postfix may take to log the last discarded delivery, and a screener its last
 /// `ALLOWLISTED` line.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -512,57 +505,16 @@ fn run_batch(
 ) -> Result<Measured> {
     let (dst, screener) = lab.target(path);
     let cpu_before = screener.cpu()?;
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let latencies = Mutex::new(Vec::with_capacity(sessions));
-    let started = Instant::now();
-    let deadline = started + budget.batch_limit;
-    let worker = || {
-        while failure.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !bench::interrupted()
-            && Instant::now() < deadline
-        {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= sessions {
-                return;
-            }
+    let finished = ClientPool::new(&lab.bed.client, budget.concurrency, budget.batch_limit).run(
+        sessions,
+        |index| {
             let src = client_addr(index);
-            match session(src, dst, message) {
-                Ok(latency) => latencies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(latency),
-                Err(e) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(format!("{} from {src}: {e}", path.name()));
-                }
-            }
-        }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..budget.concurrency)
-            .map(|_| scope.spawn(|| lab.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
-    })?;
-    let wall = started.elapsed();
-    check_interrupted()?;
-    if let Some(problem) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(problem.into());
-    }
-    let (latencies, sessions_taken): (Vec<Duration>, Vec<Duration>) = latencies
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .unzip();
+            session(src, dst, message).map_err(|e| format!("{} from {src}: {e}", path.name()))
+        },
+    )?;
+    let wall = finished.wall();
+    let (latencies, sessions_taken): (Vec<Duration>, Vec<Duration>) =
+        finished.results.into_iter().unzip();
     if latencies.len() < sessions {
         return Err(format!(
             "{}: only {} of {sessions} sessions finished within {:?}",
@@ -592,69 +544,34 @@ fn session(src: Ipv4Addr, dst: SocketAddr, message: &[u8]) -> Result<(Duration, 
     let started = Instant::now();
     let stream = bench::connect_from(src, dst, STEP_LIMIT)?;
     stream.set_nodelay(true)?;
-    let mut smtp = Smtp {
-        stream,
-        pending: Vec::new(),
-    };
-    smtp.stream.set_read_timeout(Some(STEP_LIMIT))?;
-    smtp.expect("greeting", 220)?;
-    smtp.command(&format!("EHLO {CLIENT_HELO}"), 250)?;
-    smtp.command(&format!("MAIL FROM:<{SENDER}>"), 250)?;
-    smtp.command(&format!("RCPT TO:<user@{MAIL_DOMAIN}>"), 250)?;
-    smtp.command("DATA", 354)?;
+    stream.set_read_timeout(Some(STEP_LIMIT))?;
+    let mut smtp = SmtpSession::new(stream);
+    expect(smtp.reply(), "greeting", 220)?;
+    for (command, code) in [
+        (format!("EHLO {CLIENT_HELO}"), 250),
+        (format!("MAIL FROM:<{SENDER}>"), 250),
+        (format!("RCPT TO:<user@{MAIL_DOMAIN}>"), 250),
+        ("DATA".to_string(), 354),
+    ] {
+        expect(smtp.command(&command), &command, code)?;
+    }
     smtp.stream.write_all(message)?;
     smtp.stream.write_all(b".\r\n")?;
-    smtp.expect("end of data", 250)?;
+    expect(smtp.reply(), "end of data", 250)?;
     let latency = started.elapsed();
-    smtp.command("QUIT", 221)?;
-    smtp.until_closed()?;
+    expect(smtp.command("QUIT"), "QUIT", 221)?;
+    // The server closes after `221`.
+    bench::read_to_close(&mut smtp.stream, 0)
+        .map_err(|e| format!("waiting for the close after 221: {e}"))?;
     Ok((latency, started.elapsed()))
 }
 
-/// A client's side of an SMTP session.
-struct Smtp {
-    stream: std::net::TcpStream,
-    pending: Vec<u8>,
-}
-
-impl Smtp {
-    fn command(&mut self, line: &str, code: u16) -> Result<()> {
-        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(line, code)
-    }
-
-    /// Reads one whole reply (continuation lines included) and checks its code.
-    fn expect(&mut self, after: &str, code: u16) -> Result<()> {
-        loop {
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                if text.as_bytes().get(3) == Some(&b'-') {
-                    continue;
-                }
-                return match text.get(..3).and_then(|c| c.parse::<u16>().ok()) {
-                    Some(got) if got == code => Ok(()),
-                    _ => Err(format!("after {after}: expected {code}, got {text:?}").into()),
-                };
-            }
-            if self.pending.len() > REPLY_MAX {
-                return Err(format!("after {after}: a reply longer than {REPLY_MAX} bytes").into());
-            }
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(format!("after {after}: the server closed").into()),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("after {after}: {e}").into()),
-            }
-        }
-    }
-
-    /// Reads until the server closes, which it does after `221`.
-    fn until_closed(&mut self) -> Result<()> {
-        bench::read_to_close(&mut self.stream, 0)
-            .map_err(|e| format!("waiting for the close after 221: {e}"))?;
-        Ok(())
+/// Checks that `reply`, the last line of the reply to `after`, has the code `code`.
+fn expect(reply: std::io::Result<String>, after: &str, code: u16) -> Result<()> {
+    let text = reply.map_err(|e| format!("after {after}: {e}"))?;
+    match text.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+        Some(got) if got == code => Ok(()),
+        _ => Err(format!("after {after}: expected {code}, got {text:?}").into()),
     }
 }
 

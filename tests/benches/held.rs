@@ -45,7 +45,7 @@ use std::{
     path::PathBuf,
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -54,8 +54,9 @@ use std::{
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr, connect_from,
-        rss_kib, take_client_network,
+        count_prefixed, rss_kib, take_client_network,
     },
+    client_pool::ClientPool,
     daemon::{Bed, Daemon, DaemonConfig, MYHOSTNAME, SMTP_PORT, quoted},
     netns::{PinDir, run_within},
     postfix::{Postfix, PostfixConfig, postfix_version},
@@ -411,10 +412,7 @@ impl Site {
 
     /// Log lines starting with `prefix`.
     fn count_lines(&self, prefix: &str) -> usize {
-        self.log_lines()
-            .iter()
-            .filter(|line| line.starts_with(prefix))
-            .count()
+        count_prefixed(&self.log_lines(), &[prefix])[0]
     }
 
     /// The warnings and fatal errors the screener (or Postfix around it) logged.
@@ -639,62 +637,38 @@ struct Opening {
 /// (the probe's), [`OPENERS`] at a time; stops early when the screener stops taking them.
 fn open_clients(site: &Site, budget: &Budget) -> Result<Opening> {
     let dst = site.smtp_addr();
-    let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     let first_failure: Mutex<Option<String>> = Mutex::new(None);
-    let started = Instant::now();
-    let deadline = started + budget.open_limit;
-    let worker = || {
-        let mut opened = Vec::new();
-        while !bench::interrupted()
-            && Instant::now() < deadline
-            && failures.load(Ordering::Relaxed) < FAILURE_LIMIT
-        {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            if index >= budget.connections {
-                break;
-            }
+    let stop = AtomicBool::new(false);
+    let opened = ClientPool::new(&site.bed.client, OPENERS, budget.open_limit)
+        .until(&stop)
+        .run(budget.connections, |index| {
             let src = client_addr(1 + index / PER_SOURCE);
             match connect(src, dst) {
-                Ok(stream) => opened.push(Client {
+                Ok(stream) => Ok(Some(Client {
                     stream,
                     received: Vec::new(),
                     closed: false,
-                }),
+                })),
                 Err(e) => {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                    if failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURE_LIMIT {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                     first_failure
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .get_or_insert_with(|| format!("from {src}: {e}"));
+                    Ok(None)
                 }
             }
-        }
-        opened
-    };
-    let clients = thread::scope(|scope| -> Result<Vec<Client>> {
-        let workers: Vec<_> = (0..OPENERS)
-            .map(|_| scope.spawn(|| site.bed.client.run(worker)))
-            .collect();
-        let mut clients = Vec::with_capacity(budget.connections);
-        for joined in workers {
-            clients.extend(
-                joined
-                    .join()
-                    .map_err(|_| "a client thread panicked")?
-                    .map_err(|e| format!("entering the client namespace: {e}"))?,
-            );
-        }
-        Ok(clients)
-    })?;
-    check_interrupted()?;
+        })?;
     Ok(Opening {
-        clients,
+        wall: opened.wall(),
+        clients: opened.results.into_iter().flatten().collect(),
         failures: failures.into_inner(),
         first_failure: first_failure
             .into_inner()
             .unwrap_or_else(|e| e.into_inner()),
-        wall: started.elapsed(),
     })
 }
 

@@ -50,42 +50,36 @@ use std::{
     env,
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    io::{ErrorKind, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
     bench::{
-        self, CLIENT_NETWORK, POOL_SIZE, ProcStat, Result, check_interrupted, client_addr,
-        clock_ticks_per_second, connect_from, median, read_to_close, take_client_network,
-        ticks_to_seconds,
+        self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, SmtpSession,
+        check_interrupted, client_addr, clock_ticks_per_second, connect_from, count_prefixed,
+        median, quantile, read_to_close, take_client_network, ticks_to_seconds,
     },
+    client_pool::{ClientPool, JobFailed},
     daemon::{Bed, CLIENT_HELO, Daemon, DaemonConfig, MYHOSTNAME, SENDER, quoted},
     netns::{ChildGuard, PinDir, output_within, smtp_screen_bin, stream_from, with_resolv_conf},
     postfix::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
         postfix_version,
     },
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{BL_ANSWER, BL2_ANSWER, Dataset, LOCAL_DNS, Rbldnsd, Zone},
 };
 
 const SMTP_PORT: u16 = 25;
 /// The lists and the rank that fails a client: a listed bot is in both (rank 4).
 const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1";
 const THRESHOLD: &str = "3";
-const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-/// rbldnsd, on loopback of each server namespace.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 /// The greet wait of both screeners: short, so that a listed bot's decision comes quickly, yet
 /// long enough that a pregreet is seen before it ends on a machine the clients keep busy.
 const GREET_WAIT: &str = "2s";
@@ -119,9 +113,6 @@ const PERF_ATTACH: Duration = Duration::from_millis(500);
 const PERF_STOP: Duration = Duration::from_secs(30);
 /// Upper bound for one `smtp-screen status`.
 const TOOL_LIMIT: Duration = Duration::from_secs(30);
-/// The longest reply line or reply the clients read.
-const LINE_LIMIT: u64 = 1024;
-const REPLY_LINES_LIMIT: usize = 32;
 /// The most a bot reads before the screener's close.
 const BOT_REPLY_MAX: usize = 4096;
 
@@ -289,7 +280,7 @@ impl Site {
         };
         let bed = Bed::new(tag, &[LEGIT_HOST]);
         take_client_network(&bed, CLIENT_NETWORK, LEGIT_HOST)?;
-        let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &zones(budget))?;
+        let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &zones(budget))?;
         let table = bed.write_table("access.cidr", &[(bed.v4(LEGIT_HOST), "permit")]);
         let access_list = format!("permit_mynetworks, cidr:{}", table.display());
         let pin = PinDir::new(tag);
@@ -316,7 +307,7 @@ impl Site {
                     .set("dnsbl_sites", quoted(SITES))
                     .set("dnsbl_threshold", THRESHOLD)
                     .set("dnsbl_action", quoted("drop"))
-                    .set("dns_servers", format!("[{}]", quoted(DNS_SERVER)))
+                    .set("dns_servers", format!("[{}]", quoted(LOCAL_DNS)))
                     .set("pre_queue_limit", PRE_QUEUE_LIMIT)
                     .write(&bed, "smtp-screen.toml");
                 let daemon = Daemon::start_binary(&bed, &pin, bin, &config, "daemon.log");
@@ -361,7 +352,7 @@ impl Site {
         );
         let resolv_conf = bed
             .scratch
-            .write("resolv.conf", format!("nameserver {}\n", DNS_SERVER.ip()))?;
+            .write("resolv.conf", format!("nameserver {}\n", LOCAL_DNS.ip()))?;
         Ok(with_resolv_conf(&resolv_conf, || {
             Postfix::start(&bed.server, &config)
         })?)
@@ -386,30 +377,13 @@ impl Site {
 
     /// How many screener lines start with each of `prefixes`.
     fn count(&self, prefixes: &[&str]) -> Vec<usize> {
-        let lines = self.lines();
-        prefixes
-            .iter()
-            .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
-            .collect()
+        count_prefixed(&self.lines(), prefixes)
     }
 
     /// Waits until the screener has logged `expected` lines starting with each prefix.
     fn wait_for_counts(&self, prefixes: &[&str], expected: &[usize]) -> Result<()> {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            let counted = self.count(prefixes);
-            if counted == expected {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
-                return Err(format!(
-                    "{} logged {counted:?} lines starting with {prefixes:?}, expected {expected:?}",
-                    self.kind
-                )
-                .into());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let screener = self.kind.to_string();
+        bench::wait_for_counts(&screener, || self.lines(), prefixes, expected, LOG_WAIT)
     }
 
     /// What the screener logged about `client`, for a failure message.
@@ -614,60 +588,27 @@ fn flood(
     limit: Duration,
 ) -> Result<Flood> {
     let dst = site.smtp_addr();
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
-    let started = Instant::now();
-    let deadline = started + limit;
-    let failed = || failure.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-    let worker = || {
-        while !failed() && !stop.load(Ordering::Relaxed) && !bench::interrupted() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= count {
-                return;
-            }
-            if let Pace::Rate(rate) = pace {
-                let slot = started + Duration::from_secs_f64(i as f64 / rate);
-                thread::sleep(slot.saturating_duration_since(Instant::now()));
-            }
-            if Instant::now() >= deadline {
-                return;
-            }
-            let job = job(i);
-            match job.play(dst) {
-                Ok(()) => {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(problem) => {
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert((job.index, format!("{}: {problem}", site.kind)));
-                }
-            }
-        }
-    };
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| site.bed.client.run(worker)))
-            .collect();
-        for joined in workers {
-            joined
-                .join()
-                .map_err(|_| "a client thread panicked")?
-                .map_err(|e| format!("entering the client namespace: {e}"))?;
-        }
-        Ok(())
-    })?;
-    let ended = Instant::now();
-    check_interrupted()?;
-    if let Some((index, problem)) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(format!("{problem}\n{}", site.about(client_addr(index))).into());
+    let mut pool = ClientPool::new(&site.bed.client, concurrency, limit).until(stop);
+    if let Pace::Rate(rate) = pace {
+        pool = pool.paced(rate);
     }
+    let finished = pool
+        .run(count, |i| {
+            job(i)
+                .play(dst)
+                .map_err(|problem| format!("{}: {problem}", site.kind))
+        })
+        .map_err(|e| match e.downcast::<JobFailed>() {
+            Ok(failed) => {
+                let client = client_addr(job(failed.job).index);
+                format!("{failed}\n{}", site.about(client)).into()
+            }
+            Err(e) => e,
+        })?;
     Ok(Flood {
-        connections: done.into_inner(),
-        wall: ended - started,
-        ended,
+        connections: finished.results.len(),
+        wall: finished.wall(),
+        ended: finished.ended,
     })
 }
 
@@ -702,13 +643,12 @@ fn transaction(site: &Site) -> Result<Duration> {
         CONNECT_LIMIT,
     )?;
     stream.set_read_timeout(Some(REPLY_WAIT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    let mut smtp = SmtpSession::new(stream);
     let mut step = |command: &str, want: &str| -> Result<String> {
         if !command.is_empty() {
-            writer.write_all(command.as_bytes())?;
+            smtp.stream.write_all(command.as_bytes())?;
         }
-        let reply = read_reply(&mut reader)?;
+        let reply = smtp.reply()?;
         if !reply.starts_with(want) {
             return Err(format!(
                 "{}: the legitimate client got {reply:?} after {:?}, expected {want}",
@@ -733,21 +673,6 @@ fn transaction(site: &Site) -> Result<Duration> {
     Ok(latency)
 }
 
-/// The last line of one SMTP reply, continuation lines read and dropped.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<String> {
-    for _ in 0..REPLY_LINES_LIMIT {
-        let mut line = String::new();
-        let n = reader.by_ref().take(LINE_LIMIT).read_line(&mut line)?;
-        if n == 0 {
-            return Err("the server closed the connection".into());
-        }
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(line.trim_end().to_string());
-        }
-    }
-    Err(format!("a reply of more than {REPLY_LINES_LIMIT} lines").into())
-}
-
 /// Latencies of the legitimate client.
 #[derive(Clone, Debug, Default)]
 struct Latencies {
@@ -755,22 +680,12 @@ struct Latencies {
 }
 
 impl Latencies {
-    fn quantile(&self, q: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1]
-    }
-
     fn p50(&self) -> Duration {
-        self.quantile(0.5)
+        quantile(&self.samples, 0.5)
     }
 
     fn p99(&self) -> Duration {
-        self.quantile(0.99)
+        quantile(&self.samples, 0.99)
     }
 }
 
@@ -946,33 +861,6 @@ mod cpu {
         pub by_name: Vec<(String, f64)>,
     }
 
-    /// The machine's CPU times from the first line of /proc/stat, in ticks: user (with nice),
-    /// and kernel (system, irq, softirq).
-    #[derive(Clone, Copy, Debug)]
-    pub struct Machine {
-        user: u64,
-        kernel: u64,
-    }
-
-    impl Machine {
-        pub fn now() -> Result<Self> {
-            let stat = fs::read_to_string("/proc/stat")?;
-            let line = stat.lines().next().unwrap_or_default();
-            let fields: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .map(str::parse)
-                .collect::<std::result::Result<_, _>>()?;
-            let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
-                return Err(format!("unexpected /proc/stat line: {line}").into());
-            };
-            Ok(Self {
-                user: user + nice,
-                kernel: system + irq + softirq,
-            })
-        }
-    }
-
     /// This process's user and system time, in ticks: the load generator's own.
     #[derive(Clone, Copy, Debug)]
     pub struct Generator {
@@ -1011,7 +899,7 @@ mod cpu {
     /// A snapshot at the start of an interval.
     pub struct Meter {
         processes: Processes,
-        machine: Machine,
+        machine: MachineCpu,
         generator: Generator,
     }
 
@@ -1019,14 +907,14 @@ mod cpu {
         pub fn start(site: &Site) -> Result<Self> {
             Ok(Self {
                 generator: Generator::now()?,
-                machine: Machine::now()?,
+                machine: MachineCpu::now()?,
                 processes: site.processes()?,
             })
         }
 
         pub fn stop(&self, site: &Site) -> Result<Cost> {
             let processes = site.processes()?;
-            let machine = Machine::now()?;
+            let machine = MachineCpu::now()?;
             let generator = Generator::now()?;
             Ok(Cost {
                 screening: processes.since(&self.processes),

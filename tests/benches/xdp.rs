@@ -32,36 +32,35 @@
 use std::{
     collections::{HashMap, HashSet},
     env,
-    ffi::CString,
     fmt::Write as _,
-    fs::{self, File},
-    io,
+    fs, io,
     mem::size_of,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     thread,
     time::{Duration, Instant},
 };
 
 use aya::{
-    EbpfLoader, TestRun, TestRunOptions,
+    TestRun, TestRunOptions,
     maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::Xdp,
 };
 use ipnet::{IpNet, Ipv4Net};
-use screen_common::{DenyEntry, DynKeyV4, Origin, PROGRAM_NAME, Stat, map_name};
+use screen_common::{DenyEntry, DynKeyV4, Origin, Stat, map_name};
 use screen_tests::{
     bench::{
-        self, ProcStat, Result, check_interrupted, clock_ticks_per_second, median, thread_cpu_time,
+        self, MachineCpu, Result, check_interrupted, clock_ticks_per_second, grouped, median,
+        min_max, thread_cpu_time,
     },
+    bpf_sys::{self, RawProgram},
     frames::{FrameSpec, TCP_ACK},
+    netns::{self, NetCounters, Netns, PinDir, VethPair, if_index, run_within},
+    rng::SplitMix64,
+    xdp::{ScreenUnderTest, XDP_DROP, XDP_PASS},
 };
 use screen_user::kernel::{self, KernelAction, Maps, StaticList, clock};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 /// `BPF_PROG_TEST_RUN` refuses XDP input without a whole Ethernet header (EINVAL).
 const ETH_HLEN: usize = 14;
@@ -141,332 +140,6 @@ fn run(budget: Budget) -> Result<PathBuf> {
     let report = report::render(&budget, &per_packet, &flood, started.elapsed());
     bench::write_report("xdp", &report)
 }
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
-}
-
-/// Deterministic pseudo-random numbers (SplitMix64), so that every run fills the maps alike.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
-/// The raw `bpf(2)` calls the benchmark needs beyond aya: the do-nothing reference programs and
-/// the live-frames sender, test runs and XDP links for them, and batched map updates.
-mod bpf_sys {
-    use super::*;
-
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-    /// `BPF_PROG_TEST_RUN` hands every frame to the network stack as a NIC driver would,
-    /// instead of reporting the verdict (kernel 5.18).
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-    pub const BPF_FUNC_KTIME_GET_NS: i32 = 5;
-    pub const BPF_FUNC_KTIME_GET_COARSE_NS: i32 = 160;
-    const BPF_FUNC_REDIRECT: i32 = 23;
-
-    /// `exit` (BPF_JMP | BPF_EXIT).
-    const EXIT: [u8; 8] = [0x95, 0x00, 0, 0, 0, 0, 0, 0];
-
-    /// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
-    fn mov_imm(dst: u8, imm: i32) -> [u8; 8] {
-        let mut insn = [0xb7, dst, 0, 0, 0, 0, 0, 0];
-        insn[4..].copy_from_slice(&imm.to_le_bytes());
-        insn
-    }
-
-    /// `call helper` (BPF_JMP | BPF_CALL).
-    fn call(helper: i32) -> [u8; 8] {
-        let mut insn = [0x85, 0x00, 0, 0, 0, 0, 0, 0];
-        insn[4..].copy_from_slice(&helper.to_le_bytes());
-        insn
-    }
-
-    /// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`; the kernel zero-fills the rest.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        // Explicit, so that the tail the kernel checks for zeros is initialised.
-        _pad: u32,
-    }
-
-    /// `struct xdp_md`: the context a test run's program sees, given as `ctx_in`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct XdpMd {
-        data: u32,
-        data_end: u32,
-        data_meta: u32,
-        ingress_ifindex: u32,
-        rx_queue_index: u32,
-        egress_ifindex: u32,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct LinkCreateAttr {
-        prog_fd: u32,
-        target_ifindex: u32,
-        attach_type: u32,
-        flags: u32,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-        // SAFETY: `attr` is a fully initialised `#[repr(C)]` prefix of `union bpf_attr` of the
-        // size passed; every pointer inside it refers to memory that outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr as *mut T,
-                size_of::<T>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    }
-
-    /// What one `BPF_PROG_TEST_RUN` reported.
-    #[derive(Clone, Copy, Debug)]
-    pub struct TestRunOutcome {
-        pub retval: u32,
-        /// The kernel's average per run, truncated to whole nanoseconds.
-        pub duration_ns: u32,
-    }
-
-    /// `BPF_PROG_TEST_RUN` of `prog` on `frame`, `repeat` times.
-    pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<TestRunOutcome> {
-        let mut attr = TestRunAttr {
-            prog_fd: prog.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        Ok(TestRunOutcome {
-            retval: attr.retval,
-            duration_ns: attr.duration,
-        })
-    }
-
-    /// A few instructions of XDP, loaded without aya so that no loader feature can add work to
-    /// them: the floor every figure is compared with (`XDP_DROP` without reading anything), its
-    /// variants, and the live-frames sender.
-    pub struct RawProgram {
-        fd: OwnedFd,
-    }
-
-    impl RawProgram {
-        /// `r0 = XDP_DROP; exit`.
-        pub fn xdp_drop() -> Result<Self> {
-            Self::from_insns("ssb_noop", &[mov_imm(0, XDP_DROP as i32), EXIT])
-        }
-
-        /// `r0 = XDP_PASS; exit`: lets veth take xdp_frames and hand them to the stack.
-        pub fn xdp_pass() -> Result<Self> {
-            Self::from_insns("ssb_pass", &[mov_imm(0, XDP_PASS as i32), EXIT])
-        }
-
-        /// Looks `key` up in the map `map_fd` (its key is 4 bytes), then returns `XDP_DROP`:
-        /// what one map lookup adds to the reference.
-        pub fn looking_up(map_fd: BorrowedFd<'_>, key: [u8; 4], name: &str) -> Result<Self> {
-            // `*(u32 *)(r10 - 4) = key` (BPF_ST | BPF_MEM | BPF_W).
-            let mut store = [0x62, 0x0a, 0xfc, 0xff, 0, 0, 0, 0];
-            store[4..].copy_from_slice(&key);
-            // `r2 = r10` (BPF_ALU64 | BPF_MOV | BPF_X), then `r2 += -4`.
-            let key_ptr = [0xbf, 0xa2, 0, 0, 0, 0, 0, 0];
-            let mut offset = [0x07, 0x02, 0, 0, 0, 0, 0, 0];
-            offset[4..].copy_from_slice(&(-4i32).to_le_bytes());
-            // `r1 = map` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD): two slots.
-            let mut load_map = [0x18, 0x11, 0, 0, 0, 0, 0, 0];
-            load_map[4..].copy_from_slice(&map_fd.as_raw_fd().to_le_bytes());
-            let load_map_high = [0u8; 8];
-            Self::from_insns(
-                name,
-                &[
-                    store,
-                    key_ptr,
-                    offset,
-                    load_map,
-                    load_map_high,
-                    call(BPF_FUNC_MAP_LOOKUP_ELEM),
-                    mov_imm(0, XDP_DROP as i32),
-                    EXIT,
-                ],
-            )
-        }
-
-        /// Calls the argument-less `helper`, then returns `XDP_DROP`: what one helper call
-        /// adds to the reference.
-        pub fn calling(helper: i32, name: &str) -> Result<Self> {
-            Self::from_insns(name, &[call(helper), mov_imm(0, XDP_DROP as i32), EXIT])
-        }
-
-        /// `return bpf_redirect(ifindex, 0)`: sends every frame out of `ifindex`.
-        pub fn redirect(ifindex: u32) -> Result<Self> {
-            let ifindex = i32::try_from(ifindex)?;
-            Self::from_insns(
-                "ssb_redirect",
-                &[
-                    mov_imm(1, ifindex),
-                    mov_imm(2, 0),
-                    call(BPF_FUNC_REDIRECT),
-                    EXIT,
-                ],
-            )
-        }
-
-        fn from_insns(name: &str, insns: &[[u8; 8]]) -> Result<Self> {
-            let mut prog_name = [0u8; 16];
-            prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
-            let mut attr = ProgLoadAttr {
-                prog_type: BPF_PROG_TYPE_XDP,
-                insn_cnt: insns.len() as u32,
-                insns: insns.as_ptr() as u64,
-                license: c"GPL".as_ptr() as u64,
-                prog_name,
-                ..Default::default()
-            };
-            let fd = bpf(BPF_PROG_LOAD, &mut attr)
-                .map_err(|e| format!("BPF_PROG_LOAD of XDP program {name}: {e}"))?;
-            // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-            Ok(Self { fd })
-        }
-
-        pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<TestRunOutcome> {
-            test_run(self.fd.as_fd(), frame, repeat)
-        }
-
-        /// A live-frames test run: `frames` copies of `frame`, as if received on
-        /// `ingress_ifindex` of the calling thread's network namespace, go through the program
-        /// `batch_size` at a time, and whatever it returns is carried out for real (a redirect
-        /// transmits, a pass enters the stack). The kernel reports no verdict in this mode.
-        pub fn test_run_live(
-            &self,
-            frame: &[u8],
-            ingress_ifindex: u32,
-            frames: u32,
-            batch_size: u32,
-        ) -> io::Result<()> {
-            let ctx = XdpMd {
-                data_end: frame.len() as u32,
-                ingress_ifindex,
-                ..Default::default()
-            };
-            let mut attr = TestRunAttr {
-                prog_fd: self.fd.as_raw_fd() as u32,
-                data_size_in: frame.len() as u32,
-                data_in: frame.as_ptr() as u64,
-                repeat: frames,
-                ctx_size_in: size_of::<XdpMd>() as u32,
-                ctx_in: (&ctx as *const XdpMd) as u64,
-                flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-                batch_size,
-                ..Default::default()
-            };
-            bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-            Ok(())
-        }
-
-        /// Attaches natively to `ifindex` of the calling thread's network namespace through a
-        /// BPF link; dropping the returned descriptor detaches it.
-        pub fn attach_native(&self, ifindex: u32) -> io::Result<OwnedFd> {
-            let mut attr = LinkCreateAttr {
-                prog_fd: self.fd.as_raw_fd() as u32,
-                target_ifindex: ifindex,
-                attach_type: BPF_XDP,
-                flags: XDP_FLAGS_DRV_MODE,
-            };
-            let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
-            // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-        }
-    }
-
-    /// `BPF_MAP_UPDATE_BATCH`: one syscall for many elements. Returns how many were written.
-    pub fn update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<u32> {
-        assert_eq!(keys.len(), values.len());
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-        Ok(attr.count)
-    }
-}
-
-use bpf_sys::RawProgram;
 
 /// Part 1: nanoseconds per packet through `BPF_PROG_TEST_RUN`.
 mod per_packet {
@@ -675,46 +348,16 @@ mod per_packet {
     }
 
     /// The program with its own unpinned maps, configured for port 25 and `drop`.
-    struct Screen {
-        ebpf: aya::Ebpf,
-        maps: Maps,
-        /// A second descriptor of the IPv4 dynamic deny map, for batched filling.
-        dyn_v4: OwnedFd,
+    fn load_screen() -> Result<ScreenUnderTest> {
+        let mut screen = ScreenUnderTest::load().map_err(|e| e.to_string())?;
+        kernel::configure(&mut screen.maps, &[25], KernelAction::Drop, 64)?;
+        Ok(screen)
     }
 
-    impl Screen {
-        fn load() -> Result<Self> {
-            let mut ebpf = EbpfLoader::new().load(kernel::OBJECT)?;
-            let dyn_v4 = match ebpf.map(map_name::DYN_DENY_V4) {
-                Some(Map::LruHashMap(data)) => data.fd().as_fd().try_clone_to_owned()?,
-                other => {
-                    return Err(
-                        format!("{} is {other:?}, not an LRU hash", map_name::DYN_DENY_V4).into(),
-                    );
-                }
-            };
-            let mut maps = Maps::from_ebpf(&mut ebpf)?;
-            let program: &mut Xdp = ebpf
-                .program_mut(PROGRAM_NAME)
-                .ok_or("the object has no XDP program")?
-                .try_into()?;
-            program.load()?;
-            kernel::configure(&mut maps, &[25], KernelAction::Drop, 64)?;
-            Ok(Self { ebpf, maps, dyn_v4 })
-        }
-
-        fn program(&self) -> &Xdp {
-            self.ebpf
-                .program(PROGRAM_NAME)
-                .expect("loaded above")
-                .try_into()
-                .expect("an XDP program")
-        }
-
-        fn dynamic_map(&self) -> Result<BpfHashMap<MapData, DynKeyV4, DenyEntry>> {
-            let data = MapData::from_fd(self.dyn_v4.try_clone()?)?;
-            Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
-        }
+    /// The IPv4 dynamic deny map of `screen`, through its second descriptor.
+    fn dynamic_map(screen: &ScreenUnderTest) -> Result<BpfHashMap<MapData, DynKeyV4, DenyEntry>> {
+        let data = MapData::from_fd(screen.dynamic_v4_fd().try_clone_to_owned()?)?;
+        Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
     }
 
     fn timed(
@@ -743,7 +386,7 @@ mod per_packet {
 
     /// Runs one subject once and checks the verdict and, for the program, the counters.
     fn sample(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         subject: Subject,
         frame: &[u8],
@@ -801,7 +444,7 @@ mod per_packet {
     }
 
     fn measure_state(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         budget: &Budget,
         label: String,
@@ -818,7 +461,7 @@ mod per_packet {
 
     /// `subjects` in `rounds` interleaved rounds of `repeat` runs each, after a warm-up run.
     fn measure_subjects(
-        screen: &Screen,
+        screen: &ScreenUnderTest,
         references: &References<'_>,
         repeat: u32,
         rounds: usize,
@@ -859,7 +502,7 @@ mod per_packet {
     }
 
     /// Adds `count` random /32 dynamic entries outside the test sources' /8.
-    fn fill_dynamic(screen: &mut Screen, count: usize) -> Result<String> {
+    fn fill_dynamic(screen: &mut ScreenUnderTest, count: usize) -> Result<String> {
         let started = Instant::now();
         let entry = DenyEntry {
             expires_ns: clock::monotonic_ns() + 3_600_000_000_000,
@@ -879,12 +522,12 @@ mod per_packet {
         let mut method = "BPF_MAP_UPDATE_BATCH";
         let mut written = 0usize;
         for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-            match bpf_sys::update_batch(screen.dyn_v4.as_fd(), k, v) {
+            match bpf_sys::update_batch(screen.dynamic_v4_fd(), k, v) {
                 Ok(n) => written += n as usize,
                 // Older kernels have no batch operations for hash maps: one update per entry.
                 Err(e) if written == 0 && matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
                     method = "one BPF_MAP_UPDATE_ELEM per entry";
-                    let mut map = screen.dynamic_map()?;
+                    let mut map = dynamic_map(screen)?;
                     for key in &keys {
                         map.insert(key, entry, 0)?;
                     }
@@ -894,7 +537,7 @@ mod per_packet {
                 Err(e) => return Err(format!("BPF_MAP_UPDATE_BATCH: {e}").into()),
             }
         }
-        let map = screen.dynamic_map()?;
+        let map = dynamic_map(screen)?;
         let present = map.keys().count();
         let test_key = DynKeyV4 {
             addr: DYNAMIC_DENIED.octets(),
@@ -926,11 +569,12 @@ mod per_packet {
 
     /// Replaces the static deny list with `count` random prefixes (/16 to /32) outside the test
     /// sources' /8, plus the test sources' own, the way `smtp-screen deny load` does.
-    fn fill_static(screen: &mut Screen, count: usize) -> Result<String> {
-        let mut rng = SplitMix64(0x5eed_0000_0000_0001);
+    fn fill_static(screen: &mut ScreenUnderTest, count: usize) -> Result<String> {
+        // Seeded, so that every run fills the maps alike.
+        let mut rng = SplitMix64::seeded(0x5eed_0000_0000_0001);
         let mut seen = HashSet::new();
         while seen.len() < count {
-            let r = rng.next();
+            let r = rng.next_u64();
             let len = match r % 10 {
                 0..=5 => 24,
                 6 | 7 => 16 + ((r >> 8) % 8) as u8,
@@ -988,7 +632,7 @@ mod per_packet {
                 ETH_HLEN - 1
             ),
         };
-        let mut screen = Screen::load()?;
+        let mut screen = load_screen()?;
         let references = References {
             noop: reference,
             clock: RawProgram::calling(bpf_sys::BPF_FUNC_KTIME_GET_NS, "ssb_ktime")?,
@@ -997,7 +641,7 @@ mod per_packet {
                 "ssb_ktime_coarse",
             )?,
             lookup: RawProgram::looking_up(
-                screen.dyn_v4.as_fd(),
+                screen.dynamic_v4_fd(),
                 DYNAMIC_DENIED.octets(),
                 "ssb_lookup",
             )?,
@@ -1007,7 +651,7 @@ mod per_packet {
 
         let mut placements = Vec::new();
         for load in 1..=budget.placement_loads {
-            let mut placed = Screen::load()?;
+            let mut placed = load_screen()?;
             add_test_entries(&mut placed)?;
             placements.push(measure_subjects(
                 &placed,
@@ -1054,7 +698,7 @@ mod per_packet {
     }
 
     /// The test sources' static deny prefixes and dynamic entry.
-    fn add_test_entries(screen: &mut Screen) -> Result<()> {
+    fn add_test_entries(screen: &mut ScreenUnderTest) -> Result<()> {
         for net in test_static_deny()? {
             screen
                 .maps
@@ -1069,193 +713,6 @@ mod per_packet {
         Ok(())
     }
 }
-
-/// Network namespaces, commands run inside them and the counters they keep.
-mod netns {
-    use super::*;
-
-    pub const NETNS_DIR: &str = "/run/netns";
-    pub const PREFIX: &str = "ssb";
-
-    /// How long one `ip`, `nft` or `smtp-screen` invocation may take.
-    const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-
-    /// Runs `cmd` and returns its stdout; a failure carries the command and its stderr.
-    pub fn run(cmd: &mut Command) -> Result<String> {
-        run_within(cmd, COMMAND_LIMIT)
-    }
-
-    /// As [`run`], killing the command if it is still running after `limit`.
-    pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<String> {
-        Ok(screen_tests::netns::run_within(cmd, limit)?)
-    }
-
-    /// `nsenter --net=/run/netns/NS PROGRAM`: joins only the network namespace, so the BPF
-    /// filesystem and its pins stay the ones this process sees.
-    pub fn nsenter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
-            .arg("--")
-            .arg(program);
-        cmd
-    }
-
-    /// Runs `f` on a thread that has joined network namespace `ns`.
-    pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let file = File::open(format!("{NETNS_DIR}/{ns}"))?;
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    enter(&file)?;
-                    f()
-                })
-                .join()
-                .map_err(|_| "a thread inside the network namespace panicked")?
-        })
-    }
-
-    /// Moves the calling thread into the network namespace behind `file`.
-    pub fn enter(file: &File) -> Result<()> {
-        // SAFETY: a valid namespace descriptor; only the calling thread changes namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns: {}", io::Error::last_os_error()).into());
-        }
-        Ok(())
-    }
-
-    pub fn if_index(name: &str) -> Result<u32> {
-        let c_name = CString::new(name)?;
-        // SAFETY: a valid NUL-terminated name.
-        match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-            0 => Err(format!("no interface {name}: {}", io::Error::last_os_error()).into()),
-            index => Ok(index),
-        }
-    }
-
-    /// Packet counters of one interface, from `/proc/net/dev`.
-    #[derive(Clone, Copy, Debug, Default)]
-    pub struct DevCounters {
-        pub rx_packets: u64,
-        pub rx_dropped: u64,
-        pub tx_packets: u64,
-        pub tx_dropped: u64,
-    }
-
-    /// The counters of one namespace that tell where a frame ended.
-    #[derive(Clone, Debug, Default)]
-    pub struct NetCounters {
-        pub devices: HashMap<String, DevCounters>,
-        /// `/proc/net/snmp`, keyed `Ip.InReceives`, `Tcp.InSegs` and so on.
-        pub snmp: HashMap<String, u64>,
-    }
-
-    impl NetCounters {
-        /// Reads the counters of namespace `ns`.
-        pub fn read(ns: &str) -> Result<Self> {
-            within(ns, || {
-                // `thread-self`: `/proc/self/net` would show the main thread's namespace.
-                let dev = fs::read_to_string("/proc/thread-self/net/dev")?;
-                let snmp = fs::read_to_string("/proc/thread-self/net/snmp")?;
-                Ok(Self {
-                    devices: parse_dev(&dev),
-                    snmp: parse_snmp(&snmp),
-                })
-            })
-        }
-
-        pub fn device(&self, name: &str) -> DevCounters {
-            self.devices.get(name).copied().unwrap_or_default()
-        }
-
-        pub fn snmp(&self, key: &str) -> u64 {
-            self.snmp.get(key).copied().unwrap_or(0)
-        }
-    }
-
-    fn parse_dev(text: &str) -> HashMap<String, DevCounters> {
-        text.lines()
-            .skip(2)
-            .filter_map(|line| {
-                let (name, rest) = line.split_once(':')?;
-                let fields: Vec<u64> = rest
-                    .split_whitespace()
-                    .map(|f| f.parse().unwrap_or(0))
-                    .collect();
-                (fields.len() >= 16).then(|| {
-                    (
-                        name.trim().to_string(),
-                        DevCounters {
-                            rx_packets: fields[1],
-                            rx_dropped: fields[3],
-                            tx_packets: fields[9],
-                            tx_dropped: fields[11],
-                        },
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn parse_snmp(text: &str) -> HashMap<String, u64> {
-        let mut out = HashMap::new();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [names, values] = pair else { continue };
-            let (Some((group, names)), Some((_, values))) =
-                (names.split_once(':'), values.split_once(':'))
-            else {
-                continue;
-            };
-            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-                if let Ok(value) = value.parse() {
-                    out.insert(format!("{group}.{name}"), value);
-                }
-            }
-        }
-        out
-    }
-
-    /// Whether `pid` is a running process; a zombie has already let go of everything.
-    fn pid_alive(pid: u32) -> bool {
-        ProcStat::read(pid).is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
-    }
-
-    /// The pid in a name made by this benchmark (`ssb<pid>...`), if any.
-    fn owner_pid(name: &str) -> Option<u32> {
-        let digits: String = name
-            .strip_prefix(PREFIX)?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    }
-
-    /// Removes namespaces and pin directories that an earlier run killed before it could clean
-    /// up (its pid is gone); those of live processes are left alone.
-    pub fn remove_stale() {
-        let stale = |name: &str| owner_pid(name).is_some_and(|pid| !pid_alive(pid));
-        if let Ok(entries) = fs::read_dir(NETNS_DIR) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if stale(&name) {
-                    eprintln!("removing network namespace {name} left by an earlier run");
-                    let _ = run(Command::new("ip").args(["netns", "del", &name]));
-                }
-            }
-        }
-        if let Ok(entries) = fs::read_dir(screen_user::paths::BPFFS_ROOT) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if stale(&name) && entry.path().is_dir() {
-                    eprintln!("removing pin directory {name} left by an earlier run");
-                    let _ = fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-    }
-}
-
-use netns::{NetCounters, nsenter};
 
 /// Part 2: SYN floods over veth, CPU per SYN for each receive-side configuration, with the SYNs
 /// fed as a NIC delivers them (xdp_frames) and as a local socket sends them (skbs).
@@ -1283,6 +740,8 @@ mod flood {
     /// which then schedules the receiver's NAPI: a NAPI budget, as a driver delivers them.
     pub const LIVE_BATCH: u32 = 64;
     const NFT_TABLE: &str = "ssb_bench";
+    /// How long one `nft`, `ethtool` or `smtp-screen` invocation may take.
+    const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
     /// How the SYNs reach the server veth.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1407,141 +866,64 @@ mod flood {
 
     /// The two namespaces, the veth pair between them, and the sender-only sinks in the client
     /// namespace: a device that frees skbs, and a veth pair whose far end is down, which
-    /// refuses xdp_frames. Dropping it deletes the namespaces, and with them everything inside.
+    /// refuses xdp_frames. Fields drop in order: the pairs, then the namespaces, and with them
+    /// everything inside.
     pub struct Testbed {
-        pub client: String,
-        pub server: String,
-        pub client_veth: String,
-        pub server_veth: String,
+        /// The client's end, then the server's.
+        link: VethPair,
+        /// The first end is up, so that it takes redirects; its peer is down, so it refuses
+        /// them one by one.
+        refusing: VethPair,
         pub sink: String,
         pub sink_kind: &'static str,
-        /// Up, so that it takes redirects; its peer is down, so it refuses them one by one.
-        pub xdp_sink: String,
-        pub xdp_sink_peer: String,
-        namespaces: Vec<String>,
+        pub client: Netns,
+        pub server: Netns,
     }
 
     impl Testbed {
         pub fn create() -> Result<Self> {
-            let pid = std::process::id();
-            let p = netns::PREFIX;
-            let mut bed = Self {
-                client: format!("{p}{pid}c"),
-                server: format!("{p}{pid}s"),
-                client_veth: format!("{p}{pid}c0"),
-                server_veth: format!("{p}{pid}s0"),
-                sink: format!("{p}{pid}k0"),
-                sink_kind: "dummy",
-                xdp_sink: format!("{p}{pid}x0"),
-                xdp_sink_peer: format!("{p}{pid}x1"),
-                namespaces: Vec::new(),
-            };
-            for ns in [bed.client.clone(), bed.server.clone()] {
-                netns::run(Command::new("ip").args(["netns", "add", &ns]))?;
-                bed.namespaces.push(ns.clone());
-                // No IPv6 autoconfiguration traffic in the counters.
-                netns::within(&ns, || {
-                    for conf in ["all", "default"] {
-                        fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
-                    }
-                    Ok(())
-                })?;
-            }
-            let mac = |m: [u8; 6]| {
-                m.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            };
-            netns::run(Command::new("ip").args([
-                "link",
-                "add",
-                &bed.client_veth,
-                "address",
-                &mac(CLIENT_MAC),
-                "netns",
-                &bed.client,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bed.server_veth,
-                "address",
-                &mac(SERVER_MAC),
-                "netns",
-                &bed.server,
-            ]))?;
-            for (ns, dev, addr) in [
-                (&bed.client, &bed.client_veth, CLIENT_ADDR),
-                (&bed.server, &bed.server_veth, SERVER_ADDR),
-            ] {
-                netns::run(Command::new("ip").args([
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{addr}/24"),
-                    "dev",
-                    dev,
-                ]))?;
-                netns::run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]))?;
-            }
+            let client = Netns::create("c")?;
+            let server = Netns::create("s")?;
+            // No IPv6 autoconfiguration traffic in the counters.
+            client.disable_ipv6()?;
+            server.disable_ipv6()?;
+            let link =
+                VethPair::create_with_macs(&client, &server, Some([CLIENT_MAC, SERVER_MAC]))?;
+            client.add_address(link.a(), CLIENT_ADDR.into(), 24)?;
+            server.add_address(link.b(), SERVER_ADDR.into(), 24)?;
             // `dummy` frees a frame in its transmit routine; kernels built without it still
             // have `ifb`, which frees every frame that tc did not redirect to it just as fast.
-            let add_sink = |kind: &str| {
-                netns::run(Command::new("ip").args([
-                    "-n",
-                    &bed.client,
-                    "link",
-                    "add",
-                    &bed.sink,
-                    "type",
-                    kind,
-                ]))
+            let (sink, sink_kind) = match client.add_device("dummy") {
+                Ok(sink) => (sink, "dummy"),
+                Err(_) => (client.add_device("ifb")?, "ifb"),
             };
-            if add_sink("dummy").is_err() {
-                add_sink("ifb")?;
-                bed.sink_kind = "ifb";
-            }
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "set",
-                &bed.sink,
-                "up",
-            ]))?;
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "add",
-                &bed.xdp_sink,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bed.xdp_sink_peer,
-            ]))?;
-            netns::run(Command::new("ip").args([
-                "-n",
-                &bed.client,
-                "link",
-                "set",
-                &bed.xdp_sink,
-                "up",
-            ]))?;
-            Ok(bed)
+            let refusing = VethPair::create(&client, &client)?;
+            client.ip(["link", "set", refusing.b(), "down"])?;
+            Ok(Self {
+                link,
+                refusing,
+                sink,
+                sink_kind,
+                client,
+                server,
+            })
         }
-    }
 
-    impl Drop for Testbed {
-        fn drop(&mut self) {
-            for ns in self.namespaces.drain(..).rev() {
-                if let Err(e) = netns::run(Command::new("ip").args(["netns", "del", &ns])) {
-                    eprintln!("cleanup: {e}");
-                }
-            }
+        pub fn client_veth(&self) -> &str {
+            self.link.a()
+        }
+
+        pub fn server_veth(&self) -> &str {
+            self.link.b()
+        }
+
+        /// Where the sender-only xdp_frames go: up, its peer down.
+        pub fn xdp_sink(&self) -> &str {
+            self.refusing.a()
+        }
+
+        pub fn xdp_sink_peer(&self) -> &str {
+            self.refusing.b()
         }
     }
 
@@ -1608,14 +990,14 @@ mod flood {
     }
 
     /// What a configuration leaves behind to undo.
-    enum Armed {
+    enum Armed<'a> {
+        /// Dropping the pin directory detaches the program and removes every pin, as
+        /// `smtp-screen unload` does.
         Screen {
-            pin_dir: PathBuf,
-            ns: String,
-            bin: PathBuf,
+            pins: PinDir,
         },
         Nft {
-            ns: String,
+            netns: &'a Netns,
             family: &'static str,
             /// The do-nothing `XDP_PASS` program in front of nftables, held attached.
             _xdp_pass: Option<OwnedFd>,
@@ -1627,27 +1009,14 @@ mod flood {
         Nothing,
     }
 
-    impl Drop for Armed {
+    impl Drop for Armed<'_> {
         fn drop(&mut self) {
-            match self {
-                Armed::Screen { pin_dir, ns, bin } => {
-                    let mut cmd = nsenter(ns, &*bin);
-                    cmd.arg("--pin-dir").arg(&*pin_dir).arg("unload");
-                    if let Err(e) = netns::run(&mut cmd) {
-                        eprintln!("cleanup: {e}");
-                    }
-                    if pin_dir.exists() {
-                        let _ = fs::remove_dir_all(&*pin_dir);
-                    }
+            if let Armed::Nft { netns, family, .. } = self {
+                let mut cmd = netns.command("nft");
+                cmd.args(["delete", "table", family, NFT_TABLE]);
+                if let Err(e) = run_within(&mut cmd, COMMAND_LIMIT) {
+                    eprintln!("cleanup: {e}");
                 }
-                Armed::Nft { ns, family, .. } => {
-                    let mut cmd = nsenter(ns, "nft");
-                    cmd.args(["delete", "table", family, NFT_TABLE]);
-                    if let Err(e) = netns::run(&mut cmd) {
-                        eprintln!("cleanup: {e}");
-                    }
-                }
-                Armed::Link { .. } | Armed::Nothing => {}
             }
         }
     }
@@ -1679,10 +1048,10 @@ mod flood {
         }
     }
 
-    fn nft_counter(ns: &str, family: &str) -> Result<u64> {
-        let mut cmd = nsenter(ns, "nft");
+    fn nft_counter(netns: &Netns, family: &str) -> Result<u64> {
+        let mut cmd = netns.command("nft");
         cmd.args(["list", "table", family, NFT_TABLE]);
-        let listing = netns::run(&mut cmd)?;
+        let listing = run_within(&mut cmd, COMMAND_LIMIT)?;
         let packets = listing
             .split("counter packets ")
             .nth(1)
@@ -1692,11 +1061,11 @@ mod flood {
         Ok(packets)
     }
 
-    /// `ethtool -S` of `iface` in namespace `ns`: veth's per-queue XDP counters.
-    fn ethtool_stats(ns: &str, iface: &str) -> Result<HashMap<String, u64>> {
-        let mut cmd = nsenter(ns, "ethtool");
+    /// `ethtool -S` of `iface` in `netns`: veth's per-queue XDP counters.
+    fn ethtool_stats(netns: &Netns, iface: &str) -> Result<HashMap<String, u64>> {
+        let mut cmd = netns.command("ethtool");
         cmd.args(["-S", iface]);
-        let listing = netns::run(&mut cmd)?;
+        let listing = run_within(&mut cmd, COMMAND_LIMIT)?;
         Ok(listing
             .lines()
             .filter_map(|line| {
@@ -1731,55 +1100,44 @@ mod flood {
 
     /// Attaches `program` natively to the server veth; dropping the descriptor detaches it.
     fn attach_to_server(ctx: &Context<'_>, program: &RawProgram) -> Result<OwnedFd> {
-        netns::within(&ctx.bed.server, || {
-            let index = netns::if_index(&ctx.bed.server_veth)?;
-            Ok(program.attach_native(index)?)
-        })
+        let server = &ctx.bed.server;
+        Ok(server.run(|| program.attach_native(if_index(ctx.bed.server_veth())?))??)
     }
 
-    fn arm(ctx: &Context<'_>, config: Config, run: usize) -> Result<Armed> {
+    fn arm<'a>(ctx: &Context<'a>, config: Config) -> Result<Armed<'a>> {
         let bed = ctx.bed;
         match config.receiver {
             Receiver::ScreenNative | Receiver::ScreenGeneric => {
-                let pin_dir = Path::new(screen_user::paths::BPFFS_ROOT).join(format!(
-                    "{}{}-{run}",
-                    netns::PREFIX,
-                    std::process::id()
-                ));
-                let armed = Armed::Screen {
-                    pin_dir: pin_dir.clone(),
-                    ns: bed.server.clone(),
-                    bin: ctx.bin.to_path_buf(),
-                };
+                let pins = PinDir::new("xdp-bench");
                 let mode = if config.receiver == Receiver::ScreenNative {
                     "native"
                 } else {
                     "generic"
                 };
                 let cli = |args: &[&str]| {
-                    let mut cmd = nsenter(&bed.server, ctx.bin);
-                    cmd.arg("--pin-dir").arg(&pin_dir).args(args);
-                    netns::run(&mut cmd)
+                    let mut cmd = bed.server.command(ctx.bin);
+                    cmd.arg("--pin-dir").arg(pins.path()).args(args);
+                    run_within(&mut cmd, COMMAND_LIMIT)
                 };
-                cli(&["load", "--iface", &bed.server_veth, "--mode", mode])?;
+                cli(&["load", "--iface", bed.server_veth(), "--mode", mode])?;
                 for prefix in DENIED {
                     cli(&["deny", "add", prefix])?;
                 }
-                Ok(armed)
+                Ok(Armed::Screen { pins })
             }
             Receiver::NftNetdev | Receiver::NftNetdevAll | Receiver::NftInet => {
-                let (family, ruleset) = nft_ruleset(config.receiver, &bed.server_veth);
+                let (family, ruleset) = nft_ruleset(config.receiver, bed.server_veth());
                 // On the command line rather than in a file, so that a killed run leaves no
                 // scratch file behind.
                 let xdp_pass = config
                     .behind_xdp_pass()
                     .then(|| attach_to_server(ctx, ctx.pass))
                     .transpose()?;
-                let mut cmd = nsenter(&bed.server, "nft");
+                let mut cmd = bed.server.command("nft");
                 cmd.arg(ruleset);
-                let loaded = netns::run(&mut cmd);
+                let loaded = run_within(&mut cmd, COMMAND_LIMIT);
                 let armed = Armed::Nft {
-                    ns: bed.server.clone(),
+                    netns: &bed.server,
                     family,
                     _xdp_pass: xdp_pass,
                 };
@@ -1806,20 +1164,20 @@ mod flood {
     }
 
     impl Evidence {
-        fn read(ctx: &Context<'_>, armed: &Armed) -> Result<Self> {
+        fn read(ctx: &Context<'_>, armed: &Armed<'_>) -> Result<Self> {
             let bed = ctx.bed;
             let dropped = match armed {
-                Armed::Screen { pin_dir, .. } => {
-                    Maps::from_pins(pin_dir)?.counters()?[Stat::DropStatic as usize]
+                Armed::Screen { pins } => {
+                    Maps::from_pins(pins.path())?.counters()?[Stat::DropStatic as usize]
                 }
-                Armed::Nft { ns, family, .. } => nft_counter(ns, family)?,
+                Armed::Nft { netns, family, .. } => nft_counter(netns, family)?,
                 _ => 0,
             };
             Ok(Self {
-                client: NetCounters::read(&bed.client)?,
-                server: NetCounters::read(&bed.server)?,
-                client_veth: ethtool_stats(&bed.client, &bed.client_veth)?,
-                server_veth: ethtool_stats(&bed.server, &bed.server_veth)?,
+                client: bed.client.counters()?,
+                server: bed.server.counters()?,
+                client_veth: ethtool_stats(&bed.client, bed.client_veth())?,
+                server_veth: ethtool_stats(&bed.server, bed.server_veth())?,
                 dropped,
             })
         }
@@ -1837,16 +1195,16 @@ mod flood {
         let dev = |n: &NetCounters, d: &str| n.device(d);
         let delta = |a: u64, b: u64| a.wrapping_sub(b);
         let client_tx = delta(
-            dev(&after.client, &bed.client_veth).tx_packets,
-            dev(&before.client, &bed.client_veth).tx_packets,
+            dev(&after.client, bed.client_veth()).tx_packets,
+            dev(&before.client, bed.client_veth()).tx_packets,
         );
         let server_tx = delta(
-            dev(&after.server, &bed.server_veth).tx_packets,
-            dev(&before.server, &bed.server_veth).tx_packets,
+            dev(&after.server, bed.server_veth()).tx_packets,
+            dev(&before.server, bed.server_veth()).tx_packets,
         );
         let server_rx = delta(
-            dev(&after.server, &bed.server_veth).rx_packets,
-            dev(&before.server, &bed.server_veth).rx_packets,
+            dev(&after.server, bed.server_veth()).rx_packets,
+            dev(&before.server, bed.server_veth()).rx_packets,
         );
         let ip_in = delta(
             after.server.snmp("Ip.InReceives"),
@@ -1889,11 +1247,11 @@ mod flood {
             (Feed::XdpFrames, Receiver::SenderOnly) => {
                 // veth counts an xdp_frame its peer cannot take as a transmit drop.
                 let refused = delta(
-                    dev(&after.client, &bed.xdp_sink).tx_dropped,
-                    dev(&before.client, &bed.xdp_sink).tx_dropped,
+                    dev(&after.client, bed.xdp_sink()).tx_dropped,
+                    dev(&before.client, bed.xdp_sink()).tx_dropped,
                 );
                 expect(
-                    format!("{} refused {}", bed.xdp_sink, grouped(refused)),
+                    format!("{} refused {}", bed.xdp_sink(), grouped(refused)),
                     refused == sent,
                 );
                 expect(
@@ -2020,20 +1378,7 @@ mod flood {
                 .filter_map(|p| fs::read_to_string(p).ok())
                 .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
                 .sum();
-            let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-            let ticks: u64 = stat
-                .lines()
-                .find(|l| l.starts_with("cpu "))
-                .map(|l| {
-                    let f: Vec<u64> = l
-                        .split_whitespace()
-                        .skip(1)
-                        .map(|v| v.parse().unwrap_or(0))
-                        .collect();
-                    // user + nice + system + irq + softirq
-                    [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
-                })
-                .unwrap_or(0);
+            let ticks = MachineCpu::now().map_or(0, |cpu| cpu.user + cpu.kernel);
             let softirqs = fs::read_to_string("/proc/softirqs").unwrap_or_default();
             let net_rx = softirqs
                 .lines()
@@ -2156,18 +1501,30 @@ mod flood {
         meters: &'a CpuMeters,
     }
 
+    impl Flood<'_> {
+        /// Runs `send` on a thread in the client namespace, pinned to the flood's CPU.
+        fn in_client(self, send: impl FnOnce() -> Result<FloodRun> + Send) -> Result<FloodRun> {
+            self.bed.client.run(|| {
+                pin_to_cpu(self.cpu)?;
+                send()
+            })?
+        }
+
+        /// [`metered`] on the flood's CPU.
+        fn metered(self, send: impl FnOnce(Instant) -> Result<u64>) -> Result<FloodRun> {
+            metered(self.meters, self.cpu, send)
+        }
+
+        /// Whether a flood that began at `started` must end: its time is up, or the benchmark
+        /// was interrupted.
+        fn over(self, started: Instant) -> bool {
+            started.elapsed() > self.limit || bench::interrupted()
+        }
+    }
+
     /// Sends the flood out of `iface` in the client namespace through an AF_PACKET socket.
     fn send_skbs(flood: Flood<'_>, iface: &str) -> Result<FloodRun> {
-        let Flood {
-            bed,
-            pool,
-            count,
-            limit,
-            cpu,
-            meters,
-        } = flood;
-        netns::within(&bed.client, || {
-            pin_to_cpu(cpu)?;
+        flood.in_client(|| {
             // SAFETY: plain socket creation.
             let fd =
                 unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -2195,10 +1552,11 @@ mod flood {
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-            addr.sll_ifindex = netns::if_index(iface)? as i32;
+            addr.sll_ifindex = if_index(iface)? as i32;
             addr.sll_halen = 6;
             addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
-            let mut iovecs: Vec<libc::iovec> = pool
+            let mut iovecs: Vec<libc::iovec> = flood
+                .pool
                 .iter()
                 .map(|f| libc::iovec {
                     iov_base: f.as_ptr() as *mut libc::c_void,
@@ -2218,14 +1576,11 @@ mod flood {
                 })
                 .collect();
 
-            metered(meters, cpu, |started| {
+            flood.metered(|started| {
                 let mut sent = 0u64;
                 let mut next = 0usize;
-                while sent < count {
-                    if started.elapsed() > limit || bench::interrupted() {
-                        break;
-                    }
-                    let n = (count - sent).min(BATCH as u64) as usize;
+                while sent < flood.count && !flood.over(started) {
+                    let n = (flood.count - sent).min(BATCH as u64) as usize;
                     let n = n.min(messages.len() - next);
                     // SAFETY: `n` initialised messages starting at `next`, all pointing at live
                     // frames and at `addr`.
@@ -2261,25 +1616,13 @@ mod flood {
         sender: &RawProgram,
         next: &mut usize,
     ) -> Result<FloodRun> {
-        let Flood {
-            bed,
-            pool,
-            count,
-            limit,
-            cpu,
-            meters,
-        } = flood;
-        netns::within(&bed.client, || {
-            pin_to_cpu(cpu)?;
-            let ingress = netns::if_index(&bed.client_veth)?;
-            metered(meters, cpu, |started| {
+        flood.in_client(|| {
+            let ingress = if_index(flood.bed.client_veth())?;
+            flood.metered(|started| {
                 let mut sent = 0u64;
-                while sent < count {
-                    if started.elapsed() > limit || bench::interrupted() {
-                        break;
-                    }
-                    let n = (count - sent).min(LIVE_CHUNK);
-                    let frame = &pool[*next % pool.len()];
+                while sent < flood.count && !flood.over(started) {
+                    let n = (flood.count - sent).min(LIVE_CHUNK);
+                    let frame = &flood.pool[*next % flood.pool.len()];
                     *next += 1;
                     match sender.test_run_live(frame, ingress, n as u32, LIVE_BATCH) {
                         Ok(()) => sent += n,
@@ -2368,56 +1711,21 @@ mod flood {
             .collect()
     }
 
-    fn tool_available(tool: &str) -> bool {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// A missing tool comes from Debian's `package`, as `cargo xtask` installs it.
-    fn ensure_tool(tool: &str, package: &str) -> Result<()> {
-        if tool_available(tool) {
-            return Ok(());
-        }
-        eprintln!("  {tool} is missing; installing Debian's {package} package");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", package])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get").args(["update", "-q"]).status();
-            install();
-        }
-        if tool_available(tool) {
-            Ok(())
-        } else {
-            Err(format!("{tool} is not available and could not be installed").into())
-        }
-    }
-
     pub fn measure(budget: &Budget, reference: &RawProgram) -> Result<FloodResults> {
         let bin = smtp_screen_bin()?;
-        ensure_tool("nft", "nftables")?;
-        ensure_tool("ethtool", "ethtool")?;
+        screen_tests::ensure_packages(&["nftables", "ethtool"])?;
         let bed = Testbed::create()?;
         let pass = RawProgram::xdp_pass()?;
-        let (to_server, to_sink, _refusing_sink) = netns::within(&bed.client, || {
-            let to_server = RawProgram::redirect(netns::if_index(&bed.client_veth)?)?;
-            let to_sink = RawProgram::redirect(netns::if_index(&bed.xdp_sink)?)?;
+        let (to_server, to_sink, _refusing_sink) = bed.client.run(|| -> Result<_> {
+            let to_server = RawProgram::redirect(if_index(bed.client_veth())?)?;
+            let to_sink = RawProgram::redirect(if_index(bed.xdp_sink())?)?;
             // A veth advertises ndo_xdp_xmit once its peer has an XDP program; with the peer
             // down, it then refuses every frame in veth_xdp_xmit, before the receive ring.
             let link = reference
-                .attach_native(netns::if_index(&bed.xdp_sink_peer)?)
-                .map_err(|e| format!("XDP on {}: {e}", bed.xdp_sink_peer))?;
+                .attach_native(if_index(bed.xdp_sink_peer())?)
+                .map_err(|e| format!("XDP on {}: {e}", bed.xdp_sink_peer()))?;
             Ok((to_server, to_sink, link))
-        })?;
+        })??;
         let meters = CpuMeters::discover()?;
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         // The last CPU: the first one tends to take the machine's housekeeping interrupts.
@@ -2439,7 +1747,6 @@ mod flood {
             })
             .collect();
         let mut next_frame = 0;
-        let mut run_seq = 0;
         let started = Instant::now();
         let mut rounds = 0;
         for round in 0..budget.flood_rounds {
@@ -2455,8 +1762,7 @@ mod flood {
                 check_interrupted()?;
                 let index = (round + i) % configs.len();
                 let config = configs[index];
-                run_seq += 1;
-                let armed = arm(&ctx, config, run_seq)?;
+                let armed = arm(&ctx, config)?;
                 let mut flood = |count| {
                     let flood = Flood {
                         bed: &bed,
@@ -2468,7 +1774,7 @@ mod flood {
                     };
                     match (config.feed, config.receiver) {
                         (Feed::Skbs, Receiver::SenderOnly) => send_skbs(flood, &bed.sink),
-                        (Feed::Skbs, _) => send_skbs(flood, &bed.client_veth),
+                        (Feed::Skbs, _) => send_skbs(flood, bed.client_veth()),
                         (Feed::XdpFrames, Receiver::SenderOnly) => {
                             send_xdp_frames(flood, &to_sink, &mut next_frame)
                         }
@@ -2510,19 +1816,6 @@ mod flood {
             results,
         })
     }
-}
-
-/// `n` with thousands separators.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 mod report {

@@ -1,22 +1,26 @@
 //! What every benchmark binary shares: its command line (`--quick`), the root check, Ctrl-C
-//! handling that lets every guard clean up, the report's header, place and writing, the
-//! clients' address pool and their connections, small statistics, and CPU times.
+//! handling that lets every guard clean up, the report's header, place, number format and
+//! writing, the clients' address pool, their connections and SMTP sessions, counts of the
+//! screeners' log lines, small statistics, and CPU times.
 
 use std::{
     error::Error,
     fmt::{self, Write as _},
     fs,
-    io::{self, ErrorKind, Read},
+    io::{self, ErrorKind, Read, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::{daemon::Bed, netns::smtp_screen_bin};
+use crate::{
+    daemon::{Bed, take_line},
+    netns::smtp_screen_bin,
+};
 
 /// The error type of the benchmarks.
 pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -90,6 +94,15 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The smallest and the largest of `values` (infinities for none).
+pub fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
 /// The `q`-quantile (0..=1) of `values`, nearest rank (zero for none).
 pub fn quantile(values: &[Duration], q: f64) -> Duration {
     let mut sorted = values.to_vec();
@@ -153,6 +166,33 @@ impl ProcStat {
             system,
             children_user,
             children_system,
+        })
+    }
+}
+
+/// The whole machine's CPU time from the first line of /proc/stat, in ticks of
+/// [`clock_ticks_per_second`]: user (with nice), and kernel (system, irq, softirq).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    pub user: u64,
+    pub kernel: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Result<Self> {
+        let stat = fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().unwrap_or_default();
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<std::result::Result<_, _>>()?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+            return Err(format!("unexpected /proc/stat line: {line}").into());
+        };
+        Ok(Self {
+            user: user + nice,
+            kernel: system + irq + softirq,
         })
     }
 }
@@ -237,6 +277,19 @@ fn target_dir() -> PathBuf {
         .ok()
         .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// `n` with thousands separators, as the reports write counts: `1,000,000`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The machine the figures come from.
@@ -342,6 +395,95 @@ pub fn read_to_close(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> 
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The client's side of a benchmark's SMTP session: whole replies read off the connection,
+/// with errors as values, so that a benchmark stops with what went wrong.
+pub struct SmtpSession {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl SmtpSession {
+    /// The most one reply may take, continuation lines included.
+    const REPLY_MAX: usize = 16 * 1024;
+
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The last line of the next whole reply, its continuation lines read and dropped.
+    pub fn reply(&mut self) -> io::Result<String> {
+        loop {
+            while let Some(line) = take_line(&mut self.pending) {
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(line);
+                }
+            }
+            if self.pending.len() > Self::REPLY_MAX {
+                return Err(io::Error::other(format!(
+                    "a reply longer than {} bytes",
+                    Self::REPLY_MAX
+                )));
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    ));
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `command` and CRLF; returns the last line of the reply.
+    pub fn command(&mut self, command: &str) -> io::Result<String> {
+        self.stream.write_all(format!("{command}\r\n").as_bytes())?;
+        self.reply()
+    }
+}
+
+/// How many of a screener's log `lines` start with each of `prefixes`.
+pub fn count_prefixed(lines: &[String], prefixes: &[&str]) -> Vec<usize> {
+    prefixes
+        .iter()
+        .map(|prefix| lines.iter().filter(|l| l.starts_with(prefix)).count())
+        .collect()
+}
+
+/// Waits up to `limit` until `screener`'s log `lines` hold `expected` lines starting with each
+/// of `prefixes`, which the screener's clients have already seen the outcome of; more lines
+/// than expected fail at once.
+pub fn wait_for_counts(
+    screener: &str,
+    lines: impl Fn() -> Vec<String>,
+    prefixes: &[&str],
+    expected: &[usize],
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counted = count_prefixed(&lines(), prefixes);
+        if counted == expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || counted.iter().zip(expected).any(|(c, e)| c > e) {
+            return Err(format!(
+                "{screener} logged {counted:?} lines starting with {prefixes:?}, expected \
+                 {expected:?}"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

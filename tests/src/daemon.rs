@@ -14,7 +14,7 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, ExitStatus, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -295,7 +295,7 @@ impl TestCertificate {
     }
 }
 
-/// `smtp-screen run` in the server namespace, its stderr (tracing and the mail log) in a file.
+/// `smtp-screen run` in a namespace, its stderr (tracing and the mail log) in a file.
 pub struct Daemon {
     process: ChildGuard,
     log: PathBuf,
@@ -318,10 +318,19 @@ impl Daemon {
         log_name: &str,
     ) -> Self {
         let log = bed.scratch.path().join(log_name);
+        let mut daemon = Self::spawn(&bed.server, bin, pin.path(), config, log);
+        daemon.wait_screening();
+        daemon
+    }
+
+    /// Starts `bin run --config CONFIG` in `netns`, with its pins under `pin_dir` and its
+    /// stderr in `log`, and returns at once: for a test that is not built on a [`Bed`], or
+    /// that waits for something else than [`Daemon::wait_screening`].
+    pub fn spawn(netns: &Netns, bin: &Path, pin_dir: &Path, config: &Path, log: PathBuf) -> Self {
         let log_file = File::create(&log).expect("daemon log file");
-        let mut cmd = bed.server.command(bin);
+        let mut cmd = netns.command(bin);
         cmd.arg("--pin-dir")
-            .arg(pin.path())
+            .arg(pin_dir)
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -330,18 +339,21 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log_file);
         let process = ChildGuard::spawn(&mut cmd).expect("starting smtp-screen run");
-        let mut daemon = Self { process, log };
+        Self { process, log }
+    }
+
+    /// Waits until the daemon accepts connections.
+    pub fn wait_screening(&mut self) {
         let deadline = Instant::now() + START_WAIT;
-        while !daemon.log().contains("smtp-screen screening connections") {
-            daemon.assert_running();
+        while !self.log().contains("smtp-screen screening connections") {
+            self.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "the daemon is not accepting connections after {START_WAIT:?}:\n{}",
-                daemon.log()
+                self.log()
             );
             thread::sleep(Duration::from_millis(50));
         }
-        daemon
     }
 
     pub fn log(&self) -> String {
@@ -459,6 +471,11 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon (SIGKILL), as a crash would, and returns how it ended.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.process.kill().expect("SIGKILL the daemon")
+    }
+
     /// Resident memory in KiB (`VmRSS`). nsenter execs the daemon, so the child's pid is the
     /// daemon's.
     pub fn rss_kib(&self) -> u64 {
@@ -477,11 +494,13 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM, as an init system does; it must exit cleanly.
-    pub fn stop(mut self) {
-        let stopped = self
-            .process
-            .terminate(Duration::from_secs(10))
-            .expect("SIGTERM the daemon");
+    pub fn stop(self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+
+    /// Stops the daemon with SIGTERM; it must exit cleanly within `grace`.
+    pub fn stop_within(mut self, grace: Duration) {
+        let stopped = self.process.terminate(grace).expect("SIGTERM the daemon");
         assert!(
             stopped.is_some_and(|status| status.success()),
             "the daemon must stop cleanly on SIGTERM ({stopped:?}):\n{}",
@@ -519,6 +538,60 @@ pub fn rcpt_rejected(tag: &str, reply: &str, from: &str, helo: &str) -> String {
         "NOQUEUE: reject: RCPT from {tag}: {reply}; from=<{from}>, to=<user@{MAIL_DOMAIN}>, \
          proto=ESMTP, helo=<{helo}>"
     )
+}
+
+/// The first whole line of what a client has received, taken out of `pending` and returned
+/// without its line ending (CRLF or a bare LF); `None` until a line is complete.
+pub fn take_line(pending: &mut Vec<u8>) -> Option<String> {
+    let end = pending.iter().position(|&b| b == b'\n')?;
+    let mut line: Vec<u8> = pending.drain(..=end).collect();
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Whether the server kept the connection open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    Open,
+    /// The server closed the connection, or reset it.
+    Closed,
+}
+
+/// Waits up to `limit` for what the server sends on `stream` and adds it to `pending`, which
+/// is unchanged when nothing came in time.
+pub fn receive(mut stream: &TcpStream, pending: &mut Vec<u8>, limit: Duration) -> Connection {
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => Connection::Closed,
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Connection::Open
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            Connection::Open
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Connection::Closed
+        }
+        Err(e) => {
+            let local = stream.local_addr().map_or_else(|_| "?".into(), tag_of);
+            panic!("reading from the server at {local}: {e}")
+        }
+    }
 }
 
 /// How reading from the server ended.
@@ -573,13 +646,7 @@ impl Client {
     pub fn next(&mut self, limit: Duration) -> Received {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8_lossy(&line).into_owned();
+            if let Some(line) = take_line(&mut self.pending) {
                 self.transcript.push(format!("<- {line}"));
                 return Received::Line(line);
             }
@@ -587,24 +654,8 @@ impl Client {
             if left.is_zero() {
                 return Received::Silent;
             }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Received::Closed,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    return Received::Closed;
-                }
-                Err(e) => panic!("reading from {}: {e}", self.tag()),
+            if receive(&self.stream, &mut self.pending, left) == Connection::Closed {
+                return Received::Closed;
             }
         }
     }

@@ -13,12 +13,15 @@ use std::{
 };
 
 pub mod bench;
+pub mod bpf_sys;
+pub mod client_pool;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
 pub mod postfix;
 pub mod rbldnsd;
 pub mod relay;
+pub mod rng;
 pub mod xdp;
 
 /// Whether the test may use BPF and network namespaces. Prints a loud SKIP line and returns

@@ -1,10 +1,12 @@
-//! Network namespaces and the rest of the scaffolding of the end-to-end tests: veth pairs,
-//! TCP endpoints inside a namespace, child processes, pin directories and scratch files.
+//! Network namespaces and the rest of the scaffolding of the end-to-end tests and benchmarks:
+//! veth pairs and other devices, TCP endpoints inside a namespace, the counters a namespace
+//! keeps, child processes, pin directories and scratch files.
 //!
 //! Every piece undoes itself on `Drop`, so a failing test leaves no namespace, interface,
 //! process or pin behind. Names start with [`NAME_PREFIX`] and carry the pid and a
 //! per-process counter, so that concurrent tests and test processes never collide and a
-//! leftover is easy to attribute.
+//! leftover is easy to attribute; [`remove_stale`] removes those of processes that were killed
+//! before they could clean up.
 //!
 //! Namespaces are entered per thread: `setns(2)` with `CLONE_NEWNET` moves only the calling
 //! thread, and a socket stays in the namespace it was created in, so [`Netns::run`] creates
@@ -13,8 +15,9 @@
 //! the mount namespace and with it the pins under `/sys/fs/bpf`.
 
 use std::{
+    collections::HashMap,
     ffi::{CString, OsStr},
-    fs::File,
+    fs::{self, File},
     io::{self, ErrorKind},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::ffi::OsStrExt as _},
@@ -37,9 +40,6 @@ pub const NAME_PREFIX: &str = "sse";
 /// Where `ip netns add` mounts named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
 
-/// Where the tests' pin directories live.
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
-
 /// How long one `ip` invocation may take.
 const IP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -54,6 +54,57 @@ fn next_id() -> u32 {
 
 fn unique_name(tag: &str) -> String {
     format!("{NAME_PREFIX}{}-{tag}{}", std::process::id(), next_id())
+}
+
+/// A name for a new interface: short, as the kernel wants it, and unique like the others.
+/// `suffix` tells the devices of one call apart.
+fn interface_name(id: u32, suffix: char) -> String {
+    let name = format!("{NAME_PREFIX}{}-{id:x}{suffix}", std::process::id());
+    assert!(
+        name.len() <= IFNAME_MAX,
+        "interface name {name} is longer than {IFNAME_MAX} bytes"
+    );
+    name
+}
+
+/// Removes the namespaces and pin directories that a test or benchmark process left behind
+/// when it was killed before it could clean up (its pid, in the name, is gone); those of live
+/// processes are left alone.
+pub fn remove_stale() {
+    let stale = |name: &str| owner_pid(name).is_some_and(|pid| !pid_alive(pid));
+    if let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                eprintln!("removing network namespace {name} left by an earlier run");
+                let _ = run_within(Command::new("ip").args(["netns", "del", &name]), IP_LIMIT);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(screen_user::paths::BPFFS_ROOT) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) && entry.path().is_dir() {
+                eprintln!("removing pin directory {name} left by an earlier run");
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// The pid in a name made here (`sse<pid>-...`), if any.
+fn owner_pid(name: &str) -> Option<u32> {
+    let digits: String = name
+        .strip_prefix(NAME_PREFIX)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Whether `pid` is a running process; a zombie has already let go of everything.
+fn pid_alive(pid: u32) -> bool {
+    crate::bench::ProcStat::read(pid).is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X'))
 }
 
 /// A number for this test's networks, 10.251.N.0/24 and fd00:251:N::/48, in 1..=127 so that
@@ -201,6 +252,39 @@ impl Netns {
         self.ip(args).map(drop)
     }
 
+    /// Turns IPv6 off on every interface of the namespace, present and future, so that no
+    /// autoconfiguration traffic moves the counters a measurement reads.
+    pub fn disable_ipv6(&self) -> io::Result<()> {
+        self.run(|| {
+            for conf in ["all", "default"] {
+                fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")?;
+            }
+            Ok(())
+        })?
+    }
+
+    /// Creates a device of `kind` (`dummy`, `ifb`, …) in the namespace, up, and returns its
+    /// name. It goes away with the namespace.
+    pub fn add_device(&self, kind: &str) -> io::Result<String> {
+        let name = interface_name(next_id(), 'd');
+        self.ip(["link", "add", &name, "type", kind])?;
+        self.ip(["link", "set", &name, "up"])?;
+        Ok(name)
+    }
+
+    /// The packet counters of the namespace.
+    pub fn counters(&self) -> io::Result<NetCounters> {
+        self.run(|| {
+            // `thread-self`: `/proc/self/net` would show the main thread's namespace.
+            let dev = fs::read_to_string("/proc/thread-self/net/dev")?;
+            let snmp = fs::read_to_string("/proc/thread-self/net/snmp")?;
+            Ok(NetCounters {
+                devices: parse_dev(&dev),
+                snmp: parse_snmp(&snmp),
+            })
+        })?
+    }
+
     /// A command that runs `program` in this network namespace (and the caller's mount
     /// namespace) through `nsenter --net`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
@@ -273,35 +357,27 @@ pub struct VethPair {
 
 impl VethPair {
     /// Creates the pair directly inside `a` and `b`, so that its names never meet the names of
-    /// the host's own interfaces.
+    /// the host's own interfaces. `a` and `b` may be the same namespace.
     pub fn create(a: &Netns, b: &Netns) -> io::Result<Self> {
+        Self::create_with_macs(a, b, None)
+    }
+
+    /// As [`VethPair::create`], with the ends' MAC addresses `macs`, for frames built to
+    /// reach them; otherwise the kernel picks random ones.
+    pub fn create_with_macs(a: &Netns, b: &Netns, macs: Option<[[u8; 6]; 2]>) -> io::Result<Self> {
         let id = next_id();
-        let name = |side: char| {
-            let name = format!("{NAME_PREFIX}{}-{id:x}{side}", std::process::id());
-            assert!(
-                name.len() <= IFNAME_MAX,
-                "interface name {name} is longer than {IFNAME_MAX} bytes"
-            );
-            name
-        };
-        let (a_end, b_end) = (name('a'), name('b'));
-        run_within(
-            Command::new("ip").args([
-                "link",
-                "add",
-                &a_end,
-                "netns",
-                a.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b_end,
-                "netns",
-                b.name(),
-            ]),
-            IP_LIMIT,
-        )?;
+        let (a_end, b_end) = (interface_name(id, 'a'), interface_name(id, 'b'));
+        let mut cmd = Command::new("ip");
+        cmd.args(["link", "add", &a_end]);
+        if let Some([a_mac, _]) = macs {
+            cmd.args(["address", &mac_text(a_mac)]);
+        }
+        cmd.args(["netns", a.name(), "type", "veth", "peer", "name", &b_end]);
+        if let Some([_, b_mac]) = macs {
+            cmd.args(["address", &mac_text(b_mac)]);
+        }
+        cmd.args(["netns", b.name()]);
+        run_within(&mut cmd, IP_LIMIT)?;
         let pair = Self {
             a: (a.name().to_string(), a_end),
             b: (b.name().to_string(), b_end),
@@ -334,6 +410,101 @@ impl Drop for VethPair {
             IP_LIMIT,
         );
     }
+}
+
+/// `02:00:0a:…` as `ip` writes a MAC address.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c_name = CString::new(name)?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(
+                e.kind(),
+                format!("no interface {name}: {e}"),
+            ))
+        }
+        index => Ok(index),
+    }
+}
+
+/// Packet counters of one interface, from `/proc/net/dev`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DevCounters {
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
+}
+
+/// The counters of one namespace that tell where a frame ended ([`Netns::counters`]).
+#[derive(Clone, Debug, Default)]
+pub struct NetCounters {
+    pub devices: HashMap<String, DevCounters>,
+    /// `/proc/net/snmp`, keyed `Ip.InReceives`, `Tcp.InSegs` and so on.
+    pub snmp: HashMap<String, u64>,
+}
+
+impl NetCounters {
+    pub fn device(&self, name: &str) -> DevCounters {
+        self.devices.get(name).copied().unwrap_or_default()
+    }
+
+    pub fn snmp(&self, key: &str) -> u64 {
+        self.snmp.get(key).copied().unwrap_or(0)
+    }
+}
+
+fn parse_dev(text: &str) -> HashMap<String, DevCounters> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            (fields.len() >= 16).then(|| {
+                (
+                    name.trim().to_string(),
+                    DevCounters {
+                        rx_packets: fields[1],
+                        rx_dropped: fields[3],
+                        tx_packets: fields[9],
+                        tx_dropped: fields[11],
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// `/proc/net/snmp`: pairs of lines, a group's field names, then its values.
+fn parse_snmp(text: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((group, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(value) = value.parse() {
+                out.insert(format!("{group}.{name}"), value);
+            }
+        }
+    }
+    out
 }
 
 /// How a TCP connection attempt ended.
@@ -543,7 +714,7 @@ pub struct PinDir {
 impl PinDir {
     pub fn new(tag: &str) -> Self {
         Self {
-            path: Path::new(BPFFS_ROOT).join(unique_name(tag)),
+            path: Path::new(screen_user::paths::BPFFS_ROOT).join(unique_name(tag)),
         }
     }
 

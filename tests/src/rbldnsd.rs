@@ -1,6 +1,12 @@
-//! DNS lists for the end-to-end tests: Debian's rbldnsd serving zones that a test writes, inside
-//! a test network namespace ([`Rbldnsd`]), and a UDP forwarder in front of a DNS server that
-//! counts queries and leaves chosen ones unanswered ([`DnsForwarder`]), for a list that times out.
+//! DNS lists for the tests and benchmarks: Debian's rbldnsd serving zones that a test writes
+//! ([`Rbldnsd`]), and a UDP forwarder in front of a DNS server that counts queries and leaves
+//! chosen ones unanswered ([`DnsForwarder`]), for a list that times out. Both run inside a test
+//! network namespace, or on the loopback of the caller's own (`start_on_loopback`), which needs
+//! neither root nor a namespace: for unit tests of a DNS client.
+//!
+//! The lists of the lab in the postscreen reference (Appendix A) are named here once
+//! ([`LAB_SITES`] and the answers that go with it), as is where the tests run rbldnsd
+//! ([`LOCAL_DNS`]) and the name a list is asked for an address ([`query_name`]).
 //!
 //! Every zone has an SOA whose negative TTL is [`NEGATIVE_TTL`] and answers with a TTL of
 //! [`ANSWER_TTL`], as the DNS responder of the lab in the postscreen reference did. rbldnsd logs
@@ -15,7 +21,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::unix::fs::{PermissionsExt as _, chown},
     path::PathBuf,
-    process::Stdio,
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -26,6 +32,23 @@ use std::{
 
 use crate::netns::{ChildGuard, Netns, ScratchDir};
 
+/// The lab's `postscreen_dnsbl_sites`: `bl.test` weighs 3 for answers 127.0.0.2 to .11,
+/// `bl2.test` 1, and the allowlist `wl.test` -5.
+pub const LAB_SITES: &str =
+    "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
+/// The name the lab's replies show for `bl.test` (`postscreen_dnsbl_reply_map`).
+pub const BL_SHOWN: &str = "public-bl.example";
+/// What `bl.test` answers for a listed client: inside its filter.
+pub const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// What `bl.test` answers for the filter miss: outside `127.0.0.[2..11]`.
+pub const BL_MISS_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 99);
+pub const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+pub const WL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 2);
+
+/// Where the tests and benchmarks run rbldnsd: port 53 on the loopback of the server
+/// namespace, which the daemon and Postfix there reach and the clients cannot.
+pub const LOCAL_DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
+
 /// The TTL of every answer.
 pub const ANSWER_TTL: Duration = Duration::from_secs(300);
 /// The negative TTL (the SOA's minimum) of every zone.
@@ -33,9 +56,13 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(120);
 /// The RFC 5782 test point every list must list (the lists' health check asks for it).
 pub const TEST_POINT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
+/// Debian's rbldnsd, which [`crate::ensure_packages`] installs.
+const RBLDNSD: &str = "/usr/sbin/rbldnsd";
 /// How long rbldnsd may take to load its zones and start answering.
 const START_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
+/// Tries at a free loopback port: another process may take the one found before rbldnsd binds it.
+const LOOPBACK_TRIES: usize = 5;
 /// The user rbldnsd switches to when started as root; it writes the query log.
 const RBLDNSD_USER: &str = "rbldns";
 
@@ -109,8 +136,8 @@ impl Zone {
     }
 }
 
-/// rbldnsd in a network namespace, serving the zones it was started with on one address and
-/// port. Dropping it kills the server and removes its files.
+/// rbldnsd serving the zones it was started with on one address and port. Dropping it kills the
+/// server and removes its files.
 #[derive(Debug)]
 pub struct Rbldnsd {
     process: ChildGuard,
@@ -124,6 +151,27 @@ impl Rbldnsd {
     /// Starts rbldnsd in `netns` on `addr` (an address of that namespace; port 53 or any other)
     /// and waits until it has loaded every zone.
     pub fn start(netns: &Netns, addr: SocketAddr, zones: &[Zone]) -> io::Result<Self> {
+        Self::launch(netns.command(RBLDNSD), addr, zones)
+    }
+
+    /// Starts rbldnsd in the caller's network namespace on a free port of 127.0.0.1 and waits
+    /// until it has loaded every zone.
+    pub fn start_on_loopback(zones: &[Zone]) -> io::Result<Self> {
+        let mut tries = 1;
+        loop {
+            let port = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match Self::launch(Command::new(RBLDNSD), addr, zones) {
+                Err(_) if tries < LOOPBACK_TRIES => tries += 1,
+                started => return started,
+            }
+        }
+    }
+
+    /// Writes the zones and runs `cmd`, which runs rbldnsd, on `addr`.
+    fn launch(mut cmd: Command, addr: SocketAddr, zones: &[Zone]) -> io::Result<Self> {
         crate::ensure_packages(&["rbldnsd"])?;
         let dir = ScratchDir::create("rbldnsd")?;
         // rbldnsd drops root before it reads a zone or opens its query log.
@@ -136,12 +184,14 @@ impl Rbldnsd {
             specs.push(format!("{}:{}:{file}", zone.name, zone.dataset.as_str()));
         }
         let query_log = dir.write("queries.log", "")?;
-        let user = screen_user::privileges::lookup(RBLDNSD_USER)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        chown(&query_log, Some(user.uid), Some(user.gid))?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let user = screen_user::privileges::lookup(RBLDNSD_USER)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            chown(&query_log, Some(user.uid), Some(user.gid))?;
+        }
         let output = dir.path().join("rbldnsd.out");
         let output_file = fs::File::create(&output)?;
-        let mut cmd = netns.command("rbldnsd");
         cmd.arg("-n")
             .arg("-b")
             .arg(format!("{}/{}", addr.ip(), addr.port()))
@@ -197,7 +247,8 @@ impl Rbldnsd {
         self.addr
     }
 
-    /// The server's pid: nsenter execs rbldnsd, which stays in the foreground (`-n`).
+    /// The server's pid: rbldnsd stays in the foreground (`-n`), and nsenter, where it runs
+    /// in a namespace, execs it.
     pub fn pid(&self) -> u32 {
         self.process.id()
     }
@@ -225,8 +276,7 @@ impl Rbldnsd {
     }
 }
 
-/// A UDP DNS forwarder in a network namespace: relays each query to an upstream server and the
-/// answer back, counting queries by name; queries for a swallowed name, or any name under it,
+/// A UDP DNS forwarder: relays each query to an upstream server and the answer back, counting queries by name; queries for a swallowed name, or any name under it,
 /// are counted and never answered, as a list server that has gone silent. Dropping it stops
 /// its threads and closes its sockets.
 pub struct DnsForwarder {
@@ -243,16 +293,31 @@ type Pending = Arc<Mutex<HashMap<u16, (SocketAddr, u16)>>>;
 impl DnsForwarder {
     /// Listens on `listen` (an address of `netns`) and relays to `upstream`.
     pub fn start(netns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> io::Result<Self> {
+        let (front, back) = netns.run(|| Self::bind(listen, upstream))??;
+        Self::relay(front, back)
+    }
+
+    /// Listens on a free port of 127.0.0.1 in the caller's network namespace and relays to
+    /// `upstream`.
+    pub fn start_on_loopback(upstream: SocketAddr) -> io::Result<Self> {
+        let (front, back) = Self::bind((Ipv4Addr::LOCALHOST, 0).into(), upstream)?;
+        Self::relay(front, back)
+    }
+
+    /// The socket the clients ask, on `listen`, and the one that asks `upstream`.
+    fn bind(listen: SocketAddr, upstream: SocketAddr) -> io::Result<(UdpSocket, UdpSocket)> {
         let unspecified: IpAddr = match upstream {
             SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
             SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
         };
-        let (front, back) = netns.run(|| -> io::Result<(UdpSocket, UdpSocket)> {
-            let front = UdpSocket::bind(listen)?;
-            let back = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
-            back.connect(upstream)?;
-            Ok((front, back))
-        })??;
+        let front = UdpSocket::bind(listen)?;
+        let back = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
+        back.connect(upstream)?;
+        Ok((front, back))
+    }
+
+    /// Starts the threads that relay between the two sockets.
+    fn relay(front: UdpSocket, back: UdpSocket) -> io::Result<Self> {
         // Short read timeouts, so that the threads notice the stop flag.
         front.set_read_timeout(Some(POLL))?;
         back.set_read_timeout(Some(POLL))?;
@@ -290,6 +355,11 @@ impl DnsForwarder {
     /// From now on, queries for `name` or any name under it go unanswered.
     pub fn swallow(&self, name: &str) {
         lock(&self.swallowed).push(name.to_ascii_lowercase());
+    }
+
+    /// From now on, every query is relayed again, as when the silent lists come back.
+    pub fn swallow_nothing(&self) {
+        lock(&self.swallowed).clear();
     }
 
     /// Queries received for exactly `name`, answered or not.
@@ -395,6 +465,22 @@ fn question_name(message: &[u8]) -> Option<String> {
         at += 1 + len;
     }
     None
+}
+
+/// The name a DNS list is asked for `addr` in `zone` (RFC 5782): the IPv4 octets or the IPv6
+/// nibbles, least significant first, then the zone.
+pub fn query_name(addr: IpAddr, zone: &str) -> String {
+    let labels: Vec<String> = match addr {
+        IpAddr::V4(v4) => v4.octets().iter().rev().map(u8::to_string).collect(),
+        IpAddr::V6(v6) => v6
+            .octets()
+            .iter()
+            .rev()
+            .flat_map(|byte| [byte & 0xf, byte >> 4])
+            .map(|nibble| format!("{nibble:x}"))
+            .collect(),
+    };
+    format!("{}.{zone}", labels.join("."))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

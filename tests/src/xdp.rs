@@ -1,14 +1,19 @@
 //! The XDP program loaded without pins and driven frame by frame through `BPF_PROG_TEST_RUN`,
 //! so that a test sees the kernel's own verdict, rewritten frame and counters.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::IpAddr,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
+    maps::Map,
     programs::{ProgramError, Xdp},
     sys::SyscallError,
 };
-use screen_common::{PROGRAM_NAME, Stat};
+use screen_common::{PROGRAM_NAME, Stat, map_name};
 use screen_user::kernel::{self, Maps};
 
 use crate::frames::{IPPROTO_TCP, TCP_ACK, TCP_RST, pseudo_header_sum, verifies};
@@ -44,6 +49,9 @@ pub struct Outcome {
 pub struct ScreenUnderTest {
     ebpf: Ebpf,
     pub maps: Maps,
+    /// A second descriptor of the IPv4 dynamic deny map, which `maps` holds too: for writes
+    /// through the raw syscall, such as batched updates.
+    dynamic_v4: OwnedFd,
 }
 
 impl ScreenUnderTest {
@@ -51,6 +59,14 @@ impl ScreenUnderTest {
     /// zero until the test calls [`kernel::configure`].
     pub fn load() -> Result<Self, Box<dyn std::error::Error>> {
         let mut ebpf = EbpfLoader::new().load(kernel::OBJECT)?;
+        let dynamic_v4 = match ebpf.map(map_name::DYN_DENY_V4) {
+            Some(Map::LruHashMap(data)) => data.fd().as_fd().try_clone_to_owned()?,
+            other => {
+                return Err(
+                    format!("{} is {other:?}, not an LRU hash", map_name::DYN_DENY_V4).into(),
+                );
+            }
+        };
         // The maps are created by `EbpfLoader::load`; taking them out does not unbind them
         // from the program's relocated instructions.
         let maps = Maps::from_ebpf(&mut ebpf)?;
@@ -59,15 +75,25 @@ impl ScreenUnderTest {
             .ok_or("the object has no XDP program")?
             .try_into()?;
         program.load()?;
-        Ok(Self { ebpf, maps })
+        Ok(Self {
+            ebpf,
+            maps,
+            dynamic_v4,
+        })
     }
 
-    fn program(&self) -> &Xdp {
+    /// The loaded program, for a test run of options of its own.
+    pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(PROGRAM_NAME)
             .expect("checked at load")
             .try_into()
             .expect("checked at load")
+    }
+
+    /// The IPv4 dynamic deny map's descriptor.
+    pub fn dynamic_v4_fd(&self) -> BorrowedFd<'_> {
+        self.dynamic_v4.as_fd()
     }
 
     /// Runs the program once on `frame`.

@@ -31,25 +31,28 @@
 
 use std::{
     fmt,
-    fs::File,
-    io::{ErrorKind, Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use screen_tests::{
+    daemon::{Connection, Daemon, quoted, receive, tag_of, take_line},
     ensure_packages,
     netns::{
-        ChildGuard, Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
+        Netns, PinDir, ScratchDir, VethPair, run_within, smtp_screen_bin, stream_from,
         subnet_index, with_resolv_conf,
     },
     postfix::{
         DNSBLOG_SERVICE, MAIL_DOMAIN, Postfix, PostfixConfig, SMTPD_PASS_SERVICE, TLSPROXY_SERVICE,
     },
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{
+        BL_ANSWER, BL_MISS_ANSWER, BL_SHOWN, BL2_ANSWER, Dataset, LAB_SITES, LOCAL_DNS, Rbldnsd,
+        WL_ANSWER, Zone,
+    },
     require_root,
 };
 
@@ -65,17 +68,6 @@ const IDLE_INET_COMMAND: &str = "discard";
 const GREET_WAIT_SETTING: &str = "${stress?{1}:{2}}s";
 const GREET_WAIT: Duration = Duration::from_secs(2);
 const COMMAND_TIME_LIMIT_SETTING: &str = "${stress?{2}:{5}}s";
-
-/// The lab's DNS lists, weights and thresholds.
-const LAB_SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
-/// The name replies show for `bl.test` (`postscreen_dnsbl_reply_map`).
-const BL_SHOWN: &str = "public-bl.example";
-const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const BL_MISS_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 99);
-const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-const WL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 2);
-/// rbldnsd's address in each server namespace, the one its resolv.conf names.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
 // Client host numbers, one per role, as in the lab.
 const PREGREETER: u8 = 10;
@@ -172,10 +164,10 @@ impl fmt::Display for Kind {
     }
 }
 
-/// `smtp-screen run` in a site's server namespace, its stderr in a file.
+/// `smtp-screen run` in a site's server namespace and its pins. Fields drop in order: the
+/// daemon, then the pins.
 struct ScreenDaemon {
-    process: ChildGuard,
-    log: PathBuf,
+    run: Daemon,
     _pin: PinDir,
 }
 
@@ -221,7 +213,7 @@ impl LabFiles {
             .write("dnsbl_reply", format!("bl.test {BL_SHOWN}\n"))
             .expect("reply map");
         let resolv_conf = dir
-            .write("resolv.conf", format!("nameserver {}\n", DNS_SERVER.ip()))
+            .write("resolv.conf", format!("nameserver {}\n", LOCAL_DNS.ip()))
             .expect("resolv.conf");
         Self {
             dir,
@@ -309,7 +301,7 @@ impl Site {
                 .add_address(veth.a(), Ipv4Addr::new(10, 251, n, host).into(), 24)
                 .expect("client address");
         }
-        let rbldnsd = Rbldnsd::start(&server, DNS_SERVER, &lab_zones(n)).expect("rbldnsd");
+        let rbldnsd = Rbldnsd::start(&server, LOCAL_DNS, &lab_zones(n)).expect("rbldnsd");
         let postfix = with_resolv_conf(&files.resolv_conf, || {
             Postfix::start(&server, &postfix).expect("starting Postfix")
         });
@@ -368,7 +360,7 @@ impl Site {
     /// The screener's log lines, without syslog's time, host and `postfix/postscreen[pid]: `.
     fn screener_lines(&self) -> Vec<String> {
         let log = match &self.daemon {
-            Some(daemon) => std::fs::read_to_string(&daemon.log).unwrap_or_default(),
+            Some(daemon) => daemon.run.log(),
             None => self.postfix.log(),
         };
         log.lines()
@@ -402,7 +394,7 @@ impl Site {
     fn warnings(&self) -> Vec<String> {
         let mut log = self.postfix.log();
         if let Some(daemon) = &self.daemon {
-            log.push_str(&std::fs::read_to_string(&daemon.log).unwrap_or_default());
+            log.push_str(&daemon.run.log());
         }
         log.lines()
             .filter(|line| line.contains("warning: ") || line.contains("fatal: "))
@@ -416,28 +408,23 @@ impl Site {
 fn site_adjustments(files: &LabFiles, pass_socket: &Path) -> Vec<(&'static str, String)> {
     vec![
         // The Postfix instance behind smtp-screen is this site's, not postscreen's.
-        ("postfix_pass_socket", toml_string(pass_socket.display())),
+        ("postfix_pass_socket", quoted(pass_socket.display())),
         // The import names the machine's state directory.
         (
             "state_dir",
-            toml_string(files.dir.path().join("state").display()),
+            quoted(files.dir.path().join("state").display()),
         ),
         // postscreen logs to the instance's maillog through postlogd; smtp-screen has no log
         // file of its own, and there is no syslog daemon here: stderr, which the test reads.
-        ("log_to", toml_string("stderr")),
+        ("log_to", quoted("stderr")),
         // smtp-screen's kernel deny policy goes beyond postscreen. The import attaches no XDP
         // program, so it could not act anyway; this says so.
-        ("deny_ttl", toml_string("0")),
+        ("deny_ttl", quoted("0")),
     ]
 }
 
 fn server_v4(n: u8) -> IpAddr {
     Ipv4Addr::new(10, 251, n, 1).into()
-}
-
-/// A TOML basic string.
-fn toml_string(value: impl fmt::Display) -> String {
-    format!("{:?}", value.to_string())
 }
 
 /// `postconf -c DIR -n` of `reference`'s instance into a file, then `smtp-screen
@@ -496,38 +483,10 @@ impl ScreenDaemon {
     /// Starts `smtp-screen run` in `server` and waits until it accepts connections.
     fn start(server: &Netns, config: &Path, log: &Path) -> Self {
         let pin = PinDir::new("diff");
-        let log_file = File::create(log).expect("daemon log file");
-        let mut cmd = server.command(smtp_screen_bin().expect("the smtp-screen binary"));
-        cmd.arg("--pin-dir")
-            .arg(pin.path())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let mut process = ChildGuard::spawn(&mut cmd).expect("starting smtp-screen run");
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("smtp-screen screening connections") {
-                break;
-            }
-            if let Some(status) = process.try_wait().expect("daemon state") {
-                panic!("smtp-screen run exited ({status}):\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "smtp-screen is not accepting connections after {START_WAIT:?}:\n{text}"
-            );
-            thread::sleep(POLL);
-        }
-        Self {
-            process,
-            log: log.to_path_buf(),
-            _pin: pin,
-        }
+        let bin = smtp_screen_bin().expect("the smtp-screen binary");
+        let mut run = Daemon::spawn(server, &bin, pin.path(), config, log.to_path_buf());
+        run.wait_screening();
+        Self { run, _pin: pin }
     }
 }
 
@@ -568,10 +527,8 @@ impl Lab {
                     .unwrap_or_else(|p| std::panic::resume_unwind(p)),
             )
         });
-        if let Some(daemon) = &mut self.smtp_screen.daemon
-            && let Some(status) = daemon.process.try_wait().expect("daemon state")
-        {
-            panic!("smtp-screen exited during the scenarios ({status})");
+        if let Some(daemon) = &mut self.smtp_screen.daemon {
+            daemon.run.assert_running();
         }
         let mut problems = Vec::new();
         for ((scenario, expected), actual) in scenarios.iter().zip(&reference).zip(&candidate) {
@@ -780,8 +737,7 @@ impl Session {
 
     /// The client as screeners log it: `[address]:port`.
     fn tag(&self) -> String {
-        let local = self.stream.local_addr().expect("local address");
-        format!("[{}]:{}", local.ip(), local.port())
+        tag_of(self.stream.local_addr().expect("local address"))
     }
 
     /// The next line (without its line ending), or `None` when the server closed the
@@ -789,13 +745,7 @@ impl Session {
     fn line(&mut self, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                let line = String::from_utf8_lossy(&line).into_owned();
+            if let Some(line) = take_line(&mut self.pending) {
                 let waited = if self.last.elapsed() >= WAITED {
                     "  [after a wait]"
                 } else {
@@ -814,24 +764,8 @@ impl Session {
                     .push(format!("<- (nothing more within {limit:?})"));
                 return None;
             }
-            self.stream
-                .set_read_timeout(Some(left))
-                .expect("read timeout");
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => self.close_seen(),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    self.close_seen();
-                }
-                Err(e) => panic!("reading from the server: {e}"),
+            if receive(&self.stream, &mut self.pending, left) == Connection::Closed {
+                self.close_seen();
             }
         }
     }
@@ -1296,8 +1230,8 @@ fn adjustments_keep_the_imported_configuration_and_land_before_its_tables() {
     let adjusted = adjust(
         imported,
         &[
-            ("state_dir", toml_string("/tmp/state")),
-            ("log_to", toml_string("stderr")),
+            ("state_dir", quoted("/tmp/state")),
+            ("log_to", quoted("stderr")),
         ],
     );
     assert_eq!(

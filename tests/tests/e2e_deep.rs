@@ -24,7 +24,7 @@
 //! namespaces, daemon and, when a client is handed off or a list is asked, Postfix and rbldnsd.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     time::Instant,
 };
 
@@ -37,7 +37,7 @@ use screen_tests::{
     ensure_packages,
     netns::PinDir,
     postfix::{MAIL_DOMAIN, Postfix},
-    rbldnsd::{Dataset, Rbldnsd, Zone},
+    rbldnsd::{Dataset, LOCAL_DNS, Rbldnsd, Zone},
     require_root,
 };
 
@@ -91,8 +91,7 @@ fn start_dnswl(bed: &Bed, listed: IpAddr) -> Rbldnsd {
     let zone = Zone::new(DNSWL, Dataset::Ip4Set)
         .with_test_point()
         .list(listed, Ipv4Addr::new(127, 0, 0, 3));
-    Rbldnsd::start(&bed.server, SocketAddr::from(([127, 0, 0, 1], 53)), &[zone])
-        .expect("starting rbldnsd")
+    Rbldnsd::start(&bed.server, LOCAL_DNS, &[zone]).expect("starting rbldnsd")
 }
 
 /// EHLO, MAIL and RCPT one at a time, each after the reply to the last, as a well-behaved

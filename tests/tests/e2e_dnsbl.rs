@@ -24,26 +24,15 @@ use screen_tests::{
     ensure_packages,
     netns::{ConnectOutcome, PinDir, connect_from, run_within, smtp_screen_bin},
     postfix::MAIL_DOMAIN,
-    rbldnsd::{Dataset, DnsForwarder, Rbldnsd, Zone},
+    rbldnsd::{
+        BL_ANSWER, BL_MISS_ANSWER, BL_SHOWN, BL2_ANSWER, Dataset, DnsForwarder, LAB_SITES,
+        LOCAL_DNS, Rbldnsd, WL_ANSWER, Zone, query_name,
+    },
     require_root,
 };
 
-/// The lab's `postscreen_dnsbl_sites`.
-const LAB_SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1, wl.test=127.0.[0..255].[1..3]*-5";
-/// The name replies show for `bl.test`.
-const BL_SHOWN: &str = "public-bl.example";
-
-/// rbldnsd's address: the server namespace's loopback, where clients cannot reach it.
-const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 /// A forwarder in front of rbldnsd, where a test needs a list to go silent.
 const DNS_FORWARDER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), 53);
-
-/// What `bl.test` answers for a listed client: inside its filter.
-const BL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// What `bl.test` answers for the filter miss: outside `127.0.0.[2..11]`.
-const BL_MISS_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 99);
-const BL2_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-const WL_ANSWER: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 2);
 
 // Client host numbers, one per role, as in the lab.
 /// In `bl.test` and `bl2.test`: rank 4. Its IPv6 address is listed in both as well.
@@ -75,7 +64,7 @@ impl DnsBed {
         let bed = Bed::new(tag, hosts);
         let mut zones = lab_zones(&bed);
         zones.extend_from_slice(extra);
-        let rbldnsd = Rbldnsd::start(&bed.server, DNS_SERVER, &zones).expect("starting rbldnsd");
+        let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &zones).expect("starting rbldnsd");
         Self { rbldnsd, bed }
     }
 
@@ -111,22 +100,6 @@ fn lab_zones(bed: &Bed) -> Vec<Zone> {
             .with_test_point()
             .list(bed.v4(DNSWL), WL_ANSWER),
     ]
-}
-
-/// A DNSBL query name written out independently of the daemon: IPv4 octets or IPv6 nibbles,
-/// least significant first, then the zone.
-fn reversed_name(addr: IpAddr, zone: &str) -> String {
-    let labels: Vec<String> = match addr {
-        IpAddr::V4(v4) => v4.octets().iter().rev().map(u8::to_string).collect(),
-        IpAddr::V6(v6) => v6
-            .octets()
-            .iter()
-            .rev()
-            .flat_map(|byte| [byte & 0xf, byte >> 4])
-            .map(|nibble| format!("{nibble:x}"))
-            .collect(),
-    };
-    format!("{}.{zone}", labels.join("."))
 }
 
 /// What a client blocked by `bl.test` is told: `550` at RCPT (enforce), `521` at once (drop).
@@ -197,7 +170,7 @@ fn the_lab_lists_rank_refuse_pass_and_allowlist_as_postscreen_does() {
     let postfix = bed.start_backend();
     let pin = PinDir::new("lab");
     let config = dns
-        .config(LAB_SITES, DNS_SERVER)
+        .config(LAB_SITES, LOCAL_DNS)
         .write(bed, "smtp-screen.toml");
     let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
 
@@ -305,7 +278,7 @@ fn dnsbl_drop_answers_521_as_soon_as_the_lists_have_answered() {
     // Without the pregreet test only the DNSBL test is due: no teaser, and the wait ends when
     // every list has answered.
     let config = dns
-        .config(LAB_SITES, DNS_SERVER)
+        .config(LAB_SITES, LOCAL_DNS)
         .set("dnsbl_action", quoted("drop"))
         .set("greet_banner", quoted(""))
         .write(bed, "smtp-screen.toml");
@@ -361,10 +334,10 @@ fn a_list_that_times_out_is_logged_and_neither_delays_nor_blocks_the_client() {
             .list("10.251.0.0/16", BL_ANSWER)],
     );
     let bed = &dns.bed;
-    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, DNS_SERVER)
+    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, LOCAL_DNS)
         .expect("starting the DNS forwarder");
     let client = bed.v4(CLEAN);
-    let silent = reversed_name(client, "dead.test");
+    let silent = query_name(client, "dead.test");
     forwarder.swallow(&silent);
     let _postfix = bed.start_backend();
     let pin = PinDir::new("silent");
@@ -402,10 +375,10 @@ fn a_list_slower_than_the_greet_wait_is_left_behind() {
             .list("10.251.0.0/16", BL_ANSWER)],
     );
     let bed = &dns.bed;
-    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, DNS_SERVER)
+    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, LOCAL_DNS)
         .expect("starting the DNS forwarder");
     let client = bed.v4(CLEAN);
-    forwarder.swallow(&reversed_name(client, "dead.test"));
+    forwarder.swallow(&query_name(client, "dead.test"));
     let _postfix = bed.start_backend();
     let pin = PinDir::new("slow");
     // postscreen's default: the list may take longer than the greet wait.
@@ -434,10 +407,10 @@ fn a_list_that_times_out_after_the_greet_wait_is_still_reported() {
             .list("10.251.0.0/16", BL_ANSWER)],
     );
     let bed = &dns.bed;
-    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, DNS_SERVER)
+    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, LOCAL_DNS)
         .expect("starting the DNS forwarder");
     let client = bed.v4(CLEAN);
-    forwarder.swallow(&reversed_name(client, "dead.test"));
+    forwarder.swallow(&query_name(client, "dead.test"));
     let _postfix = bed.start_backend();
     let pin = PinDir::new("late");
     // Longer than the greet wait, as postscreen's defaults are (10s against 6s).
@@ -467,7 +440,7 @@ fn a_list_that_lists_everything_is_suspended_at_start() {
     let _postfix = bed.start_backend();
     let pin = PinDir::new("world");
     let config = dns
-        .config(&format!("{LAB_SITES}, world.test*5"), DNS_SERVER)
+        .config(&format!("{LAB_SITES}, world.test*5"), LOCAL_DNS)
         .write(bed, "smtp-screen.toml");
     let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
     daemon.expect_line(
@@ -479,14 +452,14 @@ fn a_list_that_lists_everything_is_suspended_at_start() {
     let tag = passes_after_the_greet_wait(bed, client);
     daemon.expect_line(&format!("PASS NEW {tag}"));
     assert_not_ranked(&daemon, &tag);
-    let asked = reversed_name(client, "world.test");
+    let asked = query_name(client, "world.test");
     assert_eq!(
         dns.rbldnsd.count(&asked),
         0,
         "a suspended list was asked about the client"
     );
     // The other lists were asked as usual.
-    assert_eq!(dns.rbldnsd.count(&reversed_name(client, "bl.test")), 1);
+    assert_eq!(dns.rbldnsd.count(&query_name(client, "bl.test")), 1);
 }
 
 #[test]
@@ -498,7 +471,7 @@ fn an_ipv6_client_is_looked_up_by_reversed_nibbles_and_refused() {
     let bed = &dns.bed;
     let pin = PinDir::new("v6");
     let config = dns
-        .config(LAB_SITES, DNS_SERVER)
+        .config(LAB_SITES, LOCAL_DNS)
         .write(bed, "smtp-screen.toml");
     let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
 
@@ -517,7 +490,7 @@ fn an_ipv6_client_is_looked_up_by_reversed_nibbles_and_refused() {
 
     // One query per list, each for the 32 nibbles of the address, least significant first.
     for zone in ["bl.test", "bl2.test", "wl.test"] {
-        let name = reversed_name(listed, zone);
+        let name = query_name(listed, zone);
         assert_eq!(
             dns.rbldnsd.count(&name),
             1,
@@ -536,7 +509,7 @@ fn a_rank_at_the_kernel_threshold_is_denied_in_the_kernel_at_first_contact() {
     let bed = &dns.bed;
     let pin = PinDir::new("kernel");
     let config = dns
-        .config(LAB_SITES, DNS_SERVER)
+        .config(LAB_SITES, LOCAL_DNS)
         .with_kernel_layer(bed)
         .set("kernel_dnsbl_threshold", "4")
         .write(bed, "smtp-screen.toml");
@@ -580,7 +553,7 @@ fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
     let dns = DnsBed::new("check", &[], &[]);
     let bed = &dns.bed;
     let config = dns
-        .config(LAB_SITES, DNS_SERVER)
+        .config(LAB_SITES, LOCAL_DNS)
         .write(bed, "smtp-screen.toml");
     let check = |addr: IpAddr| dnsbl_check(bed, &config, addr);
 
@@ -590,15 +563,15 @@ fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
         [
             format!(
                 "{}: listed as 127.0.0.2 (ttl 5m)",
-                reversed_name(listed, "bl.test")
+                query_name(listed, "bl.test")
             ),
             "  bl.test=127.0.0.[2..11]*3: matches, weight 3".to_string(),
             format!(
                 "{}: listed as 127.0.0.4 (ttl 5m)",
-                reversed_name(listed, "bl2.test")
+                query_name(listed, "bl2.test")
             ),
             "  bl2.test: matches, weight 1".to_string(),
-            format!("{}: not listed", reversed_name(listed, "wl.test")),
+            format!("{}: not listed", query_name(listed, "wl.test")),
             "  wl.test=127.0.[0..255].[1..3]*-5: no match".to_string(),
             format!(
                 "score 4 for {listed}: listed (rank 4 >= dnsbl_threshold 3), reply names \
@@ -611,13 +584,13 @@ fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
     assert_eq!(
         check(vouched),
         [
-            format!("{}: not listed", reversed_name(vouched, "bl.test")),
+            format!("{}: not listed", query_name(vouched, "bl.test")),
             "  bl.test=127.0.0.[2..11]*3: no match".to_string(),
-            format!("{}: not listed", reversed_name(vouched, "bl2.test")),
+            format!("{}: not listed", query_name(vouched, "bl2.test")),
             "  bl2.test: no match".to_string(),
             format!(
                 "{}: listed as 127.0.1.2 (ttl 5m)",
-                reversed_name(vouched, "wl.test")
+                query_name(vouched, "wl.test")
             ),
             "  wl.test=127.0.[0..255].[1..3]*-5: matches, weight -5".to_string(),
             format!("score -5 for {vouched}: allowlisted by DNSWL (rank <= -1), for 2m"),
@@ -628,11 +601,11 @@ fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
     assert_eq!(
         check(clean),
         [
-            format!("{}: not listed", reversed_name(clean, "bl.test")),
+            format!("{}: not listed", query_name(clean, "bl.test")),
             "  bl.test=127.0.0.[2..11]*3: no match".to_string(),
-            format!("{}: not listed", reversed_name(clean, "bl2.test")),
+            format!("{}: not listed", query_name(clean, "bl2.test")),
             "  bl2.test: no match".to_string(),
-            format!("{}: not listed", reversed_name(clean, "wl.test")),
+            format!("{}: not listed", query_name(clean, "wl.test")),
             "  wl.test=127.0.[0..255].[1..3]*-5: no match".to_string(),
             format!("score 0 for {clean}: passes (rank below dnsbl_threshold 3), for 2m"),
         ]
@@ -658,12 +631,12 @@ fn dnsbl_check(bed: &Bed, config: &Path, addr: IpAddr) -> Vec<String> {
 #[test]
 fn reversed_names_are_written_as_dnsbls_expect_them() {
     assert_eq!(
-        reversed_name("192.0.2.40".parse().unwrap(), "bl.test"),
+        query_name("192.0.2.40".parse().unwrap(), "bl.test"),
         "40.2.0.192.bl.test"
     );
     let v6: Ipv6Addr = "2001:db8::25".parse().unwrap();
     assert_eq!(
-        reversed_name(v6.into(), "bl.test"),
+        query_name(v6.into(), "bl.test"),
         "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test"
     );
 }

@@ -11,7 +11,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     thread,
@@ -19,7 +19,8 @@ use std::{
 };
 
 use screen_tests::{
-    netns::{Netns, VethPair, stream_from, subnet_index},
+    daemon::{Bed, SMTP_PORT},
+    netns::stream_from,
     postfix::{MAIL_DOMAIN, Postfix, PostfixConfig},
     require_root,
 };
@@ -27,7 +28,6 @@ use screen_user::handoff::postfix::{
     CONNECT_TIMEOUT, NOTIFY_TIMEOUT, PassError, PassFailure, pass_to_smtpd,
 };
 
-const SMTP_PORT: u16 = 25;
 /// Where Postfix's own `inet` smtpd listens, out of the way of the hand-off listener.
 const POSTFIX_PORT: u16 = 10025;
 /// smtpd's greeting (the harness's `smtpd_banner`).
@@ -43,76 +43,22 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(10);
 /// Upper bound for Postfix to deliver an accepted message or log a line.
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 
-/// Client and server namespaces joined by a veth pair: the server has 10.251.N.1/24 and
-/// fd00:251:N::1/64, the client 10.251.N.2 and fd00:251:N::2. Fields drop in order: link,
-/// namespaces.
-struct Bed {
-    n: u8,
-    veth: VethPair,
-    server: Netns,
-    client: Netns,
+/// Postfix on the server's IPv4 address, port [`POSTFIX_PORT`], with or without smtpd's pass
+/// service.
+fn start_postfix(bed: &Bed, pass_service: bool) -> Postfix {
+    let mut config = PostfixConfig::new(SocketAddr::new(bed.server_v4(), POSTFIX_PORT));
+    if pass_service {
+        config = config.smtpd_pass_service();
+    }
+    Postfix::start(&bed.server, &config).expect("starting Postfix")
 }
 
-impl Bed {
-    fn new() -> Self {
-        let n = subnet_index();
-        let client = Netns::create("c").expect("client netns");
-        let server = Netns::create("s").expect("server netns");
-        let veth = VethPair::create(&client, &server).expect("veth pair");
-        let bed = Self {
-            n,
-            server,
-            client,
-            veth,
-        };
-        for (netns, iface, host) in [
-            (&bed.server, bed.veth.b(), 1),
-            (&bed.client, bed.veth.a(), 2),
-        ] {
-            netns
-                .add_address(iface, bed.v4(host), 24)
-                .expect("IPv4 address");
-            netns
-                .add_address(iface, bed.v6(host), 64)
-                .expect("IPv6 address");
-        }
-        bed
-    }
-
-    fn v4(&self, host: u8) -> IpAddr {
-        Ipv4Addr::new(10, 251, self.n, host).into()
-    }
-
-    fn v6(&self, host: u8) -> IpAddr {
-        Ipv6Addr::new(0xfd00, 0x251, self.n.into(), 0, 0, 0, 0, host.into()).into()
-    }
-
-    /// Postfix on the server's IPv4 address, port [`POSTFIX_PORT`], with or without smtpd's
-    /// pass service.
-    fn start_postfix(&self, pass_service: bool) -> Postfix {
-        let mut config = PostfixConfig::new(SocketAddr::new(self.v4(1), POSTFIX_PORT));
-        if pass_service {
-            config = config.smtpd_pass_service();
-        }
-        Postfix::start(&self.server, &config).expect("starting Postfix")
-    }
-
-    /// Connects from the client's address of `client`'s family to the server's, port 25.
-    fn connect(&self, client: IpAddr) -> Session {
-        let server = if client.is_ipv4() {
-            self.v4(1)
-        } else {
-            self.v6(1)
-        };
-        let stream = stream_from(
-            &self.client,
-            client,
-            SocketAddr::new(server, SMTP_PORT),
-            CONNECT_LIMIT,
-        )
+/// Connects from `client`, an address of the client, to the server's address of its family,
+/// port 25.
+fn connect(bed: &Bed, client: IpAddr) -> Session {
+    let stream = stream_from(&bed.client, client, bed.smtp_addr(client), CONNECT_LIMIT)
         .expect("connecting to the hand-off listener");
-        Session::new(stream)
-    }
+    Session::new(stream)
 }
 
 /// What the hand-off listener did with one client.
@@ -260,8 +206,8 @@ fn passed_clients_talk_to_smtpd_directly_and_their_mail_is_delivered() {
     if !require_root("passed_clients_talk_to_smtpd_directly_and_their_mail_is_delivered") {
         return;
     }
-    let bed = Bed::new();
-    let postfix = bed.start_postfix(true);
+    let bed = Bed::new("postfix-pass", &[2]);
+    let postfix = start_postfix(&bed, true);
     let socket = postfix
         .wait_for_pass_socket("smtpd", SOCKET_WAIT)
         .expect("the pass service's socket");
@@ -278,7 +224,7 @@ fn passed_clients_talk_to_smtpd_directly_and_their_mail_is_delivered() {
     let listen = SocketAddr::new(bed.v4(1), SMTP_PORT);
     let acceptor = hand_off_one(&bed, listen, socket.clone(), NOTIFY_TIMEOUT);
     let client = bed.v4(2);
-    let mut session = bed.connect(client);
+    let mut session = connect(&bed, client);
     assert_eq!(session.reply(), [SMTPD_GREETING]);
     match acceptor.join().expect("hand-off thread") {
         Handoff::TakenOver(after) => assert!(after < HANDOFF_WAIT, "{after:?}"),
@@ -328,7 +274,7 @@ fn passed_clients_talk_to_smtpd_directly_and_their_mail_is_delivered() {
     let listen = SocketAddr::new(bed.v6(1), SMTP_PORT);
     let acceptor = hand_off_one(&bed, listen, socket.clone(), NOTIFY_TIMEOUT);
     let client = bed.v6(2);
-    let mut session = bed.connect(client);
+    let mut session = connect(&bed, client);
     assert_eq!(session.reply(), [SMTPD_GREETING]);
     assert!(matches!(
         acceptor.join().expect("hand-off thread"),
@@ -353,14 +299,14 @@ fn without_the_pass_service_the_client_hears_that_all_server_ports_are_busy() {
     if !require_root("without_the_pass_service_the_client_hears_that_all_server_ports_are_busy") {
         return;
     }
-    let bed = Bed::new();
-    let postfix = bed.start_postfix(false);
+    let bed = Bed::new("postfix-pass", &[2]);
+    let postfix = start_postfix(&bed, false);
     let socket = postfix.pass_socket("smtpd");
     assert!(!socket.exists(), "{} exists", socket.display());
 
     let listen = SocketAddr::new(bed.v4(1), SMTP_PORT);
     let acceptor = hand_off_one(&bed, listen, socket, NOTIFY_TIMEOUT);
-    let mut session = bed.connect(bed.v4(2));
+    let mut session = connect(&bed, bed.v4(2));
     assert_eq!(session.reply(), ["421 4.3.2 All server ports are busy"]);
     assert!(session.reply().is_empty(), "the connection is closed");
     match acceptor.join().expect("hand-off thread") {
@@ -390,8 +336,8 @@ fn a_stopped_postfix_refuses_the_hand_off_at_once() {
     if !require_root("a_stopped_postfix_refuses_the_hand_off_at_once") {
         return;
     }
-    let bed = Bed::new();
-    let mut postfix = bed.start_postfix(true);
+    let bed = Bed::new("postfix-pass", &[2]);
+    let mut postfix = start_postfix(&bed, true);
     let socket = postfix
         .wait_for_pass_socket("smtpd", SOCKET_WAIT)
         .expect("the pass service's socket");
@@ -402,7 +348,7 @@ fn a_stopped_postfix_refuses_the_hand_off_at_once() {
         socket,
         NOTIFY_TIMEOUT,
     );
-    let mut session = bed.connect(bed.v4(2));
+    let mut session = connect(&bed, bed.v4(2));
     assert_eq!(session.reply(), ["421 4.3.2 All server ports are busy"]);
     match acceptor.join().expect("hand-off thread") {
         Handoff::Failed {
@@ -427,7 +373,7 @@ fn a_client_smtpd_is_too_busy_to_confirm_is_still_served_later() {
     if !require_root("a_client_smtpd_is_too_busy_to_confirm_is_still_served_later") {
         return;
     }
-    let bed = Bed::new();
+    let bed = Bed::new("postfix-pass", &[2]);
     // One smtpd process for the pass service: while it serves one client, the next hand-off
     // waits in the service's listen queue.
     let config = PostfixConfig::new(SocketAddr::new(bed.v4(1), POSTFIX_PORT))
@@ -439,13 +385,13 @@ fn a_client_smtpd_is_too_busy_to_confirm_is_still_served_later() {
     let listen = SocketAddr::new(bed.v4(1), SMTP_PORT);
 
     let acceptor = hand_off_one(&bed, listen, socket.clone(), NOTIFY_TIMEOUT);
-    let mut first = bed.connect(bed.v4(2));
+    let mut first = connect(&bed, bed.v4(2));
     assert_eq!(first.reply(), [SMTPD_GREETING]);
     assert!(matches!(acceptor.join().unwrap(), Handoff::TakenOver(_)));
 
     let notify = Duration::from_secs(1);
     let acceptor = hand_off_one(&bed, listen, socket, notify);
-    let mut second = bed.connect(bed.v4(2));
+    let mut second = connect(&bed, bed.v4(2));
     match acceptor.join().expect("hand-off thread") {
         Handoff::Unconfirmed { error, after } => {
             assert_eq!(error, "timeout sending connection to service private/smtpd");

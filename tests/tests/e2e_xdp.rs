@@ -7,18 +7,18 @@
 //! the one named in `SMTP_SCREEN_BIN`.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Output, Stdio},
+    process::Output,
     thread,
     time::{Duration, Instant},
 };
 
 use screen_common::Stat;
 use screen_tests::{
+    daemon::Daemon,
     netns::{
-        ChildGuard, ConnectOutcome, Netns, PinDir, ScratchDir, TcpAcceptor, VethPair, connect_from,
+        ConnectOutcome, Netns, PinDir, ScratchDir, TcpAcceptor, VethPair, connect_from,
         output_within, run_within, smtp_screen_bin, subnet_index,
     },
     require_root,
@@ -408,41 +408,19 @@ impl Status {
     }
 }
 
-/// `smtp-screen run` in the server namespace, its log in a file.
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(cli: &SmtpScreen<'_>, config: &Path, log: PathBuf) -> Self {
-        let log_file = File::create(&log).expect("daemon log file");
-        let mut cmd = cli.netns.command(cli.bin);
-        cmd.arg("--pin-dir")
-            .arg(cli.pin_dir)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let process = ChildGuard::spawn(&mut cmd).expect("starting smtp-screen run");
-        Self { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+/// `smtp-screen run` as the CLI of the test starts and watches it.
+impl SmtpScreen<'_> {
+    /// `smtp-screen run` with `config` in the server namespace, its log in `log`.
+    fn run(&self, config: &Path, log: PathBuf) -> Daemon {
+        Daemon::spawn(self.netns, self.bin, self.pin_dir, config, log)
     }
 
     /// Waits until `status` shows `iface` attached in `mode`.
-    fn wait_attached(&mut self, cli: &SmtpScreen<'_>, iface: &str, mode: &str) -> Attached {
+    fn wait_attached(&self, daemon: &mut Daemon, iface: &str, mode: &str) -> Attached {
         let deadline = Instant::now() + ATTACH_WAIT;
         loop {
-            if let Some(exit) = self.process.try_wait().expect("daemon state") {
-                panic!("smtp-screen run exited ({exit}):\n{}", self.log());
-            }
-            let out = cli.output(&["status"]);
+            daemon.assert_running();
+            let out = self.output(&["status"]);
             if out.status.success() {
                 let status = Status(String::from_utf8_lossy(&out.stdout).into_owned());
                 if let Some(attached) = status.attachment(iface).filter(|a| a.mode == mode) {
@@ -452,7 +430,7 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "{iface} not attached in {mode} mode after {ATTACH_WAIT:?}; daemon log:\n{}",
-                self.log()
+                daemon.log()
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -501,8 +479,8 @@ fn daemon_cli_and_xdp_screen_real_connections_in_native_mode() {
             ),
         )
         .expect("config file");
-    let mut daemon = Daemon::start(&cli, &config, scratch.path().join("daemon-1.log"));
-    let first = daemon.wait_attached(&cli, iface, "native");
+    let mut daemon = cli.run(&config, scratch.path().join("daemon-1.log"));
+    let first = cli.wait_attached(&mut daemon, iface, "native");
 
     // Attached, but nothing denied yet.
     let everyone: Vec<_> = src.all().into_iter().map(|a| (a, Connects)).collect();
@@ -577,7 +555,7 @@ fn daemon_cli_and_xdp_screen_real_connections_in_native_mode() {
     }
 
     // The filter and its entries live in the kernel, not in the daemon.
-    let killed = daemon.process.kill().expect("SIGKILL the daemon");
+    let killed = daemon.kill();
     assert!(!killed.success());
     bed.check(&[
         (src.static_host, Dropped),
@@ -587,8 +565,8 @@ fn daemon_cli_and_xdp_screen_real_connections_in_native_mode() {
     ]);
     assert!(cli.denies(&dynamic_host, "dynamic"));
     assert!(cli.denies(&dynamic6_net, "dynamic"));
-    let mut daemon = Daemon::start(&cli, &config, scratch.path().join("daemon-2.log"));
-    let second = daemon.wait_attached(&cli, iface, "native");
+    let mut daemon = cli.run(&config, scratch.path().join("daemon-2.log"));
+    let second = cli.wait_attached(&mut daemon, iface, "native");
     assert_eq!(
         second.link_id, first.link_id,
         "the restarted daemon must reuse the pinned link"
@@ -685,15 +663,7 @@ fn daemon_cli_and_xdp_screen_real_connections_in_native_mode() {
     assert_eq!(moved(Stat::DropStatic) + moved(Stat::DropDynamic), 0);
 
     // Unload leaves nothing behind.
-    let stopped = daemon
-        .process
-        .terminate(Duration::from_secs(5))
-        .expect("SIGTERM the daemon");
-    assert!(
-        stopped.is_some_and(|s| s.success()),
-        "the daemon must stop cleanly on SIGTERM ({stopped:?}):\n{}",
-        daemon.log()
-    );
+    daemon.stop_within(Duration::from_secs(5));
     assert!(bed.server_link().contains("xdp"), "attached until unloaded");
     cli.ok(&["unload"]);
     assert!(

@@ -24,6 +24,7 @@ use screen_common::{Origin, Stat};
 use screen_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ExtHeader, Fragment, FrameSpec},
     require_root,
+    rng::SplitMix64,
     xdp::{
         Counters, ScreenUnderTest, XDP_DROP, XDP_PASS, XDP_TX, action_name, check_rst_reply, hex,
     },
@@ -37,55 +38,6 @@ const RST_PHASE_FRAMES: usize = 100_000;
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x251, 0, 0, 0, 0, 0, 1);
 const PROTECTED_PORTS: [u16; 2] = [25, 587];
-
-/// xorshift64 (Marsaglia 2003), seeded through splitmix64 so that every seed, 0 included,
-/// gives a well-mixed non-zero state.
-struct XorShift64(u64);
-
-impl XorShift64 {
-    fn seeded(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Self(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform enough in `0..n` for test generation (n is small).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn range(&mut self, low: usize, high_inclusive: usize) -> usize {
-        low + self.below(high_inclusive - low + 1)
-    }
-
-    /// True with probability `percent` / 100.
-    fn percent(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next_u64() as u8
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.byte()).collect()
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 fn seed() -> u64 {
     match std::env::var("SCREEN_PROPERTY_SEED") {
@@ -122,7 +74,7 @@ struct World {
 }
 
 impl World {
-    fn new(rng: &mut XorShift64) -> Self {
+    fn new(rng: &mut SplitMix64) -> Self {
         let nets =
             |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
         let v6_prefix = rng.pick(&[56, 64, 80, 128]);
@@ -172,7 +124,7 @@ impl World {
     }
 
     /// A source address: denied, allowed, dynamically denied, expired, or nobody in particular.
-    fn source(&self, rng: &mut XorShift64, family_v6: bool) -> IpAddr {
+    fn source(&self, rng: &mut SplitMix64, family_v6: bool) -> IpAddr {
         let of_family = |net: &&IpNet| net.addr().is_ipv6() == family_v6;
         let nets: Vec<&IpNet> = match rng.below(5) {
             0 | 1 => self.deny.iter().filter(of_family).collect(),
@@ -204,7 +156,7 @@ fn v6(subnet: u16, iid: u64) -> Ipv6Addr {
 }
 
 /// A random address inside `net`.
-fn inside(rng: &mut XorShift64, net: &IpNet) -> IpAddr {
+fn inside(rng: &mut SplitMix64, net: &IpNet) -> IpAddr {
     match net {
         IpNet::V4(n) => {
             let host = u32::from(n.hostmask()) & rng.next_u64() as u32;
@@ -418,7 +370,7 @@ impl Reference<'_> {
 
 // ---- Frame generation ----
 
-fn random_frame(rng: &mut XorShift64) -> Vec<u8> {
+fn random_frame(rng: &mut SplitMix64) -> Vec<u8> {
     let len = rng.range(14, 199);
     let mut frame = rng.bytes(len);
     // Half get a plausible ethertype and IP version, so that random bytes reach the IP and
@@ -437,7 +389,7 @@ fn random_frame(rng: &mut XorShift64) -> Vec<u8> {
     frame
 }
 
-fn ext_header(rng: &mut XorShift64) -> ExtHeader {
+fn ext_header(rng: &mut SplitMix64) -> ExtHeader {
     match rng.below(5) {
         0..=2 => ExtHeader::Options {
             kind: rng.pick(&[0, 43, 60]),
@@ -457,7 +409,7 @@ fn ext_header(rng: &mut XorShift64) -> ExtHeader {
     }
 }
 
-fn valid_frame(rng: &mut XorShift64, world: &World) -> Vec<u8> {
+fn valid_frame(rng: &mut SplitMix64, world: &World) -> Vec<u8> {
     let family_v6 = rng.percent(50);
     let src = world.source(rng, family_v6);
     let dst = if family_v6 {
@@ -529,7 +481,7 @@ fn valid_frame(rng: &mut XorShift64, world: &World) -> Vec<u8> {
 
 /// No damage (40%), or one to three: a flipped bit or a replaced byte among the first 96 bytes,
 /// where the headers are, a cut, or garbage appended.
-fn mutate(rng: &mut XorShift64, frame: &mut Vec<u8>) {
+fn mutate(rng: &mut SplitMix64, frame: &mut Vec<u8>) {
     let damages = if rng.percent(40) { 0 } else { rng.range(1, 3) };
     for _ in 0..damages {
         let headers = frame.len().min(96);
@@ -554,7 +506,7 @@ fn mutate(rng: &mut XorShift64, frame: &mut Vec<u8>) {
     }
 }
 
-fn next_frame(rng: &mut XorShift64, world: &World) -> Vec<u8> {
+fn next_frame(rng: &mut SplitMix64, world: &World) -> Vec<u8> {
     match rng.below(10) {
         0 | 1 => {
             let len = rng.range(14, 199);
@@ -590,7 +542,7 @@ impl Tally {
 fn run_phase(
     screen: &ScreenUnderTest,
     world: &World,
-    rng: &mut XorShift64,
+    rng: &mut SplitMix64,
     seed: u64,
     rst: bool,
     frames: usize,
@@ -669,7 +621,7 @@ fn verdicts_match_the_reference_parser() {
     let started = Instant::now();
     let seed = seed();
     println!("seed {seed:#x} (replay with SCREEN_PROPERTY_SEED={seed:#x})");
-    let mut rng = XorShift64::seeded(seed);
+    let mut rng = SplitMix64::seeded(seed);
     let world = World::new(&mut rng);
     println!("IPv6 dynamic prefix /{}", world.v6_prefix);
 
