@@ -1,3 +1,5 @@
+use screen_tests::rng::SplitMix64;
+
 use super::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -22,22 +24,6 @@ fn errors(text: &str) -> Vec<(usize, String)> {
     match CidrTable::parse("/etc/postfix/test.cidr", text) {
         Err(CidrError::Lines { errors, .. }) => errors,
         other => panic!("expected bad lines, got {other:?}"),
-    }
-}
-
-/// A small deterministic generator, so the garbage tests are repeatable.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -135,14 +121,14 @@ fn host_bits_suggest_the_network() {
 
 #[test]
 fn patterns_display_as_they_parse() {
-    let mut rng = XorShift(0x5eed_cafe);
+    let mut rng = SplitMix64::seeded(0x5eed_cafe);
     for _ in 0..2_000 {
         let v6 = rng.below(2) == 0;
         let (addr, max): (IpAddr, u8) = if v6 {
-            let bits = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
             (IpAddr::V6(Ipv6Addr::from(bits)), 128)
         } else {
-            (IpAddr::V4(Ipv4Addr::from(rng.next() as u32)), 32)
+            (IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32)), 32)
         };
         let len = rng.below(usize::from(max) + 1) as u8;
         let pattern = Pattern {
@@ -453,7 +439,7 @@ fn garbage_never_panics() {
         "\t", "\n", "\r\n", "#", "ffff", "a", "permit", "reject", "dunno", ",", "é", "\u{0}",
         "/128", "/32", "%", "-", "\u{202e}", "  ", "\n  ",
     ];
-    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    let mut rng = SplitMix64::seeded(0x1234_5678_9abc_def1);
     let probes = [
         ip("0.0.0.0"),
         ip("1.0.0.0"),

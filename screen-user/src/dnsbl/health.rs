@@ -276,8 +276,7 @@ mod tests {
     use super::{
         super::{
             DnsServers, DnsblConfig, DnsblSites,
-            lab::{Captured, client, dnsbl, in_secs, lab},
-            testdns::Forwarder,
+            lab::{Captured, client, dnsbl, forwarder, in_secs, lab},
         },
         *,
     };
@@ -365,10 +364,10 @@ mod tests {
     #[tokio::test]
     async fn the_health_check_suspends_bad_lists_and_resumes_them() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &["dead.test"]).await;
+        let forwarder = forwarder(&server, &["dead.test"]);
         let (dnsbl, log) = dnsbl(
             "bl.test world.test*5 dead.test*5 empty.test",
-            forwarder.addr,
+            forwarder.addr(),
             Duration::from_millis(500),
         );
         let health = dnsbl.health_check().await;
@@ -433,7 +432,7 @@ mod tests {
         assert_eq!(log.lines().len(), lines);
 
         // A list that answers again but refuses stays suspended; the new reason is not news.
-        forwarder.blackhole.lock().unwrap().clear();
+        forwarder.swallow_nothing();
         let health = dnsbl.health_check().await;
         assert_eq!(
             (health[2].state.clone(), health[2].changed),
@@ -452,8 +451,8 @@ mod tests {
     #[tokio::test]
     async fn a_list_that_recovers_is_used_again() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &["bl.test"]).await;
-        let (dnsbl, log) = dnsbl("bl.test*3", forwarder.addr, Duration::from_millis(400));
+        let forwarder = forwarder(&server, &["bl.test"]);
+        let (dnsbl, log) = dnsbl("bl.test*3", forwarder.addr(), Duration::from_millis(400));
         let health = dnsbl.health_check().await;
         assert!(health[0].state.is_suspended());
         let score = dnsbl
@@ -462,7 +461,7 @@ mod tests {
             .await;
         assert_eq!((score.rank, score.suspended), (0, 1));
 
-        forwarder.blackhole.lock().unwrap().clear();
+        forwarder.swallow_nothing();
         let health = dnsbl.health_check().await;
         assert_eq!(
             (health[0].state.clone(), health[0].changed),

@@ -1,16 +1,17 @@
 //! The lab the lookup and health tests run against: rbldnsd serving the zones of the reference's
-//! lab, a [`Dnsbl`] that asks it, and a log that keeps the lines.
+//! lab (the tests' own harness, `screen_tests::rbldnsd`, on loopback), a forwarder that can
+//! leave a list unanswered, a [`Dnsbl`] that asks them, and a log that keeps the lines.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use super::{
-    DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, ReplyMap, lookup::lock, testdns::Rbldnsd,
-};
+use screen_tests::rbldnsd::{Dataset, DnsForwarder, Rbldnsd, Zone};
+
+use super::{DnsServers, Dnsbl, DnsblConfig, DnsblLog, DnsblSites, ReplyMap, lookup::lock};
 
 /// Collects log lines.
 #[derive(Default)]
@@ -36,27 +37,70 @@ impl Captured {
     }
 }
 
-const SOA: &str = "$SOA 0 ns.test. admin.test. 1 1h 1h 1d 120\n";
-
 /// The zones of the lab in the reference: bl.test lists 127.0.0.40 as 127.0.0.2 and
 /// 127.0.0.42 as 127.0.0.99 (no filter accepts it), bl2.test lists 127.0.0.40 as
-/// 127.0.0.4, wl.test allowlists 127.0.0.30 as 127.0.10.1 with a TTL of 300 s, v6.test lists
-/// 2001:db8::/32, world.test lists everything, and every zone's negative TTL is 120 s.
+/// 127.0.0.4, wl.test allowlists 127.0.0.30 as 127.0.10.1, v6.test lists 2001:db8::/32,
+/// world.test lists everything; answers live 300 s and negative answers 120 s.
 pub(super) fn lab() -> Rbldnsd {
-    let bl = format!("{SOA}$TTL 300\n127.0.0.2\n127.0.0.40 :127.0.0.2:\n127.0.0.42 :127.0.0.99:\n");
-    let bl2 = format!("{SOA}$TTL 300\n127.0.0.2\n127.0.0.40 :127.0.0.4:\n");
-    let wl = format!("{SOA}$TTL 300\n127.0.0.2 :127.0.10.0:\n127.0.0.30 :127.0.10.1:\n");
-    let v6 = format!("{SOA}$TTL 300\n2001:db8::/32 :127.0.0.3:\n");
-    let world = format!("{SOA}$TTL 300\n0.0.0.0/0 :127.0.0.2:\n");
-    let empty = format!("{SOA}$TTL 300\n192.0.2.1\n");
-    Rbldnsd::start(&[
-        ("bl.test", "ip4set", &bl),
-        ("bl2.test", "ip4set", &bl2),
-        ("wl.test", "ip4set", &wl),
-        ("v6.test", "ip6trie", &v6),
-        ("world.test", "ip4trie", &world),
-        ("empty.test", "ip4set", &empty),
+    let listed = |zone: &str, dataset, entries: &[(&str, [u8; 4])]| {
+        entries
+            .iter()
+            .fold(Zone::new(zone, dataset), |zone, (entry, answer)| {
+                zone.list(entry, Ipv4Addr::from(*answer))
+            })
+    };
+    Rbldnsd::start_on_loopback(&[
+        listed(
+            "bl.test",
+            Dataset::Ip4Set,
+            &[
+                ("127.0.0.2", [127, 0, 0, 2]),
+                ("127.0.0.40", [127, 0, 0, 2]),
+                ("127.0.0.42", [127, 0, 0, 99]),
+            ],
+        ),
+        listed(
+            "bl2.test",
+            Dataset::Ip4Set,
+            &[
+                ("127.0.0.2", [127, 0, 0, 2]),
+                ("127.0.0.40", [127, 0, 0, 4]),
+            ],
+        ),
+        listed(
+            "wl.test",
+            Dataset::Ip4Set,
+            &[
+                ("127.0.0.2", [127, 0, 10, 0]),
+                ("127.0.0.30", [127, 0, 10, 1]),
+            ],
+        ),
+        listed(
+            "v6.test",
+            Dataset::Ip6Trie,
+            &[("2001:db8::/32", [127, 0, 0, 3])],
+        ),
+        listed(
+            "world.test",
+            Dataset::Ip4Trie,
+            &[("0.0.0.0/0", [127, 0, 0, 2])],
+        ),
+        listed(
+            "empty.test",
+            Dataset::Ip4Set,
+            &[("192.0.2.1", [127, 0, 0, 2])],
+        ),
     ])
+    .expect("rbldnsd on loopback")
+}
+
+/// A forwarder in front of `server` that leaves the queries for the `silent` zones unanswered.
+pub(super) fn forwarder(server: &Rbldnsd, silent: &[&str]) -> DnsForwarder {
+    let forwarder = DnsForwarder::start_on_loopback(server.addr()).expect("DNS forwarder");
+    for zone in silent {
+        forwarder.swallow(zone);
+    }
+    forwarder
 }
 
 /// A [`Dnsbl`] asking `server` about `sites`, with `bl.test` shown as `public-bl.example`, and

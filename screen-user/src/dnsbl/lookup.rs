@@ -363,9 +363,8 @@ mod tests {
         super::{
             Thresholds, Verdict,
             health::HealthState,
-            lab::{Captured, LAB_SITES, client, dnsbl, in_secs, lab},
+            lab::{Captured, LAB_SITES, client, dnsbl, forwarder, in_secs, lab},
             resolver::MAX_SERVERS,
-            testdns::Forwarder,
         },
         *,
     };
@@ -381,7 +380,7 @@ mod tests {
     #[tokio::test]
     async fn a_listed_client_reaches_the_threshold() {
         let server = lab();
-        let (dnsbl, log) = dnsbl(LAB_SITES, server.addr, Duration::from_secs(5));
+        let (dnsbl, log) = dnsbl(LAB_SITES, server.addr(), Duration::from_secs(5));
         let query = dnsbl.start(client("127.0.0.40"));
         let score = query.wait_all(in_secs(10.0)).await;
         assert!(score.is_complete(), "{score:?}");
@@ -428,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn clean_allowlisted_and_filtered_clients() {
         let server = lab();
-        let (dnsbl, log) = dnsbl(LAB_SITES, server.addr, Duration::from_secs(5));
+        let (dnsbl, log) = dnsbl(LAB_SITES, server.addr(), Duration::from_secs(5));
         let t = Thresholds {
             allowlist_threshold: -1,
             ..Thresholds::default()
@@ -477,7 +476,7 @@ mod tests {
         let server = lab();
         let (dnsbl, _log) = dnsbl(
             "wl.test=127.0.[0..255].[0..3]*-5",
-            server.addr,
+            server.addr(),
             Duration::from_secs(5),
         );
         let score = dnsbl
@@ -502,7 +501,7 @@ mod tests {
         let server = lab();
         let (dnsbl, log) = dnsbl(
             "v6.test=127.0.0.3*2 bl.test",
-            server.addr,
+            server.addr(),
             Duration::from_secs(5),
         );
         let score = dnsbl
@@ -537,10 +536,10 @@ mod tests {
     #[tokio::test]
     async fn a_silent_list_does_not_hold_the_score_past_its_deadline() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &["dead.test"]).await;
+        let forwarder = forwarder(&server, &["dead.test"]);
         let (dnsbl, log) = dnsbl(
             "bl.test*2 dead.test*5",
-            forwarder.addr,
+            forwarder.addr(),
             Duration::from_secs(10),
         );
         let query = dnsbl.start(client("127.0.0.40"));
@@ -560,10 +559,10 @@ mod tests {
     #[tokio::test]
     async fn a_list_that_times_out_counts_as_not_listed_with_a_warning() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &["dead.test"]).await;
+        let forwarder = forwarder(&server, &["dead.test"]);
         let (dnsbl, log) = dnsbl(
             "bl.test*2 dead.test*5",
-            forwarder.addr,
+            forwarder.addr(),
             Duration::from_millis(400),
         );
         let start = Instant::now();
@@ -617,7 +616,11 @@ mod tests {
     async fn a_refused_query_is_a_lookup_error() {
         let server = lab();
         // rbldnsd refuses zones it does not serve.
-        let (dnsbl, log) = dnsbl("bl.test nozone.test*9", server.addr, Duration::from_secs(5));
+        let (dnsbl, log) = dnsbl(
+            "bl.test nozone.test*9",
+            server.addr(),
+            Duration::from_secs(5),
+        );
         let score = dnsbl
             .start(client("127.0.0.40"))
             .wait_all(in_secs(10.0))
@@ -637,10 +640,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_connections_share_one_query_per_list() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &[]).await;
+        let forwarder = forwarder(&server, &[]);
         let (dnsbl, _log) = dnsbl(
             "bl.test=127.0.0.2*3 bl.test=127.0.0.4 bl2.test",
-            forwarder.addr,
+            forwarder.addr(),
             Duration::from_secs(5),
         );
         let first = dnsbl.start(client("127.0.0.40"));
@@ -674,8 +677,8 @@ mod tests {
     #[tokio::test]
     async fn answers_are_cached_for_their_ttl() {
         let server = lab();
-        let forwarder = Forwarder::start(server.addr, &[]).await;
-        let (dnsbl, log) = dnsbl(LAB_SITES, forwarder.addr, Duration::from_secs(5));
+        let forwarder = forwarder(&server, &[]);
+        let (dnsbl, log) = dnsbl(LAB_SITES, forwarder.addr(), Duration::from_secs(5));
         for ip in ["127.0.0.40", "127.0.0.11"] {
             let first = dnsbl.start(client(ip)).wait_all(in_secs(10.0)).await;
             let sent = forwarder.total();

@@ -29,8 +29,6 @@ mod site;
 
 #[cfg(test)]
 mod lab;
-#[cfg(test)]
-mod testdns;
 
 pub(crate) use self::{
     health::HEALTH_CHECK_INTERVAL,

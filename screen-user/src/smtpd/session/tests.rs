@@ -1,3 +1,5 @@
+use screen_tests::rng::SplitMix64;
+
 use super::*;
 use crate::{
     escape::c_escape,
@@ -631,14 +633,9 @@ fn logged_fields_are_escaped_and_bounded() {
 
 #[test]
 fn nothing_panics_on_random_input() {
-    // A deterministic xorshift stream of mostly SMTP-ish bytes.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    // A deterministic stream of mostly SMTP-ish bytes.
+    let mut rng = SplitMix64::seeded(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next_u64();
     let alphabet = b"HELOEHLOMAILFROMRCPTTODATABDATQUITVRFYETRN:<>@\" \\\x00\xff\r\t.";
     for _ in 0..2_000 {
         let mut e = engine_with(|s| s.command_count_limit = 50);
@@ -1289,13 +1286,8 @@ fn a_session_can_turn_tests_on_and_off() {
 
 #[test]
 fn nothing_panics_on_random_streams_with_every_test_on() {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = SplitMix64::seeded(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.next_u64();
     let alphabet = b"EHLOMAILRCPTQUITGETPOST:<>@ \r\n\n\x00\xff\t\x16Subject:";
     let actions = [
         None,
