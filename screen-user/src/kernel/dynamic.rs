@@ -12,18 +12,14 @@ use aya::maps::{HashMap, MapData, MapError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use screen_common::{DenyEntry, DynKeyV4, DynKeyV6, Origin, map_name, mask_v6};
 
+use super::MapFailure;
 use super::clock;
 
 /// An error with a dynamic deny entry.
 #[derive(Debug, thiserror::Error)]
 pub enum DynamicError {
-    /// A map operation failed.
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapFailure),
     /// The IPv6 dynamic deny map is keyed by a prefix longer than the one given.
     #[error(
         "{net} is wider than the IPv6 dynamic deny prefix /{configured}; \
@@ -114,7 +110,7 @@ impl DynamicDeny {
             IpNet::V4(n) => (self.v4.insert(v4_key(n), entry, 0), map_name::DYN_DENY_V4),
             IpNet::V6(n) => (self.v6.insert(v6_key(n), entry, 0), map_name::DYN_DENY_V6),
         };
-        result.map_err(|source| DynamicError::Map { name, source })?;
+        result.map_err(|source| MapFailure { name, source })?;
         Ok(DynamicEntry { net, entry })
     }
 
@@ -127,7 +123,7 @@ impl DynamicDeny {
         match result {
             Ok(()) => Ok(()),
             Err(MapError::KeyNotFound) => Err(DynamicError::NotListed { net }),
-            Err(source) => Err(DynamicError::Map { name, source }),
+            Err(source) => Err(MapFailure { name, source }.into()),
         }
     }
 
@@ -136,7 +132,7 @@ impl DynamicDeny {
         let prefix = v6_prefix_len.min(128) as u8;
         let mut out = Vec::new();
         for item in self.v4.iter() {
-            let (key, entry) = item.map_err(|source| DynamicError::Map {
+            let (key, entry) = item.map_err(|source| MapFailure {
                 name: map_name::DYN_DENY_V4,
                 source,
             })?;
@@ -147,7 +143,7 @@ impl DynamicDeny {
             });
         }
         for item in self.v6.iter() {
-            let (key, entry) = item.map_err(|source| DynamicError::Map {
+            let (key, entry) = item.map_err(|source| MapFailure {
                 name: map_name::DYN_DENY_V6,
                 source,
             })?;

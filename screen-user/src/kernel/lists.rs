@@ -18,6 +18,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use screen_common::{LpmKeyV4, LpmKeyV6, Origin, PrefixEntry, ScreenConfig, map_name};
 
 use super::{
+    MapFailure,
     settings::{SettingsError, SettingsRecord},
     v4_table::V4Tables,
 };
@@ -25,13 +26,8 @@ use super::{
 /// An error reading or changing a static list.
 #[derive(Debug, thiserror::Error)]
 pub enum ListsError {
-    /// A map operation failed.
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapFailure),
     /// The entry to delete is not there.
     #[error("{net} is not in the {list} list")]
     NotListed { net: IpNet, list: &'static str },
@@ -130,7 +126,7 @@ impl ListTries {
     fn content(&self, slot: usize) -> Result<ListContent> {
         let mut out = ListContent::new();
         for item in self.v4[slot].iter() {
-            let (key, value) = item.map_err(|source| ListsError::Map {
+            let (key, value) = item.map_err(|source| MapFailure {
                 name: self.v4_name(slot),
                 source,
             })?;
@@ -139,7 +135,7 @@ impl ListTries {
             out.insert(IpNet::V4(net), value.origin);
         }
         for item in self.v6[slot].iter() {
-            let (key, value) = item.map_err(|source| ListsError::Map {
+            let (key, value) = item.map_err(|source| MapFailure {
                 name: self.v6_name(slot),
                 source,
             })?;
@@ -188,7 +184,7 @@ impl ListTries {
                 self.v6_name(slot),
             ),
         };
-        result.map_err(|source| ListsError::Map { name, source })
+        result.map_err(|source| MapFailure { name, source }.into())
     }
 
     /// Deletes `net` from a slot; one that is gone already is fine.
@@ -205,7 +201,7 @@ impl ListTries {
         };
         match result {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ListsError::Map { name, source }),
+            Err(source) => Err(MapFailure { name, source }.into()),
         }
     }
 

@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use screen_common::{Origin, PrefixEntry, ScreenConfig, Stat, map_name};
 
 use super::{
+    MapFailure,
     dynamic::{self, DynamicDeny, DynamicEntry, DynamicError},
     layout,
     lists::{ListChange, ListTries, ListsError, StaticList, StaticLists, Trie4, Trie6},
@@ -41,13 +42,8 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
-    /// A map is not of the kind its name says.
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapFailure),
     /// The pins are of an earlier layout, whose program this version cannot steer.
     #[error(
         "{path} is of an older smtp-screen's layout; run `smtp-screen load` (or restart the \
@@ -99,7 +95,7 @@ fn typed<T>(name: &'static str, map: Map) -> Result<T>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+    T::try_from(map).map_err(|source| MapFailure { name, source }.into())
 }
 
 /// Where the program's global data is: pinned as the BTF maps, or in the object's sections.
@@ -122,7 +118,7 @@ impl Maps {
                 path: path.display().to_string(),
                 source,
             })?;
-            Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
+            Map::from_map_data(data).map_err(|source| MapFailure { name, source }.into())
         };
         // Pins of an earlier layout hold counters this version cannot read, and their program
         // reads a configuration record this version would not write.

@@ -34,3 +34,12 @@ pub use lists::{ListChange, ListsError, StaticList};
 pub use maps::{Maps, MapsError};
 pub use program::{LoadError, OBJECT, ScreenProgram};
 pub use settings::{KernelAction, SettingsError, configure};
+
+/// A map operation that failed, naming the map: every kernel object's error carries one.
+#[derive(Debug, thiserror::Error)]
+#[error("map {name}: {source}")]
+pub struct MapFailure {
+    pub name: &'static str,
+    #[source]
+    pub source: aya::maps::MapError,
+}

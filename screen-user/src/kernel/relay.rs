@@ -26,7 +26,10 @@ use aya::{
 };
 use screen_common::{RELAY_PROGRAM_NAME, RelayPeer, map_name};
 
-use super::program::{OBJECT, xdp_maps_at_their_smallest};
+use super::{
+    MapFailure,
+    program::{OBJECT, xdp_maps_at_their_smallest},
+};
 
 /// The kernel relay could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +38,8 @@ pub enum RelayError {
     Load(#[source] EbpfError),
     #[error("the BPF object has no map {0}")]
     NoMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapFailure),
     #[error("the BPF object has no program {RELAY_PROGRAM_NAME}")]
     NoProgram,
     #[error("loading program {RELAY_PROGRAM_NAME}: {0}")]
@@ -148,11 +147,11 @@ impl KernelRelay {
         (a, a_fd): (u64, &impl AsRawFd),
         (b, b_fd): (u64, &impl AsRawFd),
     ) -> Result<(), RelayError> {
-        let peer_error = |source| RelayError::Map {
+        let peer_error = |source| MapFailure {
             name: map_name::RELAY_PEERS,
             source,
         };
-        let sock_error = |source| RelayError::Map {
+        let sock_error = |source| MapFailure {
             name: map_name::RELAY_SOCKS,
             source,
         };
@@ -204,7 +203,7 @@ where
     M: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(RelayError::NoMap(name))?;
-    M::try_from(map).map_err(|source| RelayError::Map { name, source })
+    Ok(M::try_from(map).map_err(|source| MapFailure { name, source })?)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,11 +3,11 @@
 //! deny entries are keyed by, and which slot of each static list and of the IPv4 table is live),
 //! the map that holds it, and writing the operator's settings into it.
 
-use aya::maps::{Array, MapData, MapError};
+use aya::maps::{Array, MapData};
 use screen_common::{DenyAction, MAX_PORTS, ScreenConfig, map_name};
 use serde::Deserialize;
 
-use super::{Maps, MapsError};
+use super::{MapFailure, Maps, MapsError};
 
 /// What XDP does with a SYN from a denied source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -23,12 +23,8 @@ pub enum KernelAction {
 /// An error reading or writing the configuration record.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapFailure),
 }
 
 /// The map holding the configuration record: `scr_config`, which the program reads as its
@@ -55,24 +51,25 @@ impl SettingsRecord {
             None => (&self.config, map_name::CONFIG),
         };
         map.get(&0, 0)
-            .map_err(|source| SettingsError::Map { name, source })
+            .map_err(|source| MapFailure { name, source }.into())
     }
 
     /// Replaces the record, in one map update (two while the previous layout's copy is
     /// pinned: the copy first).
     pub(crate) fn set(&mut self, config: &ScreenConfig) -> Result<(), SettingsError> {
         if let Some(old) = &mut self.old_config {
-            old.set(0, config, 0).map_err(|source| SettingsError::Map {
+            old.set(0, config, 0).map_err(|source| MapFailure {
                 name: map_name::OLD_CONFIG_GLOBAL_PIN,
                 source,
             })?;
         }
-        self.config
-            .set(0, config, 0)
-            .map_err(|source| SettingsError::Map {
+        self.config.set(0, config, 0).map_err(|source| {
+            MapFailure {
                 name: map_name::CONFIG,
                 source,
-            })
+            }
+            .into()
+        })
     }
 
     /// Whether the record was ever written (ports all zero means no).
