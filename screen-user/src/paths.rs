@@ -15,6 +15,9 @@ pub(crate) const PIN_DIR_ENV: &str = "SMTP_SCREEN_PIN_DIR";
 /// The name of an interface's XDP link pin in the pin directory is this and the interface.
 pub(crate) const LINK_PIN_PREFIX: &str = "link_";
 
+/// The kernel's list of the CPUs it may ever bring up, which sizes the per-CPU counters.
+pub const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
 /// The configuration file of a packaged install.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/smtp-screen/smtp-screen.toml";
 

@@ -25,6 +25,7 @@ use super::{
     link::{self, LinkError},
     stats::StatsMap,
 };
+use crate::paths::POSSIBLE_CPUS;
 
 /// The XDP object built by `build.rs`, embedded so that the binary is all an operator installs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/screen-ebpf.o"));
@@ -142,15 +143,14 @@ fn pinned_stats(pin_dir: &Path) -> Result<Box<StatsRecord>, LoadError> {
 /// How many CPU numbers the kernel may give out: the highest possible CPU's number plus one
 /// (the possible CPUs may have gaps, and the program indexes its counters by number).
 fn cpu_numbers() -> Result<usize, LoadError> {
-    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
-    let text = std::fs::read_to_string(POSSIBLE).map_err(|source| LoadError::Cpus {
-        path: POSSIBLE,
+    let text = std::fs::read_to_string(POSSIBLE_CPUS).map_err(|source| LoadError::Cpus {
+        path: POSSIBLE_CPUS,
         source,
     })?;
     highest_cpu(&text)
         .map(|highest| highest + 1)
         .ok_or_else(|| LoadError::Cpus {
-            path: POSSIBLE,
+            path: POSSIBLE_CPUS,
             source: io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("not a CPU list: {:?}", text.trim()),
