@@ -5,8 +5,9 @@
 //! postscreen logs client input this way in `PREGREET`, `COMMAND PIPELINING`, `BARE NEWLINE`
 //! and the haproxy warnings, so log parsers that read those lines see the same text from us.
 //!
-//! Text that goes into a line of bounded length is cut here too, always at a character
-//! boundary ([`truncate_at_char`], [`shorten`]).
+//! Fields a client may write in UTF-8 (a HELO name, an address) keep their characters and
+//! escape the rest ([`printable_utf8`]). Text that goes into a line of bounded length is cut
+//! here too, always at a character boundary ([`truncate_at_char`], [`shorten`]).
 
 use std::fmt::Write as _;
 
@@ -40,6 +41,51 @@ pub(crate) fn c_escape(bytes: &[u8], max: usize) -> String {
     }
     // Every character pushed is ASCII, so any length is a character boundary.
     out.truncate(max);
+    out
+}
+
+/// Client text that may be UTF-8 made safe for a log line and bounded: valid UTF-8 is kept,
+/// control characters and invalid bytes become C-style escapes (`\r`, `\n`, `\t`, `\ooo`,
+/// `\u{…}`), and the result stops before `max` bytes, never inside an escape.
+pub(crate) fn printable_utf8(bytes: &[u8], max: usize) -> String {
+    let mut out = String::new();
+    let mut push = |piece: &str| {
+        if out.len() + piece.len() > max {
+            return false;
+        }
+        out.push_str(piece);
+        true
+    };
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let escaped;
+            let piece = match c {
+                '\r' => "\\r",
+                '\n' => "\\n",
+                '\t' => "\\t",
+                c if c.is_control() && c.is_ascii() => {
+                    escaped = format!("\\{:03o}", c as u32);
+                    &escaped
+                }
+                c if c.is_control() => {
+                    escaped = format!("\\u{{{:x}}}", c as u32);
+                    &escaped
+                }
+                c => {
+                    escaped = c.to_string();
+                    &escaped
+                }
+            };
+            if !push(piece) {
+                return out;
+            }
+        }
+        for &b in chunk.invalid() {
+            if !push(&format!("\\{b:03o}")) {
+                return out;
+            }
+        }
+    }
     out
 }
 

@@ -167,11 +167,8 @@ impl HandOff {
             .await;
             return false;
         };
-        match Engine::new(Arc::clone(&self.engine), client) {
+        match Engine::for_client(Arc::clone(&self.engine), client, pregreeted) {
             Ok(mut engine) => {
-                if pregreeted {
-                    engine.set_pregreeted();
-                }
                 engine.set_final_reply(Reply::no_system_resources());
                 smtpd::serve(&mut stream, &mut engine, self.command_time_limit, |event| {
                     self.log.info(event.line(client));

@@ -154,3 +154,33 @@ pub(super) fn split_words(text: &str, commas: bool) -> Vec<&str> {
     }
     words
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logical_lines_join_continuations_across_comments() {
+        let text = b"a = 1\n  2\n# a comment\n\n  3\nb x\n";
+        let lines = logical_lines("main.cf", text, 10).unwrap();
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l.first, l.last, l.text.as_str()))
+            .collect();
+        assert_eq!(got, [(1, 5, "a = 1 2 3"), (6, 6, "b x")]);
+        assert_eq!(
+            logical_lines("main.cf", b"  lonely\n", 10)
+                .err()
+                .map(|e| e.to_string()),
+            Some(
+                "main.cf, line 1: a continuation line (it starts with white space) with nothing \
+                 before it"
+                    .to_string()
+            )
+        );
+        assert!(matches!(
+            logical_lines("master.cf", b"a\nb\nc\n", 2),
+            Err(ImportError::TooManyEntries { max: 2, .. })
+        ));
+    }
+}

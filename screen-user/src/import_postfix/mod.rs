@@ -44,6 +44,7 @@ pub(crate) use lines::MAX_INPUT_BYTES;
 pub(crate) use master_cf::MasterCf;
 pub(crate) use postconf::Postconf;
 
+use crate::escape;
 use crate::screen::access::TableFiles;
 use translate::Translation;
 
@@ -124,8 +125,5 @@ pub(crate) fn import(
 
 /// At most [`SHOWN_VALUE_CHARS`] characters of a value, for messages.
 fn shorten(text: &str) -> String {
-    match text.char_indices().nth(SHOWN_VALUE_CHARS) {
-        Some((at, _)) => format!("{}...", &text[..at]),
-        None => text.to_string(),
-    }
+    escape::shorten(text, SHOWN_VALUE_CHARS)
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    lines::{ImportError, LineProblem, MAX_ENTRIES, MAX_INPUT_BYTES, logical_lines},
+    lines::{ImportError, LineProblem, MAX_ENTRIES, logical_lines},
     shorten,
 };
 
@@ -38,7 +38,9 @@ impl Postconf {
             input: input.to_string(),
             ..Self::default()
         };
-        for line in logical_lines(input, bytes, MAX_INPUT_BYTES)? {
+        // A name set twice counts once, so the bound is on distinct names, below; the input's
+        // size bounds the lines.
+        for line in logical_lines(input, bytes, usize::MAX)? {
             let number = line.first;
             let error = |problem| ImportError::Line {
                 input: input.to_string(),

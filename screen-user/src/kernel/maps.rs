@@ -269,6 +269,16 @@ impl Maps {
         Ok(self.settings.get()?.v6_prefix_len)
     }
 
+    /// The prefix length a dynamic entry for `net` is keyed by. The configuration record is
+    /// read only for IPv6: an IPv4 entry is one address, and a kernel deny of one costs no
+    /// extra map read.
+    fn v6_prefix_len_for(&self, net: IpNet) -> Result<u32> {
+        match net {
+            IpNet::V4(_) => Ok(128),
+            IpNet::V6(_) => self.v6_prefix_len(),
+        }
+    }
+
     /// Adds or refreshes a dynamic deny entry for `net` that expires after `ttl`.
     pub fn add_dynamic(
         &mut self,
@@ -277,7 +287,7 @@ impl Maps {
         origin: Origin,
         failures: u32,
     ) -> Result<DynamicEntry> {
-        let v6_prefix_len = self.v6_prefix_len()?;
+        let v6_prefix_len = self.v6_prefix_len_for(net)?;
         Ok(self
             .dynamic
             .add(net, v6_prefix_len, ttl, origin, failures)?)
@@ -286,12 +296,12 @@ impl Maps {
     /// The network a dynamic entry for `net` covers: IPv4 /32, IPv6 masked to the configured
     /// prefix. Rejects prefixes wider than that.
     pub(crate) fn dynamic_key_net(&self, net: IpNet) -> Result<IpNet> {
-        Ok(dynamic::key_net(net, self.v6_prefix_len()?)?)
+        Ok(dynamic::key_net(net, self.v6_prefix_len_for(net)?)?)
     }
 
     /// Removes the dynamic deny entry covering `net`.
     pub(crate) fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
-        let v6_prefix_len = self.v6_prefix_len()?;
+        let v6_prefix_len = self.v6_prefix_len_for(net)?;
         Ok(self.dynamic.remove(net, v6_prefix_len)?)
     }
 

@@ -719,6 +719,19 @@ pub(crate) struct Access {
     pub(crate) allowlist_interfaces: AllowlistInterfaces,
 }
 
+/// This stage's replies, in postscreen's words.
+impl Reply {
+    /// `postscreen_denylist_action = enforce`, at RCPT.
+    pub(crate) fn denylist_enforce() -> Self {
+        Self::fixed(550, "5.3.2 Service currently unavailable")
+    }
+
+    /// `postscreen_denylist_action = drop`, at once.
+    pub(crate) fn denylist_drop() -> Self {
+        Self::fixed(521, "5.3.2 Service currently unavailable")
+    }
+}
+
 impl Screen {
     /// The permanent access list (`postscreen_access_list`): a permitted client is
     /// `ALLOWLISTED` and handed off at once; a rejected one is `DENYLISTED` and its action

@@ -44,19 +44,17 @@ impl Screen {
         now: u64,
     ) {
         let client = conn.client;
-        let mut engine = match Engine::new(Arc::clone(&self.engine), client) {
-            Ok(engine) => engine,
-            Err(e) => {
-                self.log.warning(format_args!("dummy engine: {e}"));
-                close::close(&mut conn.stream).await;
-                self.disconnect(client);
-                return;
-            }
-        };
         let session = &mut conn.session;
-        if session.pregreeted {
-            engine.set_pregreeted();
-        }
+        let mut engine =
+            match Engine::for_client(Arc::clone(&self.engine), client, session.pregreeted) {
+                Ok(engine) => engine,
+                Err(e) => {
+                    self.log.warning(format_args!("dummy engine: {e}"));
+                    close::close(&mut conn.stream).await;
+                    self.disconnect(client);
+                    return;
+                }
+            };
         if let Some(reply) = &session.rcpt_reply {
             // Every action reply is a 5xx, which set_rcpt_reply accepts.
             let _ = engine.set_rcpt_reply(reply.clone());

@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -18,10 +18,11 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{Next, Screen, connection::Connection};
 use crate::{
+    address::canonical,
     dnsbl::{DnsblQuery, Thresholds, Verdict},
     escape::{LOG_TEXT_MAX, c_escape},
     limits::{ScreeningSlot, StressDuration},
-    smtpd::{ClientAddr, DelayDisplay, Reply},
+    smtpd::{ClientAddr, DelayDisplay, EngineError, Reply},
     test_state::{Outcome, Screening, Test, TestAction},
 };
 
@@ -58,6 +59,30 @@ pub(crate) struct EarlySettings {
     pub(crate) thresholds: Thresholds,
     /// A DNSBL score at or above this denies the client in the kernel on first contact.
     pub(crate) kernel_dnsbl_threshold: Option<i32>,
+}
+
+/// This stage's replies, in postscreen's words.
+impl Reply {
+    /// `postscreen_dnsbl_action = enforce`: `list` is the highest-weighted listing's name
+    /// after `dnsbl_reply_map`.
+    pub(crate) fn dnsbl_enforce(client: IpAddr, list: &str) -> Result<Self, EngineError> {
+        Self::dnsbl(550, client, list)
+    }
+
+    /// `postscreen_dnsbl_action = drop`.
+    pub(crate) fn dnsbl_drop(client: IpAddr, list: &str) -> Result<Self, EngineError> {
+        Self::dnsbl(521, client, list)
+    }
+
+    fn dnsbl(code: u16, client: IpAddr, list: &str) -> Result<Self, EngineError> {
+        Self::new(
+            code,
+            format!(
+                "5.7.1 Service unavailable; client [{}] blocked using {list}",
+                canonical(client)
+            ),
+        )
+    }
 }
 
 impl Screen {

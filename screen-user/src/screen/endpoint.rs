@@ -36,6 +36,19 @@ pub(crate) struct EndpointSettings {
     pub(crate) upstream_proxy_timeout: Duration,
 }
 
+/// This stage's replies, in postscreen's words.
+impl Reply {
+    /// More than `client_connection_count_limit` connections from one address.
+    pub(crate) fn too_many_connections() -> Self {
+        Self::fixed(421, "4.7.0 Error: too many connections")
+    }
+
+    /// The screening queue (`pre_queue_limit`) is full.
+    pub(crate) fn all_screening_ports_busy() -> Self {
+        Self::fixed(421, "4.3.2 All screening ports are busy")
+    }
+}
+
 impl Screen {
     /// Learns the client's and the server's endpoints, logs `CONNECT` and takes the client's
     /// place among its simultaneous connections. `None`: the connection was refused and is

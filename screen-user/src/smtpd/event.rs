@@ -12,7 +12,7 @@ use std::{fmt, net::SocketAddr, time::Duration};
 use super::{reply::Reply, tls};
 use crate::{
     address::canonical,
-    escape::{c_escape, truncate_at_char},
+    escape::{c_escape, printable_utf8, truncate_at_char},
 };
 
 /// Helo names, senders and recipients are kept (and logged) up to this many bytes.
@@ -238,49 +238,10 @@ pub(super) fn escape_input(bytes: &[u8]) -> String {
     c_escape(bytes, 4 * LOGGED_INPUT_BYTES)
 }
 
-/// Client text made safe for a log line and bounded: valid UTF-8 is kept, control
-/// characters and invalid bytes become C-style escapes (`\r`, `\n`, `\t`, `\ooo`), and the
-/// result stops before [`MAX_LOGGED_FIELD`] bytes. postscreen logs these fields raw.
+/// A client's field (HELO name, sender, recipient) for a log line: [`printable_utf8`] up to
+/// [`MAX_LOGGED_FIELD`] bytes. postscreen logs these fields raw.
 pub(super) fn log_field(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    let mut push = |piece: &str| {
-        if out.len() + piece.len() > MAX_LOGGED_FIELD {
-            return false;
-        }
-        out.push_str(piece);
-        true
-    };
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            let escaped;
-            let piece = match c {
-                '\r' => "\\r",
-                '\n' => "\\n",
-                '\t' => "\\t",
-                c if c.is_control() && c.is_ascii() => {
-                    escaped = format!("\\{:03o}", c as u32);
-                    &escaped
-                }
-                c if c.is_control() => {
-                    escaped = format!("\\u{{{:x}}}", c as u32);
-                    &escaped
-                }
-                c => {
-                    escaped = c.to_string();
-                    &escaped
-                }
-            };
-            if !push(piece) {
-                return out;
-            }
-        }
-        for &b in chunk.invalid() {
-            if !push(&format!("\\{b:03o}")) {
-                return out;
-            }
-        }
-    }
-    out
+    printable_utf8(bytes, MAX_LOGGED_FIELD)
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ pub(crate) mod tls;
 pub(crate) use self::{
     deep_tests::{DeepTest, DeepTests, ForbiddenCommand, MAX_FORBIDDEN_COMMANDS},
     driver::{StartTls, serve, serve_with_tls},
+    error::EngineError,
     event::{ClientAddr, DelayDisplay},
     reply::Reply,
     reply_style::{ReplyFooter, ReplyStyle},

@@ -5,10 +5,10 @@
 //! daemon answers with the same words. `soft_bounce` ([`Reply::soft_bounced`]) is here
 //! because it rewrites the reply itself; the footer is added in `reply_style`.
 
-use std::{fmt, net::IpAddr};
+use std::fmt;
 
 use super::error::EngineError;
-use crate::{address::canonical, escape::truncate_at_char};
+use crate::escape::truncate_at_char;
 
 /// The longest reply text after `NNN `: RFC 5321 limits a reply line to 512 bytes with its
 /// code and CRLF.
@@ -62,7 +62,7 @@ impl Reply {
         }
     }
 
-    fn fixed(code: u16, text: &str) -> Self {
+    pub(crate) fn fixed(code: u16, text: &str) -> Self {
         Self::sanitized(code, text.to_string())
     }
 
@@ -142,21 +142,12 @@ impl Reply {
         }
     }
 
-    // Connection-level replies (postscreen.c, postscreen_send.c).
-
-    /// More than `client_connection_count_limit` connections from one address.
-    pub(crate) fn too_many_connections() -> Self {
-        Self::fixed(421, "4.7.0 Error: too many connections")
-    }
+    // Connection-level replies that more than one stage sends (postscreen.c,
+    // postscreen_send.c); a stage's own replies live in its file under screen/.
 
     /// The hand-off queue (`post_queue_limit`) is full, or the MTA cannot be reached.
     pub(crate) fn all_server_ports_busy() -> Self {
         Self::fixed(421, "4.3.2 All server ports are busy")
-    }
-
-    /// The screening queue (`pre_queue_limit`) is full.
-    pub(crate) fn all_screening_ports_busy() -> Self {
-        Self::fixed(421, "4.3.2 All screening ports are busy")
     }
 
     /// An internal failure: endpoint lookup, PROXY header, hand-off, and the X21 final reply.
@@ -182,16 +173,6 @@ impl Reply {
         Self::fixed(450, "4.3.2 Service currently unavailable")
     }
 
-    /// `postscreen_denylist_action = enforce`, at RCPT.
-    pub(crate) fn denylist_enforce() -> Self {
-        Self::fixed(550, "5.3.2 Service currently unavailable")
-    }
-
-    /// `postscreen_denylist_action = drop`, at once.
-    pub(crate) fn denylist_drop() -> Self {
-        Self::fixed(521, "5.3.2 Service currently unavailable")
-    }
-
     /// Pregreet, pipelining, bare newline or non-SMTP command with action `enforce`, at RCPT.
     pub(crate) fn protocol_error_enforce() -> Self {
         Self::fixed(550, "5.5.1 Protocol error")
@@ -205,27 +186,6 @@ impl Reply {
     /// Non-SMTP command with action `drop` (the same words as smtpd's forbidden commands).
     pub(crate) fn non_smtp_command_drop() -> Self {
         Self::fixed(521, "5.7.0 Error: I can break rules, too. Goodbye.")
-    }
-
-    /// `postscreen_dnsbl_action = enforce`: `list` is the highest-weighted listing's name
-    /// after `dnsbl_reply_map`.
-    pub(crate) fn dnsbl_enforce(client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::dnsbl(550, client, list)
-    }
-
-    /// `postscreen_dnsbl_action = drop`.
-    pub(crate) fn dnsbl_drop(client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::dnsbl(521, client, list)
-    }
-
-    fn dnsbl(code: u16, client: IpAddr, list: &str) -> Result<Self, EngineError> {
-        Self::new(
-            code,
-            format!(
-                "5.7.1 Service unavailable; client [{}] blocked using {list}",
-                canonical(client)
-            ),
-        )
     }
 
     // The engine's replies (postscreen_smtpd.c).
@@ -437,7 +397,7 @@ fn sanitized_line(text: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::smtpd::test_support::HOST;

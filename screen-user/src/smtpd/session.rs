@@ -145,6 +145,20 @@ impl Engine {
         &self.settings
     }
 
+    /// The engine for a client the screen hands over: one that talked before the greeting
+    /// (`pregreeted`) gets no `220` from it.
+    pub(crate) fn for_client(
+        settings: Arc<EngineSettings>,
+        client: SocketAddr,
+        pregreeted: bool,
+    ) -> Result<Self, EngineError> {
+        let mut engine = Self::new(settings, client)?;
+        if pregreeted {
+            engine.set_pregreeted();
+        }
+        Ok(engine)
+    }
+
     /// The client talked before the greeting: it gets no `220` from the engine
     /// (postscreen: fewer NON-SMTP COMMAND events, better sender and recipient logging).
     pub(crate) fn set_pregreeted(&mut self) {
