@@ -31,6 +31,7 @@
 // with `cargo doc --document-private-items`, where these links resolve.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod access_list;
 pub(crate) mod address;
 pub mod allowlist;
 pub(crate) mod cidr_table;

@@ -3,11 +3,15 @@
 //! working (`postfix/postscreen` makes the lines indistinguishable from postscreen's).
 //!
 //! Operational messages (start-up, kernel attachment) go through `tracing` instead.
+//!
+//! Delays in the lines are written as Postfix writes them ([`DelayDisplay`]); clients as
+//! [`crate::address::ClientAddr`] writes them.
 
 use std::{
     fmt::{self, Write as _},
     io::{self, Write as _},
     os::unix::net::UnixDatagram,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -113,6 +117,44 @@ impl MailLog {
     }
 }
 
+/// An elapsed time as Postfix logs delays (`format_tv` with two significant digits and at
+/// most two decimals): `0.24`, `1.2`, `3`, `17`.
+pub(crate) struct DelayDisplay(pub(crate) Duration);
+
+impl fmt::Display for DelayDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MILLION: u64 = 1_000_000;
+        const SIGNIFICANT: u64 = 100; // 10^2 significant digits
+        let mut sec = self.0.as_secs();
+        let mut usec = u64::from(self.0.subsec_micros());
+        // Resolution in microseconds: 0.01 s below one second, fewer decimals above.
+        let mut resolution = MILLION / 100;
+        if sec > 0 {
+            let mut n = 1;
+            while sec >= n && n <= SIGNIFICANT / 10 {
+                n *= 10;
+            }
+            resolution = (MILLION / SIGNIFICANT) * n;
+        }
+        usec += resolution / 2;
+        if usec >= MILLION {
+            sec += 1;
+            usec -= MILLION;
+        }
+        write!(f, "{sec}")?;
+        if usec >= resolution {
+            f.write_str(".")?;
+            let (mut rem, mut n) = (usec, MILLION / 10);
+            while rem >= resolution && n > 0 {
+                write!(f, "{}", rem / n)?;
+                rem %= n;
+                n /= 10;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +231,31 @@ mod tests {
         truncate_at_char(&mut text, MAX_LINE);
         assert!(text.len() <= MAX_LINE);
         assert!(text.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn delays_are_formatted_like_postfix() {
+        for (millis, text) in [
+            (0, "0"),
+            (4, "0"),
+            (5, "0.01"),
+            (240, "0.24"),
+            (105, "0.11"),
+            (100, "0.1"),
+            (999, "1"),
+            (1_200, "1.2"),
+            (1_000, "1"),
+            (3_000, "3"),
+            (5_040, "5"),
+            (9_960, "10"),
+            (12_600, "13"),
+            (300_000, "300"),
+        ] {
+            assert_eq!(
+                DelayDisplay(Duration::from_millis(millis)).to_string(),
+                text,
+                "{millis} ms"
+            );
+        }
     }
 }

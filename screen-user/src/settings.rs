@@ -9,16 +9,14 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::Context as _;
 
 use crate::{
+    access_list::{AccessList, AddressList, AllowlistInterfaces, DiskFiles},
     allowlist::AllowlistSettings,
     config::Config,
     dnsbl::{DnsServers, DnsblConfig, DnsblSites, ReplyMap, Thresholds},
     handoff::{HandoffSettings, proxy::Backend},
     limits::LimitSettings,
     screen::{
-        ScreenSettings,
-        access::{Access, AccessList, AddressList, AllowlistInterfaces, DiskFiles},
-        deny_policy::DenySettings,
-        early::EarlySettings,
+        ScreenSettings, access::Access, deny_policy::DenySettings, early::EarlySettings,
         endpoint::EndpointSettings,
     },
     smtpd::{

@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    access_list::DiskFiles,
     config::Config,
     import_postfix::{self, MAX_INPUT_BYTES, MasterCf, Postconf},
-    screen::access::DiskFiles,
 };
 
 pub(crate) fn run(

@@ -20,13 +20,14 @@ use std::{
 use serde::{Deserialize, Deserializer, de};
 
 use crate::{
+    access_list,
     dnsbl::DEFAULT_TIMEOUT as DNSBL_TIMEOUT,
     duration,
     handoff::{Handoff, proxy::BackendProxyProtocol, relay::RelayMode},
     kernel::{AttachMode, KernelAction},
     limits::StressDuration,
     maillog::LogTarget,
-    screen::{access, endpoint::UpstreamProxyProtocol},
+    screen::endpoint::UpstreamProxyProtocol,
     smtpd::{DEFAULT_COMMAND_COUNT_LIMIT, ForbiddenCommand, line::DEFAULT_LINE_LENGTH_LIMIT},
     test_state::TestAction,
 };
@@ -251,7 +252,7 @@ impl Default for Config {
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
             mynetworks: "127.0.0.0/8 [::1]/128".into(),
-            access_list: access::DEFAULT_ACCESS_LIST.into(),
+            access_list: access_list::DEFAULT_ACCESS_LIST.into(),
             denylist_action: TestAction::Ignore,
             greet_banner: "$smtpd_banner".into(),
             greet_wait: StressDuration {
@@ -272,7 +273,7 @@ impl Default for Config {
             post_queue_limit: 100,
             upstream_proxy_protocol: UpstreamProxyProtocol::None,
             upstream_proxy_timeout: Duration::from_secs(5),
-            allowlist_interfaces: access::DEFAULT_ALLOWLIST_INTERFACES.into(),
+            allowlist_interfaces: access_list::DEFAULT_ALLOWLIST_INTERFACES.into(),
             reject_footer: String::new(),
             line_length_limit: DEFAULT_LINE_LENGTH_LIMIT as u32,
             soft_bounce: false,

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use super::{Finding, Import, MasterCf, Postconf, import};
-use crate::{cidr_table::CidrError, config::Config, screen::access::TableFiles};
+use crate::{access_list::TableFiles, cidr_table::CidrError, config::Config};
 
 /// Table files held in memory.
 #[derive(Default)]

@@ -44,8 +44,8 @@ pub(crate) use lines::MAX_INPUT_BYTES;
 pub(crate) use master_cf::MasterCf;
 pub(crate) use postconf::Postconf;
 
+use crate::access_list::TableFiles;
 use crate::escape;
-use crate::screen::access::TableFiles;
 use translate::Translation;
 
 /// How much of a value is shown in comments and reports.

@@ -8,7 +8,8 @@ use tokio::net::TcpStream;
 
 use super::{Next, Screen};
 use crate::{
-    smtpd::{ClientAddr, Reply, close},
+    address::ClientAddr,
+    smtpd::{Reply, close},
     test_state::{Outcome, SessionResults, Test, TestAction},
 };
 

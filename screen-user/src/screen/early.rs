@@ -18,11 +18,13 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{Next, Screen, connection::Connection};
 use crate::{
+    address::ClientAddr,
     address::canonical,
     dnsbl::{DnsblQuery, Thresholds, Verdict},
     escape::{LOG_TEXT_MAX, c_escape},
-    limits::{ScreeningSlot, StressDuration},
-    smtpd::{ClientAddr, DelayDisplay, EngineError, Reply},
+    limits::StressDuration,
+    maillog::DelayDisplay,
+    smtpd::{EngineError, Reply},
     test_state::{Outcome, Screening, Test, TestAction},
 };
 
@@ -86,28 +88,6 @@ impl Reply {
 }
 
 impl Screen {
-    /// Takes a place among the connections in screening (`postscreen_pre_queue_limit`);
-    /// `None` when they are all taken: the client got postscreen's 421.
-    pub(super) async fn screening_slot(&self, conn: &mut Connection) -> Option<ScreeningSlot> {
-        match self.limits.screen() {
-            Ok(slot) => {
-                self.stress_log();
-                Some(slot)
-            }
-            Err(_) => {
-                let client = conn.client;
-                self.log.info(format_args!(
-                    "reject: connect from {}: all screening ports busy",
-                    ClientAddr(client)
-                ));
-                self.reply_and_close(&mut conn.stream, &Reply::all_screening_ports_busy(), client)
-                    .await;
-                self.disconnect(client);
-                None
-            }
-        }
-    }
-
     /// Before the greeting: the pregreet test and the DNSBL lookups, side by side, then each
     /// verdict's action.
     pub(super) async fn before_greeting(

@@ -1,7 +1,9 @@
 //! Where a connection starts (postscreen's `postscreen_endpt.c` and the start of
 //! `psc_endpt_lookup_done`): who the client is — the socket's peer, or the client a load
-//! balancer names in a PROXY header — the `CONNECT` line, and the per-client and global
-//! connection limits with postscreen's 421 replies.
+//! balancer names in a PROXY header — the `CONNECT` line, and postscreen's connection limits
+//! with their 421 replies: connections per client and the hand-off queue
+//! (`post_queue_limit`) when it connects, the screening queue (`pre_queue_limit`) once the
+//! permanent and temporary allowlists have not let it through.
 
 use std::time::Duration;
 
@@ -12,10 +14,11 @@ use super::{
     connection::{Connection, Session},
 };
 use crate::{
+    address::ClientAddr,
     address::canonical_endpoint,
-    limits::{ClientSlot, Refusal},
+    limits::{ClientSlot, Refusal, ScreeningSlot},
     proxy_protocol,
-    smtpd::{ClientAddr, Reply},
+    smtpd::Reply,
 };
 
 /// The PROXY protocol expected from a load balancer in front of smtp-screen.
@@ -115,5 +118,27 @@ impl Screen {
         self.reply_and_close(&mut stream, &reply, client).await;
         self.disconnect(client);
         None
+    }
+
+    /// Takes a place among the connections in screening (`postscreen_pre_queue_limit`);
+    /// `None` when they are all taken: the client got postscreen's 421.
+    pub(super) async fn screening_slot(&self, conn: &mut Connection) -> Option<ScreeningSlot> {
+        match self.limits.screen() {
+            Ok(slot) => {
+                self.stress_log();
+                Some(slot)
+            }
+            Err(_) => {
+                let client = conn.client;
+                self.log.info(format_args!(
+                    "reject: connect from {}: all screening ports busy",
+                    ClientAddr(client)
+                ));
+                self.reply_and_close(&mut conn.stream, &Reply::all_screening_ports_busy(), client)
+                    .await;
+                self.disconnect(client);
+                None
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{Screen, connection::Connection};
 use crate::{
-    smtpd::ClientAddr,
+    address::ClientAddr,
     test_state::{self, Screening, Start},
 };
 

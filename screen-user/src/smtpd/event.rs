@@ -1,6 +1,6 @@
 //! The engine's log lines, in postscreen's words: an [`Event`] is something a session logs,
 //! and [`Event::line`] renders its text for a client (`NOQUEUE: reject: RCPT from …`,
-//! `COMMAND PIPELINING from …`, tlsproxy's TLS lines). [`ClientAddr`] and [`DelayDisplay`]
+//! `COMMAND PIPELINING from …`, tlsproxy's TLS lines). `ClientAddr` and `DelayDisplay`
 //! write a client and an elapsed time as Postfix does, for these lines and the daemon's.
 //!
 //! Client text reaches a log line only through the functions here, which bound it and make
@@ -11,8 +11,9 @@ use std::{fmt, net::SocketAddr, time::Duration};
 
 use super::{reply::Reply, tls};
 use crate::{
-    address::canonical,
+    address::ClientAddr,
     escape::{c_escape, printable_utf8, truncate_at_char},
+    maillog::DelayDisplay,
 };
 
 /// Helo names, senders and recipients are kept (and logged) up to this many bytes.
@@ -164,54 +165,6 @@ impl fmt::Display for EventLine<'_> {
     }
 }
 
-/// `[address]:port`, as postscreen writes a client; an IPv4-mapped IPv6 address is shown
-/// as IPv4, as Postfix does.
-pub struct ClientAddr(pub SocketAddr);
-
-impl fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]:{}", canonical(self.0.ip()), self.0.port())
-    }
-}
-
-/// An elapsed time as Postfix logs delays (`format_tv` with two significant digits and at
-/// most two decimals): `0.24`, `1.2`, `3`, `17`.
-pub struct DelayDisplay(pub Duration);
-
-impl fmt::Display for DelayDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MILLION: u64 = 1_000_000;
-        const SIGNIFICANT: u64 = 100; // 10^2 significant digits
-        let mut sec = self.0.as_secs();
-        let mut usec = u64::from(self.0.subsec_micros());
-        // Resolution in microseconds: 0.01 s below one second, fewer decimals above.
-        let mut resolution = MILLION / 100;
-        if sec > 0 {
-            let mut n = 1;
-            while sec >= n && n <= SIGNIFICANT / 10 {
-                n *= 10;
-            }
-            resolution = (MILLION / SIGNIFICANT) * n;
-        }
-        usec += resolution / 2;
-        if usec >= MILLION {
-            sec += 1;
-            usec -= MILLION;
-        }
-        write!(f, "{sec}")?;
-        if usec >= resolution {
-            f.write_str(".")?;
-            let (mut rem, mut n) = (usec, MILLION / 10);
-            while rem >= resolution && n > 0 {
-                write!(f, "{}", rem / n)?;
-                rem %= n;
-                n /= 10;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A command word as postscreen prints it (`printable(command, '?')`, `%.100s`): printable
 /// ASCII kept, other printable characters kept when SMTPUTF8 is on, every other byte `?`.
 pub(super) fn printable_command(command: &[u8], utf8: bool) -> String {
@@ -242,47 +195,4 @@ pub(super) fn escape_input(bytes: &[u8]) -> String {
 /// [`MAX_LOGGED_FIELD`] bytes. postscreen logs these fields raw.
 pub(super) fn log_field(bytes: &[u8]) -> String {
     printable_utf8(bytes, MAX_LOGGED_FIELD)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    use super::*;
-    use crate::smtpd::test_support::client;
-
-    #[test]
-    fn delays_are_formatted_like_postfix() {
-        for (millis, text) in [
-            (0, "0"),
-            (4, "0"),
-            (5, "0.01"),
-            (240, "0.24"),
-            (105, "0.11"),
-            (100, "0.1"),
-            (999, "1"),
-            (1_200, "1.2"),
-            (1_000, "1"),
-            (3_000, "3"),
-            (5_040, "5"),
-            (9_960, "10"),
-            (12_600, "13"),
-            (300_000, "300"),
-        ] {
-            assert_eq!(
-                DelayDisplay(Duration::from_millis(millis)).to_string(),
-                text,
-                "{millis} ms"
-            );
-        }
-    }
-
-    #[test]
-    fn clients_are_written_as_postscreen_writes_them() {
-        let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 25);
-        assert_eq!(ClientAddr(v6).to_string(), "[::1]:25");
-        let mapped = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 9).to_ipv6_mapped().into(), 7);
-        assert_eq!(ClientAddr(mapped).to_string(), "[198.51.100.9]:7");
-        assert_eq!(ClientAddr(client()).to_string(), "[127.0.0.11]:58529");
-    }
 }

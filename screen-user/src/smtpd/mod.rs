@@ -22,7 +22,7 @@
 //! - `settings.rs`: [`EngineSettings`], postscreen's defaults and the checks of every value.
 //! - `tls.rs`: the STARTTLS certificate and key, and tlsproxy's words for a TLS session.
 //! - `event.rs`: [`Event`](event::Event), what a session logs, with postscreen's exact log text
-//!   ([`Event::line`](event::Event::line)); [`ClientAddr`] and [`DelayDisplay`]; how client text is bounded
+//!   ([`Event::line`](event::Event::line)); how client text is bounded
 //!   and escaped for a log line.
 //! - `command.rs`: postscreen's command table, and how a command line is split and an
 //!   address read.
@@ -63,7 +63,6 @@ pub(crate) use self::{
     deep_tests::{DeepTest, DeepTests, ForbiddenCommand, MAX_FORBIDDEN_COMMANDS},
     driver::{StartTls, serve, serve_with_tls},
     error::EngineError,
-    event::{ClientAddr, DelayDisplay},
     reply::Reply,
     reply_style::{ReplyFooter, ReplyStyle},
     session::Engine,

@@ -6,10 +6,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{Kind, Section, Translation, parameter_for, table_spec};
 use crate::{
+    access_list::TableFiles,
     config::Config,
     dnsbl, duration,
     import_postfix::{render::toml_string, shorten, texthash::parse_texthash},
-    screen::access::TableFiles,
 };
 
 impl Translation {

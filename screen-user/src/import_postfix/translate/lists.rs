@@ -4,13 +4,13 @@
 
 use super::{Effective, Translation, table_spec};
 use crate::{
+    access_list,
     cidr_table::{Pattern, PatternError},
     import_postfix::{
         expand::{ExpandProblem, Expanded, Expansion},
         lines::split_words,
         shorten,
     },
-    screen::access,
 };
 
 impl Translation {
@@ -84,11 +84,11 @@ impl Translation {
                     );
                 }
             }
-            if entries.len() > access::MAX_LIST_ITEMS {
+            if entries.len() > access_list::MAX_LIST_ITEMS {
                 self.skip(
                     value.parameter,
                     value.subject(),
-                    format!("more than {} entries", access::MAX_LIST_ITEMS),
+                    format!("more than {} entries", access_list::MAX_LIST_ITEMS),
                 );
                 return None;
             }

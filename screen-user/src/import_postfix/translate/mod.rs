@@ -30,12 +30,12 @@ use super::{
     shorten,
 };
 use crate::{
+    access_list::TableFiles,
     config::{
         self,
         parameters::{self, PostfixParameter},
     },
     duration,
-    screen::access::TableFiles,
 };
 
 /// The smtp-screen option a value goes to, in the order they are written.

@@ -4,9 +4,9 @@
 
 use super::{Kind, Section, Translation, parameter_for, table_spec};
 use crate::{
+    access_list::TableFiles,
     cidr_table::CidrTable,
     import_postfix::{expand::Expansion, render::toml_string, shorten},
-    screen::access::TableFiles,
     smtpd::ReplyFooter,
 };
 
