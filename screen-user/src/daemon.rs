@@ -35,6 +35,17 @@ use crate::{
     settings::Settings,
 };
 
+/// The DNS lists log through the mail log, as postscreen's dnsblog does.
+impl DnsblLog for MailLog {
+    fn info(&self, line: &str) {
+        MailLog::info(self, line);
+    }
+
+    fn warning(&self, line: &str) {
+        MailLog::warning(self, line);
+    }
+}
+
 /// Loads, configures and attaches the XDP program; returns its maps.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     let request = kernel::LoadRequest {

@@ -2,7 +2,8 @@
 //! settings and each stage's settings. `smtp-screen check-config` stops here; the daemon then
 //! opens what they name (the allowlist, the DNS lists, the kernel maps, the relay, the log) and
 //! builds the screen from them. Only this module, the daemon and the CLI read the whole
-//! [`Config`]; the stages get their part of [`Settings`], which is what a reload swaps.
+//! [`Config`] (and `import_postfix`, which writes one); the stages get their part of
+//! [`Settings`], which is what a reload swaps.
 
 use std::{net::SocketAddr, path::Path};
 

@@ -13,6 +13,7 @@ const SECTIONS: &[&str] = &[
     "screen-common/src/",
     "screen-ebpf/src/",
     "screen-user/src/",
+    "screen-user/tests/",
     "tests/",
     "xtask/src/",
 ];

@@ -28,7 +28,7 @@ use super::{
     score::{ListResult, Score},
     site::{DnsblSites, ReplyMap, query_name},
 };
-use crate::{address::canonical, maillog::MailLog};
+use crate::address::canonical;
 
 /// Most client addresses whose lookups are shared at once; past this, a new client's lookups
 /// are not shared (the daemon's connection limits still bound them).
@@ -44,16 +44,6 @@ pub(crate) trait DnsblLog: Send + Sync {
     fn info(&self, line: &str);
     /// A warning; the log adds Postfix's `warning: ` prefix.
     fn warning(&self, line: &str);
-}
-
-impl DnsblLog for MailLog {
-    fn info(&self, line: &str) {
-        MailLog::info(self, line);
-    }
-
-    fn warning(&self, line: &str) {
-        MailLog::warning(self, line);
-    }
 }
 
 /// Everything [`Dnsbl`] is built from.

@@ -3,8 +3,9 @@
 //!
 //! - `site.rs`: the `dnsbl_sites` syntax ([`DnsblSites`], [`DnsblSite`], [`ScoreFilter`](site::ScoreFilter)),
 //!   `dnsbl_reply_map` ([`ReplyMap`]) and query names ([`query_name`]). Pure.
-//! - `score.rs`: scoring ([`DnsblSites::score`]), the verdict ([`Score::verdict`](score::Score::verdict), with the
-//!   [`Thresholds`] that clamp a pass's TTL) and postscreen's `DNSBL rank` line. Pure.
+//! - `score.rs`: scoring ([`DnsblSites::score`]) and the verdict
+//!   ([`Score::verdict`](score::Score::verdict), with the [`Thresholds`] that clamp a pass's
+//!   TTL). Pure. The `DNSBL rank` line is the early stage's (`screen/early.rs`).
 //! - `resolver.rs`: hickory-resolver against the host's resolver or explicit servers
 //!   ([`DnsServers`]); its cache keeps answers for their TTL (negative ones for the SOA's).
 //! - `lookup.rs`: [`Dnsbl::start`] sends every list's query for a client at once and returns
@@ -15,11 +16,13 @@
 //!   The lines go to a [`DnsblLog`].
 //! - `health.rs`: beyond postscreen, [`Dnsbl::health_check`] asks every list for its test
 //!   points and suspends a list that lists the world or does not answer, until it recovers;
-//!   [`Dnsbl::stats`] gives each list's counters and health for the status.
+//!   [`Dnsbl::stats`] gives each list's counters and health, which the daemon writes to the
+//!   `dnsbl.status` file for `smtp-screen status`.
 //!
 //! The site, score and health rules are tested without a network; the lookups and the health
-//! check also against real DNS servers: `testdns.rs` (rbldnsd, and a forwarder that counts
-//! and swallows queries) and `lab.rs` (the zones they serve, a [`Dnsbl`] asking them).
+//! check also against real DNS servers, rbldnsd and a forwarder that counts and swallows
+//! queries, from the tests' one harness (`screen_tests::rbldnsd`); `lab.rs` holds the zones
+//! they serve and a [`Dnsbl`] asking them.
 
 mod health;
 mod lookup;

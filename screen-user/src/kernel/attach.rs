@@ -12,9 +12,10 @@ use super::{
     Maps, MapsError,
     bpffs::{self, BpffsError, PinDirLock},
     link::{self, AttachMode, LinkError},
+    maps,
     netlink::{self, NetlinkError},
     program::{LoadError, ScreenProgram},
-    settings::{self, KernelAction},
+    settings::KernelAction,
 };
 
 /// An error in the load sequence.
@@ -93,7 +94,7 @@ fn load_locked(
 ) -> Result<Loaded, KernelError> {
     let mut program = ScreenProgram::load(pin_dir)?;
     let mut maps = Maps::from_pins(pin_dir)?;
-    let config = settings::configure(
+    let config = maps::configure(
         &mut maps,
         request.ports,
         request.action,

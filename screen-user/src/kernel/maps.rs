@@ -24,7 +24,7 @@ use super::{
     dynamic::{self, DynamicDeny, DynamicEntry, DynamicError},
     layout,
     lists::{ListChange, ListTries, ListsError, StaticList, StaticLists, Trie4, Trie6},
-    settings::{SettingsError, SettingsRecord},
+    settings::{KernelAction, SettingsError, SettingsRecord, screen_config},
     stats::StatsMap,
     v4_table::{V4TableError, V4Tables},
 };
@@ -331,4 +331,36 @@ impl Maps {
             .chain(self.dynamic.fill_levels())
             .collect()
     }
+}
+
+/// Writes the settings into the loaded program's configuration record, with an IPv4 table
+/// rebuilt from the live lists, warning when the IPv6 prefix changes under existing dynamic
+/// entries (their keys no longer match).
+pub fn configure(
+    maps: &mut Maps,
+    ports: &[u16],
+    action: KernelAction,
+    v6_prefix_len: u32,
+) -> Result<ScreenConfig> {
+    let previous = maps.config()?;
+    let configured = maps.is_configured()?;
+    let mut config = screen_config(ports, action, v6_prefix_len, configured.then_some(previous));
+    if configured && previous.v6_prefix_len != v6_prefix_len {
+        let v6_entries = maps
+            .dynamic_entries()?
+            .iter()
+            .filter(|e| e.net.addr().is_ipv6())
+            .count();
+        if v6_entries > 0 {
+            tracing::warn!(
+                old = previous.v6_prefix_len,
+                new = v6_prefix_len,
+                v6_entries,
+                "IPv6 deny prefix changed; existing IPv6 dynamic entries keep their old keys until they expire"
+            );
+        }
+    }
+    maps.rebuild_v4_table(&mut config)?;
+    maps.set_config(&config)?;
+    Ok(config)
 }

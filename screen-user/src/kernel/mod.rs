@@ -31,9 +31,9 @@ pub(crate) use attach::{KernelError, LoadRequest, load_and_attach};
 pub use layout::LayoutError;
 pub use link::{AttachMode, Attachment, LinkError};
 pub use lists::{ListChange, ListsError, StaticList};
-pub use maps::{Maps, MapsError};
+pub use maps::{Maps, MapsError, configure};
 pub use program::{LoadError, OBJECT, ScreenProgram};
-pub use settings::{KernelAction, SettingsError, configure};
+pub use settings::{KernelAction, SettingsError};
 
 /// A map operation that failed, naming the map: every kernel object's error carries one.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use aya::maps::{Array, MapData};
 use screen_common::{DenyAction, MAX_PORTS, ScreenConfig, map_name};
 use serde::Deserialize;
 
-use super::{MapFailure, Maps, MapsError};
+use super::MapFailure;
 
 /// What XDP does with a SYN from a denied source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -80,7 +80,7 @@ impl SettingsRecord {
 
 /// The program's configuration record for these settings, keeping the list slots of
 /// `previous` (which slot is live is state, not configuration).
-fn screen_config(
+pub(crate) fn screen_config(
     ports: &[u16],
     action: KernelAction,
     v6_prefix_len: u32,
@@ -101,38 +101,6 @@ fn screen_config(
         config.deny_slot = previous.deny_slot;
     }
     config
-}
-
-/// Writes the settings into the loaded program's configuration record, with an IPv4 table
-/// rebuilt from the live lists, warning when the IPv6 prefix changes under existing dynamic
-/// entries (their keys no longer match).
-pub fn configure(
-    maps: &mut Maps,
-    ports: &[u16],
-    action: KernelAction,
-    v6_prefix_len: u32,
-) -> Result<ScreenConfig, MapsError> {
-    let previous = maps.config()?;
-    let configured = maps.is_configured()?;
-    let mut config = screen_config(ports, action, v6_prefix_len, configured.then_some(previous));
-    if configured && previous.v6_prefix_len != v6_prefix_len {
-        let v6_entries = maps
-            .dynamic_entries()?
-            .iter()
-            .filter(|e| e.net.addr().is_ipv6())
-            .count();
-        if v6_entries > 0 {
-            tracing::warn!(
-                old = previous.v6_prefix_len,
-                new = v6_prefix_len,
-                v6_entries,
-                "IPv6 deny prefix changed; existing IPv6 dynamic entries keep their old keys until they expire"
-            );
-        }
-    }
-    maps.rebuild_v4_table(&mut config)?;
-    maps.set_config(&config)?;
-    Ok(config)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! One client connection as the stages hand it on: the stream, the client's and the server's
-//! endpoints, and what the session has learned so far (postscreen's per-session flags), with
-//! the ways a stage ends a connection: a final reply and close, and the `DISCONNECT` line.
+//! endpoints, and what the session has learned so far (postscreen's per-session flags); what
+//! a failed test's action does, in one place for every stage ([`Screen::fail`]: `drop`,
+//! `enforce`, `ignore`); and the ways a stage ends a connection: a final reply and close, and
+//! the `DISCONNECT` line.
 
 use std::net::SocketAddr;
 

@@ -80,11 +80,7 @@ impl Screen {
         outcome.deep_tests.record_into(&mut session.results);
         for test in DeepTest::ALL {
             if outcome.deep_tests.get(test) == Outcome::Failed {
-                session.failures.push(match test {
-                    DeepTest::Pipelining => "COMMAND PIPELINING",
-                    DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
-                    DeepTest::BareNewline => "BARE NEWLINE",
-                });
+                session.failures.push(test.log_name());
             }
         }
 

@@ -6,7 +6,8 @@
 //!    `CONNECT` line, the per-client and hand-off limits;
 //! 2. [`access`]: the permanent access list (`ALLOWLISTED`, `DENYLISTED` and its action);
 //! 3. [`pass`]: the temporary allowlist (`PASS OLD` at once), and at the end `PASS NEW`/`OLD`
-//!    with the record written;
+//!    with the record written; then `allowlist_interfaces` (`ALLOWLIST VETO`, in [`access`])
+//!    and the screening limit (`pre_queue_limit`, in [`endpoint`]);
 //! 4. [`early`]: the tests before the greeting: the `220-` teaser, the greet wait, `PREGREET`
 //!    and the DNSBL score, and their actions;
 //! 5. [`deep`]: after the greeting, the dummy engine ([`crate::smtpd`]) for a client whose deep

@@ -48,6 +48,15 @@ impl DeepTest {
         }
     }
 
+    /// The test's name in postscreen's log lines (`COMMAND PIPELINING from …`).
+    pub(crate) fn log_name(self) -> &'static str {
+        match self {
+            DeepTest::Pipelining => "COMMAND PIPELINING",
+            DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
+            DeepTest::BareNewline => "BARE NEWLINE",
+        }
+    }
+
     /// The reply to a violation whose action is `drop`.
     pub(super) fn drop_reply(self) -> Reply {
         match self {

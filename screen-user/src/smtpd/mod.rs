@@ -6,7 +6,7 @@
 //!
 //! One file per concern, each using only those listed before it:
 //!
-//! - `error.rs`: [`EngineError`](error::EngineError), a reply, a setting or a footer that cannot be used.
+//! - `error.rs`: [`EngineError`], a reply, a setting or a footer that cannot be used.
 //! - `reply.rs`: [`Reply`] and every reply text postscreen sends as a named constructor, the
 //!   connection-level ones included, so the whole daemon answers with the same words;
 //!   `soft_bounce` of one reply; the reply limits.
