@@ -1,5 +1,5 @@
 //! Builds the XDP program (`screen-ebpf`) for `bpfel-unknown-none` and leaves the object in
-//! `OUT_DIR`, where `src/kernel/object.rs` embeds it.
+//! `OUT_DIR`, where `src/kernel/program.rs` embeds it.
 //!
 //! The BPF target needs `core` built from source, which the stable toolchain cannot do; the
 //! build uses Debian's `rustc-web` (a complete compiler with its source) and `bpf-linker`, both

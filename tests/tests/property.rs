@@ -2,7 +2,7 @@
 //! and mutated frames: for every frame the kernel's verdict must be the reference's, and over
 //! the run the program's counters must add up to the reference's tally of branches.
 //!
-//! The reference below is plain slice code written from the documented rules (program.rs):
+//! The reference below is plain slice code written from the documented rules (screen-ebpf/src/screen.rs and parse.rs):
 //! up to two VLAN tags (0x8100, 0x88a8); IPv4 with version 4, IHL >= 5 and the whole header
 //! present, non-first fragments passed; IPv6 with version 6 and at most six extension headers
 //! (0, 43, 60: `(len + 1) * 8` bytes; 51: `(len + 2) * 4`; 44: 8 bytes, non-first fragments
