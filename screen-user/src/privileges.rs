@@ -33,6 +33,8 @@ pub struct Account {
 /// Looks `user` up in the password database.
 pub fn lookup(user: &str) -> Result<Account, PrivilegeError> {
     let name = CString::new(user).map_err(|_| PrivilegeError::UnknownUser(user.into()))?;
+    // SAFETY: `passwd` is plain C data (integers and pointers), for which all zeroes is a valid
+    // value; getpwnam_r fills it in.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();

@@ -42,6 +42,7 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
+    // SAFETY: `statfs` is plain C data (integers), for which all zeroes is a valid value.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and a writable statfs buffer.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
