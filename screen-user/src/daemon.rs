@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     allowlist::{AllowlistCache, CacheOptions},
     config::Config,
-    dnsbl::{Dnsbl, DnsblLog, HEALTH_CHECK_INTERVAL},
+    dnsbl::{self, Dnsbl, DnsblLog, HEALTH_CHECK_INTERVAL},
     handoff::{
         HandOff, Handoff, HandoffSettings,
         relay::{Relay, RelayMode},
@@ -28,10 +28,7 @@ use crate::{
     limits::{self, LimitSettings, Limits},
     maillog::MailLog,
     paths, privileges,
-    screen::{
-        self, Screen,
-        deny_policy::{DenyEnforcer, DenyPolicy},
-    },
+    screen::{self, Screen, deny_policy::DenyEnforcer},
     settings::Settings,
 };
 
@@ -125,15 +122,7 @@ pub(crate) async fn build_screen(
     let cache = Arc::new(cache);
     cache.spawn_cleanup(allowlist.cleanup_interval, allowlist.retention);
 
-    let policy = DenyPolicy::new(
-        deny.window,
-        if kernel.is_some() {
-            deny.ttl
-        } else {
-            Duration::ZERO
-        },
-        deny.v6_prefix,
-    );
+    let policy = deny.policy(kernel.is_some());
     let limits = Limits::new(
         limits.client_connection_count_limit,
         limits.pre_queue_limit,
@@ -213,7 +202,7 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
         Some(_) => {
             let path = paths::dnsbl_status(&config.state_dir);
             Some(
-                std::fs::File::create(&path)
+                dnsbl::create_status_file(&path)
                     .with_context(|| format!("creating {}", path.display()))?,
             )
         }

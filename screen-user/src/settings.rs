@@ -182,6 +182,7 @@ impl Settings {
                 window: config.deny_window,
                 ttl: config.deny_ttl,
                 v6_prefix: config.deny_v6_prefix,
+                soft_bounce: config.soft_bounce,
             },
             allowlist: AllowlistSettings {
                 state_dir: config.state_dir.clone(),

@@ -18,6 +18,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -656,13 +657,26 @@ fn open_file(path: &Path, name: &str) -> Result<Database, CacheError> {
 /// beyond `max` are removed from the file in the same transaction.
 fn open_and_load(path: &Path, name: &str, max: usize) -> Result<Loaded, CacheError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| CacheError::Io {
-            path: dir.to_path_buf(),
-            action: "create the state directory",
-            source,
-        })?;
+        // The records name every client that passed: the state directory is the service's
+        // alone (a directory that exists keeps the mode its owner gave it).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| CacheError::Io {
+                path: dir.to_path_buf(),
+                action: "create the state directory",
+                source,
+            })?;
     }
     let db = open_file(path, name)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        CacheError::Io {
+            path: path.to_path_buf(),
+            action: "make the database readable by its owner only",
+            source,
+        }
+    })?;
     let load_err = |e: redb::Error| db_error(path, "load the allowlist", e);
     let mut records = Records::new(max);
     let (mut corrupt, mut evicted) = (0u64, 0u64);

@@ -6,7 +6,11 @@
 
 use std::{
     fmt,
+    fs::{File, OpenOptions, Permissions},
+    io,
     net::Ipv4Addr,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -153,7 +157,7 @@ impl Dnsbl {
         text
     }
 
-    /// Rewrites the `dnsbl.status` file in place (the daemon opens it before it drops root).
+    /// Rewrites the `dnsbl.status` file in place (opened by [`create_status_file`]).
     pub(crate) fn write_status(&self, file: &mut std::fs::File) {
         use std::io::{Seek as _, Write as _};
         let text = self.status_text();
@@ -267,6 +271,22 @@ fn describe_answer(answer: &Answer) -> String {
         Answer::Failed { why } => why.clone(),
         Answer::Listed { .. } | Answer::NotListed { .. } => "answered".into(),
     }
+}
+
+/// Creates the `dnsbl.status` file for [`Dnsbl::write_status`]. The daemon opens it as root,
+/// before it drops privileges, in a directory others may be able to write: a symlink there
+/// is refused rather than followed, and the file is its owner's alone.
+pub(crate) fn create_status_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // A file that was there keeps its mode through `open`: set it.
+    file.set_permissions(Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -476,5 +496,28 @@ mod tests {
             .wait_all(in_secs(10.0))
             .await;
         assert_eq!((score.rank, score.suspended), (3, 0));
+    }
+
+    #[test]
+    fn the_status_file_is_private_and_never_a_symlink() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("smtp-screen-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dnsbl.status");
+        std::fs::write(&path, b"old text, readable by all\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_status_file(&path).unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 0, "the file starts empty");
+        // A symlink planted where the file goes is refused, and its target left alone.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, b"keep me").unwrap();
+        let link = dir.join("planted.status");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create_status_file(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

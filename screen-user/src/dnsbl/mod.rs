@@ -34,7 +34,7 @@ mod site;
 mod lab;
 
 pub(crate) use self::{
-    health::HEALTH_CHECK_INTERVAL,
+    health::{HEALTH_CHECK_INTERVAL, create_status_file},
     lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery},
     resolver::DnsServers,
     score::{ListResult, Thresholds, Verdict},

@@ -28,6 +28,22 @@ pub(crate) struct DenySettings {
     pub(crate) window: Duration,
     pub(crate) ttl: Duration,
     pub(crate) v6_prefix: u32,
+    /// `soft_bounce = yes`: the operator's trial mode, in which every refusal is temporary.
+    pub(crate) soft_bounce: bool,
+}
+
+impl DenySettings {
+    /// The policy these settings make. It denies nothing without the kernel layer, and
+    /// nothing under `soft_bounce`: a trial must not drop a single SYN, since a kernel deny is
+    /// silent where a 4xx is retried.
+    pub(crate) fn policy(&self, kernel_attached: bool) -> DenyPolicy {
+        let ttl = if kernel_attached && !self.soft_bounce {
+            self.ttl
+        } else {
+            Duration::ZERO
+        };
+        DenyPolicy::new(self.window, ttl, self.v6_prefix)
+    }
 }
 
 /// A decision to deny a client in the kernel.
@@ -412,5 +428,29 @@ mod tests {
                 .on_failure(newest, now + Duration::from_secs(1), "x")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn soft_bounce_and_a_missing_kernel_layer_deny_nothing() {
+        let settings = DenySettings {
+            window: Duration::from_secs(600),
+            ttl: Duration::from_secs(3_600),
+            v6_prefix: 64,
+            soft_bounce: false,
+        };
+        assert!(settings.policy(true).enabled());
+        assert!(!settings.policy(false).enabled());
+        let trial = DenySettings {
+            soft_bounce: true,
+            ..settings
+        };
+        let mut policy = trial.policy(true);
+        assert!(!policy.enabled());
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(policy.on_failure(ip("192.0.2.7"), now, "PREGREET"), None);
+        }
+        assert_eq!(policy.on_severe(ip("192.0.2.8"), "DNSBL rank 9"), None);
+        assert_eq!(policy.on_denylist_drop(ip("192.0.2.9")), None);
     }
 }

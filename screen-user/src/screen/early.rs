@@ -87,6 +87,19 @@ impl Reply {
     }
 }
 
+impl EarlySettings {
+    /// Whether a DNSBL rank denies the client in the kernel on first contact: it reaches
+    /// `kernel_dnsbl_threshold`, and the DNSBL test refuses in SMTP too. With `dnsbl_action =
+    /// ignore` the operator only watches the lists, and a silent SYN drop would be the one
+    /// refusal the client ever saw.
+    fn denies_in_kernel(&self, rank: i32) -> bool {
+        self.dnsbl_action != TestAction::Ignore
+            && self
+                .kernel_dnsbl_threshold
+                .is_some_and(|kernel| rank >= kernel)
+    }
+}
+
 impl Screen {
     /// Before the greeting: the pregreet test and the DNSBL lookups, side by side, then each
     /// verdict's action.
@@ -179,10 +192,7 @@ impl Screen {
         match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
             Verdict::Listed { rank, name } => {
                 self.log.info(rank_log_line(rank, client));
-                if settings
-                    .kernel_dnsbl_threshold
-                    .is_some_and(|kernel| rank >= kernel)
-                {
+                if settings.denies_in_kernel(rank) {
                     self.deny.severe(client.ip(), &format!("DNSBL rank {rank}"));
                 }
                 let next = self
@@ -406,5 +416,29 @@ mod tests {
             rank_log_line(3, "[::ffff:192.0.2.1]:4000".parse().unwrap()),
             "DNSBL rank 3 for [192.0.2.1]:4000"
         );
+    }
+
+    #[test]
+    fn only_a_dnsbl_that_refuses_in_smtp_denies_in_the_kernel() {
+        let settings = EarlySettings {
+            greet_banner: String::new(),
+            greet_wait: StressDuration::fixed(Duration::from_secs(6)),
+            greet_action: TestAction::Ignore,
+            dnsbl_action: TestAction::Enforce,
+            thresholds: Thresholds::default(),
+            kernel_dnsbl_threshold: Some(8),
+        };
+        assert!(settings.denies_in_kernel(8));
+        assert!(!settings.denies_in_kernel(7));
+        let watching = EarlySettings {
+            dnsbl_action: TestAction::Ignore,
+            ..settings.clone()
+        };
+        assert!(!watching.denies_in_kernel(100));
+        let unset = EarlySettings {
+            kernel_dnsbl_threshold: None,
+            ..settings
+        };
+        assert!(!unset.denies_in_kernel(100));
     }
 }

@@ -419,6 +419,27 @@ async fn a_missing_state_directory_is_created() {
 }
 
 #[tokio::test]
+async fn the_state_directory_and_the_database_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new();
+    let state = dir.0.join("state");
+    let cache = AllowlistCache::open(&state, small(10)).await.unwrap();
+    cache.close().await.unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    assert_eq!(mode(&state.join(ALLOWLIST_FILE)), 0o600, "the database");
+    // An existing database of an earlier version, world-readable, is tightened at open.
+    std::fs::set_permissions(
+        state.join(ALLOWLIST_FILE),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let again = AllowlistCache::open(&state, small(10)).await.unwrap();
+    again.close().await.unwrap();
+    assert_eq!(mode(&state.join(ALLOWLIST_FILE)), 0o600);
+}
+
+#[tokio::test]
 async fn an_unusable_state_directory_is_an_error() {
     let dir = TempDir::new();
     let file = dir.0.join("not-a-dir");
