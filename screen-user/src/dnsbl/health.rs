@@ -21,7 +21,7 @@ use std::{
 use tokio::task::JoinSet;
 
 use super::{
-    lookup::{Dnsbl, Inner, lock},
+    lookup::{Dnsbl, Inner, List, lock},
     resolver::Answer,
     site::query_name,
 };
@@ -58,6 +58,8 @@ pub(crate) enum SuspendReason {
     ListsTheWorld { answer: Ipv4Addr },
     /// Neither test point got an answer.
     NotAnswering { why: String },
+    /// It answered with an error code instead of a listing (see [`error_answer`]).
+    ErrorAnswer { answer: Ipv4Addr },
 }
 
 impl fmt::Display for SuspendReason {
@@ -71,6 +73,11 @@ impl fmt::Display for SuspendReason {
             SuspendReason::NotAnswering { why } => {
                 write!(f, "no answer for its test points: {why}")
             }
+            SuspendReason::ErrorAnswer { answer } => write!(
+                f,
+                "it answers {answer}, an error code or no list's answer, so every answer \
+                 it gives is suspect"
+            ),
         }
     }
 }
@@ -203,23 +210,29 @@ impl Inner {
             self.resolver.resolve(&listed),
             self.resolver.resolve(&unlisted)
         );
-        let observed = assess(&listed, &unlisted);
-        let mut state = lock(&list.health.state);
+        let observed = assess(&listed, &unlisted, list.unfiltered);
         let Some(new) = observed else {
             return ListHealth {
                 domain: list.domain.clone(),
-                state: state.clone(),
+                state: lock(&list.health.state).clone(),
                 changed: false,
             };
         };
-        // Only a change of kind is news: a suspended list's reason is updated quietly.
+        let changed = self.change_health(list, new.clone());
+        ListHealth {
+            domain: list.domain.clone(),
+            state: new,
+            changed,
+        }
+    }
+
+    /// Sets a list's health; a change of kind is logged (once), a suspended list's new reason
+    /// is kept quietly. Returns whether the kind changed.
+    pub(super) fn change_health(&self, list: &List, new: HealthState) -> bool {
+        let mut state = lock(&list.health.state);
         if std::mem::discriminant(&new) == std::mem::discriminant(&*state) {
-            *state = new.clone();
-            return ListHealth {
-                domain: list.domain.clone(),
-                state: new,
-                changed: false,
-            };
+            *state = new;
+            return false;
         }
         let domain = &list.domain;
         match &new {
@@ -237,20 +250,35 @@ impl Inner {
         list.health
             .suspended
             .store(new.is_suspended(), Ordering::Relaxed);
-        *state = new.clone();
-        ListHealth {
-            domain: domain.clone(),
-            state: new,
-            changed: true,
-        }
+        *state = new;
+        true
     }
 }
 
+/// An A answer that is an error rather than a listing: one in 127.255.255.0/24, where
+/// Spamhaus and others answer a query they refuse (through a public resolver, over quota),
+/// or, for a list some entry of which has no filter (`unfiltered`), one outside
+/// 127.0.0.0/8, which no list answers for a listing (a hijacked zone, a wildcard). Counting
+/// it would list every client; it suspends the list instead.
+pub(super) fn error_answer(addrs: &[Ipv4Addr], unfiltered: bool) -> Option<Ipv4Addr> {
+    addrs.iter().copied().find(|addr| {
+        let [a, b, c, _] = addr.octets();
+        (a, b, c) == (127, 255, 255) || (unfiltered && a != 127)
+    })
+}
+
 /// A list's health from its two test points' answers; `None` when only one lookup failed.
-fn assess(listed: &Answer, unlisted: &Answer) -> Option<HealthState> {
+fn assess(listed: &Answer, unlisted: &Answer, unfiltered: bool) -> Option<HealthState> {
     if let Answer::Listed { addrs, .. } = unlisted {
         return Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
             answer: addrs.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        }));
+    }
+    if let Answer::Listed { addrs, .. } = listed
+        && let Some(answer) = error_answer(addrs, unfiltered)
+    {
+        return Some(HealthState::Suspended(SuspendReason::ErrorAnswer {
+            answer,
         }));
     }
     match (listed.failed(), unlisted.failed()) {
@@ -321,36 +349,40 @@ mod tests {
             why: "query refused (REFUSED)".into(),
         };
         assert_eq!(
-            assess(&answer_listed("127.0.0.2"), &nx),
+            assess(&answer_listed("127.0.0.2"), &nx, false),
             Some(HealthState::Healthy)
         );
         assert_eq!(
-            assess(&answer_listed("127.0.0.2"), &answer_listed("127.0.0.2")),
+            assess(
+                &answer_listed("127.0.0.2"),
+                &answer_listed("127.0.0.2"),
+                false
+            ),
             Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
                 answer: ip4("127.0.0.2")
             }))
         );
         assert_eq!(
-            assess(&failed, &answer_listed("127.255.255.254")),
+            assess(&failed, &answer_listed("127.255.255.254"), false),
             Some(HealthState::Suspended(SuspendReason::ListsTheWorld {
                 answer: ip4("127.255.255.254")
             }))
         );
         assert_eq!(
-            assess(&Answer::TimedOut, &Answer::TimedOut),
+            assess(&Answer::TimedOut, &Answer::TimedOut, false),
             Some(HealthState::Suspended(SuspendReason::NotAnswering {
                 why: "timed out".into()
             }))
         );
         assert_eq!(
-            assess(&failed, &Answer::TimedOut),
+            assess(&failed, &Answer::TimedOut, false),
             Some(HealthState::Suspended(SuspendReason::NotAnswering {
                 why: "query refused (REFUSED)".into()
             }))
         );
-        assert_eq!(assess(&Answer::TimedOut, &nx), None);
-        assert_eq!(assess(&answer_listed("127.0.0.2"), &failed), None);
-        assert_eq!(assess(&nx, &nx), Some(HealthState::TestPointMissing));
+        assert_eq!(assess(&Answer::TimedOut, &nx, false), None);
+        assert_eq!(assess(&answer_listed("127.0.0.2"), &failed, false), None);
+        assert_eq!(assess(&nx, &nx, false), Some(HealthState::TestPointMissing));
     }
 
     #[test]
@@ -519,5 +551,37 @@ mod tests {
         assert!(create_status_file(&link).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn error_answers_are_never_listings() {
+        let codes = |text: &str| {
+            text.split(' ')
+                .map(|a| a.parse::<Ipv4Addr>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Spamhaus's error codes, with or without a filter.
+        for code in ["127.255.255.252", "127.255.255.254", "127.255.255.255"] {
+            assert_eq!(error_answer(&codes(code), false), Some(ip4(code)));
+            assert_eq!(error_answer(&codes(code), true), Some(ip4(code)));
+        }
+        // Outside 127.0.0.0/8: an error for a list that counts any answer.
+        assert_eq!(
+            error_answer(&codes("127.0.0.2 10.0.0.1"), true),
+            Some(ip4("10.0.0.1"))
+        );
+        assert_eq!(error_answer(&codes("10.0.0.1"), false), None);
+        assert_eq!(error_answer(&codes("127.0.0.2 127.0.10.1"), true), None);
+        // The health check suspends a list whose test point gets an error answer.
+        assert_eq!(
+            assess(
+                &answer_listed("127.255.255.254"),
+                &Answer::NotListed { ttl: None },
+                true
+            ),
+            Some(HealthState::Suspended(SuspendReason::ErrorAnswer {
+                answer: ip4("127.255.255.254")
+            }))
+        );
     }
 }

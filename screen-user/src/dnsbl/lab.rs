@@ -40,7 +40,8 @@ impl Captured {
 /// The zones of the lab in the reference: bl.test lists 127.0.0.40 as 127.0.0.2 and
 /// 127.0.0.42 as 127.0.0.99 (no filter accepts it), bl2.test lists 127.0.0.40 as
 /// 127.0.0.4, wl.test allowlists 127.0.0.30 as 127.0.10.1, v6.test lists 2001:db8::/32,
-/// world.test lists everything; answers live 300 s and negative answers 120 s.
+/// world.test lists everything, error.test answers everyone 127.255.255.254; answers live
+/// 300 s and negative answers 120 s.
 pub(super) fn lab() -> Rbldnsd {
     let listed = |zone: &str, dataset, entries: &[(&str, [u8; 4])]| {
         entries
@@ -89,6 +90,13 @@ pub(super) fn lab() -> Rbldnsd {
             "empty.test",
             Dataset::Ip4Set,
             &[("192.0.2.1", [127, 0, 0, 2])],
+        ),
+        // A list that answers an error code for everyone, as Spamhaus answers queries that
+        // come through a public resolver.
+        listed(
+            "error.test",
+            Dataset::Ip4Trie,
+            &[("0.0.0.0/0", [127, 255, 255, 254])],
         ),
     ])
     .expect("rbldnsd on loopback")

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::{
     DnsblError,
-    health::HealthCell,
+    health::{HealthCell, HealthState, SuspendReason, error_answer},
     resolver::{Answer, DnsServers, Resolver},
     score::{ListResult, Score},
     site::{DnsblSites, ReplyMap, query_name},
@@ -81,6 +81,8 @@ pub(super) struct ListCounters {
 /// and health.
 pub(super) struct List {
     pub(super) domain: String,
+    /// Some `dnsbl_sites` entry of this domain has no filter: any A answer would count.
+    pub(super) unfiltered: bool,
     pub(super) counters: ListCounters,
     pub(super) health: HealthCell,
 }
@@ -124,6 +126,11 @@ impl Dnsbl {
             .iter()
             .map(|domain| List {
                 domain: domain.clone(),
+                unfiltered: config
+                    .sites
+                    .sites()
+                    .iter()
+                    .any(|site| &site.domain == domain && site.filter.is_none()),
                 counters: ListCounters::default(),
                 health: HealthCell::default(),
             })
@@ -218,6 +225,15 @@ impl Inner {
         list.counters.lookups.fetch_add(1, Ordering::Relaxed);
         match self.resolver.resolve(&name).await {
             Answer::Listed { addrs, ttl } => {
+                if let Some(answer) = error_answer(&addrs, list.unfiltered) {
+                    // Never a listing: the list answers this way for everyone.
+                    list.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    self.change_health(
+                        list,
+                        HealthState::Suspended(SuspendReason::ErrorAnswer { answer }),
+                    );
+                    return ListResult::Failed;
+                }
                 list.counters.listed.fetch_add(1, Ordering::Relaxed);
                 for addr in &addrs {
                     self.log.info(&format!(
@@ -573,6 +589,42 @@ mod tests {
             (stats[1].domain.as_str(), stats[1].failures),
             ("dead.test", 1)
         );
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_lists_no_one_and_suspends_the_list_at_once() {
+        let server = lab();
+        let (dnsbl, log) = dnsbl(
+            "error.test*5 bl.test*2",
+            server.addr(),
+            Duration::from_secs(5),
+        );
+        // 127.0.0.40 is on bl.test; error.test's answer counts for nothing.
+        let score = dnsbl
+            .start(client("127.0.0.40"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert!(score.is_complete());
+        assert_eq!((score.rank, score.failed), (2, 1));
+        assert_eq!(
+            log.count(
+                "warning: dnsbl error.test suspended: it answers 127.255.255.254, an error code"
+            ),
+            1,
+            "{:?}",
+            log.lines()
+        );
+        assert_eq!(log.count("listed by domain error.test"), 0);
+        // The next client's lookups skip the list, with no second warning.
+        let score = dnsbl
+            .start(client("127.0.0.11"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert_eq!((score.rank, score.suspended), (0, 1));
+        assert_eq!(log.count("dnsbl error.test suspended"), 1);
+        let stats = dnsbl.stats();
+        assert!(stats[0].health.is_suspended());
+        assert_eq!(stats[0].listed, 0);
     }
 
     #[tokio::test]
