@@ -183,6 +183,7 @@ impl Settings {
                 ttl: config.deny_ttl,
                 v6_prefix: config.deny_v6_prefix,
                 soft_bounce: config.soft_bounce,
+                rate_limit: config.kernel_deny_rate_limit,
             },
             allowlist: AllowlistSettings {
                 state_dir: config.state_dir.clone(),

@@ -229,6 +229,11 @@ pub(crate) struct Config {
     /// How long a kernel deny entry lasts; 0 turns the kernel deny policy off.
     #[serde(deserialize_with = "time_value")]
     pub(crate) deny_ttl: Duration,
+    /// The most new kernel deny entries a minute. Past it the kernel policy pauses (SMTP
+    /// answers go on as postscreen's) until the rate falls: a fault that makes everyone fail
+    /// (a broken list, a load balancer's address) cannot deny thousands of hosts in a minute.
+    #[serde(deserialize_with = "positive")]
+    pub(crate) kernel_deny_rate_limit: u32,
 }
 
 impl Default for Config {
@@ -313,6 +318,7 @@ impl Default for Config {
             deny_sweep_interval: Duration::from_secs(60),
             deny_window: Duration::from_secs(600),
             deny_ttl: Duration::from_secs(3_600),
+            kernel_deny_rate_limit: 300,
         }
     }
 }

@@ -359,6 +359,7 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
     ConfigOption::own("deny_sweep_interval", r#""60s""#),
     ConfigOption::own("deny_window", r#""10m""#),
     ConfigOption::own("deny_ttl", r#""1h""#),
+    ConfigOption::own("kernel_deny_rate_limit", "300"),
 ];
 
 /// Postfix parameters smtp-screen has no option for, whose defaults matter all the same.

@@ -7,7 +7,7 @@
 //! prefix the kernel map uses, so a bot cannot walk its /64.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -30,6 +30,8 @@ pub(crate) struct DenySettings {
     pub(crate) v6_prefix: u32,
     /// `soft_bounce = yes`: the operator's trial mode, in which every refusal is temporary.
     pub(crate) soft_bounce: bool,
+    /// `kernel_deny_rate_limit`: the most new entries a minute.
+    pub(crate) rate_limit: u32,
 }
 
 impl DenySettings {
@@ -42,7 +44,7 @@ impl DenySettings {
         } else {
             Duration::ZERO
         };
-        DenyPolicy::new(self.window, ttl, self.v6_prefix)
+        DenyPolicy::new(self.window, ttl, self.v6_prefix).with_rate_limit(self.rate_limit)
     }
 }
 
@@ -85,7 +87,28 @@ pub(crate) struct DenyPolicy {
     v6_prefix: u8,
     max_tracked: usize,
     recent: HashMap<IpNet, Failures>,
+    /// When each of the last minute's denies was made, at most `rate_limit` of them.
+    made: VecDeque<Instant>,
+    rate_limit: u32,
+    paused: bool,
 }
+
+/// Whether a deny the policy decided may go into the kernel now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Admitted {
+        /// The policy was paused and this deny resumes it.
+        resumed: bool,
+    },
+    /// Past `kernel_deny_rate_limit` in the last minute.
+    Paused {
+        /// This deny is the first the pause holds back.
+        started: bool,
+    },
+}
+
+/// The span `kernel_deny_rate_limit` counts over.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl DenyPolicy {
     /// `ttl` zero turns the policy off.
@@ -96,7 +119,38 @@ impl DenyPolicy {
             v6_prefix: v6_prefix.min(128) as u8,
             max_tracked: MAX_TRACKED,
             recent: HashMap::new(),
+            made: VecDeque::new(),
+            rate_limit: u32::MAX,
+            paused: false,
         }
+    }
+
+    /// At most `per_minute` denies a minute (`kernel_deny_rate_limit`).
+    pub(crate) fn with_rate_limit(mut self, per_minute: u32) -> Self {
+        self.rate_limit = per_minute.max(1);
+        self
+    }
+
+    /// The circuit breaker: a deny the policy decided goes into the kernel only while fewer
+    /// than `kernel_deny_rate_limit` were made in the last minute. A deny held back is
+    /// dropped, not queued; the client's failures are answered in SMTP as always.
+    pub(crate) fn admit(&mut self, now: Instant) -> Admission {
+        while self
+            .made
+            .front()
+            .is_some_and(|&made| now.saturating_duration_since(made) >= RATE_WINDOW)
+        {
+            self.made.pop_front();
+        }
+        if self.made.len() >= self.rate_limit as usize {
+            let started = !self.paused;
+            self.paused = true;
+            return Admission::Paused { started };
+        }
+        self.made.push_back(now);
+        let resumed = self.paused;
+        self.paused = false;
+        Admission::Admitted { resumed }
     }
 
     #[cfg(test)]
@@ -290,6 +344,29 @@ impl DenyEnforcer {
         let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
             return;
         };
+        let limit = {
+            let mut policy = self.policy();
+            match policy.admit(Instant::now()) {
+                Admission::Admitted { resumed } => resumed.then_some(policy.rate_limit),
+                Admission::Paused { started } => {
+                    if started {
+                        self.log.warning(format_args!(
+                            "kernel deny policy paused: more than {} new kernel denies in a \
+                             minute (kernel_deny_rate_limit); clients are refused in SMTP only \
+                             until the rate falls",
+                            policy.rate_limit
+                        ));
+                    }
+                    return;
+                }
+            }
+        };
+        if let Some(limit) = limit {
+            self.log.info(format_args!(
+                "kernel deny policy resumed: fewer than {limit} new kernel denies in the last \
+                 minute"
+            ));
+        }
         let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
         match maps.add_dynamic(deny.net, deny.ttl, Origin::Policy, deny.failures) {
             Ok(_) => self.log.info(deny.log_line(client)),
@@ -437,6 +514,7 @@ mod tests {
             ttl: Duration::from_secs(3_600),
             v6_prefix: 64,
             soft_bounce: false,
+            rate_limit: 300,
         };
         assert!(settings.policy(true).enabled());
         assert!(!settings.policy(false).enabled());
@@ -452,5 +530,29 @@ mod tests {
         }
         assert_eq!(policy.on_severe(ip("192.0.2.8"), "DNSBL rank 9"), None);
         assert_eq!(policy.on_denylist_drop(ip("192.0.2.9")), None);
+    }
+
+    #[test]
+    fn the_circuit_breaker_pauses_past_the_rate_and_resumes_when_it_falls() {
+        let mut policy = DenyPolicy::new(Duration::from_secs(600), Duration::from_secs(3_600), 64)
+            .with_rate_limit(3);
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        for second in 0..3 {
+            assert_eq!(
+                policy.admit(at(second)),
+                Admission::Admitted { resumed: false }
+            );
+        }
+        // The fourth deny in a minute is held back; the pause is announced once.
+        assert_eq!(policy.admit(at(10)), Admission::Paused { started: true });
+        assert_eq!(policy.admit(at(30)), Admission::Paused { started: false });
+        assert_eq!(policy.admit(at(59)), Admission::Paused { started: false });
+        // A minute after the first deny, there is room again.
+        assert_eq!(policy.admit(at(60)), Admission::Admitted { resumed: true });
+        assert_eq!(policy.admit(at(61)), Admission::Admitted { resumed: false });
+        assert_eq!(policy.admit(at(61)), Admission::Paused { started: true });
+        // What is remembered stays within the limit.
+        assert!(policy.made.len() <= 3);
     }
 }
