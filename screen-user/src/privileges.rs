@@ -21,6 +21,11 @@ pub enum PrivilegeError {
     },
     #[error("switched to user {user:?} but root can still be regained")]
     StillRoot { user: String },
+    #[error(
+        "user {user:?} is root (uid 0): the daemon faces the Internet and runs as an \
+         unprivileged account; set `user` in the configuration to one"
+    )]
+    Root { user: String },
 }
 
 /// The account to run as.
@@ -57,6 +62,15 @@ pub fn lookup(user: &str) -> Result<Account, PrivilegeError> {
     })
 }
 
+/// The account the daemon runs as must not be root: `user = "root"` (or an account with uid
+/// 0) would keep every privilege the drop is there to shed.
+fn refuse_root(user: &str, account: &Account) -> Result<(), PrivilegeError> {
+    if account.uid == 0 {
+        return Err(PrivilegeError::Root { user: user.into() });
+    }
+    Ok(())
+}
+
 /// Becomes `user` for good when running as root; does nothing otherwise.
 pub(crate) fn drop_to(user: &str) -> Result<(), PrivilegeError> {
     // SAFETY: geteuid has no preconditions.
@@ -64,6 +78,7 @@ pub(crate) fn drop_to(user: &str) -> Result<(), PrivilegeError> {
         return Ok(());
     }
     let account = lookup(user)?;
+    refuse_root(user, &account)?;
     let fail = |call| {
         let source = io::Error::last_os_error();
         PrivilegeError::Switch {
@@ -106,5 +121,16 @@ mod tests {
             lookup("a\0b"),
             Err(PrivilegeError::UnknownUser(_))
         ));
+    }
+
+    #[test]
+    fn root_is_refused_as_the_daemons_account() {
+        let root = lookup("root").unwrap();
+        let err = refuse_root("root", &root).unwrap_err();
+        assert!(matches!(err, PrivilegeError::Root { .. }));
+        assert!(err.to_string().contains("set `user`"), "{err}");
+        // Another name for uid 0 is root all the same.
+        assert!(refuse_root("toor", &Account { uid: 0, gid: 5 }).is_err());
+        assert!(refuse_root("nobody", &lookup("nobody").unwrap()).is_ok());
     }
 }
