@@ -217,7 +217,8 @@ pub(crate) struct Config {
     pub(crate) protected_ports: Vec<u16>,
     /// `drop` (silent) or `rst` (refuse at once) for SYNs from denied sources.
     pub(crate) kernel_action: KernelAction,
-    /// Prefix length that IPv6 dynamic deny entries cover (one customer is usually a /64).
+    /// Prefix length that IPv6 dynamic deny entries cover (one customer is usually a /64; at
+    /// most a /48, one site).
     #[serde(deserialize_with = "v6_prefix")]
     pub(crate) deny_v6_prefix: u32,
     /// How often expired dynamic deny entries are removed from the kernel maps.
@@ -489,11 +490,19 @@ fn v6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 /// IPv6 dynamic deny prefixes from /16 (a whole provider) to /128 (one address).
 pub(crate) fn check_v6_prefix(len: u32) -> Result<(), String> {
-    if !(16..=128).contains(&len) {
-        return Err(format!("IPv6 deny prefix /{len} is outside /16../128"));
+    if !(MIN_V6_DENY_PREFIX..=128).contains(&len) {
+        return Err(format!(
+            "IPv6 deny prefix /{len} is outside /{MIN_V6_DENY_PREFIX}../128 (a shorter prefix \
+             would deny every customer of a provider for one bot)"
+        ));
     }
     Ok(())
 }
+
+/// The widest IPv6 deny: a /48 is one site, the most one end customer is given (RFC 6177); a
+/// shorter prefix spans other customers of the provider, whom one bot must not cost their
+/// mail.
+pub(crate) const MIN_V6_DENY_PREFIX: u32 = 48;
 
 /// Replaces `$name` and `${name}` references to the string options Postfix admins refer to
 /// in banners and footers. Unknown names are left as they are.

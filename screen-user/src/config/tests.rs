@@ -156,7 +156,8 @@ fn errors_name_file_line_and_problem() {
         ("protected_ports = []\n", 1, "at least one port"),
         ("protected_ports = [1,2,3,4,5,6,7,8,9]\n", 1, "at most 8"),
         ("protected_ports = [70000]\n", 1, ""),
-        ("deny_v6_prefix = 8\n", 1, "outside /16../128"),
+        ("deny_v6_prefix = 8\n", 1, "outside /48../128"),
+        ("deny_v6_prefix = 32\n", 1, "outside /48../128"),
         (
             "kernel_action = \"reject\"\n",
             1,
