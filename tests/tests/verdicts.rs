@@ -506,6 +506,47 @@ fn v6_allow_wins_over_deny() {
     expect(&screen, &frame, XDP_PASS, PASSED_ALLOW);
 }
 
+/// What the daemon asks of a client that reached it past the program
+/// (`Maps::kernel_denies`) is what the program decides for that client's SYN.
+#[test]
+fn the_daemons_reading_of_the_deny_state_is_the_programs() {
+    if !require_root("the_daemons_reading_of_the_deny_state_is_the_programs") {
+        return;
+    }
+    let mut screen = listed(KernelAction::Drop);
+    let expired_v4 = Ipv4Addr::new(10, 251, 78, 9);
+    add_expired(&mut screen.maps, expired_v4.into());
+    let in_dynamic_64: Ipv6Addr = "fd00:251:0:77::99".parse().unwrap();
+    let clients: [IpAddr; 10] = [
+        UNLISTED_V4.into(),
+        DENIED_V4.into(),
+        ALLOWED_AND_DENIED_V4.into(),
+        DYNAMIC_V4.into(),
+        expired_v4.into(),
+        UNLISTED_V6.into(),
+        DENIED_V6.into(),
+        ALLOWED_AND_DENIED_V6.into(),
+        DYNAMIC_V6.into(),
+        in_dynamic_64.into(),
+    ];
+    for client in clients {
+        let dropped = screen.counted(&syn(client).build()).0.action == XDP_DROP;
+        let denied = screen
+            .maps
+            .kernel_denies(client, kernel::clock::monotonic_ns())
+            .expect("reading the deny state");
+        assert_eq!(denied, dropped, "{client}");
+    }
+    // An IPv4-mapped address is the IPv4 client.
+    let mapped = IpAddr::V6(DENIED_V4.to_ipv6_mapped());
+    assert!(
+        screen
+            .maps
+            .kernel_denies(mapped, kernel::clock::monotonic_ns())
+            .unwrap()
+    );
+}
+
 #[test]
 fn v6_dynamic_entry_covers_the_configured_64() {
     if !require_root("v6_dynamic_entry_covers_the_configured_64") {

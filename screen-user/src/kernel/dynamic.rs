@@ -4,7 +4,7 @@
 //! passed ([`DenyEntry::expires_ns`], on the monotonic clock); the daemon sweeps it.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -112,6 +112,19 @@ impl DynamicDeny {
         };
         result.map_err(|source| MapFailure { name, source })?;
         Ok(DynamicEntry { net, entry })
+    }
+
+    /// Whether an unexpired entry covers `addr` at `now_ns`.
+    pub(crate) fn covers(&self, addr: IpAddr, v6_prefix_len: u32, now_ns: u64) -> Result<bool> {
+        let (found, name) = match key_net(IpNet::from(addr), v6_prefix_len)? {
+            IpNet::V4(n) => (self.v4.get(&v4_key(n), 0), map_name::DYN_DENY_V4),
+            IpNet::V6(n) => (self.v6.get(&v6_key(n), 0), map_name::DYN_DENY_V6),
+        };
+        match found {
+            Ok(entry) => Ok(entry.expires_ns > now_ns),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(MapFailure { name, source }.into()),
+        }
     }
 
     /// Removes the entry covering `net`.

@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
@@ -120,6 +120,25 @@ impl ListTries {
 
     fn v6_name(&self, slot: usize) -> &'static str {
         self.list.map_names().1[slot]
+    }
+
+    /// Whether a prefix of `slot` covers `addr` (the longest match, as the program asks).
+    fn covers(&self, slot: usize, addr: IpAddr) -> Result<bool> {
+        let (found, name) = match addr {
+            IpAddr::V4(a) => (
+                self.v4[slot].get(&Key::new(32, a.octets()), 0).map(|_| ()),
+                self.v4_name(slot),
+            ),
+            IpAddr::V6(a) => (
+                self.v6[slot].get(&Key::new(128, a.octets()), 0).map(|_| ()),
+                self.v6_name(slot),
+            ),
+        };
+        match found {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(MapFailure { name, source }.into()),
+        }
     }
 
     /// Every entry of one slot, both families.
@@ -256,6 +275,25 @@ impl StaticLists {
             StaticList::Allow => &mut self.allow,
             StaticList::Deny => &mut self.deny,
         }
+    }
+
+    /// The static list that decides for `addr` under `config`'s live slots: allow wins over
+    /// deny, as in the program; `None` when neither lists it.
+    pub(crate) fn decides(
+        &self,
+        addr: IpAddr,
+        config: &ScreenConfig,
+    ) -> Result<Option<StaticList>> {
+        for list in [StaticList::Allow, StaticList::Deny] {
+            let tries = match list {
+                StaticList::Allow => &self.allow,
+                StaticList::Deny => &self.deny,
+            };
+            if tries.covers(list.slot(config), addr)? {
+                return Ok(Some(list));
+            }
+        }
+        Ok(None)
     }
 
     /// Adds `net` to a list (or gives it a new origin).

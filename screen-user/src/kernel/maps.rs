@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -303,6 +303,24 @@ impl Maps {
     pub(crate) fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
         let v6_prefix_len = self.v6_prefix_len_for(net)?;
         Ok(self.dynamic.remove(net, v6_prefix_len)?)
+    }
+
+    /// Whether the program would deny a SYN from `addr` now: a static deny prefix covers it
+    /// and no static allow prefix does, or an unexpired dynamic entry covers it. What the
+    /// daemon asks of a client that reached it all the same (through an interface without the
+    /// program, or in a frame the program passes without reading).
+    pub fn kernel_denies(&self, addr: IpAddr, now_ns: u64) -> Result<bool> {
+        let addr = crate::address::canonical(addr);
+        let config = self.config()?;
+        match self.lists.decides(addr, &config)? {
+            Some(StaticList::Allow) => Ok(false),
+            Some(StaticList::Deny) => Ok(true),
+            None => {
+                Ok(self
+                    .dynamic
+                    .covers(addr, self.v6_prefix_len_for(IpNet::from(addr))?, now_ns)?)
+            }
+        }
     }
 
     /// Every dynamic deny entry, expired ones included.

@@ -2,7 +2,9 @@
 //! `ALLOWLISTED` and handed off at once, a rejected one `DENYLISTED` with its action; and
 //! `postscreen_allowlist_interfaces`, which vetoes the temporary allowlist for a client that
 //! reached another local address (`ALLOWLIST VETO`). The lists themselves are parsed and
-//! evaluated in [`crate::access_list`].
+//! evaluated in [`crate::access_list`]. A client the kernel's deny lists or entries cover
+//! (it reached the daemon past the XDP program) is denylisted as if the access list had
+//! rejected it.
 
 use super::{Next, Screen, connection::Connection};
 use crate::{
@@ -45,7 +47,14 @@ impl Screen {
         for warning in &decision.warnings {
             self.log.warning(warning);
         }
-        match decision.verdict {
+        // A client the kernel denies reached the daemon all the same (an interface without
+        // the program, a frame the program could not read): the kernel's deny list is the
+        // operator's too, so it is denylisted, unless the access list permits it.
+        let verdict = match decision.verdict {
+            AccessVerdict::Dunno if self.deny.kernel_denies(client.ip()) => AccessVerdict::Reject,
+            verdict => verdict,
+        };
+        match verdict {
             AccessVerdict::Permit => {
                 self.log
                     .info(format_args!("ALLOWLISTED {}", ClientAddr(client)));

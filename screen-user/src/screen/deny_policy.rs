@@ -16,7 +16,11 @@ use std::{
 use ipnet::IpNet;
 use screen_common::Origin;
 
-use crate::{address::canonical, kernel::Maps, maillog::MailLog};
+use crate::{
+    address::canonical,
+    kernel::{Maps, clock},
+    maillog::MailLog,
+};
 
 /// How many clients with a recent failure are remembered. Past this, the oldest go first:
 /// memory stays bounded under a flood of distinct addresses.
@@ -319,6 +323,23 @@ impl DenyEnforcer {
     /// A client that passed or is allowlisted: its earlier failure no longer counts.
     pub(crate) fn forget(&self, client: IpAddr) {
         self.policy().forget(client);
+    }
+
+    /// Whether the kernel denies `client` now (its deny lists and entries, read from the maps):
+    /// for a client that reached the daemon past the program. A map that cannot be read
+    /// denies nothing.
+    pub fn kernel_denies(&self, client: IpAddr) -> bool {
+        let Some(kernel) = &self.kernel else {
+            return false;
+        };
+        let maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        match maps.kernel_denies(client, clock::monotonic_ns()) {
+            Ok(denied) => denied,
+            Err(e) => {
+                tracing::warn!("reading the kernel deny state of {client}: {e}");
+                false
+            }
+        }
     }
 
     /// Drops remembered failures older than the deny window (called periodically).
