@@ -195,6 +195,44 @@ fn a_restarted_daemon_keeps_its_temporary_allowlist() {
     assert_eq!(other.line(REPLY_WAIT), TEASER);
 }
 
+/// `soft_bounce = yes` is the operator's trial: every refusal is temporary, so the kernel,
+/// whose refusal is a silent drop, denies no one, however often a client fails.
+#[test]
+fn under_soft_bounce_a_repeat_pregreeter_is_never_denied_in_the_kernel() {
+    if !require_root("under_soft_bounce_a_repeat_pregreeter_is_never_denied_in_the_kernel") {
+        return;
+    }
+    let bed = Bed::new("softbounce", &[32]);
+    let zombie = bed.v4(32);
+    let pin = PinDir::new("softbounce");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .set("greet_action", quoted("drop"))
+        .set("soft_bounce", quoted("yes"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    for _ in 0..3 {
+        let mut client = bed.connect(zombie);
+        client.send(b"EHLO zombie.example\r\n");
+        assert_eq!(client.line(REPLY_WAIT), TEASER);
+        // postscreen's 521 for a dropped pregreeter, soft-bounced.
+        assert_eq!(client.line(REPLY_WAIT), "421 4.5.1 Protocol error");
+        let tag = client.tag();
+        daemon.expect_line(&format!("DISCONNECT {tag}"));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !daemon.lines().iter().any(|l| l.starts_with("KERNEL DENY")),
+        "denied under soft_bounce:\n{}",
+        daemon.log()
+    );
+    assert_eq!(dynamic_deny(&deny_list(&bed, &pin), zombie), None);
+    // The fourth connection still reaches the daemon and gets an answer.
+    let mut client = bed.connect(zombie);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+}
+
 #[test]
 fn a_pregreeter_is_refused_then_denied_in_the_kernel() {
     if !require_root("a_pregreeter_is_refused_then_denied_in_the_kernel") {
