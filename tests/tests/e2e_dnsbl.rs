@@ -31,6 +31,9 @@ use screen_tests::{
     require_root,
 };
 
+/// A second rbldnsd, for a list of a test's own beside the lab's.
+const ERROR_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 54);
+
 /// A forwarder in front of rbldnsd, where a test needs a list to go silent.
 const DNS_FORWARDER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), 53);
 
@@ -543,6 +546,52 @@ fn a_rank_at_the_kernel_threshold_is_denied_in_the_kernel_at_first_contact() {
     assert_eq!(client.line(REPLY_WAIT), TEASER);
     assert_eq!(dynamic_deny(&deny_list(bed, &pin), low), None);
     drop(client);
+}
+
+/// A list that starts answering an error code (Spamhaus's 127.255.255.254, given to queries
+/// through a public resolver) after its health check passed: the answer lists no one, the
+/// list is suspended at the first such answer, and the kernel denies no one, though the
+/// list's weight and the kernel threshold would have denied the client at first contact.
+#[test]
+fn an_error_answer_refuses_no_one_and_denies_no_one_in_the_kernel() {
+    if !require_root("an_error_answer_refuses_no_one_and_denies_no_one_in_the_kernel") {
+        return;
+    }
+    let error: Ipv4Addr = "127.255.255.254".parse().unwrap();
+    let dns = DnsBed::new("errans", &[CLEAN], &[]);
+    let bed = &dns.bed;
+    // The test points answer as they should, so the list is in use when the client comes.
+    let zone = Zone::new("err.test", Dataset::Ip4Set)
+        .with_test_point()
+        .list(bed.v4(CLEAN), error);
+    let rbldnsd = Rbldnsd::start(&bed.server, SocketAddr::new(ERROR_DNS.into(), 53), &[zone])
+        .expect("starting rbldnsd for err.test");
+    let pin = PinDir::new("errans");
+    let config = dns
+        .config("err.test*5", rbldnsd.addr())
+        .with_kernel_layer(bed)
+        .set("dnsbl_action", quoted("drop"))
+        .set("kernel_dnsbl_threshold", "4")
+        .write(bed, "smtp-screen.toml");
+    let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    let _postfix = bed.start_backend();
+    let clean = bed.v4(CLEAN);
+    let tag = passes_after_the_greet_wait(bed, clean);
+    daemon.wait_for("the list's suspension", |line| {
+        line.starts_with("warning: dnsbl err.test suspended: it answers 127.255.255.254")
+    });
+    assert_not_ranked(&daemon, &tag);
+    assert!(
+        !daemon.lines().iter().any(|l| l.starts_with("KERNEL DENY")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(dynamic_deny(&deny_list(bed, &pin), clean), None);
+    // It passed: its next connection goes straight to the MTA.
+    let mut client = bed.connect(clean);
+    assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+    client.quit();
 }
 
 #[test]
