@@ -72,17 +72,7 @@ fn a_good_client_is_greeted_once_delivered_and_then_passed_old() {
     // IPv4 with swaks, whose transcript shows the greeting as any client sees it.
     let good = bed.v4(10);
     let marker = format!("delivered through smtp-screen from {good}");
-    let swaks = bed.swaks(
-        good,
-        &[
-            "--from",
-            "sender@client.example",
-            "--to",
-            &to,
-            "--body",
-            &marker,
-        ],
-    );
+    let swaks = bed.swaks_message(good, &marker, &[]);
     swaks.assert_success();
     let received = swaks.received();
     assert_eq!(

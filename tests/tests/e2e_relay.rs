@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use screen_tests::{
     daemon::{
         BACKEND_GREETING, Bed, CLIENT_HELO, DELIVERY_WAIT, Daemon, DaemonConfig, GREET_WAIT,
-        REPLY_WAIT, SENDER, TEASER, expect_backend_log, quoted,
+        REPLY_WAIT, TEASER, expect_backend_log, quoted,
     },
     ensure_packages,
     netns::PinDir,
-    postfix::{MAIL_DOMAIN, Postfix},
+    postfix::Postfix,
     relay::RelayMaps,
     require_root,
 };
@@ -232,18 +232,7 @@ fn relay_through_the_daemon(mode: &str) {
     // A large message, with swaks.
     let body = large_body();
     let body_file = bed.scratch.write("body.txt", &body).expect("body file");
-    let to = format!("user@{MAIL_DOMAIN}");
-    let swaks = bed.swaks(
-        permitted,
-        &[
-            "--from",
-            SENDER,
-            "--to",
-            &to,
-            "--body",
-            &format!("@{}", body_file.display()),
-        ],
-    );
+    let swaks = bed.swaks_message(permitted, &format!("@{}", body_file.display()), &[]);
     swaks.assert_success();
     // The last line: the mailbox is written while delivery goes on.
     let last_line = body.lines().last().expect("a body");
