@@ -31,7 +31,7 @@ use ipnet::IpNet;
 
 use crate::{
     address::canonical,
-    cidr_table::{self, CidrError, CidrTable, CidrWarning, Pattern, PatternError},
+    cidr_table::{self, CidrError, CidrTable, CidrWarning, Pattern, PatternError, every_address},
 };
 
 /// postscreen's default `postscreen_access_list`.
@@ -214,6 +214,16 @@ impl Command {
         .find_map(|(name, command)| word.eq_ignore_ascii_case(name).then_some(command))
     }
 
+    /// The networks this command may permit: a superset, for guards that must never touch a
+    /// permitted address.
+    fn permitted_networks(self, mynetworks: &AddressList) -> Vec<IpNet> {
+        match self {
+            Self::PermitMynetworks => mynetworks.networks(),
+            Self::Permit => every_address(),
+            Self::Reject | Self::Dunno => Vec::new(),
+        }
+    }
+
     /// What the command decides for `client`, or `None` to go on with the next one.
     fn fire(self, client: IpAddr, mynetworks: &AddressList) -> Option<Outcome> {
         match self {
@@ -267,6 +277,16 @@ impl TableResult {
         Self { items, nested }
     }
 
+    /// Whether this result may permit a client (directly or through `permit_mynetworks`).
+    fn may_permit(&self) -> bool {
+        self.items.iter().any(|item| {
+            matches!(
+                item,
+                ResultItem::Command(Command::Permit | Command::PermitMynetworks)
+            )
+        })
+    }
+
     fn evaluate<'a>(
         &'a self,
         table: &'a str,
@@ -307,6 +327,17 @@ impl<V> Table<V> {
         match self {
             Self::Cidr(table) => table.lookup(client),
             Self::Static(value) => Some(value),
+        }
+    }
+}
+
+impl<V> Table<V> {
+    /// The networks where the table may yield a result `wanted` accepts (a superset).
+    fn networks_yielding(&self, wanted: impl Fn(&V) -> bool) -> Vec<IpNet> {
+        match self {
+            Self::Cidr(table) => table.networks_yielding(wanted),
+            Self::Static(value) if wanted(value) => every_address(),
+            Self::Static(_) => Vec::new(),
         }
     }
 }
@@ -431,6 +462,25 @@ impl AccessList {
         Ok((Self { items }, warnings))
     }
 
+    /// Every network the list may permit, `mynetworks` included where `permit_mynetworks`
+    /// stands: a superset (a rule behind an earlier `reject` counts all the same), for the
+    /// kernel deny guard, which must never cover a permitted address.
+    pub(crate) fn permitted_networks(&self, mynetworks: &AddressList) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for item in &self.items {
+            match item {
+                AccessItem::Command(command) => {
+                    nets.extend(command.permitted_networks(mynetworks));
+                }
+                // A table's `permit_mynetworks` permits within its rule's network.
+                AccessItem::Table { table, .. } => {
+                    nets.extend(table.networks_yielding(TableResult::may_permit));
+                }
+            }
+        }
+        nets
+    }
+
     /// Decides for `client`; `permit_mynetworks` consults `mynetworks`. IPv4-mapped IPv6
     /// addresses are evaluated as IPv4.
     pub(crate) fn evaluate<'a>(
@@ -515,6 +565,19 @@ impl AddressList {
             },
             parser.warnings,
         ))
+    }
+
+    /// Every network the list may contain: its networks and its tables' rules, exclusions
+    /// ignored (a superset).
+    pub(crate) fn networks(&self) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for item in self.items.iter().filter(|item| !item.negated) {
+            match &item.matcher {
+                Matcher::Net(net) => nets.push(*net),
+                Matcher::Table(table) => nets.extend(table.networks_yielding(|_| true)),
+            }
+        }
+        nets
     }
 
     /// Whether `addr` is in the list. IPv4-mapped IPv6 addresses are looked up as IPv4.

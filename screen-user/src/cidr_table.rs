@@ -36,7 +36,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{address::canonical, escape::shorten};
 
@@ -180,6 +180,11 @@ fn parse_address(text: &str, v6: bool) -> Option<IpAddr> {
 }
 
 /// `::ffff:a.b.c.d/96+n` is the IPv4 network `a.b.c.d/n`: clients never appear in that form.
+/// Both address families whole: what a pattern or table that may match anything covers.
+pub(crate) fn every_address() -> Vec<IpNet> {
+    vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
+}
+
 fn unmap(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
@@ -427,6 +432,27 @@ impl<V> CidrTable<V> {
             };
         }
         None
+    }
+
+    /// Every network a rule yielding a result `wanted` accepts may match: a superset of the
+    /// addresses for which [`CidrTable::lookup`] returns such a result. An `if` block only
+    /// narrows its rules, so each rule's own pattern bounds it; a negated pattern may match
+    /// anything.
+    pub(crate) fn networks_yielding(&self, wanted: impl Fn(&V) -> bool) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for rule in &self.rules {
+            let Action::Result(index) = rule.action else {
+                continue;
+            };
+            if !self.results.get(index as usize).is_some_and(&wanted) {
+                continue;
+            }
+            if rule.pattern.negated {
+                return every_address();
+            }
+            nets.push(rule.pattern.net);
+        }
+        nets
     }
 
     /// The same table with every distinct result turned into `f(result)`, so that results

@@ -28,7 +28,7 @@ use crate::{
     limits::{self, LimitSettings, Limits},
     maillog::MailLog,
     paths, privileges,
-    screen::{self, Screen, deny_policy::DenyEnforcer},
+    screen::{self, Screen, deny_guard::DenyGuard, deny_policy::DenyEnforcer},
     settings::Settings,
 };
 
@@ -123,6 +123,7 @@ pub(crate) async fn build_screen(
     cache.spawn_cleanup(allowlist.cleanup_interval, allowlist.retention);
 
     let policy = deny.policy(kernel.is_some());
+    let guard = DenyGuard::new(&access, cache.clone());
     let limits = Limits::new(
         limits.client_connection_count_limit,
         limits.pre_queue_limit,
@@ -145,6 +146,7 @@ pub(crate) async fn build_screen(
         allowlist: cache.clone(),
         deny: DenyEnforcer::new(
             policy,
+            guard,
             kernel.map(|maps| Arc::new(Mutex::new(maps))),
             Arc::clone(&log),
         ),

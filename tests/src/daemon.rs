@@ -615,8 +615,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(bed: &Bed, src: IpAddr) -> Self {
-        let dst = bed.smtp_addr(src);
-        let stream = stream_from(&bed.client, src, dst, CONNECT_LIMIT)
+        Self::connect_in(&bed.client, src, bed.smtp_addr(src))
+    }
+
+    /// A client in `netns` (the server's, to reach the daemon without crossing the veth).
+    pub fn connect_in(netns: &Netns, src: IpAddr, dst: SocketAddr) -> Self {
+        let stream = stream_from(netns, src, dst, CONNECT_LIMIT)
             .unwrap_or_else(|e| panic!("connecting from {src} to {dst}: {e}"));
         let local = stream.local_addr().expect("local address");
         Self {
@@ -797,15 +801,27 @@ impl Swaks {
 
 /// `smtp-screen --pin-dir DIR deny list`, in the server namespace.
 pub fn deny_list(bed: &Bed, pin: &PinDir) -> String {
-    let bin = smtp_screen_bin().expect("the smtp-screen binary");
-    let mut cmd = bed.server.command(bin);
-    cmd.arg("--pin-dir").arg(pin.path()).args(["deny", "list"]);
-    run_within(&mut cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("smtp-screen deny list: {e}"))
+    screen_cli(bed, pin, &["deny", "list"])
 }
 
-/// The `deny list` line of the dynamic entry for `addr`, if there is one.
+/// `smtp-screen --pin-dir DIR ARGS…` in the server namespace; its output, or a panic naming
+/// the command.
+pub fn screen_cli(bed: &Bed, pin: &PinDir, args: &[&str]) -> String {
+    let bin = smtp_screen_bin().expect("the smtp-screen binary");
+    let mut cmd = bed.server.command(bin);
+    cmd.arg("--pin-dir").arg(pin.path()).args(args);
+    run_within(&mut cmd, TOOL_LIMIT)
+        .unwrap_or_else(|e| panic!("smtp-screen {}: {e}", args.join(" ")))
+}
+
+/// The `deny list` line of the dynamic entry for the IPv4 address `addr`, if there is one.
 pub fn dynamic_deny(list: &str, addr: IpAddr) -> Option<String> {
-    let prefix = format!("{addr}/32 dynamic ");
+    dynamic_deny_of(list, format!("{addr}/32"))
+}
+
+/// The `deny list` line of the dynamic entry for `net` (`fd00:251:7::10/124`), if there is one.
+pub fn dynamic_deny_of(list: &str, net: impl std::fmt::Display) -> Option<String> {
+    let prefix = format!("{net} dynamic ");
     list.lines()
         .find(|line| line.starts_with(&prefix))
         .map(str::to_string)

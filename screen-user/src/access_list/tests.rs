@@ -581,3 +581,63 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn permitted_networks_cover_every_address_the_list_may_permit() {
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    let files = MemFiles::default().with(
+        "/etc/postfix/access.cidr",
+        "192.0.2.0/24 reject\n\
+         198.51.100.0/24 permit\n\
+         [2001:db8:5::]/48 dunno\n\
+         [2001:db8:6::1d] permit_mynetworks\n\
+         if 203.0.113.0/24\n\
+         203.0.113.7 permit\n\
+         endif\n",
+    );
+    let mynetworks = addresses("127.0.0.0/8 [::1]/128 !10.9.0.0/16 10.0.0.0/8");
+    let list = access("permit_mynetworks, cidr:/etc/postfix/access.cidr", &files);
+    let mut nets = list.permitted_networks(&mynetworks);
+    nets.sort();
+    let mut expected = [
+        net("127.0.0.0/8"),
+        net("::1/128"),
+        net("10.0.0.0/8"),
+        net("198.51.100.0/24"),
+        net("2001:db8:6::1d/128"),
+        net("203.0.113.7/32"),
+    ];
+    expected.sort();
+    assert_eq!(nets, expected);
+    // Every address the list permits lies in them.
+    for client in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "198.51.100.9",
+        "203.0.113.7",
+        "::1",
+    ] {
+        assert_eq!(
+            list.evaluate(ip(client), &mynetworks).verdict,
+            AccessVerdict::Permit,
+            "{client}"
+        );
+        assert!(nets.iter().any(|n| n.contains(&ip(client))), "{client}");
+    }
+    // What may permit anything covers everything.
+    let everything = [net("0.0.0.0/0"), net("::/0")];
+    assert_eq!(
+        access("reject, permit", &files).permitted_networks(&mynetworks)[..],
+        everything
+    );
+    let negated = MemFiles::default().with("/n.cidr", "!192.0.2.0/24 permit\n");
+    assert_eq!(
+        access("cidr:/n.cidr", &negated).permitted_networks(&mynetworks),
+        everything
+    );
+    assert_eq!(
+        access("static:permit", &files).permitted_networks(&mynetworks),
+        everything
+    );
+    assert_eq!(access("reject", &files).permitted_networks(&mynetworks), []);
+}

@@ -10,6 +10,8 @@ pub(crate) mod redb;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
+use ipnet::IpNet;
+
 use crate::test_state::TestTimes;
 
 pub use self::redb::{AllowlistCache, CacheError, CacheOptions, CacheStats};
@@ -28,6 +30,9 @@ pub(crate) trait AllowlistStore: Send + Sync {
     fn get(&self, client: IpAddr) -> Option<TestTimes>;
     /// Stores the client's record; never waits (a store that cannot keep up counts the loss).
     fn record(&self, client: IpAddr, times: TestTimes);
+    /// Whether a client inside `net` holds a pass that has not expired at Unix time `now`
+    /// (an unsure store answers yes).
+    fn passes_within(&self, net: IpNet, now: u64) -> bool;
 }
 
 impl AllowlistStore for AllowlistCache {
@@ -37,5 +42,9 @@ impl AllowlistStore for AllowlistCache {
 
     fn record(&self, client: IpAddr, times: TestTimes) {
         AllowlistCache::record(self, client, times);
+    }
+
+    fn passes_within(&self, net: IpNet, now: u64) -> bool {
+        AllowlistCache::passes_within(self, net, now)
     }
 }

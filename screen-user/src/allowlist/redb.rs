@@ -17,7 +17,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
@@ -27,6 +27,7 @@ use std::{
     time::Duration,
 };
 
+use ipnet::IpNet;
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
 use tokio::{
     sync::{
@@ -45,6 +46,9 @@ use crate::{
 
 /// The longest key: an address in text form (`INET6_ADDRSTRLEN` less the NUL).
 pub(crate) const MAX_KEY_LEN: usize = 45;
+
+/// The most records [`AllowlistCache::passes_within`] looks at for one prefix.
+const MAX_PREFIX_SCAN: usize = 4096;
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allowlist");
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("meta");
@@ -196,6 +200,8 @@ struct Counters {
 struct Records {
     map: HashMap<IpAddr, TestTimes>,
     by_expiry: BTreeSet<(u64, IpAddr)>,
+    /// The IPv6 addresses in order, for the records inside a prefix.
+    v6: BTreeSet<Ipv6Addr>,
     max: usize,
 }
 
@@ -204,6 +210,7 @@ impl Records {
         Self {
             map: HashMap::new(),
             by_expiry: BTreeSet::new(),
+            v6: BTreeSet::new(),
             max,
         }
     }
@@ -215,18 +222,60 @@ impl Records {
             self.by_expiry.remove(&(old.latest_expiry(), addr));
         }
         self.by_expiry.insert((times.latest_expiry(), addr));
+        if let IpAddr::V6(v6) = addr {
+            self.v6.insert(v6);
+        }
         if self.map.len() <= self.max {
             return None;
         }
         let (_, victim) = self.by_expiry.pop_first()?;
-        self.map.remove(&victim);
+        self.forget(&victim);
         Some(victim)
     }
 
+    /// Takes `addr` out of the map and the address index (not the expiry index).
+    fn forget(&mut self, addr: &IpAddr) -> Option<TestTimes> {
+        if let IpAddr::V6(v6) = addr {
+            self.v6.remove(v6);
+        }
+        self.map.remove(addr)
+    }
+
     fn remove(&mut self, addr: &IpAddr) -> bool {
-        match self.map.remove(addr) {
+        match self.forget(addr) {
             Some(old) => self.by_expiry.remove(&(old.latest_expiry(), *addr)),
             None => false,
+        }
+    }
+
+    /// Whether a record inside `net` still holds a pass at `now`. Looks at no more than
+    /// [`MAX_PREFIX_SCAN`] records of an IPv6 prefix, and answers yes past that: a guard
+    /// asks, and an unsure guard keeps its hands off.
+    fn passes_within(&self, net: IpNet, now: u64) -> bool {
+        let valid = |times: &TestTimes| times.latest_expiry() > now;
+        match net {
+            IpNet::V4(v4) => {
+                let (first, last) = (u32::from(v4.network()), u32::from(v4.broadcast()));
+                if last - first < MAX_PREFIX_SCAN as u32 {
+                    (first..=last).any(|a| {
+                        self.map
+                            .get(&IpAddr::V4(Ipv4Addr::from(a)))
+                            .is_some_and(valid)
+                    })
+                } else {
+                    self.map
+                        .iter()
+                        .any(|(addr, times)| net.contains(addr) && valid(times))
+                }
+            }
+            IpNet::V6(v6) => {
+                let mut inside = self.v6.range(v6.network()..=v6.broadcast());
+                let mut seen = 0;
+                inside.any(|addr| {
+                    seen += 1;
+                    seen > MAX_PREFIX_SCAN || self.map.get(&IpAddr::V6(*addr)).is_some_and(valid)
+                })
+            }
         }
     }
 
@@ -242,7 +291,7 @@ impl Records {
                 break;
             }
             self.by_expiry.pop_first();
-            self.map.remove(&addr);
+            self.forget(&addr);
             dropped.push(addr);
         }
         dropped
@@ -252,6 +301,7 @@ impl Records {
         let count = self.map.len();
         self.map.clear();
         self.by_expiry.clear();
+        self.v6.clear();
         count
     }
 }
@@ -384,6 +434,11 @@ impl AllowlistCache {
     /// A client's record, from memory. IPv4-mapped IPv6 addresses are their IPv4 address.
     pub(crate) fn get(&self, addr: IpAddr) -> Option<TestTimes> {
         self.read().map.get(&canonical(addr)).copied()
+    }
+
+    /// Whether a client inside `net` holds an unexpired pass at Unix time `now`.
+    pub(crate) fn passes_within(&self, net: IpNet, now: u64) -> bool {
+        self.read().passes_within(net, now)
     }
 
     /// Stores a client's record: in memory at once, on disk with the next batch. Never waits:

@@ -16,6 +16,7 @@ use std::{
 use ipnet::IpNet;
 use screen_common::Origin;
 
+use super::deny_guard::DenyGuard;
 use crate::{
     address::canonical,
     kernel::{Maps, clock},
@@ -280,6 +281,8 @@ impl DenyPolicy {
 /// The policy at work: failures counted, denies installed in the kernel maps and logged.
 pub(crate) struct DenyEnforcer {
     policy: Mutex<DenyPolicy>,
+    /// What no deny may cover.
+    guard: DenyGuard,
     /// The kernel maps, when the XDP layer is attached somewhere.
     kernel: Option<Arc<Mutex<Maps>>>,
     log: Arc<MailLog>,
@@ -288,11 +291,13 @@ pub(crate) struct DenyEnforcer {
 impl DenyEnforcer {
     pub(crate) fn new(
         policy: DenyPolicy,
+        guard: DenyGuard,
         kernel: Option<Arc<Mutex<Maps>>>,
         log: Arc<MailLog>,
     ) -> Self {
         Self {
             policy: Mutex::new(policy),
+            guard,
             kernel,
             log,
         }
@@ -365,6 +370,13 @@ impl DenyEnforcer {
         let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
             return;
         };
+        if let Some(protected) = self.guard.protects(deny.net) {
+            self.log.info(format_args!(
+                "KERNEL DENY refused for [{client}] ({}): {protected}",
+                deny.net
+            ));
+            return;
+        }
         let limit = {
             let mut policy = self.policy();
             match policy.admit(Instant::now()) {

@@ -22,6 +22,7 @@
 pub(crate) mod access;
 pub(crate) mod connection;
 pub(crate) mod deep;
+pub(crate) mod deny_guard;
 pub(crate) mod deny_policy;
 pub(crate) mod early;
 pub(crate) mod endpoint;

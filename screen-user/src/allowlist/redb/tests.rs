@@ -117,6 +117,52 @@ fn records_evict_the_earliest_latest_expiry() {
     assert_eq!(kept, [ip("10.0.0.1"), ip("10.0.0.3"), ip("10.0.0.4")]);
 }
 
+#[test]
+fn passes_within_a_prefix_count_only_unexpired_records_inside_it() {
+    let mut r = Records::new(10);
+    let at = |t: u64| TestTimes {
+        pregreet: t,
+        ..TestTimes::NEW
+    };
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    r.insert(ip("2001:db8:1:2::25"), at(NOW + 60));
+    r.insert(ip("2001:db8:1:3::25"), at(NOW - 1));
+    r.insert(ip("192.0.2.25"), at(NOW + 60));
+    assert!(r.passes_within(net("2001:db8:1:2::/64"), NOW));
+    // An expired pass does not count, nor does a record outside the prefix.
+    assert!(!r.passes_within(net("2001:db8:1:3::/64"), NOW));
+    assert!(!r.passes_within(net("2001:db8:1:4::/64"), NOW));
+    assert!(r.passes_within(net("2001:db8::/32"), NOW));
+    assert!(r.passes_within(net("192.0.2.25/32"), NOW));
+    assert!(!r.passes_within(net("192.0.2.26/32"), NOW));
+    assert!(r.passes_within(net("192.0.2.0/24"), NOW));
+    // Removed, evicted and cleared records leave the address index too.
+    assert!(r.remove(&ip("2001:db8:1:2::25")));
+    assert!(!r.passes_within(net("2001:db8:1:2::/64"), NOW));
+    assert_eq!(r.v6.len(), 1);
+    r.clear();
+    assert!(r.v6.is_empty());
+    let mut small = Records::new(1);
+    small.insert(ip("2001:db8::1"), at(NOW + 1));
+    small.insert(ip("2001:db8::2"), at(NOW + 2));
+    assert_eq!(
+        small.v6.iter().copied().collect::<Vec<_>>(),
+        ["2001:db8::2".parse::<Ipv6Addr>().unwrap()]
+    );
+}
+
+#[test]
+fn a_crowded_prefix_counts_as_holding_a_pass() {
+    let mut r = Records::new(MAX_PREFIX_SCAN + 10);
+    for i in 0..=MAX_PREFIX_SCAN as u16 {
+        let addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i);
+        r.insert(IpAddr::V6(addr), TestTimes::NEW);
+    }
+    // Every record has expired, but past the scan bound the answer is the cautious one.
+    assert!(r.passes_within("2001:db8::/64".parse().unwrap(), NOW));
+    assert!(!r.passes_within("2001:db8::/116".parse().unwrap(), NOW));
+}
+
 // --- Storage ---
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
