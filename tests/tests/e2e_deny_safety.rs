@@ -9,9 +9,9 @@ use std::{net::IpAddr, thread, time::Duration};
 use screen_tests::{
     daemon::{
         BACKEND_GREETING, Bed, Client, DROP_WAIT, Daemon, DaemonConfig, REPLY_WAIT, SMTP_PORT,
-        TEASER, deny_list, dynamic_deny, dynamic_deny_of, quoted, screen_cli,
+        TEASER, TOOL_LIMIT, deny_list, dynamic_deny, dynamic_deny_of, quoted, screen_cli,
     },
-    netns::{ConnectOutcome, PinDir, connect_from},
+    netns::{ConnectOutcome, PinDir, connect_from, run_within},
     require_root,
 };
 
@@ -205,4 +205,27 @@ fn a_source_the_kernel_denies_is_refused_at_accept_when_it_arrives_past_the_prog
     // Another source on the same path is screened as usual.
     let mut other = Client::connect_in(&bed.server, clean, server);
     assert_eq!(other.line(REPLY_WAIT), TEASER);
+}
+
+/// The program screens SYNs to every destination on the interfaces it is attached to; where
+/// one of them forwards other hosts' traffic, the daemon says so at start.
+#[test]
+fn an_attached_interface_that_forwards_is_named_in_a_warning_at_start() {
+    if !require_root("an_attached_interface_that_forwards_is_named_in_a_warning_at_start") {
+        return;
+    }
+    let bed = Bed::new("forwarding", &[80]);
+    let iface = bed.server_iface().to_string();
+    let setting = format!("net.ipv4.conf.{iface}.forwarding");
+    let mut sysctl = bed.server.command("sysctl");
+    sysctl.args(["-w", &format!("{setting}=1")]);
+    run_within(&mut sysctl, TOOL_LIMIT).expect("sysctl in the server namespace");
+    let pin = PinDir::new("forwarding");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let expected = format!("interface {iface} carries other hosts' traffic ({setting} = 1)");
+    // Logged while the program is attached, before the daemon screens.
+    assert!(daemon.log().contains(&expected), "{}", daemon.log());
 }

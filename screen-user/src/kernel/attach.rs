@@ -11,6 +11,7 @@ use screen_common::ScreenConfig;
 use super::{
     Maps, MapsError,
     bpffs::{self, BpffsError, PinDirLock},
+    forwarding,
     link::{self, AttachMode, LinkError},
     maps,
     netlink::{self, NetlinkError},
@@ -73,6 +74,9 @@ pub(crate) fn load_and_attach(
 ) -> Result<Loaded, KernelError> {
     for iface in request.ifaces {
         netlink::if_index(iface)?;
+    }
+    for warning in forwarding::warnings(forwarding::SysRoots::host(), request.ifaces) {
+        tracing::warn!("{warning}");
     }
     let fresh = std::fs::metadata(pin_dir).is_err();
     bpffs::prepare_pin_dir(pin_dir)?;

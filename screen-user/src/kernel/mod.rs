@@ -3,7 +3,8 @@
 //! (static lists in [`lists`], dynamic deny entries in [`dynamic`], the IPv4 table in
 //! [`v4_table`], the configuration record in [`settings`]) and writes ([`stats`]), grouped open
 //! in [`Maps`], their pins checked against the shared layout ([`layout`]); and the hand-off
-//! relay's sockhash program ([`relay`]).
+//! relay's sockhash program ([`relay`]). The load sequence warns about interfaces that carry
+//! other hosts' traffic ([`forwarding`]).
 //!
 //! # Minimum kernel version
 //!
@@ -16,6 +17,7 @@ pub(crate) mod attach;
 pub mod bpffs;
 pub mod clock;
 pub mod dynamic;
+pub(crate) mod forwarding;
 pub mod layout;
 pub mod link;
 pub(crate) mod lists;
