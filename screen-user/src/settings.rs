@@ -172,6 +172,7 @@ impl Settings {
                 postfix_pass_socket: config.postfix_pass_socket.clone(),
                 relay: config.relay,
                 relay_max_connections: config.relay_max_connections,
+                relay_idle_timeout: config.relay_idle_timeout,
             },
             limits: LimitSettings {
                 client_connection_count_limit: config.client_connection_count_limit,

@@ -15,7 +15,7 @@ use screen_tests::{
     relay::RelayMaps,
     require_root,
 };
-use screen_user::handoff::relay::{Relay, RelayMode};
+use screen_user::handoff::relay::{Relay, RelayLimits, RelayMode};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -73,7 +73,12 @@ async fn exchange(relay: &Relay) -> (screen_user::handoff::relay::Relayed, Optio
 
     let up = pattern(MIB, 1);
     let down = pattern(MIB, 2);
-    let relayed = async { relay.run(front, to_backend).await.unwrap() };
+    let relayed = async {
+        relay
+            .run(front, to_backend, RelayLimits::DEFAULT)
+            .await
+            .unwrap()
+    };
     let session = async {
         let mut greeting = [0u8; 23];
         client.read_exact(&mut greeting).await.unwrap();
@@ -162,6 +167,83 @@ async fn the_userspace_relay_moves_the_same_exchange() {
     assert_eq!(relayed.down, (MIB + 23 + 9) as u64);
 }
 
+/// A relayed connection on which bytes stop moving is closed after the idle limit, both
+/// sides, by either relay; bytes in either direction (moved by the kernel, unseen by the
+/// daemon, in the kernel relay) keep it open until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_closed_after_the_idle_limit_in_either_relay() {
+    if !require_root("a_connection_that_goes_silent_is_closed_after_the_idle_limit_in_either_relay")
+    {
+        return;
+    }
+    const IDLE: Duration = Duration::from_millis(500);
+    let limits = RelayLimits {
+        idle: IDLE,
+        ..RelayLimits::DEFAULT
+    };
+    let (kernel, _) = Relay::start(RelayMode::Kernel, 4).expect("loading the kernel relay");
+    for relay in [kernel, Relay::userspace()] {
+        let Loopback {
+            mut client,
+            front,
+            to_backend,
+            mut mta,
+        } = loopback().await;
+        mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let session = async {
+            let mut greeting = [0u8; 23];
+            client.read_exact(&mut greeting).await.unwrap();
+            // Twice the idle limit of traffic, a command and its reply every half limit.
+            let mut got = [0u8; 6];
+            for _ in 0..4 {
+                tokio::time::sleep(IDLE / 2).await;
+                client.write_all(b"NOOP\r\n").await.unwrap();
+                mta.read_exact(&mut got).await.unwrap();
+                mta.write_all(b"250 Ok\r\n").await.unwrap();
+                let mut reply = [0u8; 8];
+                client.read_exact(&mut reply).await.unwrap();
+            }
+            let busy = started.elapsed();
+            // Then silence: both ends see the connection end.
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            mta.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            (busy, started.elapsed())
+        };
+        let (relayed, (busy, closed)) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(relay.run(front, to_backend, limits), session)
+        })
+        .await
+        .expect("the silent connection was not closed within 10s");
+        let kind = if relay.is_kernel() {
+            "kernel"
+        } else {
+            "userspace"
+        };
+        let err = relayed.expect_err("the relay must end on the idle limit");
+        assert!(
+            err.to_string().contains("relay_idle_timeout"),
+            "{kind}: {err}"
+        );
+        assert!(busy >= IDLE * 2, "{kind}: {busy:?}");
+        assert!(
+            closed >= busy + IDLE,
+            "{kind}: closed {closed:?} after {busy:?} busy"
+        );
+        assert!(
+            closed < busy + IDLE * 4,
+            "{kind}: closed {closed:?} after {busy:?} busy"
+        );
+        if relay.is_kernel() {
+            let maps = RelayMaps::of_process(std::process::id()).unwrap().unwrap();
+            assert_eq!(maps.entries(), (0, 0), "the pair left the maps");
+        }
+    }
+}
+
 /// How many sessions the leak check runs through the daemon.
 const SESSIONS: usize = 60;
 
@@ -176,6 +258,16 @@ fn large_body() -> String {
         n += 1;
     }
     body
+}
+
+/// `relay_idle_timeout` in the daemon tests.
+const RELAY_IDLE: Duration = Duration::from_secs(2);
+
+/// How many descriptors process `pid` holds.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .count()
 }
 
 /// Waits until the daemon's relay maps hold `expected` (sockets, peers).
@@ -215,6 +307,10 @@ fn relay_through_the_daemon(mode: &str) {
             quoted(format!("permit_mynetworks, cidr:{}", table.display())),
         )
         .set("relay", quoted(mode))
+        .set(
+            "relay_idle_timeout",
+            quoted(format!("{}s", RELAY_IDLE.as_secs())),
+        )
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
     let kernel = mode == "kernel";
@@ -285,6 +381,39 @@ fn relay_through_the_daemon(mode: &str) {
         "the MTA's last reply did not arrive: {rest:?}"
     );
     drop(client);
+
+    // A passed client that goes silent, before an MTA that would wait 300s: the relay closes
+    // both sides after relay_idle_timeout, and the daemon holds no descriptor more than
+    // before.
+    let before = open_descriptors(daemon.pid());
+    let mut client = bed.connect(permitted);
+    assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+    let greeted = Instant::now();
+    assert_eq!(
+        client.until_closed(RELAY_IDLE + REPLY_WAIT),
+        Vec::<String>::new()
+    );
+    let closed = greeted.elapsed();
+    assert!(
+        closed >= RELAY_IDLE - Duration::from_millis(200) && closed < RELAY_IDLE * 2,
+        "closed {closed:?} after the greeting, relay_idle_timeout {RELAY_IDLE:?}"
+    );
+    expect_backend_log(
+        &postfix,
+        &format!("lost connection after CONNECT from unknown[{permitted}]"),
+    );
+    let deadline = Instant::now() + REPLY_WAIT;
+    while open_descriptors(daemon.pid()) > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = open_descriptors(daemon.pid());
+    assert!(
+        after <= before,
+        "descriptors left open: {after}, {before} before"
+    );
+    if kernel {
+        assert_eq!(wait_for_entries(&daemon, (0, 0)), (0, 0));
+    }
 
     // Many sessions, then nothing left in the relay.
     for _ in 0..SESSIONS {

@@ -23,7 +23,11 @@ use crate::{
     access_list,
     dnsbl::DEFAULT_TIMEOUT as DNSBL_TIMEOUT,
     duration,
-    handoff::{Handoff, proxy::BackendProxyProtocol, relay::RelayMode},
+    handoff::{
+        Handoff,
+        proxy::BackendProxyProtocol,
+        relay::{RelayLimits, RelayMode},
+    },
     kernel::{AttachMode, KernelAction},
     limits::StressDuration,
     maillog::LogTarget,
@@ -52,6 +56,10 @@ pub(crate) enum ConfigError {
 /// The most connections the kernel relay may be sized for: two sockets each, and each map
 /// entry is kernel memory.
 pub(crate) const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// `relay_idle_timeout`'s range: a second at least (a relay that closes idle connections at
+/// once relays nothing), a day at most (a connection idle for a day is gone).
+pub(crate) const RELAY_IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+pub(crate) const RELAY_IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
 /// The daemon's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -75,6 +83,10 @@ pub(crate) struct Config {
     /// How many connections the kernel relay holds at once; more are relayed in userspace.
     #[serde(deserialize_with = "positive")]
     pub(crate) relay_max_connections: u32,
+    /// A handed-off connection on which no byte moved either way for this long is closed
+    /// (the relay's `smtpd_timeout`).
+    #[serde(deserialize_with = "time_value")]
+    pub(crate) relay_idle_timeout: Duration,
     /// Directory for the temporary allowlist database.
     pub(crate) state_dir: PathBuf,
     /// Where log lines go: `stderr` or `syslog`.
@@ -251,6 +263,7 @@ impl Default for Config {
             backend_proxy_protocol: BackendProxyProtocol::None,
             relay: RelayMode::Auto,
             relay_max_connections: 10_000,
+            relay_idle_timeout: RelayLimits::DEFAULT.idle,
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
@@ -622,6 +635,16 @@ impl Config {
             return Err((
                 "relay_max_connections",
                 format!("relay_max_connections is at most {RELAY_MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if !(RELAY_IDLE_TIMEOUT_MIN..=RELAY_IDLE_TIMEOUT_MAX).contains(&self.relay_idle_timeout) {
+            return Err((
+                "relay_idle_timeout",
+                format!(
+                    "relay_idle_timeout is between {}s and {}s",
+                    RELAY_IDLE_TIMEOUT_MIN.as_secs(),
+                    RELAY_IDLE_TIMEOUT_MAX.as_secs()
+                ),
             ));
         }
         if self.syslog_name.trim().is_empty() {

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use self::{
     postfix::PassFailure,
     proxy::Backend,
-    relay::{Relay, RelayMode},
+    relay::{Relay, RelayLimits, RelayMode},
 };
 use crate::{
     limits::Limits,
@@ -44,6 +44,8 @@ pub(crate) struct HandoffSettings {
     /// Which relay moves the bytes (`handoff = "proxy"`).
     pub(crate) relay: RelayMode,
     pub(crate) relay_max_connections: u32,
+    /// No byte either way for this long closes a relayed connection.
+    pub(crate) relay_idle_timeout: Duration,
 }
 
 /// The hand-off stage: how clients are handed off, and what answers them when the MTA
@@ -96,7 +98,11 @@ impl HandOff {
                     }
                 };
                 drop(slot);
-                match self.relay.run(stream, backend).await {
+                let limits = RelayLimits {
+                    idle: self.settings.relay_idle_timeout,
+                    half_close: relay::HALF_CLOSE_LIMIT,
+                };
+                match self.relay.run(stream, backend, limits).await {
                     Ok(relayed) => tracing::debug!(
                         client = %client,
                         up = relayed.up,

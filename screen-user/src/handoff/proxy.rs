@@ -88,7 +88,7 @@ mod tests {
     use tokio::{io::AsyncReadExt as _, net::TcpListener};
 
     use super::*;
-    use crate::handoff::relay::Relay;
+    use crate::handoff::relay::{Relay, RelayLimits};
 
     #[tokio::test]
     async fn sends_a_proxy_v2_header_then_relays() {
@@ -115,7 +115,11 @@ mod tests {
             .await
             .unwrap();
         let (accepted, _) = front.accept().await.unwrap();
-        let relay = tokio::spawn(async move { Relay::userspace().run(accepted, stream).await });
+        let relay = tokio::spawn(async move {
+            Relay::userspace()
+                .run(accepted, stream, RelayLimits::DEFAULT)
+                .await
+        });
         mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         let n = client.read(&mut buf).await.unwrap();

@@ -14,7 +14,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Relayed, userspace};
+use super::{RelayLimits, Relayed, half_close_error, idle_error, userspace};
 use crate::kernel::relay::KernelRelay;
 
 /// How long the daemon waits for bytes the kernel redirected to reach a socket before it
@@ -23,9 +23,10 @@ pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How often the daemon yields its CPU to the kernel's sending thread before it waits for
 /// bytes in steps of a millisecond (each yield is a few microseconds when nobody else runs).
 const DRAIN_YIELDS: u32 = 32;
-/// How long one direction may go on after the other ended (an SMTP session ends with the
-/// MTA's close after QUIT, and the client closes at once).
-pub(crate) const HALF_CLOSE_LIMIT: Duration = Duration::from_secs(30);
+/// How often, at most, the daemon looks whether bytes moved (a tenth of the idle limit,
+/// within these bounds): the kernel moves them without telling it.
+const IDLE_CHECK_MIN: Duration = Duration::from_millis(50);
+const IDLE_CHECK_MAX: Duration = Duration::from_secs(10);
 /// Bytes read at once from a socket that still holds data of its own.
 const FORWARD_CHUNK: usize = 16 * 1024;
 
@@ -172,18 +173,22 @@ struct KernelPair<'a> {
 
 impl KernelPair<'_> {
     /// Forwards what the sockets held at the hand-off, then sleeps until a side ends or
-    /// fails, and passes each end on.
-    async fn relay(&mut self, watch: &Watch) -> io::Result<()> {
+    /// fails, and passes each end on; every tenth of the idle limit it looks whether bytes
+    /// moved, and ends the pair when none did for the whole limit.
+    async fn relay(&mut self, watch: &Watch, limits: RelayLimits) -> io::Result<()> {
         let mut buf = vec![0u8; FORWARD_CHUNK];
         let (client, backend) = (&mut self.client, &mut self.backend);
         drain(self.kernel, client, backend, &mut buf).await?;
         drain(self.kernel, backend, client, &mut buf).await?;
+        let check_every = (limits.idle / 10).clamp(IDLE_CHECK_MIN, IDLE_CHECK_MAX);
+        let mut moved = (traffic(client.fd(), backend.fd()), Instant::now());
         let mut half_closed: Option<Instant> = None;
         while client.reading || backend.reading {
             if half_closed.is_none() && (client.reading != backend.reading) {
-                half_closed = Some(Instant::now() + HALF_CLOSE_LIMIT);
+                half_closed = Some(Instant::now() + limits.half_close);
             }
-            let deadline = half_closed.unwrap_or_else(far_future);
+            let check =
+                (Instant::now() + check_every).min(half_closed.unwrap_or(moved.1 + limits.idle));
             tokio::select! {
                 ended = watch.ended() => {
                     let (client_ended, backend_ended) = ended?;
@@ -194,11 +199,17 @@ impl KernelPair<'_> {
                         drain(self.kernel, backend, client, &mut buf).await?;
                     }
                 }
-                () = tokio::time::sleep_until(deadline), if half_closed.is_some() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("one direction still open {}s after the other ended", HALF_CLOSE_LIMIT.as_secs()),
-                    ));
+                () = tokio::time::sleep_until(check) => {
+                    let now = Instant::now();
+                    if half_closed.is_some_and(|at| now >= at) {
+                        return Err(half_close_error(limits));
+                    }
+                    let seen = traffic(client.fd(), backend.fd());
+                    if seen != moved.0 {
+                        moved = (seen, now);
+                    } else if now >= moved.1 + limits.idle {
+                        return Err(idle_error(limits));
+                    }
                 }
             }
         }
@@ -206,8 +217,16 @@ impl KernelPair<'_> {
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
+/// What the pair's sockets have received and had acknowledged so far: it changes whenever a
+/// byte moves either way, whoever moved it.
+fn traffic(client: RawFd, backend: RawFd) -> Option<[u64; 4]> {
+    let (c, b) = (tcp_info(client)?, tcp_info(backend)?);
+    Some([
+        c.tcpi_bytes_received,
+        c.tcpi_bytes_acked,
+        b.tcpi_bytes_received,
+        b.tcpi_bytes_acked,
+    ])
 }
 
 /// Reads what the kernel left on `from` (data of its own, or its end) and passes it on to
@@ -362,6 +381,11 @@ const TCP_CLOSE: u8 = 7;
 
 /// The socket's state and `tcpi_bytes_acked`.
 fn acked(fd: RawFd) -> Option<(u8, u64)> {
+    tcp_info(fd).map(|info| (info.tcpi_state, info.tcpi_bytes_acked))
+}
+
+/// The socket's `TCP_INFO`, when the kernel gives it whole (up to `tcpi_bytes_received`).
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -375,8 +399,8 @@ fn acked(fd: RawFd) -> Option<(u8, u64)> {
             &mut len,
         )
     };
-    let complete = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received);
-    (rc == 0 && len as usize >= complete).then_some((info.tcpi_state, info.tcpi_bytes_acked))
+    let complete = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + size_of::<u64>();
+    (rc == 0 && len as usize >= complete).then_some(info)
 }
 
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
@@ -393,20 +417,21 @@ pub(crate) async fn run(
     kernel: &KernelRelay,
     client: TcpStream,
     backend: TcpStream,
+    limits: RelayLimits,
 ) -> io::Result<Relayed> {
     if input_pending(client.as_raw_fd()) {
-        return userspace::run(client, backend).await;
+        return userspace::run(client, backend, limits).await;
     }
     let Some(slot) = kernel.reserve() else {
         // Full: this one is copied in userspace, the relay stays bounded.
-        return userspace::run(client, backend).await;
+        return userspace::run(client, backend, limits).await;
     };
     let (Some(client_id), Some(backend_id)) = (
         SocketId::of(client.as_raw_fd()),
         SocketId::of(backend.as_raw_fd()),
     ) else {
         // Not sockets the kernel can describe: nothing to relay in the kernel.
-        return userspace::run(client, backend).await;
+        return userspace::run(client, backend, limits).await;
     };
     if let Err(e) = kernel.insert_pair(
         &slot,
@@ -414,7 +439,7 @@ pub(crate) async fn run(
         (backend_id.cookie, &backend),
     ) {
         tracing::debug!("kernel relay refused a connection, relaying in userspace: {e}");
-        return userspace::run(client, backend).await;
+        return userspace::run(client, backend, limits).await;
     }
     // Declared before the pair, so dropped after it: the sockets are closed by then.
     let _in_maps = PairGuard {
@@ -427,7 +452,7 @@ pub(crate) async fn run(
         backend: Side::new(backend, backend_id)?,
     };
     let watch = Watch::new(&pair.client, &pair.backend)?;
-    pair.relay(&watch).await?;
+    pair.relay(&watch, limits).await?;
     Ok(Relayed {
         up: pair.client.forwarded + pair.client.redirected,
         down: pair.backend.forwarded + pair.backend.redirected,

@@ -19,6 +19,11 @@
 //! the kernel redirected to it has entered that socket: the program counts what it
 //! redirects, and the socket's sent-and-acknowledged plus queued bytes show what it took.
 //!
+//! Either relay closes both sides of a connection on which no byte moved either way for
+//! `relay_idle_timeout` (the relay's `smtpd_timeout`, for an MTA that has no idle limit of its
+//! own), and of one whose second direction is still open [`HALF_CLOSE_LIMIT`] after the first
+//! ended.
+//!
 //! While the kernel relays, the daemon sleeps: the pair's sockets are watched through an
 //! epoll instance of their own for their end (`EPOLLRDHUP`) and errors only. A watch for
 //! input would wake the daemon for every redirected segment, since the kernel signals the
@@ -29,7 +34,7 @@
 mod kernel;
 mod userspace;
 
-use std::io;
+use std::{io, time::Duration};
 
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -52,6 +57,51 @@ pub enum RelayMode {
 /// Which relay moves the bytes of handed-off connections.
 pub struct Relay {
     kernel: Option<KernelRelay>,
+}
+
+/// How long a relayed connection may go without a byte, and one direction after the other
+/// ended. Both relays close both sides when either runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// `relay_idle_timeout`: no byte either way for this long.
+    pub idle: Duration,
+    /// One direction still open this long after the other ended.
+    pub half_close: Duration,
+}
+
+/// How long one direction may go on after the other ended (an SMTP session ends with the
+/// MTA's close after QUIT, and the client closes at once).
+pub const HALF_CLOSE_LIMIT: Duration = Duration::from_secs(30);
+
+impl RelayLimits {
+    /// The defaults: `relay_idle_timeout = "300s"` (Postfix's `smtpd_timeout`), and
+    /// [`HALF_CLOSE_LIMIT`].
+    pub const DEFAULT: Self = Self {
+        idle: Duration::from_secs(300),
+        half_close: HALF_CLOSE_LIMIT,
+    };
+}
+
+/// Why a relay closed a connection before both sides ended.
+pub(crate) fn idle_error(limits: RelayLimits) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "no byte either way for {}s (relay_idle_timeout)",
+            limits.idle.as_secs_f64()
+        ),
+    )
+}
+
+/// Why a relay closed a connection one side had ended.
+pub(crate) fn half_close_error(limits: RelayLimits) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "one direction still open {}s after the other ended",
+            limits.half_close.as_secs()
+        ),
+    )
 }
 
 /// Bytes relayed client → backend and backend → client.
@@ -99,14 +149,19 @@ impl Relay {
     }
 
     /// Whether connections go through the kernel relay (while it has room).
-    pub(crate) fn is_kernel(&self) -> bool {
+    pub fn is_kernel(&self) -> bool {
         self.kernel.is_some()
     }
-    /// Relays until both directions are done or one side fails.
-    pub async fn run(&self, client: TcpStream, backend: TcpStream) -> io::Result<Relayed> {
+    /// Relays until both directions are done, one side fails, or a limit runs out.
+    pub async fn run(
+        &self,
+        client: TcpStream,
+        backend: TcpStream,
+        limits: RelayLimits,
+    ) -> io::Result<Relayed> {
         match &self.kernel {
-            Some(kernel) => kernel::run(kernel, client, backend).await,
-            None => userspace::run(client, backend).await,
+            Some(kernel) => kernel::run(kernel, client, backend, limits).await,
+            None => userspace::run(client, backend, limits).await,
         }
     }
 }
