@@ -123,6 +123,9 @@ pub(crate) async fn build_screen(
     cache.spawn_cleanup(allowlist.cleanup_interval, allowlist.retention);
 
     let policy = deny.policy(kernel.is_some());
+    if let Some(line) = deny.off_behind_balancer(kernel.is_some()) {
+        log.info(line);
+    }
     let limits = Limits::new(
         limits.client_connection_count_limit,
         limits.pre_queue_limit,

@@ -21,7 +21,7 @@ use crate::{
         access::Access,
         deny_policy::DenySettings,
         early::EarlySettings,
-        endpoint::{EndpointSettings, upstream_proxy_warning},
+        endpoint::{EndpointSettings, UpstreamProxyProtocol, upstream_proxy_warning},
     },
     smtpd::{
         DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle,
@@ -201,6 +201,7 @@ impl Settings {
                 v6_prefix: config.deny_v6_prefix,
                 soft_bounce: config.soft_bounce,
                 rate_limit: config.kernel_deny_rate_limit,
+                behind_balancer: config.upstream_proxy_protocol == UpstreamProxyProtocol::Haproxy,
             },
             allowlist: AllowlistSettings {
                 state_dir: config.state_dir.clone(),
@@ -224,7 +225,6 @@ fn dns_servers(servers: &[SocketAddr]) -> DnsServers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::screen::endpoint::UpstreamProxyProtocol;
 
     fn behind_balancer(networks: &str) -> Config {
         Config {
