@@ -615,7 +615,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(bed: &Bed, src: IpAddr) -> Self {
-        let dst = bed.smtp_addr(src);
+        Self::connect_to(bed, src, bed.smtp_addr(src))
+    }
+
+    /// A connection from `src` to `dst` in the client namespace rather than to the daemon: to
+    /// a load balancer in front of it, say.
+    pub fn connect_to(bed: &Bed, src: IpAddr, dst: SocketAddr) -> Self {
         let stream = stream_from(&bed.client, src, dst, CONNECT_LIMIT)
             .unwrap_or_else(|e| panic!("connecting from {src} to {dst}: {e}"));
         let local = stream.local_addr().expect("local address");
