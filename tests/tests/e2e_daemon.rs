@@ -641,6 +641,16 @@ fn upstream_proxy_headers_are_read_and_other_input_refused() {
         .set("upstream_proxy_protocol", quoted("haproxy"))
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    // postscreen's behaviour, any peer's header believed, is the default, and is warned about.
+    let open_to_all: Vec<String> = daemon
+        .lines()
+        .into_iter()
+        .filter(|line| {
+            line.starts_with("warning: ")
+                && line.contains("anyone who reaches the port can claim any client address")
+        })
+        .collect();
+    assert_eq!(open_to_all.len(), 1, "{}", daemon.log());
 
     let mut v1 = bed.connect(bed.v4(90));
     v1.send(b"PROXY TCP4 203.0.113.5 198.51.100.25 40000 25\r\n");
