@@ -84,7 +84,8 @@ pub(crate) enum ProxyHeader {
     ///
     /// postscreen accepts only the first of these and refuses the other two, because the
     /// session then appears to come from the balancer itself and could pass an access list
-    /// entry meant for the balancer; keep the balancer out of `permit` entries.
+    /// entry meant for the balancer; keep the balancer out of `permit` entries. Such a session
+    /// is never denied in the kernel, which would stop all mail (`screen/endpoint.rs`).
     Local,
 }
 
