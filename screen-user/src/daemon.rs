@@ -124,6 +124,9 @@ pub(crate) async fn build_screen(
 
     let policy = deny.policy(kernel.is_some());
     let guard = DenyGuard::new(&access, cache.clone());
+    if let Some(line) = deny.off_behind_balancer(kernel.is_some()) {
+        log.info(line);
+    }
     let limits = Limits::new(
         limits.client_connection_count_limit,
         limits.pre_queue_limit,

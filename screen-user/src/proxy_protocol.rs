@@ -14,6 +14,7 @@
 //! haproxy read: short protocol header: EHLO notproxy\r\n
 //! haproxy read: time limit exceeded
 //! haproxy read: EOF
+//! haproxy read: PROXY header from [192.0.2.7]:40000 outside upstream_proxy_networks
 //! ```
 //!
 //! Addresses are returned in canonical form: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
@@ -83,7 +84,8 @@ pub(crate) enum ProxyHeader {
     ///
     /// postscreen accepts only the first of these and refuses the other two, because the
     /// session then appears to come from the balancer itself and could pass an access list
-    /// entry meant for the balancer; keep the balancer out of `permit` entries.
+    /// entry meant for the balancer; keep the balancer out of `permit` entries. Such a session
+    /// is never denied in the kernel, which would stop all mail (`screen/endpoint.rs`).
     Local,
 }
 
@@ -162,6 +164,11 @@ pub(crate) enum ProxyError {
     /// A v1 line with more after the server port.
     #[error("haproxy read: unexpected text after server port: {0}")]
     TrailingText(String),
+    /// A header from a peer outside `upstream_proxy_networks` (smtp-screen's own check, worded
+    /// as postscreen's warnings are): anyone may claim any client address in a header, so only
+    /// the load balancers' are believed. The peer as postscreen writes a client, `[a]:p`.
+    #[error("haproxy read: PROXY header from {0} outside upstream_proxy_networks")]
+    OutsideNetworks(String),
     /// No header within `upstream_proxy_timeout`.
     #[error("haproxy read: time limit exceeded")]
     TimeLimit,

@@ -17,8 +17,11 @@ use crate::{
     handoff::{HandoffSettings, proxy::Backend},
     limits::LimitSettings,
     screen::{
-        ScreenSettings, access::Access, deny_policy::DenySettings, early::EarlySettings,
-        endpoint::EndpointSettings,
+        ScreenSettings,
+        access::Access,
+        deny_policy::DenySettings,
+        early::EarlySettings,
+        endpoint::{EndpointSettings, UpstreamProxyProtocol, upstream_proxy_warning},
     },
     smtpd::{
         DeepTests, EngineSettings, ForbiddenCommand, ReplyStyle,
@@ -54,11 +57,24 @@ impl Settings {
         let (list, w2) = AccessList::parse(&config.access_list, &files)?;
         let (allowlist_interfaces, w3) =
             AllowlistInterfaces::parse(&config.allowlist_interfaces, &files)?;
+        let (upstream_proxy_networks, w4) = AddressList::parse(
+            "upstream_proxy_networks",
+            &config.upstream_proxy_networks,
+            &files,
+        )?;
         let warnings = w1
             .iter()
             .chain(&w2)
             .chain(&w3)
+            .chain(&w4)
             .map(ToString::to_string)
+            .chain(
+                upstream_proxy_warning(
+                    config.upstream_proxy_protocol,
+                    &config.upstream_proxy_networks,
+                )
+                .map(String::from),
+            )
             .collect();
         let footer = (!config.reject_footer.is_empty()).then(|| config.reject_footer.clone());
         let forbidden_commands = config
@@ -119,6 +135,7 @@ impl Settings {
             endpoint: EndpointSettings {
                 upstream_proxy_protocol: config.upstream_proxy_protocol,
                 upstream_proxy_timeout: config.upstream_proxy_timeout,
+                upstream_proxy_networks,
             },
             denylist_action: config.denylist_action,
             enabled: EnabledTests {
@@ -185,6 +202,7 @@ impl Settings {
                 v6_prefix: config.deny_v6_prefix,
                 soft_bounce: config.soft_bounce,
                 rate_limit: config.kernel_deny_rate_limit,
+                behind_balancer: config.upstream_proxy_protocol == UpstreamProxyProtocol::Haproxy,
             },
             allowlist: AllowlistSettings {
                 state_dir: config.state_dir.clone(),
@@ -202,5 +220,76 @@ fn dns_servers(servers: &[SocketAddr]) -> DnsServers {
         DnsServers::System
     } else {
         DnsServers::Explicit(servers.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind_balancer(networks: &str) -> Config {
+        Config {
+            upstream_proxy_protocol: UpstreamProxyProtocol::Haproxy,
+            upstream_proxy_networks: networks.into(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn upstream_proxy_networks_that_cannot_be_read_are_named_with_the_bad_entry() {
+        for (networks, what) in [
+            (
+                "192.0.2.10, 192.0.2.300",
+                "bad address pattern: \"192.0.2.300\"",
+            ),
+            ("[2001:db8::10", "missing ']'"),
+            ("192.0.2.0/33", "bad net/mask pattern: \"192.0.2.0/33\""),
+            ("hash:/etc/postfix/balancers", "unsupported table \"hash:"),
+        ] {
+            let error = Settings::new(&behind_balancer(networks), Path::new("/"))
+                .err()
+                .unwrap_or_else(|| panic!("{networks:?} was accepted"));
+            let message = format!("{error:#}");
+            assert!(
+                message.starts_with("upstream_proxy_networks: ") && message.contains(what),
+                "{networks:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_upstream_proxy_networks_behind_a_balancer_are_warned_about_at_start() {
+        let any = |settings: &Settings| {
+            settings
+                .warnings
+                .iter()
+                .filter(|w| w.contains("anyone who reaches the port can claim any client address"))
+                .count()
+        };
+        let default = Settings::new(&behind_balancer("static:all"), Path::new("/")).unwrap();
+        assert_eq!(any(&default), 1, "{:?}", default.warnings);
+        let named = Settings::new(
+            &behind_balancer("192.0.2.10 [2001:db8::10]"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(any(&named), 0, "{:?}", named.warnings);
+        assert!(
+            named
+                .screen
+                .endpoint
+                .upstream_proxy_networks
+                .contains("192.0.2.10".parse().unwrap())
+        );
+        assert!(
+            !named
+                .screen
+                .endpoint
+                .upstream_proxy_networks
+                .contains("192.0.2.11".parse().unwrap())
+        );
+        // Without a balancer the list is not used, and nothing is said about it.
+        let direct = Settings::new(&Config::default(), Path::new("/")).unwrap();
+        assert_eq!(any(&direct), 0, "{:?}", direct.warnings);
     }
 }

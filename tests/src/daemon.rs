@@ -618,6 +618,12 @@ impl Client {
         Self::connect_in(&bed.client, src, bed.smtp_addr(src))
     }
 
+    /// A connection from `src` to `dst` in the client namespace rather than to the daemon: to
+    /// a load balancer in front of it, say.
+    pub fn connect_to(bed: &Bed, src: IpAddr, dst: SocketAddr) -> Self {
+        Self::connect_in(&bed.client, src, dst)
+    }
+
     /// A client in `netns` (the server's, to reach the daemon without crossing the veth).
     pub fn connect_in(netns: &Netns, src: IpAddr, dst: SocketAddr) -> Self {
         let stream = stream_from(netns, src, dst, CONNECT_LIMIT)

@@ -17,6 +17,7 @@ pub mod bpf_sys;
 pub mod client_pool;
 pub mod daemon;
 pub mod frames;
+pub mod haproxy;
 pub mod netns;
 pub mod postfix;
 pub mod rbldnsd;

@@ -10,7 +10,7 @@
 
 use std::{
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     process::Output,
     thread,
@@ -20,10 +20,12 @@ use std::{
 use screen_tests::{
     daemon::{
         BACKEND_GREETING, Bed, COMMAND_TIME_LIMIT, Client, DENY_TTL_SECS, DROP_WAIT, Daemon,
-        DaemonConfig, GREET_WAIT, LOG_WAIT, MYHOSTNAME, PROMPT, REPLY_WAIT, Received, TEASER,
-        TOOL_LIMIT, deny_list, dynamic_deny, expect_delivered_and_passed, quoted,
+        DaemonConfig, GREET_WAIT, LOG_WAIT, MYHOSTNAME, PROMPT, REPLY_WAIT, Received, SMTP_PORT,
+        TEASER, TOOL_LIMIT, deny_list, dynamic_deny, expect_backend_log,
+        expect_delivered_and_passed, quoted,
     },
     ensure_packages,
+    haproxy::{self, Haproxy},
     netns::{ConnectOutcome, PinDir, ScratchDir, connect_from, output_within, smtp_screen_bin},
     postfix::MAIL_DOMAIN,
     require_root,
@@ -639,6 +641,16 @@ fn upstream_proxy_headers_are_read_and_other_input_refused() {
         .set("upstream_proxy_protocol", quoted("haproxy"))
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    // postscreen's behaviour, any peer's header believed, is the default, and is warned about.
+    let open_to_all: Vec<String> = daemon
+        .lines()
+        .into_iter()
+        .filter(|line| {
+            line.starts_with("warning: ")
+                && line.contains("anyone who reaches the port can claim any client address")
+        })
+        .collect();
+    assert_eq!(open_to_all.len(), 1, "{}", daemon.log());
 
     let mut v1 = bed.connect(bed.v4(90));
     v1.send(b"PROXY TCP4 203.0.113.5 198.51.100.25 40000 25\r\n");
@@ -672,6 +684,189 @@ fn upstream_proxy_headers_are_read_and_other_input_refused() {
         "warning: haproxy read: short protocol header: EHLO notproxy\\r\\n"
     );
     assert!(daemon.connect_ports(not_proxied).is_empty());
+}
+
+/// A PROXY v2 `LOCAL` header, as a balancer sends for its own health checks: it names no
+/// client.
+fn proxy_v2_local() -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend([0x20, 0x00, 0, 0]);
+    header
+}
+
+/// Behind a load balancer the kernel sees only the balancer's address, so the kernel deny
+/// policy is off (and says so at start): repeat pregreeters that come through a real HAProxy
+/// (`send-proxy-v2`, XDP on the daemon's interface) are refused in SMTP every time under their
+/// own addresses, and no dynamic entry is made for them or for the balancer, which goes on
+/// relaying good clients. A v2 `LOCAL` header from the balancer's address leaves that address
+/// as the client's (postscreen's fallback), and its failures never deny the balancer either.
+#[test]
+fn behind_haproxy_repeat_pregreeters_are_refused_in_smtp_and_the_balancer_is_never_denied() {
+    if !require_root(
+        "behind_haproxy_repeat_pregreeters_are_refused_in_smtp_and_the_balancer_is_never_denied",
+    ) {
+        return;
+    }
+    ensure_packages(&["postfix", haproxy::PACKAGE]).expect("postfix and haproxy");
+    let bed = Bed::new("balancer", &[100, 101, 102]);
+    let (balancer, zombie, good) = (bed.v4(100), bed.v4(101), bed.v4(102));
+    let postfix = bed.start_backend();
+    let pin = PinDir::new("balancer");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .set("greet_action", quoted("drop"))
+        .set("upstream_proxy_protocol", quoted("haproxy"))
+        .set("upstream_proxy_networks", quoted(balancer))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let haproxy = Haproxy::start(
+        &bed.client,
+        &bed.scratch,
+        "haproxy",
+        SocketAddr::new(balancer, SMTP_PORT),
+        bed.smtp_addr(balancer),
+    )
+    .expect("starting HAProxy");
+    daemon.wait_for("the kernel deny policy's line", |line| {
+        line.starts_with("kernel deny policy off: behind a load balancer")
+    });
+    assert!(
+        !daemon.log().contains("anyone who reaches the port"),
+        "upstream_proxy_networks names the balancer:\n{}",
+        daemon.log()
+    );
+    let no_dynamic_entry = |when: &str| {
+        thread::sleep(Duration::from_millis(300));
+        assert!(
+            !daemon.lines().iter().any(|l| l.starts_with("KERNEL DENY")),
+            "{when}: a kernel deny behind the balancer:\n{}",
+            daemon.log()
+        );
+        let list = deny_list(&bed, &pin);
+        for addr in [balancer, zombie] {
+            assert_eq!(dynamic_deny(&list, addr), None, "{when}: {addr}:\n{list}");
+        }
+        assert!(
+            !list.lines().any(|line| line.contains(" dynamic ")),
+            "{when}: no dynamic entry at all:\n{list}"
+        );
+    };
+
+    // Four rounds: two would deny the client without a balancer.
+    for round in 1..=4 {
+        let mut client = Client::connect_to(&bed, zombie, haproxy.frontend());
+        client.send(b"EHLO zombie.example\r\n");
+        assert_eq!(client.line(REPLY_WAIT), TEASER, "round {round}");
+        assert_eq!(
+            client.until_closed(REPLY_WAIT),
+            ["521 5.5.1 Protocol error"],
+            "round {round}"
+        );
+        // The header's client, with its own port, and the balancer's address it reached.
+        let tag = client.tag();
+        daemon.expect_line(&format!("CONNECT from {tag} to [{balancer}]:{SMTP_PORT}"));
+        daemon.wait_for("the PREGREET line", |line| {
+            line.starts_with("PREGREET 21 after ")
+                && line.ends_with(&format!(" from {tag}: EHLO zombie.example\\r\\n"))
+        });
+        daemon.expect_line(&format!("DISCONNECT {tag}"));
+    }
+    no_dynamic_entry("after four pregreets through the balancer");
+
+    // A good client still comes through, to the backend, under its own address.
+    let mut client = Client::connect_to(&bed, good, haproxy.frontend());
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    assert_eq!(client.line(GREET_WAIT + REPLY_WAIT), BACKEND_GREETING);
+    let tag = client.tag();
+    client.quit();
+    daemon.expect_line(&format!("PASS NEW {tag}"));
+    expect_backend_log(&postfix, &format!("connect from unknown[{good}]"));
+
+    // The balancer's own LOCAL header, then a pregreet, again and again.
+    for round in 1..=3 {
+        let mut local = bed.connect(balancer);
+        let mut bytes = proxy_v2_local();
+        bytes.extend_from_slice(b"EHLO balancer.example\r\n");
+        local.send(&bytes);
+        assert_eq!(local.line(REPLY_WAIT), TEASER, "round {round}");
+        assert_eq!(
+            local.until_closed(REPLY_WAIT),
+            ["521 5.5.1 Protocol error"],
+            "round {round}"
+        );
+        let tag = local.tag();
+        daemon.wait_for("the balancer's PREGREET line", |line| {
+            line.starts_with("PREGREET ")
+                && line.ends_with(&format!(" from {tag}: EHLO balancer.example\\r\\n"))
+        });
+        daemon.expect_line(&format!("DISCONNECT {tag}"));
+    }
+    no_dynamic_entry("after three LOCAL pregreets from the balancer's address");
+
+    // XDP still lets the balancer through: the good client is back, PASS OLD.
+    let mut again = Client::connect_to(&bed, good, haproxy.frontend());
+    assert_eq!(again.line(REPLY_WAIT), BACKEND_GREETING);
+    let tag = again.tag();
+    again.quit();
+    daemon.expect_line(&format!("PASS OLD {tag}"));
+    haproxy.stop();
+}
+
+/// Only the load balancers' PROXY headers are believed: a client that reaches the port itself
+/// and claims a `mynetworks` address in a header is refused as a broken header is, with a
+/// warning naming it, and is neither screened nor allowlisted; the balancer's own header is
+/// read as before.
+#[test]
+fn a_proxy_header_from_outside_upstream_proxy_networks_is_refused_and_never_allowlisted() {
+    if !require_root(
+        "a_proxy_header_from_outside_upstream_proxy_networks_is_refused_and_never_allowlisted",
+    ) {
+        return;
+    }
+    let bed = Bed::new("outsider", &[110, 111]);
+    let (balancer, outsider) = (bed.v4(110), bed.v4(111));
+    let pin = PinDir::new("outsider");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .set("upstream_proxy_protocol", quoted("haproxy"))
+        .set("upstream_proxy_networks", quoted(balancer))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let server = bed.smtp_addr(outsider).ip();
+
+    for header in [
+        format!("PROXY TCP4 127.0.0.1 {server} 40000 25\r\n").into_bytes(),
+        // A header that names no client would make the outsider its own client.
+        proxy_v2_local(),
+    ] {
+        let mut client = bed.connect(outsider);
+        client.send(&header);
+        assert_eq!(
+            client.until_closed(REPLY_WAIT),
+            ["421 4.3.2 No system resources"]
+        );
+        let tag = client.tag();
+        daemon.expect_line(&format!(
+            "warning: haproxy read: PROXY header from {tag} outside upstream_proxy_networks"
+        ));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !daemon
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("CONNECT from") || l.starts_with("ALLOWLISTED")),
+        "a header from outside upstream_proxy_networks was believed:\n{}",
+        daemon.log()
+    );
+
+    let mut inside = bed.connect(balancer);
+    inside.send(format!("PROXY TCP4 203.0.113.5 {server} 40000 25\r\n").as_bytes());
+    assert_eq!(inside.line(REPLY_WAIT), TEASER);
+    daemon.expect_line(&format!(
+        "CONNECT from [203.0.113.5]:40000 to [{server}]:25"
+    ));
+    assert_eq!(dynamic_deny(&deny_list(&bed, &pin), outsider), None);
 }
 
 #[test]

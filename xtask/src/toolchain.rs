@@ -40,6 +40,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "rbldnsd",
     "linux-perf",
+    // The load balancer in front of the daemon (PROXY protocol tests).
+    "haproxy",
 ];
 
 /// Postfix's installer asks what kind of mail system to set up; the tests run private

@@ -31,7 +31,7 @@ use crate::{
     kernel::{AttachMode, KernelAction},
     limits::StressDuration,
     maillog::LogTarget,
-    screen::endpoint::UpstreamProxyProtocol,
+    screen::endpoint::{DEFAULT_UPSTREAM_PROXY_NETWORKS, UpstreamProxyProtocol},
     smtpd::{DEFAULT_COMMAND_COUNT_LIMIT, ForbiddenCommand, line::DEFAULT_LINE_LENGTH_LIMIT},
     test_state::TestAction,
 };
@@ -145,6 +145,11 @@ pub(crate) struct Config {
     /// Time allowed for that header.
     #[serde(deserialize_with = "time_value")]
     pub(crate) upstream_proxy_timeout: Duration,
+    /// The load balancers allowed to send that header, as an address list (`mynetworks`
+    /// syntax); a connection from any other address is refused with `421` (smtp-screen's own).
+    /// The default, `static:all`, is postscreen's behaviour: anyone who reaches the port can
+    /// claim any client address, `mynetworks` included.
+    pub(crate) upstream_proxy_networks: String,
     /// Local addresses where clients may earn the temporary allowlist (`static:all`: all).
     pub(crate) allowlist_interfaces: String,
     /// Text appended to 4xx and 5xx replies.
@@ -292,6 +297,7 @@ impl Default for Config {
             post_queue_limit: 100,
             upstream_proxy_protocol: UpstreamProxyProtocol::None,
             upstream_proxy_timeout: Duration::from_secs(5),
+            upstream_proxy_networks: DEFAULT_UPSTREAM_PROXY_NETWORKS.into(),
             allowlist_interfaces: access_list::DEFAULT_ALLOWLIST_INTERFACES.into(),
             reject_footer: String::new(),
             line_length_limit: DEFAULT_LINE_LENGTH_LIMIT as u32,

@@ -204,6 +204,8 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
         r#""5s""#,
         P::new("postscreen_upstream_proxy_timeout", "5s"),
     ),
+    // postscreen takes a PROXY header from any address, which this default keeps.
+    ConfigOption::own("upstream_proxy_networks", r#""static:all""#),
     ConfigOption::postfix(
         "allowlist_interfaces",
         r#""static:all""#,

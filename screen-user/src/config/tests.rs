@@ -203,7 +203,11 @@ fn errors_name_file_line_and_problem() {
         ),
         ("relay_max_connections = 0\n", 1, ""),
         ("relay_max_connections = 2000000\n", 1, "at most 1000000"),
-        ("\nrelay_idle_timeout = \"0s\"\n", 2, "between 1s and 86400s"),
+        (
+            "\nrelay_idle_timeout = \"0s\"\n",
+            2,
+            "between 1s and 86400s",
+        ),
         ("relay_idle_timeout = \"2d\"\n", 1, "between 1s and 86400s"),
     ];
     for (text, line, what) in cases {

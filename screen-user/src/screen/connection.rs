@@ -4,7 +4,7 @@
 //! `enforce`, `ignore`); and the ways a stage ends a connection: a final reply and close, and
 //! the `DISCONNECT` line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
@@ -40,6 +40,18 @@ pub(crate) struct Session {
     pub(crate) failures: Vec<&'static str>,
     /// The DNSBL score was negative: a DNSWL lists the client.
     pub(crate) dnswl_listed: bool,
+    /// The PROXY header named no client (v1 `UNKNOWN`, v2 `LOCAL`), so the client address is
+    /// the load balancer's own: the session is screened as postscreen screens it, but no
+    /// kernel deny is ever made for it, whatever the settings, since that would stop all mail.
+    pub(crate) client_is_balancer: bool,
+}
+
+impl Connection {
+    /// The address a kernel deny for this session's failures may name; `None` when the client
+    /// is the load balancer itself.
+    pub(crate) fn deniable_client(&self) -> Option<IpAddr> {
+        (!self.session.client_is_balancer).then(|| self.client.ip())
+    }
 }
 
 impl Screen {
@@ -55,7 +67,8 @@ impl Screen {
 
     /// A client failed `test` (`None`: the access list rejected it) and `action` applies, as
     /// postscreen's actions do: `drop` sends `drop_reply` and hangs up, and the failure
-    /// counts toward a kernel deny (a denylisted client is denied at once); `enforce` lets the
+    /// counts toward a kernel deny (a denylisted client is denied at once), unless the client
+    /// is a load balancer ([`Connection::deniable_client`]); `enforce` lets the
     /// other tests finish, then refuses every RCPT with `enforce_reply` and never hands the
     /// client off; `ignore` only logs (postscreen takes the failure back).
     pub(super) async fn fail(
@@ -75,9 +88,10 @@ impl Screen {
                     self.reply_and_close(&mut conn.stream, &reply, client).await;
                 }
                 self.disconnect(client);
-                match test {
-                    Some(_) => self.deny.failed(client.ip(), name),
-                    None => self.deny.denylist_drop(client.ip()),
+                match (test, conn.deniable_client()) {
+                    (_, None) => {}
+                    (Some(_), Some(denied)) => self.deny.failed(denied, name),
+                    (None, Some(denied)) => self.deny.denylist_drop(denied),
                 }
                 return Next::Done;
             }
@@ -103,5 +117,35 @@ impl Screen {
     pub(super) fn disconnect(&self, client: SocketAddr) {
         self.log
             .info(format_args!("DISCONNECT {}", ClientAddr(client)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loopback::tcp_pair;
+
+    async fn connection(session: Session) -> (Connection, TcpStream) {
+        let (server_end, client_end) = tcp_pair().await;
+        let conn = Connection {
+            client: server_end.peer_addr().unwrap(),
+            server: server_end.local_addr().unwrap(),
+            stream: server_end,
+            session,
+        };
+        (conn, client_end)
+    }
+
+    #[tokio::test]
+    async fn a_client_is_deniable_unless_it_is_the_balancer() {
+        let (client, _peer) = connection(Session::default()).await;
+        assert_eq!(client.deniable_client(), Some(client.client.ip()));
+        // A PROXY header that named no client: the address is the balancer's own.
+        let balancer = Session {
+            client_is_balancer: true,
+            ..Session::default()
+        };
+        let (balancer, _peer) = connection(balancer).await;
+        assert_eq!(balancer.deniable_client(), None);
     }
 }

@@ -89,9 +89,8 @@ impl Screen {
         self.disconnect(client);
         if conn.session.failures.is_empty() {
             self.deny.forget(client.ip());
-        } else {
-            self.deny
-                .failed(client.ip(), &conn.session.failures.join(", "));
+        } else if let Some(denied) = conn.deniable_client() {
+            self.deny.failed(denied, &conn.session.failures.join(", "));
         }
     }
 }

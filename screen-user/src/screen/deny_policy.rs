@@ -37,19 +37,32 @@ pub(crate) struct DenySettings {
     pub(crate) soft_bounce: bool,
     /// `kernel_deny_rate_limit`: the most new entries a minute.
     pub(crate) rate_limit: u32,
+    /// `upstream_proxy_protocol = "haproxy"`: clients come through a load balancer, and the
+    /// kernel sees only its address.
+    pub(crate) behind_balancer: bool,
 }
 
 impl DenySettings {
     /// The policy these settings make. It denies nothing without the kernel layer, and
     /// nothing under `soft_bounce`: a trial must not drop a single SYN, since a kernel deny is
-    /// silent where a 4xx is retried.
+    /// silent where a 4xx is retried. Nor behind a load balancer: an entry names the client of
+    /// the PROXY header, which XDP never sees, and an entry for the balancer stops all mail.
     pub(crate) fn policy(&self, kernel_attached: bool) -> DenyPolicy {
-        let ttl = if kernel_attached && !self.soft_bounce {
+        let ttl = if kernel_attached && !self.soft_bounce && !self.behind_balancer {
             self.ttl
         } else {
             Duration::ZERO
         };
         DenyPolicy::new(self.window, ttl, self.v6_prefix).with_rate_limit(self.rate_limit)
+    }
+
+    /// The line to log at start when a load balancer keeps the policy off.
+    pub(crate) fn off_behind_balancer(&self, kernel_attached: bool) -> Option<&'static str> {
+        (kernel_attached && self.behind_balancer).then_some(
+            "kernel deny policy off: behind a load balancer (upstream_proxy_protocol = haproxy) \
+             the kernel sees only the balancer's address; clients are refused in SMTP only, \
+             and the static deny lists still apply",
+        )
     }
 }
 
@@ -548,6 +561,7 @@ mod tests {
             v6_prefix: 64,
             soft_bounce: false,
             rate_limit: 300,
+            behind_balancer: false,
         };
         assert!(settings.policy(true).enabled());
         assert!(!settings.policy(false).enabled());
@@ -563,6 +577,45 @@ mod tests {
         }
         assert_eq!(policy.on_severe(ip("192.0.2.8"), "DNSBL rank 9"), None);
         assert_eq!(policy.on_denylist_drop(ip("192.0.2.9")), None);
+    }
+
+    #[test]
+    fn behind_a_load_balancer_the_policy_denies_nothing_and_says_so() {
+        let direct = DenySettings {
+            window: Duration::from_secs(600),
+            ttl: Duration::from_secs(3_600),
+            v6_prefix: 64,
+            soft_bounce: false,
+            rate_limit: 300,
+            behind_balancer: false,
+        };
+        assert!(direct.policy(true).enabled());
+        assert_eq!(direct.off_behind_balancer(true), None);
+        let balanced = DenySettings {
+            behind_balancer: true,
+            ..direct
+        };
+        let mut policy = balanced.policy(true);
+        assert!(!policy.enabled());
+        let now = Instant::now();
+        // Two PROXY clients and the balancer itself (a `LOCAL` header), failing again and again.
+        for client in ["203.0.113.5", "2001:db8::5", "192.0.2.10"] {
+            for round in 0..5 {
+                let at = now + Duration::from_secs(round);
+                assert_eq!(policy.on_failure(ip(client), at, "PREGREET"), None);
+            }
+            assert_eq!(policy.on_severe(ip(client), "DNSBL rank 9"), None);
+            assert_eq!(policy.on_denylist_drop(ip(client)), None);
+        }
+        assert_eq!(policy.tracked(), 0);
+        let line = balanced.off_behind_balancer(true).unwrap();
+        assert!(
+            line.starts_with("kernel deny policy off: behind a load balancer")
+                && line.contains("the kernel sees only the balancer's address"),
+            "{line}"
+        );
+        // Without the kernel layer there is nothing to say.
+        assert_eq!(balanced.off_behind_balancer(false), None);
     }
 
     #[test]

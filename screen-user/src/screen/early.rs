@@ -192,8 +192,11 @@ impl Screen {
         match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
             Verdict::Listed { rank, name } => {
                 self.log.info(rank_log_line(rank, client));
-                if settings.denies_in_kernel(rank) {
-                    self.deny.severe(client.ip(), &format!("DNSBL rank {rank}"));
+                if let Some(denied) = conn
+                    .deniable_client()
+                    .filter(|_| settings.denies_in_kernel(rank))
+                {
+                    self.deny.severe(denied, &format!("DNSBL rank {rank}"));
                 }
                 let next = self
                     .fail(
