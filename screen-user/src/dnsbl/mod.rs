@@ -34,10 +34,10 @@ mod site;
 mod lab;
 
 pub(crate) use self::{
-    health::{HEALTH_CHECK_INTERVAL, create_status_file},
+    health::{HEALTH_CHECK_INTERVAL, Suspensions, create_status_file},
     lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery},
     resolver::DnsServers,
-    score::{ListResult, Thresholds, Verdict},
+    score::{ListResult, SoundScore, Thresholds, Verdict},
     site::{DnsblSite, DnsblSites, MAX_REPLY_MAP, MAX_SITES, ReplyMap, SiteProblem, query_name},
 };
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{Next, Screen};
+use super::{Next, Screen, deny_causes::DnsblGround, early::DNSBL_FAILURE};
 use crate::{
     address::ClientAddr,
     smtpd::{Reply, close},
@@ -40,6 +40,21 @@ pub(crate) struct Session {
     pub(crate) failures: Vec<&'static str>,
     /// The DNSBL score was negative: a DNSWL lists the client.
     pub(crate) dnswl_listed: bool,
+    /// The DNSBL failure's ground, when its sound score (answers inside 127.0.0.0/8) reached
+    /// `dnsbl_threshold`: only then does the failure count toward a kernel deny.
+    pub(crate) dnsbl_ground: Option<DnsblGround>,
+}
+
+impl Session {
+    /// The failures the kernel deny policy counts: all but a DNSBL failure that rests on
+    /// answers outside 127.0.0.0/8.
+    pub(crate) fn kernel_failures(&self) -> Vec<&'static str> {
+        self.failures
+            .iter()
+            .copied()
+            .filter(|&failure| failure != DNSBL_FAILURE || self.dnsbl_ground.is_some())
+            .collect()
+    }
 }
 
 impl Screen {
@@ -55,7 +70,8 @@ impl Screen {
 
     /// A client failed `test` (`None`: the access list rejected it) and `action` applies, as
     /// postscreen's actions do: `drop` sends `drop_reply` and hangs up, and the failure
-    /// counts toward a kernel deny (a denylisted client is denied at once); `enforce` lets the
+    /// counts toward a kernel deny (a denylisted client is denied at once; a DNSBL failure only
+    /// on answers inside 127.0.0.0/8); `enforce` lets the
     /// other tests finish, then refuses every RCPT with `enforce_reply` and never hands the
     /// client off; `ignore` only logs (postscreen takes the failure back).
     pub(super) async fn fail(
@@ -76,6 +92,11 @@ impl Screen {
                 }
                 self.disconnect(client);
                 match test {
+                    Some(Test::Dnsbl) => {
+                        if let Some(ground) = session.dnsbl_ground.take() {
+                            self.deny.failed_on(client.ip(), name, Some(ground));
+                        }
+                    }
                     Some(_) => self.deny.failed(client.ip(), name),
                     None => self.deny.denylist_drop(client.ip()),
                 }
@@ -103,5 +124,31 @@ impl Screen {
     pub(super) fn disconnect(&self, client: SocketAddr) {
         self.log
             .info(format_args!("DISCONNECT {}", ClientAddr(client)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dnsbl::SoundScore;
+
+    #[test]
+    fn a_dnsbl_failure_outside_127_8_is_not_counted_in_the_kernel() {
+        let mut session = Session {
+            failures: vec!["PREGREET", DNSBL_FAILURE],
+            ..Session::default()
+        };
+        assert_eq!(session.kernel_failures(), ["PREGREET"]);
+        session.dnsbl_ground = DnsblGround::new(
+            SoundScore {
+                rank: 3,
+                weights: vec![("zen.test".into(), 3)],
+            },
+            3,
+        );
+        assert_eq!(session.kernel_failures(), ["PREGREET", DNSBL_FAILURE]);
+        session.failures = vec![DNSBL_FAILURE];
+        session.dnsbl_ground = None;
+        assert!(session.kernel_failures().is_empty());
     }
 }

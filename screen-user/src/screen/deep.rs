@@ -90,8 +90,14 @@ impl Screen {
         if conn.session.failures.is_empty() {
             self.deny.forget(client.ip());
         } else {
-            self.deny
-                .failed(client.ip(), &conn.session.failures.join(", "));
+            let counted = conn.session.kernel_failures();
+            if !counted.is_empty() {
+                self.deny.failed_on(
+                    client.ip(),
+                    &counted.join(", "),
+                    conn.session.dnsbl_ground.take(),
+                );
+            }
         }
     }
 }
