@@ -490,7 +490,10 @@ mod tests {
             forwarder.addr(),
             Duration::from_millis(500),
         );
+        let mut suspensions = dnsbl.suspensions();
         let health = dnsbl.health_check().await;
+        // Both suspensions are published, whoever reads them late.
+        assert_eq!(suspensions.next().await, ["world.test", "dead.test"]);
         let states: Vec<(&str, &HealthState, bool)> = health
             .iter()
             .map(|h| (h.domain.as_str(), &h.state, h.changed))
@@ -566,6 +569,12 @@ mod tests {
         assert_eq!(log.lines().len(), lines);
         assert!(dnsbl.stats()[1].health.is_suspended());
         assert!(!dnsbl.stats()[3].health.is_suspended());
+        // A list that stays suspended is not suspended again.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), suspensions.next())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -581,11 +590,18 @@ mod tests {
             .await;
         assert_eq!((score.rank, score.suspended), (0, 1));
 
+        let mut suspensions = dnsbl.suspensions();
         forwarder.swallow_nothing();
         let health = dnsbl.health_check().await;
         assert_eq!(
             (health[0].state.clone(), health[0].changed),
             (HealthState::Healthy, true)
+        );
+        // Recovering is no suspension.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), suspensions.next())
+                .await
+                .is_err()
         );
         assert_eq!(
             log.count("dnsbl bl.test in use again: its test points answer as they should"),
