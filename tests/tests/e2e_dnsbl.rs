@@ -711,6 +711,73 @@ fn a_suspended_list_revokes_its_kernel_denies_and_answers_outside_127_8_deny_no_
     assert_eq!(revoked, 1, "{}", daemon.log());
 }
 
+/// The repeat rule on DNSBL failures alone: a client `zen.test` lists (weight 3, at
+/// `dnsbl_threshold`, no `kernel_dnsbl_threshold`) fails twice and is denied in the kernel
+/// after 2 failures. When `zen.test` starts answering 127.255.255.254, both failures lose
+/// their ground, and the deny is revoked.
+#[test]
+fn a_repeat_deny_on_a_lists_answers_is_revoked_when_the_list_is_suspended() {
+    if !require_root("a_repeat_deny_on_a_lists_answers_is_revoked_when_the_list_is_suspended") {
+        return;
+    }
+    let error: Ipv4Addr = "127.255.255.254".parse().unwrap();
+    let dns = DnsBed::new("repeatrev", &[RANK_4, CLEAN], &[]);
+    let bed = &dns.bed;
+    let bot = bed.v4(RANK_4);
+    let zen = Zone::new("zen.test", Dataset::Ip4Set)
+        .with_test_point()
+        .list(bot, BL_ANSWER);
+    let own = SocketAddr::new(OWN_DNS.into(), 53);
+    let lists = Rbldnsd::start(&bed.server, own, &[zen]).expect("starting rbldnsd for zen.test");
+    let pin = PinDir::new("repeatrev");
+    let config = dns
+        .config("zen.test=127.0.0.[2..11]*3", own)
+        .with_kernel_layer(bed)
+        .write(bed, "smtp-screen.toml");
+    let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    for _ in 0..2 {
+        let mut client = bed.connect(bot);
+        client.engine_greeting();
+        let (reply, _) = refused_rcpt(&mut client);
+        assert_eq!(
+            reply,
+            [format!(
+                "550 5.7.1 Service unavailable; client [{bot}] blocked using zen.test"
+            )]
+        );
+        let tag = client.tag();
+        client.quit();
+        daemon.expect_line(&format!("DNSBL rank 3 for {tag}"));
+    }
+    daemon.expect_line(&format!(
+        "KERNEL DENY [{bot}] for {DENY_TTL_SECS}s after 2 failures: DNSBL"
+    ));
+    let list = deny_list(bed, &pin);
+    assert!(
+        dynamic_deny(&list, bot).is_some_and(|entry| entry.contains("failures=2")),
+        "{bot} is not in the deny list:\n{list}"
+    );
+
+    drop(lists);
+    let zen = Zone::new("zen.test", Dataset::Ip4Trie)
+        .list("0.0.0.0/1", error)
+        .list("128.0.0.0/1", error);
+    let _lists = Rbldnsd::start(&bed.server, own, &[zen])
+        .expect("restarting rbldnsd with zen.test answering an error code");
+    let mut client = bed.connect(bed.v4(CLEAN));
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    daemon.expect_line(&format!(
+        "KERNEL DENY revoked [{bot}]: list zen.test suspended"
+    ));
+    drop(client);
+    let list = deny_list(bed, &pin);
+    assert_eq!(dynamic_deny(&list, bot), None, "{list}");
+    let next = connect_from(&bed.client, bot, bed.smtp_addr(bot), DROP_WAIT)
+        .expect("a connection attempt after the revocation");
+    assert_eq!(next, ConnectOutcome::Connected, "{}", daemon.log());
+}
+
 #[test]
 fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
     if !require_root("dnsbl_check_shows_each_answer_the_score_and_the_verdict") {
