@@ -220,6 +220,14 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     for listener in listeners {
         accept_tasks.push(tokio::spawn(Arc::clone(&screen).accept_loop(listener)));
     }
+    // A suspended list's answers no longer hold: the kernel denies made on them are revoked.
+    if let Some(dnsbl) = screen.dnsbl() {
+        let suspensions = dnsbl.suspensions();
+        accept_tasks.push(tokio::spawn(screen::deny_causes::revoke_on_suspension(
+            Arc::clone(&screen),
+            suspensions,
+        )));
+    }
 
     // List health: at start and then every few minutes, each DNSBL is asked for its test
     // points, and a list that lists everything or stops answering is suspended.

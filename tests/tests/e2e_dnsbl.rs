@@ -583,6 +583,201 @@ fn an_error_answer_refuses_no_one_and_denies_no_one_in_the_kernel() {
     client.quit();
 }
 
+/// A list of a test's own, served by an rbldnsd that the test restarts with other zones.
+const OWN_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 55);
+
+/// In `odd.test`, answered 10.0.0.2, which the operator's filter accepts.
+const OUTSIDE: u8 = 43;
+
+/// `odd.test`'s answer: outside 127.0.0.0/8, a listing only through the filter.
+const OUTSIDE_ANSWER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+/// A kernel deny on DNSBL answers lasts only while the answers hold. `zen.test` (weight 4,
+/// at `kernel_dnsbl_threshold`) lists the bot as 127.0.0.2: it is denied in the kernel at
+/// first contact. `odd.test` (weight 5, filter `10.0.0.[1..3]`) lists another client as
+/// 10.0.0.2: postscreen fails it in SMTP, and so does the daemon, twice, but an answer
+/// outside 127.0.0.0/8 never makes a kernel entry, at first contact or as a repeat. Then
+/// `zen.test` starts answering 127.255.255.254 for everyone: the next lookup suspends it,
+/// and the bot's entry leaves the dynamic deny map, logged, so its next SYN reaches the
+/// daemon.
+#[test]
+fn a_suspended_list_revokes_its_kernel_denies_and_answers_outside_127_8_deny_no_one() {
+    if !require_root(
+        "a_suspended_list_revokes_its_kernel_denies_and_answers_outside_127_8_deny_no_one",
+    ) {
+        return;
+    }
+    let error: Ipv4Addr = "127.255.255.254".parse().unwrap();
+    let dns = DnsBed::new("revoke", &[RANK_4, OUTSIDE, CLEAN], &[]);
+    let bed = &dns.bed;
+    let bot = bed.v4(RANK_4);
+    let outside = bed.v4(OUTSIDE);
+    let odd = Zone::new("odd.test", Dataset::Ip4Set)
+        .with_test_point()
+        .list(outside, OUTSIDE_ANSWER);
+    let zen = Zone::new("zen.test", Dataset::Ip4Set)
+        .with_test_point()
+        .list(bot, BL_ANSWER);
+    let own = SocketAddr::new(OWN_DNS.into(), 53);
+    let lists = Rbldnsd::start(&bed.server, own, &[zen, odd.clone()])
+        .expect("starting rbldnsd for zen.test and odd.test");
+    let pin = PinDir::new("revoke");
+    let config = dns
+        .config("zen.test=127.0.0.[2..11]*4, odd.test=10.0.0.[1..3]*5", own)
+        .with_kernel_layer(bed)
+        .set("kernel_dnsbl_threshold", "4")
+        .write(bed, "smtp-screen.toml");
+    let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    // The bot: rank 4 on an answer inside 127/8, denied in the kernel at first contact.
+    let mut client = bed.connect(bot);
+    client.engine_greeting();
+    let tag = client.tag();
+    daemon.expect_line(&format!("DNSBL rank 4 for {tag}"));
+    daemon.expect_line(&format!(
+        "KERNEL DENY [{bot}] for {DENY_TTL_SECS}s after 1 failure: DNSBL rank 4"
+    ));
+    client.quit();
+    let list = deny_list(bed, &pin);
+    assert!(
+        dynamic_deny(&list, bot).is_some(),
+        "{bot} is not in the deny list:\n{list}"
+    );
+
+    // The client listed outside 127/8: rank 5 and refused in SMTP as postscreen would, on
+    // each of two connections; the kernel never denies it, and a third SYN still gets in.
+    for _ in 0..2 {
+        let mut client = bed.connect(outside);
+        client.engine_greeting();
+        let (reply, noqueue) = refused_rcpt(&mut client);
+        assert_eq!(
+            reply,
+            [format!(
+                "550 5.7.1 Service unavailable; client [{outside}] blocked using odd.test"
+            )]
+        );
+        let tag = client.tag();
+        client.quit();
+        daemon.expect_line(&format!(
+            "addr {outside} listed by domain odd.test as {OUTSIDE_ANSWER}"
+        ));
+        daemon.expect_line(&format!("DNSBL rank 5 for {tag}"));
+        daemon.expect_line(&noqueue);
+        daemon.expect_line(&format!("DISCONNECT {tag}"));
+    }
+    let next = connect_from(&bed.client, outside, bed.smtp_addr(outside), DROP_WAIT)
+        .expect("a third connection attempt");
+    assert_eq!(next, ConnectOutcome::Connected, "{}", daemon.log());
+    assert_eq!(dynamic_deny(&deny_list(bed, &pin), outside), None);
+    assert!(
+        !daemon
+            .lines()
+            .iter()
+            .any(|line| line.starts_with(&format!("KERNEL DENY [{outside}]"))),
+        "{}",
+        daemon.log()
+    );
+
+    // zen.test goes bad: the same address now answers 127.255.255.254 for everyone.
+    drop(lists);
+    let zen = Zone::new("zen.test", Dataset::Ip4Trie)
+        .list("0.0.0.0/1", error)
+        .list("128.0.0.0/1", error);
+    let _lists = Rbldnsd::start(&bed.server, own, &[zen, odd])
+        .expect("restarting rbldnsd with zen.test answering an error code");
+    // The next client's lookup suspends the list, and the bot's deny goes with it.
+    let clean = bed.v4(CLEAN);
+    let mut client = bed.connect(clean);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    daemon.wait_for("zen.test's suspension", |line| {
+        line.starts_with("warning: dnsbl zen.test suspended: it answers 127.255.255.254")
+    });
+    daemon.expect_line(&format!(
+        "KERNEL DENY revoked [{bot}]: list zen.test suspended"
+    ));
+    drop(client);
+    let list = deny_list(bed, &pin);
+    assert_eq!(dynamic_deny(&list, bot), None, "{list}");
+    // Its next SYN reaches the daemon again.
+    let mut client = bed.connect(bot);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    drop(client);
+    assert_eq!(daemon.connect_ports(bot).len(), 2, "{}", daemon.log());
+    let revoked = daemon
+        .lines()
+        .into_iter()
+        .filter(|line| line.starts_with("KERNEL DENY revoked"))
+        .count();
+    assert_eq!(revoked, 1, "{}", daemon.log());
+}
+
+/// The repeat rule on DNSBL failures alone: a client `zen.test` lists (weight 3, at
+/// `dnsbl_threshold`, no `kernel_dnsbl_threshold`) fails twice and is denied in the kernel
+/// after 2 failures. When `zen.test` starts answering 127.255.255.254, both failures lose
+/// their ground, and the deny is revoked.
+#[test]
+fn a_repeat_deny_on_a_lists_answers_is_revoked_when_the_list_is_suspended() {
+    if !require_root("a_repeat_deny_on_a_lists_answers_is_revoked_when_the_list_is_suspended") {
+        return;
+    }
+    let error: Ipv4Addr = "127.255.255.254".parse().unwrap();
+    let dns = DnsBed::new("repeatrev", &[RANK_4, CLEAN], &[]);
+    let bed = &dns.bed;
+    let bot = bed.v4(RANK_4);
+    let zen = Zone::new("zen.test", Dataset::Ip4Set)
+        .with_test_point()
+        .list(bot, BL_ANSWER);
+    let own = SocketAddr::new(OWN_DNS.into(), 53);
+    let lists = Rbldnsd::start(&bed.server, own, &[zen]).expect("starting rbldnsd for zen.test");
+    let pin = PinDir::new("repeatrev");
+    let config = dns
+        .config("zen.test=127.0.0.[2..11]*3", own)
+        .with_kernel_layer(bed)
+        .write(bed, "smtp-screen.toml");
+    let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    for _ in 0..2 {
+        let mut client = bed.connect(bot);
+        client.engine_greeting();
+        let (reply, _) = refused_rcpt(&mut client);
+        assert_eq!(
+            reply,
+            [format!(
+                "550 5.7.1 Service unavailable; client [{bot}] blocked using zen.test"
+            )]
+        );
+        let tag = client.tag();
+        client.quit();
+        daemon.expect_line(&format!("DNSBL rank 3 for {tag}"));
+    }
+    daemon.expect_line(&format!(
+        "KERNEL DENY [{bot}] for {DENY_TTL_SECS}s after 2 failures: DNSBL"
+    ));
+    let list = deny_list(bed, &pin);
+    assert!(
+        dynamic_deny(&list, bot).is_some_and(|entry| entry.contains("failures=2")),
+        "{bot} is not in the deny list:\n{list}"
+    );
+
+    drop(lists);
+    let zen = Zone::new("zen.test", Dataset::Ip4Trie)
+        .list("0.0.0.0/1", error)
+        .list("128.0.0.0/1", error);
+    let _lists = Rbldnsd::start(&bed.server, own, &[zen])
+        .expect("restarting rbldnsd with zen.test answering an error code");
+    let mut client = bed.connect(bed.v4(CLEAN));
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    daemon.expect_line(&format!(
+        "KERNEL DENY revoked [{bot}]: list zen.test suspended"
+    ));
+    drop(client);
+    let list = deny_list(bed, &pin);
+    assert_eq!(dynamic_deny(&list, bot), None, "{list}");
+    let next = connect_from(&bed.client, bot, bed.smtp_addr(bot), DROP_WAIT)
+        .expect("a connection attempt after the revocation");
+    assert_eq!(next, ConnectOutcome::Connected, "{}", daemon.log());
+}
+
 #[test]
 fn dnsbl_check_shows_each_answer_the_score_and_the_verdict() {
     if !require_root("dnsbl_check_shows_each_answer_the_score_and_the_verdict") {

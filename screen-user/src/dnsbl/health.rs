@@ -2,7 +2,9 @@
 //! test points and suspends a list that lists the world or does not answer, until it
 //! recovers, so a dead or hijacked list cannot block every client ([`assess`] is the pure
 //! rule). The lookups skip a suspended list ([`HealthCell`]). [`Dnsbl::stats`] reports each
-//! list's counters and health for the daemon's status file.
+//! list's counters and health for the daemon's status file. Every suspension, by the check or
+//! by an error answer, is published ([`Dnsbl::suspensions`]): whoever acted on a list's
+//! answers (the kernel deny policy) learns that they no longer hold.
 
 use std::{
     fmt,
@@ -13,12 +15,12 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 
 use super::{
     lookup::{Dnsbl, Inner, List, lock},
@@ -110,6 +112,8 @@ pub(crate) struct ListStats {
 pub(super) struct HealthCell {
     /// Whether `state` is a suspension, read without the lock.
     suspended: AtomicBool,
+    /// How many times the list was suspended, for [`Suspensions`].
+    times_suspended: AtomicU64,
     state: Mutex<HealthState>,
 }
 
@@ -117,8 +121,49 @@ impl Default for HealthCell {
     fn default() -> Self {
         Self {
             suspended: AtomicBool::new(false),
+            times_suspended: AtomicU64::new(0),
             state: Mutex::new(HealthState::Healthy),
         }
+    }
+}
+
+/// A subscription to the lists' suspensions ([`Dnsbl::suspensions`]). It holds one counter a
+/// list, whatever the number of suspensions: a subscriber that falls behind misses none, it
+/// learns of each list once.
+pub(crate) struct Suspensions {
+    inner: Arc<Inner>,
+    changes: watch::Receiver<u64>,
+    /// Each list's suspension count when last read.
+    seen: Vec<u64>,
+}
+
+impl Suspensions {
+    /// Waits for the next suspension and returns the domains of the lists suspended since
+    /// the last call, in configuration order.
+    pub(crate) async fn next(&mut self) -> Vec<String> {
+        loop {
+            if self.changes.changed().await.is_err() {
+                // The sender lives in `inner`, which this subscription holds: never.
+                std::future::pending::<()>().await;
+            }
+            let suspended = self.take();
+            if !suspended.is_empty() {
+                return suspended;
+            }
+        }
+    }
+
+    /// The lists suspended since the last read.
+    fn take(&mut self) -> Vec<String> {
+        let mut suspended = Vec::new();
+        for (list, seen) in self.inner.lists.iter().zip(self.seen.iter_mut()) {
+            let now = list.health.times_suspended.load(Ordering::Acquire);
+            if now != *seen {
+                *seen = now;
+                suspended.push(list.domain.clone());
+            }
+        }
+        suspended
     }
 }
 
@@ -130,6 +175,22 @@ impl HealthCell {
 }
 
 impl Dnsbl {
+    /// A subscription to every later suspension of a list.
+    pub(crate) fn suspensions(&self) -> Suspensions {
+        let changes = self.inner.suspensions.subscribe();
+        let seen = self
+            .inner
+            .lists
+            .iter()
+            .map(|list| list.health.times_suspended.load(Ordering::Acquire))
+            .collect();
+        Suspensions {
+            inner: Arc::clone(&self.inner),
+            changes,
+            seen,
+        }
+    }
+
     /// Each list's counters and health.
     pub(crate) fn stats(&self) -> Vec<ListStats> {
         self.inner
@@ -250,7 +311,14 @@ impl Inner {
         list.health
             .suspended
             .store(new.is_suspended(), Ordering::Relaxed);
+        let suspended = new.is_suspended();
         *state = new;
+        drop(state);
+        if suspended {
+            list.health.times_suspended.fetch_add(1, Ordering::Release);
+            self.suspensions
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
         true
     }
 }
@@ -422,7 +490,10 @@ mod tests {
             forwarder.addr(),
             Duration::from_millis(500),
         );
+        let mut suspensions = dnsbl.suspensions();
         let health = dnsbl.health_check().await;
+        // Both suspensions are published, whoever reads them late.
+        assert_eq!(suspensions.next().await, ["world.test", "dead.test"]);
         let states: Vec<(&str, &HealthState, bool)> = health
             .iter()
             .map(|h| (h.domain.as_str(), &h.state, h.changed))
@@ -498,6 +569,12 @@ mod tests {
         assert_eq!(log.lines().len(), lines);
         assert!(dnsbl.stats()[1].health.is_suspended());
         assert!(!dnsbl.stats()[3].health.is_suspended());
+        // A list that stays suspended is not suspended again.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), suspensions.next())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -513,11 +590,18 @@ mod tests {
             .await;
         assert_eq!((score.rank, score.suspended), (0, 1));
 
+        let mut suspensions = dnsbl.suspensions();
         forwarder.swallow_nothing();
         let health = dnsbl.health_check().await;
         assert_eq!(
             (health[0].state.clone(), health[0].changed),
             (HealthState::Healthy, true)
+        );
+        // Recovering is no suspension.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), suspensions.next())
+                .await
+                .is_err()
         );
         assert_eq!(
             log.count("dnsbl bl.test in use again: its test points answer as they should"),

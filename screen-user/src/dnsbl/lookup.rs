@@ -97,6 +97,8 @@ pub(super) struct Inner {
     pub(super) log: Arc<dyn DnsblLog>,
     /// Lookups in progress or still held by a connection, by client address.
     shared: Mutex<HashMap<IpAddr, Weak<QueryShare>>>,
+    /// Counts suspensions, so that [`Suspensions`](super::health::Suspensions) wake up.
+    pub(super) suspensions: watch::Sender<u64>,
 }
 
 /// The DNSBL/DNSWL lookups. Cheap to clone; clones share the resolver, its cache, the shared
@@ -144,6 +146,7 @@ impl Dnsbl {
                 lists,
                 log,
                 shared: Mutex::new(HashMap::new()),
+                suspensions: watch::Sender::new(0),
             }),
         })
     }
@@ -345,10 +348,24 @@ impl DnsblQuery {
     }
 
     /// The score from the answers in so far (postscreen reads it when the greet wait ends).
+    /// A list suspended since it answered still counts for the SMTP verdict, as postscreen
+    /// would count it, but not for the sound score a kernel deny rests on.
     pub(crate) fn score_now(&self) -> Score {
         let inner = &self.share.inner;
         let results = lock(&self.share.lookups.results);
-        inner.sites.score(&results, &inner.reply_map)
+        let mut score = inner.sites.score(&results, &inner.reply_map);
+        drop(results);
+        let suspended = |domain: &str| {
+            inner
+                .lists
+                .iter()
+                .any(|list| list.domain == domain && list.health.is_suspended())
+        };
+        if score.sound.weights.iter().any(|(list, _)| suspended(list)) {
+            score.sound.rank = score.sound.rank_without(suspended);
+            score.sound.weights.retain(|(list, _)| !suspended(list));
+        }
+        score
     }
 
     /// Waits until every list has answered, failed or timed out, or until `deadline`, and
@@ -625,6 +642,44 @@ mod tests {
         let stats = dnsbl.stats();
         assert!(stats[0].health.is_suspended());
         assert_eq!(stats[0].listed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_suspension_is_published_once_to_each_subscriber() {
+        let server = lab();
+        let (dnsbl, _log) = dnsbl(
+            "bl.test*2 error.test*5",
+            server.addr(),
+            Duration::from_secs(5),
+        );
+        let mut early = dnsbl.suspensions();
+        let mut late = dnsbl.suspensions();
+        // A listing is no suspension.
+        let score = dnsbl
+            .start(client("127.0.0.40"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert_eq!(score.rank, 2);
+        assert_eq!(score.sound.weights, [("bl.test".to_string(), 2)]);
+        // error.test answered 127.255.255.254 for that client already: suspended.
+        let next = tokio::time::timeout(Duration::from_secs(5), early.next())
+            .await
+            .expect("the suspension of error.test is published");
+        assert_eq!(next, ["error.test"]);
+        // Seen once: nothing more until another suspension.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), early.next())
+                .await
+                .is_err()
+        );
+        assert_eq!(late.next().await, ["error.test"]);
+        // A subscriber that comes after the suspension hears nothing of it.
+        let mut after = dnsbl.suspensions();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), after.next())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //!   `dnsbl_reply_map` ([`ReplyMap`]) and query names ([`query_name`]). Pure.
 //! - `score.rs`: scoring ([`DnsblSites::score`]) and the verdict
 //!   ([`Score::verdict`](score::Score::verdict), with the [`Thresholds`] that clamp a pass's
-//!   TTL). Pure. The `DNSBL rank` line is the early stage's (`screen/early.rs`).
+//!   TTL). Pure. The `DNSBL rank` line is the early stage's (`screen/early.rs`). Beside
+//!   postscreen's rank, the [`SoundScore`] counts only answers inside 127.0.0.0/8: the one
+//!   the kernel deny policy reads.
 //! - `resolver.rs`: hickory-resolver against the host's resolver or explicit servers
 //!   ([`DnsServers`]); its cache keeps answers for their TTL (negative ones for the SOA's).
 //! - `lookup.rs`: [`Dnsbl::start`] sends every list's query for a client at once and returns
@@ -16,6 +18,8 @@
 //!   The lines go to a [`DnsblLog`].
 //! - `health.rs`: beyond postscreen, [`Dnsbl::health_check`] asks every list for its test
 //!   points and suspends a list that lists the world or does not answer, until it recovers;
+//!   every suspension is published to [`Suspensions`] subscribers (the kernel deny policy
+//!   revokes the denies the list's answers caused);
 //!   [`Dnsbl::stats`] gives each list's counters and health, which the daemon writes to the
 //!   `dnsbl.status` file for `smtp-screen status`.
 //!
@@ -34,10 +38,10 @@ mod site;
 mod lab;
 
 pub(crate) use self::{
-    health::{HEALTH_CHECK_INTERVAL, create_status_file},
+    health::{HEALTH_CHECK_INTERVAL, Suspensions, create_status_file},
     lookup::{DEFAULT_TIMEOUT, Dnsbl, DnsblConfig, DnsblLog, DnsblQuery},
     resolver::DnsServers,
-    score::{ListResult, Thresholds, Verdict},
+    score::{ListResult, SoundScore, Thresholds, Verdict},
     site::{DnsblSite, DnsblSites, MAX_REPLY_MAP, MAX_SITES, ReplyMap, SiteProblem, query_name},
 };
 

@@ -7,7 +7,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use super::site::{DnsblSites, ReplyMap};
+use super::site::{DnsblSite, DnsblSites, ReplyMap};
 
 /// What one list said about a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +41,43 @@ pub(crate) struct Score {
     pub(crate) failed: usize,
     /// Lists not asked because they are suspended.
     pub(crate) suspended: usize,
+    /// The part of the score a kernel decision may rest on (see [`SoundScore`]).
+    pub(crate) sound: SoundScore,
+}
+
+/// The score from answers inside 127.0.0.0/8 only, with each list's share: what the kernel
+/// deny policy reads. An operator's filter (`list=10.0.0.[1..3]`) may make an answer outside
+/// 127.0.0.0/8 a listing for the SMTP verdict, as postscreen does, but no list answers a
+/// listing that way by RFC 5782: such an answer is as likely a hijacked zone or a resolver's
+/// redirect, and a silent SYN drop must not rest on it. A negative weight counts whatever
+/// its answer: it can only lower the score.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SoundScore {
+    /// The sum of `weights`.
+    pub(crate) rank: i32,
+    /// Each matching entry's list and weight, in configuration order (at most
+    /// [`MAX_SITES`](super::site::MAX_SITES)).
+    pub(crate) weights: Vec<(String, i32)>,
+}
+
+impl SoundScore {
+    /// The rank without the weights of the lists `gone` says are gone (suspended).
+    pub(crate) fn rank_without(&self, gone: impl Fn(&str) -> bool) -> i32 {
+        self.weights
+            .iter()
+            .filter(|(list, _)| !gone(list))
+            .fold(0i32, |rank, (_, weight)| rank.saturating_add(*weight))
+    }
+
+    /// Whether any weight comes from `list`.
+    pub(crate) fn rests_on(&self, list: &str) -> bool {
+        self.weights.iter().any(|(name, _)| name == list)
+    }
+}
+
+/// Whether an answer is one a list gives for a listing (RFC 5782 §2.3: 127.0.0.0/8).
+pub(crate) fn is_sound_answer(addr: Ipv4Addr) -> bool {
+    addr.is_loopback()
 }
 
 /// The DNSBL options that turn a score into a verdict.
@@ -153,6 +190,13 @@ impl DnsblSites {
                 continue;
             }
             score.rank = score.rank.saturating_add(site.weight);
+            if site.weight < 0 || matches_soundly(site, addrs) {
+                score.sound.rank = score.sound.rank.saturating_add(site.weight);
+                score
+                    .sound
+                    .weights
+                    .push((self.domains()[domain].clone(), site.weight));
+            }
             if top.is_none_or(|(weight, _)| weight < site.weight) {
                 top = Some((site.weight, domain));
             }
@@ -164,6 +208,17 @@ impl DnsblSites {
         score.pass_ttl = min_ttl(negative_ttl, dnswl_ttl);
         score
     }
+}
+
+/// Whether an answer inside 127.0.0.0/8 passes the entry's filter.
+fn matches_soundly(site: &DnsblSite, addrs: &[Ipv4Addr]) -> bool {
+    addrs.iter().any(|&addr| {
+        is_sound_answer(addr)
+            && site
+                .filter
+                .as_ref()
+                .is_none_or(|filter| filter.matches(addr))
+    })
 }
 
 fn min_ttl(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -331,6 +386,75 @@ mod tests {
             &map,
         );
         assert_eq!(score.pass_ttl, None);
+    }
+
+    #[test]
+    fn only_answers_inside_127_8_count_toward_the_sound_score() {
+        let sites = DnsblSites::parse(
+            "zen.test=127.0.0.[2..11]*4 odd.test=10.0.0.[1..3]*5 any.test*2 \
+             wl.test=10.0.[0..255].1*-3",
+        )
+        .unwrap();
+        let map = ReplyMap::default();
+        // An answer outside 127/8 that the operator's filter accepts lists the client in SMTP
+        // (rank 9), but only zen.test's weight is sound.
+        let score = sites.score(
+            &[
+                listed(&["127.0.0.2"], 60),
+                listed(&["10.0.0.2"], 60),
+                not_listed(None),
+                not_listed(None),
+            ],
+            &map,
+        );
+        assert_eq!(score.rank, 9);
+        assert_eq!(score.name.as_deref(), Some("odd.test"));
+        assert_eq!(score.sound.rank, 4);
+        assert_eq!(score.sound.weights, [("zen.test".to_string(), 4)]);
+        assert!(score.sound.rests_on("zen.test"));
+        assert!(!score.sound.rests_on("odd.test"));
+        // The SMTP verdict is postscreen's, whatever the sound score.
+        assert!(matches!(
+            score.verdict(&Thresholds::default(), false),
+            Verdict::Listed { rank: 9, .. }
+        ));
+        // Outside 127/8 only: listed in SMTP, nothing sound.
+        let score = sites.score(
+            &[
+                not_listed(None),
+                listed(&["10.0.0.3"], 60),
+                listed(&["192.0.2.1"], 60),
+                not_listed(None),
+            ],
+            &map,
+        );
+        assert_eq!((score.rank, score.sound.rank), (7, 0));
+        assert!(score.sound.weights.is_empty());
+        // One sound answer among others is enough for an entry without a filter.
+        let score = sites.score(
+            &[
+                not_listed(None),
+                not_listed(None),
+                listed(&["192.0.2.1", "127.0.0.3"], 60),
+                not_listed(None),
+            ],
+            &map,
+        );
+        assert_eq!((score.rank, score.sound.rank), (2, 2));
+        // An allowlist's weight counts whatever its answer: it only lowers the score.
+        let score = sites.score(
+            &[
+                listed(&["127.0.0.2"], 60),
+                not_listed(None),
+                not_listed(None),
+                listed(&["10.0.7.1"], 60),
+            ],
+            &map,
+        );
+        assert_eq!((score.rank, score.sound.rank), (1, 1));
+        assert_eq!(score.sound.rank_without(|list| list == "wl.test"), 4);
+        assert_eq!(score.sound.rank_without(|list| list == "zen.test"), -3);
+        assert_eq!(score.sound.rank_without(|_| true), 0);
     }
 
     // --- Verdicts and TTLs ---

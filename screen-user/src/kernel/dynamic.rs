@@ -127,6 +127,20 @@ impl DynamicDeny {
         }
     }
 
+    /// The entry covering `net`, expired or not.
+    pub(crate) fn get(&self, net: IpNet, v6_prefix_len: u32) -> Result<Option<DynamicEntry>> {
+        let net = key_net(net, v6_prefix_len)?;
+        let (found, name) = match net {
+            IpNet::V4(n) => (self.v4.get(&v4_key(n), 0), map_name::DYN_DENY_V4),
+            IpNet::V6(n) => (self.v6.get(&v6_key(n), 0), map_name::DYN_DENY_V6),
+        };
+        match found {
+            Ok(entry) => Ok(Some(DynamicEntry { net, entry })),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapFailure { name, source }.into()),
+        }
+    }
+
     /// Removes the entry covering `net`.
     pub(crate) fn remove(&mut self, net: IpNet, v6_prefix_len: u32) -> Result<()> {
         let (result, name) = match key_net(net, v6_prefix_len)? {

@@ -299,6 +299,12 @@ impl Maps {
         Ok(dynamic::key_net(net, self.v6_prefix_len_for(net)?)?)
     }
 
+    /// The dynamic deny entry covering `net`, expired or not.
+    pub(crate) fn dynamic_entry(&self, net: IpNet) -> Result<Option<DynamicEntry>> {
+        let v6_prefix_len = self.v6_prefix_len_for(net)?;
+        Ok(self.dynamic.get(net, v6_prefix_len)?)
+    }
+
     /// Removes the dynamic deny entry covering `net`.
     pub(crate) fn remove_dynamic(&mut self, net: IpNet) -> Result<()> {
         let v6_prefix_len = self.v6_prefix_len_for(net)?;

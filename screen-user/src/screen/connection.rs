@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{Next, Screen};
+use super::{Next, Screen, deny_causes::DnsblGround, early::DNSBL_FAILURE};
 use crate::{
     address::ClientAddr,
     smtpd::{Reply, close},
@@ -44,6 +44,9 @@ pub(crate) struct Session {
     /// the load balancer's own: the session is screened as postscreen screens it, but no
     /// kernel deny is ever made for it, whatever the settings, since that would stop all mail.
     pub(crate) client_is_balancer: bool,
+    /// The DNSBL failure's ground, when its sound score (answers inside 127.0.0.0/8) reached
+    /// `dnsbl_threshold`: only then does the failure count toward a kernel deny.
+    pub(crate) dnsbl_ground: Option<DnsblGround>,
 }
 
 impl Connection {
@@ -51,6 +54,18 @@ impl Connection {
     /// is the load balancer itself.
     pub(crate) fn deniable_client(&self) -> Option<IpAddr> {
         (!self.session.client_is_balancer).then(|| self.client.ip())
+    }
+}
+
+impl Session {
+    /// The failures the kernel deny policy counts: all but a DNSBL failure that rests on
+    /// answers outside 127.0.0.0/8.
+    pub(crate) fn kernel_failures(&self) -> Vec<&'static str> {
+        self.failures
+            .iter()
+            .copied()
+            .filter(|&failure| failure != DNSBL_FAILURE || self.dnsbl_ground.is_some())
+            .collect()
     }
 }
 
@@ -67,8 +82,9 @@ impl Screen {
 
     /// A client failed `test` (`None`: the access list rejected it) and `action` applies, as
     /// postscreen's actions do: `drop` sends `drop_reply` and hangs up, and the failure
-    /// counts toward a kernel deny (a denylisted client is denied at once), unless the client
-    /// is a load balancer ([`Connection::deniable_client`]); `enforce` lets the
+    /// counts toward a kernel deny (a denylisted client is denied at once; a DNSBL failure only
+    /// on answers inside 127.0.0.0/8), unless the client is a load balancer
+    /// ([`Connection::deniable_client`]); `enforce` lets the
     /// other tests finish, then refuses every RCPT with `enforce_reply` and never hands the
     /// client off; `ignore` only logs (postscreen takes the failure back).
     pub(super) async fn fail(
@@ -88,10 +104,16 @@ impl Screen {
                     self.reply_and_close(&mut conn.stream, &reply, client).await;
                 }
                 self.disconnect(client);
-                match (test, conn.deniable_client()) {
-                    (_, None) => {}
-                    (Some(_), Some(denied)) => self.deny.failed(denied, name),
-                    (None, Some(denied)) => self.deny.denylist_drop(denied),
+                if let Some(denied) = conn.deniable_client() {
+                    match test {
+                        Some(Test::Dnsbl) => {
+                            if let Some(ground) = conn.session.dnsbl_ground.take() {
+                                self.deny.failed_on(denied, name, Some(ground));
+                            }
+                        }
+                        Some(_) => self.deny.failed(denied, name),
+                        None => self.deny.denylist_drop(denied),
+                    }
                 }
                 return Next::Done;
             }
@@ -123,7 +145,7 @@ impl Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loopback::tcp_pair;
+    use crate::{dnsbl::SoundScore, loopback::tcp_pair};
 
     async fn connection(session: Session) -> (Connection, TcpStream) {
         let (server_end, client_end) = tcp_pair().await;
@@ -147,5 +169,25 @@ mod tests {
         };
         let (balancer, _peer) = connection(balancer).await;
         assert_eq!(balancer.deniable_client(), None);
+    }
+
+    #[test]
+    fn a_dnsbl_failure_outside_127_8_is_not_counted_in_the_kernel() {
+        let mut session = Session {
+            failures: vec!["PREGREET", DNSBL_FAILURE],
+            ..Session::default()
+        };
+        assert_eq!(session.kernel_failures(), ["PREGREET"]);
+        session.dnsbl_ground = DnsblGround::new(
+            SoundScore {
+                rank: 3,
+                weights: vec![("zen.test".into(), 3)],
+            },
+            3,
+        );
+        assert_eq!(session.kernel_failures(), ["PREGREET", DNSBL_FAILURE]);
+        session.failures = vec![DNSBL_FAILURE];
+        session.dnsbl_ground = None;
+        assert!(session.kernel_failures().is_empty());
     }
 }

@@ -90,7 +90,14 @@ impl Screen {
         if conn.session.failures.is_empty() {
             self.deny.forget(client.ip());
         } else if let Some(denied) = conn.deniable_client() {
-            self.deny.failed(denied, &conn.session.failures.join(", "));
+            let counted = conn.session.kernel_failures();
+            if !counted.is_empty() {
+                self.deny.failed_on(
+                    denied,
+                    &counted.join(", "),
+                    conn.session.dnsbl_ground.take(),
+                );
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::{
 use ipnet::IpNet;
 use screen_common::Origin;
 
+use super::deny_causes::{DenyCause, DenyCauses, DnsblGround};
 use super::deny_guard::DenyGuard;
 use crate::{
     address::canonical,
@@ -299,6 +300,8 @@ pub(crate) struct DenyEnforcer {
     /// The kernel maps, when the XDP layer is attached somewhere.
     kernel: Option<Arc<Mutex<Maps>>>,
     log: Arc<MailLog>,
+    /// Which lists the denies made on DNSBL answers rest on.
+    causes: Mutex<DenyCauses>,
 }
 
 impl DenyEnforcer {
@@ -313,6 +316,7 @@ impl DenyEnforcer {
             guard,
             kernel,
             log,
+            causes: Mutex::new(DenyCauses::default()),
         }
     }
 
@@ -320,22 +324,92 @@ impl DenyEnforcer {
         self.policy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A client failed a test: a repeat within the window is denied in the kernel.
-    pub(crate) fn failed(&self, client: IpAddr, reason: &str) {
-        let deny = self.policy().on_failure(client, Instant::now(), reason);
-        self.install(client, deny);
+    fn causes(&self) -> MutexGuard<'_, DenyCauses> {
+        self.causes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A failure conclusive on its own (a DNSBL score at `kernel_dnsbl_threshold`).
-    pub(crate) fn severe(&self, client: IpAddr, reason: &str) {
+    /// A client failed a test: a repeat within the window is denied in the kernel.
+    pub(crate) fn failed(&self, client: IpAddr, reason: &str) {
+        self.failed_on(client, reason, None);
+    }
+
+    /// A client failed; `dnsbl` is the ground of its DNSBL failure when that is one of them
+    /// (a DNSBL failure on answers outside 127.0.0.0/8 alone is not counted at all).
+    pub(crate) fn failed_on(&self, client: IpAddr, reason: &str, dnsbl: Option<DnsblGround>) {
+        let now = Instant::now();
+        let (deny, key, enabled) = {
+            let mut policy = self.policy();
+            let deny = policy.on_failure(client, now, reason);
+            (deny, policy.key(client), policy.enabled())
+        };
+        if !enabled || self.kernel.is_none() {
+            return;
+        }
+        let Some(deny) = deny else {
+            self.causes().first_failure(key, dnsbl, now);
+            return;
+        };
+        let earlier = self.causes().take_earlier(key);
+        let cause = DenyCause::repeat(earlier, dnsbl);
+        if !cause.stands() {
+            // The earlier failure rested on a list suspended since.
+            tracing::info!(%client, "no kernel deny: an earlier failure's list was suspended");
+            return;
+        }
+        self.install(client, Some(deny), cause);
+    }
+
+    /// A failure conclusive on its own (a DNSBL score at `kernel_dnsbl_threshold`), on the
+    /// lists of `ground`.
+    pub(crate) fn severe(&self, client: IpAddr, reason: &str, ground: DnsblGround) {
         let deny = self.policy().on_severe(client, reason);
-        self.install(client, deny);
+        self.install(client, deny, DenyCause::severe(ground));
     }
 
     /// A denylisted client whose action is `drop`.
     pub(crate) fn denylist_drop(&self, client: IpAddr) {
         let deny = self.policy().on_denylist_drop(client);
-        self.install(client, deny);
+        self.install(client, deny, DenyCause::on_no_list());
+    }
+
+    /// A list was suspended: the kernel denies that no longer stand without its answers are
+    /// removed from the maps, one log line each. An entry the policy no longer owns (the
+    /// operator replaced it) stays.
+    pub(crate) fn list_suspended(&self, list: &str) {
+        let revoked = self.causes().suspended(list, Instant::now());
+        let Some(kernel) = &self.kernel else {
+            return;
+        };
+        for revocation in revoked {
+            let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
+            let owned = match maps.dynamic_entry(revocation.net) {
+                Ok(Some(entry)) => entry.entry.origin == Origin::Policy as u32,
+                Ok(None) => false,
+                Err(e) => {
+                    self.log.warning(format_args!(
+                        "revoking the kernel deny of {}: {e}",
+                        revocation.net
+                    ));
+                    false
+                }
+            };
+            if !owned {
+                continue;
+            }
+            match maps.remove_dynamic(revocation.net) {
+                Ok(()) => self.log.info(revocation.log_line(list)),
+                Err(e) => self.log.warning(format_args!(
+                    "revoking the kernel deny of {}: {e}",
+                    revocation.net
+                )),
+            }
+        }
+    }
+
+    /// Remembers what an installed deny rests on.
+    fn remember(&self, deny: &KernelDeny, client: IpAddr, cause: DenyCause) {
+        self.causes()
+            .installed(deny.net, client, cause, deny.ttl, Instant::now());
     }
 
     /// A client that passed or is allowlisted: its earlier failure no longer counts.
@@ -362,7 +436,9 @@ impl DenyEnforcer {
 
     /// Drops remembered failures older than the deny window (called periodically).
     pub(crate) fn expire(&self) {
-        self.policy().expire(Instant::now());
+        let now = Instant::now();
+        self.policy().expire(now);
+        self.causes().expire(now);
     }
 
     /// Removes expired dynamic deny entries from the kernel maps (called periodically; the
@@ -379,7 +455,7 @@ impl DenyEnforcer {
         }
     }
 
-    fn install(&self, client: IpAddr, deny: Option<KernelDeny>) {
+    fn install(&self, client: IpAddr, deny: Option<KernelDeny>, cause: DenyCause) {
         let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
             return;
         };
@@ -415,7 +491,10 @@ impl DenyEnforcer {
         }
         let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
         match maps.add_dynamic(deny.net, deny.ttl, Origin::Policy, deny.failures) {
-            Ok(_) => self.log.info(deny.log_line(client)),
+            Ok(_) => {
+                self.log.info(deny.log_line(client));
+                self.remember(&deny, client, cause);
+            }
             Err(e) => self
                 .log
                 .warning(format_args!("kernel deny of {}: {e}", deny.net)),

@@ -16,17 +16,20 @@ use std::{
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-use super::{Next, Screen, connection::Connection};
+use super::{Next, Screen, connection::Connection, deny_causes::DnsblGround};
 use crate::{
     address::ClientAddr,
     address::canonical,
-    dnsbl::{DnsblQuery, Thresholds, Verdict},
+    dnsbl::{DnsblQuery, SoundScore, Thresholds, Verdict},
     escape::{LOG_TEXT_MAX, c_escape},
     limits::StressDuration,
     maillog::DelayDisplay,
     smtpd::{EngineError, Reply},
     test_state::{Outcome, Screening, Test, TestAction},
 };
+
+/// The DNSBL test's name in the failures a session collects.
+pub(crate) const DNSBL_FAILURE: &str = "DNSBL";
 
 /// How much early input is looked at (postscreen's `PSC_READ_BUF_SIZE` minus one).
 pub(crate) const PEEK_LIMIT: usize = 1023;
@@ -97,6 +100,15 @@ impl EarlySettings {
             && self
                 .kernel_dnsbl_threshold
                 .is_some_and(|kernel| rank >= kernel)
+    }
+
+    /// The ground of a first-contact kernel deny: the sound score (answers inside
+    /// 127.0.0.0/8 only) at `kernel_dnsbl_threshold`.
+    fn kernel_ground(&self, sound: &SoundScore) -> Option<DnsblGround> {
+        if !self.denies_in_kernel(sound.rank) {
+            return None;
+        }
+        DnsblGround::new(sound.clone(), self.kernel_dnsbl_threshold?)
     }
 }
 
@@ -192,17 +204,20 @@ impl Screen {
         match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
             Verdict::Listed { rank, name } => {
                 self.log.info(rank_log_line(rank, client));
-                if let Some(denied) = conn
-                    .deniable_client()
-                    .filter(|_| settings.denies_in_kernel(rank))
+                // The kernel reads only the sound score: answers inside 127.0.0.0/8.
+                conn.session.dnsbl_ground =
+                    DnsblGround::new(score.sound.clone(), settings.thresholds.threshold);
+                if let (Some(denied), Some(ground)) =
+                    (conn.deniable_client(), settings.kernel_ground(&score.sound))
                 {
-                    self.deny.severe(denied, &format!("DNSBL rank {rank}"));
+                    let reason = format!("DNSBL rank {}", ground.sound.rank);
+                    self.deny.severe(denied, &reason, ground);
                 }
                 let next = self
                     .fail(
                         conn,
                         Some(Test::Dnsbl),
-                        "DNSBL",
+                        DNSBL_FAILURE,
                         settings.dnsbl_action,
                         Reply::dnsbl_drop(client.ip(), &name).ok(),
                         Reply::dnsbl_enforce(client.ip(), &name).ok(),
@@ -443,5 +458,47 @@ mod tests {
             ..settings
         };
         assert!(!unset.denies_in_kernel(100));
+    }
+
+    #[test]
+    fn only_answers_inside_127_8_ground_a_kernel_deny() {
+        use crate::dnsbl::{DnsblSites, ListResult, ReplyMap};
+        let settings = EarlySettings {
+            greet_banner: String::new(),
+            greet_wait: StressDuration::fixed(Duration::from_secs(6)),
+            greet_action: TestAction::Ignore,
+            dnsbl_action: TestAction::Drop,
+            thresholds: Thresholds::default(),
+            kernel_dnsbl_threshold: Some(4),
+        };
+        let sites = DnsblSites::parse("zen.test=127.0.0.[2..11]*4 odd.test=10.0.0.[1..3]*5")
+            .expect("the lists");
+        let listed = |addr: &str| ListResult::Listed {
+            addrs: vec![addr.parse().unwrap()],
+            ttl: Duration::from_secs(60),
+        };
+        let unlisted = ListResult::NotListed { ttl: None };
+        let map = ReplyMap::default();
+        // zen.test's 127.0.0.2 reaches the kernel threshold.
+        let score = sites.score(&[listed("127.0.0.2"), unlisted.clone()], &map);
+        let ground = settings.kernel_ground(&score.sound).expect("a kernel deny");
+        assert_eq!(ground.needed, 4);
+        assert!(ground.sound.rests_on("zen.test"));
+        // odd.test's 10.0.0.2 ranks 5 in SMTP, above both thresholds, and grounds nothing in
+        // the kernel: neither a first-contact deny nor a failure for the repeat rule.
+        let score = sites.score(&[unlisted, listed("10.0.0.2")], &map);
+        assert!(matches!(
+            score.verdict(&settings.thresholds, false),
+            Verdict::Listed { rank: 5, .. }
+        ));
+        assert_eq!(settings.kernel_ground(&score.sound), None);
+        assert_eq!(
+            DnsblGround::new(score.sound.clone(), settings.thresholds.threshold),
+            None
+        );
+        // Both: the SMTP rank is 9, the kernel's 4.
+        let score = sites.score(&[listed("127.0.0.2"), listed("10.0.0.2")], &map);
+        assert_eq!((score.rank, score.sound.rank), (9, 4));
+        assert!(settings.kernel_ground(&score.sound).is_some());
     }
 }

@@ -16,12 +16,14 @@
 //!
 //! Beyond postscreen, [`deny_policy`] denies a client in the kernel when it fails again within
 //! `deny_window` (or a denylisted client whose action is `drop`), so its next SYNs never get
-//! here. [`connection`] is what the stages hand on: the stream, the endpoints and the session's
+//! here; [`deny_causes`] revokes the denies made on a DNSBL list's answers when the list is
+//! suspended. [`connection`] is what the stages hand on: the stream, the endpoints and the session's
 //! flags. A connection's settings come from [`ScreenSettings`], built from the configuration.
 
 pub(crate) mod access;
 pub(crate) mod connection;
 pub(crate) mod deep;
+pub(crate) mod deny_causes;
 pub(crate) mod deny_guard;
 pub(crate) mod deny_policy;
 pub(crate) mod early;
