@@ -206,7 +206,9 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// The shared settings; the daemon runs as its default account, created when missing.
     pub fn new(bed: &Bed) -> Self {
+        crate::ensure_service_account().expect("the daemon's account");
         let options = vec![
             (
                 "listen",
@@ -222,7 +224,7 @@ impl DaemonConfig {
                 "state_dir",
                 quoted(bed.scratch.path().join("state").display()),
             ),
-            ("user", quoted("nobody")),
+            ("user", quoted(screen_user::privileges::DEFAULT_USER)),
             ("myhostname", quoted(MYHOSTNAME)),
             ("log_to", quoted("stderr")),
             ("greet_wait", quoted(GREET_WAIT_SETTING)),

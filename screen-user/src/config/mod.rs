@@ -254,7 +254,7 @@ impl Default for Config {
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
-            user: "nobody".into(),
+            user: crate::privileges::DEFAULT_USER.into(),
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
             mynetworks: "127.0.0.0/8 [::1]/128".into(),
