@@ -81,7 +81,9 @@ pub(crate) struct Config {
     pub(crate) log_to: LogTarget,
     /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
     pub(crate) syslog_name: String,
-    /// After the sockets and BPF objects are open, the daemon runs as this user.
+    /// After the sockets and BPF objects are open, the daemon runs as this user, with its
+    /// groups; the account must exist (the default, `smtp-screen`, is a system account of its
+    /// own) and must not be root.
     pub(crate) user: String,
 
     // --- postscreen's options ---
