@@ -3,7 +3,8 @@
 //! every BPF map descriptor it holds (`/proc/PID/fdinfo`, the map named through its id), its
 //! mappings of BPF maps (`/proc/PID/maps`), and the owner of the state it keeps. Then it must
 //! still do everything it does after the drop: hand a client to Postfix through the kernel
-//! relay, install a kernel deny, sweep it when it expires, and stop cleanly.
+//! relay, read the kernel's deny state at the access stage, install a kernel deny, sweep it
+//! when it expires, and stop cleanly.
 //!
 //! The harness is `screen_tests::daemon`.
 
@@ -21,11 +22,11 @@ use aya::maps::MapInfo;
 use screen_common::map_name;
 use screen_tests::{
     daemon::{
-        Bed, Daemon, DaemonConfig, GREET_WAIT, LOG_WAIT, REPLY_WAIT, START_WAIT, TEASER, deny_list,
-        dynamic_deny, expect_delivered_and_passed, quoted,
+        Bed, Daemon, DaemonConfig, GREET_WAIT, LOG_WAIT, REPLY_WAIT, START_WAIT, TEASER,
+        TOOL_LIMIT, deny_list, dynamic_deny, expect_delivered_and_passed, quoted,
     },
     ensure_packages, ensure_service_account,
-    netns::{PinDir, output_within, smtp_screen_bin},
+    netns::{PinDir, output_within, run_within, smtp_screen_bin, stream_from},
     postfix::MAIL_DOMAIN,
     rbldnsd::{Dataset, LOCAL_DNS, Rbldnsd, Zone},
     require_root,
@@ -286,6 +287,26 @@ fn the_daemon_runs_as_its_account_and_writes_only_the_dynamic_deny_maps() {
     let marker = format!("delivered by an unprivileged daemon to {good}");
     bed.swaks_message(good, &marker, &[]).assert_success();
     expect_delivered_and_passed(&bed, &daemon, &postfix, good, &marker);
+
+    // The access stage reads the kernel's deny state through the read-only maps, and sees an
+    // operator's change to the static list: a client the kernel denies that reaches the
+    // daemon past the program (here the server itself, over loopback) is DENYLISTED.
+    let server = bed.server_v4();
+    let bin = smtp_screen_bin().expect("the smtp-screen binary");
+    let mut deny_add = bed.server.command(bin);
+    deny_add
+        .arg("--pin-dir")
+        .arg(pin.path())
+        .args(["deny", "add", &format!("{server}/32")]);
+    run_within(&mut deny_add, TOOL_LIMIT).expect("smtp-screen deny add");
+    let local = stream_from(&bed.server, server, bed.smtp_addr(server), REPLY_WAIT)
+        .expect("connecting over loopback");
+    let tag = format!(
+        "[{server}]:{}",
+        local.local_addr().expect("local address").port()
+    );
+    daemon.expect_line(&format!("DENYLISTED {tag}"));
+    drop(local);
 
     // A repeat pregreeter is denied in the kernel...
     for _ in 0..2 {
