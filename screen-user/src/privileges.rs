@@ -59,6 +59,15 @@ pub enum PrivilegeError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{path} is writable by others (mode {mode:o}), so it is not given to user {user:?}: \
+         set `state_dir` to a directory of the daemon's own"
+    )]
+    SharedDirectory {
+        path: PathBuf,
+        user: String,
+        mode: u32,
+    },
     #[error("cannot give up the privileges of future programs: {call}: {source}")]
     ExecPrivileges {
         call: &'static str,
@@ -254,14 +263,24 @@ impl ServiceAccount {
 
     /// Gives the directory or file at `path` to the account and its group. The path's last
     /// component is opened without following a symbolic link: one planted there is refused,
-    /// never the way to give away what it points to.
+    /// never the way to give away what it points to. A directory others may write in (`/tmp`,
+    /// a shared spool) is refused too: it is not the daemon's to own.
     pub(crate) fn give_path(&self, path: &Path) -> Result<(), PrivilegeError> {
+        use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
             .map_err(self.chown_error(path))?;
-        use std::os::fd::AsFd as _;
+        let meta = file.metadata().map_err(self.chown_error(path))?;
+        if meta.is_dir() && meta.mode() & 0o022 != 0 {
+            return Err(PrivilegeError::SharedDirectory {
+                path: path.to_path_buf(),
+                user: self.user.clone(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
         self.give_fd(file.as_fd(), path)
     }
 
@@ -358,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn the_state_is_given_to_the_account_and_a_symlink_is_never_followed() {
+    fn the_state_is_given_to_the_account_never_through_a_symlink_nor_a_shared_directory() {
         use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 
         let scratch = screen_tests::netns::ScratchDir::create("give").expect("a scratch dir");
@@ -409,5 +428,18 @@ mod tests {
         assert_eq!(path, &link);
         assert_eq!(source.raw_os_error(), Some(libc::ELOOP), "{err}");
         assert_eq!(std::fs::metadata(&elsewhere).unwrap().uid(), owner);
+
+        // A directory others write in is not the daemon's to own.
+        let shared = scratch.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let owner = std::fs::metadata(&shared).unwrap().uid();
+        let err = service.give_path(&shared).unwrap_err();
+        assert!(
+            matches!(err, PrivilegeError::SharedDirectory { mode: 0o1777, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("set `state_dir`"), "{err}");
+        assert_eq!(std::fs::metadata(&shared).unwrap().uid(), owner);
     }
 }
