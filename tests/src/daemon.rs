@@ -329,6 +329,8 @@ impl Daemon {
     /// stderr in `log`, and returns at once: for a test that is not built on a [`Bed`], or
     /// that waits for something else than [`Daemon::wait_screening`].
     pub fn spawn(netns: &Netns, bin: &Path, pin_dir: &Path, config: &Path, log: PathBuf) -> Self {
+        // A configuration without `user` runs the daemon as its default account.
+        crate::ensure_service_account().expect("the daemon's account");
         let log_file = File::create(&log).expect("daemon log file");
         let mut cmd = netns.command(bin);
         cmd.arg("--pin-dir")
