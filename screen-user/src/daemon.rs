@@ -1,13 +1,15 @@
 //! The daemon: opens everything that needs root (the kernel layer, the hand-off relay's BPF
-//! maps, the listening sockets, the allowlist database, the log), drops privileges, then
-//! screens connections until SIGTERM or SIGINT, sweeping expired kernel deny entries as it
-//! goes.
+//! maps, the listening sockets, the allowlist database, the log), gives the state directory to
+//! its account, drops privileges, then screens connections until SIGTERM or SIGINT, sweeping
+//! expired kernel deny entries as it goes. Of the XDP program's maps it keeps write access to
+//! the dynamic deny entries only.
 //!
 //! Everything the XDP layer sets up in the kernel is pinned, so stopping or restarting the
 //! daemon leaves the filter and every dynamic entry in place; `smtp-screen unload` removes
 //! them. The hand-off relay is not: its maps and program go with the daemon.
 
 use std::{
+    os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,10 +26,11 @@ use crate::{
         HandOff, Handoff, HandoffSettings,
         relay::{Relay, RelayMode},
     },
-    kernel::{self, Maps, clock},
+    kernel::{self, MapAccess, Maps, clock},
     limits::{self, LimitSettings, Limits},
     maillog::MailLog,
-    paths, privileges,
+    paths,
+    privileges::ServiceAccount,
     screen::{self, Screen, deny_guard::DenyGuard, deny_policy::DenyEnforcer},
     settings::Settings,
 };
@@ -43,7 +46,8 @@ impl DnsblLog for MailLog {
     }
 }
 
-/// Loads, configures and attaches the XDP program; returns its maps.
+/// Loads, configures and attaches the XDP program; returns its maps as the daemon holds them:
+/// the dynamic deny maps writable, every other map read-only.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
     let request = kernel::LoadRequest {
         ifaces: &config.interfaces,
@@ -63,8 +67,11 @@ fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
         action = ?config.kernel_action,
         "XDP SYN screen attached"
     );
-    // The program itself stays loaded through its pinned links.
-    Ok(loaded.maps)
+    // The program itself stays loaded through its pinned links, and it holds its maps: the
+    // read-write descriptors of the load are closed already.
+    let maps = Maps::from_pins_with(pin_dir, MapAccess::DynamicDeny)
+        .context("opening the XDP program's maps for screening")?;
+    Ok(maps)
 }
 
 /// Sets up the relay for `handoff = "proxy"` while the daemon can still create BPF objects,
@@ -186,6 +193,8 @@ fn check_open_files(limits: &LimitSettings) -> anyhow::Result<()> {
 pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
     let config_dir = config_path.parent().unwrap_or(Path::new("/"));
     let settings = Settings::new(&config, config_dir)?;
+    // A missing account stops the daemon before it opens anything.
+    let account = ServiceAccount::for_root(&config.user)?;
     check_open_files(&settings.limits)?;
     let kernel = if config.interfaces.is_empty() {
         None
@@ -213,7 +222,15 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
         }
         None => None,
     };
-    privileges::drop_to(&config.user)?;
+    if let Some(account) = account {
+        // Whose the state is, for the operator to see; the daemon writes it as that account.
+        account.give_path(&config.state_dir)?;
+        account.give_path(&paths::allowlist_db(&config.state_dir))?;
+        if let Some(file) = &dnsbl_status {
+            account.give_fd(file.as_fd(), &paths::dnsbl_status(&config.state_dir))?;
+        }
+        account.switch()?;
+    }
     tracing::info!(listen = ?config.listen, user = config.user, "smtp-screen screening connections");
 
     let mut accept_tasks = Vec::new();

@@ -206,7 +206,9 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// The shared settings; the daemon runs as its default account, created when missing.
     pub fn new(bed: &Bed) -> Self {
+        crate::ensure_service_account().expect("the daemon's account");
         let options = vec![
             (
                 "listen",
@@ -222,7 +224,7 @@ impl DaemonConfig {
                 "state_dir",
                 quoted(bed.scratch.path().join("state").display()),
             ),
-            ("user", quoted("nobody")),
+            ("user", quoted(screen_user::privileges::DEFAULT_USER)),
             ("myhostname", quoted(MYHOSTNAME)),
             ("log_to", quoted("stderr")),
             ("greet_wait", quoted(GREET_WAIT_SETTING)),
@@ -327,6 +329,8 @@ impl Daemon {
     /// stderr in `log`, and returns at once: for a test that is not built on a [`Bed`], or
     /// that waits for something else than [`Daemon::wait_screening`].
     pub fn spawn(netns: &Netns, bin: &Path, pin_dir: &Path, config: &Path, log: PathBuf) -> Self {
+        // A configuration without `user` runs the daemon as its default account.
+        crate::ensure_service_account().expect("the daemon's account");
         let log_file = File::create(&log).expect("daemon log file");
         let mut cmd = netns.command(bin);
         cmd.arg("--pin-dir")

@@ -41,6 +41,33 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// How long creating the daemon's account may take.
+const USERADD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Creates the daemon's default account ([`screen_user::privileges::DEFAULT_USER`]) when it is
+/// missing and this runs as root, as `cargo xtask` does, so that `cargo test` alone works on a
+/// fresh machine: a system account with its own group, no home and no login shell.
+pub fn ensure_service_account() -> io::Result<()> {
+    use screen_user::privileges::{DEFAULT_USER, lookup};
+    static USERADD: Mutex<()> = Mutex::new(());
+    let _useradd = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if lookup(DEFAULT_USER).is_ok() || unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    eprintln!("creating the system account {DEFAULT_USER}");
+    let mut cmd = Command::new("useradd");
+    cmd.args(["--system", "--user-group", "--no-create-home"])
+        .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+        .arg(DEFAULT_USER);
+    let result = netns::run_within(&mut cmd, USERADD_LIMIT);
+    // Another test process may have created it meanwhile.
+    match lookup(DEFAULT_USER) {
+        Ok(_) => Ok(()),
+        Err(missing) => result.and(Err(io::Error::other(missing))),
+    }
+}
+
 /// How long installing missing packages may take, download included.
 const APT_LIMIT: Duration = Duration::from_secs(600);
 

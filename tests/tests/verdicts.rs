@@ -28,8 +28,8 @@ use screen_tests::{
     },
 };
 use screen_user::kernel::{
-    self, KernelAction, LayoutError, LoadError, Maps, MapsError, ScreenProgram, StaticList, layout,
-    link,
+    self, KernelAction, LayoutError, LoadError, MapAccess, Maps, MapsError, ScreenProgram,
+    StaticList, layout, link,
     stats::{self, StatsMap},
 };
 
@@ -1309,6 +1309,104 @@ fn reloading_reuses_the_pinned_maps() {
     assert!(
         dynamics.iter().any(|e| e.net == host(DYNAMIC_V4)),
         "dynamic entry lost: {dynamics:?}"
+    );
+}
+
+/// What the daemon holds once it drops root: the dynamic deny maps writable, every other map
+/// through a read-only descriptor, which the kernel refuses to change.
+#[test]
+fn the_daemons_maps_take_dynamic_denies_and_refuse_every_other_change() {
+    if !require_root("the_daemons_maps_take_dynamic_denies_and_refuse_every_other_change") {
+        return;
+    }
+    let dir = PinDir::new("rdonly");
+    let denied = net(DENY_NET_V4);
+    let _program = ScreenProgram::load(dir.path()).expect("loading");
+    let config = {
+        let mut maps = Maps::from_pins(dir.path()).expect("opening the pins");
+        kernel::configure(&mut maps, &[25], KernelAction::Drop, 64).unwrap();
+        maps.add_static(StaticList::Deny, denied, Origin::Operator)
+            .unwrap();
+        maps.config().unwrap()
+    };
+    let mut daemon =
+        Maps::from_pins_with(dir.path(), MapAccess::DynamicDeny).expect("the daemon's maps");
+
+    // What the daemon writes: dynamic entries, in both families.
+    daemon
+        .add_dynamic(host(DYNAMIC_V4), DYNAMIC_TTL, Origin::Policy, 2)
+        .expect("a dynamic deny through the daemon's maps");
+    daemon
+        .add_dynamic(host(DYNAMIC_V6), DYNAMIC_TTL, Origin::Policy, 2)
+        .expect("an IPv6 dynamic deny through the daemon's maps");
+    let dynamics = daemon.dynamic_entries().unwrap();
+    assert_eq!(dynamics.len(), 2, "{dynamics:?}");
+
+    // What it reads: the lists, the configuration, the counters, the mapped IPv4 table.
+    let now = kernel::clock::monotonic_ns();
+    assert!(daemon.kernel_denies(DENIED_V4.into(), now).unwrap());
+    assert!(daemon.kernel_denies(DYNAMIC_V4.into(), now).unwrap());
+    assert!(!daemon.kernel_denies(UNLISTED_V4.into(), now).unwrap());
+    assert_eq!(daemon.config().unwrap(), config);
+    assert_eq!(daemon.v4_table_state(DENIED_V4).unwrap(), v4_table::DENY);
+    daemon.counters().expect("reading the counters");
+
+    // Everything else is refused, by the kernel for the maps (EPERM) and by the read-only
+    // mapping's guard for the tables (a change that needs no trie write, such as removing
+    // what the idle slot lacks already, reaches the table first), and nothing changed.
+    let refused = |what: &str, result: Result<kernel::ListChange, MapsError>| match result {
+        Err(e) => assert!(
+            ["PermissionDenied", "ReadOnly"]
+                .iter()
+                .any(|refusal| format!("{e:?}").contains(refusal)),
+            "{what}: must be refused as read-only: {e:?}"
+        ),
+        Ok(change) => panic!("{what} went through the daemon's maps: {change:?}"),
+    };
+    refused(
+        "a static deny",
+        daemon.add_static(StaticList::Deny, net("10.251.88.0/24"), Origin::Operator),
+    );
+    refused(
+        "a static allow",
+        daemon.add_static(StaticList::Allow, net("10.251.89.0/24"), Origin::Operator),
+    );
+    refused(
+        "removing a static deny",
+        daemon.remove_static(StaticList::Deny, denied),
+    );
+    refused(
+        "replacing the deny list",
+        daemon.replace_static(StaticList::Deny, &[], Origin::Operator),
+    );
+    let mut changed = config;
+    changed.ports[0] = 2525;
+    let error = daemon
+        .set_config(&changed)
+        .expect_err("the configuration record is read-only");
+    assert!(
+        format!("{error:?}").contains("PermissionDenied"),
+        "{error:?}"
+    );
+
+    let operator = Maps::from_pins(dir.path()).unwrap();
+    assert_eq!(
+        operator.config().unwrap(),
+        config,
+        "the record is unchanged"
+    );
+    let mut operator = operator;
+    let statics = operator.static_entries(StaticList::Deny).unwrap();
+    assert_eq!(
+        statics.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [denied],
+        "the deny list is unchanged"
+    );
+    assert!(
+        operator
+            .static_entries(StaticList::Allow)
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -92,6 +92,7 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
 
 fn run(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
     let binary = build(root)?;
+    toolchain::ensure_service_account()?;
     let args = if args.is_empty() {
         vec![
             "run".to_string(),
@@ -108,6 +109,7 @@ fn run(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 fn test(root: &Path) -> anyhow::Result<()> {
     toolchain::ensure(toolchain::BUILD_PACKAGES)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+    toolchain::ensure_service_account()?;
     step("checking formatting");
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("checking lints");
@@ -158,6 +160,7 @@ fn bench(root: &Path, name: Option<String>, quick: bool) -> anyhow::Result<()> {
     };
     let binary = build(root)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+    toolchain::ensure_service_account()?;
     for name in names {
         let report = root.join(format!("target/bench/{name}.md"));
         step(&format!("benchmark {name} (report: {})", report.display()));

@@ -109,6 +109,39 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     )
 }
 
+/// The account the daemon runs as by default (`user` in the configuration).
+const SERVICE_ACCOUNT: &str = "smtp-screen";
+
+/// Creates the daemon's default account when it is missing: a system account with its own
+/// group, no home and no login shell. The daemon refuses to start without its account, and
+/// the end-to-end tests run it as that account.
+pub fn ensure_service_account() -> anyhow::Result<()> {
+    let exists = || {
+        Command::new("getent")
+            .args(["passwd", SERVICE_ACCOUNT])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if exists() {
+        step(&format!("account present: {SERVICE_ACCOUNT}"));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the daemon's account {SERVICE_ACCOUNT} is missing; create it as root: useradd \
+             --system --user-group --no-create-home --home-dir /nonexistent --shell \
+             /usr/sbin/nologin {SERVICE_ACCOUNT}"
+        );
+    }
+    step(&format!("creating the system account {SERVICE_ACCOUNT}"));
+    run_cmd(
+        Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+            .arg(SERVICE_ACCOUNT),
+    )
+}
+
 /// Answers installer questions ahead of `apt-get install` (`debconf-set-selections`).
 fn preseed(selections: &[u8]) -> anyhow::Result<()> {
     let mut child = Command::new("debconf-set-selections")

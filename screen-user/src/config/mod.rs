@@ -93,7 +93,9 @@ pub(crate) struct Config {
     pub(crate) log_to: LogTarget,
     /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
     pub(crate) syslog_name: String,
-    /// After the sockets and BPF objects are open, the daemon runs as this user.
+    /// After the sockets and BPF objects are open, the daemon runs as this user, with its
+    /// groups; the account must exist (the default, `smtp-screen`, is a system account of its
+    /// own) and must not be root.
     pub(crate) user: String,
 
     // --- postscreen's options ---
@@ -272,7 +274,7 @@ impl Default for Config {
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
-            user: "nobody".into(),
+            user: crate::privileges::DEFAULT_USER.into(),
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
             mynetworks: "127.0.0.0/8 [::1]/128".into(),

@@ -107,7 +107,7 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
     ConfigOption::own("state_dir", r#""/var/lib/smtp-screen""#),
     ConfigOption::own("log_to", r#""stderr""#),
     ConfigOption::own("syslog_name", r#""smtp-screen""#),
-    ConfigOption::own("user", r#""nobody""#),
+    ConfigOption::own("user", r#""smtp-screen""#),
     // --- postscreen's options ---
     ConfigOption {
         key: "myhostname",

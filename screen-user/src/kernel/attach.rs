@@ -54,10 +54,9 @@ pub(crate) struct LoadRequest<'a> {
     pub(crate) v6_prefix_len: u32,
 }
 
-/// The program loaded, configured and attached.
+/// The program loaded, configured and attached. The maps written in the load are closed with
+/// it: a holder opens them again with the access it needs ([`Maps::from_pins_with`]).
 pub(crate) struct Loaded {
-    /// The program's maps, open.
-    pub(crate) maps: Maps,
     /// The configuration record as written.
     pub(crate) config: ScreenConfig,
     /// The program's kernel id.
@@ -105,11 +104,8 @@ fn load_locked(
         request.v6_prefix_len,
     )?;
     let prog_id = program.program_id()?;
-    let loaded = Loaded {
-        maps,
-        config,
-        prog_id,
-    };
+    drop(maps);
+    let loaded = Loaded { config, prog_id };
     for iface in request.ifaces {
         link::attach(program.xdp()?, pin_dir, iface, request.mode, request.force).map_err(
             |source| KernelError::Attach {

@@ -1,11 +1,19 @@
-//! The BPF filesystem that holds the pins: mounted on demand, as bpftool and xdp-tools do, and
-//! locked while a command changes the pinned state.
+//! The BPF filesystem that holds the pins: mounted on demand, as bpftool and xdp-tools do,
+//! locked while a command changes the pinned state, and its pins opened read-only for a holder
+//! that only reads a map.
+//!
+//! # Minimum kernel version
+//!
+//! 4.15 for `BPF_F_RDONLY` in `BPF_OBJ_GET`.
 
 use std::{
     ffi::CString,
     fs::File,
     io,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -115,6 +123,47 @@ impl PinDirLock {
         }
         Ok(Self { _dir: dir })
     }
+}
+
+/// `BPF_OBJ_GET` (`enum bpf_cmd`).
+const BPF_OBJ_GET: libc::c_long = 7;
+/// `BPF_F_RDONLY`: the descriptor may read the map, not change it.
+const BPF_F_RDONLY: u32 = 1 << 3;
+
+/// The part of `union bpf_attr` that `BPF_OBJ_GET` reads (the kernel zero-fills the rest).
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// A read-only descriptor of the map pinned at `path`: the kernel refuses every update, delete
+/// and writable mapping through it, so a holder that only reads cannot change the map even
+/// when compromised.
+pub(crate) fn open_pin_read_only(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    let attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: BPF_F_RDONLY,
+    };
+    // SAFETY: `attr` points at a NUL-terminated path that outlives the call; the kernel reads
+    // `size_of::<ObjGetAttr>()` bytes of it and writes nothing.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const attr,
+            size_of::<ObjGetAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 /// Removes the pin at `path`; one that is gone already is fine.

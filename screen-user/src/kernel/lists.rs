@@ -20,7 +20,7 @@ use screen_common::{LpmKeyV4, LpmKeyV6, Origin, PrefixEntry, ScreenConfig, map_n
 use super::{
     MapFailure,
     settings::{SettingsError, SettingsRecord},
-    v4_table::V4Tables,
+    v4_table::{V4TableError, V4Tables},
 };
 
 /// An error reading or changing a static list.
@@ -33,6 +33,8 @@ pub enum ListsError {
     NotListed { net: IpNet, list: &'static str },
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error(transparent)]
+    V4Table(#[from] V4TableError),
 }
 
 type Result<T> = std::result::Result<T, ListsError>;
@@ -384,7 +386,7 @@ impl StaticLists {
             StaticList::Allow => (&wanted, &other_content),
             StaticList::Deny => (&other_content, &wanted),
         };
-        let table_words = tables.stage(&mut config, v4_nets(allow), v4_nets(deny));
+        let table_words = tables.stage(&mut config, v4_nets(allow), v4_nets(deny))?;
         record.set(&config)?;
         Ok(ListChange {
             trie_writes,
@@ -404,7 +406,7 @@ impl StaticLists {
         config.v4_table_slot = record.get()?.v4_table_slot;
         let allow = self.allow.content(StaticList::Allow.slot(config))?;
         let deny = self.deny.content(StaticList::Deny.slot(config))?;
-        Ok(tables.stage(config, v4_nets(&allow), v4_nets(&deny)))
+        Ok(tables.stage(config, v4_nets(&allow), v4_nets(&deny))?)
     }
 
     /// Number of entries in each trie, by map name (the live and idle slots both count).

@@ -4,6 +4,13 @@
 //! counters ([`stats`](super::stats)) and the IPv4 tables ([`v4_table`](super::v4_table)). Each
 //! behaviour lives with its object; what is here opens them and hands each the configuration
 //! record where it needs it.
+//!
+//! The operator's commands and the load open every map read-write ([`MapAccess::Full`]). The
+//! daemon, once the program is loaded, holds write access to the dynamic deny entries alone
+//! ([`MapAccess::DynamicDeny`]): the static lists, the configuration record, the counters and
+//! the IPv4 tables are held read-only: the maps through read-only descriptors (`BPF_F_RDONLY`),
+//! the tables as `PROT_READ` mappings with no descriptor, so that a daemon taken over from the
+//! network can add and remove deny entries and nothing else.
 
 use std::{
     io,
@@ -20,7 +27,7 @@ use ipnet::IpNet;
 use screen_common::{Origin, PrefixEntry, ScreenConfig, Stat, map_name};
 
 use super::{
-    MapFailure,
+    MapFailure, bpffs,
     dynamic::{self, DynamicDeny, DynamicEntry, DynamicError},
     layout,
     lists::{ListChange, ListTries, ListsError, StaticList, StaticLists, Trie4, Trie6},
@@ -72,6 +79,26 @@ pub enum MapsError {
 
 type Result<T> = std::result::Result<T, MapsError>;
 
+/// Which of the program's maps a holder may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapAccess {
+    /// Every map: the load and the operator's commands.
+    Full,
+    /// The dynamic deny maps only; every other map is opened read-only. What the daemon keeps
+    /// after the load: it adds, refreshes and sweeps dynamic entries, and only reads the rest.
+    DynamicDeny,
+}
+
+impl MapAccess {
+    /// Whether the map `name` is opened for writing.
+    pub fn writes(self, name: &str) -> bool {
+        match self {
+            Self::Full => true,
+            Self::DynamicDeny => [map_name::DYN_DENY_V4, map_name::DYN_DENY_V6].contains(&name),
+        }
+    }
+}
+
 /// Every map of the program.
 pub struct Maps {
     lists: StaticLists,
@@ -107,17 +134,36 @@ struct GlobalData {
 }
 
 impl Maps {
-    /// Opens the maps pinned under `pin_dir`.
+    /// Opens the maps pinned under `pin_dir`, every one read-write.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
+        Self::from_pins_with(pin_dir, MapAccess::Full)
+    }
+
+    /// Opens the maps pinned under `pin_dir` with `access`: the maps it does not write through
+    /// read-only descriptors.
+    pub fn from_pins_with(pin_dir: &Path, access: MapAccess) -> Result<Self> {
         let open = |name: &'static str| {
             let path = pin_dir.join(name);
             if !path.exists() {
                 return Err(MapsError::Missing { name });
             }
-            let data = MapData::from_pin(&path).map_err(|source| MapsError::OpenPin {
+            let open_pin = |source| MapsError::OpenPin {
                 path: path.display().to_string(),
                 source,
-            })?;
+            };
+            // The IPv4 tables are mapped, which takes a read-write descriptor even for a
+            // read-only mapping; the mapping closes it ([`V4Tables::new`]).
+            let data = if access.writes(name) || map_name::TABLE_V4.contains(&name) {
+                MapData::from_pin(&path).map_err(open_pin)?
+            } else {
+                let fd = bpffs::open_pin_read_only(&path).map_err(|io_error| {
+                    open_pin(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "BPF_OBJ_GET (BPF_F_RDONLY)",
+                        io_error,
+                    }))
+                })?;
+                MapData::from_fd(fd).map_err(open_pin)?
+            };
             Map::from_map_data(data).map_err(|source| MapFailure { name, source }.into())
         };
         // Pins of an earlier layout hold counters this version cannot read, and their program
@@ -136,7 +182,7 @@ impl Maps {
                 .exists()
                 .then_some(map_name::OLD_CONFIG_GLOBAL_PIN),
         };
-        Self::build(open, &global_data)
+        Self::build(open, &global_data, access)
     }
 
     /// Takes the maps out of a loaded object (tests and benchmarks load without pins).
@@ -149,12 +195,13 @@ impl Maps {
             stats: map_name::STATS_GLOBAL,
             old_config: None,
         };
-        Self::build(take, &global_data)
+        Self::build(take, &global_data, MapAccess::Full)
     }
 
     fn build(
         mut open: impl FnMut(&'static str) -> Result<Map>,
         global_data: &GlobalData,
+        access: MapAccess,
     ) -> Result<Self> {
         let mut trie4 = |name| -> Result<Trie4> { typed(name, open(name)?) };
         let allow_v4 = [trie4(map_name::ALLOW_V4[0])?, trie4(map_name::ALLOW_V4[1])?];
@@ -167,10 +214,13 @@ impl Maps {
             ListTries::new(StaticList::Deny, deny_v4, deny_v6),
         );
         let [table_0, table_1] = map_name::TABLE_V4;
-        let tables_v4 = V4Tables::new([
-            (table_0, array(table_0, open(table_0)?)?),
-            (table_1, array(table_1, open(table_1)?)?),
-        ])?;
+        let tables_v4 = V4Tables::new(
+            [
+                (table_0, array(table_0, open(table_0)?)?),
+                (table_1, array(table_1, open(table_1)?)?),
+            ],
+            access.writes(table_0) && access.writes(table_1),
+        )?;
         let dynamic = DynamicDeny::new(
             typed(map_name::DYN_DENY_V4, open(map_name::DYN_DENY_V4)?)?,
             typed(map_name::DYN_DENY_V6, open(map_name::DYN_DENY_V6)?)?,
@@ -259,7 +309,7 @@ impl Maps {
     }
 
     /// The state of `addr`'s bucket in the live IPv4 table ([`screen_common::v4_table`]).
-    pub fn v4_table_state(&mut self, addr: Ipv4Addr) -> Result<u64> {
+    pub fn v4_table_state(&self, addr: Ipv4Addr) -> Result<u64> {
         let config = self.settings.get()?;
         Ok(self.tables_v4.state(&config, addr))
     }

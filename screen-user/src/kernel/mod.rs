@@ -33,7 +33,7 @@ pub(crate) use attach::{KernelError, LoadRequest, load_and_attach};
 pub use layout::LayoutError;
 pub use link::{AttachMode, Attachment, LinkError};
 pub use lists::{ListChange, ListsError, StaticList};
-pub use maps::{Maps, MapsError, configure};
+pub use maps::{MapAccess, Maps, MapsError, configure};
 pub use program::{LoadError, OBJECT, ScreenProgram};
 pub use settings::{KernelAction, SettingsError};
 

@@ -41,6 +41,9 @@ pub enum V4TableError {
         #[source]
         source: io::Error,
     },
+    /// The table is mapped read-only: its holder may not change the static lists.
+    #[error("{name} is held read-only (the daemon only reads the static lists)")]
+    ReadOnly { name: &'static str },
 }
 
 /// The table as the program must see it for one content of the lists.
@@ -114,11 +117,17 @@ pub(crate) struct V4Tables {
 }
 
 impl V4Tables {
-    /// Maps the table maps of slot 0 and 1, each given with its name.
-    pub(crate) fn new(maps: [(&'static str, MapData); 2]) -> Result<Self, V4TableError> {
+    /// Maps the table maps of slot 0 and 1, each given with its name and a read-write
+    /// descriptor, writable or read-only ([`MappedTable::new`]).
+    pub(crate) fn new(
+        maps: [(&'static str, MapData); 2],
+        writable: bool,
+    ) -> Result<Self, V4TableError> {
         let [(name_0, map_0), (name_1, map_1)] = maps;
-        let mapped =
-            |name, map| MappedTable::new(map).map_err(|source| V4TableError::Mmap { name, source });
+        let mapped = |name, map| {
+            MappedTable::new(name, map, writable)
+                .map_err(|source| V4TableError::Mmap { name, source })
+        };
         Ok(Self {
             tables: [mapped(name_0, map_0)?, mapped(name_1, map_1)?],
         })
@@ -131,40 +140,56 @@ impl V4Tables {
         config: &mut ScreenConfig,
         allow: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
         deny: impl IntoIterator<Item = &'a Ipv4Net> + Clone,
-    ) -> usize {
-        let table = V4Table::build(allow, deny);
+    ) -> Result<usize, V4TableError> {
         let idle = 1 - (config.v4_table_slot & 1) as usize;
-        let changed = self.tables[idle].write(&table);
+        let table = V4Table::build(allow, deny);
+        let changed = self.tables[idle].write(&table)?;
         config.v4_table_slot = idle as u32;
-        changed
+        Ok(changed)
     }
 
     /// The state of `addr`'s bucket in the table `config` makes live.
-    pub(crate) fn state(&mut self, config: &ScreenConfig, addr: Ipv4Addr) -> u64 {
+    pub(crate) fn state(&self, config: &ScreenConfig, addr: Ipv4Addr) -> u64 {
         self.tables[(config.v4_table_slot & 1) as usize].state(addr)
     }
 }
 
-/// A table map mapped into this process, read and written as memory.
+/// A table map mapped into this process, read (and, when writable, written) as memory.
 pub(crate) struct MappedTable {
+    name: &'static str,
     words: NonNull<u64>,
-    /// Kept open: a program loaded after the maps were taken out of its object refers to them
-    /// by descriptor.
-    _map: MapData,
+    /// Mapped `PROT_WRITE`; otherwise `PROT_READ` only, and a store would fault.
+    writable: bool,
+    /// Kept open when writable: a program loaded after the maps were taken out of its object
+    /// refers to them by descriptor. A read-only table keeps no descriptor: the mapping holds
+    /// the map.
+    _map: Option<MapData>,
 }
 
 // SAFETY: the mapping belongs to this value alone; the kernel keeps it valid until `Drop`.
 unsafe impl Send for MappedTable {}
 
 impl MappedTable {
-    /// Maps the value area of a table map (an array created with `BPF_F_MMAPABLE`).
-    pub(crate) fn new(map: MapData) -> io::Result<Self> {
+    /// Maps the value area of a table map (an array created with `BPF_F_MMAPABLE`), shared,
+    /// read-only unless `writable`.
+    ///
+    /// `map` must be a read-write descriptor even for a read-only mapping: the kernel maps a
+    /// BPF map only shared, and a shared mapping of a descriptor opened read-only is refused
+    /// (`EINVAL`). A read-only mapping is made `PROT_READ` and its descriptor closed here; the
+    /// kernel takes `VM_MAYWRITE` from a read-only mapping of a BPF map, so `mprotect` can
+    /// never make it writable.
+    pub(crate) fn new(name: &'static str, map: MapData, writable: bool) -> io::Result<Self> {
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh shared mapping of a BPF array, sized as the array's value area.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 TABLE_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
+                protection,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
                 0,
@@ -174,30 +199,44 @@ impl MappedTable {
             return Err(io::Error::last_os_error());
         }
         let words = NonNull::new(addr.cast()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
-        Ok(Self { words, _map: map })
+        Ok(Self {
+            name,
+            words,
+            writable,
+            _map: writable.then_some(map),
+        })
     }
 
-    fn words(&mut self) -> &mut [u64] {
-        // SAFETY: the mapping is TABLE_BYTES long and page aligned. The program only reads the
-        // table, and only the live one; the pin directory lock keeps other writers out.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_ptr(), WORDS as usize) }
+    fn words(&self) -> &[u64] {
+        // SAFETY: the mapping is TABLE_BYTES long, page aligned and readable.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr(), WORDS as usize) }
+    }
+
+    fn words_mut(&mut self) -> Result<&mut [u64], V4TableError> {
+        if !self.writable {
+            return Err(V4TableError::ReadOnly { name: self.name });
+        }
+        // SAFETY: the mapping is TABLE_BYTES long, page aligned and writable (checked above).
+        // The program only reads the table, and only the live one; the pin directory lock
+        // keeps other writers out.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.words.as_ptr(), WORDS as usize) })
     }
 
     /// Makes the mapped table equal to `table`, storing only the words that differ; returns
     /// how many did.
-    pub(crate) fn write(&mut self, table: &V4Table) -> usize {
+    pub(crate) fn write(&mut self, table: &V4Table) -> Result<usize, V4TableError> {
         let mut changed = 0;
-        for (word, &wanted) in self.words().iter_mut().zip(table.words.iter()) {
+        for (word, &wanted) in self.words_mut()?.iter_mut().zip(table.words.iter()) {
             if *word != wanted {
                 *word = wanted;
                 changed += 1;
             }
         }
-        changed
+        Ok(changed)
     }
 
     /// The state of the bucket `addr` falls in, as the map holds it.
-    pub(crate) fn state(&mut self, addr: Ipv4Addr) -> u64 {
+    pub(crate) fn state(&self, addr: Ipv4Addr) -> u64 {
         let bucket = bucket(addr.octets());
         state(self.words()[word_index(bucket) as usize], bucket)
     }
