@@ -240,10 +240,9 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     // A suspended list's answers no longer hold: the kernel denies made on them are revoked.
     if let Some(dnsbl) = screen.dnsbl() {
         let suspensions = dnsbl.suspensions();
-        accept_tasks.push(tokio::spawn(screen::deny_causes::revoke_on_suspension(
-            Arc::clone(&screen),
-            suspensions,
-        )));
+        accept_tasks.push(tokio::spawn(
+            Arc::clone(&screen).revoke_on_suspension(suspensions),
+        ));
     }
 
     // List health: at start and then every few minutes, each DNSBL is asked for its test

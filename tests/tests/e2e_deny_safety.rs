@@ -4,7 +4,7 @@
 //! will never do": a deny never covers a permitted neighbour; a flood of denies pauses the
 //! policy; a source the kernel denies gets no service where it slips past the program.
 
-use std::{net::IpAddr, thread, time::Duration};
+use std::{net::IpAddr, path::Path, thread, time::Duration};
 
 use screen_tests::{
     daemon::{
@@ -17,6 +17,18 @@ use screen_tests::{
 
 /// What a client the access list rejects gets with `denylist_action = drop`.
 const DENYLIST_DROP: &str = "521 5.3.2 Service currently unavailable";
+
+/// The kernel layer attached, the access table `table` after `permit_mynetworks`, and its
+/// rejected clients dropped (and denied in the kernel at first contact).
+fn dropping(bed: &Bed, table: &Path) -> DaemonConfig {
+    DaemonConfig::new(bed)
+        .with_kernel_layer(bed)
+        .set(
+            "access_list",
+            quoted(format!("permit_mynetworks, cidr:{}", table.display())),
+        )
+        .set("denylist_action", quoted("drop"))
+}
 
 /// Connects from `src` and expects the denylist refusal, then the hang-up.
 fn refused(bed: &Bed, daemon: &Daemon, src: IpAddr) {
@@ -45,13 +57,7 @@ fn a_permitted_ipv6_neighbour_still_connects_after_the_bot_beside_it_is_refused(
         &[(neighbour, "permit"), (bot, "reject"), (lone_bot, "reject")],
     );
     let pin = PinDir::new("guard-v6");
-    let config = DaemonConfig::new(&bed)
-        .with_kernel_layer(&bed)
-        .set(
-            "access_list",
-            quoted(format!("permit_mynetworks, cidr:{}", table.display())),
-        )
-        .set("denylist_action", quoted("drop"))
+    let config = dropping(&bed, &table)
         .set("deny_v6_prefix", "124")
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
@@ -112,13 +118,7 @@ fn a_flood_of_denies_past_the_rate_limit_pauses_the_kernel_policy() {
     let rules: Vec<(IpAddr, &str)> = bots.iter().map(|&b| (b, "reject")).collect();
     let table = bed.write_table("access.cidr", &rules);
     let pin = PinDir::new("breaker");
-    let config = DaemonConfig::new(&bed)
-        .with_kernel_layer(&bed)
-        .set(
-            "access_list",
-            quoted(format!("permit_mynetworks, cidr:{}", table.display())),
-        )
-        .set("denylist_action", quoted("drop"))
+    let config = dropping(&bed, &table)
         .set("kernel_deny_rate_limit", LIMIT.to_string())
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");

@@ -9,20 +9,19 @@
 //! failure stands while its sound score without the suspended lists still reaches the
 //! threshold it met.
 //!
-//! Bounded as the policy's tracked clients are ([`MAX_TRACKED`]): past the bound the oldest
-//! records go first, and a deny whose record went is not revoked (it expires with its TTL).
+//! Bounded as the policy's tracked clients are (the policy gives its bound): past the bound the
+//! oldest records go first, and a deny whose record went is not revoked (it expires with its
+//! TTL).
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 
-use super::{Screen, deny_policy::MAX_TRACKED};
-use crate::dnsbl::{SoundScore, Suspensions};
+use crate::dnsbl::SoundScore;
 
 /// A DNSBL failure the kernel counts: its sound score and the threshold the score met.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,12 +155,6 @@ pub(crate) struct DenyCauses {
     earlier: HashMap<IpNet, Earlier>,
 }
 
-impl Default for DenyCauses {
-    fn default() -> Self {
-        Self::with_capacity(MAX_TRACKED)
-    }
-}
-
 impl DenyCauses {
     /// At most `max` denies and `max` earlier failures remembered.
     pub(crate) fn with_capacity(max: usize) -> Self {
@@ -276,19 +269,12 @@ fn make_room<V>(map: &mut HashMap<IpNet, V>, made: impl Fn(&V) -> Instant) {
     map.retain(|_, value| made(value) > cutoff);
 }
 
-/// Follows the lists' suspensions for the daemon's life: each one revokes the kernel denies
-/// that rested on the list.
-pub(crate) async fn revoke_on_suspension(screen: Arc<Screen>, mut suspensions: Suspensions) {
-    loop {
-        for list in suspensions.next().await {
-            screen.deny.list_suspended(&list);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy's bound, as the daemon sizes it.
+    const MAX: usize = 100_000;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -316,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_suspended_list_revokes_the_denies_that_do_not_stand_without_it() {
-        let mut causes = DenyCauses::default();
+        let mut causes = DenyCauses::with_capacity(MAX);
         let now = Instant::now();
         let ground = |weights: &[(&str, i32)]| DnsblGround::new(sound(weights), 4).unwrap();
         // Rests on zen.test alone.
@@ -373,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_deny_on_no_list_replaces_the_record_and_is_never_revoked() {
-        let mut causes = DenyCauses::default();
+        let mut causes = DenyCauses::with_capacity(MAX);
         let now = Instant::now();
         let key = net("192.0.2.1/32");
         let ground = DnsblGround::new(sound(&[("zen.test", 4)]), 4).unwrap();
@@ -391,7 +377,7 @@ mod tests {
 
     #[test]
     fn an_earlier_dnsbl_failure_is_kept_for_the_repeat_and_falls_with_its_list() {
-        let mut causes = DenyCauses::default();
+        let mut causes = DenyCauses::with_capacity(MAX);
         let now = Instant::now();
         let key = net("192.0.2.7/32");
         let ground = DnsblGround::new(sound(&[("zen.test", 3)]), 3).unwrap();
@@ -418,7 +404,7 @@ mod tests {
 
     #[test]
     fn expired_denies_are_forgotten() {
-        let mut causes = DenyCauses::default();
+        let mut causes = DenyCauses::with_capacity(MAX);
         let now = Instant::now();
         let ground = DnsblGround::new(sound(&[("zen.test", 4)]), 4).unwrap();
         causes.installed(

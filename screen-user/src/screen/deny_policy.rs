@@ -316,7 +316,7 @@ impl DenyEnforcer {
             guard,
             kernel,
             log,
-            causes: Mutex::new(DenyCauses::default()),
+            causes: Mutex::new(DenyCauses::with_capacity(MAX_TRACKED)),
         }
     }
 
@@ -508,6 +508,15 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(600);
     const TTL: Duration = Duration::from_secs(3600);
+    /// The defaults, on a host clients reach directly.
+    const DIRECT: DenySettings = DenySettings {
+        window: WINDOW,
+        ttl: TTL,
+        v6_prefix: 64,
+        soft_bounce: false,
+        rate_limit: 300,
+        behind_balancer: false,
+    };
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -634,14 +643,7 @@ mod tests {
 
     #[test]
     fn soft_bounce_and_a_missing_kernel_layer_deny_nothing() {
-        let settings = DenySettings {
-            window: Duration::from_secs(600),
-            ttl: Duration::from_secs(3_600),
-            v6_prefix: 64,
-            soft_bounce: false,
-            rate_limit: 300,
-            behind_balancer: false,
-        };
+        let settings = DIRECT;
         assert!(settings.policy(true).enabled());
         assert!(!settings.policy(false).enabled());
         let trial = DenySettings {
@@ -660,14 +662,7 @@ mod tests {
 
     #[test]
     fn behind_a_load_balancer_the_policy_denies_nothing_and_says_so() {
-        let direct = DenySettings {
-            window: Duration::from_secs(600),
-            ttl: Duration::from_secs(3_600),
-            v6_prefix: 64,
-            soft_bounce: false,
-            rate_limit: 300,
-            behind_balancer: false,
-        };
+        let direct = DIRECT;
         assert!(direct.policy(true).enabled());
         assert_eq!(direct.off_behind_balancer(true), None);
         let balanced = DenySettings {

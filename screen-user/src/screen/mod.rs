@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     allowlist::AllowlistStore,
-    dnsbl::Dnsbl,
+    dnsbl::{Dnsbl, Suspensions},
     handoff::HandOff,
     limits::{Limits, StressDuration},
     maillog::MailLog,
@@ -105,6 +105,16 @@ impl Screen {
                     self.log.warning(format_args!("accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+
+    /// Follows the lists' suspensions for the daemon's life: each one revokes the kernel
+    /// denies that rested on the list.
+    pub(crate) async fn revoke_on_suspension(self: Arc<Self>, mut suspensions: Suspensions) {
+        loop {
+            for list in suspensions.next().await {
+                self.deny.list_suspended(&list);
             }
         }
     }
