@@ -176,7 +176,7 @@ pub struct CacheStats {
     pub(crate) entries: usize,
     /// Updates not written because the queue was full or the writer had stopped.
     pub(crate) dropped_writes: u64,
-    /// Batches that failed to commit (their changes are lost from the file).
+    /// Writes that failed (their changes are kept, and written once the file can be).
     pub(crate) write_errors: u64,
     /// Records evicted by `max_entries`.
     pub(crate) evictions: u64,
@@ -333,6 +333,30 @@ impl Batch {
         !self.clear && self.changes.is_empty() && self.cleanup_completed.is_none()
     }
 
+    /// Puts back a batch that failed to commit, under the changes made since: they are newer,
+    /// so they win; a clear made since supersedes it all.
+    fn requeue(&mut self, failed: Batch) {
+        if self.clear {
+            return;
+        }
+        self.clear = failed.clear;
+        for (addr, change) in failed.changes {
+            self.changes.entry(addr).or_insert(change);
+        }
+        if self.cleanup_completed.is_none() {
+            self.cleanup_completed = failed.cleanup_completed;
+        }
+    }
+
+    /// Every record in memory, replacing whatever the file holds.
+    fn rewrite_from(records: &Records) -> Batch {
+        Batch {
+            clear: true,
+            changes: records.map.iter().map(|(a, t)| (*a, Some(*t))).collect(),
+            cleanup_completed: None,
+        }
+    }
+
     fn add(&mut self, op: WriteOp) {
         match op {
             WriteOp::Put(addr, times) => {
@@ -370,7 +394,8 @@ impl Batch {
 pub struct AllowlistCache {
     path: PathBuf,
     name: String,
-    records: RwLock<Records>,
+    /// Shared with the writer, which rewrites the file from it after an outage.
+    records: Arc<RwLock<Records>>,
     queue: mpsc::Sender<WriteOp>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -402,17 +427,24 @@ impl AllowlistCache {
             .store(loaded.corrupt, Ordering::Relaxed);
         counters.evictions.store(loaded.evicted, Ordering::Relaxed);
         let (queue, receiver) = mpsc::channel(options.queue_capacity);
+        let records = Arc::new(RwLock::new(loaded.records));
         let writer = tokio::spawn(write_loop(
-            Arc::new(loaded.db),
-            path.clone(),
+            Writer {
+                db: Some(Arc::new(loaded.db)),
+                path: path.clone(),
+                name: name.clone(),
+                records: Arc::clone(&records),
+                counters: Arc::clone(&counters),
+                failing: None,
+                max_batch: options.max_entries.saturating_mul(2),
+            },
             receiver,
             options,
-            Arc::clone(&counters),
         ));
         Ok(Self {
             path,
             name,
-            records: RwLock::new(loaded.records),
+            records,
             queue,
             writer: Mutex::new(Some(writer)),
             counters,
@@ -819,43 +851,176 @@ fn parse_timestamp(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-async fn write_loop(
-    db: Arc<Database>,
+/// The first retry after a failed write comes this soon; each further one twice as late, up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A writer whose writes fail (a full disk, a damaged file): since when, how often.
+#[derive(Debug)]
+struct Failing {
+    attempts: u32,
+    retry_in: Duration,
+}
+
+/// The writer task's side of the file.
+struct Writer {
+    /// `None` after an I/O error closed it: the next attempt opens the file again.
+    db: Option<Arc<Database>>,
     path: PathBuf,
-    mut queue: mpsc::Receiver<WriteOp>,
-    options: CacheOptions,
+    name: String,
+    records: Arc<RwLock<Records>>,
     counters: Arc<Counters>,
-) {
+    failing: Option<Failing>,
+    /// Past this many pending changes during an outage, the file is rewritten from memory
+    /// when it can be written again (the pending changes stay bounded).
+    max_batch: usize,
+}
+
+impl Writer {
+    /// Commits `batch`. A batch that fails goes back into `batch` (under newer changes) for
+    /// the next attempt, so no change is lost while the daemon runs: the first failure is
+    /// logged, and so is the recovery. After an I/O error the file is closed and opened
+    /// again, and then rewritten from memory, which holds every record.
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), CacheError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let db = match self.db.clone() {
+            Some(db) => db,
+            None => match self.reopen().await {
+                Ok(db) => {
+                    // The file may have been replaced: memory is the truth.
+                    let rewrite = Batch::rewrite_from(
+                        &self.records.read().unwrap_or_else(PoisonError::into_inner),
+                    );
+                    let newer = std::mem::replace(batch, rewrite);
+                    batch.changes.extend(newer.changes);
+                    batch.cleanup_completed = newer.cleanup_completed.or(batch.cleanup_completed);
+                    db
+                }
+                Err(err) => return Err(self.failed(err)),
+            },
+        };
+        let work = std::mem::take(batch);
+        let written = tokio::task::spawn_blocking(move || {
+            let result = write_batch(&db, &work);
+            (work, result)
+        })
+        .await;
+        match written {
+            Ok((_, Ok(()))) => {
+                self.counters
+                    .batches_committed
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(failing) = self.failing.take() {
+                    tracing::info!(
+                        "cache {}: written again after {} failed attempt{}; no change was lost",
+                        self.name,
+                        failing.attempts,
+                        if failing.attempts == 1 { "" } else { "s" }
+                    );
+                }
+                Ok(())
+            }
+            Ok((work, Err(e))) => {
+                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                    // redb refuses every write after an I/O error until it is opened again.
+                    self.db = None;
+                }
+                if batch.changes.len() + work.changes.len() > self.max_batch {
+                    // Too much pending: the file is rewritten from memory once writable.
+                    *batch = Batch::default();
+                    self.db = None;
+                } else {
+                    batch.requeue(work);
+                }
+                Err(self.failed(db_error(&self.path, "write the allowlist", e)))
+            }
+            Err(_) => Err(self.failed(CacheError::WriterStopped {
+                path: self.path.clone(),
+            })),
+        }
+    }
+
+    /// Opens the file again (moving a damaged one aside, as at start).
+    async fn reopen(&mut self) -> Result<Arc<Database>, CacheError> {
+        let (path, name) = (self.path.clone(), self.name.clone());
+        let opened = tokio::task::spawn_blocking(move || open_file(&path, &name))
+            .await
+            .map_err(|_| CacheError::WriterStopped {
+                path: self.path.clone(),
+            })??;
+        let db = Arc::new(opened);
+        self.db = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// Counts a failure and says so the first time; returns the error.
+    fn failed(&mut self, err: CacheError) -> CacheError {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        match &mut self.failing {
+            None => {
+                tracing::warn!(
+                    "cache {}: {err}; screening goes on, and the changes are kept in memory \
+                     and written when the file can be written again",
+                    self.name
+                );
+                self.failing = Some(Failing {
+                    attempts: 1,
+                    retry_in: RETRY_FIRST,
+                });
+            }
+            Some(failing) => {
+                tracing::debug!("cache {}: {err}", self.name);
+                failing.attempts += 1;
+                failing.retry_in = (failing.retry_in * 2).min(RETRY_MAX);
+            }
+        }
+        err
+    }
+
+    /// When to try again after a failure, if failing.
+    fn retry_at(&self) -> Option<Instant> {
+        self.failing
+            .as_ref()
+            .map(|failing| Instant::now() + failing.retry_in)
+    }
+}
+
+async fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<WriteOp>, options: CacheOptions) {
     let mut batch = Batch::default();
     let mut deadline: Option<Instant> = None;
     loop {
         let op = tokio::select! {
             op = queue.recv() => op,
             () = wait_until(deadline) => {
-                // A failure is logged and counted inside; the next batch tries again.
-                let _ = commit(&db, &path, &mut batch, &counters).await;
-                deadline = None;
+                // A failure is logged and counted inside; the batch is tried again.
+                let _ = writer.commit(&mut batch).await;
+                deadline = writer.retry_at();
                 continue;
             }
         };
         match op {
             Some(WriteOp::Flush(reply)) => {
-                let _ = reply.send(commit(&db, &path, &mut batch, &counters).await);
-                deadline = None;
+                let _ = reply.send(writer.commit(&mut batch).await);
+                deadline = writer.retry_at();
             }
             Some(WriteOp::Close(reply)) => {
-                let _ = reply.send(commit(&db, &path, &mut batch, &counters).await);
+                let _ = reply.send(writer.commit(&mut batch).await);
                 break;
             }
             None => {
-                let _ = commit(&db, &path, &mut batch, &counters).await;
+                let _ = writer.commit(&mut batch).await;
                 break;
             }
             Some(op) => {
                 batch.add(op);
-                if batch.changes.len() >= options.batch_max_entries {
-                    let _ = commit(&db, &path, &mut batch, &counters).await;
-                    deadline = None;
+                if writer.failing.is_some() {
+                    // Waiting for the retry: the changes gather meanwhile.
+                } else if batch.changes.len() >= options.batch_max_entries {
+                    let _ = writer.commit(&mut batch).await;
+                    deadline = writer.retry_at();
                 } else if deadline.is_none() {
                     deadline = Some(Instant::now() + options.batch_interval);
                 }
@@ -864,7 +1029,9 @@ async fn write_loop(
     }
     queue.close();
     // Closing the database syncs the file: off the async threads, like every write.
-    let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+    if let Some(db) = writer.db.take() {
+        let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+    }
 }
 
 async fn wait_until(deadline: Option<Instant>) {
@@ -874,41 +1041,14 @@ async fn wait_until(deadline: Option<Instant>) {
     }
 }
 
-async fn commit(
-    db: &Arc<Database>,
-    path: &Path,
-    batch: &mut Batch,
-    counters: &Counters,
-) -> Result<(), CacheError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let work = std::mem::take(batch);
-    let db = Arc::clone(db);
-    let result = match tokio::task::spawn_blocking(move || write_batch(&db, work)).await {
-        Ok(result) => result.map_err(|e| db_error(path, "write the allowlist", e)),
-        Err(_) => Err(CacheError::WriterStopped {
-            path: path.to_path_buf(),
-        }),
-    };
-    match &result {
-        Ok(()) => counters.batches_committed.fetch_add(1, Ordering::Relaxed),
-        Err(err) => {
-            tracing::warn!("{err}");
-            counters.write_errors.fetch_add(1, Ordering::Relaxed)
-        }
-    };
-    result
-}
-
-fn write_batch(db: &Database, batch: Batch) -> Result<(), redb::Error> {
+fn write_batch(db: &Database, batch: &Batch) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         if batch.clear {
             txn.delete_table(RECORDS)?;
         }
         let mut table = txn.open_table(RECORDS)?;
-        for (addr, change) in batch.changes {
+        for (addr, change) in &batch.changes {
             let key = addr.to_string();
             match change {
                 Some(times) => {

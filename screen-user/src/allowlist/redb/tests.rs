@@ -577,3 +577,58 @@ async fn periodic_cleanup_is_off_at_zero_and_runs_at_once_when_overdue() {
     assert_eq!(kept, [ip("10.0.0.2")]);
     cache.close().await.unwrap();
 }
+
+#[test]
+fn a_failed_batch_goes_back_under_the_newer_changes() {
+    let at = |t: u64| TestTimes {
+        pregreet: t,
+        ..TestTimes::NEW
+    };
+    let mut failed = Batch::default();
+    failed.add(WriteOp::Put(ip("192.0.2.1"), at(1)));
+    failed.add(WriteOp::Put(ip("192.0.2.2"), at(1)));
+    failed.add(WriteOp::CleanupCompleted(7));
+    let mut newer = Batch::default();
+    newer.add(WriteOp::Delete(ip("192.0.2.2")));
+    newer.add(WriteOp::Put(ip("192.0.2.3"), at(2)));
+    newer.requeue(failed);
+    assert_eq!(newer.changes.len(), 3);
+    assert_eq!(newer.changes[&ip("192.0.2.1")], Some(at(1)));
+    // The newer change wins.
+    assert_eq!(newer.changes[&ip("192.0.2.2")], None);
+    assert_eq!(newer.changes[&ip("192.0.2.3")], Some(at(2)));
+    assert_eq!(newer.cleanup_completed, Some(7));
+    assert!(!newer.clear);
+
+    // A clear made since supersedes everything that failed before it.
+    let mut failed = Batch::default();
+    failed.add(WriteOp::Put(ip("192.0.2.1"), at(1)));
+    let mut cleared = Batch::default();
+    cleared.add(WriteOp::Clear);
+    cleared.requeue(failed);
+    assert!(cleared.clear && cleared.changes.is_empty());
+
+    // A clear that failed stays ahead of the changes made since.
+    let mut failed = Batch::default();
+    failed.add(WriteOp::Clear);
+    failed.add(WriteOp::Put(ip("192.0.2.9"), at(1)));
+    let mut newer = Batch::default();
+    newer.add(WriteOp::Put(ip("192.0.2.8"), at(2)));
+    newer.requeue(failed);
+    assert!(newer.clear);
+    assert_eq!(newer.changes.len(), 2);
+}
+
+#[test]
+fn a_rewrite_from_memory_replaces_the_file_with_every_record() {
+    let mut records = Records::new(10);
+    records.insert(ip("192.0.2.1"), passed_until(NOW));
+    records.insert(ip("2001:db8::1"), passed_until(NOW + 1));
+    let batch = Batch::rewrite_from(&records);
+    assert!(batch.clear);
+    assert_eq!(batch.changes.len(), 2);
+    assert_eq!(
+        batch.changes[&ip("2001:db8::1")],
+        Some(passed_until(NOW + 1))
+    );
+}

@@ -1,0 +1,145 @@
+//! Faults the daemon survives, end to end: it runs in a server namespace in front of a real
+//! Postfix, and the test breaks what it depends on while clients keep coming.
+
+use std::{
+    fs,
+    io::{ErrorKind, Write as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use screen_tests::{
+    daemon::{
+        BACKEND_GREETING, Bed, Daemon, DaemonConfig, GREET_WAIT, LOG_WAIT, PROMPT, REPLY_WAIT,
+        TEASER, quoted,
+    },
+    netns::PinDir,
+    require_root,
+};
+
+/// A small tmpfs the test mounts for the daemon's state, unmounted when dropped.
+struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&at).expect("the mount point");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        Self { mount: at }
+    }
+
+    /// Writes a file until the disk is full; its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.mount.join("filler");
+        let mut file = fs::File::create(&path).expect("the filler file");
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::StorageFull => return path,
+                Err(e) => panic!("filling {}: {e}", self.mount.display()),
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+/// Connects from `client`: a newcomer waits out the greet wait and reaches the MTA; a client
+/// on the temporary allowlist gets the MTA's greeting at once. Returns whether it was known.
+fn known(bed: &Bed, client: IpAddr) -> bool {
+    let mut session = bed.connect(client);
+    let started = Instant::now();
+    let first = session.line(REPLY_WAIT);
+    let was_known = first == BACKEND_GREETING && started.elapsed() < PROMPT;
+    if !was_known {
+        assert_eq!(first, TEASER);
+        assert_eq!(session.line(GREET_WAIT + REPLY_WAIT), BACKEND_GREETING);
+    }
+    session.quit();
+    was_known
+}
+
+fn wait_for_text(daemon: &Daemon, text: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !daemon.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not log {text:?} within {limit:?}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The state directory's disk fills up while the daemon runs: it goes on screening, says so
+/// once, keeps the new passes in memory, writes them when space returns, and after a
+/// restart every client that passed is still on the temporary allowlist.
+#[test]
+fn a_full_state_disk_loses_no_pass_and_stops_no_screening() {
+    if !require_root("a_full_state_disk_loses_no_pass_and_stops_no_screening") {
+        return;
+    }
+    let bed = Bed::new("disk-full", &[10, 11, 12, 13]);
+    let (before, during, other, newcomer) = (bed.v4(10), bed.v4(11), bed.v4(12), bed.v4(13));
+    let _postfix = bed.start_backend();
+    let disk = SmallDisk::mount(bed.scratch.path().join("disk"), "4m");
+    let state: &Path = &disk.mount.join("state");
+    let pin = PinDir::new("disk-full");
+    let config = DaemonConfig::new(&bed)
+        .set("state_dir", quoted(state.display()))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon-1.log");
+
+    assert!(!known(&bed, before));
+    // One batch interval (1s) and the pass is in the file.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let filler = disk.fill();
+    assert!(!known(&bed, during));
+    assert!(!known(&bed, other));
+    let failed = "screening goes on, and the changes are kept in memory";
+    wait_for_text(&daemon, failed, LOG_WAIT);
+    // Screening goes on, and the passes made meanwhile count at once.
+    assert!(known(&bed, during));
+    assert!(!known(&bed, newcomer));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        daemon.log().matches(failed).count(),
+        1,
+        "the failure is said once:\n{}",
+        daemon.log()
+    );
+
+    fs::remove_file(filler).expect("removing the filler");
+    // The retries back off from 1s; a few of them fit in this.
+    wait_for_text(&daemon, "written again after", Duration::from_secs(20));
+    daemon.stop();
+
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon-2.log");
+    for client in [before, during, other, newcomer] {
+        assert!(
+            known(&bed, client),
+            "{client} passed but was forgotten:\n{}",
+            daemon.log()
+        );
+    }
+}
