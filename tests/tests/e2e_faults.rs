@@ -12,10 +12,10 @@ use std::{
 
 use screen_tests::{
     daemon::{
-        BACKEND_GREETING, Bed, Daemon, DaemonConfig, GREET_WAIT, LOG_WAIT, PROMPT, REPLY_WAIT,
-        TEASER, quoted,
+        BACKEND_GREETING, Bed, DROP_WAIT, Daemon, DaemonConfig, GREET_WAIT, LOG_WAIT, PROMPT,
+        REPLY_WAIT, TEASER, quoted, screen_cli,
     },
-    netns::PinDir,
+    netns::{ConnectOutcome, PinDir, connect_from},
     require_root,
 };
 
@@ -142,4 +142,90 @@ fn a_full_state_disk_loses_no_pass_and_stops_no_screening() {
             daemon.log()
         );
     }
+}
+
+/// The daemon is killed (SIGKILL) while passes are being written: the XDP program keeps
+/// dropping the denied source while no daemon runs, and the restarted daemon finds a
+/// consistent allowlist (no damaged record), with every pass of the batches it committed.
+#[test]
+fn a_daemon_killed_mid_write_leaves_a_consistent_allowlist_and_xdp_dropping() {
+    if !require_root("a_daemon_killed_mid_write_leaves_a_consistent_allowlist_and_xdp_dropping") {
+        return;
+    }
+    const CLIENTS: u8 = 40;
+    let hosts: Vec<u8> = (20..20 + CLIENTS).chain([200, 201]).collect();
+    let bed = Bed::new("killed", &hosts);
+    let (denied, probe) = (bed.v4(200), bed.v4(201));
+    let clients: Vec<IpAddr> = (20..20 + CLIENTS).map(|h| bed.v4(h)).collect();
+    let _postfix = bed.start_backend();
+    let pin = PinDir::new("killed");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .write(&bed, "smtp-screen.toml");
+    let mut daemon = Daemon::start(&bed, &pin, &config, "daemon-1.log");
+    screen_cli(&bed, &pin, &["deny", "add", &denied.to_string()]);
+
+    // A first wave passes and is written; the second passes and the daemon dies as its batch
+    // is due (one batch interval, 1s, after the passes).
+    let (first, second) = clients.split_at(clients.len() / 2);
+    pass_all(&bed, first);
+    std::thread::sleep(Duration::from_millis(1500));
+    pass_all(&bed, second);
+    std::thread::sleep(Duration::from_millis(900));
+    daemon.kill();
+
+    // No daemon: the kernel still drops the denied source; others find no listener.
+    let outcome = connect_from(&bed.client, denied, bed.smtp_addr(denied), DROP_WAIT)
+        .expect("a connection attempt");
+    assert_eq!(outcome, ConnectOutcome::TimedOut);
+    let outcome = connect_from(&bed.client, probe, bed.smtp_addr(probe), DROP_WAIT)
+        .expect("a connection attempt");
+    assert_eq!(outcome, ConnectOutcome::Refused);
+
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon-2.log");
+    let log = daemon.log();
+    assert!(
+        !log.contains("corrupt") && !log.contains("unreadable"),
+        "the allowlist was damaged:\n{log}"
+    );
+    for &client in first {
+        assert!(
+            known(&bed, client),
+            "{client} was written before the kill:\n{log}"
+        );
+    }
+    // The second wave is there or not as a whole batch would be: never half a record.
+    let kept = std::thread::scope(|scope| {
+        let checks: Vec<_> = second
+            .iter()
+            .map(|&client| {
+                scope.spawn({
+                    let bed = &bed;
+                    move || known(bed, client)
+                })
+            })
+            .collect();
+        checks
+            .into_iter()
+            .map(|check| check.join().expect("a client thread"))
+            .filter(|&was_known| was_known)
+            .count()
+    });
+    assert!(
+        kept == 0 || kept == second.len(),
+        "{kept} of {} kept",
+        second.len()
+    );
+    let outcome = connect_from(&bed.client, denied, bed.smtp_addr(denied), DROP_WAIT)
+        .expect("a connection attempt");
+    assert_eq!(outcome, ConnectOutcome::TimedOut);
+}
+
+/// Every client of `clients` passes at once (each waits out the greet wait in its thread).
+fn pass_all(bed: &Bed, clients: &[IpAddr]) {
+    std::thread::scope(|scope| {
+        for &client in clients {
+            scope.spawn(move || assert!(!known(bed, client), "{client} was already known"));
+        }
+    });
 }
