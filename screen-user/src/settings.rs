@@ -168,6 +168,7 @@ impl Settings {
             },
             deep_tests_skip_dnswl: config.deep_tests_skip_dnswl,
             command_time_limit: config.command_time_limit,
+            engine_session_time_limit: config.engine_session_time_limit,
         };
         Ok(Self {
             screen,

@@ -56,6 +56,9 @@ pub(crate) enum ConfigError {
 /// The most connections the kernel relay may be sized for: two sockets each, and each map
 /// entry is kernel memory.
 pub(crate) const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// `engine_session_time_limit`'s range: a second at least, a day at most.
+pub(crate) const ENGINE_SESSION_TIME_LIMIT_MIN: Duration = Duration::from_secs(1);
+pub(crate) const ENGINE_SESSION_TIME_LIMIT_MAX: Duration = Duration::from_secs(86_400);
 /// `relay_idle_timeout`'s range: a second at least (a relay that closes idle connections at
 /// once relays nothing), a day at most (a connection idle for a day is gone).
 pub(crate) const RELAY_IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
@@ -133,6 +136,11 @@ pub(crate) struct Config {
     /// Time allowed to send one whole command line.
     #[serde(deserialize_with = "stress_time_value")]
     pub(crate) command_time_limit: StressDuration,
+    /// Time allowed for a whole dummy-engine session, the STARTTLS handshake included; then
+    /// the client gets postscreen's timeout reply. postscreen allows `command_count_limit`
+    /// times `command_time_limit` (100 minutes by default); a real MTA needs seconds.
+    #[serde(deserialize_with = "time_value")]
+    pub(crate) engine_session_time_limit: Duration,
     /// Simultaneous connections allowed from one client address; 0 means no limit.
     pub(crate) client_connection_count_limit: u32,
     /// Connections allowed in screening at once (also sets the stress thresholds).
@@ -294,6 +302,7 @@ impl Default for Config {
                 normal: Duration::from_secs(300),
                 stress: Duration::from_secs(10),
             },
+            engine_session_time_limit: Duration::from_secs(300),
             client_connection_count_limit: 50,
             pre_queue_limit: 100,
             post_queue_limit: 100,
@@ -652,6 +661,17 @@ impl Config {
                     "relay_idle_timeout is between {}s and {}s",
                     RELAY_IDLE_TIMEOUT_MIN.as_secs(),
                     RELAY_IDLE_TIMEOUT_MAX.as_secs()
+                ),
+            ));
+        }
+        let session = ENGINE_SESSION_TIME_LIMIT_MIN..=ENGINE_SESSION_TIME_LIMIT_MAX;
+        if !session.contains(&self.engine_session_time_limit) {
+            return Err((
+                "engine_session_time_limit",
+                format!(
+                    "engine_session_time_limit is between {}s and {}s",
+                    ENGINE_SESSION_TIME_LIMIT_MIN.as_secs(),
+                    ENGINE_SESSION_TIME_LIMIT_MAX.as_secs()
                 ),
             ));
         }

@@ -176,6 +176,9 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
         r#""${stress?{10}:{300}}s""#,
         P::new("postscreen_command_time_limit", "${stress?{10}:{300}}s"),
     ),
+    // Beyond postscreen, which allows command_count_limit × command_time_limit (100 minutes):
+    // one normal command time limit (Postfix's DEF_SMTPD_TMOUT) for the whole session.
+    ConfigOption::own("engine_session_time_limit", r#""300s""#),
     ConfigOption::postfix(
         "client_connection_count_limit",
         "50",

@@ -209,6 +209,16 @@ fn errors_name_file_line_and_problem() {
             "between 1s and 86400s",
         ),
         ("relay_idle_timeout = \"2d\"\n", 1, "between 1s and 86400s"),
+        (
+            "\nengine_session_time_limit = \"0s\"\n",
+            2,
+            "engine_session_time_limit is between 1s and 86400s",
+        ),
+        (
+            "engine_session_time_limit = \"2d\"\n",
+            1,
+            "between 1s and 86400s",
+        ),
     ];
     for (text, line, what) in cases {
         let err = parse(text).unwrap_err();
