@@ -128,6 +128,7 @@ impl Settings {
             reply_map,
             timeout: config.dnsbl_timeout,
             servers: dns_servers(&config.dns_servers),
+            lookup_limit: config.dnsbl_lookup_limit as usize,
             ..DnsblConfig::new(sites)
         });
         let greet_banner = config.greet_banner();

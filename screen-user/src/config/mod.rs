@@ -56,6 +56,10 @@ pub(crate) enum ConfigError {
 /// The most connections the kernel relay may be sized for: two sockets each, and each map
 /// entry is kernel memory.
 pub(crate) const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// `dnsbl_lookup_limit`'s default: `pre_queue_limit`'s 100 clients, ten lists each.
+pub(crate) const DNSBL_LOOKUP_LIMIT_DEFAULT: u32 = 1_000;
+/// The most `dnsbl_lookup_limit` accepts: a lookup holds a task and a socket.
+pub(crate) const DNSBL_LOOKUP_LIMIT_MAX: u32 = 100_000;
 /// `engine_session_time_limit`'s range: a second at least, a day at most.
 pub(crate) const ENGINE_SESSION_TIME_LIMIT_MIN: Duration = Duration::from_secs(1);
 pub(crate) const ENGINE_SESSION_TIME_LIMIT_MAX: Duration = Duration::from_secs(86_400);
@@ -190,6 +194,10 @@ pub(crate) struct Config {
     /// Time allowed for the DNSBL answers.
     #[serde(deserialize_with = "time_value")]
     pub(crate) dnsbl_timeout: Duration,
+    /// The most DNSBL lookups in flight at once (one per client and list); a new client
+    /// beyond it is scored as if every list failed, with a warning.
+    #[serde(deserialize_with = "positive")]
+    pub(crate) dnsbl_lookup_limit: u32,
     /// Shortest time a DNSBL pass is remembered, whatever the DNS TTL.
     #[serde(deserialize_with = "time_value")]
     pub(crate) dnsbl_min_ttl: Duration,
@@ -320,6 +328,7 @@ impl Default for Config {
             dnsbl_action: TestAction::Ignore,
             dnsbl_allowlist_threshold: 0,
             dnsbl_timeout: DNSBL_TIMEOUT,
+            dnsbl_lookup_limit: DNSBL_LOOKUP_LIMIT_DEFAULT,
             dnsbl_min_ttl: Duration::from_secs(60),
             dnsbl_max_ttl: Duration::from_secs(3_600),
             dnsbl_reply_map: Default::default(),
@@ -652,6 +661,12 @@ impl Config {
             return Err((
                 "relay_max_connections",
                 format!("relay_max_connections is at most {RELAY_MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if self.dnsbl_lookup_limit > DNSBL_LOOKUP_LIMIT_MAX {
+            return Err((
+                "dnsbl_lookup_limit",
+                format!("dnsbl_lookup_limit is at most {DNSBL_LOOKUP_LIMIT_MAX}"),
             ));
         }
         if !(RELAY_IDLE_TIMEOUT_MIN..=RELAY_IDLE_TIMEOUT_MAX).contains(&self.relay_idle_timeout) {

@@ -265,6 +265,8 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
         r#""10s""#,
         P::new("postscreen_dnsbl_timeout", "10s"),
     ),
+    // Beyond postscreen, whose dnsblog processes are bounded only by the master's limits.
+    ConfigOption::own("dnsbl_lookup_limit", "1000"),
     ConfigOption::postfix(
         "dnsbl_min_ttl",
         r#""60s""#,

@@ -202,6 +202,12 @@ fn errors_name_file_line_and_problem() {
             "expected one of `auto`, `kernel`, `userspace`",
         ),
         ("relay_max_connections = 0\n", 1, ""),
+        ("dnsbl_lookup_limit = 0\n", 1, "below the minimum of 1"),
+        (
+            "\ndnsbl_lookup_limit = 100001\n",
+            2,
+            "dnsbl_lookup_limit is at most 100000",
+        ),
         ("relay_max_connections = 2000000\n", 1, "at most 1000000"),
         (
             "\nrelay_idle_timeout = \"0s\"\n",
