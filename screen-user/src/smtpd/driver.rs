@@ -94,7 +94,25 @@ impl<'a> Deadlines<'a> {
     /// When the command begun at `since` must be complete: its command time limit as it
     /// stands now, within the session's.
     fn command(&self, since: Instant) -> Instant {
-        (since + self.limits.command_now()).min(self.session)
+        self.within_session(since, self.limits.command_now())
+    }
+
+    /// When the engine next looks at the deadline of the command begun at `since`: at the
+    /// deadline, or sooner when stress can still move it.
+    fn wake(&self, since: Instant) -> Instant {
+        let deadline = self.command(since);
+        if self.limits.command.normal == self.limits.command.stress {
+            deadline
+        } else {
+            deadline.min(Instant::now() + STRESS_RECHECK)
+        }
+    }
+
+    /// `start + limit`, but no later than the session's end.
+    fn within_session(&self, start: Instant, limit: Duration) -> Instant {
+        start
+            .checked_add(limit)
+            .map_or(self.session, |end| end.min(self.session))
     }
 
     /// When a write begun now must be done: a final reply after the session's time is up
@@ -106,7 +124,8 @@ impl<'a> Deadlines<'a> {
         } else {
             self.session
         };
-        (now + self.limits.command_now()).min(end)
+        now.checked_add(self.limits.command_now())
+            .map_or(end, |limit| limit.min(end))
     }
 }
 
@@ -246,7 +265,7 @@ where
         return hang_up(engine, events, &mut on_event);
     }
     reader.clear();
-    let handshake_deadline = (Instant::now() + tls.handshake_time_limit).min(deadlines.session);
+    let handshake_deadline = deadlines.within_session(Instant::now(), tls.handshake_time_limit);
     let handshake = timeout_at(handshake_deadline, tls.acceptor.accept(stream));
     let reason = match handshake.await {
         Ok(Ok(mut stream)) => {
@@ -354,7 +373,7 @@ where
                     engine.on_line_too_long()
                 } else {
                     let deadline = deadlines.command(command_started);
-                    let wake = deadline.min(Instant::now() + STRESS_RECHECK);
+                    let wake = deadlines.wake(command_started);
                     // A read is cancel-safe: waking to look at the deadline again loses
                     // nothing.
                     match timeout_at(wake, stream.read(spare)).await {
