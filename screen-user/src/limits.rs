@@ -172,7 +172,8 @@ impl Limits {
         })
     }
 
-    /// Whether stress mode is on (each new connection reads it once, as postscreen does).
+    /// Whether stress mode is on: read once by each new connection for its greet wait, and at
+    /// every command deadline by the dummy engine (postscreen's `PSC_EFF_CMD_TIME_LIMIT`).
     pub(crate) fn stressed(&self) -> bool {
         self.lock().stressed
     }

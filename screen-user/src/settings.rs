@@ -128,6 +128,7 @@ impl Settings {
             reply_map,
             timeout: config.dnsbl_timeout,
             servers: dns_servers(&config.dns_servers),
+            lookup_limit: config.dnsbl_lookup_limit as usize,
             ..DnsblConfig::new(sites)
         });
         let greet_banner = config.greet_banner();
@@ -168,6 +169,7 @@ impl Settings {
             },
             deep_tests_skip_dnswl: config.deep_tests_skip_dnswl,
             command_time_limit: config.command_time_limit,
+            engine_session_time_limit: config.engine_session_time_limit,
         };
         Ok(Self {
             screen,

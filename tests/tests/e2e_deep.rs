@@ -17,6 +17,10 @@
 //! spared all that (`deep_tests_skip_dnswl`); that list is served by rbldnsd on loopback of the
 //! server namespace.
 //!
+//! The engine's time limits are held the same way: stress mode, entered while a session waits
+//! for its next command, shortens that wait (postscreen's `PSC_EFF_CMD_TIME_LIMIT`), and a
+//! client that keeps talking is still cut off at `engine_session_time_limit`.
+//!
 //! The binary is the one cargo built next to this test (`cargo build -p screen-user` first), or
 //! the one named in `SMTP_SCREEN_BIN`.
 //!
@@ -25,13 +29,13 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use screen_tests::{
     daemon::{
         BACKEND_GREETING, Bed, CLIENT_HELO, Client, DELIVERY_WAIT, Daemon, DaemonConfig,
-        ENGINE_GREETING, PROMPT, REPLY_WAIT, SENDER, SMTP_PORT, TEASER, TestCertificate,
+        ENGINE_GREETING, PROMPT, REPLY_WAIT, Received, SENDER, SMTP_PORT, TEASER, TestCertificate,
         connect_line, expect_backend_log, quoted, rcpt_rejected,
     },
     ensure_packages,
@@ -670,4 +674,90 @@ fn with_deep_tests_skip_dnswl_off_a_dnswl_listed_client_is_tested() {
         "the list was asked and answered:\n{}",
         daemon.log()
     );
+}
+
+/// postscreen's reply when a command takes too long, sent also when the whole session does.
+const TIMEOUT_EXCEEDED: &str = "421 4.4.2 mx.example.test Error: timeout exceeded";
+
+#[test]
+fn stress_shortens_the_wait_of_a_session_already_in_the_engine() {
+    if !require_root("stress_shortens_the_wait_of_a_session_already_in_the_engine") {
+        return;
+    }
+    let bed = Bed::new("deep-stress", &[15, 16]);
+    let (idle, crowd) = (bed.v4(15), bed.v4(16));
+    let pin = PinDir::new("deep-stress");
+    // Stress comes at 9 connections in screening (90% of 10). A command may take a minute
+    // normally and 2 s under stress.
+    let config = deep_config(&bed)
+        .set("pre_queue_limit", "10")
+        .set("command_time_limit", quoted("${stress?{2}:{60}}s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    let mut client = bed.connect(idle);
+    client.engine_greeting();
+    assert_eq!(client.command(&format!("EHLO {CLIENT_HELO}")), ENGINE_EHLO);
+    let answered = Instant::now();
+    // The session waits for its next command, under the normal limit of a minute. Eight
+    // more connections bring the daemon under stress.
+    let crowd: Vec<_> = (0..8).map(|_| bed.connect(crowd)).collect();
+    daemon.wait_for("entering STRESS mode", |line| {
+        line.contains("entering STRESS mode with 9 connections")
+    });
+    assert_eq!(client.reply(Duration::from_secs(30)), [TIMEOUT_EXCEEDED]);
+    let waited = answered.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the session waited {waited:?}: stress did not reach it"
+    );
+    let tag = client.tag();
+    assert_eq!(client.next(REPLY_WAIT), Received::Closed);
+    daemon.wait_for("the idle session's end", |line| {
+        line.contains(&format!("COMMAND TIME LIMIT from {tag} after EHLO"))
+    });
+    drop(crowd);
+}
+
+#[test]
+fn a_busy_engine_session_ends_at_engine_session_time_limit() {
+    if !require_root("a_busy_engine_session_ends_at_engine_session_time_limit") {
+        return;
+    }
+    let bed = Bed::new("deep-session", &[17]);
+    let bot = bed.v4(17);
+    let pin = PinDir::new("deep-session");
+    let config = deep_config(&bed)
+        .set("command_count_limit", "1000")
+        .set("engine_session_time_limit", quoted("5s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    let mut client = bed.connect(bot);
+    client.engine_greeting();
+    let greeted = Instant::now();
+    // A NOOP every half second, each well inside the command time limit, for as long as the
+    // daemon answers: it must stop at 5 s, not at a thousand commands.
+    let end = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let reply = client.command("NOOP");
+        if reply != ["250 2.0.0 Ok"] {
+            break reply;
+        }
+        assert!(
+            greeted.elapsed() < Duration::from_secs(15),
+            "the session outlived engine_session_time_limit"
+        );
+    };
+    assert_eq!(end, [TIMEOUT_EXCEEDED]);
+    let lasted = greeted.elapsed();
+    assert!(
+        lasted >= Duration::from_secs(4) && lasted < Duration::from_secs(8),
+        "{lasted:?}"
+    );
+    assert_eq!(client.next(REPLY_WAIT), Received::Closed);
+    let tag = client.tag();
+    daemon.wait_for("the session's end", |line| {
+        line.contains(&format!("COMMAND TIME LIMIT from {tag} after NOOP"))
+    });
 }

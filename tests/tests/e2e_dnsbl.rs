@@ -6,6 +6,11 @@
 //! naming `bl.test` as `public-bl.example`. Every check is on what a client received, word for
 //! word, on the daemon's log lines and, where it matters, on what rbldnsd was asked.
 //!
+//! The lookups are bounded: a flood of clients that hang up in the greet wait, from rotating
+//! addresses, leaves no lookup running (the daemon's UDP sockets and the `in_flight` of its
+//! `dnsbl.status` fall back to zero, its RSS stays where it was), and past
+//! `dnsbl_lookup_limit` a new client is scored as if the lists had failed, with a warning.
+//!
 //! The harness is `screen_tests::daemon` and `screen_tests::rbldnsd`; each test sets up its own
 //! namespaces, lists, daemon and, when a client must reach it, Postfix.
 
@@ -872,4 +877,227 @@ fn reversed_names_are_written_as_dnsbls_expect_them() {
         query_name(v6.into(), "bl.test"),
         "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test"
     );
+}
+
+/// The daemon's UDP sockets: a DNS lookup in flight holds one (hickory asks each query from a
+/// socket of its own), so they count the lookups the kernel sees.
+fn udp_sockets(daemon: &Daemon) -> usize {
+    let pid = daemon.pid();
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/net/{table}: {e}"));
+        // The tenth field of each socket's line is its inode.
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|line| line.split_whitespace().nth(9))
+                .map(str::to_owned),
+        );
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .filter(|inode| inodes.contains(inode))
+        .count()
+}
+
+/// The `in_flight=N` of `list` in the daemon's `dnsbl.status`, once written.
+fn status_in_flight(bed: &Bed, list: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(bed.scratch.path().join("state/dnsbl.status")).ok()?;
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(list))?;
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("in_flight="))?
+        .parse()
+        .ok()
+}
+
+/// Polls `what` for up to `limit` until it holds.
+fn within(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !what() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The flood's client addresses: host numbers 100 to 249 of the bed's network.
+const FLOOD_HOSTS: std::ops::RangeInclusive<u8> = 100..=249;
+
+#[test]
+fn a_hang_up_flood_from_rotating_addresses_leaves_no_lookup_running() {
+    if !require_root("a_hang_up_flood_from_rotating_addresses_leaves_no_lookup_running") {
+        return;
+    }
+    let hosts: Vec<u8> = FLOOD_HOSTS.collect();
+    let dns = DnsBed::new(
+        "hangup-flood",
+        &hosts,
+        &[Zone::new("dead.test", Dataset::Ip4Set).with_test_point()],
+    );
+    let bed = &dns.bed;
+    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, LOCAL_DNS)
+        .expect("starting the DNS forwarder");
+    // The list answers its test points (the health check keeps it) and never a client.
+    for &host in &hosts {
+        forwarder.swallow(&query_name(bed.v4(host), "dead.test"));
+    }
+    let pin = PinDir::new("hangup-flood");
+    // Lookups that would each hold their socket for half a minute; the status file written
+    // every second.
+    let config = dns
+        .config("dead.test*5", DNS_FORWARDER)
+        .set("dnsbl_timeout", quoted("30s"))
+        .set("deny_sweep_interval", quoted("1s"))
+        .write(bed, "smtp-screen.toml");
+    let mut daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    // Each client gets the teaser, waits until its query has reached the DNS server (the
+    // lookup is in flight), and hangs up.
+    let flood = |round: usize| {
+        for &host in &hosts {
+            let name = query_name(bed.v4(host), "dead.test");
+            let asked = forwarder.count(&name);
+            let mut client = bed.connect(bed.v4(host));
+            assert_eq!(client.line(REPLY_WAIT), TEASER, "round {round}");
+            assert!(
+                within(REPLY_WAIT, || forwarder.count(&name) > asked),
+                "round {round}: {name} was never asked"
+            );
+        }
+    };
+    let settled = |daemon: &Daemon| {
+        within(Duration::from_secs(5), || {
+            udp_sockets(daemon) == 0 && status_in_flight(bed, "dead.test") == Some(0)
+        })
+    };
+    flood(0);
+    assert!(
+        settled(&daemon),
+        "after the first round: {} UDP sockets, status in_flight={:?}",
+        udp_sockets(&daemon),
+        status_in_flight(bed, "dead.test")
+    );
+    let before = daemon.rss_kib();
+    let rounds = 3;
+    for round in 1..=rounds {
+        flood(round);
+    }
+    let asked = hosts
+        .iter()
+        .map(|&host| forwarder.count(&query_name(bed.v4(host), "dead.test")))
+        .sum::<usize>();
+    let clients = hosts.len() * (rounds + 1);
+    assert!(
+        asked >= clients,
+        "{asked} queries for {clients} clients: not every client's lookup was made"
+    );
+    // Every lookup ended with its connection, long before dnsbl_timeout.
+    assert!(
+        settled(&daemon),
+        "{} UDP sockets and status in_flight={:?} five seconds after {clients} hang-ups",
+        udp_sockets(&daemon),
+        status_in_flight(bed, "dead.test")
+    );
+    let after = daemon.rss_kib();
+    eprintln!(
+        "RSS {before} KiB before {} hang-ups, {after} KiB after",
+        clients - hosts.len()
+    );
+    assert!(
+        after <= before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        !daemon.log().contains("dnsblog reply timeout"),
+        "a cancelled lookup was reported:\n{}",
+        daemon.log()
+    );
+    daemon.assert_running();
+}
+
+#[test]
+fn beyond_dnsbl_lookup_limit_a_new_client_is_scored_as_dns_failed() {
+    if !require_root("beyond_dnsbl_lookup_limit_a_new_client_is_scored_as_dns_failed") {
+        return;
+    }
+    let hosts = [110, 111, 112, 113];
+    let dns = DnsBed::new(
+        "lookup-limit",
+        &hosts,
+        &[Zone::new("dead.test", Dataset::Ip4Set).with_test_point()],
+    );
+    let bed = &dns.bed;
+    let forwarder = DnsForwarder::start(&bed.server, DNS_FORWARDER, LOCAL_DNS)
+        .expect("starting the DNS forwarder");
+    let names: Vec<String> = hosts
+        .iter()
+        .map(|&host| query_name(bed.v4(host), "dead.test"))
+        .collect();
+    for name in &names {
+        forwarder.swallow(name);
+    }
+    let pin = PinDir::new("lookup-limit");
+    let config = dns
+        .config("dead.test*5", DNS_FORWARDER)
+        .set("dnsbl_timeout", quoted("30s"))
+        .set("dnsbl_lookup_limit", "2")
+        .set("deny_sweep_interval", quoted("1s"))
+        .set("greet_wait", quoted("${stress?{5}:{5}}s"))
+        .write(bed, "smtp-screen.toml");
+    let daemon = Daemon::start(bed, &pin, &config, "daemon.log");
+
+    // Two clients in the greet wait hold the two lookups the limit allows.
+    let holders: Vec<Client> = hosts[..2]
+        .iter()
+        .zip(&names)
+        .map(|(&host, name)| {
+            let mut client = bed.connect(bed.v4(host));
+            assert_eq!(client.line(REPLY_WAIT), TEASER);
+            assert!(within(REPLY_WAIT, || forwarder.count(name) == 1), "{name}");
+            client
+        })
+        .collect();
+    // The third is scored at once as if the list had failed: never asked, not listed.
+    let third = bed.v4(hosts[2]);
+    let mut client = bed.connect(third);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    daemon.expect_line(&format!(
+        "warning: psc_dnsbl_request: 2 lookups in flight, the dnsbl_lookup_limit: \
+         DNS lookups for {third} count as failed"
+    ));
+    drop(client);
+    assert_eq!(forwarder.count(&names[2]), 0, "{} was asked", names[2]);
+    // The holders hang up: their lookups end, and the next client is asked for again.
+    drop(holders);
+    assert!(
+        within(Duration::from_secs(5), || status_in_flight(
+            bed,
+            "dead.test"
+        ) == Some(0)),
+        "status in_flight={:?}",
+        status_in_flight(bed, "dead.test")
+    );
+    let mut client = bed.connect(bed.v4(hosts[3]));
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    assert!(
+        within(REPLY_WAIT, || forwarder.count(&names[3]) == 1),
+        "{} was not asked",
+        names[3]
+    );
+    drop(client);
 }

@@ -56,6 +56,13 @@ pub(crate) enum ConfigError {
 /// The most connections the kernel relay may be sized for: two sockets each, and each map
 /// entry is kernel memory.
 pub(crate) const RELAY_MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
+/// `dnsbl_lookup_limit`'s default: `pre_queue_limit`'s 100 clients, ten lists each.
+pub(crate) const DNSBL_LOOKUP_LIMIT_DEFAULT: u32 = 1_000;
+/// The most `dnsbl_lookup_limit` accepts: a lookup holds a task and a socket.
+pub(crate) const DNSBL_LOOKUP_LIMIT_MAX: u32 = 100_000;
+/// `engine_session_time_limit`'s range: a second at least, a day at most.
+pub(crate) const ENGINE_SESSION_TIME_LIMIT_MIN: Duration = Duration::from_secs(1);
+pub(crate) const ENGINE_SESSION_TIME_LIMIT_MAX: Duration = Duration::from_secs(86_400);
 /// `relay_idle_timeout`'s range: a second at least (a relay that closes idle connections at
 /// once relays nothing), a day at most (a connection idle for a day is gone).
 pub(crate) const RELAY_IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
@@ -133,6 +140,11 @@ pub(crate) struct Config {
     /// Time allowed to send one whole command line.
     #[serde(deserialize_with = "stress_time_value")]
     pub(crate) command_time_limit: StressDuration,
+    /// Time allowed for a whole dummy-engine session, the STARTTLS handshake included; then
+    /// the client gets postscreen's timeout reply. postscreen allows `command_count_limit`
+    /// times `command_time_limit` (100 minutes by default); a real MTA needs seconds.
+    #[serde(deserialize_with = "time_value")]
+    pub(crate) engine_session_time_limit: Duration,
     /// Simultaneous connections allowed from one client address; 0 means no limit.
     pub(crate) client_connection_count_limit: u32,
     /// Connections allowed in screening at once (also sets the stress thresholds).
@@ -182,6 +194,10 @@ pub(crate) struct Config {
     /// Time allowed for the DNSBL answers.
     #[serde(deserialize_with = "time_value")]
     pub(crate) dnsbl_timeout: Duration,
+    /// The most DNSBL lookups in flight at once (one per client and list); a new client
+    /// beyond it is scored as if every list failed, with a warning.
+    #[serde(deserialize_with = "positive")]
+    pub(crate) dnsbl_lookup_limit: u32,
     /// Shortest time a DNSBL pass is remembered, whatever the DNS TTL.
     #[serde(deserialize_with = "time_value")]
     pub(crate) dnsbl_min_ttl: Duration,
@@ -294,6 +310,7 @@ impl Default for Config {
                 normal: Duration::from_secs(300),
                 stress: Duration::from_secs(10),
             },
+            engine_session_time_limit: Duration::from_secs(300),
             client_connection_count_limit: 50,
             pre_queue_limit: 100,
             post_queue_limit: 100,
@@ -311,6 +328,7 @@ impl Default for Config {
             dnsbl_action: TestAction::Ignore,
             dnsbl_allowlist_threshold: 0,
             dnsbl_timeout: DNSBL_TIMEOUT,
+            dnsbl_lookup_limit: DNSBL_LOOKUP_LIMIT_DEFAULT,
             dnsbl_min_ttl: Duration::from_secs(60),
             dnsbl_max_ttl: Duration::from_secs(3_600),
             dnsbl_reply_map: Default::default(),
@@ -645,6 +663,12 @@ impl Config {
                 format!("relay_max_connections is at most {RELAY_MAX_CONNECTIONS_LIMIT}"),
             ));
         }
+        if self.dnsbl_lookup_limit > DNSBL_LOOKUP_LIMIT_MAX {
+            return Err((
+                "dnsbl_lookup_limit",
+                format!("dnsbl_lookup_limit is at most {DNSBL_LOOKUP_LIMIT_MAX}"),
+            ));
+        }
         if !(RELAY_IDLE_TIMEOUT_MIN..=RELAY_IDLE_TIMEOUT_MAX).contains(&self.relay_idle_timeout) {
             return Err((
                 "relay_idle_timeout",
@@ -652,6 +676,17 @@ impl Config {
                     "relay_idle_timeout is between {}s and {}s",
                     RELAY_IDLE_TIMEOUT_MIN.as_secs(),
                     RELAY_IDLE_TIMEOUT_MAX.as_secs()
+                ),
+            ));
+        }
+        let session = ENGINE_SESSION_TIME_LIMIT_MIN..=ENGINE_SESSION_TIME_LIMIT_MAX;
+        if !session.contains(&self.engine_session_time_limit) {
+            return Err((
+                "engine_session_time_limit",
+                format!(
+                    "engine_session_time_limit is between {}s and {}s",
+                    ENGINE_SESSION_TIME_LIMIT_MIN.as_secs(),
+                    ENGINE_SESSION_TIME_LIMIT_MAX.as_secs()
                 ),
             ));
         }

@@ -176,6 +176,9 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
         r#""${stress?{10}:{300}}s""#,
         P::new("postscreen_command_time_limit", "${stress?{10}:{300}}s"),
     ),
+    // Beyond postscreen, which allows command_count_limit × command_time_limit (100 minutes):
+    // one normal command time limit (Postfix's DEF_SMTPD_TMOUT) for the whole session.
+    ConfigOption::own("engine_session_time_limit", r#""300s""#),
     ConfigOption::postfix(
         "client_connection_count_limit",
         "50",
@@ -262,6 +265,8 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
         r#""10s""#,
         P::new("postscreen_dnsbl_timeout", "10s"),
     ),
+    // Beyond postscreen, whose dnsblog processes are bounded only by the master's limits.
+    ConfigOption::own("dnsbl_lookup_limit", "1000"),
     ConfigOption::postfix(
         "dnsbl_min_ttl",
         r#""60s""#,

@@ -202,6 +202,12 @@ fn errors_name_file_line_and_problem() {
             "expected one of `auto`, `kernel`, `userspace`",
         ),
         ("relay_max_connections = 0\n", 1, ""),
+        ("dnsbl_lookup_limit = 0\n", 1, "below the minimum of 1"),
+        (
+            "\ndnsbl_lookup_limit = 100001\n",
+            2,
+            "dnsbl_lookup_limit is at most 100000",
+        ),
         ("relay_max_connections = 2000000\n", 1, "at most 1000000"),
         (
             "\nrelay_idle_timeout = \"0s\"\n",
@@ -209,6 +215,16 @@ fn errors_name_file_line_and_problem() {
             "between 1s and 86400s",
         ),
         ("relay_idle_timeout = \"2d\"\n", 1, "between 1s and 86400s"),
+        (
+            "\nengine_session_time_limit = \"0s\"\n",
+            2,
+            "engine_session_time_limit is between 1s and 86400s",
+        ),
+        (
+            "engine_session_time_limit = \"2d\"\n",
+            1,
+            "between 1s and 86400s",
+        ),
     ];
     for (text, line, what) in cases {
         let err = parse(text).unwrap_err();

@@ -103,8 +103,10 @@ pub(crate) struct ListStats {
     pub(crate) listed: u64,
     /// Answers without one.
     pub(crate) not_listed: u64,
-    /// Lookups that failed or timed out.
+    /// Lookups that failed or timed out, and clients `dnsbl_lookup_limit` turned away.
     pub(crate) failures: u64,
+    /// Lookups running now.
+    pub(crate) in_flight: u64,
     pub(crate) health: HealthState,
 }
 
@@ -202,13 +204,14 @@ impl Dnsbl {
                 listed: list.counters.listed.load(Ordering::Relaxed),
                 not_listed: list.counters.not_listed.load(Ordering::Relaxed),
                 failures: list.counters.failures.load(Ordering::Relaxed),
+                in_flight: list.counters.in_flight.load(Ordering::Relaxed),
                 health: lock(&list.health.state).clone(),
             })
             .collect()
     }
 
     /// The daemon's `dnsbl.status` file, which `smtp-screen status` shows: one line a list,
-    /// `<domain> lookups=N listed=N not_listed=N failures=N health=<state>`.
+    /// `<domain> lookups=N listed=N not_listed=N failures=N in_flight=N health=<state>`.
     pub(crate) fn status_text(&self) -> String {
         let mut text = String::new();
         for list in self.stats() {
@@ -218,8 +221,13 @@ impl Dnsbl {
                 HealthState::Suspended(why) => format!("suspended: {why}"),
             };
             text.push_str(&format!(
-                "{} lookups={} listed={} not_listed={} failures={} health={health}\n",
-                list.domain, list.lookups, list.listed, list.not_listed, list.failures
+                "{} lookups={} listed={} not_listed={} failures={} in_flight={} health={health}\n",
+                list.domain,
+                list.lookups,
+                list.listed,
+                list.not_listed,
+                list.failures,
+                list.in_flight
             ));
         }
         text
@@ -473,10 +481,10 @@ mod tests {
             });
         assert_eq!(
             dnsbl.status_text(),
-            "bl.test lookups=7 listed=0 not_listed=0 failures=0 health=healthy\n\
-             wl.test lookups=0 listed=0 not_listed=0 failures=0 \
+            "bl.test lookups=7 listed=0 not_listed=0 failures=0 in_flight=0 health=healthy\n\
+             wl.test lookups=0 listed=0 not_listed=0 failures=0 in_flight=0 \
              health=in use, test point 127.0.0.2 not listed\n\
-             dead.test lookups=0 listed=0 not_listed=0 failures=0 \
+             dead.test lookups=0 listed=0 not_listed=0 failures=0 in_flight=0 \
              health=suspended: no answer for its test points: timed out\n"
         );
     }

@@ -5,6 +5,15 @@
 //! address share one set of queries, as postscreen shares one score. A failed lookup counts as
 //! "not listed" with dnsblog's warning: DNS trouble never blocks a client.
 //!
+//! Lookups are bounded in number and in time. At most `dnsbl_lookup_limit` are in flight at
+//! once: a new client beyond it is scored as if every list had failed, with a warning, as
+//! postscreen scores a client whose `dnsblog` requests cannot be made. When the last
+//! connection of a client goes before its score was read (a hang-up in the greet wait), its
+//! lookups are cancelled: a flood of clients that connect and leave leaves nothing running.
+//! Once the score was read ([`DnsblQuery::verdict_score`]) they run on to their end, within
+//! `dnsbl_timeout`, as postscreen's dnsblog requests do, so a list slower than the greet
+//! wait is still reported.
+//!
 //! Their log lines, and the health check's, go through the [`DnsblLog`] that [`Dnsbl::new`]
 //! takes.
 
@@ -14,12 +23,12 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::{sync::watch, task::AbortHandle};
 
 use super::{
     DnsblError,
@@ -35,6 +44,11 @@ use crate::address::canonical;
 pub(crate) const MAX_SHARED_CLIENTS: usize = 10_000;
 /// `dnsbl_timeout`'s default (postscreen: 10s).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `dnsbl_lookup_limit`'s default: `pre_queue_limit`'s default of 100 clients in screening,
+/// each asking up to ten lists.
+pub(crate) const DEFAULT_LOOKUP_LIMIT: usize = 1_000;
+/// The least time between two warnings that `dnsbl_lookup_limit` turned clients away.
+const BUSY_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the log lines of [`Dnsbl`] go: dnsblog's `addr … listed by domain …` lines, lookup
 /// warnings, health changes. The daemon hands it the mail log; `smtp-screen dnsbl check`
@@ -54,16 +68,19 @@ pub(crate) struct DnsblConfig {
     /// `dnsbl_timeout`: the most one list's lookup may take.
     pub(crate) timeout: Duration,
     pub(crate) servers: DnsServers,
+    /// `dnsbl_lookup_limit`: the most lookups in flight at once (one per client and list).
+    pub(crate) lookup_limit: usize,
 }
 
 impl DnsblConfig {
-    /// The lists, with no reply map, the default timeout and the host's resolver.
+    /// The lists, with no reply map, the default timeout and limit and the host's resolver.
     pub(crate) fn new(sites: DnsblSites) -> Self {
         Self {
             sites,
             reply_map: ReplyMap::default(),
             timeout: DEFAULT_TIMEOUT,
             servers: DnsServers::System,
+            lookup_limit: DEFAULT_LOOKUP_LIMIT,
         }
     }
 }
@@ -75,6 +92,8 @@ pub(super) struct ListCounters {
     pub(super) listed: AtomicU64,
     pub(super) not_listed: AtomicU64,
     pub(super) failures: AtomicU64,
+    /// Lookups running now.
+    pub(super) in_flight: AtomicU64,
 }
 
 /// One list: a distinct domain of `dnsbl_sites`, asked once per client, with its counters
@@ -97,6 +116,12 @@ pub(super) struct Inner {
     pub(super) log: Arc<dyn DnsblLog>,
     /// Lookups in progress or still held by a connection, by client address.
     shared: Mutex<HashMap<IpAddr, Weak<QueryShare>>>,
+    /// `dnsbl_lookup_limit`.
+    lookup_limit: usize,
+    /// Lookups in flight now, each counted by its [`InFlight`] guard.
+    in_flight: AtomicUsize,
+    /// Clients turned away by `dnsbl_lookup_limit` and when that was last logged.
+    busy: Mutex<BusyWarning>,
     /// Counts suspensions, so that [`Suspensions`](super::health::Suspensions) wake up.
     pub(super) suspensions: watch::Sender<u64>,
 }
@@ -146,6 +171,9 @@ impl Dnsbl {
                 lists,
                 log,
                 shared: Mutex::new(HashMap::new()),
+                lookup_limit: config.lookup_limit,
+                in_flight: AtomicUsize::new(0),
+                busy: Mutex::new(BusyWarning::default()),
                 suspensions: watch::Sender::new(0),
             }),
         })
@@ -175,10 +203,56 @@ impl Dnsbl {
         DnsblQuery { share }
     }
 
+    /// Lookups in flight now (one per client and list).
+    #[cfg(test)]
+    fn lookups_in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
     #[cfg(test)]
     fn shared_clients(&self) -> usize {
         lock(&self.inner.shared).len()
     }
+}
+
+/// One lookup in flight, counted while it lives, in all and for its list: dropped when the
+/// lookup ends or is cancelled (its task aborted), whichever comes first.
+struct InFlight {
+    inner: Arc<Inner>,
+    list: usize,
+}
+
+impl InFlight {
+    /// Counts a lookup for `list` whose place [`Inner::reserve`] took.
+    fn new(inner: &Arc<Inner>, list: usize) -> Self {
+        inner.lists[list]
+            .counters
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner: Arc::clone(inner),
+            list,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.lists[self.list]
+            .counters
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The rate-limited warning of clients turned away by `dnsbl_lookup_limit`: in a flood, one
+/// line a second says how many.
+#[derive(Default)]
+struct BusyWarning {
+    last: Option<Instant>,
+    /// Clients turned away since the last line.
+    unlogged: u64,
 }
 
 impl Inner {
@@ -190,35 +264,96 @@ impl Inner {
             .iter()
             .map(|list| !list.health.is_suspended())
             .collect();
+        let count = asked.iter().filter(|&&asked| asked).count();
+        let admitted = self.reserve(count);
         let results = asked
             .iter()
-            .map(|&asked| {
-                if asked {
-                    ListResult::Pending
-                } else {
-                    ListResult::Suspended
+            .enumerate()
+            .map(|(index, &asked)| match (asked, admitted) {
+                (false, _) => ListResult::Suspended,
+                (true, true) => ListResult::Pending,
+                (true, false) => {
+                    self.lists[index]
+                        .counters
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    ListResult::Failed
                 }
             })
             .collect();
-        let (done, _) = watch::channel(asked.iter().filter(|&&asked| !asked).count());
+        let settled = if admitted {
+            asked.len() - count
+        } else {
+            asked.len()
+        };
+        let (done, _) = watch::channel(settled);
         let lookups = Arc::new(Lookups {
             results: Mutex::new(results),
             done,
         });
-        for index in (0..asked.len()).filter(|&index| asked[index]) {
-            let inner = Arc::clone(self);
-            let lookups = Arc::clone(&lookups);
-            tokio::spawn(async move {
-                let result = inner.lookup(index, client).await;
-                lookups.finish(index, result);
-            });
+        let mut tasks = Vec::new();
+        if admitted {
+            for index in (0..asked.len()).filter(|&index| asked[index]) {
+                let inner = Arc::clone(self);
+                let lookups = Arc::clone(&lookups);
+                let counted = InFlight::new(self, index);
+                let task = tokio::spawn(async move {
+                    let _counted = counted;
+                    let result = inner.lookup(index, client).await;
+                    lookups.finish(index, result);
+                });
+                tasks.push(task.abort_handle());
+            }
+        } else {
+            self.warn_busy(client);
         }
         QueryShare {
             inner: Arc::clone(self),
             client,
             lookups,
             shared,
+            tasks,
+            scored: AtomicBool::new(false),
         }
+    }
+
+    /// Takes `count` places among the lookups in flight, all of them or none.
+    fn reserve(&self, count: usize) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                now.checked_add(count)
+                    .filter(|&then| then <= self.lookup_limit)
+            })
+            .is_ok()
+    }
+
+    /// postscreen's warning when a `dnsblog` request cannot be made
+    /// (`psc_dnsbl_request: connect to … service`), here for the limit, at most one line a
+    /// second.
+    fn warn_busy(&self, client: IpAddr) {
+        let mut busy = lock(&self.busy);
+        busy.unlogged += 1;
+        let now = Instant::now();
+        if busy
+            .last
+            .is_some_and(|last| now.duration_since(last) < BUSY_WARNING_INTERVAL)
+        {
+            return;
+        }
+        let others = busy.unlogged - 1;
+        busy.last = Some(now);
+        busy.unlogged = 0;
+        drop(busy);
+        let more = if others > 0 {
+            format!(" and {others} more since the last warning")
+        } else {
+            String::new()
+        };
+        self.log.warning(&format!(
+            "psc_dnsbl_request: {} lookups in flight, the dnsbl_lookup_limit: DNS lookups \
+             for {client}{more} count as failed",
+            self.lookup_limit
+        ));
     }
 
     /// One list's lookup for a client, as dnsblog does it, with its log lines and counters.
@@ -303,19 +438,30 @@ impl Lookups {
 }
 
 /// One client's lookups, shared by its connections. The last connection to let go forgets
-/// the address; lookups still running finish on their own, within `dnsbl_timeout`.
+/// the address and cancels the lookups still running, unless a verdict read the score.
 struct QueryShare {
     inner: Arc<Inner>,
     client: IpAddr,
     lookups: Arc<Lookups>,
     shared: bool,
+    /// The lookup tasks, to cancel.
+    tasks: Vec<AbortHandle>,
+    /// A verdict read the score ([`DnsblQuery::verdict_score`]).
+    scored: AtomicBool,
 }
 
 impl Drop for QueryShare {
     fn drop(&mut self) {
-        // The lookups run on after the last connection lets go, each bounded by
-        // `dnsbl_timeout`, as postscreen's dnsblog requests do: a list slower than the greet
-        // wait is still reported when it times out, and its answer still warms the cache.
+        // Once a verdict was made, the lookups run on, each bounded by `dnsbl_timeout`, as
+        // postscreen's dnsblog requests do: a list slower than the greet wait is still
+        // reported when it times out, and its answer still warms the cache. Before that, no
+        // one is left to read them: a client that hangs up in the greet wait leaves nothing
+        // running.
+        if !self.scored.load(Ordering::Relaxed) {
+            for task in &self.tasks {
+                task.abort();
+            }
+        }
         if self.shared {
             let mut shared = lock(&self.inner.shared);
             // Our own entry is dead now; a live one belongs to a newer set of lookups.
@@ -366,6 +512,14 @@ impl DnsblQuery {
             score.sound.weights.retain(|(list, _)| !suspended(list));
         }
         score
+    }
+
+    /// [`score_now`](Self::score_now) for the verdict: from here on the client's lookups run
+    /// to their end (within `dnsbl_timeout`) even when its connections are gone, so that a
+    /// list slower than the greet wait is still reported.
+    pub(crate) fn verdict_score(&self) -> Score {
+        self.share.scored.store(true, Ordering::Relaxed);
+        self.score_now()
     }
 
     /// Waits until every list has answered, failed or timed out, or until `deadline`, and
@@ -796,6 +950,123 @@ mod tests {
             2
         );
         assert_eq!(dnsbl.stats()[0].lookups, 4);
+    }
+
+    /// A DNS server that reads queries and never answers, and a [`Dnsbl`] of `bl.test` and
+    /// `bl2.test` asking it, with at most `limit` lookups in flight.
+    async fn silent_dnsbl(
+        timeout: Duration,
+        limit: usize,
+    ) -> (tokio::net::UdpSocket, Dnsbl, Arc<Captured>) {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let log = Arc::new(Captured::default());
+        let config = DnsblConfig {
+            timeout,
+            servers: DnsServers::Explicit(vec![silent.local_addr().unwrap()]),
+            lookup_limit: limit,
+            ..DnsblConfig::new(DnsblSites::parse("bl.test bl2.test").unwrap())
+        };
+        let dnsbl = Dnsbl::new(config, log.clone()).unwrap();
+        (silent, dnsbl, log)
+    }
+
+    /// Waits, up to two seconds, for the lookups in flight to fall to `count`.
+    async fn in_flight_falls_to(dnsbl: &Dnsbl, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while dnsbl.lookups_in_flight() != count {
+            assert!(
+                Instant::now() < deadline,
+                "{} lookups in flight, not {count}",
+                dnsbl.lookups_in_flight()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_its_score_was_read_leaves_no_lookup_running() {
+        let (_silent, dnsbl, log) = silent_dnsbl(Duration::from_millis(600), 100).await;
+        let queries: Vec<_> = (1..=10)
+            .map(|host| dnsbl.start(client(&format!("192.0.2.{host}"))))
+            .collect();
+        assert_eq!(dnsbl.lookups_in_flight(), 20);
+        assert!(dnsbl.stats().iter().all(|list| list.in_flight == 10));
+        // Every client hangs up in the greet wait.
+        drop(queries);
+        in_flight_falls_to(&dnsbl, 0).await;
+        assert!(dnsbl.stats().iter().all(|list| list.in_flight == 0));
+        assert_eq!(dnsbl.shared_clients(), 0);
+        // Cancelled, not timed out: past dnsbl_timeout nothing reports them.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(log.count("reply timeout"), 0, "{:?}", log.lines());
+    }
+
+    #[tokio::test]
+    async fn lookups_run_on_once_a_verdict_read_the_score() {
+        let (_silent, dnsbl, log) = silent_dnsbl(Duration::from_millis(400), 100).await;
+        let query = dnsbl.start(client("192.0.2.1"));
+        let score = query.verdict_score();
+        assert_eq!(score.pending, 2);
+        drop(query);
+        assert_eq!(dnsbl.lookups_in_flight(), 2);
+        // As postscreen's dnsblog requests: each times out and is reported.
+        in_flight_falls_to(&dnsbl, 0).await;
+        assert_eq!(
+            log.count("warning: dnsblog reply timeout 400ms for"),
+            2,
+            "{:?}",
+            log.lines()
+        );
+    }
+
+    #[tokio::test]
+    async fn beyond_the_lookup_limit_a_new_client_is_scored_as_dns_failed() {
+        let (_silent, dnsbl, log) = silent_dnsbl(Duration::from_secs(10), 5).await;
+        let first = dnsbl.start(client("192.0.2.1"));
+        let second = dnsbl.start(client("192.0.2.2"));
+        assert_eq!(dnsbl.lookups_in_flight(), 4);
+        // Two more lookups would pass the limit of five: none is made.
+        let start = Instant::now();
+        let turned_away = dnsbl
+            .start(client("192.0.2.3"))
+            .wait_all(in_secs(10.0))
+            .await;
+        assert!(start.elapsed() < Duration::from_millis(100));
+        assert!(turned_away.is_complete());
+        assert_eq!((turned_away.rank, turned_away.failed), (0, 2));
+        assert!(matches!(
+            turned_away.verdict(&Thresholds::default(), false),
+            Verdict::Clean { .. }
+        ));
+        assert_eq!(dnsbl.lookups_in_flight(), 4);
+        let warning = "warning: psc_dnsbl_request: 5 lookups in flight, the dnsbl_lookup_limit: \
+                       DNS lookups for 192.0.2.3 count as failed";
+        assert_eq!(log.count(warning), 1, "{:?}", log.lines());
+        // In a flood the warning comes once a second at most, with the count.
+        for host in 4..=6 {
+            drop(dnsbl.start(client(&format!("192.0.2.{host}"))));
+        }
+        assert_eq!(log.count("psc_dnsbl_request"), 1);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        drop(dnsbl.start(client("192.0.2.7")));
+        assert_eq!(
+            log.count(
+                "DNS lookups for 192.0.2.7 and 3 more since the last warning count as failed"
+            ),
+            1,
+            "{:?}",
+            log.lines()
+        );
+        // Five clients turned away, each counted once per list.
+        assert!(dnsbl.stats().iter().all(|list| list.failures == 5));
+        // A client that hangs up gives its places back.
+        drop(first);
+        in_flight_falls_to(&dnsbl, 2).await;
+        let admitted = dnsbl.start(client("192.0.2.8"));
+        assert_eq!(dnsbl.lookups_in_flight(), 4);
+        assert_eq!(admitted.score_now().pending, 2);
+        drop((second, admitted));
+        in_flight_falls_to(&dnsbl, 0).await;
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!   ([`DnsblQuery::score_now`]), and answers that come later are ignored for that connection,
 //!   as postscreen ignores them. Connections from one address share one set of queries. A
 //!   failed lookup counts as "not listed" with a warning: DNS trouble never blocks a client.
-//!   The lines go to a [`DnsblLog`].
+//!   At most `dnsbl_lookup_limit` lookups are in flight (a new client beyond it is scored as
+//!   DNS failed, with a warning), and a client gone before its score was read leaves none
+//!   running. The lines go to a [`DnsblLog`].
 //! - `health.rs`: beyond postscreen, [`Dnsbl::health_check`] asks every list for its test
 //!   points and suspends a list that lists the world or does not answer, until it recovers;
 //!   every suspension is published to [`Suspensions`] subscribers (the kernel deny policy

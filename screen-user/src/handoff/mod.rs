@@ -20,7 +20,7 @@ use self::{
 use crate::{
     limits::Limits,
     maillog::MailLog,
-    smtpd::{self, Engine, EngineSettings, Reply, ReplyStyle, close},
+    smtpd::{self, Engine, EngineSettings, Reply, ReplyStyle, TimeLimits, close},
 };
 
 /// How passed clients reach the real MTA.
@@ -176,7 +176,9 @@ impl HandOff {
         match Engine::for_client(Arc::clone(&self.engine), client, pregreeted) {
             Ok(mut engine) => {
                 engine.set_final_reply(Reply::no_system_resources());
-                smtpd::serve(&mut stream, &mut engine, self.command_time_limit, |event| {
+                // The 421 answers the first command: one command's time is the session's.
+                let limits = TimeLimits::fixed(self.command_time_limit, 1);
+                smtpd::serve(&mut stream, &mut engine, limits, |event| {
                     self.log.info(event.line(client));
                 })
                 .await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Screen, connection::Connection};
 use crate::{
-    smtpd::{self, DeepTest, Engine, StartTls, close},
+    smtpd::{self, DeepTest, Engine, StartTls, TimeLimits, close},
     test_state::{Outcome, Screening, Test},
 };
 
@@ -40,7 +40,6 @@ impl Screen {
         &self,
         mut conn: Connection,
         screening: &Screening,
-        stressed: bool,
         now: u64,
     ) {
         let client = conn.client;
@@ -71,9 +70,16 @@ impl Screen {
             // As postscreen's tlsproxy: the normal command time limit, stressed or not.
             handshake_time_limit: self.settings.command_time_limit.normal,
         });
-        let limit = self.settings.command_time_limit.get(stressed);
+        // The stress state is read again at every command deadline, as postscreen's
+        // PSC_EFF_CMD_TIME_LIMIT does: stress reaches a session already running.
+        let stressed = || self.limits.stressed();
+        let limits = TimeLimits {
+            command: self.settings.command_time_limit,
+            stressed: &stressed,
+            session: self.settings.engine_session_time_limit,
+        };
         let outcome =
-            smtpd::serve_with_tls(&mut conn.stream, &mut engine, limit, starttls, |event| {
+            smtpd::serve_with_tls(&mut conn.stream, &mut engine, limits, starttls, |event| {
                 self.log.info(event.line(client));
             })
             .await;

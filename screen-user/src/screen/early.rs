@@ -199,7 +199,7 @@ impl Screen {
     async fn dnsbl_verdict(&self, conn: &mut Connection, query: &DnsblQuery) -> Next {
         let settings = &self.settings.early;
         let client = conn.client;
-        let score = query.score_now();
+        let score = query.verdict_score();
         conn.session.dnswl_listed = score.rank < 0;
         match score.verdict(&settings.thresholds, !conn.session.failures.is_empty()) {
             Verdict::Listed { rank, name } => {

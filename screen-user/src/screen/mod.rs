@@ -62,6 +62,8 @@ pub(crate) struct ScreenSettings {
     pub(crate) deep_tests_skip_dnswl: bool,
     /// `postscreen_command_time_limit`.
     pub(crate) command_time_limit: StressDuration,
+    /// `engine_session_time_limit`: a whole dummy-engine session, its TLS handshake included.
+    pub(crate) engine_session_time_limit: Duration,
 }
 
 /// Everything the connections share.
@@ -159,7 +161,7 @@ impl Screen {
             return;
         }
         if self.after_greeting_due(&mut conn, &screening) {
-            Box::pin(self.after_greeting(conn, &screening, stressed, now)).await;
+            Box::pin(self.after_greeting(conn, &screening, now)).await;
             drop(screening_slot);
             self.stress_log();
             return;

@@ -1,7 +1,9 @@
 //! The engine over a connection: [`serve`] runs an [`Engine`] over any tokio stream with a
 //! [`LineReader`], sending the greeting, answering each command line, and turning the
-//! per-command time limit, an over-long line, end of input and a failed write into the
-//! session's end (postscreen's `COMMAND TIME LIMIT`, `COMMAND LENGTH LIMIT` and `HANGUP`).
+//! per-command time limit, the session's time limit, an over-long line, end of input and a
+//! failed write into the session's end (postscreen's `COMMAND TIME LIMIT`, `COMMAND LENGTH
+//! LIMIT` and `HANGUP`). The [`TimeLimits`] read the stress state at every deadline, as
+//! postscreen's `PSC_EFF_CMD_TIME_LIMIT` does, so stress reaches sessions already running.
 //!
 //! [`serve_with_tls`] adds STARTTLS: it accepts the command with `220 2.0.0 Ready to start
 //! TLS`, drops any plaintext sent behind it, runs the handshake under a time limit and goes
@@ -22,13 +24,110 @@ use super::{
     session::{Engine, Next, SessionEnd, Step},
     tls::{self, TlsAcceptor},
 };
-use crate::escape::truncate_at_char;
+use crate::{escape::truncate_at_char, limits::StressDuration};
 
 /// How long closing a TLS session (its close_notify) may take after the last reply.
 const TLS_CLOSE_TIME_LIMIT: Duration = Duration::from_secs(5);
 
 /// The longest handshake error text put in a log line.
 const MAX_TLS_ERROR_TEXT: usize = 200;
+
+/// How often a command's deadline is worked out again while the engine waits for the line:
+/// a stress mode that began meanwhile shortens it within this time.
+const STRESS_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long the final reply of a session cut off by its time limit may take to write.
+const FINAL_REPLY_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// The time limits of one engine session.
+#[derive(Clone, Copy)]
+pub struct TimeLimits<'a> {
+    /// `command_time_limit` (postscreen's `postscreen_command_time_limit`): the time to send
+    /// one whole command line. Which of its two values is in force is read from `stressed`
+    /// at every deadline, as postscreen's `PSC_EFF_CMD_TIME_LIMIT` does.
+    pub(crate) command: StressDuration,
+    /// Whether the daemon is in stress mode now.
+    pub(crate) stressed: &'a (dyn Fn() -> bool + Sync),
+    /// `engine_session_time_limit`: the whole session, the TLS handshake included, from the
+    /// greeting on. Beyond postscreen, which allows `command_count_limit` times
+    /// `command_time_limit` (20 × 300 s by default) and more with a TLS handshake.
+    pub(crate) session: Duration,
+}
+
+impl TimeLimits<'static> {
+    /// `command` for every command whatever the stress, and for the whole session at most
+    /// what postscreen allows: one `command` for each of `commands` commands.
+    pub(crate) fn fixed(command: Duration, commands: u32) -> Self {
+        Self {
+            command: StressDuration::fixed(command),
+            stressed: &|| false,
+            session: command.saturating_mul(commands.max(1)),
+        }
+    }
+}
+
+impl TimeLimits<'_> {
+    /// The command time limit in force now.
+    fn command_now(&self) -> Duration {
+        self.command.get((self.stressed)())
+    }
+}
+
+/// The deadlines of one session.
+#[derive(Clone, Copy)]
+struct Deadlines<'a> {
+    limits: TimeLimits<'a>,
+    /// When the session must be over.
+    session: Instant,
+}
+
+impl<'a> Deadlines<'a> {
+    fn of(engine: &mut Engine, limits: TimeLimits<'a>) -> Self {
+        let started = engine.started_at();
+        let session = started
+            .checked_add(limits.session)
+            // Past any time a test or a daemon runs: no limit in effect.
+            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
+        Self { limits, session }
+    }
+
+    /// When the command begun at `since` must be complete: its command time limit as it
+    /// stands now, within the session's.
+    fn command(&self, since: Instant) -> Instant {
+        self.within_session(since, self.limits.command_now())
+    }
+
+    /// When the engine next looks at the deadline of the command begun at `since`: at the
+    /// deadline, or sooner when stress can still move it.
+    fn wake(&self, since: Instant) -> Instant {
+        let deadline = self.command(since);
+        if self.limits.command.normal == self.limits.command.stress {
+            deadline
+        } else {
+            deadline.min(Instant::now() + STRESS_RECHECK)
+        }
+    }
+
+    /// `start + limit`, but no later than the session's end.
+    fn within_session(&self, start: Instant, limit: Duration) -> Instant {
+        start
+            .checked_add(limit)
+            .map_or(self.session, |end| end.min(self.session))
+    }
+
+    /// When a write begun now must be done: a final reply after the session's time is up
+    /// still gets a short while.
+    fn write(&self) -> Instant {
+        let now = Instant::now();
+        let end = if now >= self.session {
+            now + FINAL_REPLY_TIME_LIMIT
+        } else {
+            self.session
+        };
+        now.checked_add(self.limits.command_now())
+            .map_or(end, |limit| limit.min(end))
+    }
+}
 
 /// How a [`serve`] run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,9 +156,12 @@ impl Outcome {
 /// Runs the engine over `stream` until the session ends.
 ///
 /// Sends the greeting unless the client pregreeted, then reads command lines and answers
-/// them. `command_time_limit` is a deadline for each whole command line, reset only when a
-/// command has been answered, so a client that trickles one byte at a time gains nothing.
-/// A write that does not finish within the same time counts as a hangup. Each event goes to
+/// them. The command time limit is a deadline for each whole command line, reset only when a
+/// command has been answered, so a client that trickles one byte at a time gains nothing;
+/// it is worked out again while the engine waits, so stress mode shortens it for a session
+/// already running. No deadline goes past the session's: when that comes, the session ends
+/// as a command that took too long (`421 4.4.2 … Error: timeout exceeded`). A write that
+/// does not finish within the command time limit counts as a hangup. Each event goes to
 /// `on_event` when it happens (for logging) and into the [`Outcome`].
 ///
 /// After [`SessionEnd::StartTls`] nothing was sent: the caller answers and runs `serve`
@@ -70,20 +172,21 @@ impl Outcome {
 pub async fn serve<S, F>(
     stream: &mut S,
     engine: &mut Engine,
-    command_time_limit: Duration,
+    limits: TimeLimits<'_>,
     mut on_event: F,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Event),
 {
+    let deadlines = Deadlines::of(engine, limits);
     let mut reader = LineReader::new(engine.settings().line_length_limit);
     let mut events = Vec::new();
     let end = run(
         stream,
         engine,
         &mut reader,
-        command_time_limit,
+        deadlines,
         &mut on_event,
         &mut events,
     )
@@ -97,12 +200,12 @@ pub struct StartTls<'a> {
     /// The server's certificate and settings ([`tls::load_acceptor`]).
     pub(crate) acceptor: &'a TlsAcceptor,
     /// How long the handshake may take. postscreen gives tlsproxy the normal command time
-    /// limit, never the shorter one of stress mode.
+    /// limit, never the shorter one of stress mode. The session's time limit still holds.
     pub(crate) handshake_time_limit: Duration,
 }
 
 /// [`serve`] with STARTTLS handled: the whole session, over `stream` and then, once the
-/// client asked for it, over TLS.
+/// client asked for it, over TLS, within the session's time limit (the handshake included).
 ///
 /// When the engine accepts STARTTLS ([`EngineSettings::starttls_offered`]), this sends
 /// `220 2.0.0 Ready to start TLS`, forgets every byte the client sent after the command
@@ -119,7 +222,7 @@ pub struct StartTls<'a> {
 pub async fn serve_with_tls<S, F>(
     mut stream: S,
     engine: &mut Engine,
-    command_time_limit: Duration,
+    limits: TimeLimits<'_>,
     starttls: Option<StartTls<'_>>,
     mut on_event: F,
 ) -> Outcome
@@ -127,7 +230,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Event),
 {
-    let limit = command_time_limit;
+    let deadlines = Deadlines::of(engine, limits);
     let mut reader = LineReader::new(engine.settings().line_length_limit);
     let mut events = Vec::new();
     let tls = loop {
@@ -135,7 +238,7 @@ where
             &mut stream,
             engine,
             &mut reader,
-            limit,
+            deadlines,
             &mut on_event,
             &mut events,
         )
@@ -150,16 +253,21 @@ where
         // STARTTLS was offered without a certificate. Buffered input stays: it was sent in
         // plaintext and is read in plaintext.
         let reply = engine.tls_unavailable();
-        if send(&mut stream, &reply, limit).await.is_err() {
+        if send(&mut stream, &reply, deadlines).await.is_err() {
             return hang_up(engine, events, &mut on_event);
         }
     };
 
-    if send(&mut stream, &engine.tls_ready(), limit).await.is_err() {
+    if send(&mut stream, &engine.tls_ready(), deadlines)
+        .await
+        .is_err()
+    {
         return hang_up(engine, events, &mut on_event);
     }
     reader.clear();
-    let reason = match timeout(tls.handshake_time_limit, tls.acceptor.accept(stream)).await {
+    let handshake_deadline = deadlines.within_session(Instant::now(), tls.handshake_time_limit);
+    let handshake = timeout_at(handshake_deadline, tls.acceptor.accept(stream));
+    let reason = match handshake.await {
         Ok(Ok(mut stream)) => {
             let event = Event::TlsEstablished {
                 summary: tls::Summary::of(stream.get_ref().1),
@@ -172,7 +280,7 @@ where
                     &mut stream,
                     engine,
                     &mut reader,
-                    limit,
+                    deadlines,
                     &mut on_event,
                     &mut events,
                 )
@@ -181,7 +289,7 @@ where
                     // The engine refuses a second STARTTLS; answer as if it had not.
                     SessionEnd::StartTls => {
                         let reply = engine.tls_unavailable();
-                        if send(&mut stream, &reply, limit).await.is_err() {
+                        if send(&mut stream, &reply, deadlines).await.is_err() {
                             break hang_up(engine, events, &mut on_event);
                         }
                     }
@@ -237,7 +345,7 @@ async fn run<S, F>(
     stream: &mut S,
     engine: &mut Engine,
     reader: &mut LineReader,
-    command_time_limit: Duration,
+    deadlines: Deadlines<'_>,
     on_event: &mut F,
     events: &mut Vec<Event>,
 ) -> SessionEnd
@@ -247,12 +355,12 @@ where
 {
     let started = engine.started_at();
     if let Some(greeting) = engine.take_greeting()
-        && send(stream, &greeting, command_time_limit).await.is_err()
+        && send(stream, &greeting, deadlines).await.is_err()
     {
         let step = engine.on_hangup(started.elapsed());
         return conclude(events, step, on_event);
     }
-    let mut deadline = Instant::now() + command_time_limit;
+    let mut command_started = Instant::now();
     loop {
         let step = match reader.next_line() {
             Ok(Some(line)) => engine.on_line(line),
@@ -264,13 +372,18 @@ where
                     // rather than read nothing and take it for end of input.
                     engine.on_line_too_long()
                 } else {
-                    match timeout_at(deadline, stream.read(spare)).await {
+                    let deadline = deadlines.command(command_started);
+                    let wake = deadlines.wake(command_started);
+                    // A read is cancel-safe: waking to look at the deadline again loses
+                    // nothing.
+                    match timeout_at(wake, stream.read(spare)).await {
                         Ok(Ok(0)) | Ok(Err(_)) => engine.on_hangup(started.elapsed()),
                         Ok(Ok(n)) => {
                             reader.commit(n);
                             continue;
                         }
-                        Err(_elapsed) => engine.on_time_limit(),
+                        Err(_elapsed) if Instant::now() >= deadline => engine.on_time_limit(),
+                        Err(_elapsed) => continue,
                     }
                 }
             }
@@ -280,7 +393,7 @@ where
         }
         events.extend(step.events.iter().cloned());
         if let Some(reply) = &step.reply
-            && send(stream, reply, command_time_limit).await.is_err()
+            && send(stream, reply, deadlines).await.is_err()
             && step.next == Next::Continue
         {
             // postscreen treats a failed write like a hangup; after a final reply the
@@ -289,7 +402,7 @@ where
             return conclude(events, step, on_event);
         }
         match step.next {
-            Next::Continue => deadline = Instant::now() + command_time_limit,
+            Next::Continue => command_started = Instant::now(),
             Next::Stop(end) => return end,
         }
     }
@@ -310,14 +423,14 @@ fn conclude(events: &mut Vec<Event>, step: Step, on_event: &mut impl FnMut(&Even
 async fn send<S: AsyncWrite + Unpin>(
     stream: &mut S,
     reply: &Reply,
-    limit: Duration,
+    deadlines: Deadlines<'_>,
 ) -> io::Result<()> {
     let bytes = reply.to_bytes();
     let write = async {
         stream.write_all(&bytes).await?;
         stream.flush().await
     };
-    match timeout(limit, write).await {
+    match timeout_at(deadlines.write(), write).await {
         Ok(result) => result,
         Err(_elapsed) => Err(io::ErrorKind::TimedOut.into()),
     }

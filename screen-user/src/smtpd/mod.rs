@@ -61,7 +61,7 @@ pub(crate) mod tls;
 
 pub(crate) use self::{
     deep_tests::{DeepTest, DeepTests, ForbiddenCommand, MAX_FORBIDDEN_COMMANDS},
-    driver::{StartTls, serve, serve_with_tls},
+    driver::{StartTls, TimeLimits, serve, serve_with_tls},
     error::EngineError,
     reply::Reply,
     reply_style::{ReplyFooter, ReplyStyle},

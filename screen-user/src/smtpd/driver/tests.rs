@@ -1,4 +1,10 @@
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::{
@@ -26,7 +32,13 @@ fn spawn_serve(
     let (client, mut server) = duplex(64 * 1024);
     let task = tokio::spawn(async move {
         let mut seen = Vec::new();
-        let outcome = serve(&mut server, &mut engine, limit, |e| seen.push(e.clone())).await;
+        let outcome = serve(
+            &mut server,
+            &mut engine,
+            TimeLimits::fixed(limit, 20),
+            |e| seen.push(e.clone()),
+        )
+        .await;
         drop(server);
         (outcome, seen)
     });
@@ -263,13 +275,25 @@ async fn starttls_hands_the_stream_back_and_drops_buffered_input() {
         .write_all(b"EHLO h\r\nSTARTTLS\r\nMAIL FROM:<injected@x>\r\n")
         .await
         .unwrap();
-    let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
+    let outcome = serve(
+        &mut server,
+        &mut engine,
+        TimeLimits::fixed(LIMIT, 20),
+        |_| {},
+    )
+    .await;
     assert_eq!(outcome.end, SessionEnd::StartTls);
     assert_eq!(engine.sender(), None);
     // Here the caller would send Reply::starttls_ready() and do the handshake.
     engine.tls_established();
     client.write_all(b"QUIT\r\n").await.unwrap();
-    let outcome = serve(&mut server, &mut engine, LIMIT, |_| {}).await;
+    let outcome = serve(
+        &mut server,
+        &mut engine,
+        TimeLimits::fixed(LIMIT, 20),
+        |_| {},
+    )
+    .await;
     assert_eq!(outcome.end, SessionEnd::Quit);
     drop(server);
     let mut transcript = Vec::new();
@@ -430,9 +454,24 @@ fn tls_engine() -> Engine {
 /// Runs `serve_with_tls` over `stream` in a task.
 fn spawn_serve_with_tls<S>(
     stream: S,
+    engine: Engine,
+    acceptor: Option<TlsAcceptor>,
+    handshake_time_limit: Duration,
+) -> tokio::task::JoinHandle<(Outcome, Vec<Event>, u32)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = TimeLimits::fixed(LIMIT, 20);
+    spawn_serve_with_limits(stream, engine, acceptor, handshake_time_limit, limits)
+}
+
+/// [`spawn_serve_with_tls`] under `limits`.
+fn spawn_serve_with_limits<S>(
+    stream: S,
     mut engine: Engine,
     acceptor: Option<TlsAcceptor>,
     handshake_time_limit: Duration,
+    limits: TimeLimits<'static>,
 ) -> tokio::task::JoinHandle<(Outcome, Vec<Event>, u32)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -443,12 +482,136 @@ where
             handshake_time_limit,
         });
         let mut seen = Vec::new();
-        let outcome = serve_with_tls(stream, &mut engine, LIMIT, starttls, |e| {
+        let outcome = serve_with_tls(stream, &mut engine, limits, starttls, |e| {
             seen.push(e.clone())
         })
         .await;
         (outcome, seen, engine.command_count())
     })
+}
+
+/// A stress flag the test turns on and off, and time limits that read it: 300 s for a
+/// command normally, 10 s under stress (postscreen's defaults), `session` in all.
+fn stress_limits(session: Duration) -> (&'static AtomicBool, TimeLimits<'static>) {
+    let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let stressed: &'static (dyn Fn() -> bool + Sync) =
+        Box::leak(Box::new(move || flag.load(Ordering::Relaxed)));
+    let limits = TimeLimits {
+        command: StressDuration {
+            normal: Duration::from_secs(300),
+            stress: Duration::from_secs(10),
+        },
+        stressed,
+        session,
+    };
+    (flag, limits)
+}
+
+#[tokio::test(start_paused = true)]
+async fn stress_reaches_a_session_waiting_for_its_command() {
+    let (stress, limits) = stress_limits(Duration::from_secs(3_600));
+    let (mut client, server) = duplex(64 * 1024);
+    let task = spawn_serve_with_limits(server, engine(), None, LIMIT, limits);
+    read_reply(&mut client).await;
+    client.write_all(b"EHLO c\r\n").await.unwrap();
+    read_reply(&mut client).await;
+    let asked = Instant::now();
+    // Normal mode: the next command may take 300 s; after 30 s the daemon comes under
+    // stress, whose limit of 10 s has passed already.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stress.store(true, Ordering::Relaxed);
+    let (outcome, _, _) = task.await.unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(31),
+        "{waited:?}"
+    );
+    assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
+    assert_eq!(
+        lines(&outcome.events),
+        ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after EHLO"]
+    );
+    assert_eq!(
+        read_reply(&mut client).await,
+        "421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_command_gets_the_limit_in_force_when_it_is_awaited() {
+    let (stress, limits) = stress_limits(Duration::from_secs(3_600));
+    stress.store(true, Ordering::Relaxed);
+    let (mut client, server) = duplex(64 * 1024);
+    let task = spawn_serve_with_limits(server, engine(), None, LIMIT, limits);
+    read_reply(&mut client).await;
+    // Under stress a command has 10 s; once stress is over, 300 s again.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    client.write_all(b"NOOP\r\n").await.unwrap();
+    assert_eq!(read_reply(&mut client).await, "250 2.0.0 Ok\r\n");
+    stress.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    client.write_all(b"NOOP\r\n").await.unwrap();
+    assert_eq!(read_reply(&mut client).await, "250 2.0.0 Ok\r\n");
+    assert!(!task.is_finished());
+    drop(client);
+    let (outcome, _, _) = task.await.unwrap();
+    assert_eq!(outcome.end, SessionEnd::Hangup);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_session_ends_at_the_session_time_limit() {
+    let started = Instant::now();
+    let (_, limits) = stress_limits(Duration::from_secs(20));
+    let (mut client, server) = duplex(64 * 1024);
+    let task = spawn_serve_with_limits(server, engine(), None, LIMIT, limits);
+    read_reply(&mut client).await;
+    // A command every three seconds, each well inside the command time limit.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client.write_all(b"NOOP\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut client).await, "250 2.0.0 Ok\r\n");
+    }
+    // The seventh would come at 21 s: the session is over at 20 s.
+    let (outcome, _, _) = task.await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+    assert_eq!(
+        read_reply(&mut client).await,
+        "421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
+    );
+    assert_eq!(outcome.end, SessionEnd::CommandTimeLimit);
+    assert_eq!(
+        lines(&outcome.events),
+        ["COMMAND TIME LIMIT from [127.0.0.11]:58529 after NOOP"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_time_limit_covers_the_tls_handshake() {
+    let (acceptor, _) = test_tls();
+    let (mut client, server) = duplex(64 * 1024);
+    let started = Instant::now();
+    let (_, limits) = stress_limits(Duration::from_secs(20));
+    let handshake_limit = Duration::from_secs(300);
+    let task = spawn_serve_with_limits(
+        server,
+        tls_engine(),
+        Some(acceptor),
+        handshake_limit,
+        limits,
+    );
+    read_reply(&mut client).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    client.write_all(b"STARTTLS\r\n").await.unwrap();
+    read_reply(&mut client).await;
+    // Silence: no ClientHello. The handshake alone may take 300 s; the session 20 s.
+    let (outcome, _, _) = task.await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+    assert_eq!(
+        lines(&outcome.events)[0],
+        "SSL_accept error from [127.0.0.11]:58529: handshake timed out"
+    );
+    assert_eq!(outcome.end, SessionEnd::Hangup);
+    drop(client);
 }
 
 #[tokio::test]
