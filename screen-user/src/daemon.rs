@@ -246,8 +246,13 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     }
 
     // List health: at start and then every few minutes, each DNSBL is asked for its test
-    // points, and a list that lists everything or stops answering is suspended.
-    let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    // points, and a list that lists everything or stops answering is suspended. A check waits
+    // up to `dnsbl_timeout` on a list's servers: it runs on its own, so that neither the sweep
+    // nor SIGTERM waits for it.
+    if screen.dnsbl().is_some() {
+        accept_tasks.push(tokio::spawn(check_list_health(Arc::clone(&screen))));
+    }
+
     let mut sweep = tokio::time::interval(sweep_interval);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -258,11 +263,6 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
                 screen.deny().expire();
                 if let (Some(dnsbl), Some(file)) = (screen.dnsbl(), dnsbl_status.as_mut()) {
                     dnsbl.write_status(file);
-                }
-            }
-            _ = health.tick() => {
-                if let Some(dnsbl) = screen.dnsbl() {
-                    dnsbl.health_check().await;
                 }
             }
             _ = term.recv() => break,
@@ -277,4 +277,18 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     }
     tracing::info!("stopping; the XDP filter stays attached (smtp-screen unload removes it)");
     Ok(())
+}
+
+/// The DNS lists' health check, at start and every [`HEALTH_CHECK_INTERVAL`], for as long as
+/// the daemon runs.
+async fn check_list_health(screen: Arc<Screen>) {
+    let Some(dnsbl) = screen.dnsbl() else {
+        return;
+    };
+    let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        health.tick().await;
+        dnsbl.health_check().await;
+    }
 }

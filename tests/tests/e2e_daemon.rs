@@ -944,3 +944,32 @@ fn check_config_names_the_unknown_key_and_the_missing_table() {
         "the error must name the table: {error}"
     );
 }
+
+/// The DNS lists' health check waits up to `dnsbl_timeout` on a server that never answers;
+/// it runs on its own, so SIGTERM stops the daemon at once all the same.
+#[test]
+fn sigterm_is_honoured_while_a_health_check_waits_on_a_silent_dns_server() {
+    if !require_root("sigterm_is_honoured_while_a_health_check_waits_on_a_silent_dns_server") {
+        return;
+    }
+    let bed = Bed::new("healthterm", &[]);
+    // A DNS server that takes every query and answers none.
+    let silent = SocketAddr::new(bed.server_v4(), 5353);
+    let _silent = bed
+        .server
+        .run(|| std::net::UdpSocket::bind(silent))
+        .expect("entering the server namespace")
+        .expect("binding the silent DNS server");
+    let pin = PinDir::new("healthterm");
+    let config = DaemonConfig::new(&bed)
+        .set("dnsbl_sites", quoted("silent.test"))
+        .set("dns_servers", format!("[{}]", quoted(silent)))
+        .set("dnsbl_timeout", quoted("60s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    // The first check starts with the daemon and is now waiting for its answers.
+    thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    daemon.stop_within(Duration::from_secs(5));
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
