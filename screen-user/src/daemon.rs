@@ -46,6 +46,9 @@ impl DnsblLog for MailLog {
     }
 }
 
+/// How long the daemon, stopping, waits for the mail log's queued lines to be written.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Loads, configures and attaches the XDP program; returns its maps as the daemon holds them:
 /// the dynamic deny maps writable, every other map read-only.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
@@ -207,7 +210,8 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
         let listener = screen::bind(*addr).with_context(|| format!("listen on {addr}"))?;
         listeners.push(tokio::net::TcpListener::from_std(listener)?);
     }
-    let log = MailLog::open(config.log_to, &config.syslog_name).context("opening the mail log")?;
+    let log = MailLog::open(config.log_to, &config.syslog_name, &config.syslog_socket)
+        .context("opening the mail log")?;
     let sweep_interval = config.deny_sweep_interval.max(Duration::from_secs(1));
     let (screen, cache) = build_screen(settings, kernel, relay, log).await?;
     let screen = Arc::new(screen);
@@ -274,6 +278,15 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     }
     if let Err(e) = cache.close().await {
         tracing::warn!("closing the temporary allowlist: {e}");
+    }
+    // The lines still queued are written, unless the log is stuck (a full pipe).
+    screen.log.flush(LOG_FLUSH_LIMIT);
+    let dropped = screen.log.dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "mail log lines dropped since the start (the log fell behind)"
+        );
     }
     tracing::info!("stopping; the XDP filter stays attached (smtp-screen unload removes it)");
     Ok(())

@@ -973,3 +973,98 @@ fn sigterm_is_honoured_while_a_health_check_waits_on_a_silent_dns_server() {
     daemon.stop_within(Duration::from_secs(5));
     assert!(asked.elapsed() < Duration::from_secs(5));
 }
+
+/// A pipe whose reader the test holds, shrunk to one page, for the daemon's stderr.
+fn small_pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this function owns.
+    assert!(unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    (std::fs::File::from(reader), writer)
+}
+
+/// Reads `pipe` until `text` appears in what was read, within `limit`; returns all of it.
+fn read_until(pipe: &mut std::fs::File, seen: &mut String, text: &str, limit: Duration) {
+    use std::{io::Read as _, os::fd::AsRawFd as _};
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {text:?} within {limit:?}:\n{seen}");
+        let mut poll = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, left.as_millis().min(1000) as i32) } <= 0 {
+            continue;
+        }
+        let n = pipe.read(&mut buf).expect("reading the daemon's stderr");
+        assert!(n > 0, "the daemon closed its stderr:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// The daemon's stderr is a pipe nobody reads: the log stalls, connections do not. The lines
+/// the log could not hold are counted and reported once the pipe is read again.
+#[test]
+fn a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients() {
+    if !require_root("a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients") {
+        return;
+    }
+    let bed = Bed::new("logstall", &[10]);
+    let pin = PinDir::new("logstall");
+    let config = DaemonConfig::new(&bed).write(&bed, "smtp-screen.toml");
+    let (mut pipe, stderr) = small_pipe();
+    let mut cmd = bed
+        .server
+        .command(smtp_screen_bin().expect("the smtp-screen binary"));
+    cmd.arg("--pin-dir")
+        .arg(pin.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(stderr));
+    let mut daemon = screen_tests::netns::ChildGuard::spawn(&mut cmd).expect("smtp-screen run");
+    let mut seen = String::new();
+    read_until(
+        &mut pipe,
+        &mut seen,
+        "smtp-screen screening connections",
+        Duration::from_secs(20),
+    );
+
+    // Nobody reads the pipe now. Each client logs CONNECT, HANGUP and DISCONNECT: the page
+    // fills after a dozen, the log's queue after a few hundred.
+    let client = bed.v4(10);
+    for i in 0..600 {
+        let mut c = bed.connect(client);
+        let teaser = c.line(REPLY_WAIT);
+        assert_eq!(teaser, TEASER, "client {i} while the log pipe is full");
+    }
+
+    // The pipe is read again: the writer catches up and says what it lost.
+    let tag = {
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        c.tag()
+    };
+    read_until(
+        &mut pipe,
+        &mut seen,
+        "lines dropped: the log writer fell behind",
+        LOG_WAIT,
+    );
+    read_until(&mut pipe, &mut seen, &format!("DISCONNECT {tag}"), LOG_WAIT);
+    assert!(daemon.try_wait().expect("the daemon's status").is_none());
+    let stopped = daemon.terminate(Duration::from_secs(10)).expect("SIGTERM");
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+}

@@ -93,6 +93,9 @@ pub(crate) struct Config {
     pub(crate) log_to: LogTarget,
     /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
     pub(crate) syslog_name: String,
+    /// The syslog daemon's socket (`log_to = "syslog"`); the log reconnects to it after the
+    /// syslog daemon restarts.
+    pub(crate) syslog_socket: PathBuf,
     /// After the sockets and BPF objects are open, the daemon runs as this user, with its
     /// groups; the account must exist (the default, `smtp-screen`, is a system account of its
     /// own) and must not be root.
@@ -274,6 +277,7 @@ impl Default for Config {
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
+            syslog_socket: PathBuf::from(crate::paths::SYSLOG_SOCKET),
             user: crate::privileges::DEFAULT_USER.into(),
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
