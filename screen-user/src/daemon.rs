@@ -162,7 +162,7 @@ pub(crate) async fn build_screen(
             guard,
             kernel.map(|maps| Arc::new(Mutex::new(maps))),
             Arc::clone(&log),
-        ),
+        )?,
         dnsbl,
         engine,
         style,

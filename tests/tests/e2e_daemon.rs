@@ -1068,3 +1068,78 @@ fn a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients() {
     let stopped = daemon.terminate(Duration::from_secs(10)).expect("SIGTERM");
     assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
 }
+
+/// A sweep of a full dynamic deny map runs beside the connections, not in their way: clients
+/// are greeted at once while a million expired entries are removed.
+#[test]
+fn clients_are_served_while_a_full_deny_map_is_swept() {
+    use screen_common::{DenyEntry, DynKeyV4, Origin, map_name};
+    if !require_root("clients_are_served_while_a_full_deny_map_is_swept") {
+        return;
+    }
+    const ENTRIES: usize = 1_000_000;
+    let bed = Bed::new("sweep", &[10]);
+    let pin = PinDir::new("sweep");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .set("deny_sweep_interval", quoted("1s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    // A million entries, every one expired (the clock's first nanosecond); none is this
+    // bed's client, whose addresses start with 10.
+    let map = aya::maps::MapData::from_pin(pin.path().join(map_name::DYN_DENY_V4))
+        .expect("the pinned IPv4 dynamic deny map");
+    let keys: Vec<DynKeyV4> = (0u32..)
+        .map(|i| i.wrapping_mul(0x9e37_79b1).wrapping_add(0x0102_0304))
+        .map(u32::to_be_bytes)
+        .filter(|addr| addr[0] != 10 && addr[0] != 0)
+        .take(ENTRIES)
+        .map(|addr| DynKeyV4 { addr })
+        .collect();
+    let expired = DenyEntry {
+        expires_ns: 1,
+        origin: Origin::Policy as u32,
+        failures: 2,
+    };
+    let values = vec![expired; 1 << 16];
+    for chunk in keys.chunks(1 << 16) {
+        screen_tests::bpf_sys::update_batch(
+            std::os::fd::AsFd::as_fd(map.fd()),
+            chunk,
+            &values[..chunk.len()],
+        )
+        .expect("BPF_MAP_UPDATE_BATCH");
+    }
+
+    // Clients for as long as the sweeps take, each timed from connect to teaser.
+    let client = bed.v4(10);
+    let swept = |log: &str| -> usize {
+        log.lines()
+            .filter(|line| line.contains("expired dynamic deny entries removed"))
+            .filter_map(|line| line.split("swept=").nth(1))
+            .filter_map(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut slowest = Duration::ZERO;
+    let mut clients = 0;
+    while swept(&daemon.log()) < ENTRIES * 9 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeps removed {} of {ENTRIES} entries in 30s:\n{}",
+            swept(&daemon.log()),
+            daemon.log()
+        );
+        let started = Instant::now();
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        slowest = slowest.max(started.elapsed());
+        clients += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the slowest of {clients} teasers during the sweep took {slowest:?}"
+    );
+}
