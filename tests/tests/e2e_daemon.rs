@@ -1143,3 +1143,90 @@ fn clients_are_served_while_a_full_deny_map_is_swept() {
         "the slowest of {clients} teasers during the sweep took {slowest:?}"
     );
 }
+
+/// A syslog daemon of the test's own, on the socket the configuration names.
+fn bind_syslog(path: &Path) -> std::os::unix::net::UnixDatagram {
+    use std::os::unix::fs::PermissionsExt as _;
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("binding the syslog socket");
+    // The daemon writes to it, and connects again, as its own account.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .expect("opening the syslog socket to the daemon's account");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    socket
+}
+
+/// Receives from `syslog` until a line contains `text`, within `LOG_WAIT`; keeps every line.
+fn syslog_until(syslog: &std::os::unix::net::UnixDatagram, lines: &mut Vec<String>, text: &str) {
+    let deadline = Instant::now() + LOG_WAIT;
+    let mut buf = vec![0u8; 8192];
+    while !lines.iter().any(|line| line.contains(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} from the daemon within {LOG_WAIT:?}; received:\n{}",
+            lines.join("\n")
+        );
+        if let Ok(n) = syslog.recv(&mut buf) {
+            lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+/// The syslog daemon restarts while clients come and go: once it is back, every line logged
+/// while it was away, and after, reaches it.
+#[test]
+fn after_syslog_restarts_no_log_line_is_lost() {
+    if !require_root("after_syslog_restarts_no_log_line_is_lost") {
+        return;
+    }
+    let bed = Bed::new("syslog", &[10]);
+    let path = bed.scratch.path().join("log.sock");
+    let syslog = bind_syslog(&path);
+    let pin = PinDir::new("syslog");
+    let config = DaemonConfig::new(&bed)
+        .set("log_to", quoted("syslog"))
+        .set("syslog_socket", quoted(path.display()))
+        .set("syslog_name", quoted("postfix/postscreen"))
+        .write(&bed, "smtp-screen.toml");
+    let _daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let client = bed.v4(10);
+    let visit = || {
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        c.tag()
+    };
+    let mut lines = Vec::new();
+    let first = visit();
+    syslog_until(&syslog, &mut lines, &format!("DISCONNECT {first}"));
+
+    // The syslog daemon stops; clients keep coming.
+    drop(syslog);
+    std::fs::remove_file(&path).expect("removing the syslog socket");
+    let mut tags: Vec<String> = (0..5).map(|_| visit()).collect();
+    thread::sleep(Duration::from_millis(300));
+
+    // It is back, on a new socket at the same path.
+    let syslog = bind_syslog(&path);
+    tags.push(visit());
+    let mut lines = Vec::new();
+    syslog_until(&syslog, &mut lines, &format!("DISCONNECT {}", tags[5]));
+    for tag in &tags {
+        for what in ["CONNECT from", "DISCONNECT"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.contains(&format!("{what} {tag}"))),
+                "no \"{what} {tag}\" after syslog came back:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.starts_with("<22>postfix/postscreen[") || line.starts_with("<20>")),
+        "{}",
+        lines.join("\n")
+    );
+}
