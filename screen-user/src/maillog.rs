@@ -2,7 +2,11 @@
 //! `mail`), under a configurable identity so that pflogsumm, fail2ban and log exporters keep
 //! working (`postfix/postscreen` makes the lines indistinguishable from postscreen's).
 //!
-//! Operational messages (start-up, kernel attachment) go through `tracing` instead.
+//! No thread that logs ever waits for the log: a line goes into a bounded queue to one writer
+//! thread, which alone blocks on a full pipe or a stalled syslog daemon, and reconnects to a
+//! restarted one; a line the queue has no room for is counted, and the count logged once the
+//! writer catches up. Operational messages (start-up, kernel attachment) go through `tracing`
+//! instead, whose stderr output takes a queue of the same kind ([`queued_stderr`]).
 //!
 //! Delays in the lines are written as Postfix writes them ([`DelayDisplay`]); clients as
 //! [`crate::address::ClientAddr`] writes them.
@@ -263,22 +267,106 @@ impl MailLog {
     /// Waits up to `limit` for the lines queued so far to be written (at exit); says whether
     /// they were.
     pub(crate) fn flush(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let (done, written) = mpsc::channel();
-        let mut request = Entry::Flush(done);
-        loop {
-            match self.entries.try_send(request) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    request = back;
-                    thread::sleep(Duration::from_millis(5));
+        flush_queue(&self.entries, limit)
+    }
+}
+
+/// The process's operational messages (`tracing`) on stderr, through a queue of their own to
+/// a writer thread as the mail log's lines go: a pipe nobody reads stalls that thread, never a
+/// runtime thread. `tracing_subscriber::fmt().with_writer(queued_stderr)`.
+pub fn queued_stderr() -> QueuedStderr {
+    QueuedStderr {
+        event: Vec::with_capacity(LINE_CAPACITY),
+    }
+}
+
+/// One message for stderr, queued when it is dropped (see [`queued_stderr`]).
+pub struct QueuedStderr {
+    event: Vec<u8>,
+}
+
+/// The queue of [`queued_stderr`], started with the first message; `None` when its thread
+/// could not be started (then messages are written where they are made, as before).
+static STDERR_QUEUE: std::sync::OnceLock<Option<(SyncSender<Entry>, Arc<AtomicU64>)>> =
+    std::sync::OnceLock::new();
+
+/// Waits up to `limit` for the messages of [`queued_stderr`] queued so far to be written: the
+/// binary calls it before it exits, which would lose them.
+pub fn flush_stderr(limit: Duration) {
+    let Some(Some((entries, _))) = STDERR_QUEUE.get() else {
+        return;
+    };
+    flush_queue(entries, limit);
+}
+
+/// Waits up to `limit` for the writer of `entries` to write every line queued before this
+/// call; says whether it did.
+fn flush_queue(entries: &SyncSender<Entry>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let (done, written) = mpsc::channel();
+    let mut request = Entry::Flush(done);
+    loop {
+        match entries.try_send(request) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                request = back;
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return false,
+        }
+    }
+    written
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .is_ok()
+}
+
+impl io::Write for QueuedStderr {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // A message is bounded as a mail log line is; the rest of a longer one is dropped.
+        let room = (MAX_LINE * 2).saturating_sub(self.event.len());
+        self.event
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for QueuedStderr {
+    fn drop(&mut self) {
+        if self.event.is_empty() {
+            return;
+        }
+        let queue = STDERR_QUEUE.get_or_init(|| {
+            let (entries, queue) = mpsc::sync_channel(LOG_QUEUE_LINES);
+            let dropped = Arc::new(AtomicU64::new(0));
+            let writer_dropped = Arc::clone(&dropped);
+            let format = LineFormat {
+                ident: "smtp-screen".into(),
+                pid: std::process::id(),
+                syslog: false,
+            };
+            thread::Builder::new()
+                .name("stderr-log".into())
+                .spawn(move || {
+                    run_writer(Sink::Stderr, queue, LOG_QUEUE_LINES, writer_dropped, format)
+                })
+                .ok()
+                .map(|_| (entries, dropped))
+        });
+        let text = String::from_utf8_lossy(&self.event).into_owned();
+        match queue {
+            Some((entries, dropped)) => {
+                if entries.try_send(Entry::Line(text)).is_err() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => return false,
+            }
+            None => {
+                let _ = io::stderr().lock().write_all(text.as_bytes());
             }
         }
-        written
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
     }
 }
 
