@@ -46,6 +46,9 @@ impl DnsblLog for MailLog {
     }
 }
 
+/// How long the daemon, stopping, waits for the mail log's queued lines to be written.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Loads, configures and attaches the XDP program; returns its maps as the daemon holds them:
 /// the dynamic deny maps writable, every other map read-only.
 fn start_kernel_layer(config: &Config, pin_dir: &Path) -> anyhow::Result<Maps> {
@@ -159,7 +162,7 @@ pub(crate) async fn build_screen(
             guard,
             kernel.map(|maps| Arc::new(Mutex::new(maps))),
             Arc::clone(&log),
-        ),
+        )?,
         dnsbl,
         engine,
         style,
@@ -207,7 +210,8 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
         let listener = screen::bind(*addr).with_context(|| format!("listen on {addr}"))?;
         listeners.push(tokio::net::TcpListener::from_std(listener)?);
     }
-    let log = MailLog::open(config.log_to, &config.syslog_name).context("opening the mail log")?;
+    let log = MailLog::open(config.log_to, &config.syslog_name, &config.syslog_socket)
+        .context("opening the mail log")?;
     let sweep_interval = config.deny_sweep_interval.max(Duration::from_secs(1));
     let (screen, cache) = build_screen(settings, kernel, relay, log).await?;
     let screen = Arc::new(screen);
@@ -246,8 +250,13 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     }
 
     // List health: at start and then every few minutes, each DNSBL is asked for its test
-    // points, and a list that lists everything or stops answering is suspended.
-    let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    // points, and a list that lists everything or stops answering is suspended. A check waits
+    // up to `dnsbl_timeout` on a list's servers: it runs on its own, so that neither the sweep
+    // nor SIGTERM waits for it.
+    if screen.dnsbl().is_some() {
+        accept_tasks.push(tokio::spawn(check_list_health(Arc::clone(&screen))));
+    }
+
     let mut sweep = tokio::time::interval(sweep_interval);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -260,11 +269,6 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
                     dnsbl.write_status(file);
                 }
             }
-            _ = health.tick() => {
-                if let Some(dnsbl) = screen.dnsbl() {
-                    dnsbl.health_check().await;
-                }
-            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -275,6 +279,29 @@ pub(crate) async fn run(config: Config, config_path: &Path, pin_dir: &Path) -> a
     if let Err(e) = cache.close().await {
         tracing::warn!("closing the temporary allowlist: {e}");
     }
+    // The lines still queued are written, unless the log is stuck (a full pipe).
+    screen.log.flush(LOG_FLUSH_LIMIT);
+    let dropped = screen.log.dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "mail log lines dropped since the start (the log fell behind)"
+        );
+    }
     tracing::info!("stopping; the XDP filter stays attached (smtp-screen unload removes it)");
     Ok(())
+}
+
+/// The DNS lists' health check, at start and every [`HEALTH_CHECK_INTERVAL`], for as long as
+/// the daemon runs.
+async fn check_list_health(screen: Arc<Screen>) {
+    let Some(dnsbl) = screen.dnsbl() else {
+        return;
+    };
+    let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        health.tick().await;
+        dnsbl.health_check().await;
+    }
 }

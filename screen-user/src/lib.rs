@@ -47,7 +47,7 @@ pub mod kernel;
 pub(crate) mod limits;
 #[cfg(test)]
 mod loopback;
-pub(crate) mod maillog;
+pub mod maillog;
 pub mod paths;
 pub(crate) mod prefixes;
 pub mod privileges;

@@ -18,11 +18,15 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Through a queue: a stalled stderr must not stall the thread that logs.
+        .with_writer(screen_user::maillog::queued_stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    match dispatch(cli) {
+    let outcome = dispatch(cli);
+    // The messages still queued for stderr, before the process ends and takes them along.
+    screen_user::maillog::flush_stderr(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             let mut msg = format!("{err}");

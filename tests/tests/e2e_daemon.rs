@@ -944,3 +944,289 @@ fn check_config_names_the_unknown_key_and_the_missing_table() {
         "the error must name the table: {error}"
     );
 }
+
+/// The DNS lists' health check waits up to `dnsbl_timeout` on a server that never answers;
+/// it runs on its own, so SIGTERM stops the daemon at once all the same.
+#[test]
+fn sigterm_is_honoured_while_a_health_check_waits_on_a_silent_dns_server() {
+    if !require_root("sigterm_is_honoured_while_a_health_check_waits_on_a_silent_dns_server") {
+        return;
+    }
+    let bed = Bed::new("healthterm", &[]);
+    // A DNS server that takes every query and answers none.
+    let silent = SocketAddr::new(bed.server_v4(), 5353);
+    let _silent = bed
+        .server
+        .run(|| std::net::UdpSocket::bind(silent))
+        .expect("entering the server namespace")
+        .expect("binding the silent DNS server");
+    let pin = PinDir::new("healthterm");
+    let config = DaemonConfig::new(&bed)
+        .set("dnsbl_sites", quoted("silent.test"))
+        .set("dns_servers", format!("[{}]", quoted(silent)))
+        .set("dnsbl_timeout", quoted("60s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    // The first check starts with the daemon and is now waiting for its answers.
+    thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    daemon.stop_within(Duration::from_secs(5));
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
+
+/// A pipe whose reader the test holds, shrunk to one page, for the daemon's stderr.
+fn small_pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this function owns.
+    assert!(unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    (std::fs::File::from(reader), writer)
+}
+
+/// Reads `pipe` until `text` appears in what was read, within `limit`; returns all of it.
+fn read_until(pipe: &mut std::fs::File, seen: &mut String, text: &str, limit: Duration) {
+    use std::{io::Read as _, os::fd::AsRawFd as _};
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {text:?} within {limit:?}:\n{seen}");
+        let mut poll = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, left.as_millis().min(1000) as i32) } <= 0 {
+            continue;
+        }
+        let n = pipe.read(&mut buf).expect("reading the daemon's stderr");
+        assert!(n > 0, "the daemon closed its stderr:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// The daemon's stderr is a pipe nobody reads: the log stalls, connections do not. The lines
+/// the log could not hold are counted and reported once the pipe is read again.
+#[test]
+fn a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients() {
+    if !require_root("a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients") {
+        return;
+    }
+    let bed = Bed::new("logstall", &[10]);
+    let pin = PinDir::new("logstall");
+    let config = DaemonConfig::new(&bed).write(&bed, "smtp-screen.toml");
+    let (mut pipe, stderr) = small_pipe();
+    let mut cmd = bed
+        .server
+        .command(smtp_screen_bin().expect("the smtp-screen binary"));
+    cmd.arg("--pin-dir")
+        .arg(pin.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(stderr));
+    let mut daemon = screen_tests::netns::ChildGuard::spawn(&mut cmd).expect("smtp-screen run");
+    let mut seen = String::new();
+    read_until(
+        &mut pipe,
+        &mut seen,
+        "smtp-screen screening connections",
+        Duration::from_secs(20),
+    );
+
+    // Nobody reads the pipe now. Each client logs CONNECT, HANGUP and DISCONNECT: the page
+    // fills after a dozen, the log's queue after a few hundred.
+    let client = bed.v4(10);
+    for i in 0..600 {
+        let mut c = bed.connect(client);
+        let teaser = c.line(REPLY_WAIT);
+        assert_eq!(teaser, TEASER, "client {i} while the log pipe is full");
+    }
+
+    // The pipe is read again: the writer catches up and says what it lost.
+    let tag = {
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        c.tag()
+    };
+    read_until(
+        &mut pipe,
+        &mut seen,
+        "lines dropped: the log writer fell behind",
+        LOG_WAIT,
+    );
+    read_until(&mut pipe, &mut seen, &format!("DISCONNECT {tag}"), LOG_WAIT);
+    assert!(daemon.try_wait().expect("the daemon's status").is_none());
+    let stopped = daemon.terminate(Duration::from_secs(10)).expect("SIGTERM");
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+}
+
+/// A sweep of a full dynamic deny map runs beside the connections, not in their way: clients
+/// are greeted at once while a million expired entries are removed.
+#[test]
+fn clients_are_served_while_a_full_deny_map_is_swept() {
+    use screen_common::{DenyEntry, DynKeyV4, Origin, map_name};
+    if !require_root("clients_are_served_while_a_full_deny_map_is_swept") {
+        return;
+    }
+    const ENTRIES: usize = 1_000_000;
+    let bed = Bed::new("sweep", &[10]);
+    let pin = PinDir::new("sweep");
+    let config = DaemonConfig::new(&bed)
+        .with_kernel_layer(&bed)
+        .set("deny_sweep_interval", quoted("1s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    // A million entries, every one expired (the clock's first nanosecond); none is this
+    // bed's client, whose addresses start with 10.
+    let map = aya::maps::MapData::from_pin(pin.path().join(map_name::DYN_DENY_V4))
+        .expect("the pinned IPv4 dynamic deny map");
+    let keys: Vec<DynKeyV4> = (0u32..)
+        .map(|i| i.wrapping_mul(0x9e37_79b1).wrapping_add(0x0102_0304))
+        .map(u32::to_be_bytes)
+        .filter(|addr| addr[0] != 10 && addr[0] != 0)
+        .take(ENTRIES)
+        .map(|addr| DynKeyV4 { addr })
+        .collect();
+    let expired = DenyEntry {
+        expires_ns: 1,
+        origin: Origin::Policy as u32,
+        failures: 2,
+    };
+    let values = vec![expired; 1 << 16];
+    for chunk in keys.chunks(1 << 16) {
+        screen_tests::bpf_sys::update_batch(
+            std::os::fd::AsFd::as_fd(map.fd()),
+            chunk,
+            &values[..chunk.len()],
+        )
+        .expect("BPF_MAP_UPDATE_BATCH");
+    }
+
+    // Clients for as long as the sweeps take, each timed from connect to teaser.
+    let client = bed.v4(10);
+    let swept = |log: &str| -> usize {
+        log.lines()
+            .filter(|line| line.contains("expired dynamic deny entries removed"))
+            .filter_map(|line| line.split("swept=").nth(1))
+            .filter_map(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut slowest = Duration::ZERO;
+    let mut clients = 0;
+    while swept(&daemon.log()) < ENTRIES * 9 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeps removed {} of {ENTRIES} entries in 30s:\n{}",
+            swept(&daemon.log()),
+            daemon.log()
+        );
+        let started = Instant::now();
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        slowest = slowest.max(started.elapsed());
+        clients += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the slowest of {clients} teasers during the sweep took {slowest:?}"
+    );
+}
+
+/// A syslog daemon of the test's own, on the socket the configuration names.
+fn bind_syslog(path: &Path) -> std::os::unix::net::UnixDatagram {
+    use std::os::unix::fs::PermissionsExt as _;
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("binding the syslog socket");
+    // The daemon writes to it, and connects again, as its own account.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .expect("opening the syslog socket to the daemon's account");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    socket
+}
+
+/// Receives from `syslog` until a line contains `text`, within `LOG_WAIT`; keeps every line.
+fn syslog_until(syslog: &std::os::unix::net::UnixDatagram, lines: &mut Vec<String>, text: &str) {
+    let deadline = Instant::now() + LOG_WAIT;
+    let mut buf = vec![0u8; 8192];
+    while !lines.iter().any(|line| line.contains(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} from the daemon within {LOG_WAIT:?}; received:\n{}",
+            lines.join("\n")
+        );
+        if let Ok(n) = syslog.recv(&mut buf) {
+            lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+/// The syslog daemon restarts while clients come and go: once it is back, every line logged
+/// while it was away, and after, reaches it.
+#[test]
+fn after_syslog_restarts_no_log_line_is_lost() {
+    if !require_root("after_syslog_restarts_no_log_line_is_lost") {
+        return;
+    }
+    let bed = Bed::new("syslog", &[10]);
+    let path = bed.scratch.path().join("log.sock");
+    let syslog = bind_syslog(&path);
+    let pin = PinDir::new("syslog");
+    let config = DaemonConfig::new(&bed)
+        .set("log_to", quoted("syslog"))
+        .set("syslog_socket", quoted(path.display()))
+        .set("syslog_name", quoted("postfix/postscreen"))
+        .write(&bed, "smtp-screen.toml");
+    let _daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let client = bed.v4(10);
+    let visit = || {
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        c.tag()
+    };
+    let mut lines = Vec::new();
+    let first = visit();
+    syslog_until(&syslog, &mut lines, &format!("DISCONNECT {first}"));
+
+    // The syslog daemon stops; clients keep coming.
+    drop(syslog);
+    std::fs::remove_file(&path).expect("removing the syslog socket");
+    let mut tags: Vec<String> = (0..5).map(|_| visit()).collect();
+    thread::sleep(Duration::from_millis(300));
+
+    // It is back, on a new socket at the same path.
+    let syslog = bind_syslog(&path);
+    tags.push(visit());
+    let mut lines = Vec::new();
+    syslog_until(&syslog, &mut lines, &format!("DISCONNECT {}", tags[5]));
+    for tag in &tags {
+        for what in ["CONNECT from", "DISCONNECT"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.contains(&format!("{what} {tag}"))),
+                "no \"{what} {tag}\" after syslog came back:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.starts_with("<22>postfix/postscreen[") || line.starts_with("<20>")),
+        "{}",
+        lines.join("\n")
+    );
+}

@@ -100,6 +100,9 @@ pub(crate) struct Config {
     pub(crate) log_to: LogTarget,
     /// Syslog identity; `postfix/postscreen` keeps existing log parsers working.
     pub(crate) syslog_name: String,
+    /// The syslog daemon's socket (`log_to = "syslog"`); the log reconnects to it after the
+    /// syslog daemon restarts.
+    pub(crate) syslog_socket: PathBuf,
     /// After the sockets and BPF objects are open, the daemon runs as this user, with its
     /// groups; the account must exist (the default, `smtp-screen`, is a system account of its
     /// own) and must not be root.
@@ -134,8 +137,8 @@ pub(crate) struct Config {
     /// How often expired allowlist records are removed; 0 disables the cleanup.
     #[serde(deserialize_with = "time_value")]
     pub(crate) cache_cleanup_interval: Duration,
-    /// Commands allowed per session in the dummy SMTP engine.
-    #[serde(deserialize_with = "positive")]
+    /// Commands allowed per session in the dummy SMTP engine (1 to 10,000).
+    #[serde(deserialize_with = "command_count_limit")]
     pub(crate) command_count_limit: u32,
     /// Time allowed to send one whole command line.
     #[serde(deserialize_with = "stress_time_value")]
@@ -145,13 +148,17 @@ pub(crate) struct Config {
     /// times `command_time_limit` (100 minutes by default); a real MTA needs seconds.
     #[serde(deserialize_with = "time_value")]
     pub(crate) engine_session_time_limit: Duration,
-    /// Simultaneous connections allowed from one client address; 0 means no limit.
+    /// Simultaneous connections allowed from one client address; 0 means no limit (0 to
+    /// 1,000,000).
+    #[serde(deserialize_with = "client_connection_count_limit")]
     pub(crate) client_connection_count_limit: u32,
-    /// Connections allowed in screening at once (also sets the stress thresholds).
-    #[serde(deserialize_with = "at_least_10")]
+    /// Connections allowed in screening at once (also sets the stress thresholds; 10 to
+    /// 1,000,000).
+    #[serde(deserialize_with = "pre_queue_limit")]
     pub(crate) pre_queue_limit: u32,
-    /// Connections allowed between passing and being taken over by the backend.
-    #[serde(deserialize_with = "at_least_5")]
+    /// Connections allowed between passing and being taken over by the backend (5 to
+    /// 1,000,000).
+    #[serde(deserialize_with = "post_queue_limit")]
     pub(crate) post_queue_limit: u32,
     /// `haproxy` when a load balancer sends a PROXY header first; empty otherwise.
     #[serde(deserialize_with = "upstream_proxy")]
@@ -168,8 +175,9 @@ pub(crate) struct Config {
     pub(crate) allowlist_interfaces: String,
     /// Text appended to 4xx and 5xx replies.
     pub(crate) reject_footer: String,
-    /// Longest command line accepted, in bytes.
-    #[serde(deserialize_with = "at_least_512")]
+    /// Longest command line accepted, in bytes (512 to 65,536: every connection in the
+    /// engine may hold one).
+    #[serde(deserialize_with = "line_length_limit")]
     pub(crate) line_length_limit: u32,
     /// Turn every 5xx reply into 4xx, for testing a new configuration safely.
     #[serde(deserialize_with = "yes_no")]
@@ -184,12 +192,15 @@ pub(crate) struct Config {
     // --- DNSBL and DNSWL scoring ---
     /// `domain[=filter][*weight]` entries, comma or space separated; empty disables the test.
     pub(crate) dnsbl_sites: String,
-    /// A client whose score reaches this fails the DNSBL test.
+    /// A client whose score reaches this fails the DNSBL test (-1,000,000 to 1,000,000, as
+    /// every score).
+    #[serde(deserialize_with = "score")]
     pub(crate) dnsbl_threshold: i32,
     /// What happens to a client that fails the DNSBL test.
     pub(crate) dnsbl_action: TestAction,
     /// A client at or below this score (when negative) is allowlisted by DNSWL: it skips the
     /// greet wait and every other test until the DNS TTL.
+    #[serde(deserialize_with = "score")]
     pub(crate) dnsbl_allowlist_threshold: i32,
     /// Time allowed for the DNSBL answers.
     #[serde(deserialize_with = "time_value")]
@@ -210,6 +221,7 @@ pub(crate) struct Config {
     pub(crate) dns_servers: Vec<SocketAddr>,
     /// A DNSBL score at or above this denies the client in the kernel on first contact
     /// (beyond postscreen; unset: never).
+    #[serde(deserialize_with = "some_score")]
     pub(crate) kernel_dnsbl_threshold: Option<i32>,
 
     // --- Deep protocol tests (after the greeting) ---
@@ -267,8 +279,9 @@ pub(crate) struct Config {
     pub(crate) deny_ttl: Duration,
     /// The most new kernel deny entries a minute. Past it the kernel policy pauses (SMTP
     /// answers go on as postscreen's) until the rate falls: a fault that makes everyone fail
-    /// (a broken list, a load balancer's address) cannot deny thousands of hosts in a minute.
-    #[serde(deserialize_with = "positive")]
+    /// (a broken list, a load balancer's address) cannot deny thousands of hosts in a minute
+    /// (1 to 1,000,000).
+    #[serde(deserialize_with = "kernel_deny_rate_limit")]
     pub(crate) kernel_deny_rate_limit: u32,
 }
 
@@ -290,6 +303,7 @@ impl Default for Config {
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
+            syslog_socket: PathBuf::from(crate::paths::SYSLOG_SOCKET),
             user: crate::privileges::DEFAULT_USER.into(),
             myhostname: system_hostname(),
             smtpd_banner: "$myhostname ESMTP".into(),
@@ -399,7 +413,10 @@ fn time_value<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 fn stress_time_value<'de, D: Deserializer<'de>>(d: D) -> Result<StressDuration, D::Error> {
     match TimeText::deserialize(d)? {
         TimeText::Text(text) => parse_stress_duration(&text).map_err(de::Error::custom),
-        TimeText::Seconds(secs) => Ok(StressDuration::fixed(Duration::from_secs(secs))),
+        // Through the parser, so that the ten-year cap holds for a bare number too.
+        TimeText::Seconds(secs) => duration::parse(&secs.to_string())
+            .map(StressDuration::fixed)
+            .map_err(de::Error::custom),
     }
 }
 
@@ -457,33 +474,113 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(text)
 }
 
-fn at_least<'de, D: Deserializer<'de>>(d: D, min: u32) -> Result<u32, D::Error> {
-    let value = u32::deserialize(d)?;
-    if value < min {
-        return Err(de::Error::custom(format!(
-            "{value} is below the minimum of {min}"
-        )));
-    }
-    Ok(value)
+/// An integer option's range, both ends included. Each is documented beside its option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IntRange {
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+}
+
+/// postscreen's own minimum is 1; past 10,000 commands a session is no longer a test.
+pub(crate) const COMMAND_COUNT_LIMIT_RANGE: IntRange = IntRange {
+    min: 1,
+    max: 10_000,
+};
+pub(crate) const CLIENT_CONNECTION_COUNT_LIMIT_RANGE: IntRange = IntRange {
+    min: 0,
+    max: 1_000_000,
+};
+/// postscreen enforces a minimum of 10 (`postscreen.c`); the maximum keeps the stress
+/// thresholds (nine tenths of it) far from overflow, and is more descriptors than a host has.
+pub(crate) const PRE_QUEUE_LIMIT_RANGE: IntRange = IntRange {
+    min: 10,
+    max: 1_000_000,
+};
+/// postscreen enforces a minimum of 5 (`postscreen.c`).
+pub(crate) const POST_QUEUE_LIMIT_RANGE: IntRange = IntRange {
+    min: 5,
+    max: 1_000_000,
+};
+/// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets; every connection in the
+/// engine may buffer one, so it stays small.
+pub(crate) const LINE_LENGTH_LIMIT_RANGE: IntRange = IntRange {
+    min: 512,
+    max: 65_536,
+};
+/// DNSBL scores and thresholds: far beyond any sum of weights, far from `i32` overflow.
+pub(crate) const SCORE_RANGE: IntRange = IntRange {
+    min: -1_000_000,
+    max: 1_000_000,
+};
+/// At most the IPv4 dynamic deny map's size in a minute.
+pub(crate) const KERNEL_DENY_RATE_LIMIT_RANGE: IntRange = IntRange {
+    min: 1,
+    max: 1_000_000,
+};
+
+/// An integer within `range`; a value outside it, or not an integer, is refused with the
+/// range in the message.
+fn in_range<'de, D, T>(d: D, range: IntRange) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let IntRange { min, max } = range;
+    let value = i64::deserialize(d)?;
+    let problem = if value < min {
+        "below the minimum"
+    } else if value > max {
+        "above the maximum"
+    } else {
+        return T::try_from(value)
+            .map_err(|_| de::Error::custom(format!("{value} is out of range")));
+    };
+    let bound = if value < min { min } else { max };
+    Err(de::Error::custom(format!(
+        "{value} is {problem} of {bound} (the range is {min} to {max})"
+    )))
 }
 
 fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    at_least(d, 1)
+    in_range(
+        d,
+        IntRange {
+            min: 1,
+            max: u32::MAX.into(),
+        },
+    )
 }
 
-/// postscreen enforces a minimum of 10 (`postscreen.c`).
-fn at_least_10<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    at_least(d, 10)
+fn command_count_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, COMMAND_COUNT_LIMIT_RANGE)
 }
 
-/// postscreen enforces a minimum of 5 (`postscreen.c`).
-fn at_least_5<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    at_least(d, 5)
+fn client_connection_count_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, CLIENT_CONNECTION_COUNT_LIMIT_RANGE)
 }
 
-/// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets.
-fn at_least_512<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    at_least(d, 512)
+fn pre_queue_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, PRE_QUEUE_LIMIT_RANGE)
+}
+
+fn post_queue_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, POST_QUEUE_LIMIT_RANGE)
+}
+
+fn line_length_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, LINE_LENGTH_LIMIT_RANGE)
+}
+
+fn score<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    in_range(d, SCORE_RANGE)
+}
+
+fn some_score<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    score(d).map(Some)
+}
+
+fn kernel_deny_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, KERNEL_DENY_RATE_LIMIT_RANGE)
 }
 
 fn upstream_proxy<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamProxyProtocol, D::Error> {
@@ -611,10 +708,14 @@ impl Config {
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|span| line_at(text, span.start)).unwrap_or(1);
+            let message = match option_at(text, line) {
+                Some(key) => format!("{key}: {}", e.message()),
+                None => e.message().to_string(),
+            };
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
-                message: e.message().to_string(),
+                message,
             }
         })?;
         config
@@ -693,6 +794,27 @@ impl Config {
         if self.syslog_name.trim().is_empty() {
             return Err(("syslog_name", "must not be empty".into()));
         }
+        // A reply line ends at CR LF: one inside a text would let the configuration end a
+        // reply early and start another.
+        let reply_texts = [
+            ("myhostname", &self.myhostname),
+            ("smtpd_banner", &self.smtpd_banner),
+            ("greet_banner", &self.greet_banner),
+            ("reject_footer", &self.reject_footer),
+        ];
+        let replies = reply_texts.into_iter().chain(
+            self.dnsbl_reply_map
+                .values()
+                .map(|text| ("dnsbl_reply_map", text)),
+        );
+        for (key, text) in replies {
+            if text.contains(['\r', '\n']) {
+                return Err((
+                    key,
+                    format!("{key} must not contain CR or LF (it is sent in a reply line)"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -709,6 +831,12 @@ impl Config {
 
 fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The option set on line `line` (1-based), if that line sets one.
+fn option_at(text: &str, line: usize) -> Option<&'static str> {
+    let (key, _) = text.lines().nth(line.checked_sub(1)?)?.split_once('=')?;
+    parameters::option(key.trim()).map(|option| option.key)
 }
 
 /// The line where `key` is set, or 1 when it is not set (a default is at fault).

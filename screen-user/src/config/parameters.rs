@@ -107,6 +107,7 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
     ConfigOption::own("state_dir", r#""/var/lib/smtp-screen""#),
     ConfigOption::own("log_to", r#""stderr""#),
     ConfigOption::own("syslog_name", r#""smtp-screen""#),
+    ConfigOption::own("syslog_socket", r#""/dev/log""#),
     ConfigOption::own("user", r#""smtp-screen""#),
     // --- postscreen's options ---
     ConfigOption {

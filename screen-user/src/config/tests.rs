@@ -258,3 +258,103 @@ fn example_config_matches_the_defaults_it_documents() {
     };
     assert_eq!(same, defaults);
 }
+
+#[test]
+fn every_integer_option_is_refused_outside_its_range_with_file_line_option_and_range() {
+    let cases = [
+        ("command_count_limit", COMMAND_COUNT_LIMIT_RANGE),
+        (
+            "client_connection_count_limit",
+            CLIENT_CONNECTION_COUNT_LIMIT_RANGE,
+        ),
+        ("pre_queue_limit", PRE_QUEUE_LIMIT_RANGE),
+        ("post_queue_limit", POST_QUEUE_LIMIT_RANGE),
+        ("line_length_limit", LINE_LENGTH_LIMIT_RANGE),
+        ("dnsbl_threshold", SCORE_RANGE),
+        ("dnsbl_allowlist_threshold", SCORE_RANGE),
+        ("kernel_dnsbl_threshold", SCORE_RANGE),
+        ("kernel_deny_rate_limit", KERNEL_DENY_RATE_LIMIT_RANGE),
+    ];
+    for (key, IntRange { min, max }) in cases {
+        for (value, bound, side) in [
+            (min - 1, min, "below the minimum"),
+            (max + 1, max, "above the maximum"),
+            (i64::MAX, max, "above the maximum"),
+        ] {
+            let text = format!("# the limits\n{key} = {value}\n");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert_eq!(
+                msg,
+                format!(
+                    "/etc/smtp-screen.toml:2: {key}: {value} is {side} of {bound} (the range \
+                     is {min} to {max})"
+                )
+            );
+        }
+        for value in [min, max] {
+            parse(&format!("{key} = {value}\n")).unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn the_largest_pre_queue_limit_sets_stress_thresholds_without_overflow() {
+    let limit = u32::try_from(PRE_QUEUE_LIMIT_RANGE.max).unwrap();
+    let config = parse(&format!("pre_queue_limit = {limit}\n")).unwrap();
+    assert_eq!(config.pre_queue_limit, limit);
+    // The stress thresholds are nine and seven tenths of it.
+    crate::limits::Limits::new(0, config.pre_queue_limit, config.post_queue_limit);
+}
+
+#[test]
+fn stress_values_given_as_integers_keep_the_ten_year_cap() {
+    for key in ["greet_wait", "command_time_limit"] {
+        let text = format!("{key} = {}\n", i64::MAX);
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("/etc/smtp-screen.toml:1: {key}: ")),
+            "{msg}"
+        );
+        assert!(msg.contains("longer than ten years"), "{msg}");
+        let ten_years = 10 * 365 * 86_400u64;
+        let config = parse(&format!("{key} = {ten_years}\n")).unwrap();
+        let value = if key == "greet_wait" {
+            config.greet_wait
+        } else {
+            config.command_time_limit
+        };
+        assert_eq!(value.normal, Duration::from_secs(ten_years));
+        assert!(parse(&format!("{key} = {}\n", ten_years + 1)).is_err());
+    }
+}
+
+#[test]
+fn reply_texts_refuse_cr_and_lf() {
+    for key in [
+        "myhostname",
+        "smtpd_banner",
+        "greet_banner",
+        "reject_footer",
+    ] {
+        for bad in ["a\\r\\n250 injected", "a\\nb", "a\\rb"] {
+            let text = format!("\n{key} = \"{bad}\"\n");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert_eq!(
+                msg,
+                format!(
+                    "/etc/smtp-screen.toml:2: {key} must not contain CR or LF (it is sent in a \
+                     reply line)"
+                )
+            );
+        }
+    }
+    let msg = parse("[dnsbl_reply_map]\n\"bl.example\" = \"x\\r\\n\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("dnsbl_reply_map must not contain CR or LF"),
+        "{msg}"
+    );
+    // A tab is not a line break.
+    parse("reject_footer = \"see\\thttps://example.org\"\n").unwrap();
+}

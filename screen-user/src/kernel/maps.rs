@@ -28,7 +28,7 @@ use screen_common::{Origin, PrefixEntry, ScreenConfig, Stat, map_name};
 
 use super::{
     MapFailure, bpffs,
-    dynamic::{self, DynamicDeny, DynamicEntry, DynamicError},
+    dynamic::{self, DynamicDeny, DynamicEntry, DynamicError, DynamicSweep},
     layout,
     lists::{ListChange, ListTries, ListsError, StaticList, StaticLists, Trie4, Trie6},
     settings::{KernelAction, SettingsError, SettingsRecord, screen_config},
@@ -384,9 +384,9 @@ impl Maps {
         Ok(self.dynamic.entries(self.v6_prefix_len()?)?)
     }
 
-    /// Deletes the dynamic entries that expired before `now_ns`; returns how many went.
-    pub(crate) fn sweep_expired(&mut self, now_ns: u64) -> Result<usize> {
-        Ok(self.dynamic.sweep_expired(now_ns))
+    /// The sweep of expired dynamic entries, through descriptors of its own.
+    pub(crate) fn dynamic_sweep(&self) -> Result<DynamicSweep> {
+        Ok(self.dynamic.sweep()?)
     }
 
     /// Counters summed over all CPUs, indexed by [`Stat`].

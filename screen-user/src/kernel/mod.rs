@@ -14,6 +14,7 @@
 //! (see `build.rs`).
 
 pub(crate) mod attach;
+pub(crate) mod batch;
 pub mod bpffs;
 pub mod clock;
 pub mod dynamic;

@@ -14,10 +14,10 @@ use std::{
 };
 
 use ipnet::IpNet;
-use screen_common::Origin;
 
 use super::deny_causes::{DenyCause, DenyCauses, DnsblGround};
 use super::deny_guard::DenyGuard;
+use super::deny_writer::DenyWriter;
 use crate::{
     address::canonical,
     kernel::{Maps, clock},
@@ -297,8 +297,10 @@ pub(crate) struct DenyEnforcer {
     policy: Mutex<DenyPolicy>,
     /// What no deny may cover.
     guard: DenyGuard,
-    /// The kernel maps, when the XDP layer is attached somewhere.
+    /// The kernel maps, when the XDP layer is attached somewhere: read here, written by
+    /// `writer` alone.
     kernel: Option<Arc<Mutex<Maps>>>,
+    writer: Option<DenyWriter>,
     log: Arc<MailLog>,
     /// Which lists the denies made on DNSBL answers rest on.
     causes: Mutex<DenyCauses>,
@@ -310,14 +312,19 @@ impl DenyEnforcer {
         guard: DenyGuard,
         kernel: Option<Arc<Mutex<Maps>>>,
         log: Arc<MailLog>,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let writer = match &kernel {
+            Some(maps) => Some(DenyWriter::start(Arc::clone(maps), Arc::clone(&log))?),
+            None => None,
+        };
+        Ok(Self {
             policy: Mutex::new(policy),
             guard,
             kernel,
+            writer,
             log,
             causes: Mutex::new(DenyCauses::with_capacity(MAX_TRACKED)),
-        }
+        })
     }
 
     fn policy(&self) -> MutexGuard<'_, DenyPolicy> {
@@ -377,32 +384,11 @@ impl DenyEnforcer {
     /// operator replaced it) stays.
     pub(crate) fn list_suspended(&self, list: &str) {
         let revoked = self.causes().suspended(list, Instant::now());
-        let Some(kernel) = &self.kernel else {
+        let Some(writer) = &self.writer else {
             return;
         };
         for revocation in revoked {
-            let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
-            let owned = match maps.dynamic_entry(revocation.net) {
-                Ok(Some(entry)) => entry.entry.origin == Origin::Policy as u32,
-                Ok(None) => false,
-                Err(e) => {
-                    self.log.warning(format_args!(
-                        "revoking the kernel deny of {}: {e}",
-                        revocation.net
-                    ));
-                    false
-                }
-            };
-            if !owned {
-                continue;
-            }
-            match maps.remove_dynamic(revocation.net) {
-                Ok(()) => self.log.info(revocation.log_line(list)),
-                Err(e) => self.log.warning(format_args!(
-                    "revoking the kernel deny of {}: {e}",
-                    revocation.net
-                )),
-            }
+            writer.revoke(revocation.net, revocation.log_line(list));
         }
     }
 
@@ -442,21 +428,16 @@ impl DenyEnforcer {
     }
 
     /// Removes expired dynamic deny entries from the kernel maps (called periodically; the
-    /// program ignores them already, this gives their room back).
+    /// program ignores them already, this gives their room back). The writer sweeps; this
+    /// returns at once.
     pub(crate) fn sweep_kernel(&self, now_ns: u64) {
-        let Some(kernel) = &self.kernel else {
-            return;
-        };
-        let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
-        match maps.sweep_expired(now_ns) {
-            Ok(0) => {}
-            Ok(swept) => tracing::info!(swept, "expired dynamic deny entries removed"),
-            Err(e) => tracing::warn!("sweeping dynamic deny entries: {e}"),
+        if let Some(writer) = &self.writer {
+            writer.sweep(now_ns);
         }
     }
 
     fn install(&self, client: IpAddr, deny: Option<KernelDeny>, cause: DenyCause) {
-        let (Some(deny), Some(kernel)) = (deny, &self.kernel) else {
+        let (Some(deny), Some(writer)) = (deny, &self.writer) else {
             return;
         };
         if let Some(protected) = self.guard.protects(deny.net) {
@@ -489,16 +470,10 @@ impl DenyEnforcer {
                  minute"
             ));
         }
-        let mut maps = kernel.lock().unwrap_or_else(|e| e.into_inner());
-        match maps.add_dynamic(deny.net, deny.ttl, Origin::Policy, deny.failures) {
-            Ok(_) => {
-                self.log.info(deny.log_line(client));
-                self.remember(&deny, client, cause);
-            }
-            Err(e) => self
-                .log
-                .warning(format_args!("kernel deny of {}: {e}", deny.net)),
-        }
+        // Remembered now, before the writer makes the entry: a revocation that finds no
+        // entry does nothing.
+        self.remember(&deny, client, cause);
+        writer.install(deny, client);
     }
 }
 

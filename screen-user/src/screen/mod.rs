@@ -26,6 +26,7 @@ pub(crate) mod deep;
 pub(crate) mod deny_causes;
 pub(crate) mod deny_guard;
 pub(crate) mod deny_policy;
+pub(crate) mod deny_writer;
 pub(crate) mod early;
 pub(crate) mod endpoint;
 pub(crate) mod pass;
