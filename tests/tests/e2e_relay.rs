@@ -463,3 +463,84 @@ fn the_daemon_relays_in_userspace() {
     }
     relay_through_the_daemon("userspace");
 }
+
+/// Relayed connections keep their place in their client's count
+/// (`client_connection_count_limit`) and take one of `relay_max_connections`, which bounds
+/// both relays together: a client beyond either gets postscreen's 421, and a place comes back
+/// when a relayed connection ends.
+#[test]
+fn relayed_connections_count_for_their_client_and_against_relay_max_connections() {
+    if !require_root("relayed_connections_count_for_their_client_and_against_relay_max_connections")
+    {
+        return;
+    }
+    ensure_packages(&["postfix"]).expect("postfix");
+    let bed = Bed::new("relay-count", &[20, 21, 22]);
+    let (busy, second, late) = (bed.v4(20), bed.v4(21), bed.v4(22));
+    let postfix = bed.start_backend();
+    let table = bed.write_table(
+        "access.cidr",
+        &[(busy, "permit"), (second, "permit"), (late, "permit")],
+    );
+    let pin = PinDir::new("relay-count");
+    let config = DaemonConfig::new(&bed)
+        .set("access_list", quoted(format!("cidr:{}", table.display())))
+        .set("relay", quoted("kernel"))
+        .set("client_connection_count_limit", "2")
+        .set("relay_max_connections", "3")
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    // Two relayed connections from one client: a third from it is too many.
+    let mut relayed = Vec::new();
+    for _ in 0..2 {
+        let mut client = bed.connect(busy);
+        assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
+        relayed.push(client);
+    }
+    assert_eq!(wait_for_entries(&daemon, (4, 4)), (4, 4));
+    let mut third = bed.connect(busy);
+    assert_eq!(
+        third.until_closed(REPLY_WAIT),
+        ["421 4.7.0 Error: too many connections"]
+    );
+    daemon.expect_line(&format!(
+        "NOQUEUE: reject: CONNECT from {}: too many connections",
+        third.tag()
+    ));
+
+    // A third relayed connection fills the relay: the next client finds the server ports
+    // busy, whoever it is.
+    let mut other = bed.connect(second);
+    assert_eq!(other.line(REPLY_WAIT), BACKEND_GREETING);
+    let mut refused = bed.connect(late);
+    assert_eq!(
+        refused.until_closed(REPLY_WAIT),
+        ["421 4.3.2 All server ports are busy"]
+    );
+    daemon.expect_line(&format!(
+        "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+        refused.tag()
+    ));
+    assert_eq!(wait_for_entries(&daemon, (6, 6)), (6, 6));
+
+    // One relayed connection ends: its place comes back, for its client and for the relay.
+    other.quit();
+    expect_backend_log(&postfix, &format!("disconnect from unknown[{second}]"));
+    let deadline = Instant::now() + REPLY_WAIT;
+    let admitted = loop {
+        let mut client = bed.connect(late);
+        let line = client.line(REPLY_WAIT);
+        if line == BACKEND_GREETING {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "no place came back: {line}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    admitted.quit();
+    for client in relayed {
+        client.quit();
+    }
+    assert_eq!(wait_for_entries(&daemon, (0, 0)), (0, 0));
+    daemon.stop();
+}
