@@ -19,6 +19,9 @@
 //! the kernel redirected to it has entered that socket: the program counts what it
 //! redirects, and the socket's sent-and-acknowledged plus queued bytes show what it took.
 //!
+//! The redirect has no backpressure of its own, so the kernel relay gives each socket a
+//! credit and goes on in userspace when a target falls behind (see [`kernel`]).
+//!
 //! Either relay closes both sides of a connection on which no byte moved either way for
 //! `relay_idle_timeout` (the relay's `smtpd_timeout`, for an MTA that has no idle limit of its
 //! own), and of one whose second direction is still open [`HALF_CLOSE_LIMIT`] after the first
@@ -109,7 +112,8 @@ pub(crate) fn half_close_error(limits: RelayLimits) -> io::Error {
 pub struct Relayed {
     pub up: u64,
     pub down: u64,
-    /// The kernel moved them (apart from what the sockets held at the hand-off).
+    /// The kernel moved them (apart from what the sockets held at the hand-off, and, when a
+    /// side fell [`BACKLOG_LIMIT`](kernel::BACKLOG_LIMIT) behind, the rest of the connection).
     pub in_kernel: bool,
 }
 
