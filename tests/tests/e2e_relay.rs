@@ -727,3 +727,76 @@ async fn a_fast_client_before_a_backend_that_stops_reading_is_held_back_in_the_k
     assert!(flooded.pushed < PUSH_CAP, "{flooded:?}");
     assert!(flooded.elsewhere() < HELD_LIMIT, "{flooded:?}");
 }
+
+/// A backend that stops reading for a while, then reads again: the kernel relay stops
+/// redirecting past the credit and goes on in userspace, and every byte arrives, in order,
+/// both ways, up to the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_pauses_gets_every_byte_in_order_after_the_relay_moves_to_userspace() {
+    if !require_root(
+        "a_backend_that_pauses_gets_every_byte_in_order_after_the_relay_moves_to_userspace",
+    ) {
+        return;
+    }
+    const LEN: usize = 48 * MIB;
+    let _turn = KERNEL_RELAY.lock().await;
+    let (relay, _) = Relay::start(RelayMode::Kernel, 4).expect("loading the kernel relay");
+    let Loopback {
+        mut client,
+        front,
+        to_backend,
+        mut mta,
+    } = loopback().await;
+    mta.write_all(b"220 mta.example ESMTP\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let up = pattern(LEN, 3);
+    let session = async {
+        let mut greeting = [0u8; 23];
+        client.read_exact(&mut greeting).await.unwrap();
+        let (mut client_read, mut client_write) = client.split();
+        let send = async {
+            client_write.write_all(&up).await.unwrap();
+            client_write.shutdown().await.unwrap();
+        };
+        let receive = async {
+            // The MTA reads nothing for a second, then everything.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let stopped = RelayMaps::of_process(std::process::id())
+                .unwrap()
+                .map(|maps| maps.stopped());
+            let mut got = vec![0u8; LEN];
+            mta.read_exact(&mut got).await.unwrap();
+            assert!(got == up, "client → MTA bytes differ");
+            mta.write_all(b"250 2.0.0 Ok: queued\r\n221 bye\r\n")
+                .await
+                .unwrap();
+            mta.shutdown().await.unwrap();
+            let mut nothing = Vec::new();
+            mta.read_to_end(&mut nothing).await.unwrap();
+            assert!(nothing.is_empty());
+            stopped
+        };
+        let reply = async {
+            let mut rest = Vec::new();
+            client_read.read_to_end(&mut rest).await.unwrap();
+            rest
+        };
+        tokio::join!(send, receive, reply)
+    };
+    let (relayed, ((), stopped, reply)) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(relay.run(front, to_backend, RelayLimits::DEFAULT), session)
+    })
+    .await
+    .expect("the exchange took more than 60s");
+    // The client's socket; the MTA's stops at its next byte, its credit taken away.
+    assert_eq!(
+        stopped,
+        Some(1),
+        "the program stopped redirecting the client's socket while the MTA read nothing"
+    );
+    assert_eq!(reply, b"250 2.0.0 Ok: queued\r\n221 bye\r\n");
+    let relayed = relayed.unwrap();
+    assert_eq!(relayed.up, LEN as u64);
+    assert_eq!(relayed.down, (23 + reply.len()) as u64);
+    assert_eq!(relay_maps_emptied().await, (0, 0), "the pair left the maps");
+}
