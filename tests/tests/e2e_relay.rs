@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use screen_tests::{
     daemon::{
-        BACKEND_GREETING, Bed, CLIENT_HELO, DELIVERY_WAIT, Daemon, DaemonConfig, GREET_WAIT,
-        REPLY_WAIT, TEASER, expect_backend_log, quoted,
+        BACKEND_GREETING, Bed, CLIENT_HELO, DELIVERY_WAIT, Daemon, DaemonConfig, ENGINE_GREETING,
+        GREET_WAIT, REPLY_WAIT, TEASER, expect_backend_log, quoted,
     },
     ensure_packages,
     netns::PinDir,
@@ -466,30 +466,32 @@ fn the_daemon_relays_in_userspace() {
 
 /// Relayed connections keep their place in their client's count
 /// (`client_connection_count_limit`) and take one of `relay_max_connections`, which bounds
-/// both relays together: a client beyond either gets postscreen's 421, and a place comes back
-/// when a relayed connection ends.
-#[test]
-fn relayed_connections_count_for_their_client_and_against_relay_max_connections() {
-    if !require_root("relayed_connections_count_for_their_client_and_against_relay_max_connections")
-    {
-        return;
-    }
+/// both relays together: a client beyond either gets postscreen's 421 (a client that was in
+/// the greet wait when the relay filled gets it in answer to its first command), and a place
+/// comes back when a relayed connection ends.
+fn relayed_connections_are_counted(mode: &str) {
     ensure_packages(&["postfix"]).expect("postfix");
-    let bed = Bed::new("relay-count", &[20, 21, 22]);
-    let (busy, second, late) = (bed.v4(20), bed.v4(21), bed.v4(22));
+    let bed = Bed::new(&format!("relay-count-{mode}"), &[20, 21, 22, 23]);
+    let (busy, second, late, screened) = (bed.v4(20), bed.v4(21), bed.v4(22), bed.v4(23));
     let postfix = bed.start_backend();
     let table = bed.write_table(
         "access.cidr",
         &[(busy, "permit"), (second, "permit"), (late, "permit")],
     );
-    let pin = PinDir::new("relay-count");
+    let pin = PinDir::new(&format!("relay-count-{mode}"));
     let config = DaemonConfig::new(&bed)
         .set("access_list", quoted(format!("cidr:{}", table.display())))
-        .set("relay", quoted("kernel"))
+        .set("relay", quoted(mode))
         .set("client_connection_count_limit", "2")
         .set("relay_max_connections", "3")
         .write(&bed, "smtp-screen.toml");
     let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let kernel = mode == "kernel";
+
+    // A client in the greet wait while the relay fills.
+    let mut waiting = bed.connect(screened);
+    assert_eq!(waiting.line(REPLY_WAIT), TEASER);
+    let waiting_since = Instant::now();
 
     // Two relayed connections from one client: a third from it is too many.
     let mut relayed = Vec::new();
@@ -498,7 +500,9 @@ fn relayed_connections_count_for_their_client_and_against_relay_max_connections(
         assert_eq!(client.line(REPLY_WAIT), BACKEND_GREETING);
         relayed.push(client);
     }
-    assert_eq!(wait_for_entries(&daemon, (4, 4)), (4, 4));
+    if kernel {
+        assert_eq!(wait_for_entries(&daemon, (4, 4)), (4, 4));
+    }
     let mut third = bed.connect(busy);
     assert_eq!(
         third.until_closed(REPLY_WAIT),
@@ -522,7 +526,25 @@ fn relayed_connections_count_for_their_client_and_against_relay_max_connections(
         "NOQUEUE: reject: CONNECT from {}: all server ports busy",
         refused.tag()
     ));
-    assert_eq!(wait_for_entries(&daemon, (6, 6)), (6, 6));
+    if kernel {
+        assert_eq!(wait_for_entries(&daemon, (6, 6)), (6, 6));
+    }
+
+    // The client in the greet wait passes into a full relay: a complete greeting, then
+    // postscreen's 421 to its first command.
+    assert!(
+        waiting_since.elapsed() < GREET_WAIT,
+        "the relay filled after the greet wait"
+    );
+    assert_eq!(waiting.line(GREET_WAIT + REPLY_WAIT), ENGINE_GREETING);
+    assert_eq!(
+        waiting.command(&format!("EHLO {CLIENT_HELO}")),
+        ["421 4.3.2 No system resources"]
+    );
+    daemon.expect_line(&format!(
+        "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+        waiting.tag()
+    ));
 
     // One relayed connection ends: its place comes back, for its client and for the relay.
     other.quit();
@@ -541,8 +563,30 @@ fn relayed_connections_count_for_their_client_and_against_relay_max_connections(
     for client in relayed {
         client.quit();
     }
-    assert_eq!(wait_for_entries(&daemon, (0, 0)), (0, 0));
+    if kernel {
+        assert_eq!(wait_for_entries(&daemon, (0, 0)), (0, 0));
+    }
     daemon.stop();
+}
+
+#[test]
+fn relayed_connections_count_for_their_client_and_against_relay_max_connections_in_the_kernel() {
+    if !require_root(
+        "relayed_connections_count_for_their_client_and_against_relay_max_connections_in_the_kernel",
+    ) {
+        return;
+    }
+    relayed_connections_are_counted("kernel");
+}
+
+#[test]
+fn relayed_connections_count_for_their_client_and_against_relay_max_connections_in_userspace() {
+    if !require_root(
+        "relayed_connections_count_for_their_client_and_against_relay_max_connections_in_userspace",
+    ) {
+        return;
+    }
+    relayed_connections_are_counted("userspace");
 }
 
 /// The most a fast client may push into a relay whose backend stops reading.
