@@ -24,7 +24,8 @@ use tokio::{
 const MIB: usize = 1024 * 1024;
 
 /// The kernel relay's maps of this process are found by their names among its descriptors:
-/// the tests that load one take turns, so that each finds its own.
+/// the tests that load one take turns, so that each finds its own (and so do the floods,
+/// which would upset the others' timing).
 static KERNEL_RELAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits until this process's relay maps are empty (a closed socket leaves the sockhash as it
@@ -247,8 +248,9 @@ async fn a_connection_that_goes_silent_is_closed_after_the_idle_limit_in_either_
             "{kind}: {err}"
         );
         assert!(busy >= IDLE * 2, "{kind}: {busy:?}");
+        // The client may read the last reply a little after the relay saw it pass.
         assert!(
-            closed >= busy + IDLE,
+            closed + Duration::from_millis(50) >= busy + IDLE,
             "{kind}: closed {closed:?} after {busy:?} busy"
         );
         assert!(
@@ -746,6 +748,8 @@ const HELD_LIMIT: usize = 5 * MIB;
 /// from the client only after, so the client's sends stall once the queues are full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_client_before_a_backend_that_stops_reading_is_held_back_in_userspace() {
+    // A flood takes both cores: the tests that time a kernel relay wait for it.
+    let _turn = KERNEL_RELAY.lock().await;
     let flooded = flood(&Relay::userspace()).await;
     eprintln!("{}", flooded.report("userspace"));
     assert!(flooded.pushed < PUSH_CAP, "{flooded:?}");

@@ -140,9 +140,9 @@ impl Watch {
         Ok(Self { epoll })
     }
 
-    /// Waits until a side ended or failed, or, while input is watched, until a socket was
-    /// signalled for input; returns which sides ended (client, backend), neither for input.
-    async fn ended(&self, input: bool) -> io::Result<(bool, bool)> {
+    /// Waits until a side ended or failed, or a socket was signalled for input; returns which
+    /// sides ended (client, backend), neither for input.
+    async fn ended(&self) -> io::Result<(bool, bool)> {
         const END: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         loop {
             let mut ready = self.epoll.readable().await?;
@@ -152,11 +152,10 @@ impl Watch {
             match usize::try_from(n) {
                 // The kernel wakes a socket's readers for data the program took away: no
                 // event is left, but bytes moved.
-                Ok(0) if input => {
+                Ok(0) => {
                     ready.clear_ready();
                     return Ok((false, false));
                 }
-                Ok(0) => ready.clear_ready(),
                 Ok(n) => {
                     let got = |side| {
                         events[..n]
@@ -176,30 +175,17 @@ impl Watch {
     }
 }
 
-impl Watch {
-    /// Watches both sockets for input too, or no longer.
-    fn watch_input(&self, client: &Side, backend: &Side, input: bool) -> io::Result<()> {
-        for (fd, side) in [(client.fd(), CLIENT), (backend.fd(), BACKEND)] {
-            watch_fd(self.epoll.get_ref(), fd, side, libc::EPOLL_CTL_MOD, input)?;
-        }
-        Ok(())
-    }
-}
-
 /// Adds `fd` to `epoll`, edge-triggered, for its end of input (errors and hang-ups are
-/// always reported), and its input while bytes move.
+/// always reported) and for input, which wakes the daemon at each segment that arrives (the
+/// relay then leaves the watch alone for [`BACKLOG_CHECK`]): being edge-triggered, it costs
+/// nothing while no byte moves.
 fn watch_end(epoll: &OwnedFd, fd: RawFd, side: u64) -> io::Result<()> {
-    watch_fd(epoll, fd, side, libc::EPOLL_CTL_ADD, true)
-}
-
-fn watch_fd(epoll: &OwnedFd, fd: RawFd, side: u64, op: libc::c_int, input: bool) -> io::Result<()> {
-    let input = if input { libc::EPOLLIN } else { 0 };
     let mut event = libc::epoll_event {
-        events: (libc::EPOLLRDHUP | libc::EPOLLET | input) as u32,
+        events: (libc::EPOLLRDHUP | libc::EPOLLET | libc::EPOLLIN) as u32,
         u64: side,
     };
     // SAFETY: both descriptors are open and the event outlives the call.
-    let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) };
+    let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
     if rc == 0 {
         Ok(())
     } else {
@@ -238,7 +224,7 @@ impl KernelPair<'_> {
         let check_every = (limits.idle / 10).clamp(IDLE_CHECK_MIN, IDLE_CHECK_MAX);
         let mut moved = (traffic(client.fd(), backend.fd()), Instant::now());
         let mut half_closed: Option<Instant> = None;
-        // Input is watched until it signals, then not again before this.
+        // After a wake for input, the watch is left alone until this.
         let mut input_again: Option<Instant> = None;
         while client.reading || backend.reading {
             if half_closed.is_none() && (client.reading != backend.reading) {
@@ -248,7 +234,7 @@ impl KernelPair<'_> {
                 .min(half_closed.unwrap_or(moved.1 + limits.idle))
                 .min(input_again.unwrap_or(moved.1 + limits.idle));
             tokio::select! {
-                ended = watch.ended(input_again.is_none()) => {
+                ended = watch.ended(), if input_again.is_none() => {
                     let (client_ended, backend_ended) = ended?;
                     if stopped(kernel, client) || stopped(kernel, backend) {
                         return Ok(Kernel::Backlogged);
@@ -261,7 +247,6 @@ impl KernelPair<'_> {
                     }
                     if !client_ended && !backend_ended {
                         renew_credits(kernel, client, backend);
-                        watch.watch_input(client, backend, false)?;
                         input_again = Some(Instant::now() + BACKLOG_CHECK);
                     }
                 }
@@ -275,7 +260,6 @@ impl KernelPair<'_> {
                     }
                     renew_credits(kernel, client, backend);
                     if input_again.is_some_and(|at| now >= at) {
-                        watch.watch_input(client, backend, true)?;
                         input_again = None;
                     }
                     let seen = traffic(client.fd(), backend.fd());

@@ -27,12 +27,13 @@
 //! own), and of one whose second direction is still open [`HALF_CLOSE_LIMIT`] after the first
 //! ended.
 //!
-//! While the kernel relays, the daemon sleeps: the pair's sockets are watched through an
-//! epoll instance of their own for their end (`EPOLLRDHUP`) and errors only. A watch for
-//! input would wake the daemon for every redirected segment, since the kernel signals the
-//! receiving socket's readers even when the program took the data away. Data the program
-//! leaves on a socket (its peer not yet in the sockhash during the insertion, or closed at the
-//! end) is read after the insertion or when that socket ends.
+//! While the kernel relays, the daemon mostly sleeps: the pair's sockets are watched through
+//! an epoll instance of their own, edge-triggered, for their end (`EPOLLRDHUP`), errors and
+//! input. The kernel signals the receiving socket's readers even when the program took the
+//! data away, so input wakes the daemon while bytes move, which it needs to renew the
+//! sockets' credits; after such a wake it leaves the watch alone for 10 ms, and a quiet pair
+//! costs nothing. Data the program leaves on a socket (its peer not yet in the sockhash during
+//! the insertion, or closed at the end) is read after the insertion or when that socket ends.
 
 mod kernel;
 mod userspace;
