@@ -583,8 +583,9 @@ mod tests {
         assert_eq!(size_of::<StatsRecord>(), 128 * STATS_MAX_CPUS);
         assert!(size_of::<StatsRecord>() <= 4 << 20);
         assert!(align_of::<DenyEntry>() <= 8);
-        assert_eq!(size_of::<RelayPeer>(), 16);
+        assert_eq!(size_of::<RelayPeer>(), 24);
         assert_eq!(offset_of!(RelayPeer, redirected), 8);
+        assert_eq!(offset_of!(RelayPeer, stopped), 16);
     }
 
     #[test]
