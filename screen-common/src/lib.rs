@@ -58,7 +58,7 @@ pub mod map_name {
     pub const RELAY_PEERS: &str = "scr_relay_peers";
     /// How many bytes in all the program may redirect from each relayed socket, by socket
     /// cookie (`u64`): the daemon keeps it at what the peer took plus a margin.
-    pub const RELAY_CREDIT: &str = "scr_relay_credit";
+    pub const RELAY_CREDIT: &str = "scr_relay_cred";
 
     /// Every pinned map of the XDP program, in a stable order.
     pub const ALL: [&str; 14] = [

@@ -89,5 +89,5 @@ const MAX_SOCKETS: usize = RELAY_DEFAULT_MAX_SOCKETS as usize;
 pub static RELAY_SOCKS: SockHash<u64, MAX_SOCKETS> = SockHash::new();
 #[btf_map(name = "scr_relay_peers")]
 pub static RELAY_PEERS: HashMap<u64, RelayPeer, MAX_SOCKETS> = HashMap::new();
-#[btf_map(name = "scr_relay_credit")]
+#[btf_map(name = "scr_relay_cred")]
 pub static RELAY_CREDIT: HashMap<u64, u64, MAX_SOCKETS> = HashMap::new();

@@ -9,7 +9,7 @@
 //!
 //! The redirect has no backpressure of its own: it takes the data off the sending socket,
 //! whose window reopens, and queues it for the peer, charged to no socket. So each socket
-//! has a credit in `scr_relay_credit`, the bytes it may have redirected in all, which the
+//! has a credit in `scr_relay_cred`, the bytes it may have redirected in all, which the
 //! daemon keeps at what the peer took plus a margin. Data that would pass it stays on the
 //! socket, and so does everything after it (`stopped`, so that no byte overtakes another):
 //! the daemon relays the connection in userspace from then on, where the socket's own

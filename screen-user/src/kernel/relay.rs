@@ -1,7 +1,7 @@
 //! The hand-off relay in the kernel: the stream verdict program `smtp_screen_relay` on the
 //! sockhash `scr_relay_socks`, with the peer map `scr_relay_peers`. A pair of sockets in the
 //! maps has its bytes moved by the kernel, each socket's input sent out of the other, as far
-//! as its credit in `scr_relay_credit` goes.
+//! as its credit in `scr_relay_cred` goes.
 //!
 //! The maps and the program belong to the running daemon and are not pinned: when the daemon
 //! exits they go, and so do the relayed connections (which are its sockets anyway). They are
