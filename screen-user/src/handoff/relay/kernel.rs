@@ -278,6 +278,9 @@ impl KernelPair<'_> {
     /// to it, so that what the daemon copies from now on comes after them. The idle limit
     /// runs meanwhile: a target that never reads again ends the connection.
     async fn drain_backlog(&self, limits: RelayLimits) -> io::Result<()> {
+        // A run of the program that read a credit before it was taken away may still be
+        // redirecting: it is over within microseconds, and its count is read after it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         let (client, backend) = (&self.client, &self.backend);
         let mut moved = (traffic(client.fd(), backend.fd()), Instant::now());
         let mut wait = Duration::from_millis(1);
