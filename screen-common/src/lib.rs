@@ -56,6 +56,9 @@ pub mod map_name {
     pub const RELAY_SOCKS: &str = "scr_relay_socks";
     /// Each relayed socket's peer and byte count, by socket cookie ([`RelayPeer`](super::RelayPeer)).
     pub const RELAY_PEERS: &str = "scr_relay_peers";
+    /// How many bytes in all the program may redirect from each relayed socket, by socket
+    /// cookie (`u64`): the daemon keeps it at what the peer took plus a margin.
+    pub const RELAY_CREDIT: &str = "scr_relay_cred";
 
     /// Every pinned map of the XDP program, in a stable order.
     pub const ALL: [&str; 14] = [
@@ -211,6 +214,10 @@ pub struct RelayPeer {
     /// what the peer socket has taken before it shuts the peer's write side, so that no byte
     /// still queued for the peer is cut off.
     pub redirected: u64,
+    /// Not 0 once the program stopped redirecting this socket's data, which it does for good
+    /// when the data would pass the socket's credit: the peer stopped taking it. Written by
+    /// the program alone.
+    pub stopped: u64,
 }
 
 /// Where a list entry came from. Stored as `u32` in the maps.
@@ -576,8 +583,9 @@ mod tests {
         assert_eq!(size_of::<StatsRecord>(), 128 * STATS_MAX_CPUS);
         assert!(size_of::<StatsRecord>() <= 4 << 20);
         assert!(align_of::<DenyEntry>() <= 8);
-        assert_eq!(size_of::<RelayPeer>(), 16);
+        assert_eq!(size_of::<RelayPeer>(), 24);
         assert_eq!(offset_of!(RelayPeer, redirected), 8);
+        assert_eq!(offset_of!(RelayPeer, stopped), 16);
     }
 
     #[test]

@@ -83,9 +83,11 @@ pub static TABLE_V4_0: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
 #[btf_map(name = "scr_table_v4_1")]
 pub static TABLE_V4_1: Array<u64, TABLE_WORDS, TABLE_FLAGS> = Array::new();
 
-// The hand-off relay's sockets and their peers, both keyed by socket cookie.
+// The hand-off relay's sockets, their peers and their credits, all keyed by socket cookie.
 const MAX_SOCKETS: usize = RELAY_DEFAULT_MAX_SOCKETS as usize;
 #[btf_map(name = "scr_relay_socks")]
 pub static RELAY_SOCKS: SockHash<u64, MAX_SOCKETS> = SockHash::new();
 #[btf_map(name = "scr_relay_peers")]
 pub static RELAY_PEERS: HashMap<u64, RelayPeer, MAX_SOCKETS> = HashMap::new();
+#[btf_map(name = "scr_relay_cred")]
+pub static RELAY_CREDIT: HashMap<u64, u64, MAX_SOCKETS> = HashMap::new();

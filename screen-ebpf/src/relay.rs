@@ -7,6 +7,14 @@
 //! entry (or whose peer already left the sockhash) is passed to the socket itself, where the
 //! daemon reads and forwards it.
 //!
+//! The redirect has no backpressure of its own: it takes the data off the sending socket,
+//! whose window reopens, and queues it for the peer, charged to no socket. So each socket
+//! has a credit in `scr_relay_cred`, the bytes it may have redirected in all, which the
+//! daemon keeps at what the peer took plus a margin. Data that would pass it stays on the
+//! socket, and so does everything after it (`stopped`, so that no byte overtakes another):
+//! the daemon relays the connection in userspace from then on, where the socket's own
+//! receive buffer holds the sender back.
+//!
 //! # Minimum kernel version
 //!
 //! 5.15: sockhash stream verdict without a stream parser (`read_sock` for TCP), and
@@ -17,7 +25,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::maps::{RELAY_PEERS, RELAY_SOCKS};
+use crate::maps::{RELAY_CREDIT, RELAY_PEERS, RELAY_SOCKS};
 
 #[stream_verdict]
 pub fn smtp_screen_relay(ctx: SkBuffContext) -> u32 {
@@ -27,8 +35,20 @@ pub fn smtp_screen_relay(ctx: SkBuffContext) -> u32 {
     let Some(peer) = RELAY_PEERS.get_ptr_mut(cookie) else {
         return SK_PASS;
     };
-    // SAFETY: the pointer comes from a successful lookup and the entry outlives this run.
-    let mut target = unsafe { (*peer).peer };
+    // SAFETY: the pointer comes from a successful lookup and the entry outlives this run;
+    // the program runs under this socket's lock, so it is the only writer of the entry.
+    let (stopped, redirected, mut target) =
+        unsafe { ((*peer).stopped, (*peer).redirected, (*peer).peer) };
+    if stopped != 0 {
+        return SK_PASS;
+    }
+    // SAFETY: a u64 the daemon writes whole.
+    let credit = unsafe { RELAY_CREDIT.get(&cookie) }.copied().unwrap_or(0);
+    if redirected + u64::from(ctx.len()) > credit {
+        // SAFETY: as above.
+        unsafe { (*peer).stopped = 1 };
+        return SK_PASS;
+    }
     let verdict = RELAY_SOCKS.redirect_skb(&ctx, &mut target, 0);
     if verdict != i64::from(SK_PASS) {
         // The peer left the sockhash (its side is closing): keep the data on this socket.

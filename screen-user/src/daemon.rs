@@ -137,10 +137,16 @@ pub(crate) async fn build_screen(
     if let Some(line) = deny.off_behind_balancer(kernel.is_some()) {
         log.info(line);
     }
+    // Both relays together hold at most relay_max_connections, the size of the sockhash.
+    let relay_limit = match handoff.method {
+        Handoff::Proxy => handoff.relay_max_connections,
+        Handoff::Postfix => 0,
+    };
     let limits = Limits::new(
         limits.client_connection_count_limit,
         limits.pre_queue_limit,
         limits.post_queue_limit,
+        relay_limit,
     );
     let engine = Arc::new(engine);
     let handoff = HandOff {

@@ -1,5 +1,7 @@
 //! Connection accounting: simultaneous connections per client, the screening (pre-queue) and
-//! hand-off (post-queue) limits, and stress mode — each with postscreen's numbers.
+//! hand-off (post-queue) limits, and stress mode — each with postscreen's numbers — and the
+//! relayed connections (`handoff = "proxy"`), which postscreen does not have: a relayed
+//! connection keeps its place in its client's count, and takes one of `relay_max_connections`.
 //!
 //! Every count is held by an RAII slot, so a connection that ends in any way gives its place
 //! back. Stress mode is entered when the screening count reaches 90% of
@@ -69,6 +71,8 @@ struct State {
     per_client: HashMap<IpAddr, u32>,
     screening: u32,
     handoff: u32,
+    /// Connections in a relay (`handoff = "proxy"`), both relays together.
+    relayed: u32,
     stressed: bool,
     /// Stress changes not yet picked up for logging.
     changes: Vec<StressChange>,
@@ -80,6 +84,7 @@ pub(crate) struct Limits {
     per_client_limit: u32,
     pre_queue_limit: u32,
     post_queue_limit: u32,
+    relay_limit: u32,
     hiwat: u32,
     lowat: u32,
     state: Mutex<State>,
@@ -97,16 +102,20 @@ pub(crate) enum Refusal {
 }
 
 impl Limits {
-    /// `per_client_limit` 0 means no limit (Postfix's convention).
+    /// `per_client_limit` 0 means no limit (Postfix's convention); `relay_limit` is how many
+    /// connections may be relayed at once (`relay_max_connections` with `handoff = "proxy"`;
+    /// 0: no bound, nothing is relayed with `handoff = "postfix"`).
     pub(crate) fn new(
         per_client_limit: u32,
         pre_queue_limit: u32,
         post_queue_limit: u32,
+        relay_limit: u32,
     ) -> Arc<Self> {
         Arc::new(Self {
             per_client_limit,
             pre_queue_limit,
             post_queue_limit,
+            relay_limit,
             hiwat: (pre_queue_limit * 9).div_ceil(10),
             lowat: pre_queue_limit * 7 / 10,
             state: Mutex::new(State::default()),
@@ -120,14 +129,16 @@ impl Limits {
 
     /// Counts a new connection from `client`. Returns the slot and the client's connection
     /// count including this one; the slot is held even when the count is over the limit,
-    /// so that the refusal itself is accounted for until the connection closes.
+    /// so that the refusal itself is accounted for until the connection closes. A client's
+    /// relayed connections count; when the hand-off queue or the relay is full, no client
+    /// could be handed off, and the new one is told the server ports are busy.
     pub(crate) fn connect(self: &Arc<Self>, client: IpAddr) -> (ClientSlot, Result<u32, Refusal>) {
         let client = canonical(client);
         let mut state = self.lock();
         let count = state.per_client.entry(client).or_insert(0);
         *count += 1;
         let n = *count;
-        let handoff_full = state.handoff >= self.post_queue_limit;
+        let handoff_full = state.handoff >= self.post_queue_limit || self.relay_full(&state);
         drop(state);
         let slot = ClientSlot {
             limits: Arc::clone(self),
@@ -170,6 +181,34 @@ impl Limits {
         Ok(HandoffSlot {
             limits: Arc::clone(self),
         })
+    }
+
+    /// Takes a place among the relayed connections for the connection `client` holds, which
+    /// keeps its place in its client's count for as long as it is relayed; or gives the slot
+    /// back with the refusal when `relay_max_connections` are relayed already.
+    pub(crate) fn relay(
+        self: &Arc<Self>,
+        client: ClientSlot,
+    ) -> Result<RelaySlot, (ClientSlot, Refusal)> {
+        let mut state = self.lock();
+        if self.relay_full(&state) {
+            return Err((client, Refusal::HandoffFull));
+        }
+        state.relayed += 1;
+        Ok(RelaySlot {
+            limits: Arc::clone(self),
+            _client: client,
+        })
+    }
+
+    fn relay_full(&self, state: &State) -> bool {
+        self.relay_limit > 0 && state.relayed >= self.relay_limit
+    }
+
+    /// Connections in a relay now.
+    #[cfg(test)]
+    pub(crate) fn relayed(&self) -> u32 {
+        self.lock().relayed
     }
 
     /// Whether stress mode is on: read once by each new connection for its greet wait, and at
@@ -267,6 +306,19 @@ impl Drop for ScreeningSlot {
     }
 }
 
+/// A relayed connection: its place among the relayed ones and in its client's count.
+#[derive(Debug)]
+pub(crate) struct RelaySlot {
+    limits: Arc<Limits>,
+    _client: ClientSlot,
+}
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        self.limits.lock().relayed -= 1;
+    }
+}
+
 /// A place in the hand-off queue.
 #[derive(Debug)]
 pub(crate) struct HandoffSlot {
@@ -289,7 +341,7 @@ mod tests {
 
     #[test]
     fn per_client_limit_counts_simultaneous_connections() {
-        let limits = Limits::new(2, 100, 100);
+        let limits = Limits::new(2, 100, 100, 0);
         let (a, ra) = limits.connect(ip("192.0.2.1"));
         let (b, rb) = limits.connect(ip("192.0.2.1"));
         let (c, rc) = limits.connect(ip("192.0.2.1"));
@@ -308,7 +360,7 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_addresses_count_as_ipv4() {
-        let limits = Limits::new(1, 100, 100);
+        let limits = Limits::new(1, 100, 100, 0);
         let (_a, _) = limits.connect(ip("192.0.2.1"));
         let (_b, r) = limits.connect(ip("::ffff:192.0.2.1"));
         assert_eq!(r, Err(Refusal::TooManyFromClient));
@@ -316,7 +368,7 @@ mod tests {
 
     #[test]
     fn zero_means_no_per_client_limit() {
-        let limits = Limits::new(0, 100, 100);
+        let limits = Limits::new(0, 100, 100, 0);
         let slots: Vec<_> = (0..500).map(|_| limits.connect(ip("192.0.2.1"))).collect();
         assert!(slots.iter().all(|(_, r)| r.is_ok()));
     }
@@ -324,7 +376,7 @@ mod tests {
     #[test]
     fn screening_limit_and_stress_follow_postscreen() {
         // The lab: limit 10 → STRESS at 9 connections, left at 7; the 11th is refused.
-        let limits = Limits::new(0, 10, 100);
+        let limits = Limits::new(0, 10, 100, 0);
         let mut slots = Vec::new();
         for _ in 0..8 {
             slots.push(limits.screen().unwrap());
@@ -376,8 +428,43 @@ mod tests {
     }
 
     #[test]
+    fn relayed_connections_count_for_their_client_and_against_the_relay_limit() {
+        let limits = Limits::new(2, 100, 100, 3);
+        let relay = |client| {
+            let (slot, admitted) = limits.connect(ip(client));
+            assert!(admitted.is_ok(), "{client}: {admitted:?}");
+            limits.relay(slot).unwrap()
+        };
+        // The client's place stays taken while its connection is relayed.
+        let first = relay("192.0.2.1");
+        let _second = relay("192.0.2.1");
+        assert_eq!(limits.connections_of(ip("192.0.2.1")), 2);
+        let (_third, r) = limits.connect(ip("192.0.2.1"));
+        assert_eq!(r, Err(Refusal::TooManyFromClient));
+        // The relay holds 3: a fourth is refused at the hand-off with its client slot back,
+        // and a new connection is told the server ports are busy.
+        let _other = relay("192.0.2.2");
+        assert_eq!(limits.relayed(), 3);
+        let (slot, admitted) = limits.connect(ip("192.0.2.3"));
+        assert_eq!(admitted, Err(Refusal::HandoffFull));
+        let (slot, refusal) = limits.relay(slot).unwrap_err();
+        assert_eq!(refusal, Refusal::HandoffFull);
+        drop(slot);
+        assert_eq!(limits.connections_of(ip("192.0.2.3")), 0);
+        // A relayed connection that ends gives both places back.
+        drop(first);
+        assert_eq!(
+            (limits.relayed(), limits.connections_of(ip("192.0.2.1"))),
+            (2, 2)
+        );
+        let (slot, admitted) = limits.connect(ip("192.0.2.3"));
+        assert!(admitted.is_ok());
+        assert!(limits.relay(slot).is_ok());
+    }
+
+    #[test]
     fn handoff_limit_refuses_new_clients_when_full() {
-        let limits = Limits::new(0, 100, 5);
+        let limits = Limits::new(0, 100, 5, 0);
         let held: Vec<_> = (0..5).map(|_| limits.hand_off().unwrap()).collect();
         assert_eq!(limits.hand_off().unwrap_err(), Refusal::HandoffFull);
         let (_slot, r) = limits.connect(ip("192.0.2.9"));

@@ -56,6 +56,15 @@ impl RelayMaps {
             .max()
             .unwrap_or(0)
     }
+
+    /// Sockets whose input the program stopped redirecting (past their credit).
+    pub fn stopped(&self) -> usize {
+        self.peers
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, peer)| peer.stopped != 0)
+            .count()
+    }
 }
 
 /// The ids of the BPF maps among `pid`'s open descriptors.

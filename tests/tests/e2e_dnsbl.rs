@@ -1085,7 +1085,10 @@ fn beyond_dnsbl_lookup_limit_a_new_client_is_scored_as_dns_failed() {
     // The status shows the two lookups (so that the fall to 0 below is news, not an old
     // file), then the holders hang up: their lookups end, and the next client is asked for.
     assert!(
-        within(Duration::from_secs(5), || status_in_flight(bed, "dead.test") == Some(2)),
+        within(Duration::from_secs(5), || status_in_flight(
+            bed,
+            "dead.test"
+        ) == Some(2)),
         "status in_flight={:?}",
         status_in_flight(bed, "dead.test")
     );

@@ -34,12 +34,13 @@ use screen_tests::{
 use screen_user::privileges::{DEFAULT_USER, lookup};
 
 /// The maps the daemon writes after the drop: the dynamic deny entries, and the kernel relay's
-/// sockhash and peer map, which it fills as clients are handed off.
-const WRITTEN: [&str; 4] = [
+/// sockhash, peer map and credits, which it fills as clients are handed off.
+const WRITTEN: [&str; 5] = [
     map_name::DYN_DENY_V4,
     map_name::DYN_DENY_V6,
     map_name::RELAY_SOCKS,
     map_name::RELAY_PEERS,
+    map_name::RELAY_CREDIT,
 ];
 
 /// How long a kernel deny lasts here, so that the sweep is seen removing one.

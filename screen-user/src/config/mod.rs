@@ -87,7 +87,8 @@ pub(crate) struct Config {
     /// Who relays the bytes between a handed-off client and the backend: `auto` (the kernel
     /// when it can, else userspace), `kernel` or `userspace`.
     pub(crate) relay: RelayMode,
-    /// How many connections the kernel relay holds at once; more are relayed in userspace.
+    /// How many connections both relays hold at once (the kernel relay is sized to it); while
+    /// that many are relayed, new clients get postscreen's `All server ports are busy`.
     #[serde(deserialize_with = "positive")]
     pub(crate) relay_max_connections: u32,
     /// A handed-off connection on which no byte moved either way for this long is closed

@@ -303,7 +303,7 @@ fn the_largest_pre_queue_limit_sets_stress_thresholds_without_overflow() {
     let config = parse(&format!("pre_queue_limit = {limit}\n")).unwrap();
     assert_eq!(config.pre_queue_limit, limit);
     // The stress thresholds are nine and seven tenths of it.
-    crate::limits::Limits::new(0, config.pre_queue_limit, config.post_queue_limit);
+    crate::limits::Limits::new(0, config.pre_queue_limit, config.post_queue_limit, 0);
 }
 
 #[test]

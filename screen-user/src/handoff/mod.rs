@@ -18,7 +18,8 @@ use self::{
     relay::{Relay, RelayLimits, RelayMode},
 };
 use crate::{
-    limits::Limits,
+    address::ClientAddr,
+    limits::{ClientSlot, Limits},
     maillog::MailLog,
     smtpd::{self, Engine, EngineSettings, Reply, ReplyStyle, TimeLimits, close},
 };
@@ -70,16 +71,43 @@ impl HandOff {
     /// teaser, the 421 answers its next command (X21 mode), so the greeting is never a
     /// `220-` followed by a `421`. Returns whether the client was served by the dummy engine
     /// that way, so the session ends with a `DISCONNECT` line.
+    ///
+    /// `client_slot` is the connection's place in its client's count. Handed to smtpd, the
+    /// connection leaves the count (smtpd counts its own, as after postscreen); relayed, it
+    /// stays in it, and in the relay's count, until the relay ends. When
+    /// `relay_max_connections` are relayed already, the client gets postscreen's reply for a
+    /// full hand-off queue.
     pub(crate) async fn run(
         &self,
         stream: TcpStream,
         client: SocketAddr,
         server: SocketAddr,
         greeted: Option<bool>,
+        client_slot: ClientSlot,
     ) -> bool {
+        let relayed = match self.settings.method {
+            Handoff::Proxy => match self.limits.relay(client_slot) {
+                Ok(relayed) => Some(relayed),
+                Err((client_slot, _)) => {
+                    drop(client_slot);
+                    self.log.info(format_args!(
+                        "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+                        ClientAddr(client)
+                    ));
+                    return self
+                        .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
+                        .await;
+                }
+            },
+            Handoff::Postfix => {
+                drop(client_slot);
+                None
+            }
+        };
         let slot = match self.limits.hand_off() {
             Ok(slot) => slot,
             Err(_) => {
+                drop(relayed);
                 return self
                     .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
                     .await;
@@ -90,7 +118,7 @@ impl HandOff {
                 let backend = match self.settings.backend.connect(client, server).await {
                     Ok(backend) => backend,
                     Err(e) => {
-                        drop(slot);
+                        drop((slot, relayed));
                         self.log.warning(&e);
                         return self
                             .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
@@ -102,7 +130,9 @@ impl HandOff {
                     idle: self.settings.relay_idle_timeout,
                     half_close: relay::HALF_CLOSE_LIMIT,
                 };
-                match self.relay.run(stream, backend, limits).await {
+                let result = self.relay.run(stream, backend, limits).await;
+                drop(relayed);
+                match result {
                     Ok(relayed) => tracing::debug!(
                         client = %client,
                         up = relayed.up,

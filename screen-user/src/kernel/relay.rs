@@ -1,6 +1,7 @@
 //! The hand-off relay in the kernel: the stream verdict program `smtp_screen_relay` on the
 //! sockhash `scr_relay_socks`, with the peer map `scr_relay_peers`. A pair of sockets in the
-//! maps has its bytes moved by the kernel, each socket's input sent out of the other.
+//! maps has its bytes moved by the kernel, each socket's input sent out of the other, as far
+//! as its credit in `scr_relay_cred` goes.
 //!
 //! The maps and the program belong to the running daemon and are not pinned: when the daemon
 //! exits they go, and so do the relayed connections (which are its sockets anyway). They are
@@ -62,6 +63,7 @@ pub(crate) struct KernelRelay {
     _ebpf: Ebpf,
     socks: Mutex<SockHash<MapData, u64>>,
     peers: Mutex<HashMap<MapData, u64, RelayPeer>>,
+    credits: Mutex<HashMap<MapData, u64, u64>>,
     capacity: u32,
     pairs: AtomicU32,
 }
@@ -86,7 +88,8 @@ impl KernelRelay {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_name::RELAY_SOCKS, sockets)
-            .map_max_entries(map_name::RELAY_PEERS, sockets);
+            .map_max_entries(map_name::RELAY_PEERS, sockets)
+            .map_max_entries(map_name::RELAY_CREDIT, sockets);
         // The XDP program's maps are in the same object; this process only relays.
         xdp_maps_at_their_smallest(&mut loader);
         let mut ebpf = loader.load(OBJECT).map_err(RelayError::Load)?;
@@ -98,6 +101,7 @@ impl KernelRelay {
         }
         let socks: SockHash<MapData, u64> = take_map(&mut ebpf, map_name::RELAY_SOCKS)?;
         let peers: HashMap<MapData, u64, RelayPeer> = take_map(&mut ebpf, map_name::RELAY_PEERS)?;
+        let credits: HashMap<MapData, u64, u64> = take_map(&mut ebpf, map_name::RELAY_CREDIT)?;
         let program: &mut SkSkb = ebpf
             .program_mut(RELAY_PROGRAM_NAME)
             .ok_or(RelayError::NoProgram)?
@@ -111,6 +115,7 @@ impl KernelRelay {
             _ebpf: ebpf,
             socks: Mutex::new(socks),
             peers: Mutex::new(peers),
+            credits: Mutex::new(credits),
             capacity: max_pairs,
             pairs: AtomicU32::new(0),
         })
@@ -126,16 +131,18 @@ impl KernelRelay {
             .map(|_| PairSlot { relay: self })
     }
 
-    /// Puts both sockets of a pair in the maps: the peer entries first, so the program never
-    /// sees a socket of the pair without knowing where its data goes. On failure nothing of
-    /// the pair is left in the maps.
+    /// Puts both sockets of a pair in the maps, each with `credit` bytes to redirect: the
+    /// credits and peer entries first, so the program never sees a socket of the pair without
+    /// knowing where its data goes and how much may go. On failure nothing of the pair is
+    /// left in the maps.
     pub(crate) fn insert_pair(
         &self,
         _slot: &PairSlot<'_>,
         a: (u64, &impl AsRawFd),
         b: (u64, &impl AsRawFd),
+        credit: u64,
     ) -> Result<(), RelayError> {
-        let result = self.try_insert_pair(a, b);
+        let result = self.try_insert_pair(a, b, credit);
         if result.is_err() {
             self.remove_pair(a.0, b.0);
         }
@@ -146,7 +153,10 @@ impl KernelRelay {
         &self,
         (a, a_fd): (u64, &impl AsRawFd),
         (b, b_fd): (u64, &impl AsRawFd),
+        credit: u64,
     ) -> Result<(), RelayError> {
+        self.set_credit(a, credit)?;
+        self.set_credit(b, credit)?;
         let peer_error = |source| MapFailure {
             name: map_name::RELAY_PEERS,
             source,
@@ -160,6 +170,7 @@ impl KernelRelay {
             let entry = |peer| RelayPeer {
                 peer,
                 redirected: 0,
+                stopped: 0,
             };
             peers.insert(a, entry(b), 0).map_err(peer_error)?;
             peers.insert(b, entry(a), 0).map_err(peer_error)?;
@@ -177,24 +188,44 @@ impl KernelRelay {
             let _ = socks.remove(&a);
             let _ = socks.remove(&b);
         }
-        let mut peers = lock(&self.peers);
-        let _ = peers.remove(&a);
-        let _ = peers.remove(&b);
+        self.forget_pair(a, b);
     }
 
-    /// Takes the peer entries of a pair whose sockets are closed out of the map: closing a
-    /// socket takes it out of the sockhash, so only the peer entries are left.
+    /// Takes the peer and credit entries of a pair whose sockets are closed out of the maps:
+    /// closing a socket takes it out of the sockhash, so only those are left.
     pub(crate) fn forget_pair(&self, a: u64, b: u64) {
-        let mut peers = lock(&self.peers);
-        let _ = peers.remove(&a);
-        let _ = peers.remove(&b);
+        {
+            let mut peers = lock(&self.peers);
+            let _ = peers.remove(&a);
+            let _ = peers.remove(&b);
+        }
+        let mut credits = lock(&self.credits);
+        let _ = credits.remove(&a);
+        let _ = credits.remove(&b);
+    }
+
+    /// Lets the program redirect `credit` bytes in all from the socket with `cookie`.
+    pub(crate) fn set_credit(&self, cookie: u64, credit: u64) -> Result<(), RelayError> {
+        lock(&self.credits)
+            .insert(cookie, credit, 0)
+            .map_err(|source| {
+                MapFailure {
+                    name: map_name::RELAY_CREDIT,
+                    source,
+                }
+                .into()
+            })
+    }
+
+    /// The peer entry of the socket with `cookie`: what the program redirected from it, and
+    /// whether it stopped.
+    pub(crate) fn peer(&self, cookie: u64) -> Option<RelayPeer> {
+        lock(&self.peers).get(&cookie, 0).ok()
     }
 
     /// The bytes the program has redirected from the socket with `cookie` to its peer.
     pub(crate) fn redirected(&self, cookie: u64) -> u64 {
-        lock(&self.peers)
-            .get(&cookie, 0)
-            .map_or(0, |entry| entry.redirected)
+        self.peer(cookie).map_or(0, |entry| entry.redirected)
     }
 }
 

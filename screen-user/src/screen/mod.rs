@@ -43,7 +43,7 @@ use crate::{
     allowlist::AllowlistStore,
     dnsbl::{Dnsbl, Suspensions},
     handoff::HandOff,
-    limits::{Limits, StressDuration},
+    limits::{ClientSlot, Limits, StressDuration},
     maillog::MailLog,
     smtpd::{EngineSettings, ReplyStyle, tls::TlsAcceptor},
     test_state::{EnabledTests, TestAction, TestTtls},
@@ -142,16 +142,12 @@ impl Screen {
         };
         match self.access_list(&mut conn).await {
             Next::Continue => {}
-            Next::HandOff => {
-                drop(client_slot);
-                return Box::pin(self.hand_off(conn)).await;
-            }
+            Next::HandOff => return Box::pin(self.hand_off(conn, client_slot)).await,
             Next::Done => return,
         }
         let now = crate::test_state::unix_now();
         let Some(screening) = self.pass_old(&conn, now) else {
-            drop(client_slot);
-            return Box::pin(self.hand_off(conn)).await;
+            return Box::pin(self.hand_off(conn, client_slot)).await;
         };
         self.allowlist_veto(&mut conn);
         let Some(screening_slot) = self.screening_slot(&mut conn).await else {
@@ -169,13 +165,13 @@ impl Screen {
         }
         self.pass(&conn, &screening, now);
         drop(screening_slot);
-        drop(client_slot);
         self.stress_log();
-        Box::pin(self.hand_off(conn)).await;
+        Box::pin(self.hand_off(conn, client_slot)).await;
     }
 
-    /// Hands a passed or allowlisted client to the real MTA.
-    async fn hand_off(&self, conn: Connection) {
+    /// Hands a passed or allowlisted client to the real MTA; its place in its client's count
+    /// goes with it (kept while it is relayed).
+    async fn hand_off(&self, conn: Connection, client_slot: ClientSlot) {
         let Connection {
             stream,
             client,
@@ -183,7 +179,11 @@ impl Screen {
             session,
         } = conn;
         let greeted = session.teaser_sent.then_some(session.pregreeted);
-        if self.handoff.run(stream, client, server, greeted).await {
+        if self
+            .handoff
+            .run(stream, client, server, greeted, client_slot)
+            .await
+        {
             self.disconnect(client);
         }
     }

@@ -1,6 +1,16 @@
 //! The kernel relay: both sockets of a pair in the sockhash whose stream verdict program
 //! moves each one's input straight out of the other, while the daemon watches only for the
 //! end and drains what the kernel redirected before shutting a write half.
+//!
+//! The redirect has no backpressure: the program takes the data off the sending socket, whose
+//! window reopens, and queues it for the target, charged to no socket, so a sender before a
+//! peer that stopped reading would make the kernel queue without bound. So each socket has a
+//! credit, the bytes the program may redirect from it in all, which the daemon keeps at what
+//! the target took plus [`BACKLOG_LIMIT`] (while bytes move the watch wakes it for input, at
+//! most every [`BACKLOG_CHECK`]). Data past the credit stays on its socket, and so does
+//! everything after it; the daemon then waits until the targets took what was queued for
+//! them, and relays the rest of the connection in userspace, where each socket's receive
+//! buffer holds its sender back.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -29,6 +39,13 @@ const IDLE_CHECK_MIN: Duration = Duration::from_millis(50);
 const IDLE_CHECK_MAX: Duration = Duration::from_secs(10);
 /// Bytes read at once from a socket that still holds data of its own.
 const FORWARD_CHUNK: usize = 16 * 1024;
+/// Bytes the kernel may hold redirected to a socket that has not taken them (its send buffer
+/// is full: its peer reads slower than the sender sends, or not at all). Past it the
+/// connection goes on in userspace.
+pub(crate) const BACKLOG_LIMIT: u64 = 4 * 1024 * 1024;
+/// While bytes move, how often at most the daemon renews the credits: a pair whose targets
+/// keep up but take more than [`BACKLOG_LIMIT`] in this time goes to userspace too.
+const BACKLOG_CHECK: Duration = Duration::from_millis(10);
 
 /// What the relay needs to know of a socket when it enters the maps.
 #[derive(Clone, Copy)]
@@ -123,17 +140,28 @@ impl Watch {
         Ok(Self { epoll })
     }
 
-    /// Waits until a side ended or failed; returns which (client, backend).
+    /// Waits until a side ended or failed, or a socket was signalled for input; returns which
+    /// sides ended (client, backend), neither for input.
     async fn ended(&self) -> io::Result<(bool, bool)> {
+        const END: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         loop {
             let mut ready = self.epoll.readable().await?;
             let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
             // SAFETY: room for two events, as the call is told; a timeout of 0 never blocks.
             let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, 0) };
             match usize::try_from(n) {
-                Ok(0) => ready.clear_ready(),
+                // The kernel wakes a socket's readers for data the program took away: no
+                // event is left, but bytes moved.
+                Ok(0) => {
+                    ready.clear_ready();
+                    return Ok((false, false));
+                }
                 Ok(n) => {
-                    let got = |side| events[..n].iter().any(|e| e.u64 == side);
+                    let got = |side| {
+                        events[..n]
+                            .iter()
+                            .any(|e| e.u64 == side && e.events & END != 0)
+                    };
                     return Ok((got(CLIENT), got(BACKEND)));
                 }
                 Err(_) => {
@@ -148,10 +176,12 @@ impl Watch {
 }
 
 /// Adds `fd` to `epoll`, edge-triggered, for its end of input (errors and hang-ups are
-/// always reported).
+/// always reported) and for input, which wakes the daemon at each segment that arrives (the
+/// relay then leaves the watch alone for [`BACKLOG_CHECK`]): being edge-triggered, it costs
+/// nothing while no byte moves.
 fn watch_end(epoll: &OwnedFd, fd: RawFd, side: u64) -> io::Result<()> {
     let mut event = libc::epoll_event {
-        events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        events: (libc::EPOLLRDHUP | libc::EPOLLET | libc::EPOLLIN) as u32,
         u64: side,
     };
     // SAFETY: both descriptors are open and the event outlives the call.
@@ -171,38 +201,66 @@ struct KernelPair<'a> {
     backend: Side,
 }
 
+/// How a pair's time in the kernel ended.
+enum Kernel {
+    /// Both directions ended.
+    Ended,
+    /// A target stopped taking what the program redirected to it: the rest goes through
+    /// userspace.
+    Backlogged,
+}
+
 impl KernelPair<'_> {
     /// Forwards what the sockets held at the hand-off, then sleeps until a side ends or
     /// fails, and passes each end on; every tenth of the idle limit it looks whether bytes
-    /// moved, and ends the pair when none did for the whole limit.
-    async fn relay(&mut self, watch: &Watch, limits: RelayLimits) -> io::Result<()> {
+    /// moved, and ends the pair when none did for the whole limit. While bytes move it looks,
+    /// at most every [`BACKLOG_CHECK`], whether a target is [`BACKLOG_LIMIT`] behind.
+    async fn relay(&mut self, watch: &Watch, limits: RelayLimits) -> io::Result<Kernel> {
         let mut buf = vec![0u8; FORWARD_CHUNK];
+        let kernel = self.kernel;
         let (client, backend) = (&mut self.client, &mut self.backend);
-        drain(self.kernel, client, backend, &mut buf).await?;
-        drain(self.kernel, backend, client, &mut buf).await?;
+        drain(kernel, client, backend, &mut buf).await?;
+        drain(kernel, backend, client, &mut buf).await?;
         let check_every = (limits.idle / 10).clamp(IDLE_CHECK_MIN, IDLE_CHECK_MAX);
         let mut moved = (traffic(client.fd(), backend.fd()), Instant::now());
         let mut half_closed: Option<Instant> = None;
+        // After a wake for input, the watch is left alone until this.
+        let mut input_again: Option<Instant> = None;
         while client.reading || backend.reading {
             if half_closed.is_none() && (client.reading != backend.reading) {
                 half_closed = Some(Instant::now() + limits.half_close);
             }
-            let check =
-                (Instant::now() + check_every).min(half_closed.unwrap_or(moved.1 + limits.idle));
+            let check = (Instant::now() + check_every)
+                .min(half_closed.unwrap_or(moved.1 + limits.idle))
+                .min(input_again.unwrap_or(moved.1 + limits.idle));
             tokio::select! {
-                ended = watch.ended() => {
+                ended = watch.ended(), if input_again.is_none() => {
                     let (client_ended, backend_ended) = ended?;
+                    if stopped(kernel, client) || stopped(kernel, backend) {
+                        return Ok(Kernel::Backlogged);
+                    }
                     if client_ended {
-                        drain(self.kernel, client, backend, &mut buf).await?;
+                        drain(kernel, client, backend, &mut buf).await?;
                     }
                     if backend_ended {
-                        drain(self.kernel, backend, client, &mut buf).await?;
+                        drain(kernel, backend, client, &mut buf).await?;
+                    }
+                    if !client_ended && !backend_ended {
+                        renew_credits(kernel, client, backend);
+                        input_again = Some(Instant::now() + BACKLOG_CHECK);
                     }
                 }
                 () = tokio::time::sleep_until(check) => {
                     let now = Instant::now();
                     if half_closed.is_some_and(|at| now >= at) {
                         return Err(half_close_error(limits));
+                    }
+                    if stopped(kernel, client) || stopped(kernel, backend) {
+                        return Ok(Kernel::Backlogged);
+                    }
+                    renew_credits(kernel, client, backend);
+                    if input_again.is_some_and(|at| now >= at) {
+                        input_again = None;
                     }
                     let seen = traffic(client.fd(), backend.fd());
                     if seen != moved.0 {
@@ -213,7 +271,69 @@ impl KernelPair<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(Kernel::Ended)
+    }
+
+    /// The pair is paused: waits until each target took every byte the program redirected
+    /// to it, so that what the daemon copies from now on comes after them. The idle limit
+    /// runs meanwhile: a target that never reads again ends the connection.
+    async fn drain_backlog(&self, limits: RelayLimits) -> io::Result<()> {
+        // A run of the program that read a credit before it was taken away may still be
+        // redirecting: it is over within microseconds, and its count is read after it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (client, backend) = (&self.client, &self.backend);
+        let mut moved = (traffic(client.fd(), backend.fd()), Instant::now());
+        let mut wait = Duration::from_millis(1);
+        loop {
+            let behind = [
+                behind(self.kernel, client, backend),
+                behind(self.kernel, backend, client),
+            ];
+            if behind.contains(&None) {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "a relayed socket closed while the kernel held bytes for it",
+                ));
+            }
+            if behind == [Some(0), Some(0)] {
+                return Ok(());
+            }
+            let now = Instant::now();
+            let seen = traffic(client.fd(), backend.fd());
+            if seen != moved.0 {
+                moved = (seen, now);
+            } else if now >= moved.1 + limits.idle {
+                return Err(idle_error(limits));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(IDLE_CHECK_MAX.min(limits.idle / 10).max(IDLE_CHECK_MIN));
+        }
+    }
+}
+
+/// Bytes the program redirected from `from` that `to` has not taken yet; `None` when `to`
+/// is closed.
+fn behind(kernel: &KernelRelay, from: &Side, to: &Side) -> Option<u64> {
+    let due = to.id.base + to.written + kernel.redirected(from.id.cookie);
+    taken(to.fd()).map(|now| due.saturating_sub(now))
+}
+
+/// Whether the program stopped redirecting `side`'s input: it would have passed its credit.
+fn stopped(kernel: &KernelRelay, side: &Side) -> bool {
+    kernel
+        .peer(side.id.cookie)
+        .is_some_and(|peer| peer.stopped != 0)
+}
+
+/// Lets the program redirect from each socket what its target took plus [`BACKLOG_LIMIT`].
+fn renew_credits(kernel: &KernelRelay, client: &Side, backend: &Side) {
+    for (from, to) in [(client, backend), (backend, client)] {
+        if let Some(now) = taken(to.fd()) {
+            let took = now.saturating_sub(to.id.base + to.written);
+            // A failed update leaves the credit lower, never higher: the pair goes to
+            // userspace sooner.
+            let _ = kernel.set_credit(from.id.cookie, took + BACKLOG_LIMIT);
+        }
     }
 }
 
@@ -249,7 +369,10 @@ async fn drain(
                 from.reading = false;
                 end_output(kernel, from, to).await;
             }
-            Ok(n) => forward(from, to, &buf[..n]).await?,
+            Ok(n) => {
+                caught_up(kernel, from, to).await?;
+                forward(from, to, &buf[..n]).await?;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !send_failure_seen => {
@@ -259,6 +382,29 @@ async fn drain(
         }
     }
     Ok(())
+}
+
+/// Data the program left on `from` because it stopped (its credit ran out) comes after what
+/// it redirected: waits, at most [`DRAIN_LIMIT`], until `to` took all of that.
+async fn caught_up(kernel: &KernelRelay, from: &Side, to: &Side) -> io::Result<()> {
+    if !stopped(kernel, from) {
+        return Ok(());
+    }
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    loop {
+        match behind(kernel, from, to) {
+            Some(0) => return Ok(()),
+            Some(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a relayed socket stopped taking the bytes the kernel holds for it",
+                ));
+            }
+        }
+    }
 }
 
 /// Writes bytes the `from` socket held to `to`. Only the bytes queued at the hand-off take
@@ -437,6 +583,7 @@ pub(crate) async fn run(
         &slot,
         (client_id.cookie, &client),
         (backend_id.cookie, &backend),
+        BACKLOG_LIMIT,
     ) {
         tracing::debug!("kernel relay refused a connection, relaying in userspace: {e}");
         return userspace::run(client, backend, limits).await;
@@ -452,12 +599,40 @@ pub(crate) async fn run(
         backend: Side::new(backend, backend_id)?,
     };
     let watch = Watch::new(&pair.client, &pair.backend)?;
-    pair.relay(&watch, limits).await?;
-    Ok(Relayed {
-        up: pair.client.forwarded + pair.client.redirected,
-        down: pair.backend.forwarded + pair.backend.redirected,
-        in_kernel: true,
-    })
+    match pair.relay(&watch, limits).await? {
+        Kernel::Ended => Ok(Relayed {
+            up: pair.client.forwarded + pair.client.redirected,
+            down: pair.backend.forwarded + pair.backend.redirected,
+            in_kernel: true,
+        }),
+        Kernel::Backlogged => {
+            drop(watch);
+            // The other direction stops too: from now on the daemon moves every byte.
+            for cookie in [client_id.cookie, backend_id.cookie] {
+                kernel.set_credit(cookie, 0).map_err(io::Error::other)?;
+            }
+            tracing::debug!("relay: a target fell behind, relaying the rest in userspace");
+            pair.drain_backlog(limits).await?;
+            let KernelPair {
+                client, backend, ..
+            } = pair;
+            let kernel_up = client.forwarded + kernel.redirected(client.id.cookie);
+            let kernel_down = backend.forwarded + kernel.redirected(backend.id.cookie);
+            // The sockets stay in the sockhash, paused: leaving it would drop what the
+            // program left on them.
+            let rest = userspace::run(
+                TcpStream::from_std(client.socket)?,
+                TcpStream::from_std(backend.socket)?,
+                limits,
+            )
+            .await?;
+            Ok(Relayed {
+                up: kernel_up + rest.up,
+                down: kernel_down + rest.down,
+                in_kernel: true,
+            })
+        }
+    }
 }
 #[cfg(test)]
 mod tests {

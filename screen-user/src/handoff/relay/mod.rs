@@ -19,17 +19,21 @@
 //! the kernel redirected to it has entered that socket: the program counts what it
 //! redirects, and the socket's sent-and-acknowledged plus queued bytes show what it took.
 //!
+//! The redirect has no backpressure of its own, so the kernel relay gives each socket a
+//! credit and goes on in userspace when a target falls behind (see [`kernel`]).
+//!
 //! Either relay closes both sides of a connection on which no byte moved either way for
 //! `relay_idle_timeout` (the relay's `smtpd_timeout`, for an MTA that has no idle limit of its
 //! own), and of one whose second direction is still open [`HALF_CLOSE_LIMIT`] after the first
 //! ended.
 //!
-//! While the kernel relays, the daemon sleeps: the pair's sockets are watched through an
-//! epoll instance of their own for their end (`EPOLLRDHUP`) and errors only. A watch for
-//! input would wake the daemon for every redirected segment, since the kernel signals the
-//! receiving socket's readers even when the program took the data away. Data the program
-//! leaves on a socket (its peer not yet in the sockhash during the insertion, or closed at the
-//! end) is read after the insertion or when that socket ends.
+//! While the kernel relays, the daemon mostly sleeps: the pair's sockets are watched through
+//! an epoll instance of their own, edge-triggered, for their end (`EPOLLRDHUP`), errors and
+//! input. The kernel signals the receiving socket's readers even when the program took the
+//! data away, so input wakes the daemon while bytes move, which it needs to renew the
+//! sockets' credits; after such a wake it leaves the watch alone for 10 ms, and a quiet pair
+//! costs nothing. Data the program leaves on a socket (its peer not yet in the sockhash during
+//! the insertion, or closed at the end) is read after the insertion or when that socket ends.
 
 mod kernel;
 mod userspace;
@@ -109,7 +113,8 @@ pub(crate) fn half_close_error(limits: RelayLimits) -> io::Error {
 pub struct Relayed {
     pub up: u64,
     pub down: u64,
-    /// The kernel moved them (apart from what the sockets held at the hand-off).
+    /// The kernel moved them (apart from what the sockets held at the hand-off, and, when a
+    /// side fell [`BACKLOG_LIMIT`](kernel::BACKLOG_LIMIT) behind, the rest of the connection).
     pub in_kernel: bool,
 }
 
