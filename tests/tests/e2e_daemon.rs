@@ -1051,18 +1051,19 @@ fn a_stalled_log_pipe_does_not_stop_the_daemon_answering_clients() {
         assert_eq!(teaser, TEASER, "client {i} while the log pipe is full");
     }
 
-    // The pipe is read again: the writer catches up and says what it lost.
-    let tag = {
-        let mut c = bed.connect(client);
-        assert_eq!(c.line(REPLY_WAIT), TEASER);
-        c.tag()
-    };
+    // The pipe is read again: the writer catches up and says what it lost; a client after
+    // that is logged whole.
     read_until(
         &mut pipe,
         &mut seen,
         "lines dropped: the log writer fell behind",
         LOG_WAIT,
     );
+    let tag = {
+        let mut c = bed.connect(client);
+        assert_eq!(c.line(REPLY_WAIT), TEASER);
+        c.tag()
+    };
     read_until(&mut pipe, &mut seen, &format!("DISCONNECT {tag}"), LOG_WAIT);
     assert!(daemon.try_wait().expect("the daemon's status").is_none());
     let stopped = daemon.terminate(Duration::from_secs(10)).expect("SIGTERM");
