@@ -706,7 +706,9 @@ fn a_suspended_list_revokes_its_kernel_denies_and_answers_outside_127_8_deny_no_
     // Its next SYN reaches the daemon again.
     let mut client = bed.connect(bot);
     assert_eq!(client.line(REPLY_WAIT), TEASER);
+    let connected = format!("CONNECT from {} ", client.tag());
     drop(client);
+    daemon.wait_for(&connected, |line| line.starts_with(&connected));
     assert_eq!(daemon.connect_ports(bot).len(), 2, "{}", daemon.log());
     let revoked = daemon
         .lines()
