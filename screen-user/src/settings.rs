@@ -192,6 +192,7 @@ impl Settings {
                 relay: config.relay,
                 relay_max_connections: config.relay_max_connections,
                 relay_idle_timeout: config.relay_idle_timeout,
+                backend_greeting_timeout: config.backend_greeting_timeout,
             },
             limits: LimitSettings {
                 client_connection_count_limit: config.client_connection_count_limit,

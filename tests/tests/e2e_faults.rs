@@ -229,3 +229,100 @@ fn pass_all(bed: &Bed, clients: &[IpAddr]) {
         }
     });
 }
+
+/// The backend accepts connections and then never says a word (a hung MTA): a passed client
+/// gets postscreen's 421 after `backend_greeting_timeout` instead of waiting on silence, the
+/// backend connections are closed, and the daemon holds no more descriptors than before.
+#[test]
+fn a_backend_that_accepts_and_never_greets_gets_the_client_a_421_and_leaks_nothing() {
+    if !require_root(
+        "a_backend_that_accepts_and_never_greets_gets_the_client_a_421_and_leaks_nothing",
+    ) {
+        return;
+    }
+    let bed = Bed::new("hung-mta", &[30]);
+    let newcomer = bed.v4(30);
+    // The hung MTA: it accepts, holds every connection, and reads nothing.
+    let listener = bed
+        .server
+        .run(|| std::net::TcpListener::bind(bed.backend_addr()))
+        .expect("entering the server namespace")
+        .expect("the hung backend's listener");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let held = std::sync::Mutex::new(Vec::new());
+    let pin = PinDir::new("hung-mta");
+    let config = DaemonConfig::new(&bed)
+        .set("backend_greeting_timeout", quoted("1s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+    let accept = || {
+        while let Ok((stream, _)) = listener.accept() {
+            held.lock().unwrap().push(stream);
+        }
+    };
+    let descriptors = || {
+        fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = descriptors();
+
+    // After the teaser: the engine completes the greeting, then a 421 to the first command.
+    let mut client = bed.connect(newcomer);
+    assert_eq!(client.line(REPLY_WAIT), TEASER);
+    let started = Instant::now();
+    assert_eq!(
+        client.line(GREET_WAIT + Duration::from_secs(1) + REPLY_WAIT),
+        "220 mx.example.test ESMTP"
+    );
+    assert!(started.elapsed() >= GREET_WAIT + Duration::from_millis(900));
+    accept();
+    assert_eq!(
+        client.command("EHLO client.example"),
+        ["421 4.3.2 No system resources"]
+    );
+    let tag = client.tag();
+    drop(client);
+    daemon.expect_line(&format!("PASS NEW {tag}"));
+    let warning = format!(
+        "warning: backend {} sent no greeting within 1s (backend_greeting_timeout)",
+        bed.backend_addr()
+    );
+    daemon.expect_line(&warning);
+
+    // Now on the temporary allowlist, it gets the 421 at once after the limit.
+    let mut client = bed.connect(newcomer);
+    let connected = Instant::now();
+    assert_eq!(
+        client.until_closed(Duration::from_secs(1) + REPLY_WAIT),
+        ["421 4.3.2 All server ports are busy"]
+    );
+    assert!(connected.elapsed() >= Duration::from_millis(900));
+    accept();
+    assert_eq!(
+        held.lock().unwrap().len(),
+        2,
+        "the daemon reached the backend twice"
+    );
+
+    // The daemon closed its side of both backend connections and holds nothing more.
+    for stream in held.lock().unwrap().iter_mut() {
+        use std::io::Read as _;
+        stream
+            .set_read_timeout(Some(REPLY_WAIT))
+            .expect("a read timeout");
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest);
+        assert!(
+            read.is_ok(),
+            "the daemon kept a backend connection open: {read:?}"
+        );
+    }
+    let deadline = Instant::now() + REPLY_WAIT;
+    while descriptors() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(descriptors() <= before, "descriptors left open");
+}

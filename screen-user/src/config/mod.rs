@@ -95,6 +95,10 @@ pub(crate) struct Config {
     /// (the relay's `smtpd_timeout`).
     #[serde(deserialize_with = "time_value")]
     pub(crate) relay_idle_timeout: Duration,
+    /// How long the backend may take to begin its greeting to a handed-off client; past it
+    /// the client gets postscreen's 421 (1s to 1h).
+    #[serde(deserialize_with = "time_value")]
+    pub(crate) backend_greeting_timeout: Duration,
     /// Directory for the temporary allowlist database.
     pub(crate) state_dir: PathBuf,
     /// Where log lines go: `stderr` or `syslog`.
@@ -301,6 +305,7 @@ impl Default for Config {
             relay: RelayMode::Auto,
             relay_max_connections: 10_000,
             relay_idle_timeout: RelayLimits::DEFAULT.idle,
+            backend_greeting_timeout: Duration::from_secs(10),
             state_dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR),
             log_to: LogTarget::Stderr,
             syslog_name: "smtp-screen".into(),
@@ -769,6 +774,14 @@ impl Config {
             return Err((
                 "dnsbl_lookup_limit",
                 format!("dnsbl_lookup_limit is at most {DNSBL_LOOKUP_LIMIT_MAX}"),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.backend_greeting_timeout)
+        {
+            return Err((
+                "backend_greeting_timeout",
+                "backend_greeting_timeout is between 1s and 3600s".into(),
             ));
         }
         if !(RELAY_IDLE_TIMEOUT_MIN..=RELAY_IDLE_TIMEOUT_MAX).contains(&self.relay_idle_timeout) {

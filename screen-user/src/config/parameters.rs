@@ -104,6 +104,7 @@ pub(crate) const OPTIONS: &[ConfigOption] = &[
     ConfigOption::own("relay", r#""auto""#),
     ConfigOption::own("relay_max_connections", "10000"),
     ConfigOption::own("relay_idle_timeout", r#""300s""#),
+    ConfigOption::own("backend_greeting_timeout", r#""10s""#),
     ConfigOption::own("state_dir", r#""/var/lib/smtp-screen""#),
     ConfigOption::own("log_to", r#""stderr""#),
     ConfigOption::own("syslog_name", r#""smtp-screen""#),

@@ -216,6 +216,11 @@ fn errors_name_file_line_and_problem() {
         ),
         ("relay_idle_timeout = \"2d\"\n", 1, "between 1s and 86400s"),
         (
+            "backend_greeting_timeout = \"0s\"\n",
+            1,
+            "between 1s and 3600s",
+        ),
+        (
             "\nengine_session_time_limit = \"0s\"\n",
             2,
             "engine_session_time_limit is between 1s and 86400s",

@@ -47,6 +47,8 @@ pub(crate) struct HandoffSettings {
     pub(crate) relay_max_connections: u32,
     /// No byte either way for this long closes a relayed connection.
     pub(crate) relay_idle_timeout: Duration,
+    /// How long the backend may take to begin its greeting.
+    pub(crate) backend_greeting_timeout: Duration,
 }
 
 /// The hand-off stage: how clients are handed off, and what answers them when the MTA
@@ -125,6 +127,18 @@ impl HandOff {
                             .await;
                     }
                 };
+                if let Err(e) = self
+                    .settings
+                    .backend
+                    .greeted(&backend, self.settings.backend_greeting_timeout)
+                    .await
+                {
+                    drop((slot, relayed, backend));
+                    self.log.warning(&e);
+                    return self
+                        .unavailable(stream, client, greeted, &Reply::all_server_ports_busy())
+                        .await;
+                }
                 drop(slot);
                 let limits = RelayLimits {
                     idle: self.settings.relay_idle_timeout,

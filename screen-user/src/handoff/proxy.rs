@@ -43,6 +43,22 @@ pub(crate) enum HandoffError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "backend {backend} sent no greeting within {}s (backend_greeting_timeout)",
+        limit.as_secs_f64()
+    )]
+    NoGreeting {
+        backend: SocketAddr,
+        limit: Duration,
+    },
+    #[error("backend {backend} closed the connection before its greeting")]
+    ClosedBeforeGreeting { backend: SocketAddr },
+    #[error("backend {backend} failed before its greeting: {source}")]
+    GreetingFailed {
+        backend: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Where passed clients go.
@@ -81,6 +97,24 @@ impl Backend {
         }
         Ok(stream)
     }
+
+    /// Waits up to `limit` for the backend's greeting to begin, without taking it (the relay
+    /// forwards it). A backend that accepts and then says nothing would hold the client, who
+    /// already passed, until the relay's idle limit: this way it gets postscreen's 421 instead.
+    pub(crate) async fn greeted(
+        &self,
+        stream: &TcpStream,
+        limit: Duration,
+    ) -> Result<(), HandoffError> {
+        let backend = self.addr;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(limit, stream.peek(&mut byte)).await {
+            Err(_) => Err(HandoffError::NoGreeting { backend, limit }),
+            Ok(Ok(0)) => Err(HandoffError::ClosedBeforeGreeting { backend }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(HandoffError::GreetingFailed { backend, source }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -88,6 +122,48 @@ mod tests {
     use tokio::{io::AsyncReadExt as _, net::TcpListener};
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_backend_that_says_nothing_is_caught_and_a_greeting_is_left_for_the_relay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            proxy_protocol: BackendProxyProtocol::None,
+        };
+        let (client, server): (SocketAddr, SocketAddr) = (
+            "192.0.2.10:40000".parse().unwrap(),
+            "198.51.100.25:25".parse().unwrap(),
+        );
+        // Accepts and says nothing.
+        let silent = backend.connect(client, server).await.unwrap();
+        let (_mta, _) = listener.accept().await.unwrap();
+        let limit = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let err = backend.greeted(&silent, limit).await.unwrap_err();
+        assert!(started.elapsed() >= limit);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "backend {} sent no greeting within 0.2s (backend_greeting_timeout)",
+                backend.addr
+            )
+        );
+        // Accepts and closes.
+        let closing = backend.connect(client, server).await.unwrap();
+        drop(listener.accept().await.unwrap());
+        assert!(matches!(
+            backend.greeted(&closing, limit).await,
+            Err(HandoffError::ClosedBeforeGreeting { .. })
+        ));
+        // Greets: the greeting stays on the socket.
+        let mut greeting = backend.connect(client, server).await.unwrap();
+        let (mut mta, _) = listener.accept().await.unwrap();
+        mta.write_all(b"220 mta ESMTP\r\n").await.unwrap();
+        backend.greeted(&greeting, limit).await.unwrap();
+        let mut got = [0u8; 15];
+        greeting.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"220 mta ESMTP\r\n");
+    }
     use crate::handoff::relay::{Relay, RelayLimits};
 
     #[tokio::test]
