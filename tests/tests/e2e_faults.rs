@@ -326,3 +326,43 @@ fn a_backend_that_accepts_and_never_greets_gets_the_client_a_421_and_leaks_nothi
     }
     assert!(descriptors() <= before, "descriptors left open");
 }
+
+/// The DNS server the lists are asked through is gone (nothing listens where it was): clients
+/// are decided on time, as if no list had listed them (fail open), and a warning names the
+/// list.
+#[test]
+fn with_the_dns_server_gone_clients_pass_on_time_and_a_warning_names_the_list() {
+    if !require_root("with_the_dns_server_gone_clients_pass_on_time_and_a_warning_names_the_list") {
+        return;
+    }
+    let bed = Bed::new("dns-gone", &[40]);
+    let client = bed.v4(40);
+    let _postfix = bed.start_backend();
+    let pin = PinDir::new("dns-gone");
+    let config = DaemonConfig::new(&bed)
+        .set("dnsbl_sites", quoted("gone.test*5"))
+        .set("dnsbl_threshold", "3")
+        .set("dnsbl_action", quoted("enforce"))
+        .set("dns_servers", format!("[{}]", quoted("127.0.0.1:5399")))
+        .set("dnsbl_timeout", quoted("1s"))
+        .write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon.log");
+
+    let mut session = bed.connect(client);
+    let started = Instant::now();
+    assert_eq!(session.line(REPLY_WAIT), TEASER);
+    // Decided at the end of the greet wait, not later: the list does not hold it up.
+    assert_eq!(session.line(GREET_WAIT + REPLY_WAIT), BACKEND_GREETING);
+    assert!(started.elapsed() < GREET_WAIT + Duration::from_secs(1));
+    let tag = session.tag();
+    session.quit();
+    daemon.expect_line(&format!("PASS NEW {tag}"));
+    daemon.wait_for("a warning naming gone.test", |line| {
+        line.starts_with("warning: ") && line.contains("gone.test")
+    });
+    assert!(
+        !daemon.lines().iter().any(|l| l.starts_with("DNSBL rank")),
+        "{}",
+        daemon.log()
+    );
+}
