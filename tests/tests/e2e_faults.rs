@@ -366,3 +366,46 @@ fn with_the_dns_server_gone_clients_pass_on_time_and_a_warning_names_the_list() 
         daemon.log()
     );
 }
+
+/// Something overwrites the allowlist database while the daemon runs: the daemon goes on
+/// screening and recording, and at its stop writes the file anew from memory, so that the
+/// next start finds every pass instead of a damaged file it would have to set aside.
+#[test]
+fn a_database_damaged_while_the_daemon_runs_loses_no_pass() {
+    if !require_root("a_database_damaged_while_the_daemon_runs_loses_no_pass") {
+        return;
+    }
+    let bed = Bed::new("db-damage", &[50, 51]);
+    let (before, after) = (bed.v4(50), bed.v4(51));
+    let _postfix = bed.start_backend();
+    let pin = PinDir::new("db-damage");
+    let config = DaemonConfig::new(&bed).write(&bed, "smtp-screen.toml");
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon-1.log");
+    assert!(!known(&bed, before));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Everything past the first page becomes noise.
+    let file = bed.scratch.path().join("state/allowlist.redb");
+    let len = fs::metadata(&file).expect("the database file").len();
+    assert!(len > 4096, "{len} bytes");
+    {
+        use std::io::{Seek as _, SeekFrom};
+        let mut f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(&vec![0xa5; (len - 4096) as usize]).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert!(!known(&bed, after));
+    assert!(known(&bed, before), "screening from memory goes on");
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.stop();
+
+    let daemon = Daemon::start(&bed, &pin, &config, "daemon-2.log");
+    for client in [before, after] {
+        assert!(
+            known(&bed, client),
+            "{client} passed but was forgotten:\n{}",
+            daemon.log()
+        );
+    }
+}

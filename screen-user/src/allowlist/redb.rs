@@ -724,20 +724,24 @@ fn open_file(path: &Path, name: &str) -> Result<Database, CacheError> {
     match open_db(path) {
         Ok(db) => Ok(db),
         Err(err) if is_unreadable(&err) => {
-            let aside = path.with_file_name(format!("{ALLOWLIST_FILE}.corrupt-{}", unix_now()));
-            std::fs::rename(path, &aside).map_err(|source| CacheError::Io {
-                path: path.to_path_buf(),
-                action: "move the unreadable database aside",
-                source,
-            })?;
-            tracing::warn!(
-                "cache {name}: unreadable ({err}); moved to {} and starting empty",
-                aside.display()
-            );
+            move_aside(path, name, &format!("unreadable ({err})"))?;
             open_db(path).map_err(fail)
         }
         Err(err) => Err(fail(err)),
     }
+}
+
+/// Renames a damaged file `allowlist.redb.corrupt-<time>`, saying why, so that a new one can
+/// start in its place.
+fn move_aside(path: &Path, name: &str, why: &str) -> Result<(), CacheError> {
+    let aside = path.with_file_name(format!("{ALLOWLIST_FILE}.corrupt-{}", unix_now()));
+    std::fs::rename(path, &aside).map_err(|source| CacheError::Io {
+        path: path.to_path_buf(),
+        action: "move the unreadable database aside",
+        source,
+    })?;
+    tracing::warn!("cache {name}: {why}; moved to {}", aside.display());
+    Ok(())
 }
 
 /// Opens the file and loads it, keeping at most `max` records; corrupt records and records
@@ -924,14 +928,13 @@ impl Writer {
                 Ok(())
             }
             Ok((work, Err(e))) => {
-                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
-                    // redb refuses every write after an I/O error until it is opened again.
-                    self.db = None;
-                }
+                // redb refuses every write after an I/O error until it is opened again, and a
+                // damaged file is moved aside when it is: the next attempt opens it anew and
+                // writes every record from memory.
+                self.db = None;
                 if batch.changes.len() + work.changes.len() > self.max_batch {
-                    // Too much pending: the file is rewritten from memory once writable.
+                    // Too much pending: the rewrite from memory covers it.
                     *batch = Batch::default();
-                    self.db = None;
                 } else {
                     batch.requeue(work);
                 }
@@ -1028,9 +1031,47 @@ async fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<WriteOp>, opti
         }
     }
     queue.close();
-    // Closing the database syncs the file: off the async threads, like every write.
-    if let Some(db) = writer.db.take() {
-        let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+    writer.close().await;
+}
+
+impl Writer {
+    /// Closes the file for good, after checking it whole: a file damaged while the daemon ran
+    /// (something else wrote into it) would be moved aside at the next start and its records
+    /// lost, so it is moved aside now and written anew from memory. Off the async threads,
+    /// like every write; closing the database syncs the file.
+    async fn close(mut self) {
+        let Some(db) = self.db.take() else {
+            return;
+        };
+        let (path, name, records) = (
+            self.path.clone(),
+            self.name.clone(),
+            Arc::clone(&self.records),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(mut db) = Arc::try_unwrap(db) else {
+                return;
+            };
+            let damage = match db.check_integrity() {
+                Ok(true) => return,
+                Ok(false) => "repaired by dropping what it could not read".to_string(),
+                Err(e) => e.to_string(),
+            };
+            drop(db);
+            let rewrite = Batch::rewrite_from(&records.read().unwrap_or_else(PoisonError::into_inner));
+            let written = move_aside(&path, &name, &damage)
+                .and_then(|()| open_file(&path, &name))
+                .and_then(|db| write_batch(&db, &rewrite).map_err(|e| db_error(&path, "write the allowlist", e)));
+            match written {
+                Ok(()) => tracing::warn!(
+                    "cache {name}: the file was damaged while the daemon ran ({damage}); \
+                     written anew from memory, {} records",
+                    rewrite.changes.len()
+                ),
+                Err(e) => tracing::warn!("cache {name}: the file was damaged ({damage}) and could not be written anew: {e}"),
+            }
+        })
+        .await;
     }
 }
 
