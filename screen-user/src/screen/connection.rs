@@ -8,7 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{Next, Screen, deny_causes::DnsblGround, early::DNSBL_FAILURE};
+use super::{
+    Next, Screen,
+    deny_causes::{DNSBL_FAILURE, DnsblGround},
+};
 use crate::{
     address::ClientAddr,
     smtpd::{Reply, close},

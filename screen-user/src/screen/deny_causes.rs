@@ -23,6 +23,10 @@ use ipnet::IpNet;
 
 use crate::dnsbl::SoundScore;
 
+/// The DNSBL test's name in the failures a session collects: the failure a deny may rest on
+/// a list for.
+pub(crate) const DNSBL_FAILURE: &str = "DNSBL";
+
 /// A DNSBL failure the kernel counts: its sound score and the threshold the score met.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DnsblGround {

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 use super::deny_causes::{DenyCause, DenyCauses, DnsblGround};
 use super::deny_guard::DenyGuard;
-use super::deny_writer::DenyWriter;
+use super::deny_writer::{DenyWriter, KernelDeny};
 use crate::{
     address::canonical,
     kernel::{Maps, clock},
@@ -63,30 +63,6 @@ impl DenySettings {
             "kernel deny policy off: behind a load balancer (upstream_proxy_protocol = haproxy) \
              the kernel sees only the balancer's address; clients are refused in SMTP only, \
              and the static deny lists still apply",
-        )
-    }
-}
-
-/// A decision to deny a client in the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KernelDeny {
-    /// The address or IPv6 prefix the entry covers.
-    pub(crate) net: IpNet,
-    pub(crate) ttl: Duration,
-    /// Failures seen within the window, this one included.
-    pub(crate) failures: u32,
-    pub(crate) reason: String,
-}
-
-impl KernelDeny {
-    /// The log line: `KERNEL DENY [a] for 3600s after N failures: reason`.
-    pub(crate) fn log_line(&self, client: IpAddr) -> String {
-        format!(
-            "KERNEL DENY [{client}] for {}s after {} failure{}: {}",
-            self.ttl.as_secs(),
-            self.failures,
-            if self.failures == 1 { "" } else { "s" },
-            self.reason
         )
     }
 }

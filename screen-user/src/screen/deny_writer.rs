@@ -11,12 +11,12 @@ use std::{
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
+    time::Duration,
 };
 
 use ipnet::IpNet;
 use screen_common::Origin;
 
-use super::deny_policy::KernelDeny;
 use crate::{
     kernel::{Maps, dynamic::DynamicSweep},
     maillog::MailLog,
@@ -25,6 +25,30 @@ use crate::{
 /// Writes waiting for the writer. Denies are rate-limited (`kernel_deny_rate_limit`) long
 /// before this fills; a write it has no room for is logged and not made.
 const DENY_WRITE_QUEUE: usize = 1024;
+
+/// A decision to deny a client in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KernelDeny {
+    /// The address or IPv6 prefix the entry covers.
+    pub(crate) net: IpNet,
+    pub(crate) ttl: Duration,
+    /// Failures seen within the window, this one included.
+    pub(crate) failures: u32,
+    pub(crate) reason: String,
+}
+
+impl KernelDeny {
+    /// The log line: `KERNEL DENY [a] for 3600s after N failures: reason`.
+    pub(crate) fn log_line(&self, client: IpAddr) -> String {
+        format!(
+            "KERNEL DENY [{client}] for {}s after {} failure{}: {}",
+            self.ttl.as_secs(),
+            self.failures,
+            if self.failures == 1 { "" } else { "s" },
+            self.reason
+        )
+    }
+}
 
 /// One change to the dynamic deny maps.
 enum DenyWrite {

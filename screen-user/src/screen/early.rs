@@ -16,7 +16,11 @@ use std::{
 
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-use super::{Next, Screen, connection::Connection, deny_causes::DnsblGround};
+use super::{
+    Next, Screen,
+    connection::Connection,
+    deny_causes::{DNSBL_FAILURE, DnsblGround},
+};
 use crate::{
     address::ClientAddr,
     address::canonical,
@@ -27,9 +31,6 @@ use crate::{
     smtpd::{EngineError, Reply},
     test_state::{Outcome, Screening, Test, TestAction},
 };
-
-/// The DNSBL test's name in the failures a session collects.
-pub(crate) const DNSBL_FAILURE: &str = "DNSBL";
 
 /// How much early input is looked at (postscreen's `PSC_READ_BUF_SIZE` minus one).
 pub(crate) const PEEK_LIMIT: usize = 1023;
