@@ -96,8 +96,8 @@ pub fn proxy_protocol(data: &[u8]) {
 /// a connection runs them.
 ///
 /// The input is `[settings][n][n chunk lengths][stream]`: bits of `settings` turn the deep
-/// tests on (with `ignore`, `enforce` or `drop`), mark the client as pregreeted and require
-/// HELO; the stream is delivered in reads of the chunk lengths in turn (1 to 256 bytes each),
+/// tests on (with `ignore`, `enforce` or `drop`), require HELO, turn VRFY off, soft-bounce,
+/// turn SMTPUTF8 off, mark the client as pregreeted and offer STARTTLS; the stream is delivered in reads of the chunk lengths in turn (1 to 256 bytes each),
 /// so a line can be split anywhere. The engine must answer every read with whole reply lines
 /// and end the session once the input ends.
 pub fn smtp_session(data: &[u8]) {
@@ -116,6 +116,8 @@ pub fn smtp_session(data: &[u8]) {
         disable_vrfy: flags & 0b1000 != 0,
         soft_bounce: flags & 0b1_0000 != 0,
         smtputf8: flags & 0b10_0000 == 0,
+        // The session stops at STARTTLS; the TLS handshake is not this target's.
+        starttls_offered: flags & 0b1000_0000 != 0,
         deep_tests: DeepTests {
             pipelining: action,
             non_smtp_command: action,
