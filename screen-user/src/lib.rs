@@ -25,7 +25,9 @@
 //! - [`config`] (the TOML file) and [`settings`] (what the stages get from it); [`daemon`]
 //!   (opens everything, drops privileges with [`privileges`], runs); [`paths`] (every runtime
 //!   path); [`cli`] (one file per `smtp-screen` verb) and [`import_postfix`] (a postscreen
-//!   configuration turned into this one).
+//!   configuration turned into this one);
+//! - `fuzzing` (only with the `fuzzing` feature): the parsers as the fuzz targets in
+//!   `screen-user/fuzz/` call them.
 
 // The library's public surface is what the binary and the tests use; the rest of it is read
 // with `cargo doc --document-private-items`, where these links resolve.
@@ -41,6 +43,8 @@ pub(crate) mod daemon;
 pub(crate) mod dnsbl;
 pub(crate) mod duration;
 pub(crate) mod escape;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handoff;
 pub(crate) mod import_postfix;
 pub mod kernel;

@@ -21,6 +21,7 @@ pub mod haproxy;
 pub mod netns;
 pub mod postfix;
 pub mod rbldnsd;
+pub mod reference;
 pub mod relay;
 pub mod rng;
 pub mod xdp;

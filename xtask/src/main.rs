@@ -1,8 +1,10 @@
-//! `cargo xtask`: installs the toolchain, builds, runs, tests and benchmarks smtp-screen.
+//! `cargo xtask`: installs the toolchain, builds, runs, tests, fuzzes and benchmarks
+//! smtp-screen.
 //!
 //! xtask depends on nothing in the workspace, so it builds on a fresh machine before the eBPF
 //! toolchain exists; installing that toolchain is its first job.
 
+mod fuzz;
 mod toolchain;
 
 use std::{
@@ -39,6 +41,14 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the fuzz targets (all, or the one named) for a while each, from the committed
+    /// corpora; any crash fails. Installs cargo-fuzz and a C++ compiler when missing.
+    Fuzz {
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 /// The benchmarks `cargo xtask bench` knows, each a `harness = false` bench of screen-tests.
@@ -53,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&root, args),
         Task::Test => test(&root),
         Task::Bench { name, quick } => bench(&root, name, quick),
+        Task::Fuzz { target, seconds } => fuzz::run(&root, target.as_deref(), seconds),
     }
 }
 
@@ -121,6 +132,19 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "-p",
+        "screen-user",
+        "--features",
+        "fuzzing",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("running every fuzz target briefly (about a minute in all)");
+    fuzz::run(root, None, fuzz::CI_SECONDS)?;
     step("building the daemon the end-to-end tests run");
     run_cmd(cargo().args(["build", "-p", "screen-user"]))?;
     let binary = root.join("target/debug/smtp-screen");

@@ -65,7 +65,7 @@ fn is_installed(package: &str) -> bool {
         .is_ok_and(|out| out.status.success() && out.stdout.ends_with(b"install ok installed"))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -161,7 +161,7 @@ fn preseed(selections: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
+pub fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(home).join("bin"));
     }

@@ -417,7 +417,7 @@ fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 mod decode;
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ impl PassEndpoints {
     /// refused rather than cut short, and an empty list is refused (smtpd would fall back to
     /// the socket's own addresses). [`PassError::Truncated`] means the list has not ended yet:
     /// a reader may read more and try again.
-    pub(super) fn decode(stream: &[u8]) -> Result<(Self, usize), PassError> {
+    pub(crate) fn decode(stream: &[u8]) -> Result<(Self, usize), PassError> {
         let (attributes, used) = scan_attributes(stream)?;
         let find = |name: &str, what: &'static str| {
             attributes

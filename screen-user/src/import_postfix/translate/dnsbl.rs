@@ -63,6 +63,9 @@ impl Translation {
 
     /// smtp-screen refuses dnsbl_min_ttl > dnsbl_max_ttl; so does postscreen's clamp make
     /// no sense then.
+    ///
+    /// dnsbl_min_ttl goes first; its default may still be longer than the dnsbl_max_ttl
+    /// given, and then that goes too (the defaults are in order).
     fn check_ttl_order(&mut self) {
         let defaults = Config::default();
         let time = |this: &Self, key: &str, default: Duration| {
@@ -70,9 +73,12 @@ impl Translation {
                 .and_then(|e| duration::parse(e.value.trim_matches('"')).ok())
                 .unwrap_or(default)
         };
-        let min = time(self, "dnsbl_min_ttl", defaults.dnsbl_min_ttl);
-        let max = time(self, "dnsbl_max_ttl", defaults.dnsbl_max_ttl);
-        if min > max {
+        for _ in 0..2 {
+            let min = time(self, "dnsbl_min_ttl", defaults.dnsbl_min_ttl);
+            let max = time(self, "dnsbl_max_ttl", defaults.dnsbl_max_ttl);
+            if min <= max {
+                return;
+            }
             let key = if self.get_entry("dnsbl_min_ttl").is_some() {
                 "dnsbl_min_ttl"
             } else {

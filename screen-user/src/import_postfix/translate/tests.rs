@@ -330,6 +330,30 @@ fn bad_values_are_reported_not_written() {
     }
 }
 
+/// Found by the `postfix_import` fuzz target: with `dnsbl_min_ttl` left out, its default
+/// (1m) is still longer than a `dnsbl_max_ttl` below it, and the import did not load.
+#[test]
+fn a_max_ttl_below_the_default_min_ttl_is_left_out_too() {
+    let (import, c) = import_text(
+        "postscreen_dnsbl_min_ttl = 2m\n\
+         postscreen_dnsbl_max_ttl = 24s\n",
+    );
+    let defaults = Config::default();
+    assert_eq!(c.dnsbl_min_ttl, defaults.dnsbl_min_ttl);
+    assert_eq!(c.dnsbl_max_ttl, defaults.dnsbl_max_ttl);
+    for parameter in ["postscreen_dnsbl_min_ttl", "postscreen_dnsbl_max_ttl"] {
+        let found = skipped(&import, parameter);
+        assert_eq!(found.len(), 1, "{parameter}: {:?}", import.untranslated);
+        assert!(
+            found[0]
+                .reason
+                .contains("longer than postscreen_dnsbl_max_ttl"),
+            "{}",
+            found[0]
+        );
+    }
+}
+
 #[test]
 fn postscreen_service_addresses_and_overrides() {
     let master = "\

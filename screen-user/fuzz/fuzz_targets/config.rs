@@ -1,0 +1,5 @@
+//! `screen_user::fuzzing::config` on every input libFuzzer makes.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| screen_user::fuzzing::config(data));

@@ -1,0 +1,5 @@
+//! `screen_user::fuzzing::smtp_session` on every input libFuzzer makes.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| screen_user::fuzzing::smtp_session(data));
