@@ -27,7 +27,7 @@ use crate::{
     handoff::postfix::PassEndpoints,
     import_postfix::{self, MasterCf, Postconf},
     proxy_protocol::{self, Parsed, ProxyHeader},
-    smtpd::{DeepTests, Engine, EngineSettings, serve},
+    smtpd::{DeepTests, Engine, EngineSettings, TimeLimits, serve},
     test_state::TestAction,
 };
 
@@ -143,7 +143,7 @@ pub fn smtp_session(data: &[u8]) {
     let outcome = runtime.block_on(serve(
         &mut connection,
         &mut engine,
-        Duration::from_secs(300),
+        TimeLimits::fixed(Duration::from_secs(300), 20),
         |_| {},
     ));
     assert!(
