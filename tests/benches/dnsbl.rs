@@ -11,7 +11,7 @@
 //! thousands. Of every four addresses one is listed in bl.test and bl2.test (rank 4: `521` at
 //! once), one in wl.test (allowlisted) and two in none. The pregreet test is off
 //! (`greet_banner = ""`), so the DNSBL test is the only one due and the wait ends as soon as
-//! the three lists have answered. Passed clients are handed to a backend that accepts and
+//! the three lists have answered. Passed clients are handed to a backend that greets and
 //! closes, so each connection is one decision and nothing more.
 //!
 //! Part 1: decisions per second and the daemon's CPU per decision for first-contact clients
@@ -191,7 +191,7 @@ impl Lab {
             }
         }
         let rbldnsd = Rbldnsd::start(&bed.server, LOCAL_DNS, &[bl, bl2, wl])?;
-        let backend = TcpAcceptor::start(&bed.server, bed.backend_addr())?;
+        let backend = TcpAcceptor::greeting(&bed.server, bed.backend_addr(), SINK_GREETING)?;
         Ok(Self {
             _backend: backend,
             rbldnsd,
@@ -224,12 +224,16 @@ impl Lab {
     }
 }
 
+/// What the backend says to each connection before it closes it (a real MTA's greeting: the
+/// daemon hands a client over only to a backend that greets).
+const SINK_GREETING: &[u8] = b"220 sink.example ESMTP\r\n";
+
 /// What one connection got.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     /// A reply line, then the close.
     Refused(String),
-    /// The close without a byte: handed to the backend, which closed.
+    /// The backend's greeting, then the close: handed to the backend, which closed.
     HandedOff,
 }
 
@@ -256,9 +260,10 @@ fn connect_once(src: Ipv4Addr, dst: SocketAddr) -> Result<(Outcome, Duration)> {
         read_to_close(&mut stream, REPLY_MAX).map_err(|e| format!("{src}: reading: {e}"))?;
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&received);
-    let outcome = match text.lines().next() {
-        None => Outcome::HandedOff,
-        Some(line) => Outcome::Refused(line.trim_end().to_string()),
+    let outcome = match text.lines().next().map(str::trim_end) {
+        Some(line) if line.as_bytes() == SINK_GREETING.trim_ascii_end() => Outcome::HandedOff,
+        Some(line) => Outcome::Refused(line.to_string()),
+        None => Outcome::Refused(String::new()),
     };
     Ok((outcome, elapsed))
 }
@@ -584,7 +589,7 @@ mod report {
         let _ = writeln!(
             out,
             "Each round: clients from addresses never seen before, {} connecting at a time, \
-             each refused (`521`, rank 4) or handed to a backend that closes at once. A \
+             each refused (`521`, rank 4) or handed to a backend that greets and closes at once. A \
              decision is a `PASS NEW` or `DNSBL rank` line in the daemon's log. CPU is user plus \
              system time from /proc (in ticks of {} ms), divided by the decisions. The clients \
              run on the same cores as the daemon and rbldnsd. Latency is from the client's \

@@ -18,7 +18,7 @@ use std::{
     collections::HashMap,
     ffi::{CString, OsStr},
     fs::{self, File},
-    io::{self, ErrorKind},
+    io::{self, ErrorKind, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
@@ -549,8 +549,9 @@ pub fn stream_from(
     Ok(socket.into())
 }
 
-/// A TCP listener in a namespace that accepts every connection, closes it at once and
-/// remembers the peer's address: the proof that a SYN reached the server's stack.
+/// A TCP listener in a namespace that accepts every connection, closes it at once (after a
+/// greeting line, for one that stands in for an MTA) and remembers the peer's address: the
+/// proof that a SYN reached the server's stack.
 pub struct TcpAcceptor {
     addr: SocketAddr,
     peers: Arc<Mutex<Vec<IpAddr>>>,
@@ -564,6 +565,12 @@ impl TcpAcceptor {
 
     /// Listens on `addr` inside `netns`.
     pub fn start(netns: &Netns, addr: SocketAddr) -> io::Result<Self> {
+        Self::greeting(netns, addr, b"")
+    }
+
+    /// Listens on `addr` inside `netns`, and writes `greeting` to every connection before it
+    /// closes it: the cheapest MTA there is.
+    pub fn greeting(netns: &Netns, addr: SocketAddr, greeting: &'static [u8]) -> io::Result<Self> {
         let listener = netns.run(|| TcpListener::bind(addr))??;
         // Non-blocking, so that the thread notices the stop flag without a wake-up connection.
         listener.set_nonblocking(true)?;
@@ -576,7 +583,10 @@ impl TcpAcceptor {
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, peer)) => {
+                        Ok((mut stream, peer)) => {
+                            if !greeting.is_empty() {
+                                let _ = stream.write_all(greeting);
+                            }
                             drop(stream);
                             peers
                                 .lock()
