@@ -20,8 +20,9 @@
 //! into the flood the allowlisted client sends its messages one after another, each a whole
 //! SMTP transaction through to Postfix; every one must end up in the mailbox.
 //!
-//! The full run has two floods one after another against the same screener (a leak grows
-//! with each, a high-water mark does not); the quick run one. Before the first flood (after
+//! The full run has two floods one after another against the same screener, each from
+//! addresses of its own (a leak grows with each, a high-water mark does not); the quick run
+//! one. Before the first flood (after
 //! a few warm-up messages) and after each, once every client has gone, the benchmark reads
 //! the screener's open descriptors (`/proc/PID/fd`), threads and RSS: the descriptors and
 //! threads must come back to where they started, and RSS within 10% (given 15 s to). CPU is that of
@@ -92,8 +93,8 @@ struct Budget {
     clients: usize,
     concurrency: usize,
     messages: usize,
-    /// Floods one after another against the same screener, each with its messages: a leak
-    /// grows with every one, a high-water mark does not.
+    /// Floods one after another against the same screener, each with its messages and from
+    /// addresses of its own: a leak grows with every one, a high-water mark does not.
     rounds: usize,
     /// How long a slowloris client trickles and an idle client idles before hanging up.
     linger: Duration,
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
 fn run(budget: Budget) -> Result<PathBuf> {
     let started = Instant::now();
     assert!(
-        budget.clients <= POOL_SIZE,
+        budget.clients * budget.rounds <= POOL_SIZE,
         "more clients than {CLIENT_NETWORK} holds"
     );
     screen_tests::ensure_packages(&["postfix", "rbldnsd"])?;
@@ -289,7 +290,7 @@ impl Site {
 fn zones(budget: &Budget) -> Vec<Zone> {
     let mut bl = Zone::new("bl.test", Dataset::Ip4Set).with_test_point();
     let mut bl2 = Zone::new("bl2.test", Dataset::Ip4Set).with_test_point();
-    for index in (0..budget.clients).filter(|&i| Bot::of(i) == Bot::Listed) {
+    for index in (0..budget.clients * budget.rounds).filter(|&i| Bot::of(i) == Bot::Listed) {
         bl = bl.list(client_addr(index), BL_ANSWER);
         bl2 = bl2.list(client_addr(index), BL2_ANSWER);
     }
@@ -660,9 +661,11 @@ fn flood_once(site: &Site, budget: &Budget, round: usize, outcome: &mut Outcome)
             (latencies, errors, started.elapsed())
         });
         let pool = ClientPool::new(&site.bed.client, budget.concurrency, budget.flood_limit);
+        // Each flood from addresses of its own: state kept per address shows as growth.
+        let first = round * budget.clients;
         let flood = pool.run(budget.clients, |i| {
-            let bot = Bot::of(i);
-            Ok((bot, play(bot, client_addr(i), dst, budget)))
+            let bot = Bot::of(first + i);
+            Ok((bot, play(bot, client_addr(first + i), dst, budget)))
         });
         (flood, legit.join())
     });
