@@ -52,7 +52,7 @@ enum Task {
 }
 
 /// The benchmarks `cargo xtask bench` knows, each a `harness = false` bench of screen-tests.
-const BENCHES: &[&str] = &["xdp", "dnsbl", "postscreen", "held", "handoff"];
+const BENCHES: &[&str] = &["xdp", "dnsbl", "postscreen", "held", "handoff", "flood"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
