@@ -42,6 +42,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use screen_tests::bench::side_by_side::{
+    BOT_REPLY_MAX, CONNECT_LIMIT, GREET_WAIT, LEGIT_HOST, LEGIT_WARM_UP, PREGREET, REPLY_WAIT,
+    SITES, SMTP_PORT, Screener as Kind, THRESHOLD,
+};
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, ProcStat, Result, SmtpSession, client_addr, connect_from,
@@ -57,10 +61,6 @@ use screen_tests::{
     rbldnsd::{BL_ANSWER, BL2_ANSWER, Dataset, LOCAL_DNS, Rbldnsd, Zone},
 };
 
-const SMTP_PORT: u16 = 25;
-const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1";
-const THRESHOLD: &str = "3";
-const GREET_WAIT: &str = "2s";
 /// Connections in screening (and passed) at once: beyond any load here.
 const QUEUE_LIMIT: &str = "1000";
 /// Relayed connections at once: beyond the idle and slow clients the flood keeps open.
@@ -71,12 +71,6 @@ const CLIENT_CONNECTION_COUNT_LIMIT: &str = "50";
 /// Postfix's process limit on both sites, so that smtpd processes are not what runs out.
 const PROCESS_LIMIT: &str = "500";
 
-const LEGIT_HOST: u8 = 2;
-const LEGIT_WARM_UP: usize = 5;
-const PREGREET: &[u8] = b"EHLO bot.example\r\n";
-const CONNECT_LIMIT: Duration = Duration::from_secs(5);
-const REPLY_WAIT: Duration = Duration::from_secs(10);
-const BOT_REPLY_MAX: usize = 4096;
 /// The legitimate client starts this long into the flood.
 const RAMP_UP: Duration = Duration::from_secs(1);
 /// How long every message may take to reach the mailbox, and the screener's descriptors and
@@ -157,21 +151,6 @@ fn run(budget: Budget) -> Result<PathBuf> {
         Ok(path)
     } else {
         Err(format!("{} (report: {})", failures.join("; "), path.display()).into())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    SmtpScreen,
-    Postscreen,
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::SmtpScreen => "smtp-screen",
-            Kind::Postscreen => "postscreen",
-        })
     }
 }
 

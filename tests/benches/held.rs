@@ -51,6 +51,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use screen_tests::bench::side_by_side::Screener as Kind;
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, POOL_SIZE, Result, check_interrupted, client_addr, connect_from,
@@ -323,22 +324,6 @@ impl Drop for Sysctl {
         {
             eprintln!("warning: restoring {}: {e}", self.path);
         }
-    }
-}
-
-/// Which screener a site runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    SmtpScreen,
-    Postscreen,
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::SmtpScreen => "smtp-screen",
-            Kind::Postscreen => "postscreen",
-        })
     }
 }
 

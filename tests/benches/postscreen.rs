@@ -60,6 +60,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use screen_tests::bench::side_by_side::{
+    BOT_REPLY_MAX, CONNECT_LIMIT, GREET_WAIT, LEGIT_HOST, LEGIT_WARM_UP, PREGREET, REPLY_WAIT,
+    SITES, SMTP_PORT, THRESHOLD,
+};
 use screen_tests::{
     bench::{
         self, CLIENT_NETWORK, MachineCpu, POOL_SIZE, ProcStat, Result, SmtpSession,
@@ -76,29 +80,12 @@ use screen_tests::{
     rbldnsd::{BL_ANSWER, BL2_ANSWER, Dataset, LOCAL_DNS, Rbldnsd, Zone},
 };
 
-const SMTP_PORT: u16 = 25;
-/// The lists and the rank that fails a client: a listed bot is in both (rank 4).
-const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1";
-const THRESHOLD: &str = "3";
-/// The greet wait of both screeners: short, so that a listed bot's decision comes quickly, yet
-/// long enough that a pregreet is seen before it ends on a machine the clients keep busy.
-const GREET_WAIT: &str = "2s";
 /// Connections in screening at once; stress mode starts at 90% of it, beyond any load here.
 const PRE_QUEUE_LIMIT: &str = "1000";
 
 /// postscreen's instance's `default_process_limit` (see [`Site::postscreen`]).
 const POSTSCREEN_PROCESS_LIMIT: &str = "500";
 
-/// Untimed messages before the timed ones, so that smtpd processes are running.
-const LEGIT_WARM_UP: usize = 5;
-/// The legitimate client's host number in the bed, permitted by both access lists.
-const LEGIT_HOST: u8 = 2;
-/// What a pregreeting bot says before its turn.
-const PREGREET: &[u8] = b"EHLO bot.example\r\n";
-
-/// One connection may take this long to connect, and as long again to be answered.
-const CONNECT_LIMIT: Duration = Duration::from_secs(5);
-const REPLY_WAIT: Duration = Duration::from_secs(10);
 /// How long a screener may take to log what its clients have already seen.
 const LOG_WAIT: Duration = Duration::from_secs(20);
 /// The pause before each measured flood (see [`settle`]).
@@ -113,8 +100,6 @@ const PERF_ATTACH: Duration = Duration::from_millis(500);
 const PERF_STOP: Duration = Duration::from_secs(30);
 /// Upper bound for one `smtp-screen status`.
 const TOOL_LIMIT: Duration = Duration::from_secs(30);
-/// The most a bot reads before the screener's close.
-const BOT_REPLY_MAX: usize = 4096;
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug)]

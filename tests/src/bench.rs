@@ -541,3 +541,57 @@ mod tests {
         );
     }
 }
+
+/// What the benchmarks that run smtp-screen and Debian's postscreen side by side under the
+/// same load (`postscreen`, `held`, `flood`) share: the screener a site runs, and the site's
+/// settings and clients' limits, the same for both screeners.
+pub mod side_by_side {
+    use std::{fmt, time::Duration};
+
+    /// Which screener a site runs.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Screener {
+        SmtpScreen,
+        Postscreen,
+    }
+
+    impl fmt::Display for Screener {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(match self {
+                Screener::SmtpScreen => "smtp-screen",
+                Screener::Postscreen => "postscreen",
+            })
+        }
+    }
+
+    /// The port both screeners listen on.
+    pub const SMTP_PORT: u16 = 25;
+
+    /// The lists and the rank that fails a client: a listed bot is in both (rank 4).
+    pub const SITES: &str = "bl.test=127.0.0.[2..11]*3, bl2.test*1";
+
+    /// The DNSBL rank that fails a client.
+    pub const THRESHOLD: &str = "3";
+
+    /// The greet wait of both screeners: short, so that a listed bot's decision comes quickly, yet
+    /// long enough that a pregreet is seen before it ends on a machine the clients keep busy.
+    pub const GREET_WAIT: &str = "2s";
+
+    /// Untimed messages before the timed ones, so that smtpd processes are running.
+    pub const LEGIT_WARM_UP: usize = 5;
+
+    /// The legitimate client's host number in the bed, permitted by both access lists.
+    pub const LEGIT_HOST: u8 = 2;
+
+    /// What a pregreeting bot says before its turn.
+    pub const PREGREET: &[u8] = b"EHLO bot.example\r\n";
+
+    /// One connection may take this long to connect, and as long again to be answered.
+    pub const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+    /// How long a client waits for a reply.
+    pub const REPLY_WAIT: Duration = Duration::from_secs(10);
+
+    /// The most a bot reads before the screener's close.
+    pub const BOT_REPLY_MAX: usize = 4096;
+}
